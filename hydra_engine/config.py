@@ -1,0 +1,211 @@
+"""Configuration: the shipped ``hydra.toml``, overridden by ``HYDRA_*`` environment variables and
+``.env``, validated by pydantic-settings at start-up.
+
+A bad value stops HYDRA before anything runs, with the file (or variable), the key, the value and
+what was expected. API keys are never read from the TOML file: only from the environment or ``.env``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "hydra.toml"
+
+UNIVERSE = ["BTC/USD", "ETH/USD", "SPY", "TLT", "GLD", "SLV", "GDX", "IGV", "CRM", "SHOP", "ADBE",
+            "MSFT", "WDAY", "LZ", "HYG"]
+
+
+class ConfigError(Exception):
+    """Start-up configuration problem; the message names where, which key, the value and the rule."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineConfig(_Section):
+    cycle_interval_s: int = Field(60, ge=1, le=3600, description="seconds between live cycles")
+    observation_cycles: int = Field(20, ge=0, description="first cycles only observe")
+    regime_refresh_cycles: int = Field(10, ge=1, description="re-detect the regime every N cycles")
+    history_bars: int = Field(500, ge=50, le=5000, description="bars kept per symbol")
+    log_dir: str = "logs"
+
+
+class UniverseConfig(_Section):
+    symbols: list[str] = Field(default_factory=lambda: list(UNIVERSE))
+    data_only: list[str] = Field(default_factory=lambda: ["VIX"])
+
+    @field_validator("symbols")
+    @classmethod
+    def _non_empty_unique(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("the universe needs at least one symbol")
+        dupes = sorted({s for s in v if v.count(s) > 1})
+        if dupes:
+            raise ValueError(f"duplicate symbols {dupes}")
+        return v
+
+
+class StrategiesConfig(_Section):
+    enabled: list[str] = Field(default_factory=lambda: ["liquidation_cascade"])
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class RiskConfig(_Section):
+    """Hard limits from the strategy bible. Config may tighten them, never loosen (checked in risk)."""
+
+    max_position_pct: float = Field(3.0, gt=0)
+    max_asset_pct: float = Field(5.0, gt=0)
+    max_total_exposure_pct: float = Field(25.0, gt=0)
+    max_trades_per_day: int = Field(30, ge=0)
+    max_consecutive_losses: int = Field(3, ge=1)
+    cooldown_hours: float = Field(4.0, ge=0)
+    max_daily_loss_pct: float = Field(5.0, gt=0)
+    max_drawdown_pct: float = Field(10.0, gt=0)
+    risk_per_trade_pct: float = Field(1.0, gt=0, le=3.0)
+    kelly_fraction: float = Field(0.5, gt=0, le=1.0)
+
+
+class BrokerConfig(_Section):
+    kind: Literal["sim", "alpaca"] = "sim"
+    starting_cash_usd: float = Field(100_000.0, gt=0)
+    fee_bps: float = Field(10.0, ge=0, le=500, description="fee per side, basis points of notional")
+    slippage_bps: float = Field(5.0, ge=0, le=500)
+    paper: bool = True
+    trading_url: str | None = None
+    data_url: str | None = None
+    data_feed: Literal["iex", "sip"] = "iex"
+
+
+class DataConfig(_Section):
+    kind: Literal["replay", "alpaca"] = "replay"
+    replay_dir: str = "data"
+    start: date | None = None
+    end: date | None = None
+    crypto_stale_after_s: int = Field(2 * 3600 + 300, ge=60)
+    equity_stale_after_s: int = Field(4 * 24 * 3600, ge=3600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DataConfig":
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError(f"data.start {self.start} must be before data.end {self.end}")
+        return self
+
+
+class StorageConfig(_Section):
+    url: str = "sqlite:///logs/hydra.db"
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Env overrides use ``HYDRA_SECTION__KEY`` (e.g. ``HYDRA_BROKER__KIND``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HYDRA_", env_nested_delimiter="__", extra="forbid",
+                                      env_file=".env", env_file_encoding="utf-8", frozen=True)
+
+    engine: EngineConfig = EngineConfig()
+    universe: UniverseConfig = UniverseConfig()
+    strategies: StrategiesConfig = StrategiesConfig()
+    risk: RiskConfig = RiskConfig()
+    broker: BrokerConfig = BrokerConfig()
+    data: DataConfig = DataConfig()
+    storage: StorageConfig = StorageConfig()
+
+    _toml_path: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment beats .env beats the TOML file (passed as init kwargs)
+        return env_settings, dotenv_settings, init_settings
+
+    def config_hash(self) -> str:
+        """Stable hash of every setting (no secrets live here), recorded in each session log."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def resolve_path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+class AlpacaKeys(BaseSettings):
+    """Alpaca credentials: environment or ``.env`` only. Both naming conventions are accepted."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ALPACA_API_KEY", "APCA_API_KEY_ID"))
+    secret_key: SecretStr | None = Field(None, validation_alias=AliasChoices("ALPACA_SECRET_KEY", "APCA_API_SECRET_KEY"))
+
+    def missing(self) -> list[str]:
+        out = []
+        if not self.api_key or not self.api_key.get_secret_value():
+            out.append("ALPACA_API_KEY (or APCA_API_KEY_ID)")
+        if not self.secret_key or not self.secret_key.get_secret_value():
+            out.append("ALPACA_SECRET_KEY (or APCA_API_SECRET_KEY)")
+        return out
+
+
+def _lookup(data: dict, loc: tuple) -> tuple[bool, Any]:
+    cur: Any = data
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            cur = cur[part]
+        else:
+            return False, None
+    return True, cur
+
+
+def _format_errors(err: ValidationError, source: str, file_data: dict) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if p not in ("__root__",))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        in_file, _ = _lookup(file_data, loc)
+        where = source if in_file else f"environment (HYDRA_{'__'.join(str(p).upper() for p in loc)})"
+        if not in_file and not loc:
+            where = source
+        value = e.get("input")
+        expected = e["msg"]
+        if e["type"] == "extra_forbidden":
+            expected = "no such setting (check the spelling against hydra.toml)"
+        lines.append(f"{where}: key '{key}' = {value!r}: {expected}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate the configuration, raising ConfigError with a precise message."""
+    cfg_path = Path(path) if path else DEFAULT_CONFIG
+    file_data: dict = {}
+    if path is not None or cfg_path.exists():
+        if not cfg_path.exists():
+            raise ConfigError(f"config file not found: {cfg_path}")
+        try:
+            file_data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{cfg_path}: not valid TOML: {exc}") from None
+    try:
+        settings = Settings(**file_data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(cfg_path), file_data)) from None
+    object.__setattr__(settings, "_toml_path", cfg_path)
+    return settings
+
+
+def live_trading_opt_in() -> bool:
+    """Live (non-paper) trading needs this environment opt-in as well as the ``--live`` flag."""
+    return os.environ.get("HYDRA_ENABLE_LIVE_TRADING", "") == "I_UNDERSTAND_REAL_MONEY"
+
+
+def utc_stamp(moment: datetime) -> str:
+    return moment.strftime("%Y%m%dT%H%M%SZ")

@@ -1,0 +1,242 @@
+"""The seams between layers: market data, broker, asset capabilities and typed broker errors.
+
+Backtest, offline simulation and paper trading differ only in which implementation of these
+interfaces is injected (replay or Alpaca data; simulated or Alpaca broker), so strategy, risk and
+position code is one code path in every mode.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .domain import UTC, AssetClass, Fill, Order, OrderType, TimeInForce
+
+
+# --------------------------------------------------------------------------- market data
+@dataclass(frozen=True, slots=True)
+class BarSeries:
+    """Closed bars of one symbol, oldest first, as numpy arrays (views, never copies, on the hot path).
+
+    ``ts`` holds bar open times in epoch seconds; a bar is closed at ``ts + interval_s``."""
+
+    symbol: str
+    interval_s: int
+    ts: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def last_close(self) -> float:
+        return float(self.close[-1]) if len(self.close) else math.nan
+
+    @property
+    def last_close_time(self) -> datetime | None:
+        if not len(self.ts):
+            return None
+        return datetime.fromtimestamp(int(self.ts[-1]) + self.interval_s, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PointSeries:
+    """A point-in-time series (funding rate per settlement, open interest snapshots), oldest first.
+
+    ``ts`` in epoch seconds is the moment a value became known; ``values`` are in the series' own
+    units (funding: fraction per interval; open interest: base-asset units)."""
+
+    kind: str
+    symbol: str
+    ts: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def last(self) -> float:
+        return float(self.values[-1]) if len(self.values) else math.nan
+
+
+@dataclass(slots=True)
+class MarketSnapshot:
+    """What the engine may know at ``now``: only closed bars and already-published points."""
+
+    now: datetime
+    bars: dict[str, BarSeries] = field(default_factory=dict)
+    series: dict[tuple[str, str], PointSeries] = field(default_factory=dict)
+    stale: dict[str, str] = field(default_factory=dict)   # symbol -> why entries are blocked
+
+    def price(self, symbol: str) -> float:
+        """Last close, or NaN when there is none."""
+        bars = self.bars.get(symbol)
+        return bars.last_close if bars is not None else math.nan
+
+    def point_series(self, kind: str, symbol: str) -> PointSeries | None:
+        return self.series.get((kind, symbol))
+
+    def tradable(self, symbol: str) -> bool:
+        """True when fresh, finite, positive prices allow new entries on ``symbol``."""
+        return symbol not in self.stale and symbol in self.bars
+
+
+class MarketData(Protocol):
+    """Source of market state. Replay reads files; the Alpaca adapter polls REST."""
+
+    def snapshot(self, now: datetime) -> MarketSnapshot: ...
+
+    def next_bar_open(self, symbol: str, after: datetime, now: datetime) -> tuple[datetime, float] | None:
+        """The first bar that opened at or after ``after`` and has closed by ``now``: (open time,
+        open price). Used by the simulated broker to fill at the next available price."""
+        ...
+
+
+# --------------------------------------------------------------------------- assets
+@dataclass(frozen=True, slots=True)
+class AssetSpec:
+    """What a venue accepts for one symbol (the capability matrix row)."""
+
+    symbol: str
+    asset_class: AssetClass
+    tradable: bool = True
+    shortable: bool = False
+    fractionable: bool = False
+    qty_increment: Decimal = Decimal(1)
+    price_increment: Decimal = Decimal("0.01")
+    min_order_size: Decimal = Decimal(0)
+    order_types: frozenset[OrderType] = frozenset()
+    time_in_force: frozenset[TimeInForce] = frozenset()
+
+    def round_qty(self, qty: Decimal) -> Decimal:
+        """Round a quantity down (never up: never more than risk approved) to the increment."""
+        step = self.qty_increment if self.fractionable or self.asset_class is AssetClass.CRYPTO else Decimal(1)
+        return (qty / step).to_integral_value(rounding=ROUND_DOWN) * step
+
+    def round_price(self, price: Decimal | float) -> Decimal:
+        """Round to the venue's tick. Equities >= $1 trade in cents, below $1 in 1/100 cents."""
+        price = Decimal(str(price))
+        tick = self.price_increment
+        if self.asset_class is AssetClass.EQUITY and price < 1:
+            tick = Decimal("0.0001")
+        return (price / tick).to_integral_value(rounding=ROUND_HALF_UP) * tick
+
+
+# --------------------------------------------------------------------------- broker
+@dataclass(frozen=True, slots=True)
+class Account:
+    cash_usd: Decimal
+    equity_usd: Decimal
+    buying_power_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerPosition:
+    symbol: str
+    qty: Decimal
+    avg_entry_price: Decimal
+
+
+class BrokerError(Exception):
+    """Base of every typed broker error; ``retryable`` tells the engine whether to try again."""
+
+    retryable = False
+    user_hint = "the broker refused the request"
+
+    def __init__(self, message: str, *, symbol: str | None = None, client_order_id: str | None = None):
+        super().__init__(message)
+        self.symbol = symbol
+        self.client_order_id = client_order_id
+
+
+class InsufficientBuyingPower(BrokerError):
+    user_hint = "not enough buying power for this order; HYDRA skips it"
+
+
+class ShortNotAllowed(BrokerError):
+    user_hint = "the asset cannot be sold short (crypto, hard-to-borrow or fractional short)"
+
+
+class InvalidOrder(BrokerError):
+    user_hint = "the order type, time-in-force or size is not accepted for this asset"
+
+
+class InvalidTimeInForce(InvalidOrder):
+    user_hint = "the time-in-force is not allowed for this asset class (crypto: gtc/ioc only)"
+
+
+class HeldQuantity(BrokerError):
+    user_hint = "shares are held by another open order (a stop or bracket leg); cancel it first"
+
+
+class WashTradeRejected(BrokerError):
+    user_hint = "an opposite-side order is working on the same symbol (potential wash trade)"
+
+
+class MarketClosed(BrokerError):
+    user_hint = "the market is closed; nothing is sent until it opens"
+
+
+class AuthError(BrokerError):
+    user_hint = "the API keys were refused; check APCA_API_KEY_ID / APCA_API_SECRET_KEY"
+
+
+class RateLimited(BrokerError):
+    retryable = True
+    user_hint = "too many requests; HYDRA backs off and retries"
+
+
+class UnknownOrderOutcome(BrokerError):
+    retryable = True
+    user_hint = "the broker did not say whether the order was accepted; HYDRA looks it up by client_order_id"
+
+
+class OrderNotFound(BrokerError):
+    user_hint = "no such order at the broker"
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Execution venue. Implementations: ``SimulatedBroker`` and the Alpaca adapter."""
+
+    def account(self) -> Account: ...
+
+    def positions(self) -> dict[str, BrokerPosition]: ...
+
+    def asset(self, symbol: str) -> AssetSpec: ...
+
+    def is_market_open(self, symbol: str, now: datetime) -> bool: ...
+
+    def submit(self, order: Order) -> Order:
+        """Send ``order``; return it with status and broker id. Raises a BrokerError subclass."""
+        ...
+
+    def cancel(self, client_order_id: str) -> None: ...
+
+    def open_orders(self) -> list[Order]: ...
+
+    def get_order(self, client_order_id: str) -> Order | None: ...
+
+    def poll_fills(self, now: datetime) -> list[Fill]:
+        """Executions that happened since the last call, oldest first."""
+        ...
+
+
+def to_decimal(value: float | str | Decimal, name: str = "value") -> Decimal:
+    """Float to Decimal through its shortest repr, refusing NaN and infinities."""
+    d = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not d.is_finite():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return d
+
+
+ZERO = Decimal(0)
+HOUR = timedelta(hours=1)
