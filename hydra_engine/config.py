@@ -73,6 +73,15 @@ class RiskConfig(_Section):
     max_drawdown_pct: float = Field(10.0, gt=0)
     risk_per_trade_pct: float = Field(1.0, gt=0, le=3.0)
     kelly_fraction: float = Field(0.5, gt=0, le=1.0)
+    # issue #5 sizing and kill-switch tuning (not hard limits; see hydra_engine/risk.py)
+    vol_lookback_bars: int = Field(20, ge=5, le=500, description="bars per realised-vol window")
+    vol_mult_min: float = Field(0.25, gt=0, le=1.0, description="smallest volatility size multiplier")
+    vol_mult_max: float = Field(1.0, ge=1.0, le=2.0, description="largest; 1 = vol scaling only shrinks")
+    corr_lookback_bars: int = Field(60, ge=10, le=1000, description="returns per rolling correlation")
+    corr_min_overlap: int = Field(20, ge=5, description="fewer aligned returns: correlation unknown")
+    extreme_vol_percentile: float = Field(0.95, gt=0.5, le=1.0,
+                                          description="fraction; with a regime break -> kill switch")
+    buying_power_buffer_pct: float = Field(5.0, ge=0, lt=100, description="buying power held back, percent")
 
 
 class BrokerConfig(_Section):

@@ -275,6 +275,7 @@ class Position:
     regime_at_entry: str = Regime.UNKNOWN.value
     entry_fees_usd: Decimal = Decimal(0)
     initial_stop_price: float = 0.0       # the stop at entry: 1R for the r_multiple
+    trailing_atr_mult: float | None = None  # trail this many ATRs (price units) behind the high-water mark
 
     @property
     def side(self) -> Side:

@@ -1,17 +1,39 @@
 """Regime layer: reads the market state and names the regime.
 
-``TrendVolRule`` is the honest interim detector (issue #2): a volatility/trend rule on a
-reference symbol. The HMM detector of issue #4 implements the same ``detect`` interface.
+Two detectors implement ``detect(market) -> RegimeReading``:
+
+* :class:`HMMRegimeDetector` (issue #4) — a Gaussian hidden Markov model (hmmlearn) over daily
+  cross-asset features (:mod:`hydra_engine.regime_features`), fitted offline by
+  ``hydra train --component regime`` and persisted as plain JSON in ``models/regime_hmm.json``;
+* :class:`TrendVolRule` — the interim volatility/trend rule, kept as the documented fallback when no
+  fitted model is available (:func:`load_detector` picks it then).
+
+Why an HMM: regimes are persistent hidden states that show through noisy returns and volatilities;
+the transition matrix encodes persistence and the filtered posterior gives an honest confidence.
 """
 from __future__ import annotations
 
-from datetime import datetime
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
+from scipy.special import logsumexp
 
+from .config import PROJECT_ROOT
 from .domain import Regime, RegimeReading
 from .ports import MarketSnapshot
+from .regime_features import FEATURES, build_features, daily_closes_from_snapshot
+
+DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "regime_hmm.json"
+MODEL_FORMAT = "hydra-regime-hmm/1"
+REGIMES = [r for r in Regime if r is not Regime.UNKNOWN]
+_log = logging.getLogger(__name__)
 
 
 class RegimeDetector(Protocol):
@@ -65,3 +87,329 @@ class TrendVolRule:
         details = {"symbol": symbol, "return_20": round(ret_n, 6), "vol_20": round(vol_now, 6),
                    "vol_percentile": round(pct, 4)}
         return RegimeReading(regime, round(max(0.0, min(1.0, conf)), 4), self.name, now, details)
+
+
+# --------------------------------------------------------------------------- HMM detector
+@dataclass(frozen=True)
+class StateRule:
+    """Deterministic map from a hidden state's mean SPY 20-day log return (``ret20``) and mean
+    annualised realised volatility (``vol``) to a named regime. Fixed thresholds in market units
+    (not ranks) are why labels do not flip between refits: a state is named by what it *is*.
+
+    First match wins:
+      1. ``vol >= high_vol``: CRASH if ``ret20 <= crash_ret20`` or (``vol >= crash_vol`` and
+         ``ret20 < 0``); RECOVERY if ``ret20 >= recovery_ret20``; else HIGH_VOL;
+      2. ``ret20 >= trend_ret20``: TRENDING_UP;  3. ``ret20 <= -trend_ret20``: TRENDING_DOWN;
+      4. otherwise MEAN_REVERTING (calm, no drift)."""
+
+    high_vol: float = 0.25        # annualised; VIX-like "stressed" level
+    crash_vol: float = 0.40
+    crash_ret20: float = -0.05    # -5 % over 20 trading days
+    recovery_ret20: float = 0.02
+    trend_ret20: float = 0.01     # about ±13 % a year
+
+    def label(self, ret20: float, vol: float) -> Regime:
+        if vol >= self.high_vol:
+            if ret20 <= self.crash_ret20 or (vol >= self.crash_vol and ret20 < 0):
+                return Regime.CRASH
+            return Regime.RECOVERY if ret20 >= self.recovery_ret20 else Regime.HIGH_VOL
+        if ret20 >= self.trend_ret20:
+            return Regime.TRENDING_UP
+        if ret20 <= -self.trend_ret20:
+            return Regime.TRENDING_DOWN
+        return Regime.MEAN_REVERTING
+
+
+@dataclass(frozen=True)
+class Hysteresis:
+    """Keeps the regime from flapping: switch only when another regime's posterior is at least
+    ``threshold`` on ``confirm`` consecutive daily readings. The first reading is taken as is."""
+
+    threshold: float = 0.6
+    confirm: int = 3
+
+    def run(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Held regime index and the streak behind a pending switch, per row of regime posteriors."""
+        held = np.empty(len(probs), int)
+        streak = np.zeros(len(probs), int)
+        cur, cand, n = -1, -1, 0
+        for t, p in enumerate(probs):
+            top = int(np.argmax(p))
+            if cur < 0:
+                cur = top
+            elif top != cur and p[top] >= self.threshold:
+                n = n + 1 if top == cand else 1
+                cand = top
+                if n >= self.confirm:
+                    cur, cand, n = top, -1, 0
+            else:
+                cand, n = -1, 0
+            held[t], streak[t] = cur, n
+        return held, streak
+
+
+def _masked_loglik(x: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """Per-row, per-state log density of a diagonal Gaussian over the observed (non-NaN) features.
+
+    Dropping a missing dimension is exact marginalisation for a diagonal covariance, so BTC before
+    2019-10 or a symbol absent from a snapshot costs information, never correctness."""
+    obs = np.isfinite(x)
+    z = np.where(obs[:, None, :], x[:, None, :] - means[None], 0.0)
+    terms = -0.5 * (np.log(2 * np.pi * variances)[None] + z * z / variances[None])
+    return np.where(obs[:, None, :], terms, 0.0).sum(axis=2)
+
+
+def _stationary(transmat: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eig(transmat.T)
+    v = np.abs(np.real(vecs[:, np.argmin(np.abs(vals - 1))]))
+    return v / v.sum()
+
+
+@dataclass
+class HMMRegimeDetector:
+    """Gaussian HMM regime detector over :data:`~hydra_engine.regime_features.FEATURES`.
+
+    Fitting (:meth:`fit`): hmmlearn ``GaussianHMM`` (diagonal covariance, ``n_init`` restarts, best
+    log-likelihood kept) on the *core* features (all but BTC by default) over the days where every
+    core feature exists (2010-02 on, VIX being the youngest); BTC, which starts 2019-10, then gets
+    per-state means/variances from one posterior-weighted M-step over the days it exists, so five
+    years of crypto do not shorten fifteen years of cross-asset history. Features are standardised with the
+    training span's mean/std only. States are sorted by volatility so the JSON is stable, and named
+    by :class:`StateRule`.
+
+    Detection: the *filtered* (causal) posterior — only data up to each day — started from the
+    chain's stationary distribution; regime probability = sum over the states with that name;
+    :class:`Hysteresis` over the daily readings; confidence = held regime's posterior."""
+
+    n_states: int = 6
+    hysteresis: Hysteresis = field(default_factory=Hysteresis)
+    rule: StateRule = field(default_factory=StateRule)
+    min_days: int = 60               # feature rows needed before detect answers
+    min_features: int = 4            # observed features needed on the last day
+    core_features: tuple[str, ...] = tuple(c for c in FEATURES if not c.startswith("btc_"))
+    name: str = "hmm_regime"
+    params: dict | None = None       # fitted parameters (see to_dict); None until fit/load
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, frame: pd.DataFrame, seed: int = 0, n_init: int = 4, n_iter: int = 200) -> "HMMRegimeDetector":
+        from hmmlearn.hmm import GaussianHMM  # imported here: only training needs it
+
+        frame = frame[[c for c in FEATURES if c in frame.columns]].dropna(how="all")
+        if frame.get("spy_ret20") is None or frame["spy_lvol20"].count() < self.min_days:
+            raise ValueError("the SPY features are required: they name the states")
+        core = [c for c in self.core_features if c in frame and frame[c].count() >= self.min_days]
+        rows = frame[core].dropna()
+        if len(rows) < max(self.min_days, 20 * self.n_states):
+            raise ValueError(f"only {len(rows)} complete training days for {len(core)} core features; "
+                             f"need {max(self.min_days, 20 * self.n_states)}")
+        train = frame.loc[rows.index]
+        mu, sd = train.mean(), train.std().replace(0.0, 1.0)
+        xc = ((rows - mu[core]) / sd[core]).to_numpy()
+        best, best_ll = None, -math.inf
+        for i in range(n_init):
+            m = GaussianHMM(self.n_states, covariance_type="diag", n_iter=n_iter, tol=1e-4,
+                            min_covar=1e-3, random_state=seed * 1000 + i)
+            try:
+                m.fit(xc)
+                ll = m.score(xc)
+            except (ValueError, np.linalg.LinAlgError) as exc:  # degenerate restart: try the next one
+                _log.warning("HMM restart %d failed: %s", i, exc)
+                continue
+            if np.isfinite(ll) and ll > best_ll:
+                best, best_ll = m, ll
+        if best is None:
+            raise RuntimeError("every HMM restart failed")
+        post = best.predict_proba(xc)                           # smoothed, for estimation only
+        cols = list(train.columns)
+        means = np.zeros((self.n_states, len(cols)))
+        variances = np.ones((self.n_states, len(cols)))
+        xall = ((train - mu) / sd).to_numpy()
+        dropped = []
+        for j, c in enumerate(cols):
+            if c in core:
+                means[:, j] = best.means_[:, core.index(c)]
+                variances[:, j] = np.diagonal(best.covars_, axis1=1, axis2=2)[:, core.index(c)]
+                continue
+            ok = np.isfinite(xall[:, j])
+            if ok.sum() < self.min_days:
+                dropped.append(c)
+                continue
+            w = post[ok]
+            n = w.sum(axis=0) + 1e-9
+            means[:, j] = w.T @ xall[ok, j] / n
+            variances[:, j] = np.maximum(w.T @ (xall[ok, j] ** 2) / n - means[:, j] ** 2, 1e-3)
+        keep = [j for j, c in enumerate(cols) if c not in dropped]
+        cols = [cols[j] for j in keep]
+        means, variances = means[:, keep], variances[:, keep]
+        # canonical state order (by SPY volatility, then return): the same market, the same JSON
+        spy_v, spy_r = cols.index("spy_lvol20"), cols.index("spy_ret20")
+        order = np.lexsort((means[:, spy_r], means[:, spy_v]))
+        transmat = best.transmat_[np.ix_(order, order)]
+        means, variances = means[order], variances[order]
+        argmax_days = np.bincount(np.argsort(order)[post.argmax(axis=1)], minlength=self.n_states)
+        self.params = {
+            "format": MODEL_FORMAT,
+            "features": cols, "core_features": [c for c in cols if c in core], "dropped_features": dropped,
+            "scaler_mean": [float(mu[c]) for c in cols], "scaler_std": [float(sd[c]) for c in cols],
+            "means": means.tolist(), "variances": variances.tolist(),
+            "transmat": transmat.tolist(), "startprob": _stationary(transmat).tolist(),
+            "state_regimes": [], "state_stats": [],
+            "training": {"start": train.index[0].date().isoformat(), "end": train.index[-1].date().isoformat(),
+                         "days": int(len(rows)), "seed": int(seed), "n_init": int(n_init),
+                         "log_likelihood": float(best_ll), "log_likelihood_per_day": float(best_ll / len(xc)),
+                         "converged": bool(best.monitor_.converged), "iterations": int(best.monitor_.iter),
+                         "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+            "hysteresis": asdict(self.hysteresis), "rule": asdict(self.rule),
+        }
+        k_free = self.n_states - 1 + self.n_states * (self.n_states - 1) + 2 * self.n_states * len(core)
+        self.params["training"]["bic"] = float(-2 * best_ll + k_free * math.log(len(xc)))
+        for k in range(self.n_states):
+            raw = {c: float(means[k, j] * sd[c] + mu[c]) for j, c in enumerate(cols)}
+            ret20, vol = raw["spy_ret20"], math.exp(raw["spy_lvol20"])
+            regime = self.rule.label(ret20, vol)
+            self.params["state_regimes"].append(regime.value)
+            stay = transmat[k, k]
+            self.params["state_stats"].append({
+                "state": k, "regime": regime.value, "spy_ret20": round(ret20, 5), "spy_vol": round(vol, 4),
+                "vix": round(math.exp(raw["vix_log"]), 2) if "vix_log" in raw else None,
+                "btc_ret20": round(raw["btc_ret20"], 4) if "btc_ret20" in raw else None,
+                "days_argmax": int(argmax_days[k]), "expected_duration_days": round(1 / max(1e-9, 1 - stay), 1),
+                "mean_std": {c: round(float(means[k, j]), 4) for j, c in enumerate(cols)},
+            })
+        return self
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        self._require_fitted()
+        return self.params
+
+    def save(self, path: str | Path = DEFAULT_MODEL_PATH) -> Path:
+        """Write the parameters as JSON (readable, diff-able, no pickle) and the model card beside it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+        path.with_name(path.stem + ".card.md").write_text(self.card(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_MODEL_PATH) -> "HMMRegimeDetector":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if data.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{path}: format {data.get('format')!r}, expected {MODEL_FORMAT}")
+        return cls(n_states=len(data["means"]), hysteresis=Hysteresis(**data["hysteresis"]),
+                   rule=StateRule(**data["rule"]), params=data)
+
+    # ------------------------------------------------------------------ inference
+    def _require_fitted(self) -> None:
+        if self.params is None:
+            raise RuntimeError("HMMRegimeDetector is not fitted: call fit() or load()")
+
+    def state_posteriors(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Filtered P(state_t | features_1..t) per day: causal, so a backtest never peeks ahead."""
+        self._require_fitted()
+        p = self.params
+        cols = p["features"]
+        x = frame.reindex(columns=cols).to_numpy(float)
+        x = (x - np.asarray(p["scaler_mean"])) / np.asarray(p["scaler_std"])
+        ll = _masked_loglik(x, np.asarray(p["means"]), np.asarray(p["variances"]))
+        log_a = np.log(np.maximum(np.asarray(p["transmat"]), 1e-300))
+        out = np.empty_like(ll)
+        prev = np.log(np.asarray(p["startprob"]))
+        for t in range(len(ll)):
+            cur = (logsumexp(prev[:, None] + log_a, axis=0) if t else prev) + ll[t]
+            prev = cur - logsumexp(cur)
+            out[t] = prev
+        return pd.DataFrame(np.exp(out), index=frame.index, columns=range(self.n_states))
+
+    def regime_probabilities(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Filtered probability of each named regime per day (sum over its states)."""
+        post = self.state_posteriors(frame)
+        names = self.params["state_regimes"]
+        return pd.DataFrame({r.value: post.loc[:, [k for k, n in enumerate(names) if n == r.value]].sum(axis=1)
+                             for r in REGIMES}, index=frame.index)
+
+    def label_history(self, frame: pd.DataFrame, hysteresis: bool = True) -> pd.Series:
+        """Regime per day (values are :class:`Regime`), causal; with the detector's hysteresis by default."""
+        probs = self.regime_probabilities(frame)
+        idx = self.hysteresis.run(probs.to_numpy())[0] if hysteresis else probs.to_numpy().argmax(axis=1)
+        return pd.Series([REGIMES[i] for i in idx], index=frame.index, name="regime")
+
+    def detect(self, market: MarketSnapshot) -> RegimeReading:
+        now = market.now
+        if self.params is None:
+            return RegimeReading(Regime.UNKNOWN, 0.0, self.name, now, {"why": "no fitted regime model loaded"})
+        try:
+            frame = build_features(daily_closes_from_snapshot(market))
+            frame = frame.dropna(how="all")
+            present = frame.reindex(columns=self.params["features"]).notna()
+            if len(frame) < self.min_days:
+                return RegimeReading(Regime.UNKNOWN, 0.0, self.name, now, {
+                    "why": f"{len(frame)} days of features in the snapshot, need {self.min_days}"})
+            n_last = int(present.iloc[-1].sum())
+            if n_last < self.min_features:
+                return RegimeReading(Regime.UNKNOWN, 0.0, self.name, now, {
+                    "why": f"only {n_last} of {len(self.params['features'])} features on "
+                           f"{frame.index[-1].date()}, need {self.min_features}",
+                    "missing": [c for c in self.params["features"] if not present.iloc[-1][c]]})
+            probs = self.regime_probabilities(frame)
+            held, streak = self.hysteresis.run(probs.to_numpy())
+        except Exception as exc:  # a bad snapshot must not stop the engine: say why, restrict entries
+            _log.exception("regime detection failed")
+            return RegimeReading(Regime.UNKNOWN, 0.0, self.name, now, {"why": f"detection failed: {exc!r}"})
+        last = probs.iloc[-1]
+        regime = REGIMES[int(held[-1])]
+        raw = max(last.items(), key=lambda kv: kv[1])
+        details = {
+            "as_of_day": frame.index[-1].date().isoformat(),
+            "raw_regime": raw[0], "raw_confidence": round(float(raw[1]), 4),
+            "pending_switch_streak": int(streak[-1]),
+            "probabilities": {k: round(float(v), 4) for k, v in last.items()},
+            "missing_features": [c for c in self.params["features"] if not present.iloc[-1][c]],
+            "model_trained_to": self.params["training"]["end"],
+        }
+        return RegimeReading(regime, round(float(last[regime.value]), 4), self.name, now, details)
+
+    # ------------------------------------------------------------------ model card
+    def card(self) -> str:
+        p = self.to_dict()
+        t = p["training"]
+        lines = [
+            "# Model card: HMM regime detector (`models/regime_hmm.json`)", "",
+            "Gaussian hidden Markov model (hmmlearn `GaussianHMM`, diagonal covariance) over daily "
+            "cross-asset features; hidden states are named by a fixed rule over their mean SPY return "
+            "and volatility. Produced by `hydra train --component regime`.", "",
+            f"- fitted at: {t['fitted_at']}",
+            f"- training span: {t['start']} → {t['end']} ({t['days']} days with every core feature)",
+            f"- states: {self.n_states}; restarts: {t['n_init']}; seed: {t['seed']}; "
+            f"converged: {t['converged']} after {t['iterations']} iterations",
+            f"- log-likelihood (core features, standardised): {t['log_likelihood']:.1f} "
+            f"({t['log_likelihood_per_day']:.3f} per day); BIC {t['bic']:.1f}",
+            f"- core features (fitted by EM): {', '.join(p['core_features'])}",
+            f"- extension features (one posterior-weighted M-step over the days they exist): "
+            f"{', '.join(c for c in p['features'] if c not in p['core_features']) or 'none'}",
+            f"- dropped (too few observations): {', '.join(p['dropped_features']) or 'none'}",
+            "- standardisation: training-span mean/std per feature (stored in the JSON)",
+            f"- state → regime rule: {p['rule']}",
+            f"- hysteresis: switch after {p['hysteresis']['confirm']} consecutive daily readings with "
+            f"posterior ≥ {p['hysteresis']['threshold']}", "",
+            "| state | regime | SPY 20d return | SPY vol (ann.) | VIX | BTC 20d return | days (argmax) | expected duration (days) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for s in p["state_stats"]:
+            fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+            lines.append(f"| {s['state']} | {s['regime']} | {s['spy_ret20']:+.2%} | {s['spy_vol']:.1%} | "
+                         f"{fmt(s['vix'], '.1f')} | {fmt(s['btc_ret20'], '+.1%')} | {s['days_argmax']} | "
+                         f"{s['expected_duration_days']} |")
+        lines += ["", "Limitations: the states are fitted on 2010-onward US ETF/VIX history, BTC only "
+                  "informs the states' emissions from 2019-10; regimes are daily, so intraday crashes show "
+                  "up at the next daily close; the rule's thresholds are judgement, not fitted.", ""]
+        return "\n".join(lines)
+
+
+def load_detector(path: str | Path = DEFAULT_MODEL_PATH) -> RegimeDetector:
+    """The fitted HMM if its JSON loads, else the interim :class:`TrendVolRule` (logged)."""
+    try:
+        return HMMRegimeDetector.load(path)
+    except (OSError, ValueError, KeyError) as exc:
+        _log.warning("regime model %s unavailable (%s); using TrendVolRule", path, exc)
+        return TrendVolRule()

@@ -1,147 +1,364 @@
-"""Risk layer: the last gate before money moves. "HYDRA prefers not trading over dying."
+"""Risk brain (issue #5): the last gate before money moves. "HYDRA prefers not trading over dying."
 
-Interim (issue #2): fixed-fraction sizing (risk a fixed share of equity to the stop) under the
-bible's hard limits, with a daily-loss kill switch. Issue #5 adds half-Kelly, volatility scaling,
-correlation penalties, cooldowns and the other kill switches behind the same interface.
+Seeds: strategy bible, "Risk Management: The Actual Edge" (half-Kelly, volatility scaling, the hard
+limits table) and layer specifications, "LAYER 4: RISK BRAIN" (sizing order, correlation penalty,
+kill switches). The maths lives in :mod:`hydra_engine.sizing`; this module holds the state.
+
+Every proposal gets either an approved quantity (rounded down with ``AssetSpec.round_qty``) or a veto;
+both name the rule (``RiskDecision.rule``) and carry the numbers (``reason``, ``details``).
+
+Engine contract, each cycle (see README "Risk brain"):
+
+1. ``on_equity(equity_usd, now)`` and ``on_market(regime, None, now)``: either may fire a kill switch
+   and return its reason;
+2. ``kill_requested()`` not None → flatten: ``PositionManager.manage(..., kill=True)`` and submit every
+   exit; repeat every cycle until flat (the kill persists until ``resume()``);
+3. ``entries_blocked(now)`` not None → skip proposals (kill, cooldown or daily trade count);
+4. for each ranked proposal, ``evaluate(proposal, asset, view, market)``; an approval reserves its
+   notional in ``view`` so the next proposal in the same cycle sees it;
+5. ``on_entry_filled(now)`` once per filled entry order; ``on_trade_closed(trade, now)`` per round trip;
+6. persist ``to_state()``; after a restart ``load_state(saved)`` restores kill, peak, day and cooldown.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
+
+import numpy as np
 
 from .config import RiskConfig
-from .domain import ClosedTrade, Position, RiskDecision, Side, TradeProposal
-from .ports import AssetSpec, to_decimal
+from .domain import ClosedTrade, Position, Regime, RegimeReading, RiskDecision, Side, TradeProposal, require_utc
+from .ports import AssetSpec, MarketSnapshot, to_decimal
+from .sizing import (CENT, ZERO, SizingInputs, aligned_returns, correlation, correlation_penalty,
+                     kelly_f, size_notional, vol_multiplier)
 
-HARD_LIMITS = {  # the strategy bible's table; config may tighten, never loosen
+HARD_LIMITS = {  # the strategy bible's table: config may lower these ceilings, never raise them
     "max_position_pct": 3.0, "max_asset_pct": 5.0, "max_total_exposure_pct": 25.0,
     "max_trades_per_day": 30, "max_consecutive_losses": 3, "max_daily_loss_pct": 5.0,
     "max_drawdown_pct": 10.0,
 }
+HARD_FLOORS = {"cooldown_hours": 4.0}  # config may lengthen the cooldown, never shorten it
 
 
 class RiskConfigError(ValueError):
-    pass
+    """A risk setting loosens a hard limit. ``key``, ``value`` and ``limit`` name it."""
+
+    def __init__(self, key: str, value, limit, direction: str):
+        self.key, self.value, self.limit = key, value, limit
+        super().__init__(f"risk.{key} = {value} loosens the hard limit {limit} (it may only be "
+                         f"{direction}); config may tighten the bible's limits, never loosen them")
 
 
 def check_hard_limits(cfg: RiskConfig) -> None:
+    """Refuse at start-up any config that loosens a hard limit (bible: "Cannot Be Overridden")."""
     for key, ceiling in HARD_LIMITS.items():
-        value = getattr(cfg, key)
-        if value > ceiling:
-            raise RiskConfigError(f"risk.{key} = {value} loosens the hard limit {ceiling}; "
-                                  f"config may only tighten it")
+        if getattr(cfg, key) > ceiling:
+            raise RiskConfigError(key, getattr(cfg, key), ceiling, f"<= {ceiling}")
+    for key, floor in HARD_FLOORS.items():
+        if getattr(cfg, key) < floor:
+            raise RiskConfigError(key, getattr(cfg, key), floor, f">= {floor}")
 
 
 @dataclass(slots=True)
 class PortfolioView:
+    """What the risk brain sees of the book at ``now``. Exposure counts held positions at their marks
+    plus pending (submitted, unfilled) entry notional, so limits hold before fills arrive."""
+
     now: datetime
     equity_usd: Decimal
     buying_power_usd: Decimal
     positions: dict[str, Position]
     marks: dict[str, float]
+    pending_entries_usd: dict[str, Decimal] = field(default_factory=dict)  # symbol -> unfilled entry notional
+    pending_entry_count: int = 0                                           # unfilled entry orders
 
     def exposure_usd(self, symbol: str | None = None) -> Decimal:
-        total = Decimal(0)
+        total = ZERO
         for sym, pos in self.positions.items():
             if symbol is None or sym == symbol:
                 total += abs(pos.qty) * to_decimal(self.marks.get(sym, float(pos.avg_entry_price)))
+        for sym, usd in self.pending_entries_usd.items():
+            if symbol is None or sym == symbol:
+                total += usd
         return total
+
+    def reserve(self, symbol: str, notional_usd: Decimal) -> None:
+        """Count an approved, not yet filled entry against the limits (done by ``evaluate``)."""
+        self.pending_entries_usd[symbol] = self.pending_entries_usd.get(symbol, ZERO) + notional_usd
+        self.buying_power_usd -= notional_usd
+        self.pending_entry_count += 1
 
 
 @dataclass(slots=True)
 class RiskState:
-    day: str = ""
-    day_start_equity: float = 0.0
-    trades_today: int = 0
+    """Everything that must survive a restart. Money is Decimal USD, times UTC."""
+
+    day: str = ""                         # UTC date the daily counters belong to
+    day_start_equity: Decimal = ZERO      # first equity seen that UTC day (daily-loss base)
+    peak_equity: Decimal = ZERO           # highest equity seen (drawdown base)
+    last_equity: Decimal = ZERO
+    trades_today: int = 0                 # filled entries this UTC day
+    loss_streak: int = 0                  # consecutive losing round trips
+    cooldown_until: datetime | None = None
     killed: bool = False
+    kill_rule: str = ""                   # daily_loss | drawdown | extreme_vol_regime_break | manual
     kill_reason: str = ""
-    history: list = field(default_factory=list)
+    killed_at: datetime | None = None
+    last_regime: str = ""                 # last known (non-UNKNOWN) regime, for regime breaks
 
 
 class RiskManager:
-    name = "fixed_fraction_interim"
+    name = "half_kelly_vol_corr"
 
     def __init__(self, cfg: RiskConfig):
         check_hard_limits(cfg)
         self.cfg = cfg
         self.state = RiskState()
+        self._vetoes: Counter[str] = Counter()
+        self._bindings: Counter[str] = Counter()
 
-    # ------------------------------------------------------------------ state
-    def _roll_day(self, now: datetime, equity: float) -> None:
-        day = now.date().isoformat()
+    # ------------------------------------------------------------------ accounting
+    def _roll_day(self, now: datetime, equity: Decimal | None = None) -> None:
+        day = require_utc(now, "now").date().isoformat()
         if day != self.state.day:
-            self.state.day, self.state.day_start_equity, self.state.trades_today = day, equity, 0
+            base = equity if equity is not None else self.state.last_equity
+            self.state.day, self.state.day_start_equity, self.state.trades_today = day, base, 0
 
     def on_equity(self, equity_usd: Decimal, now: datetime) -> str | None:
-        """Update day accounting; return a kill reason when a kill condition fires now."""
-        eq = float(equity_usd)
+        """Track the day's start, the peak and the last equity; return a kill reason when the
+        daily-loss or drawdown-from-peak switch fires now (bible table; status assessment kill list)."""
+        eq = to_decimal(equity_usd, "equity_usd")
         self._roll_day(now, eq)
-        if not self.state.killed and self.state.day_start_equity > 0:
-            loss_pct = (self.state.day_start_equity - eq) / self.state.day_start_equity * 100
-            if loss_pct >= self.cfg.max_daily_loss_pct:
-                self.kill(f"daily loss {loss_pct:.2f}% >= {self.cfg.max_daily_loss_pct}%")
-                return self.state.kill_reason
+        s = self.state
+        if s.day_start_equity <= 0:
+            s.day_start_equity = eq
+        s.last_equity, s.peak_equity = eq, max(s.peak_equity, eq)
+        if s.killed:
+            return None
+        if s.day_start_equity > 0:
+            loss_pct = (s.day_start_equity - eq) / s.day_start_equity * 100
+            if loss_pct >= to_decimal(self.cfg.max_daily_loss_pct):
+                return self.kill(f"daily loss {loss_pct:.2f}% >= {self.cfg.max_daily_loss_pct}% "
+                                 f"(${s.day_start_equity:.2f} -> ${eq:.2f})", now, rule="daily_loss")
+        if s.peak_equity > 0:
+            dd_pct = (s.peak_equity - eq) / s.peak_equity * 100
+            if dd_pct >= to_decimal(self.cfg.max_drawdown_pct):
+                return self.kill(f"drawdown {dd_pct:.2f}% >= {self.cfg.max_drawdown_pct}% from peak "
+                                 f"${s.peak_equity:.2f} (now ${eq:.2f})", now, rule="drawdown")
         return None
 
-    def kill(self, reason: str) -> None:
-        self.state.killed, self.state.kill_reason = True, reason
+    def on_market(self, regime: RegimeReading | None, realised_vol_percentile: float | None,
+                  now: datetime, regime_break: bool | None = None) -> str | None:
+        """Kill on "regime break + extreme vol" (layer spec, Kill Switches).
 
-    def resume(self) -> None:
-        self.state.killed, self.state.kill_reason = False, ""
+        ``realised_vol_percentile`` is a fraction in [0, 1] (where current realised volatility ranks in
+        its own history); None reads ``regime.details["vol_percentile"]`` (the TrendVolRule detector
+        provides it). ``regime_break`` None means: the regime differs from the last known one (UNKNOWN
+        readings neither break nor reset). Returns the kill reason when it fires now."""
+        s = self.state
+        pct = realised_vol_percentile
+        if pct is None and regime is not None:
+            pct = regime.details.get("vol_percentile")
+        if pct is not None and not 0.0 <= float(pct) <= 1.0:
+            raise ValueError(f"realised_vol_percentile must be a fraction in [0, 1], got {pct!r}")
+        known = regime is not None and regime.regime is not Regime.UNKNOWN
+        if regime_break is None:
+            regime_break = known and bool(s.last_regime) and regime.regime.value != s.last_regime
+        previous = s.last_regime
+        if known:
+            s.last_regime = regime.regime.value
+        if s.killed or not regime_break or pct is None or float(pct) < self.cfg.extreme_vol_percentile:
+            return None
+        now_name = regime.regime.value if regime is not None else "?"
+        return self.kill(f"regime break {previous or '?'} -> {now_name} with realised vol at the "
+                         f"{float(pct):.0%} percentile >= {self.cfg.extreme_vol_percentile:.0%}", now,
+                         rule="extreme_vol_regime_break")
+
+    def kill(self, reason: str, now: datetime | None = None, rule: str = "manual") -> str:
+        """Trip the kill switch (the first cause is kept). Entries stay blocked and the engine keeps
+        flattening until :meth:`resume`. Returns the active kill reason."""
+        s = self.state
+        if not s.killed:
+            s.killed, s.kill_rule, s.kill_reason, s.killed_at = True, rule, reason, now
+        return s.kill_reason
+
+    def resume(self, now: datetime | None = None) -> None:
+        """Explicit operator resume. The peak and the day's start are rebased to the last equity so the
+        same loss does not trip the switch again at once; a running cooldown is NOT cleared."""
+        s = self.state
+        s.killed, s.kill_rule, s.kill_reason, s.killed_at = False, "", "", None
+        if s.last_equity > 0:
+            s.peak_equity = s.day_start_equity = s.last_equity
+
+    def kill_requested(self) -> str | None:
+        """Non-None while killed: the engine must flatten everything (every cycle, until flat)."""
+        return f"{self.state.kill_rule}: {self.state.kill_reason}" if self.state.killed else None
+
+    @property
+    def pending_flatten(self) -> bool:
+        return self.state.killed
+
+    def _blocked(self, now: datetime) -> tuple[str, str] | None:
+        self._roll_day(now)
+        s = self.state
+        if s.killed:
+            return "kill_switch", f"kill switch ({s.kill_rule}): {s.kill_reason}"
+        if s.cooldown_until is not None and now < s.cooldown_until:
+            left = (s.cooldown_until - now).total_seconds() / 3600
+            return "cooldown", (f"cooldown after {self.cfg.max_consecutive_losses} consecutive losses until "
+                                f"{s.cooldown_until.isoformat()} ({left:.2f} h left)")
+        if s.trades_today >= self.cfg.max_trades_per_day:
+            return "max_trades_per_day", f"{s.trades_today} trades today >= {self.cfg.max_trades_per_day}"
+        return None
 
     def entries_blocked(self, now: datetime) -> str | None:
-        if self.state.killed:
-            return f"kill switch: {self.state.kill_reason}"
-        return None
+        """Why no entry may be taken now (kill, cooldown, day's trade count), or None."""
+        blocked = self._blocked(now)
+        return blocked[1] if blocked else None
 
     def on_entry_filled(self, now: datetime) -> None:
+        """Call once per entry order that (first) fills: counts toward the daily trade limit."""
+        self._roll_day(now)
         self.state.trades_today += 1
 
     def on_trade_closed(self, trade: ClosedTrade, now: datetime) -> None:
-        """Interim: no loss-streak cooldown yet."""
-
-    def to_state(self) -> dict:
+        """A losing round trip (pnl_usd < 0) extends the streak, anything else resets it; at
+        ``max_consecutive_losses`` entries pause for ``cooldown_hours`` (bible: 3 losses → 4 hours)."""
         s = self.state
-        return {"day": s.day, "day_start_equity": s.day_start_equity, "trades_today": s.trades_today,
-                "killed": s.killed, "kill_reason": s.kill_reason}
+        if to_decimal(trade.pnl_usd, "pnl_usd") < 0:
+            s.loss_streak += 1
+            if s.loss_streak >= self.cfg.max_consecutive_losses:
+                until = require_utc(now, "now") + timedelta(hours=self.cfg.cooldown_hours)
+                s.cooldown_until = max(until, s.cooldown_until) if s.cooldown_until else until
+                s.loss_streak = 0
+        else:
+            s.loss_streak = 0
+
+    def veto_counts(self) -> dict[str, int]:
+        """Vetoes per rule in this process's run (for the run summary; not persisted)."""
+        return dict(self._vetoes)
+
+    def binding_counts(self) -> dict[str, int]:
+        """Approvals per binding rule in this run."""
+        return dict(self._bindings)
+
+    # ------------------------------------------------------------------ persistence
+    def to_state(self) -> dict:
+        """JSON-ready snapshot of everything in :class:`RiskState` (Decimal and datetimes as strings)."""
+        out = {}
+        for key in RiskState.__slots__:
+            value = getattr(self.state, key)
+            out[key] = value.isoformat() if isinstance(value, datetime) else (
+                str(value) if isinstance(value, Decimal) else value)
+        return {"version": 2, **out}
 
     def load_state(self, data: dict) -> None:
-        for key, value in data.items():
-            if hasattr(self.state, key):
-                setattr(self.state, key, value)
+        """Restore :meth:`to_state` output (also the interim version-less dict)."""
+        fresh = RiskState()
+        for key in RiskState.__slots__:
+            if key not in data or data[key] is None:
+                continue
+            default, value = getattr(fresh, key), data[key]
+            if isinstance(default, Decimal):
+                value = to_decimal(value, key)
+            elif key in ("cooldown_until", "killed_at"):
+                value = require_utc(datetime.fromisoformat(value) if isinstance(value, str) else value, key)
+            setattr(fresh, key, value)
+        self.state = fresh
 
     # ------------------------------------------------------------------ sizing
-    def evaluate(self, proposal: TradeProposal, asset: AssetSpec, portfolio: PortfolioView) -> RiskDecision:
-        cfg = self.cfg
-        equity = portfolio.equity_usd
-        blocked = self.entries_blocked(portfolio.now)
+    def _veto(self, proposal: TradeProposal, rule: str, reason: str, details: dict | None = None) -> RiskDecision:
+        self._vetoes[rule] += 1
+        return RiskDecision(proposal, False, rule=rule, reason=f"veto {rule}: {reason}", details=details or {})
+
+    def _vol(self, symbol: str, market: MarketSnapshot | None) -> tuple[float, dict]:
+        bars = market.bars.get(symbol) if market is not None else None
+        if bars is None:
+            return 1.0, {"vol_note": "no bars: no vol scaling"}
+        c = self.cfg
+        return vol_multiplier(bars.close, c.vol_lookback_bars, c.vol_mult_min, c.vol_mult_max)
+
+    def _corr(self, symbol: str, portfolio: PortfolioView, market: MarketSnapshot | None) -> tuple[float, dict]:
+        mine = market.bars.get(symbol) if market is not None else None
+        if mine is None:
+            return 1.0, {}
+        corrs: dict[str, float] = {}
+        for other in portfolio.positions:
+            theirs = market.bars.get(other)
+            if other == symbol or theirs is None:
+                continue
+            ra, rb = aligned_returns(mine.ts + mine.interval_s, mine.close, theirs.ts + theirs.interval_s,
+                                     theirs.close, self.cfg.corr_lookback_bars)
+            rho = correlation(ra, rb, self.cfg.corr_min_overlap)
+            if rho is not None:
+                corrs[other] = round(rho, 4)
+        if not corrs:
+            return 1.0, {}
+        avg = float(np.mean([abs(v) for v in corrs.values()]))
+        mult = correlation_penalty(avg)
+        return mult, {"corr": corrs, "corr_avg_abs": round(avg, 4), "corr_mult": mult}
+
+    def evaluate(self, proposal: TradeProposal, asset: AssetSpec, portfolio: PortfolioView,
+                 market: MarketSnapshot | None = None) -> RiskDecision:
+        """Approve a rounded quantity or veto, naming the rule and the numbers. With ``market`` the
+        size is scaled by the symbol's realised volatility (``market.bars[symbol].close``) and by its
+        return correlation with the open positions; without it both multipliers are 1."""
+        cfg, now = self.cfg, portfolio.now
+        blocked = self._blocked(now)
         if blocked:
-            return RiskDecision(proposal, False, rule="kill_switch", reason=blocked)
-        if self.state.trades_today >= cfg.max_trades_per_day:
-            return RiskDecision(proposal, False, rule="max_trades_per_day",
-                                reason=f"{self.state.trades_today} trades today >= {cfg.max_trades_per_day}")
+            return self._veto(proposal, *blocked)
+        pending = portfolio.pending_entry_count
+        if self.state.trades_today + pending >= cfg.max_trades_per_day:
+            return self._veto(proposal, "max_trades_per_day", f"{self.state.trades_today} filled + {pending} "
+                              f"pending entries today >= {cfg.max_trades_per_day}")
+        if not asset.tradable:
+            return self._veto(proposal, "not_tradable", f"{asset.symbol} is not tradable at the venue")
         if proposal.side is Side.SELL and not asset.shortable:
-            return RiskDecision(proposal, False, rule="not_shortable", reason=f"{asset.symbol} cannot be sold short")
-        pct = Decimal("0.01")
-        caps = {
-            "risk_per_trade": equity * to_decimal(cfg.risk_per_trade_pct) * pct / to_decimal(proposal.stop_distance_pct),
-            "max_position_pct": equity * to_decimal(cfg.max_position_pct) * pct,
-            "max_asset_pct": equity * to_decimal(cfg.max_asset_pct) * pct - portfolio.exposure_usd(proposal.symbol),
-            "max_total_exposure_pct": equity * to_decimal(cfg.max_total_exposure_pct) * pct - portfolio.exposure_usd(),
-            "buying_power": portfolio.buying_power_usd * Decimal("0.95"),
-        }
-        if proposal.max_notional_usd is not None:
-            caps["strategy_max_notional"] = to_decimal(proposal.max_notional_usd)
-        rule, notional = min(caps.items(), key=lambda kv: kv[1])
-        numbers = {k: str(v.quantize(Decimal("0.01"))) for k, v in caps.items()}
+            return self._veto(proposal, "not_shortable", f"{asset.symbol} cannot be sold short")
+        if market is not None and proposal.symbol in market.stale:
+            return self._veto(proposal, "stale_data", market.stale[proposal.symbol])
+        equity = portfolio.equity_usd
+        if equity <= 0:
+            return self._veto(proposal, "no_equity", f"equity ${equity} <= 0")
+
+        vol_mult, vol_info = self._vol(proposal.symbol, market)
+        corr_mult, corr_info = self._corr(proposal.symbol, portfolio, market)
+        inputs = SizingInputs(
+            equity_usd=equity, buying_power_usd=portfolio.buying_power_usd, win_prob=proposal.confidence,
+            reward_risk=proposal.reward_risk, stop_distance=proposal.stop_distance_pct,
+            kelly_fraction=cfg.kelly_fraction, risk_per_trade_pct=cfg.risk_per_trade_pct,
+            max_position_pct=cfg.max_position_pct, max_asset_pct=cfg.max_asset_pct,
+            max_total_exposure_pct=cfg.max_total_exposure_pct,
+            asset_exposure_usd=portfolio.exposure_usd(proposal.symbol), total_exposure_usd=portfolio.exposure_usd(),
+            buying_power_buffer_pct=cfg.buying_power_buffer_pct, vol_mult=vol_mult, corr_mult=corr_mult,
+            max_notional_usd=None if proposal.max_notional_usd is None else to_decimal(proposal.max_notional_usd))
+        result = size_notional(inputs)
+        details = {**result.details(), "equity_usd": str(equity.quantize(CENT)),
+                   "win_prob": proposal.confidence, "reward_risk": round(proposal.reward_risk, 4),
+                   "stop_distance_pct": round(proposal.stop_distance_pct * 100, 4),
+                   "kelly_f_star": round(kelly_f(proposal.confidence, proposal.reward_risk), 6),
+                   "kelly_fraction": cfg.kelly_fraction, "vol_mult": round(vol_mult, 4), "corr_mult": corr_mult,
+                   **vol_info, **corr_info, "binding": result.rule}
+        rule, notional = result.rule, result.notional_usd
         if notional <= 0:
-            return RiskDecision(proposal, False, rule=rule, reason=f"no room under {rule}", details=numbers)
-        price = to_decimal(proposal.entry_price)
+            why = ("no edge: Kelly f* = 0" if rule == "kelly"
+                   else f"no room under {rule} (${result.candidates[rule].quantize(CENT)})")
+            return self._veto(proposal, rule, why, details)
+        price = to_decimal(proposal.entry_price, "entry_price")
         qty = asset.round_qty(notional / price)
-        notional = qty * price
-        if qty <= 0 or qty < asset.min_order_size or notional < to_decimal(proposal.min_notional_usd):
-            return RiskDecision(proposal, False, rule="min_size",
-                                reason=f"size {qty} (${notional:.2f}) below the minimum after {rule}", details=numbers)
-        return RiskDecision(proposal, True, qty=qty, notional_usd=notional.quantize(Decimal("0.01")), rule=rule,
-                            reason=f"sized by {rule}: {qty} {asset.symbol} = ${notional:.2f}", details=numbers)
+        final = qty * price
+        details.update(price=str(price), qty=str(qty))
+        if qty <= 0 or qty < asset.min_order_size or final < to_decimal(proposal.min_notional_usd):
+            return self._veto(proposal, "min_size", f"{qty} {asset.symbol} (${final.quantize(CENT)}) after "
+                              f"{rule} ${notional.quantize(CENT)} is below the minimum (min qty "
+                              f"{asset.min_order_size}, min notional ${proposal.min_notional_usd})", details)
+        self._bindings[rule] += 1
+        portfolio.reserve(proposal.symbol, final)
+        return RiskDecision(proposal, True, qty=qty, notional_usd=final.quantize(CENT, ROUND_DOWN), rule=rule,
+                            reason=(f"sized by {rule}: {qty} {asset.symbol} = ${final.quantize(CENT)} "
+                                    f"(kelly ${result.candidates['kelly'].quantize(CENT)}, risk_per_trade "
+                                    f"${result.candidates['risk_per_trade'].quantize(CENT)}, vol x{vol_mult:.2f}, "
+                                    f"corr x{corr_mult}, cap {rule} ${notional.quantize(CENT)})"),
+                            details=details)

@@ -1,0 +1,125 @@
+"""Wiring: build an engine for a mode from the settings, and run a session with a clock.
+
+This is the only place that knows which implementation backs each port: replay data and the
+simulated broker offline; Alpaca data and broker on paper. Everything downstream is shared.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from . import __version__
+from .aggregator import SignalAggregator
+from .brokers.capabilities import DEFAULT_ASSET_SPECS
+from .brokers.sim import SimulatedBroker
+from .clock import LiveClock, SimulatedClock
+from .config import Settings, utc_stamp
+from .data.replay import ReplayMarketData
+from .domain import UTC
+from .engine import Engine
+from .plugins import build_strategies
+from .positions import PositionManager
+from .regime import TrendVolRule
+from .risk import RiskManager
+from .store import Store
+from .tradelog import SessionLog
+from .weights import StrategyWeights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    engine: Engine
+    clock: SimulatedClock | LiveClock
+    session_log: SessionLog
+    store: Store
+
+
+def build_regime_detector(settings: Settings):
+    return TrendVolRule()
+
+
+def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,
+               metadata: dict, store_batch: int) -> tuple[Engine, SessionLog, Store]:
+    strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
+    started = datetime.now(UTC)
+    store = Store(settings.storage.url, root=settings.resolve_path("."))
+    session_log = SessionLog(log_dir, started, {
+        "session_id": session_id, "hydra_version": __version__, "mode": mode,
+        "config_hash": settings.config_hash(), "broker": settings.broker.kind, "data": settings.data.kind,
+        "symbols": settings.universe.symbols, "strategies": [s.name for s in strategies],
+        "starting_equity_usd": str(Decimal(str(settings.broker.starting_cash_usd))), **metadata})
+    engine = Engine(settings, market=market, broker=broker, strategies=strategies,
+                    regime_detector=build_regime_detector(settings), aggregator=SignalAggregator(),
+                    weights=StrategyWeights([s.name for s in strategies]), risk=RiskManager(settings.risk),
+                    position_manager=PositionManager(), session_id=session_id, mode=mode,
+                    session_log=session_log, store=store, store_batch=store_batch)
+    return engine, session_log, store
+
+
+def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path | None = None,
+                      log_dir: Path | None = None) -> Session:
+    data_cfg = settings.data
+    folder = data_dir or settings.resolve_path(data_cfg.replay_dir)
+    market = ReplayMarketData(folder, settings.universe.symbols, data_only=settings.universe.data_only,
+                              history_bars=settings.engine.history_bars, start=data_cfg.start, end=data_cfg.end,
+                              crypto_stale_after_s=data_cfg.crypto_stale_after_s,
+                              equity_stale_after_s=data_cfg.equity_stale_after_s)
+    ticks = market.timeline()
+    if not ticks:
+        raise ValueError(f"no data between {data_cfg.start} and {data_cfg.end} in {folder}")
+    unknown = [s for s in settings.universe.symbols if s not in DEFAULT_ASSET_SPECS]
+    if unknown:
+        raise ValueError(f"universe.symbols {unknown} have no asset specification for the simulated broker")
+    broker = SimulatedBroker(market, DEFAULT_ASSET_SPECS, starting_cash_usd=settings.broker.starting_cash_usd,
+                             fee_bps=settings.broker.fee_bps, slippage_bps=settings.broker.slippage_bps)
+    session_id = f"{mode}-{settings.config_hash()[:8]}-{utc_stamp(ticks[0])[:8]}"
+    engine, session_log, store = build_core(
+        settings, market=market, broker=broker, session_id=session_id, mode=mode,
+        log_dir=log_dir or settings.resolve_path(settings.engine.log_dir),
+        metadata={"data_folder": str(folder), "data_start": ticks[0], "data_end": ticks[-1],
+                  "fee_bps": settings.broker.fee_bps, "slippage_bps": settings.broker.slippage_bps,
+                  "data_quality": {k: v for k, v in vars(market.quality).items() if v}},
+        store_batch=500)
+    return Session(engine, SimulatedClock(ticks), session_log, store)
+
+
+def run_session(session: Session, *, max_cycles: int | None = None, progress: bool = True) -> dict:
+    """Drive the engine with the session's clock, then close the log and return the summary."""
+    engine = session.engine
+    total = len(session.clock.ticks) if isinstance(session.clock, SimulatedClock) else max_cycles
+    if max_cycles is not None and total is not None:
+        total = min(total, max_cycles)
+    bar = None
+    if progress and isinstance(session.clock, SimulatedClock):
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="cycle", desc="HYDRA sim", file=sys.stderr, mininterval=0.5,
+                   dynamic_ncols=True)
+
+    def tick(now: datetime) -> bool:
+        report = engine.run_cycle(now)
+        if bar is not None:
+            bar.update(1)
+            if engine.cycle % 200 == 0:
+                bar.set_postfix_str(f"{now:%Y-%m-%d} equity ${float(report['equity_usd']):,.0f} "
+                                    f"trades {len(engine.closed_trades)}")
+        return True
+
+    try:
+        session.clock.run(tick, max_ticks=max_cycles)
+    finally:
+        if bar is not None:
+            bar.close()
+        summary = engine.summary()
+        session.session_log.close(datetime.now(UTC), summary)
+        session.store.save_state("engine", engine.state(), datetime.now(UTC))
+        session.store.flush()
+    summary["log"] = str(session.session_log.path)
+    summary["journal"] = str(session.session_log.journal_path)
+    summary["database"] = session.store.url
+    return summary

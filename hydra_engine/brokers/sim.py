@@ -1,0 +1,203 @@
+"""Simulated broker: the offline and backtest venue, with Alpaca's rules and HYDRA's typed errors.
+
+Market orders fill at the next available price — the open of the first bar that opens at or after
+the order was sent — moved against the trader by ``slippage_bps``, and pay ``fee_bps`` of notional.
+The rules mirror what Alpaca enforces, so a strategy that works here is not refused on paper:
+crypto is spot and long-only, fractional shares cannot be sold short, orders need buying power,
+an order may not oppose another working order on the same symbol, and a client_order_id is unique.
+Buying power is equity minus gross exposure (no margin): conservative, and it never goes negative.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from ..domain import AssetClass, Fill, Order, OrderStatus, OrderType, Side, TimeInForce
+from ..ports import (ZERO, Account, AssetSpec, BrokerPosition, HeldQuantity, InsufficientBuyingPower,
+                     InvalidOrder, InvalidTimeInForce, MarketData, ShortNotAllowed, WashTradeRejected,
+                     to_decimal)
+
+BPS = Decimal("0.0001")
+FEE_QUANTUM = Decimal("0.000001")
+
+
+class SimulatedBroker:
+    name = "sim"
+
+    def __init__(self, market: MarketData, assets: dict[str, AssetSpec], *, starting_cash_usd: Decimal | float,
+                 fee_bps: float = 10.0, slippage_bps: float = 5.0):
+        self.market = market
+        self.assets = assets
+        self.cash = to_decimal(starting_cash_usd, "starting_cash_usd")
+        self.fee_rate = to_decimal(fee_bps) * BPS
+        self.slippage = to_decimal(slippage_bps) * BPS
+        self._positions: dict[str, BrokerPosition] = {}
+        self._orders: dict[str, Order] = {}
+        self._working: list[str] = []
+        self._marks: dict[str, Decimal] = {}
+        self._fill_seq = 0
+        self.fees_paid = ZERO
+
+    # ------------------------------------------------------------------ account
+    def update_marks(self, prices: dict[str, float]) -> None:
+        """Mark positions at the latest observed prices (ignoring non-finite or non-positive ones)."""
+        for symbol, price in prices.items():
+            if math.isfinite(price) and price > 0:
+                self._marks[symbol] = to_decimal(price)
+
+    def _mark(self, symbol: str) -> Decimal:
+        pos = self._positions.get(symbol)
+        return self._marks.get(symbol, pos.avg_entry_price if pos else ZERO)
+
+    def account(self) -> Account:
+        market_value = sum((p.qty * self._mark(s) for s, p in self._positions.items()), ZERO)
+        gross = sum((abs(p.qty) * self._mark(s) for s, p in self._positions.items()), ZERO)
+        equity = self.cash + market_value
+        return Account(cash_usd=self.cash, equity_usd=equity, buying_power_usd=max(ZERO, equity - gross))
+
+    def positions(self) -> dict[str, BrokerPosition]:
+        return dict(self._positions)
+
+    def asset(self, symbol: str) -> AssetSpec:
+        try:
+            return self.assets[symbol]
+        except KeyError:
+            raise InvalidOrder(f"unknown asset {symbol!r}", symbol=symbol) from None
+
+    def is_market_open(self, symbol: str, now: datetime) -> bool:
+        """The simulation queues orders to the next bar, like Alpaca queues them to the next open."""
+        return True
+
+    # ------------------------------------------------------------------ orders
+    def submit(self, order: Order) -> Order:
+        spec = self.asset(order.symbol)
+        coid = order.client_order_id
+        if coid in self._orders:
+            raise InvalidOrder(f"client_order_id {coid} must be unique", symbol=order.symbol, client_order_id=coid)
+        self._validate(order, spec)
+        accepted = replace(order, status=OrderStatus.ACCEPTED, broker_order_id=f"sim-{len(self._orders) + 1}")
+        self._orders[coid] = accepted
+        self._working.append(coid)
+        return accepted
+
+    def _validate(self, order: Order, spec: AssetSpec) -> None:
+        ctx = {"symbol": order.symbol, "client_order_id": order.client_order_id}
+        if not spec.tradable or spec.asset_class is AssetClass.INDEX:
+            raise InvalidOrder(f"{order.symbol} is not tradable", **ctx)
+        if order.order_type is not OrderType.MARKET:
+            raise InvalidOrder(f"the simulated broker fills market orders only, got {order.order_type.value}", **ctx)
+        if spec.order_types and order.order_type not in spec.order_types:
+            raise InvalidOrder(f"{order.order_type.value} orders are not accepted for {order.symbol}", **ctx)
+        if spec.time_in_force and order.time_in_force not in spec.time_in_force:
+            raise InvalidTimeInForce(f"time_in_force {order.time_in_force.value} is not accepted for "
+                                     f"{order.symbol}; allowed: {sorted(t.value for t in spec.time_in_force)}", **ctx)
+        if order.qty <= 0 or spec.round_qty(order.qty) != order.qty or order.qty < spec.min_order_size:
+            raise InvalidOrder(f"qty {order.qty} is not a positive multiple of {spec.qty_increment} "
+                               f"at least {spec.min_order_size}", **ctx)
+        for other in (self._orders[c] for c in self._working):
+            if other.symbol == order.symbol and other.side is not order.side:
+                raise WashTradeRejected(f"opposite {other.side.value} order {other.client_order_id} is working "
+                                        f"on {order.symbol}", **ctx)
+        held = self._positions.get(order.symbol)
+        held_qty = held.qty if held else ZERO
+        reserved = sum((self._orders[c].qty for c in self._working
+                        if self._orders[c].symbol == order.symbol and self._orders[c].side is order.side), ZERO)
+        price = self._marks.get(order.symbol)
+        if order.side is Side.SELL:
+            available = max(ZERO, held_qty) - reserved
+            short_qty = order.qty - max(ZERO, available)
+            if short_qty > 0:
+                if spec.asset_class is AssetClass.CRYPTO:
+                    raise ShortNotAllowed(f"crypto cannot be sold short: sell {order.qty} {order.symbol} with "
+                                          f"{max(ZERO, available)} available", **ctx)
+                if held_qty > 0 or reserved > 0:
+                    raise HeldQuantity(f"insufficient qty available for order (requested: {order.qty}, "
+                                       f"available: {max(ZERO, available)})", **ctx)
+                if not spec.shortable:
+                    raise ShortNotAllowed(f"{order.symbol} is not shortable", **ctx)
+                if short_qty != short_qty.to_integral_value():
+                    raise ShortNotAllowed(f"fractional short sales are not supported ({short_qty} {order.symbol})", **ctx)
+        opening = order.side is Side.BUY and held_qty >= 0 or order.side is Side.SELL and held_qty <= 0
+        if opening:
+            if price is None:
+                raise InvalidOrder(f"no price yet for {order.symbol}; cannot check buying power", **ctx)
+            cost = order.qty * price * (1 + self.slippage + self.fee_rate)
+            bp = self.account().buying_power_usd - self._working_notional()
+            if cost > bp:
+                raise InsufficientBuyingPower(f"insufficient buying power: need ${cost:.2f}, have ${bp:.2f}", **ctx)
+
+    def _working_notional(self) -> Decimal:
+        total = ZERO
+        for c in self._working:
+            o = self._orders[c]
+            total += o.qty * self._marks.get(o.symbol, ZERO) * (1 + self.slippage + self.fee_rate)
+        return total
+
+    def cancel(self, client_order_id: str) -> None:
+        order = self._orders.get(client_order_id)
+        if order is not None and client_order_id in self._working:
+            self._working.remove(client_order_id)
+            order.status = OrderStatus.CANCELED
+
+    def open_orders(self) -> list[Order]:
+        return [self._orders[c] for c in self._working]
+
+    def get_order(self, client_order_id: str) -> Order | None:
+        return self._orders.get(client_order_id)
+
+    # ------------------------------------------------------------------ fills
+    def poll_fills(self, now: datetime) -> list[Fill]:
+        fills: list[Fill] = []
+        for coid in list(self._working):
+            order = self._orders[coid]
+            nxt = self.market.next_bar_open(order.symbol, order.created_at, now)
+            if nxt is None:
+                continue
+            ts, open_price = nxt
+            fill = self._fill(order, ts, to_decimal(open_price))
+            self._working.remove(coid)
+            if fill is not None:
+                fills.append(fill)
+        return fills
+
+    def _fill(self, order: Order, ts: datetime, open_price: Decimal) -> Fill | None:
+        spec = self.assets[order.symbol]
+        sign = order.side.sign
+        price = spec.round_price(open_price * (1 + sign * self.slippage))
+        notional = order.qty * price
+        fee = (notional * self.fee_rate).quantize(FEE_QUANTUM, rounding=ROUND_HALF_UP)
+        pos = self._positions.get(order.symbol)
+        held = pos.qty if pos else ZERO
+        opening = (order.side is Side.BUY and held >= 0) or (order.side is Side.SELL and held <= 0)
+        if opening and notional + fee > self.account().buying_power_usd:
+            order.status, order.reject_reason = OrderStatus.REJECTED, "insufficient buying power at fill"
+            return None
+        self.cash -= sign * notional + fee
+        self.fees_paid += fee
+        new_qty = held + sign * order.qty
+        if new_qty == 0:
+            self._positions.pop(order.symbol, None)
+        elif held == 0 or (held > 0) != (new_qty > 0):
+            self._positions[order.symbol] = BrokerPosition(order.symbol, new_qty, price)
+        elif abs(new_qty) > abs(held):  # adding to the position: volume-weighted average entry
+            avg = (abs(held) * pos.avg_entry_price + order.qty * price) / abs(new_qty)
+            self._positions[order.symbol] = BrokerPosition(order.symbol, new_qty, avg)
+        else:
+            self._positions[order.symbol] = BrokerPosition(order.symbol, new_qty, pos.avg_entry_price)
+        self._marks.setdefault(order.symbol, price)
+        order.status, order.filled_qty, order.filled_avg_price = OrderStatus.FILLED, order.qty, price
+        self._fill_seq += 1
+        return Fill(order.client_order_id, order.symbol, order.side, order.qty, price, fee, ts, f"simfill-{self._fill_seq}")
+
+    # ------------------------------------------------------------------ restart support
+    def to_state(self) -> dict:
+        return {"cash": str(self.cash), "fees_paid": str(self.fees_paid), "fill_seq": self._fill_seq,
+                "positions": {s: [str(p.qty), str(p.avg_entry_price)] for s, p in self._positions.items()}}
+
+    def load_state(self, state: dict) -> None:
+        self.cash = Decimal(state["cash"])
+        self.fees_paid = Decimal(state.get("fees_paid", "0"))
+        self._fill_seq = int(state.get("fill_seq", 0))
+        self._positions = {s: BrokerPosition(s, Decimal(q), Decimal(a)) for s, (q, a) in state["positions"].items()}

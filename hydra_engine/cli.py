@@ -1,0 +1,147 @@
+"""Command line: ``python hydra_engine.py [command]``. With no command it runs the offline simulation.
+
+Every subcommand is a thin layer over the same core. Commands beyond ``run``, ``status`` and
+``version`` live in ``hydra_engine/commands/<name>.py`` and register themselves (``register(sub)``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import pkgutil
+import sys
+from decimal import Decimal
+
+from . import __version__
+from .config import AlpacaKeys, ConfigError, load_settings
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _print_summary(summary: dict) -> None:
+    start = Decimal(summary["starting_equity_usd"])
+    final = Decimal(summary["final_equity_usd"])
+    print("\n=== HYDRA session summary ===")
+    print(f"cycles            {summary['cycles']}")
+    print(f"equity            ${start:,.2f} -> ${final:,.2f}  ({summary['return_pct']:+.2f}%)")
+    if summary.get("fees_usd") is not None:
+        print(f"fees paid         ${Decimal(summary['fees_usd']):,.2f}")
+    print(f"proposals         {summary['proposals']} (approved {summary['approved']})")
+    if summary["vetoes_by_rule"]:
+        print("vetoes by rule    " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["vetoes_by_rule"].items())))
+    print(f"orders            {summary['orders']} sent, {summary['orders_refused']} refused")
+    print(f"closed trades     {summary['closed_trades']}")
+    for name, s in summary["per_strategy"].items():
+        win = 100 * s["wins"] / s["trades"] if s["trades"] else 0
+        print(f"  {name:<24} {s['trades']:>4} trades  win {win:5.1f}%  P&L ${Decimal(s['pnl_usd']):,.2f}")
+    if summary["exit_reasons"]:
+        print("exit reasons      " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["exit_reasons"].items())))
+    if summary["open_positions"]:
+        print("open positions    " + ", ".join(f"{k} {v}" for k, v in summary["open_positions"].items()))
+    print(f"trade log         {summary['log']}")
+    print(f"cycle journal     {summary['journal']}")
+    print(f"database          {summary['database']}")
+
+
+def cmd_run(args) -> int:
+    settings = load_settings(args.config)
+    mode = args.mode
+    if mode == "paper":
+        missing = AlpacaKeys().missing()
+        if missing:
+            print("error: --mode paper needs Alpaca paper keys in the environment or .env; missing: "
+                  + ", ".join(missing), file=sys.stderr)
+            return EXIT_ERROR
+        from .paper import build_paper_session  # imported only when trading on Alpaca
+        session = build_paper_session(settings, live=args.live, adopt=args.adopt)
+    else:
+        from .app import build_sim_session
+        session = build_sim_session(settings)
+    from .app import run_session
+    summary = run_session(session, max_cycles=args.cycles, progress=not args.no_progress)
+    _print_summary(summary)
+    return EXIT_OK
+
+
+def cmd_version(args) -> int:
+    print(f"hydra-engine {__version__}")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    settings = load_settings(args.config)
+    from .store import Store
+    store = Store(settings.storage.url, root=settings.resolve_path("."))
+    state = store.load_state("engine") or {}
+    last = store.last_cycle()
+    print(f"database      {store.url}")
+    risk = state.get("risk", {})
+    print(f"kill state    {'KILLED: ' + risk.get('kill_reason', '') if risk.get('killed') else 'armed (not killed)'}")
+    if last:
+        print(f"last cycle    #{last.cycle} at {last.ts} ({last.mode}), regime {last.regime}, equity ${Decimal(last.equity_usd):,.2f}")
+    else:
+        print("last cycle    none recorded")
+    positions = state.get("positions", {})
+    print("positions     " + (", ".join(f"{s} {p['qty']} @ {p['avg_entry_price']} (stop {p['stop_price']:.2f})"
+                                        for s, p in positions.items()) or "none"))
+    if settings.broker.kind == "alpaca" or args.broker:
+        from .paper import print_broker_status
+        return print_broker_status(settings)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hydra", description="HYDRA regime-adaptive trading engine. "
+                                     "With no command: run the offline simulation on the shipped real data.")
+    parser.add_argument("--config", default=None, help="path to a hydra.toml (default: the shipped one)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the engine (offline simulation or Alpaca paper)")
+    run.add_argument("--mode", choices=["sim", "paper"], default="sim",
+                     help="sim: replay shipped data with the simulated broker; paper: Alpaca paper account")
+    run.add_argument("--cycles", type=int, default=None, help="stop after N cycles")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--live", action="store_true", help="trade real money (also needs HYDRA_ENABLE_LIVE_TRADING)")
+    run.add_argument("--adopt", action="store_true", help="adopt the broker's positions/orders on a reconciliation mismatch")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="show kill state, last cycle and positions from the store")
+    status.add_argument("--broker", action="store_true", help="also ask Alpaca for account, positions and orders")
+    status.set_defaults(func=cmd_status)
+    sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+
+    from . import commands
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        if hasattr(module, "register"):
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a in parser._subparsers._group_actions[0].choices for a in argv):
+        argv = [*argv, "run"]  # no command: the offline simulation
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        from .plugins import PluginError
+        from .data.replay import DataFolderError
+        from .risk import RiskConfigError
+        if isinstance(exc, (PluginError, DataFolderError, RiskConfigError, ValueError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Where each replayed series lives inside a data folder with the layout of ``../shared/data``.
+
+The project ships a compact copy of exactly these files under ``data/`` (see README, "Data credits");
+pointing ``data.replay_dir`` at the full shared folder replays the same series over their full span.
+Each entry says how to read one file into a uniform frame, and when its values become known:
+bars at their close, funding at its settlement, open interest one hour after its timestamp (the
+Bybit hourly figure is treated as the end-of-hour value, so it is never used early).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pandas as pd
+
+EQUITY_SYMBOLS = ("SPY", "TLT", "GLD", "SLV", "GDX", "IGV", "CRM", "SHOP", "ADBE", "MSFT", "WDAY", "LZ", "HYG")
+NY = "America/New_York"
+
+
+@dataclass(frozen=True)
+class BarSource:
+    symbol: str
+    path: str
+    interval: timedelta
+    reader: str          # "binance_klines" | "daily_ohlc_ny" | "daily_close_ny"
+
+
+@dataclass(frozen=True)
+class PointSource:
+    kind: str
+    symbol: str
+    path: str
+    column: str
+    publish_lag: timedelta
+
+
+BAR_SOURCES: dict[str, BarSource] = {
+    "BTC/USD": BarSource("BTC/USD", "crypto_perp/binance_usdm/klines/BTCUSDT_1h.parquet", timedelta(hours=1), "binance_klines"),
+    "ETH/USD": BarSource("ETH/USD", "crypto_perp/binance_usdm/klines/ETHUSDT_1h_from_1m.parquet", timedelta(hours=1), "binance_klines"),
+    **{s: BarSource(s, f"equities/daily/iex_like_spooky_course/{s}.csv.gz", timedelta(days=1), "daily_ohlc_ny")
+       for s in EQUITY_SYMBOLS},
+    "VIX": BarSource("VIX", "equities/daily/vix/vix_close_daily_2020_2025.csv", timedelta(days=1), "daily_close_ny"),
+}
+
+POINT_SOURCES: list[PointSource] = [
+    PointSource("funding_rate", "BTC/USD", "crypto_perp/binance_usdm/funding/BTCUSDT_funding_8h.parquet", "funding_rate", timedelta(0)),
+    PointSource("funding_rate", "ETH/USD", "crypto_perp/binance_usdm/funding/ETHUSDT_funding_8h.parquet", "funding_rate", timedelta(0)),
+    PointSource("open_interest", "BTC/USD", "crypto_perp/bybit_linear/open_interest/BTCUSDT_oi_1h.parquet", "open_interest", timedelta(hours=1)),
+    PointSource("open_interest", "ETH/USD", "crypto_perp/bybit_linear/open_interest/ETHUSDT_oi_1h.parquet", "open_interest", timedelta(hours=1)),
+]
+
+
+def _daily_session_times(dates: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """A daily equity bar opens 09:30 and closes 16:00 New York time on its date (DST-aware)."""
+    day = pd.to_datetime(dates.astype(str).str[:10])
+    opens = (day + pd.Timedelta(hours=9, minutes=30)).dt.tz_localize(NY).dt.tz_convert("UTC")
+    closes = (day + pd.Timedelta(hours=16)).dt.tz_localize(NY).dt.tz_convert("UTC")
+    return opens, closes
+
+
+def read_bars(path, source: BarSource) -> pd.DataFrame:
+    """Uniform frame: open_time, close_time (UTC), open, high, low, close, volume."""
+    if source.reader == "binance_klines":
+        raw = pd.read_parquet(path, columns=["ts", "open", "high", "low", "close", "volume_base"])
+        open_time = pd.to_datetime(raw["ts"], utc=True)
+        frame = pd.DataFrame({"open_time": open_time, "close_time": open_time + source.interval,
+                              "open": raw["open"], "high": raw["high"], "low": raw["low"],
+                              "close": raw["close"], "volume": raw["volume_base"]})
+    elif source.reader == "daily_ohlc_ny":
+        raw = pd.read_csv(path)
+        opens, closes = _daily_session_times(raw["Date"])
+        frame = pd.DataFrame({"open_time": opens, "close_time": closes, "open": raw["Open"], "high": raw["High"],
+                              "low": raw["Low"], "close": raw["Close"], "volume": raw["Volume"]})
+    elif source.reader == "daily_close_ny":
+        raw = pd.read_csv(path)
+        opens, closes = _daily_session_times(raw.iloc[:, 0])
+        close = pd.to_numeric(raw.iloc[:, 1], errors="coerce")
+        frame = pd.DataFrame({"open_time": opens, "close_time": closes, "open": close, "high": close,
+                              "low": close, "close": close, "volume": 0.0})
+    else:  # pragma: no cover - guarded by the catalog itself
+        raise ValueError(f"unknown reader {source.reader!r} for {path}")
+    return frame
+
+
+def read_points(path, source: PointSource) -> pd.DataFrame:
+    """Uniform frame: known_at (UTC, timestamp + publish lag), value."""
+    raw = pd.read_parquet(path)
+    if source.column not in raw.columns:
+        raise ValueError(f"{path}: column {source.column!r} missing (have {list(raw.columns)})")
+    ts = pd.to_datetime(raw.index, utc=True)
+    return pd.DataFrame({"known_at": ts + source.publish_lag, "value": raw[source.column].to_numpy(dtype=float)})

@@ -1,0 +1,182 @@
+"""Replay market data: historical files served as if they arrived live, without look-ahead.
+
+A bar is visible only once it has closed (``close_time <= now``); a funding or open-interest value only
+once it was published. Rows with a non-finite, zero or negative price are kept out of the series but
+remembered: if the newest period of a symbol is such a row, the symbol is marked stale with the reason,
+so no new entry is taken on it (exits are still managed on the last good price). Duplicated timestamps
+keep the last row, out-of-order rows are sorted; both are counted in ``quality``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..domain import UTC, require_utc
+from ..ports import BarSeries, MarketSnapshot, PointSeries
+from .catalog import BAR_SOURCES, POINT_SOURCES, BarSource, PointSource, read_bars, read_points
+
+log = logging.getLogger(__name__)
+
+
+class DataFolderError(Exception):
+    """The replay folder is missing a file or a file cannot be read; the message names it."""
+
+
+def _epoch_s(values: pd.Series) -> np.ndarray:
+    return (pd.to_datetime(values, utc=True).astype("datetime64[ns, UTC]").astype("int64") // 1_000_000_000).to_numpy()
+
+
+@dataclass
+class _Bars:
+    symbol: str
+    interval_s: int
+    open_ts: np.ndarray
+    close_ts: np.ndarray
+    o: np.ndarray
+    h: np.ndarray
+    l: np.ndarray
+    c: np.ndarray
+    v: np.ndarray
+    bad_close_ts: np.ndarray          # close times of rows refused for bad prices
+
+
+@dataclass
+class _Points:
+    kind: str
+    symbol: str
+    ts: np.ndarray
+    values: np.ndarray
+
+
+@dataclass
+class DataQuality:
+    dropped_bad_price: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    out_of_order: dict[str, int] = field(default_factory=dict)
+    leading_fragment: dict[str, int] = field(default_factory=dict)
+
+
+def clean_bars(frame: pd.DataFrame, symbol: str, quality: DataQuality) -> tuple[pd.DataFrame, np.ndarray]:
+    """Sort, de-duplicate and split off rows whose prices are not finite and positive."""
+    frame = frame.dropna(subset=["open_time"])
+    unsorted = int((frame["open_time"].diff().dt.total_seconds() < 0).sum())
+    if unsorted:
+        quality.out_of_order[symbol] = unsorted
+    frame = frame.sort_values("open_time", kind="stable")
+    dupes = int(frame["open_time"].duplicated(keep="last").sum())
+    if dupes:
+        quality.duplicates[symbol] = dupes
+        frame = frame.drop_duplicates("open_time", keep="last")
+    gaps = frame["open_time"].diff() > 30 * (frame["close_time"] - frame["open_time"]).median()
+    first_gap = int(np.argmax(gaps.to_numpy())) if gaps.any() else 0
+    if 0 < first_gap <= 5:  # a stray leading fragment (e.g. one 2018 SPY row before a 634-day gap)
+        quality.leading_fragment[symbol] = first_gap
+        frame = frame.iloc[first_gap:]
+    prices = frame[["open", "high", "low", "close"]].to_numpy(dtype=float)
+    good = np.isfinite(prices).all(axis=1) & (prices > 0).all(axis=1)
+    if (~good).any():
+        quality.dropped_bad_price[symbol] = int((~good).sum())
+    return frame[good], _epoch_s(frame.loc[~good, "close_time"])
+
+
+class ReplayMarketData:
+    """Implements the ``MarketData`` port over a data folder with the shared-data layout."""
+
+    def __init__(self, folder: str | Path, symbols: list[str], *, data_only: list[str] = (),
+                 history_bars: int = 500, start: date | None = None, end: date | None = None,
+                 crypto_stale_after_s: int = 7500, equity_stale_after_s: int = 4 * 86400,
+                 bar_sources: dict[str, BarSource] | None = None,
+                 point_sources: list[PointSource] | None = None):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DataFolderError(f"replay data folder not found: {self.folder}")
+        self.history_bars = history_bars
+        self.quality = DataQuality()
+        sources = bar_sources or BAR_SOURCES
+        wanted = list(dict.fromkeys([*symbols, *data_only]))
+        unknown = [s for s in wanted if s not in sources]
+        if unknown:
+            raise DataFolderError(f"no replay source for symbols {unknown}; known: {sorted(sources)}")
+        self._bars: dict[str, _Bars] = {}
+        self._stale_after: dict[str, int] = {}
+        for symbol in wanted:
+            src = sources[symbol]
+            frame, bad = clean_bars(self._read(src.path, read_bars, src), symbol, self.quality)
+            self._bars[symbol] = _Bars(
+                symbol, int(src.interval.total_seconds()), _epoch_s(frame["open_time"]), _epoch_s(frame["close_time"]),
+                *(frame[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close", "volume")), bad)
+            self._stale_after[symbol] = crypto_stale_after_s if src.interval < timedelta(days=1) else equity_stale_after_s
+        self._points: dict[tuple[str, str], _Points] = {}
+        for src in point_sources if point_sources is not None else POINT_SOURCES:
+            if src.symbol not in wanted:
+                continue
+            frame = self._read(src.path, read_points, src).dropna().sort_values("known_at", kind="stable")
+            frame = frame.drop_duplicates("known_at", keep="last")
+            self._points[(src.kind, src.symbol)] = _Points(src.kind, src.symbol, _epoch_s(frame["known_at"]),
+                                                           frame["value"].to_numpy(dtype=float))
+        self.start = datetime.combine(start, datetime.min.time(), UTC) if start else None
+        self.end = datetime.combine(end, datetime.min.time(), UTC) if end else None
+
+    def _read(self, rel: str, reader, src):
+        path = self.folder / rel
+        if not path.is_file():
+            raise DataFolderError(f"replay data file missing: {path} (needed for {src.symbol})")
+        try:
+            return reader(path, src)
+        except DataFolderError:
+            raise
+        except Exception as exc:  # a corrupt file must name itself, not surface as a pandas trace
+            raise DataFolderError(f"cannot read {path}: {exc}") from exc
+
+    # ------------------------------------------------------------------ the MarketData port
+    def snapshot(self, now: datetime) -> MarketSnapshot:
+        require_utc(now, "now")
+        now_s = int(now.timestamp())
+        n = self.history_bars
+        snap = MarketSnapshot(now=now)
+        for symbol, b in self._bars.items():
+            i = int(np.searchsorted(b.close_ts, now_s, side="right"))
+            if i == 0:
+                snap.stale[symbol] = "no closed bar yet"
+                continue
+            j = max(0, i - n)
+            snap.bars[symbol] = BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
+            last_close = int(b.close_ts[i - 1])
+            k = int(np.searchsorted(b.bad_close_ts, now_s, side="right"))
+            if k and int(b.bad_close_ts[k - 1]) > last_close:
+                snap.stale[symbol] = f"newest bar has an invalid price (closed {datetime.fromtimestamp(int(b.bad_close_ts[k - 1]), UTC):%Y-%m-%d %H:%M}Z)"
+            elif now_s - last_close > self._stale_after[symbol]:
+                snap.stale[symbol] = f"newest bar closed {(now_s - last_close) / 3600:.1f} h ago"
+        for key, p in self._points.items():
+            i = int(np.searchsorted(p.ts, now_s, side="right"))
+            j = max(0, i - n)
+            snap.series[key] = PointSeries(p.kind, p.symbol, p.ts[j:i], p.values[j:i])
+        return snap
+
+    def next_bar_open(self, symbol: str, after: datetime, now: datetime) -> tuple[datetime, float] | None:
+        b = self._bars.get(symbol)
+        if b is None:
+            return None
+        k = int(np.searchsorted(b.open_ts, int(after.timestamp()), side="left"))
+        if k < len(b.open_ts) and b.close_ts[k] <= int(now.timestamp()):
+            return datetime.fromtimestamp(int(b.open_ts[k]), UTC), float(b.o[k])
+        return None
+
+    # ------------------------------------------------------------------ the simulated clock's steps
+    def timeline(self) -> list[datetime]:
+        """Every moment some bar closes, within [start, end): the simulated clock's ticks."""
+        closes = np.unique(np.concatenate([b.close_ts for b in self._bars.values()]))
+        if self.start:
+            closes = closes[closes >= int(self.start.timestamp())]
+        if self.end:
+            closes = closes[closes < int(self.end.timestamp())]
+        return [datetime.fromtimestamp(int(t), UTC) for t in closes]
+
+    def span(self) -> tuple[datetime, datetime]:
+        closes = np.concatenate([b.close_ts for b in self._bars.values()])
+        return datetime.fromtimestamp(int(closes.min()), UTC), datetime.fromtimestamp(int(closes.max()), UTC)

@@ -1,0 +1,375 @@
+"""The cycle: the strategy bible's loop in one readable place.
+
+observe → detect regime → generate signals → propose (regime-compatible strategies only) → rank by
+expected value (confidence × reward:risk × strategy weight) → filter (risk) → execute → manage open
+positions (stop, target, trailing stop, time) → adapt strategy weights.
+
+The engine owns no I/O of its own: clock, market data, broker, store and log are injected, so the
+same code runs the offline simulation, backtests and Alpaca paper trading. Fills are taken from the
+broker at the start of each cycle, so an order sent in cycle *t* is filled by cycle *t+1*.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from .config import Settings
+from .domain import (UTC, AssetClass, ClosedTrade, Fill, Order, OrderStatus, OrderType, Position, Regime,
+                     RegimeReading, Side, Signal, TimeInForce, TradeProposal, make_client_order_id)
+from .ports import ZERO, Broker, BrokerError, MarketData, MarketSnapshot, to_decimal
+from .positions import ExitInstruction, PositionManager
+from .risk import PortfolioView, RiskManager
+from .strategy import ExitRequest, Strategy, StrategyContext
+from .tradelog import SessionLog, to_jsonable
+
+log = logging.getLogger(__name__)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class PendingPlan:
+    """What an entry order should become once filled: the proposal's protective plan."""
+
+    proposal: TradeProposal
+    regime: str
+
+
+@dataclass(slots=True)
+class RunStats:
+    cycles: int = 0
+    proposals: int = 0
+    approved: int = 0
+    vetoes: dict[str, int] = field(default_factory=dict)
+    orders: int = 0
+    rejected: int = 0
+    errors: int = 0
+
+
+def _order_dict(o: Order) -> dict:
+    return to_jsonable({"client_order_id": o.client_order_id, "symbol": o.symbol, "side": o.side,
+                        "qty": o.qty, "order_type": o.order_type, "time_in_force": o.time_in_force,
+                        "created_at": o.created_at, "strategy": o.strategy, "purpose": o.purpose,
+                        "status": o.status, "broker_order_id": o.broker_order_id, "filled_qty": o.filled_qty,
+                        "filled_avg_price": o.filled_avg_price, "reject_reason": o.reject_reason})
+
+
+class Engine:
+    def __init__(self, settings: Settings, *, market: MarketData, broker: Broker, strategies: list[Strategy],
+                 regime_detector, aggregator, weights, risk: RiskManager, position_manager: PositionManager,
+                 session_id: str, mode: str, session_log: SessionLog | None = None, store=None,
+                 store_batch: int = 1):
+        self.settings = settings
+        self.market = market
+        self.broker = broker
+        self.strategies = strategies
+        self.regime_detector = regime_detector
+        self.aggregator = aggregator
+        self.weights = weights
+        self.risk = risk
+        self.position_manager = position_manager
+        self.session_id = session_id
+        self.mode = mode
+        self.session_log = session_log
+        self.store = store
+        self.store_batch = store_batch
+        self.cycle = 0
+        self.order_seq = 0
+        self.positions: dict[str, Position] = {}
+        self.plans: dict[str, PendingPlan] = {}          # client_order_id -> entry plan
+        self.exit_reasons: dict[str, str] = {}           # client_order_id -> why we exit
+        self.regime = RegimeReading(Regime.UNKNOWN, 0.0, "none", _EPOCH, {"why": "not detected yet"})
+        self.stats = RunStats()
+        self.last_report = None
+        self.closed_trades: list[dict] = []
+
+    # ================================================================== the cycle
+    def run_cycle(self, now: datetime) -> dict:
+        cfg = self.settings.engine
+        self.cycle += 1
+        report: dict = {"cycle": self.cycle, "ts": to_jsonable(now), "mode": "trade", "signals": [],
+                        "aggregated": {}, "strategies_run": [], "strategies_gated": [], "proposals": [],
+                        "decisions": [], "orders": [], "fills": [], "exits": [], "errors": [], "notes": []}
+        trades: list[dict] = []
+
+        # --- executions since the last cycle (entries become managed positions, exits close trades)
+        try:
+            for fill in self.broker.poll_fills(now):
+                report["fills"].append(to_jsonable(fill))
+                trade = self._apply_fill(fill)
+                if trade:
+                    trades.append(trade)
+        except BrokerError as exc:
+            report["errors"].append(f"poll_fills: {type(exc).__name__}: {exc}")
+        for coid in list(self.plans) + list(self.exit_reasons):
+            order = self.broker.get_order(coid)
+            if order is not None and not order.status.is_open and order.status is not OrderStatus.FILLED:
+                report["orders"].append(_order_dict(order))   # rejected/canceled at fill time
+                self.plans.pop(coid, None)
+                self.exit_reasons.pop(coid, None)
+
+        # --- 1. OBSERVE
+        market = self.market.snapshot(now)
+        prices = {s: market.price(s) for s in market.bars}
+        if hasattr(self.broker, "update_marks"):
+            self.broker.update_marks(prices)
+        report["prices"] = {s: round(p, 8) for s, p in prices.items() if math.isfinite(p)}
+        report["stale_symbols"] = dict(market.stale)
+        account = self.broker.account()
+        kill_reason = self.risk.on_equity(account.equity_usd, now)
+        if kill_reason:
+            report["notes"].append(f"kill switch fired: {kill_reason}")
+
+        # --- 2. DETECT REGIME (every regime_refresh_cycles)
+        if self.cycle == 1 or self.cycle % cfg.regime_refresh_cycles == 0:
+            try:
+                self.regime = self.regime_detector.detect(market)
+            except Exception as exc:  # a broken detector restricts entries, it does not stop the loop
+                self.regime = RegimeReading(Regime.UNKNOWN, 0.0, getattr(self.regime_detector, "name", "?"), now,
+                                            {"why": f"detector failed: {exc}"})
+                report["errors"].append(f"regime: {exc}")
+        report["regime"] = to_jsonable(self.regime)
+
+        observing = self.cycle <= cfg.observation_cycles
+        blocked = self.risk.entries_blocked(now)
+        if observing:
+            report["mode"] = "observe"
+        elif blocked:
+            report["mode"] = "killed" if self.risk.state.killed else "blocked"
+            report["notes"].append(blocked)
+
+        # --- 3. SIGNALS and 4. PROPOSALS
+        held_by: dict[str, dict[str, float]] = {}
+        for sym, pos in self.positions.items():
+            held_by.setdefault(pos.strategy, {})[sym] = float(pos.qty)
+        signals: list[Signal] = []
+        per_strategy_signals: dict[str, list[Signal]] = {}
+        for strat in self.strategies:
+            ctx = StrategyContext(now, market, self.regime, held_by.get(strat.name, {}))
+            try:
+                produced = strat.generate_signals(ctx)
+            except Exception as exc:  # one plugin's failure stands that plugin down, not the engine
+                report["errors"].append(f"{strat.name}.generate_signals: {type(exc).__name__}: {exc}")
+                produced = []
+            per_strategy_signals[strat.name] = produced
+            signals.extend(produced)
+        report["signals"] = [to_jsonable(s) for s in signals]
+        combined = self.aggregator.combine(signals, now)
+        report["aggregated"] = {s: {"score": round(c.score, 6), "confidence": round(c.confidence, 6),
+                                    "contributors": list(c.contributors)} for s, c in combined.items()}
+
+        proposals: list[TradeProposal] = []
+        exit_requests: list[ExitRequest] = []
+        for strat in self.strategies:
+            ctx = StrategyContext(now, market, self.regime, held_by.get(strat.name, {}))
+            mine = {s: combined[s] for s in strat.assets if s in combined}
+            try:
+                items = strat.propose(ctx, mine)
+            except Exception as exc:
+                report["errors"].append(f"{strat.name}.propose: {type(exc).__name__}: {exc}")
+                continue
+            exit_requests.extend(i for i in items if isinstance(i, ExitRequest))
+            if strat.trades_in(self.regime.regime):
+                report["strategies_run"].append(strat.name)
+                proposals.extend(i for i in items if isinstance(i, TradeProposal))
+            else:
+                report["strategies_gated"].append(strat.name)
+
+        # --- 5. RANK by expected value = confidence × reward:risk × strategy weight
+        ranked = sorted(proposals, key=lambda p: -p.confidence * p.reward_risk * self.weights.weight(p.strategy))
+        for p in ranked:
+            w = self.weights.weight(p.strategy)
+            report["proposals"].append({**to_jsonable({k: getattr(p, k) for k in (
+                "strategy", "symbol", "side", "entry_price", "stop_price", "target_price", "confidence",
+                "expected_holding", "thesis")}), "reward_risk": round(p.reward_risk, 6), "weight": round(w, 6),
+                "expected_value": round(p.confidence * p.reward_risk * w, 6)})
+        self.stats.proposals += len(ranked)
+
+        # --- 6. FILTER (risk) and 7. EXECUTE
+        if not observing and not blocked:
+            for p in ranked:
+                decision = self._decide(p, market, now)
+                report["decisions"].append(decision)
+                if decision["approved"]:
+                    self._execute_entry(p, Decimal(decision["qty"]), now, report)
+        elif ranked:
+            why = "observation phase" if observing else blocked
+            for p in ranked:
+                report["decisions"].append({"strategy": p.strategy, "symbol": p.symbol, "approved": False,
+                                            "layer": "engine", "rule": "observe" if observing else "entries_blocked",
+                                            "reason": why, "qty": "0", "notional_usd": "0", "details": {}})
+
+        # --- 8. MANAGE open positions
+        exits = self.position_manager.manage(self.positions, market, now)
+        if self.risk.state.killed:
+            exits = [ExitInstruction(s, "kill", market.price(s), self.risk.state.kill_reason) for s in self.positions]
+        exits += [ExitInstruction(r.symbol, "strategy", market.price(r.symbol), r.reason) for r in exit_requests
+                  if r.symbol in self.positions and self.positions[r.symbol].strategy == r.strategy]
+        seen: set[str] = set()
+        for ex in exits:
+            if ex.symbol in seen:
+                continue
+            seen.add(ex.symbol)
+            self._execute_exit(ex, now, report)
+
+        # --- 9. ADAPT strategy weights on the trades closed this cycle
+        for t in trades:
+            self.weights.update(_closed_from_dict(t))
+        report["weights"] = {k: round(v, 6) for k, v in self.weights.as_dict().items()}
+
+        account = self.broker.account()
+        report["equity_usd"] = str(account.equity_usd.quantize(Decimal("0.01")))
+        report["cash_usd"] = str(account.cash_usd.quantize(Decimal("0.01")))
+        self.stats.cycles += 1
+        self.stats.errors += len(report["errors"])
+        self.closed_trades.extend(trades)
+        self._persist(report, trades, now)
+        self.last_report = report
+        return report
+
+    # ================================================================== steps
+    def _decide(self, p: TradeProposal, market: MarketSnapshot, now: datetime) -> dict:
+        base = {"strategy": p.strategy, "symbol": p.symbol}
+        veto = None
+        if not market.tradable(p.symbol):
+            veto = ("data", "stale_data", f"no entries on {p.symbol}: {market.stale.get(p.symbol, 'no data')}")
+        elif p.symbol in self.positions or any(o.symbol == p.symbol for o in self.broker.open_orders()):
+            veto = ("engine", "one_position_per_symbol", f"{p.symbol} already has a position or a working order")
+        elif self.regime.regime is Regime.UNKNOWN:
+            veto = ("regime", "regime_unknown", f"regime unknown ({self.regime.details.get('why', '')}): entries restricted")
+        elif not self.broker.is_market_open(p.symbol, now):
+            veto = ("execution", "market_closed", f"market closed for {p.symbol}")
+        if veto:
+            layer, rule, reason = veto
+            self.stats.vetoes[rule] = self.stats.vetoes.get(rule, 0) + 1
+            return {**base, "approved": False, "layer": layer, "rule": rule, "reason": reason,
+                    "qty": "0", "notional_usd": "0", "details": {}}
+        account = self.broker.account()
+        marks = {s: market.price(s) for s in self.positions}
+        view = PortfolioView(now, account.equity_usd, account.buying_power_usd, self.positions, marks)
+        d = self.risk.evaluate(p, self.broker.asset(p.symbol), view)
+        if d.approved:
+            self.stats.approved += 1
+        else:
+            self.stats.vetoes[d.rule] = self.stats.vetoes.get(d.rule, 0) + 1
+        return {**base, "approved": d.approved, "layer": "risk", "rule": d.rule, "reason": d.reason,
+                "qty": str(d.qty), "notional_usd": str(d.notional_usd), "details": to_jsonable(d.details)}
+
+    def _next_coid(self, strategy: str, symbol: str) -> str:
+        self.order_seq += 1
+        return make_client_order_id(self.session_id, strategy, symbol, self.order_seq)
+
+    def _tif(self, symbol: str) -> TimeInForce:
+        return TimeInForce.GTC if self.broker.asset(symbol).asset_class is AssetClass.CRYPTO else TimeInForce.DAY
+
+    def _submit(self, order: Order, report: dict) -> Order | None:
+        try:
+            sent = self.broker.submit(order)
+        except BrokerError as exc:
+            order.status, order.reject_reason = OrderStatus.REJECTED, f"{type(exc).__name__}: {exc}"
+            report["orders"].append(_order_dict(order))
+            report["errors"].append(f"order {order.client_order_id} refused: {type(exc).__name__}: {exc} "
+                                    f"({exc.user_hint})")
+            self.stats.rejected += 1
+            return None
+        report["orders"].append(_order_dict(sent))
+        self.stats.orders += 1
+        return sent
+
+    def _execute_entry(self, p: TradeProposal, qty: Decimal, now: datetime, report: dict) -> None:
+        order = Order(self._next_coid(p.strategy, p.symbol), p.symbol, p.side, qty, OrderType.MARKET,
+                      self._tif(p.symbol), now, p.strategy, purpose="entry")
+        if self._submit(order, report):
+            self.plans[order.client_order_id] = PendingPlan(p, self.regime.regime.value)
+
+    def _execute_exit(self, ex: ExitInstruction, now: datetime, report: dict) -> None:
+        pos = self.positions[ex.symbol]
+        if any(o.symbol == ex.symbol and o.purpose == "exit" for o in self.broker.open_orders()):
+            return  # an exit is already working: never send a second one
+        for o in self.broker.open_orders():  # cancel what holds the shares before exiting
+            if o.symbol == ex.symbol:
+                self.broker.cancel(o.client_order_id)
+        order = Order(self._next_coid(pos.strategy, ex.symbol), ex.symbol, pos.side.opposite(), abs(pos.qty),
+                      OrderType.MARKET, self._tif(ex.symbol), now, pos.strategy, purpose="exit")
+        report["exits"].append({"symbol": ex.symbol, "reason": ex.reason, "trigger_price": ex.trigger_price,
+                                "detail": ex.detail, "client_order_id": order.client_order_id})
+        if self._submit(order, report):
+            self.exit_reasons[order.client_order_id] = ex.reason
+
+    def _apply_fill(self, fill: Fill) -> dict | None:
+        coid = fill.client_order_id
+        if coid in self.plans:
+            plan = self.plans.pop(coid)
+            p = plan.proposal
+            price = float(fill.price)
+            scale = price / p.entry_price  # keep the plan's distances, anchored at the real fill
+            self.positions[fill.symbol] = Position(
+                symbol=fill.symbol, qty=fill.qty * fill.side.sign, avg_entry_price=fill.price, strategy=p.strategy,
+                opened_at=fill.ts, stop_price=p.stop_price * scale, target_price=p.target_price * scale,
+                trailing_stop_pct=p.trailing_stop_pct, high_water_mark=price, max_holding=p.expected_holding,
+                regime_at_entry=plan.regime, entry_fees_usd=fill.fee_usd, initial_stop_price=p.stop_price * scale)
+            self.risk.on_entry_filled(fill.ts)
+            return None
+        if coid in self.exit_reasons:
+            reason = self.exit_reasons.pop(coid)
+            pos = self.positions.pop(fill.symbol, None)
+            if pos is None:
+                return None
+            sign = 1 if pos.qty > 0 else -1
+            gross = (fill.price - pos.avg_entry_price) * abs(pos.qty) * sign
+            fees = pos.entry_fees_usd + fill.fee_usd
+            pnl = gross - fees
+            risk_usd = abs(pos.avg_entry_price - to_decimal(pos.initial_stop_price)) * abs(pos.qty)
+            trade = ClosedTrade(strategy=pos.strategy, symbol=pos.symbol, side=pos.side.value, qty=str(abs(pos.qty)),
+                                entry_time=to_jsonable(pos.opened_at), entry_price=str(pos.avg_entry_price),
+                                exit_time=to_jsonable(fill.ts), exit_price=str(fill.price),
+                                pnl_usd=str(pnl.quantize(Decimal("0.000001"))), fees_usd=str(fees),
+                                r_multiple=round(float(pnl / risk_usd), 6) if risk_usd > 0 else 0.0,
+                                regime_at_entry=pos.regime_at_entry, exit_reason=reason)
+            self.risk.on_trade_closed(trade, fill.ts)
+            return asdict(trade)
+        return None  # a fill we did not originate: reconciliation reports it
+
+    def _persist(self, report: dict, trades: list[dict], now: datetime) -> None:
+        if self.session_log:
+            self.session_log.record_cycle(report, trades)
+        if self.store:
+            self.store.save_cycle(self.session_id, report, report["orders"], report["fills"], trades,
+                                  self.state() if (report["orders"] or report["fills"]) else None,
+                                  batch=self.store_batch)
+
+    def state(self) -> dict:
+        """Everything needed to resume after a restart."""
+        return {"engine": {"cycle": self.cycle, "order_seq": self.order_seq, "session_id": self.session_id},
+                "risk": self.risk.to_state(), "weights": self.weights.to_state(),
+                "positions": {s: to_jsonable(p) for s, p in self.positions.items()}}
+
+    def summary(self) -> dict:
+        account = self.broker.account()
+        start = Decimal(str(self.settings.broker.starting_cash_usd))
+        per_strategy: dict[str, dict] = {}
+        for t in self.closed_trades:
+            s = per_strategy.setdefault(t["strategy"], {"trades": 0, "wins": 0, "pnl_usd": Decimal(0)})
+            s["trades"] += 1
+            s["wins"] += Decimal(t["pnl_usd"]) > 0
+            s["pnl_usd"] += Decimal(t["pnl_usd"])
+        exit_reasons: dict[str, int] = {}
+        for t in self.closed_trades:
+            exit_reasons[t["exit_reason"]] = exit_reasons.get(t["exit_reason"], 0) + 1
+        return to_jsonable({
+            "cycles": self.stats.cycles, "starting_equity_usd": start,
+            "final_equity_usd": account.equity_usd.quantize(Decimal("0.01")),
+            "return_pct": round(float((account.equity_usd / start - 1) * 100), 4),
+            "cash_usd": account.cash_usd.quantize(Decimal("0.01")),
+            "open_positions": {s: str(p.qty) for s, p in self.positions.items()},
+            "proposals": self.stats.proposals, "approved": self.stats.approved, "vetoes_by_rule": self.stats.vetoes,
+            "orders": self.stats.orders, "orders_refused": self.stats.rejected, "errors": self.stats.errors,
+            "closed_trades": len(self.closed_trades), "per_strategy": per_strategy, "exit_reasons": exit_reasons,
+            "fees_usd": getattr(self.broker, "fees_paid", None),
+        })
+
+
+def _closed_from_dict(d: dict) -> ClosedTrade:
+    return ClosedTrade(**{k: d[k] for k in ClosedTrade.__dataclass_fields__})

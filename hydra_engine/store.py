@@ -1,0 +1,178 @@
+"""Persistence with SQLModel: orders, fills, positions, closed trades, cycle summaries, engine state.
+
+SQLite under ``logs/`` by default; any SQLAlchemy URL (PostgreSQL included) via ``storage.url``.
+Orders are upserted by client_order_id, fills by fill_id, so replaying a cycle after a crash can
+never duplicate a row. Engine state (risk and kill state, weights, order sequence, managed
+positions) is a small key → JSON table, read back at start-up so a restart resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from sqlalchemy import event
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from .tradelog import to_jsonable
+
+
+class OrderRow(SQLModel, table=True):
+    __tablename__ = "orders"
+    client_order_id: str = Field(primary_key=True)
+    session_id: str = Field(index=True)
+    symbol: str
+    side: str
+    qty: str
+    order_type: str
+    time_in_force: str
+    strategy: str
+    purpose: str
+    status: str
+    created_at: str
+    broker_order_id: Optional[str] = None
+    filled_qty: str = "0"
+    filled_avg_price: Optional[str] = None
+    reject_reason: str = ""
+
+
+class FillRow(SQLModel, table=True):
+    __tablename__ = "fills"
+    fill_id: str = Field(primary_key=True)
+    session_id: str = Field(index=True)
+    client_order_id: str = Field(index=True)
+    symbol: str
+    side: str
+    qty: str
+    price: str
+    fee_usd: str
+    ts: str
+
+
+class TradeRow(SQLModel, table=True):
+    __tablename__ = "trades"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    session_id: str = Field(index=True)
+    strategy: str
+    symbol: str
+    side: str
+    qty: str
+    entry_time: str
+    entry_price: str
+    exit_time: str
+    exit_price: str
+    pnl_usd: str
+    fees_usd: str
+    r_multiple: float
+    regime_at_entry: str
+    exit_reason: str
+
+
+class CycleRow(SQLModel, table=True):
+    __tablename__ = "cycles"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    session_id: str = Field(index=True)
+    cycle: int
+    ts: str
+    mode: str
+    regime: Optional[str] = None
+    equity_usd: str
+    n_orders: int = 0
+    n_errors: int = 0
+
+
+class StateRow(SQLModel, table=True):
+    __tablename__ = "engine_state"
+    key: str = Field(primary_key=True)
+    value: str
+    updated_at: str
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Store:
+    def __init__(self, url: str, root: Path | None = None):
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and root is not None:
+            path = root / url.removeprefix("sqlite:///")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{path}"
+        self.url = url
+        self.engine = create_engine(url)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        SQLModel.metadata.create_all(self.engine)
+        self._pending_cycles: list[CycleRow] = []
+
+    def save_cycle(self, session_id: str, report: dict, orders: list[dict], fills: list[dict],
+                   trades: list[dict], state: dict[str, Any] | None, *, force: bool = False,
+                   batch: int = 1) -> None:
+        """Persist one cycle. Cycles without orders, fills or trades may be batched (``batch``)."""
+        regime = (report.get("regime") or {}).get("regime")
+        self._pending_cycles.append(CycleRow(session_id=session_id, cycle=report["cycle"], ts=report["ts"],
+                                             mode=report.get("mode", ""), regime=regime,
+                                             equity_usd=report.get("equity_usd", "0"),
+                                             n_orders=len(orders), n_errors=len(report.get("errors", []))))
+        if not (orders or fills or trades or force or len(self._pending_cycles) >= batch):
+            return
+        now = report["ts"]
+        with Session(self.engine) as s:
+            s.add_all(self._pending_cycles)
+            for o in orders:
+                s.merge(OrderRow(session_id=session_id, **{k: ("" if v is None and k == "reject_reason" else v)
+                                                          for k, v in o.items() if k in OrderRow.model_fields}))
+            for f in fills:
+                s.merge(FillRow(session_id=session_id, **{k: v for k, v in f.items() if k in FillRow.model_fields}))
+            for t in trades:
+                s.add(TradeRow(session_id=session_id, **{k: v for k, v in t.items() if k in TradeRow.model_fields}))
+            for key, value in (state or {}).items():
+                s.merge(StateRow(key=key, value=json.dumps(to_jsonable(value)), updated_at=now))
+            s.commit()
+        self._pending_cycles = []
+
+    def flush(self) -> None:
+        if self._pending_cycles:
+            with Session(self.engine) as s:
+                s.add_all(self._pending_cycles)
+                s.commit()
+            self._pending_cycles = []
+
+    def save_state(self, key: str, value: Any, now: datetime) -> None:
+        with Session(self.engine) as s:
+            s.merge(StateRow(key=key, value=json.dumps(to_jsonable(value)), updated_at=now.isoformat()))
+            s.commit()
+
+    def load_state(self, key: str) -> Any:
+        with Session(self.engine) as s:
+            row = s.get(StateRow, key)
+            return json.loads(row.value) if row else None
+
+    def orders(self, session_id: str | None = None) -> list[OrderRow]:
+        with Session(self.engine) as s:
+            q = select(OrderRow)
+            if session_id:
+                q = q.where(OrderRow.session_id == session_id)
+            return list(s.exec(q))
+
+    def fills(self, session_id: str | None = None) -> list[FillRow]:
+        with Session(self.engine) as s:
+            q = select(FillRow)
+            if session_id:
+                q = q.where(FillRow.session_id == session_id)
+            return list(s.exec(q))
+
+    def trades(self, session_id: str | None = None) -> list[TradeRow]:
+        with Session(self.engine) as s:
+            q = select(TradeRow)
+            if session_id:
+                q = q.where(TradeRow.session_id == session_id)
+            return list(s.exec(q))
+
+    def last_cycle(self) -> CycleRow | None:
+        with Session(self.engine) as s:
+            return s.exec(select(CycleRow).order_by(CycleRow.id.desc()).limit(1)).first()

@@ -1,0 +1,171 @@
+"""The JSON session trade log: a public contract (schema documented in the README).
+
+Two files per session, both under ``logs/``:
+
+* ``session-<UTC start>.cycles.jsonl`` — the journal: one JSON line per finished cycle with the whole
+  decision trace (regime, signals, proposals, risk decisions, orders, fills, exits, closed trades,
+  equity). Each line is flushed and fsynced when its cycle ends, so a crash loses at most the cycle in
+  progress.
+* ``session-<UTC start>.json`` — the session document: metadata, every order, fill and closed trade,
+  a compact per-cycle summary and the run summary. It is rewritten atomically (temp file + rename)
+  whenever a cycle changed orders, fills or trades, every ``snapshot_every`` cycles, and at the end.
+
+:func:`load_session` reads a session back, replaying the journal over the document when a crash left
+the document behind, so every consumer (review, explain, weights) sees the same complete record.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Decimal → string (exact), datetime → ISO-8601 UTC, enums → value, dataclasses → dicts."""
+    if isinstance(obj, Decimal):
+        return str(obj)
+    if isinstance(obj, datetime):
+        return obj.isoformat().replace("+00:00", "Z")
+    if isinstance(obj, Enum):
+        return obj.value
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {k: to_jsonable(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    if hasattr(obj, "total_seconds"):
+        return obj.total_seconds()
+    return obj
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class SessionLog:
+    """Writes one session's journal and document."""
+
+    def __init__(self, log_dir: Path, started_at: datetime, metadata: dict, snapshot_every: int = 500):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        stamp = started_at.strftime("%Y%m%dT%H%M%S") + f"{started_at.microsecond // 1000:03d}Z"
+        self.path = log_dir / f"session-{stamp}.json"
+        self.journal_path = log_dir / f"session-{stamp}.cycles.jsonl"
+        self.snapshot_every = snapshot_every
+        self.doc: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "session": to_jsonable({**metadata, "started_at": started_at, "ended_at": None}),
+            "journal": self.journal_path.name,
+            "orders": [], "fills": [], "trades": [], "cycles": [], "summary": {},
+        }
+        self._orders_by_id: dict[str, int] = {}
+        self._journal = open(self.journal_path, "a", encoding="utf-8")
+        self._cycles_since_snapshot = 0
+        self.write_snapshot()
+
+    def record_cycle(self, report: dict, trades: list[dict]) -> None:
+        """Append one finished cycle (already JSON-able) and its closed trades."""
+        changed = bool(report.get("orders") or report.get("fills") or trades)
+        for order in report.get("orders", []):
+            self._upsert_order(order)
+        self.doc["fills"].extend(report.get("fills", []))
+        self.doc["trades"].extend(trades)
+        regime = report.get("regime") or {}
+        self.doc["cycles"].append({
+            "cycle": report["cycle"], "ts": report["ts"], "mode": report.get("mode"),
+            "regime": regime.get("regime"), "regime_confidence": regime.get("confidence"),
+            "equity_usd": report.get("equity_usd"), "signals": len(report.get("signals", [])),
+            "proposals": len(report.get("proposals", [])),
+            "approved": sum(1 for d in report.get("decisions", []) if d.get("approved")),
+            "orders": len(report.get("orders", [])), "fills": len(report.get("fills", [])),
+            "exits": len(report.get("exits", [])), "errors": len(report.get("errors", [])),
+        })
+        self._journal.write(json.dumps({**report, "trades": trades}, separators=(",", ":")) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+        self._cycles_since_snapshot += 1
+        if changed or self._cycles_since_snapshot >= self.snapshot_every:
+            self.write_snapshot()
+
+    def update_orders(self, orders: list[dict]) -> None:
+        for order in orders:
+            self._upsert_order(order)
+
+    def _upsert_order(self, order: dict) -> None:
+        key = order["client_order_id"]
+        if key in self._orders_by_id:
+            self.doc["orders"][self._orders_by_id[key]] = order
+        else:
+            self._orders_by_id[key] = len(self.doc["orders"])
+            self.doc["orders"].append(order)
+
+    def write_snapshot(self) -> None:
+        _atomic_write(self.path, json.dumps(self.doc, indent=1))
+        self._cycles_since_snapshot = 0
+
+    def close(self, ended_at: datetime, summary: dict) -> None:
+        self.doc["session"]["ended_at"] = to_jsonable(ended_at)
+        self.doc["summary"] = to_jsonable(summary)
+        self.write_snapshot()
+        self._journal.close()
+
+
+def load_session(path: str | Path) -> dict:
+    """Read a session document, completing it from its journal if the process died mid-session.
+
+    The returned dict has the document's keys plus ``cycle_details`` (the journal lines, i.e. the
+    full decision trace per cycle)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"session log not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a valid session log ({exc})") from None
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    journal = path.parent / doc.get("journal", "")
+    details: list[dict] = []
+    if journal.is_file():
+        with open(journal, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    details.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a torn last line from a crash: everything before it is complete
+    known_cycles = {c["cycle"] for c in doc["cycles"]}
+    missing = [d for d in details if d["cycle"] not in known_cycles]
+    if missing:  # the document lags the journal: rebuild the tail from the journal
+        orders = {o["client_order_id"]: o for o in doc["orders"]}
+        for d in missing:
+            for o in d.get("orders", []):
+                orders[o["client_order_id"]] = o
+            doc["fills"].extend(d.get("fills", []))
+            doc["trades"].extend(d.get("trades", []))
+            doc["cycles"].append({"cycle": d["cycle"], "ts": d["ts"], "mode": d.get("mode"),
+                                  "regime": (d.get("regime") or {}).get("regime"),
+                                  "regime_confidence": (d.get("regime") or {}).get("confidence"),
+                                  "equity_usd": d.get("equity_usd")})
+        doc["orders"] = list(orders.values())
+        doc["recovered_from_journal"] = len(missing)
+    doc["cycle_details"] = details
+    return doc
+
+
+def newest_session(log_dir: Path) -> Path | None:
+    files = sorted(p for p in log_dir.glob("session-*.json"))
+    return files[-1] if files else None

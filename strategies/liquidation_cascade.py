@@ -1,0 +1,127 @@
+"""Crypto liquidation-cascade hunter (strategy bible, strategy 1).
+
+Edge: forced liquidations are mechanical. Funding above 0.05 % per 8 h means an over-levered long
+crowd that pays to stay in (downside bias); open interest falling more than 5 % in an hour means a
+cascade is under way — ride it in the direction price is moving. Alpaca crypto is spot and cannot
+be shorted, so a downside view closes this plugin's longs and blocks new ones; an upside cascade
+(shorts being squeezed) or deeply negative funding is bought, $200–2,000 a trade.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Mapping
+
+from pydantic import Field
+
+from hydra_engine.domain import Regime, Side, Signal, TradeProposal
+from hydra_engine.ports import MarketSnapshot
+from hydra_engine.strategy import (CombinedSignal, DataNeed, ExitRequest, Strategy, StrategyContext,
+                                   StrategyParams)
+
+SYMBOLS = ("BTC/USD", "ETH/USD")
+
+
+class LiquidationCascadeParams(StrategyParams):
+    funding_threshold: float = Field(0.0005, gt=0, description="funding per 8 h above which longs are crowded")
+    oi_drop_pct: float = Field(5.0, gt=0, description="open-interest fall within one hour that marks a cascade")
+    min_notional_usd: float = Field(200.0, ge=0)
+    max_notional_usd: float = Field(2000.0, gt=0)
+    stop_pct: float = Field(2.0, gt=0, lt=50)
+    reward_risk: float = Field(2.0, gt=0)
+    trailing_stop_pct: float | None = Field(1.5, gt=0)
+    max_holding_hours: float = Field(24.0, gt=0)
+    entry_score: float = Field(0.3, ge=0, le=1, description="combined score needed to buy")
+    exit_score: float = Field(-0.2, ge=-1, le=0, description="combined score at which longs are closed")
+    funding_max_age_hours: float = Field(9.0, gt=0)
+    oi_max_age_hours: float = Field(2.0, gt=0)
+
+
+class LiquidationCascadeHunter(Strategy):
+    name = "liquidation_cascade"
+    regimes = frozenset({Regime.HIGH_VOL, Regime.CRASH, Regime.TRENDING_UP, Regime.TRENDING_DOWN})
+    assets = SYMBOLS
+    data_needs = tuple(DataNeed(kind, s) for s in SYMBOLS for kind in ("bars", "funding_rate", "open_interest"))
+    Params = LiquidationCascadeParams
+
+    # ------------------------------------------------------------------ signals
+    def generate_signals(self, ctx: StrategyContext) -> list[Signal]:
+        out: list[Signal] = []
+        for symbol in SYMBOLS:
+            out.extend(s for s in (self._funding_signal(ctx.market, symbol), self._cascade_signal(ctx.market, symbol)) if s)
+        return out
+
+    def _funding_signal(self, market: MarketSnapshot, symbol: str) -> Signal | None:
+        p = self.params
+        series = market.point_series("funding_rate", symbol)
+        if series is None or not len(series):
+            return None
+        known_at = datetime.fromtimestamp(int(series.ts[-1]), market.now.tzinfo)
+        rate = series.last
+        if not math.isfinite(rate) or market.now - known_at > timedelta(hours=p.funding_max_age_hours):
+            return None
+        if abs(rate) <= p.funding_threshold:
+            return None
+        crowd = "longs" if rate > 0 else "shorts"
+        return Signal(symbol=symbol, score=-math.copysign(min(1.0, abs(rate) / (4 * p.funding_threshold)), rate),
+                      confidence=min(0.8, abs(rate) * 500), source="funding_rate", created_at=known_at,
+                      half_life=timedelta(hours=8),
+                      thesis=f"{crowd} pay {rate * 100:.4f}% per 8h (> {p.funding_threshold * 100:.3f}%): "
+                             f"over-levered {crowd}, bias {'down' if rate > 0 else 'up'}")
+
+    def _cascade_signal(self, market: MarketSnapshot, symbol: str) -> Signal | None:
+        p = self.params
+        oi = market.point_series("open_interest", symbol)
+        bars = market.bars.get(symbol)
+        if oi is None or len(oi) < 2 or bars is None or len(bars) < 2:
+            return None
+        t_now, t_prev = int(oi.ts[-1]), int(oi.ts[-2])
+        known_at = datetime.fromtimestamp(t_now, market.now.tzinfo)
+        if t_now - t_prev > 3600 or market.now - known_at > timedelta(hours=p.oi_max_age_hours):
+            return None  # no clean one-hour comparison available: no opinion rather than a guess
+        prev, last = float(oi.values[-2]), float(oi.values[-1])
+        if not (prev > 0 and math.isfinite(last)):
+            return None
+        change = last / prev - 1.0
+        if change > -p.oi_drop_pct / 100:
+            return None
+        price_move = float(bars.close[-1] / bars.close[-2] - 1.0)
+        if price_move == 0 or not math.isfinite(price_move):
+            return None
+        direction = 1.0 if price_move > 0 else -1.0
+        who = "shorts" if direction > 0 else "longs"
+        return Signal(symbol=symbol, score=direction * min(1.0, -change / 0.10),
+                      confidence=min(0.9, 0.5 - change * 4), source="oi_cascade", created_at=known_at,
+                      half_life=timedelta(hours=2),
+                      thesis=f"open interest {change * 100:.1f}% in 1h while price moved {price_move * 100:+.2f}%: "
+                             f"{who} being liquidated, ride the move")
+
+    # ------------------------------------------------------------------ proposals
+    def propose(self, ctx: StrategyContext, combined: Mapping[str, CombinedSignal]) -> list[TradeProposal | ExitRequest]:
+        p = self.params
+        out: list[TradeProposal | ExitRequest] = []
+        for symbol in SYMBOLS:
+            view = combined.get(symbol)
+            if view is None:
+                continue
+            held = ctx.held.get(symbol, 0.0)
+            if view.score <= p.exit_score:
+                if held > 0:
+                    out.append(ExitRequest(self.name, symbol, f"downside bias {view.score:+.2f}: close the long"))
+                continue  # spot crypto cannot be shorted: a downside view only blocks longs
+            cascade_up = any(c["source"] == "oi_cascade" and c["score"] > 0 for c in view.contributors)
+            squeeze_up = any(c["source"] == "funding_rate" and c["score"] > 0 for c in view.contributors)
+            if held or view.score < p.entry_score or not (cascade_up or squeeze_up):
+                continue
+            price = ctx.market.price(symbol)
+            if not (math.isfinite(price) and price > 0):
+                continue
+            stop = price * (1 - p.stop_pct / 100)
+            target = price * (1 + p.stop_pct * p.reward_risk / 100)
+            theses = "; ".join(c.get("thesis", c["source"]) for c in view.contributors)
+            out.append(TradeProposal(strategy=self.name, symbol=symbol, side=Side.BUY, entry_price=price,
+                                     stop_price=stop, target_price=target, confidence=view.confidence,
+                                     expected_holding=timedelta(hours=p.max_holding_hours), thesis=theses,
+                                     max_notional_usd=p.max_notional_usd, min_notional_usd=p.min_notional_usd,
+                                     trailing_stop_pct=p.trailing_stop_pct))
+        return out
