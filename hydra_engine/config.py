@@ -137,8 +137,12 @@ class Settings(BaseSettings):
         return env_settings, dotenv_settings, init_settings
 
     def config_hash(self) -> str:
-        """Stable hash of every setting (no secrets live here), recorded in each session log."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Stable hash of every setting that can change a decision (no secrets live here; where logs
+        and the database are written does not count), recorded in each session log."""
+        data = self.model_dump(mode="json")
+        data["engine"].pop("log_dir", None)
+        data.pop("storage", None)
+        payload = json.dumps(data, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def resolve_path(self, value: str) -> Path:

@@ -207,7 +207,7 @@ class HMMRegimeDetector:
         xc = ((rows - mu[core]) / sd[core]).to_numpy()
         best, best_ll = None, -math.inf
         for i in range(n_init):
-            m = GaussianHMM(self.n_states, covariance_type="diag", n_iter=n_iter, tol=1e-4,
+            m = GaussianHMM(self.n_states, covariance_type="diag", n_iter=n_iter, tol=1e-3, implementation="scaling",
                             min_covar=1e-3, random_state=seed * 1000 + i)
             try:
                 m.fit(xc)
@@ -266,11 +266,14 @@ class HMMRegimeDetector:
         for k in range(self.n_states):
             raw = {c: float(means[k, j] * sd[c] + mu[c]) for j, c in enumerate(cols)}
             ret20, vol = raw["spy_ret20"], math.exp(raw["spy_lvol20"])
+            if "vix_log" in raw:  # implied (VIX) or realised, whichever is higher: both are SPX vol
+                vol = max(vol, math.exp(raw["vix_log"]) / 100)
             regime = self.rule.label(ret20, vol)
             self.params["state_regimes"].append(regime.value)
             stay = transmat[k, k]
             self.params["state_stats"].append({
-                "state": k, "regime": regime.value, "spy_ret20": round(ret20, 5), "spy_vol": round(vol, 4),
+                "state": k, "regime": regime.value, "spy_ret20": round(ret20, 5), "spy_vol": round(math.exp(raw["spy_lvol20"]), 4),
+                "rule_vol": round(vol, 4),
                 "vix": round(math.exp(raw["vix_log"]), 2) if "vix_log" in raw else None,
                 "btc_ret20": round(raw["btc_ret20"], 4) if "btc_ret20" in raw else None,
                 "days_argmax": int(argmax_days[k]), "expected_duration_days": round(1 / max(1e-9, 1 - stay), 1),

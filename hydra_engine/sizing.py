@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 import numpy as np
 
@@ -22,22 +22,32 @@ CENT = Decimal("0.01")
 
 
 # --------------------------------------------------------------------------- Kelly and risk cap
-def kelly_f(win_prob: float, reward_risk: float) -> float:
-    """Kelly's optimal bet fraction f* = (p·b − q)/b, floored at 0 (no edge, no bet).
+def dec(x: float) -> Decimal:
+    """A float as the Decimal of its shortest repr (0.1 → Decimal('0.1'), not 0.1000000000000000055…)."""
+    return Decimal(repr(float(x)))
+
+
+def kelly_fd(win_prob: float, reward_risk: float) -> Decimal:
+    """Kelly's optimal bet fraction f* = (p·b − q)/b, floored at 0 (no edge, no bet), in Decimal so
+    the worked examples come out exact.
 
     ``win_prob`` is the proposal's confidence read as a win probability, ``reward_risk`` is b, the
     win/loss ratio. Layer spec, ``kelly_size``."""
     if not (math.isfinite(win_prob) and math.isfinite(reward_risk)) or reward_risk <= 0:
-        return 0.0
-    p = min(1.0, max(0.0, win_prob))
-    return max(0.0, (p * reward_risk - (1.0 - p)) / reward_risk)
+        return ZERO
+    p, b = dec(min(1.0, max(0.0, win_prob))), dec(reward_risk)
+    return max(ZERO, (p * b - (1 - p)) / b)
+
+
+def kelly_f(win_prob: float, reward_risk: float) -> float:
+    """:func:`kelly_fd` as a float, for reports."""
+    return float(kelly_fd(win_prob, reward_risk))
 
 
 def kelly_notional(equity_usd: Decimal, win_prob: float, reward_risk: float, kelly_fraction: float) -> Decimal:
     """equity × f* × kelly_fraction. Half-Kelly by default: 75 % of the growth for 50 % of the
     drawdown, and robust to our noisy edge estimates (bible, "Modified Half-Kelly")."""
-    f = kelly_f(win_prob, reward_risk) * kelly_fraction
-    return equity_usd * Decimal(repr(f))
+    return equity_usd * kelly_fd(win_prob, reward_risk) * dec(kelly_fraction)
 
 
 def risk_cap_notional(equity_usd: Decimal, risk_per_trade_pct: float, stop_distance: float) -> Decimal:
@@ -45,7 +55,7 @@ def risk_cap_notional(equity_usd: Decimal, risk_per_trade_pct: float, stop_dista
     equity × risk% / stop distance (layer spec, "Risk-based sizing (1% risk per trade)")."""
     if not (math.isfinite(stop_distance) and stop_distance > 0):
         return ZERO
-    return equity_usd * Decimal(repr(risk_per_trade_pct)) * PCT / Decimal(repr(stop_distance))
+    return equity_usd * dec(risk_per_trade_pct) * PCT / dec(stop_distance)
 
 
 # --------------------------------------------------------------------------- volatility scaling
@@ -150,7 +160,7 @@ class SizingInputs:
 
 @dataclass(frozen=True, slots=True)
 class SizingResult:
-    notional_usd: Decimal               # the approved notional before quantity rounding, ≥ 0
+    notional_usd: Decimal               # approved notional before quantity rounding, whole cents down, ≥ 0
     rule: str                           # the binding rule
     candidates: dict[str, Decimal] = field(default_factory=dict)
 
@@ -168,27 +178,27 @@ def size_notional(x: SizingInputs) -> SizingResult:
     3. hard caps: ``max_position_pct``, ``max_asset_pct`` and ``max_total_exposure_pct`` minus what is
        already used, ``buying_power`` less a buffer, and the plugin's ``strategy_max_notional``.
 
-    Ties go to the earlier rule in that order. The result is never negative."""
+    Ties go to the earlier rule in that order. The result is never negative and is rounded down to
+    whole cents (never above any cap)."""
     eq = x.equity_usd
     kelly = kelly_notional(eq, x.win_prob, x.reward_risk, x.kelly_fraction)
     risk = risk_cap_notional(eq, x.risk_per_trade_pct, x.stop_distance)
     base_rule, base = ("kelly", kelly) if kelly <= risk else ("risk_per_trade", risk)
-    mult = x.vol_mult * x.corr_mult
     scaled_rule = base_rule
-    if mult < 1.0:
+    if base > 0 and min(x.vol_mult, x.corr_mult) < 1.0:
         scaled_rule = "correlation" if x.corr_mult <= x.vol_mult else "vol_scale"
     candidates: dict[str, Decimal] = {"kelly": kelly, "risk_per_trade": risk}
-    sized = {scaled_rule: base * Decimal(repr(mult))}
+    sized = {scaled_rule: base * dec(x.vol_mult) * dec(x.corr_mult)}
     if scaled_rule != base_rule:
         candidates[scaled_rule] = sized[scaled_rule]
     caps = {
-        "max_position_pct": eq * Decimal(repr(x.max_position_pct)) * PCT,
-        "max_asset_pct": eq * Decimal(repr(x.max_asset_pct)) * PCT - x.asset_exposure_usd,
-        "max_total_exposure_pct": eq * Decimal(repr(x.max_total_exposure_pct)) * PCT - x.total_exposure_usd,
-        "buying_power": x.buying_power_usd * (1 - Decimal(repr(x.buying_power_buffer_pct)) * PCT),
+        "max_position_pct": eq * dec(x.max_position_pct) * PCT,
+        "max_asset_pct": eq * dec(x.max_asset_pct) * PCT - x.asset_exposure_usd,
+        "max_total_exposure_pct": eq * dec(x.max_total_exposure_pct) * PCT - x.total_exposure_usd,
+        "buying_power": x.buying_power_usd * (1 - dec(x.buying_power_buffer_pct) * PCT),
     }
     if x.max_notional_usd is not None:
         caps["strategy_max_notional"] = x.max_notional_usd
     candidates.update(caps)
     rule, notional = min({**sized, **caps}.items(), key=lambda kv: kv[1])  # min keeps the first of ties
-    return SizingResult(max(ZERO, notional), rule, candidates)
+    return SizingResult(max(ZERO, notional).quantize(CENT, ROUND_DOWN), rule, candidates)

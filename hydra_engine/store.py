@@ -98,8 +98,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 class Store:
     def __init__(self, url: str, root: Path | None = None):
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and root is not None:
-            path = root / url.removeprefix("sqlite:///")
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            path = Path(url.removeprefix("sqlite:///"))
+            if not path.is_absolute() and root is not None:
+                path = root / path  # relative SQLite paths are relative to the project, not the cwd
             path.parent.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{path}"
         self.url = url

@@ -83,7 +83,8 @@ def test_funding_history_parses_sorts_and_sends_range(client, rsps):
     rsps.get(FUNDING, json=rows, match=[matchers.query_param_matcher(
         {"symbol": "BTCUSDT", "limit": "2", "startTime": "1570579200000", "endTime": "1570665600000"})])
     out = client.funding_rate_history("BTCUSDT", start=start, end=end, limit=2)
-    assert [f.funding_time for f in out] == [datetime(2019, 10, 9, 8, tzinfo=UTC), datetime(2019, 10, 9, 16, tzinfo=UTC)]
+    assert [f.funding_time for f in out] == [datetime(2019, 10, 9, 8, tzinfo=UTC),
+                                             datetime(2019, 10, 9, 16, tzinfo=UTC)]
     assert [f.rate for f in out] == [Decimal("-0.03750000"), Decimal("0.00010000")]
     assert out[0].mark_price == Decimal("34287.54619963") and out[1].mark_price is None
 
@@ -104,7 +105,8 @@ def test_open_interest_history_accepts_string_or_number_timestamps(client, rsps,
     rsps.get(OI_HIST, json=rows, match=[matchers.query_param_matcher(
         {"symbol": "BTCUSDT", "period": "5m", "limit": "2"})])
     out = client.open_interest_history("BTCUSDT", period="5m", limit=2)
-    assert [p.timestamp for p in out] == [datetime(2020, 3, 2, 5, 45, tzinfo=UTC), datetime(2020, 3, 2, 5, 50, tzinfo=UTC)]
+    assert [p.timestamp for p in out] == [datetime(2020, 3, 2, 5, 45, tzinfo=UTC),
+                                          datetime(2020, 3, 2, 5, 50, tzinfo=UTC)]
     assert out[0].sum_open_interest == Decimal("20403.63700000")
     assert out[1].sum_open_interest_value == Decimal("149940752.14464448")
 

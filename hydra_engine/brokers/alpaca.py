@@ -41,7 +41,7 @@ from ..domain import UTC, AssetClass, Fill, Order, OrderStatus, OrderType, Side,
 from ..ports import (Account, AssetSpec, AuthError, BrokerError, BrokerPosition, HeldQuantity, InsufficientBuyingPower,
                      InvalidOrder, InvalidTimeInForce, MarketClosed, OrderNotFound, RateLimited, ShortNotAllowed,
                      UnknownOrderOutcome, WashTradeRejected)
-from .capabilities import load_capabilities, validate_and_round
+from .capabilities import load_capabilities, normalise_symbol, validate_and_round
 from .ratelimit import RateLimiter, install
 
 log = logging.getLogger(__name__)
@@ -64,16 +64,6 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
-
-
-def normalise_symbol(symbol: str, asset_class: str | None = None) -> str:
-    """Crypto positions come back as ``BTCUSD``; orders, assets and data use ``BTC/USD`` (NOTES §1.3)."""
-    if "/" in symbol or (asset_class or "crypto") != AssetClass.CRYPTO.value:
-        return symbol
-    for quote in ("USDT", "USDC", "USD", "BTC"):
-        if symbol.endswith(quote) and len(symbol) > len(quote):
-            return f"{symbol[:-len(quote)]}/{quote}"
-    return symbol
 
 
 def resolve_urls(trading_url: str | None = None, data_url: str | None = None,
@@ -306,12 +296,14 @@ class AlpacaBroker:
         return "external"
 
     def _alpaca_open_orders(self, symbol: str | None = None) -> list[Any]:
-        req = GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=False, limit=500,
-                               symbols=[symbol] if symbol else None)
+        """Open orders, legs flattened, optionally for one symbol (filtered here: the server-side
+        ``symbols`` filter wants crypto pairs without the slash, spec GET /v2/orders)."""
+        req = GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=False, limit=500)
         with self._errors("list open orders", symbol=symbol):
             rows = self._client.get_orders(req)
         flat = [leg for o in rows for leg in [o, *(o.legs or [])]]
-        return [o for o in flat if o.status.value not in _TERMINAL]
+        return [o for o in flat if o.status.value not in _TERMINAL and
+                (symbol is None or normalise_symbol(o.symbol, getattr(o.asset_class, "value", None)) == symbol)]
 
     def open_orders(self) -> list[Order]:
         return [self._to_order(o) for o in self._alpaca_open_orders()]
@@ -417,7 +409,7 @@ class AlpacaBroker:
         if existing is not None and existing.status is not OrderStatus.UNKNOWN and existing.broker_order_id:
             return existing                     # already placed by this adapter: never twice
         working = [o for o in self._alpaca_open_orders(order.symbol)
-                   if normalise_symbol(o.symbol) == order.symbol and o.client_order_id != order.client_order_id]
+                   if o.client_order_id != order.client_order_id]
         opposite = [o for o in working if o.side.value != order.side.value]
         if opposite:
             raise WashTradeRejected(f"{order.symbol} {order.side.value} {order.client_order_id}: opposite-side orders "
@@ -499,7 +491,8 @@ class AlpacaBroker:
         avg = Decimal(o.filled_avg_price)
         price = (avg * total - prev_avg * before) / (total - before)     # this slice's own average price
         self._filled_seen[oid] = (total, avg)
-        return Fill(client_order_id=o.client_order_id, symbol=normalise_symbol(o.symbol), side=Side(o.side.value),
+        return Fill(client_order_id=o.client_order_id, symbol=normalise_symbol(o.symbol, getattr(o.asset_class, "value", None)),
+                    side=Side(o.side.value),
                     qty=total - before, price=price.quantize(Decimal("0.000001")), fee_usd=Decimal(0),
                     ts=_utc(o.filled_at or o.updated_at), fill_id=f"{oid}:{total}")
 
@@ -521,7 +514,7 @@ class AlpacaBroker:
             with self._errors("close all positions"):
                 answers = self._client.close_all_positions(cancel_orders=True)
             for r in answers:
-                symbol = normalise_symbol(r.symbol or getattr(r.body, "symbol", None) or "?")
+                symbol = normalise_symbol(r.symbol or getattr(r.body, "symbol", None) or "?", None, self._symbols)
                 if r.status is not None and r.status >= 300 or not hasattr(r.body, "client_order_id"):
                     reason = getattr(r.body, "message", None) or str(r.body)
                     report.failures[symbol] = self._redact(f"HTTP {r.status}: {reason}")

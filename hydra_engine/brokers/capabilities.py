@@ -84,6 +84,19 @@ def spec_from_asset(asset: Any) -> AssetSpec:
                        symbol=symbol)
 
 
+def normalise_symbol(symbol: str, asset_class: str | None = None, known: Iterable[str] = ()) -> str:
+    """Crypto positions come back as ``BTCUSD``; orders, assets and data use ``BTC/USD`` (NOTES §1.3).
+    Split when the asset class says crypto, or (class unknown) when the slash form is in ``known``."""
+    if "/" in symbol or asset_class not in (AssetClass.CRYPTO.value, None):
+        return symbol
+    for quote in ("USDT", "USDC", "USD", "BTC"):
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            pair = f"{symbol[:-len(quote)]}/{quote}"
+            if asset_class is not None or pair in set(known):
+                return pair
+    return symbol
+
+
 # --------------------------------------------------------------------------- cache
 def _spec_to_json(spec: AssetSpec) -> dict:
     row = dataclasses.asdict(spec)
