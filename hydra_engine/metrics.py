@@ -189,7 +189,7 @@ def trade_stats(trades: list[dict]) -> dict:
     r = np.array([float(t.get("r_multiple") or 0.0) for t in trades], float)
     fees = float(sum(Decimal(str(t.get("fees_usd") or 0)) for t in trades))
     win, loss = pnl > 0, pnl < 0
-    gp, gl = float(pnl[win].sum()), float(-pnl[loss].sum())
+    gp, gl = float(pnl[win].sum()), abs(float(pnl[loss].sum()))
     mean = lambda a: float(a.mean()) if len(a) else float("nan")  # noqa: E731
     avg_win, avg_loss = mean(pnl[win]), mean(pnl[loss])
     avg_win_r, avg_loss_r = mean(r[win]), mean(r[loss])

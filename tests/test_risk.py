@@ -407,13 +407,15 @@ class Sim:
 
 
 pct_move = st.floats(-0.3, 0.2)
-PROPOSE = st.tuples(st.just("propose"), st.sampled_from(sorted(SYMS)), st.booleans(), st.floats(0.3, 0.95),
+PROPOSE = st.tuples(st.just("propose"), st.sampled_from(sorted(SYMS)), st.sampled_from([False, False, True]),
+                    st.floats(0.3, 0.95),
                     st.floats(0.5, 4.0), st.floats(0.005, 0.2), st.none() | st.floats(50, 20_000))
 TICK = st.tuples(st.just("tick"), st.floats(0.1, 30.0), st.tuples(pct_move, pct_move, pct_move))
 LOSS = st.tuples(st.just("loss"))
+CRASH = st.tuples(st.just("tick"), st.floats(0.1, 2.0), st.tuples(*[st.floats(-0.6, -0.2)] * 3))
 RESUME = st.tuples(st.just("resume"))
-OPS = st.one_of(PROPOSE, PROPOSE, PROPOSE, PROPOSE, PROPOSE, PROPOSE, TICK, TICK, TICK, TICK, LOSS, LOSS,
-                st.tuples(st.just("restart"), st.booleans()), st.tuples(st.just("kill")), RESUME, RESUME)
+OPS = st.one_of(PROPOSE, PROPOSE, PROPOSE, PROPOSE, PROPOSE, PROPOSE, TICK, TICK, TICK, CRASH, LOSS, LOSS,
+                st.tuples(st.just("restart"), st.booleans()), st.tuples(st.just("kill")), RESUME, RESUME, RESUME)
 CONFIGS = st.builds(RiskConfig, max_position_pct=st.floats(0.5, 3.0), max_asset_pct=st.floats(1.0, 5.0),
                     max_total_exposure_pct=st.floats(2.0, 25.0), max_trades_per_day=st.integers(1, 30),
                     max_consecutive_losses=st.integers(1, 3), cooldown_hours=st.floats(4.0, 8.0),
@@ -448,3 +450,32 @@ def test_random_sequences_never_break_a_limit(cfg, seed, ops):
         if sim.cooldown_end is not None and sim.now < sim.cooldown_end:
             assert sim.rm.entries_blocked(sim.now) is not None, "cooldown released early"
         assert math.isfinite(float(sim.equity())) and sim.equity() > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(daily=st.floats(0.3, 5.0), dd=st.floats(0.5, 10.0),
+       steps=st.lists(st.tuples(st.floats(0.0, 14.0), st.floats(-0.03, 0.03), st.booleans()), min_size=1,
+                      max_size=60))
+def test_equity_kill_switches_fire_exactly_and_hold(daily, dd, steps):
+    """Against a reference model: the daily-loss and drawdown kills fire at the first equity that
+    reaches a limit, never before, and entries stay blocked afterwards, across restarts."""
+    cfg = RiskConfig(max_daily_loss_pct=daily, max_drawdown_pct=dd)
+    rm, now, eq = RiskManager(cfg), T0, D(100_000)
+    day, start, peak, killed = None, None, D(0), False
+    for hours, ret, restart in steps:
+        now += timedelta(hours=hours)
+        eq = (eq * (1 + D(repr(ret)))).quantize(D("0.01"))
+        if now.date() != day:
+            day, start = now.date(), eq
+        peak = max(peak, eq)
+        fires = not killed and ((start - eq) / start * 100 >= D(repr(daily)) or
+                                (peak - eq) / peak * 100 >= D(repr(dd)))
+        reason = rm.on_equity(eq, now)
+        assert (reason is not None) == fires, (reason, start, peak, eq)
+        killed = killed or fires
+        assert (rm.entries_blocked(now) is not None) == killed or rm.state.trades_today >= cfg.max_trades_per_day
+        if restart:
+            saved = json.loads(json.dumps(rm.to_state()))
+            rm = RiskManager(cfg)
+            rm.load_state(saved)
+        assert (rm.kill_requested() is not None) == killed

@@ -189,7 +189,8 @@ class AlpacaBroker:
         self._market_clock: tuple[datetime, Any] | None = None
         self._known: dict[str, Order] = {}              # client_order_id -> order sent by this adapter
         self._filled_seen: dict[str, tuple[Decimal, Decimal]] = {}   # broker order id -> (filled_qty, avg) reported
-        self._fills_after = require_utc(fills_since or self._now(), "fills_since")
+        # orders submitted after this instant are watched for fills (``after`` is exclusive)
+        self._fills_after = require_utc(fills_since or self._now() - timedelta(seconds=1), "fills_since")
 
     def __repr__(self) -> str:
         return f"AlpacaBroker(paper={self.paper}, base_url={self.base_url!r}, session_id={self.session_id!r})"
@@ -290,10 +291,9 @@ class AlpacaBroker:
         return order
 
     def _strategy_from_id(self, coid: str) -> str:
-        prefix = f"{self.session_id}-"
-        if coid.startswith(prefix) and coid.count("-") >= 3:
-            return coid[len(prefix):].rsplit("-", 2)[0]
-        return "external"
+        """The strategy part of a ``make_client_order_id`` id of this session, else ``external``."""
+        m = re.fullmatch(re.escape(self.session_id) + r"-(.+)-[A-Za-z0-9_.]{1,16}-\d{6}", coid)
+        return m.group(1) if m else "external"
 
     def _alpaca_open_orders(self, symbol: str | None = None) -> list[Any]:
         """Open orders, legs flattened, optionally for one symbol (filtered here: the server-side
@@ -359,6 +359,9 @@ class AlpacaBroker:
         merged = dataclasses.replace(local, status=remote.status, broker_order_id=remote.broker_order_id,
                                      filled_qty=remote.filled_qty, filled_avg_price=remote.filled_avg_price)
         self._known[local.client_order_id] = merged
+        for leg in getattr(placed, "legs", None) or []:       # bracket legs protect this entry: exits
+            self._known[leg.client_order_id] = dataclasses.replace(
+                self._to_order(leg), strategy=local.strategy, purpose="exit")
         return merged
 
     def _release_held(self, order: Order, holders: list[Any]) -> Order:

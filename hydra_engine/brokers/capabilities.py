@@ -63,7 +63,11 @@ DEFAULT_ASSET_SPECS: dict[str, AssetSpec] = {
 
 
 def _dec(value: Any, default: Decimal) -> Decimal:
-    return default if value in (None, "") else Decimal(str(value))
+    """Assets API numbers (alpaca-py floats) as Decimal; 1.0 becomes 1, 0.0001 stays 0.0001."""
+    if value in (None, ""):
+        return default
+    d = Decimal(str(value))
+    return d.quantize(Decimal(1)) if d == d.to_integral_value() else d
 
 
 def spec_from_asset(asset: Any) -> AssetSpec:

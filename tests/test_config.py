@@ -1,0 +1,219 @@
+"""Configuration (issue #2): the shipped hydra.toml loads, and a bad value stops HYDRA at start-up with
+the file (or the HYDRA_* variable), the key, the value and what was expected — both from
+``load_settings`` (ConfigError) and from the CLI (exit code 2, message on stderr).
+
+Every test runs from an empty temporary working directory, so no project ``.env`` is picked up, and
+with every HYDRA_/Alpaca variable removed from the environment.
+"""
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from hydra_engine.cli import EXIT_USAGE, main
+from hydra_engine.config import DEFAULT_CONFIG, AlpacaKeys, ConfigError, Settings, load_settings
+
+SHIPPED = DEFAULT_CONFIG.read_text(encoding="utf-8")
+KEY_VARS = ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "APCA_API_KEY_ID", "APCA_API_SECRET_KEY")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.upper().startswith("HYDRA_") or name in KEY_VARS:
+            monkeypatch.delenv(name, raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+def write_config(tmp_path: Path, text: str, name: str = "hydra.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def shipped_with(old: str, new: str) -> str:
+    assert old in SHIPPED, f"test fixture out of date: {old!r} is not in hydra.toml"
+    return SHIPPED.replace(old, new, 1)
+
+
+# --------------------------------------------------------------------------- the shipped file
+def test_shipped_hydra_toml_loads_with_its_documented_values():
+    s = load_settings(DEFAULT_CONFIG)
+    assert isinstance(s, Settings)
+    assert s.engine.cycle_interval_s == 60 and s.engine.observation_cycles == 20
+    assert s.broker.kind == "sim" and s.broker.fee_bps == 10.0 and s.broker.slippage_bps == 5.0
+    assert s.data.kind == "replay" and s.data.start == date(2024, 1, 1) and s.data.end == date(2024, 7, 1)
+    assert s.universe.symbols[:3] == ["BTC/USD", "ETH/USD", "SPY"] and len(s.universe.symbols) == 15
+    assert s.strategies.enabled == ["liquidation_cascade"]
+    assert s.strategies.params["liquidation_cascade"]["stop_pct"] == 2.0
+    # the default (no path) is the shipped file, and the hash is stable
+    assert load_settings().config_hash() == s.config_hash()
+
+
+def test_missing_config_file_is_named(tmp_path):
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="config file not found") as err:
+        load_settings(missing)
+    assert str(missing) in str(err.value)
+
+
+# --------------------------------------------------------------------------- bad values in the file
+BAD_VALUES = [
+    # (id, old text, new text, fragments the message must contain)
+    ("negative_interval", "cycle_interval_s = 60", "cycle_interval_s = -5",
+     ["engine.cycle_interval_s", "-5", "greater than or equal to 1"]),
+    ("unknown_broker", 'kind = "sim"', 'kind = "ib"',
+     ["broker.kind", "'ib'", "'sim' or 'alpaca'"]),
+    ("start_after_end", "start = 2024-01-01", "start = 2024-08-01",
+     ["data", "data.start 2024-08-01 must be before data.end 2024-07-01"]),
+    ("typo_key", "cycle_interval_s = 60", "cycle_intervl_s = 60",
+     ["engine.cycle_intervl_s", "60", "no such setting"]),
+    ("typo_section", "[broker]", "[brokr]", ["'brokr'", "no such setting"]),
+    ("risk_limit_too_loose", "risk_per_trade_pct = 1.0", "risk_per_trade_pct = 7.5",
+     ["risk.risk_per_trade_pct", "7.5", "less than or equal to 3"]),
+    ("wrong_type", "history_bars = 500", 'history_bars = "lots"',
+     ["engine.history_bars", "'lots'", "valid integer"]),
+    ("duplicate_symbol", 'symbols = ["BTC/USD", "ETH/USD",', 'symbols = ["BTC/USD", "BTC/USD", "ETH/USD",',
+     ["universe.symbols", "duplicate symbols ['BTC/USD']"]),
+]
+
+
+@pytest.mark.parametrize("old,new,fragments", [b[1:] for b in BAD_VALUES], ids=[b[0] for b in BAD_VALUES])
+def test_bad_value_in_file_names_file_key_value_and_rule(tmp_path, old, new, fragments):
+    path = write_config(tmp_path, shipped_with(old, new))
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    msg = str(err.value)
+    assert str(path) in msg, msg
+    for fragment in fragments:
+        assert fragment in msg, f"{fragment!r} missing from:\n{msg}"
+    assert "environment" not in msg  # the file is to blame, not a variable
+
+
+@pytest.mark.parametrize("old,new,fragments", [b[1:] for b in BAD_VALUES[:4]], ids=[b[0] for b in BAD_VALUES[:4]])
+def test_cli_refuses_a_bad_config_with_exit_code_2_and_the_message_on_stderr(tmp_path, capsys, old, new, fragments):
+    path = write_config(tmp_path, shipped_with(old, new).replace('log_dir = "logs"', f'log_dir = "{tmp_path / "logs"}"'))
+    code = main(["--config", str(path), "run", "--cycles", "1", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == EXIT_USAGE == 2
+    assert err.startswith("error: invalid configuration")
+    assert str(path) in err
+    for fragment in fragments:
+        assert fragment in err
+    assert "session summary" not in out
+    assert not (tmp_path / "logs").exists()  # nothing ran
+
+
+def test_invalid_toml_names_the_file_and_the_position(tmp_path, capsys):
+    path = write_config(tmp_path, SHIPPED + "\n[engine\nfoo = 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: not valid TOML")
+    assert "line" in msg
+    assert main(["--config", str(path), "run"]) == 2
+    assert str(path) in capsys.readouterr().err
+
+
+def test_a_minimal_file_falls_back_to_defaults(tmp_path):
+    s = load_settings(write_config(tmp_path, '[broker]\nfee_bps = 2.5\n'))
+    assert s.broker.fee_bps == 2.5
+    assert s.engine == Settings().engine  # untouched sections keep the defaults
+
+
+# --------------------------------------------------------------------------- environment overrides
+def test_env_override_beats_the_file(tmp_path, monkeypatch):
+    path = write_config(tmp_path, SHIPPED)
+    assert load_settings(path).broker.fee_bps == 10.0
+    monkeypatch.setenv("HYDRA_BROKER__FEE_BPS", "3.5")
+    monkeypatch.setenv("HYDRA_ENGINE__CYCLE_INTERVAL_S", "15")
+    s = load_settings(path)
+    assert s.broker.fee_bps == 3.5
+    assert s.engine.cycle_interval_s == 15
+    # the other keys of the overridden sections still come from the file (deep merge, not replace)
+    assert s.broker.slippage_bps == 5.0 and s.broker.starting_cash_usd == 100_000.0
+    assert s.engine.observation_cycles == 20
+
+
+def test_dotenv_override_beats_the_file_but_loses_to_the_environment(tmp_path, clean_env, monkeypatch):
+    path = write_config(tmp_path, SHIPPED)
+    (clean_env / ".env").write_text("HYDRA_BROKER__FEE_BPS=4\n", encoding="utf-8")
+    assert load_settings(path).broker.fee_bps == 4.0
+    monkeypatch.setenv("HYDRA_BROKER__FEE_BPS", "6")
+    assert load_settings(path).broker.fee_bps == 6.0
+
+
+@pytest.mark.parametrize("in_file", [False, True], ids=["key_not_in_file", "key_also_in_file"])
+def test_bad_env_value_names_the_hydra_variable(tmp_path, monkeypatch, in_file):
+    # the shipped file sets broker.fee_bps itself: the message must still blame the variable, not the file
+    text = SHIPPED if in_file else "[engine]\ncycle_interval_s = 30\n"
+    path = write_config(tmp_path, text)
+    monkeypatch.setenv("HYDRA_BROKER__FEE_BPS", "abc")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    msg = str(err.value)
+    assert "HYDRA_BROKER__FEE_BPS" in msg, msg
+    assert "broker.fee_bps" in msg and "'abc'" in msg and "valid number" in msg
+    assert str(path) not in msg, f"the file is blamed for an environment value:\n{msg}"
+
+
+def test_out_of_range_env_value_names_the_variable(tmp_path, monkeypatch, capsys):
+    path = write_config(tmp_path, SHIPPED)
+    monkeypatch.setenv("HYDRA_ENGINE__CYCLE_INTERVAL_S", "-5")
+    assert main(["--config", str(path), "run", "--cycles", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "HYDRA_ENGINE__CYCLE_INTERVAL_S" in err and "'-5'" in err and "greater than or equal to 1" in err
+
+
+def test_misspelt_env_variable_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRA_BROKER__FEE_BPZ", "3")
+    with pytest.raises(ConfigError) as err:
+        load_settings(write_config(tmp_path, SHIPPED))
+    assert "HYDRA_BROKER__FEE_BPZ" in str(err.value) and "no such setting" in str(err.value)
+
+
+# --------------------------------------------------------------------------- Alpaca keys
+def test_alpaca_keys_missing_names_both_variables():
+    keys = AlpacaKeys()
+    assert keys.missing() == ["ALPACA_API_KEY (or APCA_API_KEY_ID)", "ALPACA_SECRET_KEY (or APCA_API_SECRET_KEY)"]
+
+
+@pytest.mark.parametrize("key_var,secret_var", [("ALPACA_API_KEY", "ALPACA_SECRET_KEY"),
+                                                ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")])
+def test_alpaca_keys_accept_both_naming_conventions(monkeypatch, key_var, secret_var):
+    monkeypatch.setenv(key_var, "PKTEST123")
+    monkeypatch.setenv(secret_var, "s3cret")
+    keys = AlpacaKeys()
+    assert keys.missing() == []
+    assert keys.api_key.get_secret_value() == "PKTEST123"
+    assert keys.secret_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(keys)  # a secret never shows in a repr or log line
+
+
+def test_alpaca_keys_half_set_reports_only_the_missing_one(monkeypatch):
+    monkeypatch.setenv("APCA_API_KEY_ID", "PKTEST123")
+    assert AlpacaKeys().missing() == ["ALPACA_SECRET_KEY (or APCA_API_SECRET_KEY)"]
+    monkeypatch.setenv("ALPACA_SECRET_KEY", "")
+    assert AlpacaKeys().missing() == ["ALPACA_SECRET_KEY (or APCA_API_SECRET_KEY)"]  # empty is missing
+
+
+def test_alpaca_keys_in_dotenv_are_read_and_do_not_break_the_settings(clean_env):
+    # The documented place for the keys is the environment *or .env*. The same .env is read by the
+    # Settings too, which must not mistake the Alpaca variables for misspelt HYDRA settings.
+    (clean_env / ".env").write_text("ALPACA_API_KEY=PKTEST123\nALPACA_SECRET_KEY=s3cret\n", encoding="utf-8")
+    assert AlpacaKeys().missing() == []
+    s = load_settings(DEFAULT_CONFIG)
+    assert s.broker.kind == "sim"
+
+
+def test_api_keys_are_never_read_from_the_toml_file(tmp_path):
+    path = write_config(tmp_path, SHIPPED + '\n[alpaca]\napi_key = "PKTEST123"\n')
+    with pytest.raises(ConfigError, match="alpaca"):
+        load_settings(path)
+    assert AlpacaKeys().missing()  # still missing: the file is not a source of keys
