@@ -118,7 +118,8 @@ class Settings(BaseSettings):
     """The whole configuration. Env overrides use ``HYDRA_SECTION__KEY`` (e.g. ``HYDRA_BROKER__KIND``)."""
 
     model_config = SettingsConfigDict(env_prefix="HYDRA_", env_nested_delimiter="__", extra="forbid",
-                                      env_file=".env", env_file_encoding="utf-8", frozen=True)
+                                      env_file=".env", env_file_encoding="utf-8", frozen=True,
+                                      dotenv_filtering="match_prefix")  # .env also holds ALPACA_* keys
 
     engine: EngineConfig = EngineConfig()
     universe: UniverseConfig = UniverseConfig()
@@ -184,7 +185,8 @@ def _format_errors(err: ValidationError, source: str, file_data: dict) -> str:
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("__root__",))
         key = ".".join(str(p) for p in loc) or "(top level)"
-        in_file, _ = _lookup(file_data, loc)
+        in_file, file_value = _lookup(file_data, loc)
+        in_file = in_file and file_value == e.get("input")  # else a HYDRA_* override holds the bad value
         where = source if in_file else f"environment (HYDRA_{'__'.join(str(p).upper() for p in loc)})"
         if not in_file and not loc:
             where = source

@@ -117,6 +117,8 @@ class Engine:
             self.broker.update_marks(prices)
         report["prices"] = {s: round(p, 8) for s, p in prices.items() if math.isfinite(p)}
         report["stale_symbols"] = dict(market.stale)
+        for feed, why in market.feed_problems.items():  # e.g. Binance down: its strategies stand down
+            report["notes"].append(f"data feed {feed} unhealthy: {why}")
         account = self.broker.account()
         kill_reason = self.risk.on_equity(account.equity_usd, now)
         if kill_reason:

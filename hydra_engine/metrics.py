@@ -304,6 +304,7 @@ def compute_all(doc: dict, periods_per_year: float = DEFAULT_PERIODS_PER_YEAR) -
     n_cycles = sum(regimes.values())
     out = {
         "periods_per_year": periods_per_year, "start": start, "end": end, "days": len(rets),
+        "losing_days": int((rets < 0).sum()),
         "cycles": n_cycles,
         "starting_equity_usd": float(eq.iloc[0]) if len(eq) else None,
         "final_equity_usd": float(eq.iloc[-1]) if len(eq) else None,

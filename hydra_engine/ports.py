@@ -75,6 +75,7 @@ class MarketSnapshot:
     bars: dict[str, BarSeries] = field(default_factory=dict)
     series: dict[tuple[str, str], PointSeries] = field(default_factory=dict)
     stale: dict[str, str] = field(default_factory=dict)   # symbol -> why entries are blocked
+    feed_problems: dict[str, str] = field(default_factory=dict)  # feed -> why it is unhealthy
 
     def price(self, symbol: str) -> float:
         """Last close, or NaN when there is none."""

@@ -135,7 +135,8 @@ class PositionManager:
                                              f"price {price:g} crossed {'trailing ' if moved else ''}stop "
                                              f"{pos.stop_price:g} (high-water {pos.high_water_mark:g})"))
             elif (long and price >= pos.target_price) or (not long and price <= pos.target_price):
-                exits.append(ExitInstruction(symbol, "target", price, f"price {price:g} reached target {pos.target_price:g}"))
+                exits.append(ExitInstruction(symbol, "target", price,
+                                             f"price {price:g} reached target {pos.target_price:g}"))
             elif pos.max_holding is not None and now - pos.opened_at >= pos.max_holding:
                 exits.append(ExitInstruction(symbol, "time", price, f"held {now - pos.opened_at} >= {pos.max_holding}"))
         return exits

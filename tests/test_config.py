@@ -217,3 +217,12 @@ def test_api_keys_are_never_read_from_the_toml_file(tmp_path):
     with pytest.raises(ConfigError, match="alpaca"):
         load_settings(path)
     assert AlpacaKeys().missing()  # still missing: the file is not a source of keys
+
+
+def test_misspelt_hydra_variable_in_dotenv_is_still_refused(clean_env):
+    (clean_env / ".env").write_text("ALPACA_API_KEY=PKTEST123\nHYDRA_BROKER__FEE_BPZ=3\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_settings(DEFAULT_CONFIG)
+    msg = str(err.value)
+    assert "fee_bpz" in msg.lower() and "no such setting" in msg
+    assert "PKTEST123" not in msg  # the Alpaca key is neither a setting nor echoed in the error

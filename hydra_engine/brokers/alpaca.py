@@ -492,11 +492,12 @@ class AlpacaBroker:
         if total <= before or o.filled_avg_price is None:
             return None
         avg = Decimal(o.filled_avg_price)
-        price = (avg * total - prev_avg * before) / (total - before)     # this slice's own average price
+        price = avg if before == 0 else ((avg * total - prev_avg * before) / (total - before)).quantize(
+            Decimal("0.000001"))                                         # this slice's own average price
         self._filled_seen[oid] = (total, avg)
         return Fill(client_order_id=o.client_order_id, symbol=normalise_symbol(o.symbol, getattr(o.asset_class, "value", None)),
                     side=Side(o.side.value),
-                    qty=total - before, price=price.quantize(Decimal("0.000001")), fee_usd=Decimal(0),
+                    qty=total - before, price=price, fee_usd=Decimal(0),
                     ts=_utc(o.filled_at or o.updated_at), fill_id=f"{oid}:{total}")
 
     # ------------------------------------------------------------------ kill switch

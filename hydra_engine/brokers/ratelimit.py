@@ -7,7 +7,7 @@ calls until ``X-RateLimit-Reset`` (unix seconds). On 429 and (for idempotent cal
 connection errors it backs off exponentially with full jitter; alpaca-py's own fixed 3 x 3 s retry is
 switched off (NOTES §1.3) so there is exactly one retry policy.
 
-A POST (order submit) is retried only on 429, which means "not processed": after a 5xx or a timeout
+A POST or DELETE is retried only on 429, which means "not processed": after a 5xx or a timeout
 the order may exist, and only the broker adapter may decide, by looking it up by client_order_id.
 """
 from __future__ import annotations
@@ -24,7 +24,9 @@ from alpaca.common.exceptions import APIError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-IDEMPOTENT_METHODS = frozenset({"GET", "DELETE", "HEAD", "OPTIONS"})
+# DELETE is not here on purpose: DELETE /v2/positions places liquidation orders, and repeating it
+# after a 5xx could sell the same shares twice.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _status(exc: BaseException) -> int | None:
@@ -33,7 +35,7 @@ def _status(exc: BaseException) -> int | None:
 
 def is_retryable(exc: BaseException, method: str) -> bool:
     """429 always (the request was refused unprocessed); 5xx, timeouts and connection errors only
-    for idempotent methods, because a POST may have been executed before the failure."""
+    for reads, because a POST or DELETE may have been executed before the failure."""
     status = _status(exc)
     if status == 429:
         return True

@@ -1,0 +1,31 @@
+"""``hydra review LOG.json [--out DIR]``: tables on the terminal, PNG charts and an HTML report on disk."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("review", help="review a session log: metrics tables, charts and an HTML report",
+                              description="Review one session log (logs/session-*.json). Prints the tables and "
+                              "writes equity/drawdown, per-regime and per-strategy PNGs, report.html and "
+                              "metrics.json into --out (default: <log stem>-review/ next to the log).")
+    p.add_argument("log", help="path to a session-*.json trade log")
+    p.add_argument("--out", default=None, help="output folder (default: next to the log)")
+    p.add_argument("--periods-per-year", type=float, default=365.0,
+                   help="annualisation: 365 for crypto/24-7 books (default), 252 for equities only")
+    p.set_defaults(func=handle)
+
+
+def handle(args) -> int:
+    from ..review import review_session
+    try:
+        review, files = review_session(Path(args.log), args.out, args.periods_per_year)
+    except ValueError as exc:  # LogError and load_session's own ValueErrors carry the file and the reason
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(review.text())
+    print(f"report written to {files[0].parent}: " + ", ".join(f.name for f in files))
+    return EXIT_OK

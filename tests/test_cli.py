@@ -1,0 +1,207 @@
+"""The command line (issue #2: the whole loop, offline by default).
+
+A short ``run`` over the shipped real data writes the JSON session log, the cycle journal and the
+SQLite database and prints the summary; ``status`` reads the last cycle back; paper mode without
+Alpaca keys refuses to start and writes nothing; every subcommand has a working ``--help``; and the
+``hydra_engine.py`` script entry point works in a fresh interpreter.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hydra_engine import __version__
+from hydra_engine.cli import EXIT_ERROR, EXIT_OK, build_parser, main
+from hydra_engine.tradelog import load_session
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+KEY_VARS = ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "APCA_API_KEY_ID", "APCA_API_SECRET_KEY")
+
+
+def write_config(folder: Path) -> Path:
+    """A small config over the shipped data; every output (logs, database) goes under ``folder``."""
+    path = folder / "hydra-test.toml"
+    path.write_text(f"""
+[engine]
+log_dir = "{folder / 'logs'}"
+
+[universe]
+symbols = ["BTC/USD", "ETH/USD", "SPY"]
+data_only = ["VIX"]
+
+[data]
+replay_dir = "data"          # relative: resolved against the project, not the working directory
+start = 2024-03-04
+end = 2024-03-08
+
+[storage]
+url = "sqlite:///{folder / 'hydra.db'}"
+""", encoding="utf-8")
+    return path
+
+
+def isolate(mp: pytest.MonkeyPatch, cwd: Path) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("HYDRA_") or name in KEY_VARS:
+            mp.delenv(name, raising=False)
+    mp.chdir(cwd)  # no project .env
+
+
+def call(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """``run --cycles 30 --no-progress`` once, then ``status``; shared by the tests that inspect it."""
+    folder = tmp_path_factory.mktemp("cli_run")
+    cfg = write_config(folder)
+    with pytest.MonkeyPatch.context() as mp:
+        isolate(mp, folder)
+        run = call(["--config", str(cfg), "run", "--cycles", "30", "--no-progress"])
+        status = call(["--config", str(cfg), "status"])
+    return {"folder": folder, "cfg": cfg, "run": run, "status": status}
+
+
+# --------------------------------------------------------------------------- a short offline run
+def test_run_prints_the_summary(short_run):
+    code, out, err = short_run["run"]
+    assert code == EXIT_OK, err
+    assert "=== HYDRA session summary ===" in out
+    assert re.search(r"^cycles\s+30$", out, re.M)
+    assert re.search(r"^equity\s+\$100,000\.00 -> \$[\d,]+\.\d\d", out, re.M)
+    assert "HYDRA sim" not in err  # --no-progress: no progress bar
+
+
+def test_run_writes_log_journal_and_database_where_the_config_says(short_run):
+    folder, out = short_run["folder"], short_run["run"][1]
+    logs = sorted((folder / "logs").iterdir())
+    docs = [p for p in logs if p.name.endswith(".json")]
+    journals = [p for p in logs if p.name.endswith(".cycles.jsonl")]
+    assert len(docs) == 1 and len(journals) == 1, logs
+    assert not [p for p in logs if p.suffix == ".tmp"]
+    assert f"trade log         {docs[0]}" in out
+    assert f"cycle journal     {journals[0]}" in out
+    assert f"database          sqlite:///{folder / 'hydra.db'}" in out
+
+    doc = load_session(docs[0])
+    assert doc["session"]["mode"] == "sim" and doc["session"]["ended_at"] is not None
+    assert doc["session"]["symbols"] == ["BTC/USD", "ETH/USD", "SPY"]
+    assert doc["session"]["data_start"].startswith("2024-03-04")
+    assert doc["journal"] == journals[0].name
+    assert [c["cycle"] for c in doc["cycles"]] == list(range(1, 31))
+    assert doc["summary"]["cycles"] == 30
+    assert "recovered_from_journal" not in doc  # a clean shutdown leaves nothing to recover
+    lines = journals[0].read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["cycle"] for line in lines] == list(range(1, 31))
+
+    db = folder / "hydra.db"
+    assert db.is_file()
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        assert {"orders", "fills", "trades", "cycles", "engine_state"} <= tables
+        cycles = [r[0] for r in con.execute("select cycle from cycles order by id")]
+        assert cycles == list(range(1, 31))
+        state = json.loads(con.execute("select value from engine_state where key='engine'").fetchone()[0])
+        assert state["engine"]["cycle"] == 30
+    # nothing leaked into the project tree's own logs/ (this config points elsewhere)
+    assert not any(p.name == docs[0].name for p in (PROJECT_ROOT / "logs").glob("session-*.json"))
+
+
+def test_status_reports_the_last_cycle(short_run):
+    code, out, err = short_run["status"]
+    assert code == EXIT_OK, err
+    journal = next((short_run["folder"] / "logs").glob("*.cycles.jsonl"))
+    last = json.loads(journal.read_text(encoding="utf-8").splitlines()[-1])
+    assert last["cycle"] == 30
+    assert f"last cycle    #30 at {last['ts']} ({last['mode']}), regime {last['regime']['regime']}" in out
+    assert "kill state    armed (not killed)" in out
+    assert re.search(r"^positions\s+", out, re.M)
+    assert f"sqlite:///{short_run['folder'] / 'hydra.db'}" in out
+
+
+def test_no_command_runs_the_offline_simulation(tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    cfg = write_config(tmp_path)
+    code, out, err = call(["--config", str(cfg)])  # no subcommand: the whole span, offline
+    assert code == EXIT_OK, err
+    m = re.search(r"^cycles\s+(\d+)$", out, re.M)
+    assert m and int(m.group(1)) > 30  # 4 days of hourly crypto bars
+    assert len(list((tmp_path / "logs").glob("session-*.json"))) == 1
+
+
+# --------------------------------------------------------------------------- paper mode without keys
+def test_paper_without_keys_names_the_missing_variables_and_writes_nothing(tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    cfg = write_config(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = call(["--config", str(cfg), "run", "--mode", "paper", "--cycles", "1", "--no-progress"])
+    assert code == EXIT_ERROR != 0
+    for var in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "APCA_API_KEY_ID", "APCA_API_SECRET_KEY"):
+        assert var in err
+    assert "session summary" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before == ["hydra-test.toml"]  # no logs/, no hydra.db
+
+
+def test_paper_with_only_one_key_names_only_the_other(tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    monkeypatch.setenv("APCA_API_KEY_ID", "PKTEST123")
+    cfg = write_config(tmp_path)
+    code, _, err = call(["--config", str(cfg), "run", "--mode", "paper"])
+    assert code == EXIT_ERROR
+    assert "ALPACA_SECRET_KEY" in err and "ALPACA_API_KEY (" not in err
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "hydra.db").exists()
+
+
+# --------------------------------------------------------------------------- version and help
+def test_version(capsys):
+    assert main(["version"]) == EXIT_OK
+    assert capsys.readouterr().out.strip() == f"hydra-engine {__version__}"
+
+
+def subcommands() -> list[str]:
+    parser = build_parser()
+    return sorted(parser._subparsers._group_actions[0].choices)
+
+
+def test_the_core_subcommands_exist():
+    assert {"run", "status", "version"} <= set(subcommands())
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name in subcommands()],
+                         ids=lambda a: " ".join(a))
+def test_help_exits_zero(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hydra")
+    if argv[0] != "--help":
+        assert f"hydra {argv[0]}" in out
+
+
+def test_unknown_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--cycels", "3"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --cycels" in capsys.readouterr().err
+
+
+def test_script_entry_point_in_a_fresh_interpreter(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HYDRA_") and k not in KEY_VARS}
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "hydra_engine.py"), "version"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"hydra-engine {__version__}"
