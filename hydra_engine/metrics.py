@@ -295,9 +295,12 @@ def compute_all(doc: dict, periods_per_year: float = DEFAULT_PERIODS_PER_YEAR) -
     rets = daily_returns(eq)
     trades, fills = doc.get("trades", []), doc.get("fills", [])
     session = doc.get("session") or {}
-    start = pd.Timestamp(session["started_at"]) if session.get("started_at") else (eq.index[0] if len(eq) else None)
-    end_raw = session.get("ended_at")
-    end = pd.Timestamp(end_raw) if end_raw else (eq.index[-1] if len(eq) else None)
+    # the cycles' own timestamps are market time in every mode (a replay's wall-clock start is not)
+    if len(eq):
+        start, end = eq.index[0], eq.index[-1]
+    else:
+        start = pd.Timestamp(session["started_at"]) if session.get("started_at") else None
+        end = pd.Timestamp(session["ended_at"]) if session.get("ended_at") else None
     episode = drawdown_episode(eq)
     intervals = position_intervals_from_fills(fills) if fills else position_intervals_from_trades(trades)
     regimes = Counter(c.get("regime") or "?" for c in doc.get("cycles", []))

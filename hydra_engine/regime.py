@@ -30,6 +30,12 @@ from .domain import Regime, RegimeReading
 from .ports import MarketSnapshot
 from .regime_features import FEATURES, build_features, daily_closes_from_snapshot
 
+# Which features the model uses. TLT/GLD volatility are left out: they mostly repeat the SPY/HYG/VIX
+# volatility signal, and with a diagonal covariance repeated evidence only makes the posterior
+# overconfident and the fit multi-modal (refits with other seeds disagreed far more with them).
+CORE_FEATURES = ("spy_ret20", "spy_lvol20", "hyg_ret20", "hyg_lvol20", "tlt_ret20", "gld_ret20",
+                 "vix_log", "vix_chg5")
+EXTENSION_FEATURES = ("btc_ret20", "btc_lvol20")
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "regime_hmm.json"
 MODEL_FORMAT = "hydra-regime-hmm/1"
 REGIMES = [r for r in Regime if r is not Regime.UNKNOWN]
@@ -102,7 +108,7 @@ class StateRule:
       2. ``ret20 >= trend_ret20``: TRENDING_UP;  3. ``ret20 <= -trend_ret20``: TRENDING_DOWN;
       4. otherwise MEAN_REVERTING (calm, no drift)."""
 
-    high_vol: float = 0.25        # annualised; VIX-like "stressed" level
+    high_vol: float = 0.22        # annualised; about the top quartile of VIX since 1990
     crash_vol: float = 0.40
     crash_ret20: float = -0.05    # -5 % over 20 trading days
     recovery_ret20: float = 0.02
@@ -170,7 +176,7 @@ class HMMRegimeDetector:
     """Gaussian HMM regime detector over :data:`~hydra_engine.regime_features.FEATURES`.
 
     Fitting (:meth:`fit`): hmmlearn ``GaussianHMM`` (diagonal covariance, ``n_init`` restarts, best
-    log-likelihood kept) on the *core* features (all but BTC by default) over the days where every
+    log-likelihood kept) on the *core* features (:data:`CORE_FEATURES`) over the days where every
     core feature exists (2010-02 on, VIX being the youngest); BTC, which starts 2019-10, then gets
     per-state means/variances from one posterior-weighted M-step over the days it exists, so five
     years of crypto do not shorten fifteen years of cross-asset history. Features are standardised with the
@@ -181,20 +187,23 @@ class HMMRegimeDetector:
     chain's stationary distribution; regime probability = sum over the states with that name;
     :class:`Hysteresis` over the daily readings; confidence = held regime's posterior."""
 
-    n_states: int = 6
+    n_states: int = 7
     hysteresis: Hysteresis = field(default_factory=Hysteresis)
     rule: StateRule = field(default_factory=StateRule)
     min_days: int = 60               # feature rows needed before detect answers
     min_features: int = 4            # observed features needed on the last day
-    core_features: tuple[str, ...] = tuple(c for c in FEATURES if not c.startswith("btc_"))
+    core_features: tuple[str, ...] = CORE_FEATURES
+    extension_features: tuple[str, ...] = EXTENSION_FEATURES
     name: str = "hmm_regime"
     params: dict | None = None       # fitted parameters (see to_dict); None until fit/load
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, frame: pd.DataFrame, seed: int = 0, n_init: int = 4, n_iter: int = 200) -> "HMMRegimeDetector":
-        from hmmlearn.hmm import GaussianHMM  # imported here: only training needs it
+    def fit(self, frame: pd.DataFrame, seed: int = 0, n_init: int = 8, n_iter: int = 300) -> "HMMRegimeDetector":
+        from hmmlearn.hmm import GaussianHMM  # imported here: only training needs them
+        from sklearn.cluster import kmeans_plusplus
 
-        frame = frame[[c for c in FEATURES if c in frame.columns]].dropna(how="all")
+        wanted = list(self.core_features) + [c for c in self.extension_features if c not in self.core_features]
+        frame = frame[[c for c in wanted if c in frame.columns]].dropna(how="all")
         if frame.get("spy_ret20") is None or frame["spy_lvol20"].count() < self.min_days:
             raise ValueError("the SPY features are required: they name the states")
         core = [c for c in self.core_features if c in frame and frame[c].count() >= self.min_days]
@@ -207,8 +216,12 @@ class HMMRegimeDetector:
         xc = ((rows - mu[core]) / sd[core]).to_numpy()
         best, best_ll = None, -math.inf
         for i in range(n_init):
-            m = GaussianHMM(self.n_states, covariance_type="diag", n_iter=n_iter, tol=1e-3, implementation="scaling",
-                            min_covar=1e-3, random_state=seed * 1000 + i)
+            # k-means++ seeding instead of hmmlearn's full k-means: as good a start for EM, and
+            # cheap enough to afford many restarts (the best of several is what makes refits agree)
+            m = GaussianHMM(self.n_states, covariance_type="diag", n_iter=n_iter, tol=1e-2, min_covar=1e-3,
+                            implementation="scaling", init_params="st", random_state=seed * 1000 + i)
+            m.means_ = kmeans_plusplus(xc, self.n_states, random_state=seed * 1000 + i)[0]
+            m.covars_ = np.tile(xc.var(axis=0), (self.n_states, 1))
             try:
                 m.fit(xc)
                 ll = m.score(xc)
@@ -392,7 +405,9 @@ class HMMRegimeDetector:
             f"{', '.join(c for c in p['features'] if c not in p['core_features']) or 'none'}",
             f"- dropped (too few observations): {', '.join(p['dropped_features']) or 'none'}",
             "- standardisation: training-span mean/std per feature (stored in the JSON)",
-            f"- state → regime rule: {p['rule']}",
+            f"- state → regime rule: {p['rule']} (volatility = max(SPY realised, VIX/100))",
+            f"- regimes no state maps to (never reported by this fit): "
+            f"{', '.join(r.value for r in REGIMES if r.value not in p['state_regimes']) or 'none'}",
             f"- hysteresis: switch after {p['hysteresis']['confirm']} consecutive daily readings with "
             f"posterior ≥ {p['hysteresis']['threshold']}", "",
             "| state | regime | SPY 20d return | SPY vol (ann.) | VIX | BTC 20d return | days (argmax) | expected duration (days) |",

@@ -12,7 +12,7 @@ Features (one row per trading day, index = the close's UTC date at midnight):
   a Gaussian emission fits its log far better;
 * ``vix_log`` — log VIX close (the market's own volatility forecast), ``vix_chg5`` — its 5-day log change.
 
-Equity-calendar days form the index; BTC's 7-day series is joined onto it by date. A feature whose
+SPY's trading days form the index (other series are joined onto them); BTC's 7-day series is joined onto it by date. A feature whose
 asset has no data (BTC before 2019-10, a symbol missing from a snapshot) is NaN: the detector
 marginalises NaN features out instead of inventing values. Values are carried forward at most
 ``MAX_CARRY_DAYS`` so a stale source cannot impersonate a fresh one for long.
@@ -41,7 +41,10 @@ ASSETS: dict[str, tuple[str, int]] = {
 VIX_SYMBOL = "VIX"
 FEATURES: tuple[str, ...] = tuple(f"{a}_{k}" for a in ASSETS for k in ("ret20", "lvol20")) + ("vix_log", "vix_chg5")
 
-EQUITY_DIR = Path("equities/daily/adjclose_factor_attribution")
+# first folder that has the symbol wins: adjusted closes from 1993, then the project's shipped
+# Alpaca/IEX-style OHLCV (2020-07 on, column "Adj Close")
+EQUITY_DIRS = (Path("equities/daily/adjclose_factor_attribution"), Path("equities/daily/iex_like_spooky_course"))
+MAX_GAP_DAYS = 30
 VIX_FILES = (Path("equities/daily/vix/VIX_ohlc_daily_2010_2025.csv"), Path("equities/daily/vix/vix_close_daily_2020_2025.csv"))
 BTC_HOURLY = Path("crypto_perp/binance_usdm/klines/BTCUSDT_1h.parquet")
 BTC_DAILY = Path("crypto_perp/binance_usdm/klines_daily/BTC_USDT_1d.csv")
@@ -79,10 +82,13 @@ def load_daily_closes(data_dir: str | Path, end: pd.Timestamp | str | None = Non
     for _, (symbol, _) in ASSETS.items():
         if symbol == "BTC/USD":
             continue
-        f = root / EQUITY_DIR / f"{symbol}.csv.gz"
-        if f.is_file():
-            df = pd.read_csv(f)
-            out[symbol] = pd.Series(df["Close"].to_numpy(float), index=_utc_days(df["Date"]))
+        for folder in EQUITY_DIRS:
+            f = root / folder / f"{symbol}.csv.gz"
+            if f.is_file():
+                df = pd.read_csv(f)
+                col = "Adj Close" if "Adj Close" in df else "Close"
+                out[symbol] = pd.Series(df[col].to_numpy(float), index=_utc_days(df["Date"]))
+                break
     vix = []
     for f in VIX_FILES:
         if (root / f).is_file():
@@ -106,7 +112,16 @@ def load_daily_closes(data_dir: str | Path, end: pd.Timestamp | str | None = Non
     if end is not None:
         cut = pd.Timestamp(end, tz="UTC") if pd.Timestamp(end).tzinfo is None else pd.Timestamp(end)
         out = {k: v[v.index < cut] for k, v in out.items()}
-    return {k: v.sort_index().dropna() for k, v in out.items() if len(v)}
+    out = {k: _contiguous_tail(v.sort_index().dropna()) for k, v in out.items()}
+    return {k: v for k, v in out.items() if len(v)}
+
+
+def _contiguous_tail(s: pd.Series) -> pd.Series:
+    """The series after its last hole longer than ``MAX_GAP_DAYS``: a return across a long hole (one
+    stray 2018 row before a 634-day gap in a shipped file) is not a 20-day return."""
+    s = s[~s.index.duplicated(keep="last")]
+    gaps = np.flatnonzero(s.index.to_series().diff() > pd.Timedelta(days=MAX_GAP_DAYS))
+    return s.iloc[gaps[-1]:] if len(gaps) else s
 
 
 def daily_closes_from_snapshot(market: MarketSnapshot) -> dict[str, pd.Series]:
@@ -131,10 +146,11 @@ def daily_closes_from_snapshot(market: MarketSnapshot) -> dict[str, pd.Series]:
 
 def build_features(closes: dict[str, pd.Series]) -> pd.DataFrame:
     """The feature frame (columns :data:`FEATURES`, NaN where an input is missing) from daily closes."""
-    calendar_syms = [s for p, (s, _) in ASSETS.items() if p != "btc"] + [VIX_SYMBOL]
-    days = [closes[s].index for s in calendar_syms if s in closes]
-    if not days:
-        days = [v.index for v in closes.values()]
+    # the calendar: SPY's trading days when SPY is there (the reference market), else the union of
+    # the other daily series, else BTC's days (a crypto-only snapshot)
+    order = [["SPY"], [s for p, (s, _) in ASSETS.items() if p != "btc"] + [VIX_SYMBOL], list(closes)]
+    days = next(([closes[s].index for s in group if s in closes] for group in order
+                 if any(s in closes for s in group)), [])
     index = days[0].append(days[1:]).unique().sort_values() if days else pd.DatetimeIndex([], tz="UTC")
     frame = pd.DataFrame(index=index, columns=list(FEATURES), dtype=float)
     for prefix, (symbol, per_year) in ASSETS.items():
@@ -166,7 +182,7 @@ def load_feature_frame(data_dir: str | Path | None = None, end: pd.Timestamp | s
                                 "(set HYDRA_SHARED_DATA)")
     closes = load_daily_closes(root, end)
     if not closes:
-        raise FileNotFoundError(f"no daily closes found under {root} (expected {EQUITY_DIR}/<SYM>.csv.gz, "
+        raise FileNotFoundError(f"no daily closes found under {root} (expected {EQUITY_DIRS[0]}/<SYM>.csv.gz, "
                                 f"{VIX_FILES[0]}, {BTC_HOURLY})")
     return build_features(closes)
 

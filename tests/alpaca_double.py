@@ -27,7 +27,6 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-import requests
 import responses
 from openapi_schema_validator import OAS30Validator
 

@@ -3,7 +3,6 @@ clear errors on foreign files, and the documented closed-trade fields in a real 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from datetime import datetime, timedelta
 from decimal import Decimal

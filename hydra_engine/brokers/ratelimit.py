@@ -83,11 +83,11 @@ class RateLimiter:
                 now = self._monotonic()
                 self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate_per_s)
                 self._last = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                if self._tokens >= 1.0 - 1e-9:           # float refill may land a hair below 1
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     self.calls += 1
                     return
-                self._pause((1.0 - self._tokens) / self.rate_per_s)
+                self._pause(max(0.001, (1.0 - self._tokens) / self.rate_per_s))
 
     def observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         """requests response hook: sync with ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset``."""

@@ -119,7 +119,7 @@ class SimulatedBroker:
                     raise ShortNotAllowed(f"{order.symbol} is not shortable", **ctx)
                 if short_qty != short_qty.to_integral_value():
                     raise ShortNotAllowed(f"fractional short sales are not supported ({short_qty} {order.symbol})", **ctx)
-        opening = order.side is Side.BUY and held_qty >= 0 or order.side is Side.SELL and held_qty <= 0
+        opening = order.side is Side.BUY and held_qty >= 0 or order.side is Side.SELL and held_qty <= 0 or order.qty > abs(held_qty)  # a flip opens too
         if opening:
             if price is None:
                 raise InvalidOrder(f"no price yet for {order.symbol}; cannot check buying power", **ctx)
@@ -170,7 +170,7 @@ class SimulatedBroker:
         fee = (notional * self.fee_rate).quantize(FEE_QUANTUM, rounding=ROUND_HALF_UP)
         pos = self._positions.get(order.symbol)
         held = pos.qty if pos else ZERO
-        opening = (order.side is Side.BUY and held >= 0) or (order.side is Side.SELL and held <= 0)
+        opening = (order.side is Side.BUY and held >= 0) or (order.side is Side.SELL and held <= 0) or order.qty > abs(held)
         if opening and notional + fee > self.account().buying_power_usd:
             order.status, order.reject_reason = OrderStatus.REJECTED, "insufficient buying power at fill"
             return None

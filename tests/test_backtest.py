@@ -1,0 +1,142 @@
+"""Backtest command, baselines and walk-forward (issue #6): offline, on real data, a few seconds each."""
+from __future__ import annotations
+
+import csv
+import json
+from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hydra_engine.backtest import (BacktestError, parse_duration, regime_returns, run_walk_forward,
+                                   walk_forward_windows)
+from hydra_engine.baselines import BuyAndHold, TargetWeightDriver, build_market, rsi, run_baseline
+from hydra_engine.brokers.capabilities import DEFAULT_ASSET_SPECS
+from hydra_engine.brokers.sim import SimulatedBroker
+from hydra_engine.cli import main
+
+from .conftest import SHIPPED_DATA, make_settings
+
+
+def _config(tmp_path: Path, data_dir: Path = SHIPPED_DATA) -> str:
+    path = tmp_path / "bt.toml"
+    path.write_text(f'[engine]\nlog_dir = "{tmp_path / "logs"}"\n'
+                    '[universe]\nsymbols = ["BTC/USD", "ETH/USD", "SPY"]\ndata_only = ["VIX"]\n'
+                    f'[data]\nreplay_dir = "{data_dir}"\n[storage]\nurl = "sqlite:///{tmp_path / "db.sqlite"}"\n')
+    return str(path)
+
+
+def test_command_writes_the_results_folder(tmp_path, capsys):
+    out = tmp_path / "bt"
+    rc = main(["--config", _config(tmp_path), "backtest", "--start", "2024-03-01", "--end", "2024-03-11",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"equity.csv", "equity.png", "metrics.json", "comparison.csv", "comparison.md", "hydra.db"} <= names
+    assert any(n.startswith("session-") and n.endswith(".json") for n in names)
+    assert any(n.endswith(".cycles.jsonl") for n in names)
+    assert {p.name for p in (out / "baselines").iterdir()} == {"buy_and_hold.json", "momentum.json", "mean_reversion.json"}
+    rows = list(csv.DictReader(open(out / "comparison.csv")))
+    assert [r["strategy"] for r in rows] == ["hydra", "buy_and_hold", "momentum", "mean_reversion"]
+    for key in ("total_return", "cagr", "max_drawdown", "sharpe", "sortino", "calmar", "cvar_95", "trades", "fees_usd", "exposure"):
+        assert key in rows[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"hydra", "buy_and_hold", "momentum", "mean_reversion"}
+    eq = pd.read_csv(out / "equity.csv")
+    assert list(eq.columns) == ["ts", "regime", "hydra", "buy_and_hold", "momentum", "mean_reversion"]
+    assert len(eq) == metrics["cycles"] and eq["hydra"].iloc[0] == pytest.approx(100_000, rel=0.01)
+    # the session log is a real backtest session over the requested span
+    log = json.loads(next(out.glob("session-*.json")).read_text())
+    assert log["session"]["mode"] == "backtest" and log["session"]["data_start"].startswith("2024-03-01")
+    assert "| hydra |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("start,end,needle", [("2024-03-08", "2024-03-01", "--start 2024-03-08 must be before"),
+                                              ("2024-03-01", "2024-03-01", "must be before"),
+                                              ("2030-01-01", "2030-02-01", "outside the data"),
+                                              ("2024-13-01", "2024-14-01", "--start '2024-13-01' is not a date")])
+def test_bad_dates_exit_2_with_a_clear_error(tmp_path, capsys, start, end, needle):
+    rc = main(["--config", _config(tmp_path), "backtest", "--start", start, "--end", end,
+               "--out", str(tmp_path / "x"), "--no-progress"])
+    assert rc == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_walk_forward_spec_exit_2(tmp_path, capsys):
+    rc = main(["--config", _config(tmp_path), "backtest", "--start", "2024-01-01", "--end", "2024-03-01",
+               "--walk-forward", "12x:3m", "--no-progress", "--out", str(tmp_path / "wf")])
+    assert rc == 2 and "TRAIN '12x' is not a positive duration" in capsys.readouterr().err
+
+
+def test_baselines_pay_exactly_the_configured_fees(tmp_path):
+    s = make_settings(tmp_path, start="2024-03-01", end="2024-04-10", broker={"fee_bps": 7.0, "slippage_bps": 3.0})
+    doc = run_baseline(BuyAndHold(), s, SHIPPED_DATA)
+    assert len(doc["fills"]) >= 4 and doc["fills"][-1]["ts"] >= "2024-04"   # initial buys + April rebalance
+    total = Decimal(0)
+    for f in doc["fills"]:
+        notional = Decimal(f["qty"]) * Decimal(f["price"])
+        assert Decimal(f["fee_usd"]) == (notional * Decimal("0.0007")).quantize(Decimal("0.000001"), ROUND_HALF_UP)
+        total += Decimal(f["fee_usd"])
+    assert Decimal(doc["summary"]["fees_usd"]) == total
+    free = run_baseline(BuyAndHold(), make_settings(tmp_path, start="2024-03-01", end="2024-04-10",
+                                                    broker={"fee_bps": 0.0}), SHIPPED_DATA)
+    assert Decimal(free["summary"]["fees_usd"]) == 0 and float(free["summary"]["final_equity_usd"]) > float(doc["summary"]["final_equity_usd"])
+
+
+def test_buy_and_hold_holds_equal_weights_after_a_rebalance(tmp_path):
+    s = make_settings(tmp_path, start="2024-03-01", end="2024-03-20")
+    market = build_market(s, SHIPPED_DATA)
+    broker = SimulatedBroker(market, DEFAULT_ASSET_SPECS, starting_cash_usd=100_000, fee_bps=10, slippage_bps=5)
+    driver = TargetWeightDriver(BuyAndHold(), market, broker, list(s.universe.symbols))
+    for now in market.timeline():
+        driver.step(now)
+        if len(broker.positions()) == 3 and not broker.open_orders() and driver._targets is None:
+            break
+    else:
+        pytest.fail("the first rebalance never completed")
+    acct = broker.account()
+    weights = {sym: float(p.qty * broker._mark(sym) / acct.equity_usd) for sym, p in broker.positions().items()}
+    for w in weights.values():
+        assert w == pytest.approx(driver.invest / 3, abs=0.01)
+    assert not driver.rejected
+
+
+def test_baseline_helpers():
+    assert rsi(list(range(1, 40))) == 100.0 and rsi([1.0] * 5) != rsi([1.0] * 5)  # too short: NaN
+    eq = pd.Series([100.0, 110.0, 99.0, 99.0])
+    got = regime_returns(eq, pd.Series(["A", "B", "A", "B"]))
+    assert got["A"] == pytest.approx(0.10) and got["B"] == pytest.approx(-0.10)
+
+
+@pytest.mark.parametrize("spec,start,end", [("365d:90d", date(2021, 1, 1), date(2023, 1, 1)),
+                                            ("12m:3m", date(2021, 1, 31), date(2023, 6, 15)),
+                                            ("8w:1w", date(2024, 1, 1), date(2024, 4, 1))])
+def test_walk_forward_windows_are_contiguous_and_never_overlap(spec, start, end):
+    windows = walk_forward_windows(start, end, spec)
+    train = parse_duration(spec.split(":")[0])
+    assert windows[0].test_start == (pd.Timestamp(start) + train).date() and windows[-1].test_end == end
+    for a, b in zip(windows, windows[1:]):
+        assert a.test_end == b.test_start                        # contiguous tests, no gap, no overlap
+    for w in windows:
+        assert start <= w.train_start < w.train_end == w.test_start < w.test_end <= end
+        assert w.train_start == max(start, (pd.Timestamp(w.test_start) - train).date())
+    with pytest.raises(BacktestError, match="shorter than one train window"):
+        walk_forward_windows(start, (pd.Timestamp(start) + train).date(), spec)
+
+
+def test_walk_forward_fits_the_regime_model_on_train_data_only(tmp_path, shared_data):
+    s = make_settings(tmp_path, data_dir=shared_data, start="2023-01-01", end="2024-01-15")
+    res = run_walk_forward(s, data_dir=shared_data, start=date(2023, 1, 1), end=date(2024, 1, 15), spec="365d:7d",
+                           out=tmp_path / "wf", progress=False)
+    assert [w["test"] for w in res["windows"]] == [["2024-01-01", "2024-01-08"], ["2024-01-08", "2024-01-15"]]
+    for w in res["windows"]:
+        assert w["regime_model"].startswith("HMM fitted on"), w["regime_model"]
+        trained_to = w["regime_model"].split(" .. ")[1][:10]
+        assert trained_to < w["test"][0]                        # the model never saw the test window
+        assert w["metrics"]["cycles"] == 168
+    assert res["table"][-1]["strategy"] == "combined (out of sample)"
+    for name in ("walk_forward.json", "walk_forward.csv", "walk_forward.md", "walk_forward_equity.png"):
+        assert (tmp_path / "wf" / name).is_file()

@@ -1,0 +1,228 @@
+"""HMM regime detector on the real shared data: known episodes, refit stability, the snapshot path,
+the UNKNOWN fallbacks, persistence and the train command."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hydra_engine.domain import UTC, Regime
+from hydra_engine.ports import BarSeries, MarketSnapshot
+from hydra_engine.regime import (DEFAULT_MODEL_PATH, REGIMES, HMMRegimeDetector, Hysteresis, StateRule,
+                                 TrendVolRule, load_detector)
+from hydra_engine.regime_features import (build_features, daily_closes_from_snapshot, load_daily_closes,
+                                          load_feature_frame)
+
+
+@pytest.fixture(scope="module")
+def frame(shared_data):
+    return load_feature_frame(shared_data)
+
+
+@pytest.fixture(scope="module")
+def fitted(frame):
+    """Two refits with different seeds (fitted once for the module)."""
+    return HMMRegimeDetector().fit(frame, seed=0), HMMRegimeDetector().fit(frame, seed=1)
+
+
+@pytest.fixture(scope="module")
+def labels(fitted, frame):
+    return fitted[0].label_history(frame)
+
+
+def share(labels: pd.Series, start: str, end: str, allowed: set[Regime]) -> float:
+    window = labels[start:end]
+    assert len(window) > 15
+    return float(window.isin([r.value for r in allowed]).mean())
+
+
+def test_covid_crash_is_crash_or_high_vol(labels):
+    assert share(labels, "2020-02-01", "2020-03-31", {Regime.CRASH, Regime.HIGH_VOL}) > 0.5
+    assert share(labels, "2020-03-09", "2020-03-31", {Regime.CRASH, Regime.HIGH_VOL}) == 1.0
+
+
+def test_2022_bear_market_is_down_or_high_vol(labels):
+    assert share(labels, "2022-01-01", "2022-12-31", {Regime.TRENDING_DOWN, Regime.HIGH_VOL}) > 0.5
+
+
+def test_calm_years_are_trending_up_or_mean_reverting(labels):
+    calm = {Regime.TRENDING_UP, Regime.MEAN_REVERTING}
+    assert share(labels, "2017-01-01", "2017-12-31", calm) > 0.9
+    assert share(labels, "2019-01-01", "2019-12-31", calm) > 0.7
+
+
+def test_labels_stable_across_refits_with_other_seeds(fitted, frame):
+    a, b = (d.label_history(frame) for d in fitted)
+    assert float((a == b).mean()) > 0.9
+    # the states themselves are the same market states: same rule labels, close means
+    assert fitted[0].params["state_regimes"] == fitted[1].params["state_regimes"]
+
+
+def test_filter_is_causal(fitted, frame):
+    """Labels up to a day never change when later days are appended (no look-ahead)."""
+    det = fitted[0]
+    full = det.label_history(frame)
+    cut = frame[:"2020-03-10"]
+    assert det.label_history(cut).equals(full[:"2020-03-10"])
+
+
+def test_regime_probabilities_are_distributions(fitted, frame):
+    probs = fitted[0].regime_probabilities(frame["2019":"2021"])
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    assert ((probs >= 0) & (probs <= 1)).all().all()
+
+
+def test_model_parameters_and_card(fitted, tmp_path):
+    det = fitted[0]
+    path = det.save(tmp_path / "regime_hmm.json")
+    data = json.loads(path.read_text())
+    for key in ("means", "variances", "transmat", "startprob", "scaler_mean", "scaler_std", "state_regimes", "features"):
+        assert key in data
+    assert np.allclose(np.asarray(data["transmat"]).sum(axis=1), 1.0)
+    assert data["training"]["start"].startswith("2010") and data["training"]["end"] == "2024-12-31"
+    card = (tmp_path / "regime_hmm.card.md").read_text()
+    assert "training span" in card and "log-likelihood" in card and "| state | regime |" in card
+    again = HMMRegimeDetector.load(path)
+    assert again.params["means"] == det.params["means"]
+
+
+# ------------------------------------------------------------------ the snapshot path
+def _bars(symbol: str, s: pd.Series, interval_s: int) -> BarSeries:
+    ts = (s.index.asi8 // 10**9 if s.index.unit == "ns" else s.index.as_unit("s").asi8).astype("int64")
+    c = s.to_numpy(float)
+    return BarSeries(symbol, interval_s, ts, c, c, c, c, np.zeros_like(c))
+
+
+def real_snapshot(root, now: datetime, days: int = 500) -> MarketSnapshot:
+    """Daily ETF/VIX bars and hourly BTC perp bars from the shared files, only those closed by ``now``."""
+    closes = load_daily_closes(root)
+    bars = {}
+    for sym in ("SPY", "TLT", "HYG", "GLD", "VIX"):
+        s = closes[sym]
+        s = s[s.index + pd.Timedelta(days=1) <= pd.Timestamp(now)].iloc[-days:]
+        bars[sym] = _bars(sym, s, 86_400)
+    btc = pd.read_parquet(root / "crypto_perp/binance_usdm/klines/BTCUSDT_1h.parquet", columns=["ts", "close"])
+    btc = btc.set_index("ts")["close"]
+    btc = btc[btc.index + pd.Timedelta(hours=1) <= pd.Timestamp(now)].iloc[-60 * 24:]
+    bars["BTC/USD"] = _bars("BTC/USD", btc, 3600)
+    return MarketSnapshot(now=now, bars=bars)
+
+
+def test_snapshot_features_match_file_features(shared_data, frame):
+    now = datetime(2020, 3, 20, 15, 0, tzinfo=UTC)
+    closes = daily_closes_from_snapshot(real_snapshot(shared_data, now))
+    assert closes["BTC/USD"].index[-1] == pd.Timestamp("2020-03-19", tz="UTC")   # 03-20 not over yet
+    assert closes["SPY"].index[-1] == pd.Timestamp("2020-03-19", tz="UTC")
+    snap = build_features(closes)
+    days = snap.index[snap["btc_ret20"].notna() & snap["spy_ret20"].notna()]
+    assert len(days) >= 15
+    pd.testing.assert_frame_equal(snap.loc[days], frame.loc[days], check_freq=False)
+
+
+def test_detect_on_real_snapshot_in_the_covid_crash(shared_data, fitted, labels):
+    now = datetime(2020, 3, 20, 15, 0, tzinfo=UTC)
+    reading = fitted[0].detect(real_snapshot(shared_data, now))
+    assert reading.regime in (Regime.CRASH, Regime.HIGH_VOL)
+    assert 0.5 < reading.confidence <= 1.0
+    assert reading.as_of == now and reading.detector == "hmm_regime"
+    assert reading.details["as_of_day"] == "2020-03-19"
+    assert reading.details["missing_features"] == []
+    assert reading.regime.value == labels["2020-03-19"]       # same answer as the file-based history
+
+
+def test_detect_in_a_calm_market_and_without_btc(shared_data, fitted):
+    now = datetime(2017, 7, 3, 12, 0, tzinfo=UTC)   # BTC perp data starts 2019-10: its features are missing
+    reading = fitted[0].detect(real_snapshot(shared_data, now))
+    assert reading.regime in (Regime.TRENDING_UP, Regime.MEAN_REVERTING)
+    assert set(reading.details["missing_features"]) == {"btc_ret20", "btc_lvol20"}
+
+
+def test_unknown_when_unfitted_short_history_or_too_few_features(shared_data, fitted):
+    now = datetime(2020, 3, 20, 15, 0, tzinfo=UTC)
+    snap = real_snapshot(shared_data, now)
+    assert HMMRegimeDetector().detect(snap).regime is Regime.UNKNOWN
+    short = real_snapshot(shared_data, now, days=50)
+    r = fitted[0].detect(MarketSnapshot(now=now, bars={k: v for k, v in short.bars.items() if k != "BTC/USD"}))
+    assert r.regime is Regime.UNKNOWN and r.confidence == 0.0 and "need 60" in r.details["why"]
+    only_btc = MarketSnapshot(now=now, bars={"BTC/USD": snap.bars["BTC/USD"]})
+    r = fitted[0].detect(only_btc)
+    assert r.regime is Regime.UNKNOWN and "why" in r.details
+    assert fitted[0].detect(MarketSnapshot(now=now)).regime is Regime.UNKNOWN
+
+
+def test_fit_refuses_too_little_history(frame):
+    with pytest.raises(ValueError):
+        HMMRegimeDetector().fit(frame["2015-01-01":"2015-03-01"])
+
+
+def test_load_detector_falls_back_to_the_rule(tmp_path):
+    assert isinstance(load_detector(tmp_path / "missing.json"), TrendVolRule)
+    (tmp_path / "bad.json").write_text('{"format": "other"}')
+    assert isinstance(load_detector(tmp_path / "bad.json"), TrendVolRule)
+
+
+def test_shipped_model_loads_and_knows_march_2020(frame):
+    if not DEFAULT_MODEL_PATH.exists():
+        pytest.skip("models/regime_hmm.json not trained yet (hydra train --component regime)")
+    det = load_detector()
+    assert isinstance(det, HMMRegimeDetector)
+    assert det.label_history(frame["2019-06-01":"2020-03-31"])["2020-03-16"] in ("CRASH", "HIGH_VOL")
+
+
+# ------------------------------------------------------------------ rule and hysteresis
+def test_state_rule_is_fixed_and_documented():
+    rule = StateRule()
+    assert rule.label(-0.10, 0.50) is Regime.CRASH
+    assert rule.label(-0.01, 0.45) is Regime.CRASH
+    assert rule.label(0.05, 0.30) is Regime.RECOVERY
+    assert rule.label(0.00, 0.30) is Regime.HIGH_VOL
+    assert rule.label(0.02, 0.10) is Regime.TRENDING_UP
+    assert rule.label(-0.02, 0.10) is Regime.TRENDING_DOWN
+    assert rule.label(0.002, 0.10) is Regime.MEAN_REVERTING
+
+
+def test_hysteresis_needs_k_consecutive_confident_readings():
+    h = Hysteresis(threshold=0.6, confirm=3)
+    a, b = [0.9, 0.1], [0.1, 0.9]
+    held, _ = h.run(np.array([a, b, b, a, b, b, b, b]))
+    assert held.tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
+    held, _ = h.run(np.array([a, [0.45, 0.55], [0.45, 0.55], [0.45, 0.55]]))   # below threshold: no switch
+    assert held.tolist() == [0, 0, 0, 0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=60), st.integers(1, 5))
+def test_hysteresis_switches_only_after_a_confirmed_streak(tops, k):
+    probs = np.full((len(tops), 6), 0.02)
+    probs[np.arange(len(tops)), tops] = 0.9
+    held, _ = Hysteresis(0.6, k).run(probs)
+    assert held[0] == tops[0]
+    for t in range(1, len(tops)):
+        if held[t] != held[t - 1]:
+            assert t + 1 >= k and all(x == held[t] for x in tops[t - k + 1:t + 1])
+
+
+def test_regime_list_excludes_unknown():
+    assert Regime.UNKNOWN not in REGIMES and len(REGIMES) == 6
+
+
+# ------------------------------------------------------------------ the train command
+def test_train_command_writes_model_and_card(shared_data, tmp_path, capsys):
+    from hydra_engine.cli import main
+
+    out = tmp_path / "m" / "regime_hmm.json"
+    code = main(["train", "--component", "regime", "--data", str(shared_data), "--end", "2016-01-01",
+                 "--seed", "3", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    data = json.loads(out.read_text())
+    assert data["training"]["end"] < "2016-01-01" and data["training"]["seed"] == 3
+    assert data["dropped_features"] == ["btc_ret20", "btc_lvol20"]    # no BTC before 2016
+    assert (out.parent / "regime_hmm.card.md").is_file()
+    assert "log-lik" in text and "saved" in text
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
