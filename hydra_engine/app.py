@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from typing import Callable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +39,7 @@ class Session:
     clock: SimulatedClock | LiveClock
     session_log: SessionLog
     store: Store
+    before_cycle: Callable[[Engine, datetime], None] | None = None   # e.g. paper: kill control, reconcile
 
 
 def build_regime_detector(settings: Settings):
@@ -93,6 +95,9 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
     """Drive the engine with the session's clock, then close the log and return the summary."""
     engine = session.engine
     total = len(session.clock.ticks) if isinstance(session.clock, SimulatedClock) else max_cycles
+    if not isinstance(session.clock, SimulatedClock):
+        print(f"HYDRA {engine.mode}: a cycle every {session.clock.interval_s} s"
+              + (f" for {max_cycles} cycles" if max_cycles else " until Ctrl-C"), file=sys.stderr)
     if max_cycles is not None and total is not None:
         total = min(total, max_cycles)
     bar = None
@@ -102,6 +107,8 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
                    dynamic_ncols=True)
 
     def tick(now: datetime) -> bool:
+        if session.before_cycle is not None:
+            session.before_cycle(engine, now)
         report = engine.run_cycle(now)
         if bar is not None:
             bar.update(1)
@@ -117,7 +124,7 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
             bar.close()
         summary = engine.summary()
         session.session_log.close(datetime.now(UTC), summary)
-        session.store.save_state("engine", engine.state(), datetime.now(UTC))
+        session.store.save_state(engine.state_key, engine.state(), datetime.now(UTC))
         session.store.flush()
     summary["log"] = str(session.session_log.path)
     summary["journal"] = str(session.session_log.journal_path)

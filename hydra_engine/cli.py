@@ -28,6 +28,8 @@ def _print_summary(summary: dict) -> None:
     if summary.get("fees_usd") is not None:
         print(f"fees paid         ${Decimal(summary['fees_usd']):,.2f}")
     print(f"proposals         {summary['proposals']} (approved {summary['approved']})")
+    if summary.get("sizing_bound_by"):
+        print("sizes bound by    " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["sizing_bound_by"].items())))
     if summary["vetoes_by_rule"]:
         print("vetoes by rule    " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["vetoes_by_rule"].items())))
     print(f"orders            {summary['orders']} sent, {summary['orders_refused']} refused")
@@ -73,17 +75,19 @@ def cmd_status(args) -> int:
     settings = load_settings(args.config)
     from .store import Store
     store = Store(settings.storage.url, root=settings.resolve_path("."))
-    state = store.load_state("engine") or {}
+    control = store.load_state("control") or {}
+    state = store.load_state("engine:paper") or {}
     last = store.last_cycle()
     print(f"database      {store.url}")
-    risk = state.get("risk", {})
-    print(f"kill state    {'KILLED: ' + risk.get('kill_reason', '') if risk.get('killed') else 'armed (not killed)'}")
+    killed = control.get("state") == "killed" or state.get("risk", {}).get("killed")
+    reason = control.get("reason") or state.get("risk", {}).get("kill_reason", "")
+    print(f"kill state    {'KILLED: ' + reason + ' (run `resume` to allow entries)' if killed else 'armed (not killed)'}")
     if last:
-        print(f"last cycle    #{last.cycle} at {last.ts} ({last.mode}), regime {last.regime}, equity ${Decimal(last.equity_usd):,.2f}")
+        print(f"last cycle    #{last.cycle} of {last.session_id} at {last.ts} ({last.mode}), regime {last.regime}, equity ${Decimal(last.equity_usd):,.2f}")
     else:
         print("last cycle    none recorded")
     positions = state.get("positions", {})
-    print("positions     " + (", ".join(f"{s} {p['qty']} @ {p['avg_entry_price']} (stop {p['stop_price']:.2f})"
+    print("paper book    " + (", ".join(f"{s} {p['qty']} @ {p['avg_entry_price']} (stop {p['stop_price']:.2f})"
                                         for s, p in positions.items()) or "none"))
     if settings.broker.kind == "alpaca" or args.broker:
         from .paper import print_broker_status
@@ -137,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         from .plugins import PluginError
         from .data.replay import DataFolderError
         from .risk import RiskConfigError
+        from .paper import ReconciliationRefused
+        if isinstance(exc, ReconciliationRefused):
+            print(f"refusing to trade: {exc}", file=sys.stderr)
+            return EXIT_ERROR
         if isinstance(exc, (PluginError, DataFolderError, RiskConfigError, ValueError)):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE

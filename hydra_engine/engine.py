@@ -20,7 +20,7 @@ from .config import Settings
 from .domain import (UTC, AssetClass, ClosedTrade, Fill, Order, OrderStatus, OrderType, Position, Regime,
                      RegimeReading, Side, Signal, TimeInForce, TradeProposal, make_client_order_id)
 from .ports import ZERO, Broker, BrokerError, MarketData, MarketSnapshot, to_decimal
-from .positions import ExitInstruction, PositionManager
+from .positions import ExitInstruction, PositionManager, uses_native_trailing
 from .risk import PortfolioView, RiskManager
 from .strategy import ExitRequest, Strategy, StrategyContext
 from .tradelog import SessionLog, to_jsonable
@@ -84,6 +84,8 @@ class Engine:
         self.stats = RunStats()
         self.last_report = None
         self.closed_trades: list[dict] = []
+        self.native_stops: set[str] = set()              # symbols whose trailing stop the broker holds
+        self.halted: str | None = None                   # e.g. a reconciliation mismatch: no entries
 
     # ================================================================== the cycle
     def run_cycle(self, now: datetime) -> dict:
@@ -133,13 +135,16 @@ class Engine:
                                             {"why": f"detector failed: {exc}"})
                 report["errors"].append(f"regime: {exc}")
         report["regime"] = to_jsonable(self.regime)
+        market_kill = self.risk.on_market(self.regime, None, now)
+        if market_kill:
+            report["notes"].append(f"kill switch fired: {market_kill}")
 
         observing = self.cycle <= cfg.observation_cycles
-        blocked = self.risk.entries_blocked(now)
+        blocked = self.halted or self.risk.entries_blocked(now)
         if observing:
             report["mode"] = "observe"
         elif blocked:
-            report["mode"] = "killed" if self.risk.state.killed else "blocked"
+            report["mode"] = "killed" if self.risk.kill_requested() else "blocked"
             report["notes"].append(blocked)
 
         # --- 3. SIGNALS and 4. PROPOSALS
@@ -191,8 +196,9 @@ class Engine:
 
         # --- 6. FILTER (risk) and 7. EXECUTE
         if not observing and not blocked:
+            view = self._portfolio_view(market, now)
             for p in ranked:
-                decision = self._decide(p, market, now)
+                decision = self._decide(p, market, view, now)
                 report["decisions"].append(decision)
                 if decision["approved"]:
                     self._execute_entry(p, Decimal(decision["qty"]), now, report)
@@ -204,9 +210,9 @@ class Engine:
                                             "reason": why, "qty": "0", "notional_usd": "0", "details": {}})
 
         # --- 8. MANAGE open positions
-        exits = self.position_manager.manage(self.positions, market, now)
-        if self.risk.state.killed:
-            exits = [ExitInstruction(s, "kill", market.price(s), self.risk.state.kill_reason) for s in self.positions]
+        kill = self.risk.kill_requested()
+        exits = self.position_manager.manage(self.positions, market, now, kill=kill is not None,
+                                             native_stops=self.native_stops)
         exits += [ExitInstruction(r.symbol, "strategy", market.price(r.symbol), r.reason) for r in exit_requests
                   if r.symbol in self.positions and self.positions[r.symbol].strategy == r.strategy]
         seen: set[str] = set()
@@ -232,7 +238,22 @@ class Engine:
         return report
 
     # ================================================================== steps
-    def _decide(self, p: TradeProposal, market: MarketSnapshot, now: datetime) -> dict:
+    def _portfolio_view(self, market: MarketSnapshot, now: datetime) -> PortfolioView:
+        """One view per cycle: approvals reserve room in it, so several entries in one cycle cannot
+        together break a limit; working entry orders count as exposure before they fill."""
+        account = self.broker.account()
+        pending: dict[str, Decimal] = {}
+        count = 0
+        for o in self.broker.open_orders():
+            if o.purpose == "entry":
+                price = market.price(o.symbol)
+                pending[o.symbol] = pending.get(o.symbol, ZERO) + o.qty * to_decimal(price if math.isfinite(price) else 0)
+                count += 1
+        marks = {s: market.price(s) for s in self.positions}
+        return PortfolioView(now, account.equity_usd, account.buying_power_usd, self.positions, marks,
+                             pending_entries_usd=pending, pending_entry_count=count)
+
+    def _decide(self, p: TradeProposal, market: MarketSnapshot, view: PortfolioView, now: datetime) -> dict:
         base = {"strategy": p.strategy, "symbol": p.symbol}
         veto = None
         if not market.tradable(p.symbol):
@@ -248,10 +269,7 @@ class Engine:
             self.stats.vetoes[rule] = self.stats.vetoes.get(rule, 0) + 1
             return {**base, "approved": False, "layer": layer, "rule": rule, "reason": reason,
                     "qty": "0", "notional_usd": "0", "details": {}}
-        account = self.broker.account()
-        marks = {s: market.price(s) for s in self.positions}
-        view = PortfolioView(now, account.equity_usd, account.buying_power_usd, self.positions, marks)
-        d = self.risk.evaluate(p, self.broker.asset(p.symbol), view)
+        d = self.risk.evaluate(p, self.broker.asset(p.symbol), view, market)
         if d.approved:
             self.stats.approved += 1
         else:
@@ -290,15 +308,35 @@ class Engine:
         pos = self.positions[ex.symbol]
         if any(o.symbol == ex.symbol and o.purpose == "exit" for o in self.broker.open_orders()):
             return  # an exit is already working: never send a second one
-        for o in self.broker.open_orders():  # cancel what holds the shares before exiting
+        for o in self.broker.open_orders():  # cancel what holds the shares (e.g. a native trailing stop)
             if o.symbol == ex.symbol:
                 self.broker.cancel(o.client_order_id)
+                self.exit_reasons.pop(o.client_order_id, None)
+        self.native_stops.discard(ex.symbol)
         order = Order(self._next_coid(pos.strategy, ex.symbol), ex.symbol, pos.side.opposite(), abs(pos.qty),
                       OrderType.MARKET, self._tif(ex.symbol), now, pos.strategy, purpose="exit")
         report["exits"].append({"symbol": ex.symbol, "reason": ex.reason, "trigger_price": ex.trigger_price,
                                 "detail": ex.detail, "client_order_id": order.client_order_id})
         if self._submit(order, report):
             self.exit_reasons[order.client_order_id] = ex.reason
+
+    def _place_native_trailing(self, pos: Position, now: datetime) -> None:
+        """Alpaca equities hold a percent trail at the broker (it keeps trailing between cycles);
+        everything else is trailed by the position manager with the same rule."""
+        if not getattr(self.broker, "supports_native_trailing", False):
+            return
+        if not uses_native_trailing(self.broker.asset(pos.symbol), pos.trailing_stop_pct):
+            return
+        order = Order(self._next_coid(pos.strategy, pos.symbol), pos.symbol, pos.side.opposite(), abs(pos.qty),
+                      OrderType.TRAILING_STOP, TimeInForce.GTC, now, pos.strategy, purpose="stop",
+                      trail_percent=to_decimal(pos.trailing_stop_pct))
+        try:
+            self.broker.submit(order)
+        except BrokerError as exc:  # the engine-managed trail still protects the position
+            log.warning("native trailing stop for %s refused (%s); trailing in the engine", pos.symbol, exc)
+            return
+        self.exit_reasons[order.client_order_id] = "trailing_stop"
+        self.native_stops.add(pos.symbol)
 
     def _apply_fill(self, fill: Fill) -> dict | None:
         coid = fill.client_order_id
@@ -313,9 +351,11 @@ class Engine:
                 trailing_stop_pct=p.trailing_stop_pct, high_water_mark=price, max_holding=p.expected_holding,
                 regime_at_entry=plan.regime, entry_fees_usd=fill.fee_usd, initial_stop_price=p.stop_price * scale)
             self.risk.on_entry_filled(fill.ts)
+            self._place_native_trailing(self.positions[fill.symbol], fill.ts)
             return None
         if coid in self.exit_reasons:
             reason = self.exit_reasons.pop(coid)
+            self.native_stops.discard(fill.symbol)
             pos = self.positions.pop(fill.symbol, None)
             if pos is None:
                 return None
@@ -339,14 +379,28 @@ class Engine:
             self.session_log.record_cycle(report, trades)
         if self.store:
             self.store.save_cycle(self.session_id, report, report["orders"], report["fills"], trades,
-                                  self.state() if (report["orders"] or report["fills"]) else None,
+                                  {self.state_key: self.state()} if (report["orders"] or report["fills"]) else None,
                                   batch=self.store_batch)
 
     def state(self) -> dict:
         """Everything needed to resume after a restart."""
         return {"engine": {"cycle": self.cycle, "order_seq": self.order_seq, "session_id": self.session_id},
                 "risk": self.risk.to_state(), "weights": self.weights.to_state(),
-                "positions": {s: to_jsonable(p) for s, p in self.positions.items()}}
+                "positions": {s: to_jsonable(p) for s, p in self.positions.items()},
+                "native_stops": sorted(self.native_stops)}
+
+    @property
+    def state_key(self) -> str:
+        """Each mode keeps its own resumable state (the sim's account is not the paper account)."""
+        return f"engine:{self.mode}"
+
+    def restore(self, state: dict) -> None:
+        """Resume from :meth:`state` after a restart: risk and kill state, weights, managed positions."""
+        self.risk.load_state(state.get("risk", {}))
+        self.weights.load_state(state.get("weights", {}))
+        for symbol, p in state.get("positions", {}).items():
+            self.positions[symbol] = position_from_dict(p)
+        self.native_stops = set(state.get("native_stops", []))
 
     def summary(self) -> dict:
         account = self.broker.account()
@@ -370,7 +424,20 @@ class Engine:
             "orders": self.stats.orders, "orders_refused": self.stats.rejected, "errors": self.stats.errors,
             "closed_trades": len(self.closed_trades), "per_strategy": per_strategy, "exit_reasons": exit_reasons,
             "fees_usd": getattr(self.broker, "fees_paid", None),
+            "sizing_bound_by": self.risk.binding_counts(),
         })
+
+
+def position_from_dict(d: dict) -> Position:
+    """Inverse of ``to_jsonable(Position)``: Decimals from strings, datetimes from ISO, durations from seconds."""
+    kw = dict(d)
+    for key in ("qty", "avg_entry_price", "entry_fees_usd"):
+        if key in kw:
+            kw[key] = Decimal(str(kw[key]))
+    kw["opened_at"] = datetime.fromisoformat(str(kw["opened_at"]).replace("Z", "+00:00"))
+    if kw.get("max_holding") is not None:
+        kw["max_holding"] = timedelta(seconds=float(kw["max_holding"]))
+    return Position(**kw)
 
 
 def _closed_from_dict(d: dict) -> ClosedTrade:

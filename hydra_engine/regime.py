@@ -23,7 +23,6 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from scipy.special import logsumexp
 
 from .config import PROJECT_ROOT
 from .domain import Regime, RegimeReading
@@ -328,14 +327,16 @@ class HMMRegimeDetector:
         x = frame.reindex(columns=cols).to_numpy(float)
         x = (x - np.asarray(p["scaler_mean"])) / np.asarray(p["scaler_std"])
         ll = _masked_loglik(x, np.asarray(p["means"]), np.asarray(p["variances"]))
-        log_a = np.log(np.maximum(np.asarray(p["transmat"]), 1e-300))
+        a = np.asarray(p["transmat"])
+        lik = np.exp(ll - ll.max(axis=1, keepdims=True))   # per-row scaling: only ratios matter
         out = np.empty_like(ll)
-        prev = np.log(np.asarray(p["startprob"]))
+        prev = np.asarray(p["startprob"])
         for t in range(len(ll)):
-            cur = (logsumexp(prev[:, None] + log_a, axis=0) if t else prev) + ll[t]
-            prev = cur - logsumexp(cur)
+            cur = (prev @ a if t else prev) * lik[t]
+            total = cur.sum()
+            prev = cur / total if total > 0 else np.full(len(cur), 1.0 / len(cur))
             out[t] = prev
-        return pd.DataFrame(np.exp(out), index=frame.index, columns=range(self.n_states))
+        return pd.DataFrame(out, index=frame.index, columns=range(self.n_states))
 
     def regime_probabilities(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Filtered probability of each named regime per day (sum over its states)."""

@@ -57,7 +57,7 @@ def shared_data_dir() -> Path | None:
 
 
 def _utc_days(values) -> pd.DatetimeIndex:
-    return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).normalize()
+    return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).normalize().as_unit("ns")
 
 
 def _daily_from_intraday(ts_s: np.ndarray, close: np.ndarray, interval_s: int, now_s: float) -> pd.Series:
@@ -69,7 +69,7 @@ def _daily_from_intraday(ts_s: np.ndarray, close: np.ndarray, interval_s: int, n
     if not keep.any():
         return pd.Series(dtype=float)
     s = pd.Series(close[keep], index=day[keep]).groupby(level=0).last()
-    s.index = pd.to_datetime(s.index.to_numpy() * DAY_S, unit="s", utc=True)
+    s.index = pd.to_datetime(s.index.to_numpy() * DAY_S, unit="s", utc=True).as_unit("ns")
     return s
 
 
@@ -152,7 +152,7 @@ def build_features(closes: dict[str, pd.Series]) -> pd.DataFrame:
     days = next(([closes[s].index for s in group if s in closes] for group in order
                  if any(s in closes for s in group)), [])
     index = days[0].append(days[1:]).unique().sort_values() if days else pd.DatetimeIndex([], tz="UTC")
-    frame = pd.DataFrame(index=index, columns=list(FEATURES), dtype=float)
+    frame = pd.DataFrame(index=index.rename("day"), columns=list(FEATURES), dtype=float)
     for prefix, (symbol, per_year) in ASSETS.items():
         s = closes.get(symbol)
         if s is None or len(s) <= WINDOW:

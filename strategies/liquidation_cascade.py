@@ -12,6 +12,7 @@ import math
 from datetime import datetime, timedelta
 from typing import Mapping
 
+import numpy as np
 from pydantic import Field
 
 from hydra_engine.domain import Regime, Side, Signal, TradeProposal
@@ -75,11 +76,14 @@ class LiquidationCascadeHunter(Strategy):
         bars = market.bars.get(symbol)
         if oi is None or len(oi) < 2 or bars is None or len(bars) < 2:
             return None
-        t_now, t_prev = int(oi.ts[-1]), int(oi.ts[-2])
+        t_now = int(oi.ts[-1])
         known_at = datetime.fromtimestamp(t_now, market.now.tzinfo)
-        if t_now - t_prev > 3600 or market.now - known_at > timedelta(hours=p.oi_max_age_hours):
-            return None  # no clean one-hour comparison available: no opinion rather than a guess
-        prev, last = float(oi.values[-2]), float(oi.values[-1])
+        # the newest value against the newest one at least an hour older: exactly one hour on the
+        # hourly history, one to two hours when a live snapshot follows it; wider gaps give no opinion
+        k = int(np.searchsorted(oi.ts, t_now - 3600, side="right")) - 1
+        if k < 0 or t_now - int(oi.ts[k]) > 7200 or market.now - known_at > timedelta(hours=p.oi_max_age_hours):
+            return None
+        prev, last = float(oi.values[k]), float(oi.values[-1])
         if not (prev > 0 and math.isfinite(last)):
             return None
         change = last / prev - 1.0

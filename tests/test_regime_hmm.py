@@ -92,7 +92,7 @@ def test_model_parameters_and_card(fitted, tmp_path):
 
 # ------------------------------------------------------------------ the snapshot path
 def _bars(symbol: str, s: pd.Series, interval_s: int) -> BarSeries:
-    ts = (s.index.asi8 // 10**9 if s.index.unit == "ns" else s.index.as_unit("s").asi8).astype("int64")
+    ts = s.index.as_unit("s").asi8.astype("int64")
     c = s.to_numpy(float)
     return BarSeries(symbol, interval_s, ts, c, c, c, c, np.zeros_like(c))
 

@@ -21,7 +21,7 @@ from .conftest import make_settings
 T0 = datetime(2024, 3, 4, tzinfo=UTC)
 STARTED = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 TRADE_FIELDS = ("strategy", "symbol", "side", "qty", "entry_time", "entry_price", "exit_time", "exit_price",
-                "pnl_usd", "r_multiple", "regime_at_entry", "exit_reason")
+                "pnl_usd", "fees_usd", "r_multiple", "regime_at_entry", "exit_reason")  # README schema
 
 
 def ts(cycle: int) -> str:

@@ -1,0 +1,22 @@
+"""`kill` and `resume`: the manual kill switch, shared with a running loop through the store."""
+from __future__ import annotations
+
+from ..config import load_settings
+
+
+def register(sub) -> None:
+    k = sub.add_parser("kill", help="cancel all orders, close all positions (Alpaca) and block entries until `resume`")
+    k.add_argument("--reason", default="manual kill", help="recorded with the kill state")
+    k.set_defaults(func=lambda args: _kill(args))
+    r = sub.add_parser("resume", help="clear the kill state so entries are allowed again")
+    r.set_defaults(func=lambda args: _resume(args))
+
+
+def _kill(args) -> int:
+    from ..paper import kill
+    return kill(load_settings(args.config), args.reason)
+
+
+def _resume(args) -> int:
+    from ..paper import resume
+    return resume(load_settings(args.config))

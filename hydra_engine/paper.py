@@ -1,0 +1,164 @@
+"""Alpaca paper (and, with a double opt-in, live) sessions: wiring, start-up reconciliation, the
+shared kill/resume control and the broker status.
+
+The engine is the same one the simulation runs; only the clock (APScheduler), the market data
+(Alpaca bars and quotes plus Binance funding and open interest) and the broker (Alpaca) differ.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from decimal import Decimal
+
+from .app import Session, build_core, build_regime_detector  # noqa: F401  (re-exported for tests)
+from .clock import LiveClock
+from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
+from .data.feeds import MarketDataWithFeeds
+from .domain import UTC
+from .reconcile import adopt_broker_state, reconcile
+from .store import Store
+
+log = logging.getLogger(__name__)
+CONTROL_KEY = "control"
+RECONCILE_EVERY = 30
+
+
+class LiveTradingRefused(ValueError):
+    pass
+
+
+class ReconciliationRefused(RuntimeError):
+    """Broker and local books disagree: HYDRA will not trade until they match or --adopt is given."""
+
+
+def require_live_opt_in(settings: Settings, live: bool) -> None:
+    if (live or not settings.broker.paper) and not (live and not settings.broker.paper and live_trading_opt_in()):
+        raise LiveTradingRefused(
+            "live trading refused: it needs broker.paper = false AND the --live flag AND "
+            "HYDRA_ENABLE_LIVE_TRADING=I_UNDERSTAND_REAL_MONEY in the environment; paper is the default")
+
+
+def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool = False, clock=None,
+                        binance_client=None) -> Session:
+    from signals.binance import BinanceFuturesClient
+    from signals.derivatives_feed import BinanceDerivativesFeed
+    from .brokers.alpaca import build_alpaca
+
+    require_live_opt_in(settings, live)
+    keys = AlpacaKeys()
+    started = datetime.now(UTC)
+    session_id = f"{'live' if live else 'paper'}-{utc_stamp(started)}"
+    clock = clock or LiveClock(settings.engine.cycle_interval_s)
+    log_dir = settings.resolve_path(settings.engine.log_dir)
+    broker, alpaca_data = build_alpaca(settings, keys, session_id, clock, live=live,
+                                       capability_cache=log_dir / "alpaca_capabilities.json")
+    crypto = {s: s.replace("/USD", "USDT").replace("/", "") for s in settings.universe.symbols if "/" in s}
+    feed = BinanceDerivativesFeed(binance_client or BinanceFuturesClient(), crypto)
+    market = MarketDataWithFeeds(alpaca_data, {"binance": feed})
+    engine, session_log, store = build_core(
+        settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
+        log_dir=log_dir, metadata={"trading_url": broker.trading_url if hasattr(broker, "trading_url") else None},
+        store_batch=1)
+    previous = store.load_state(engine.state_key)
+    if previous:
+        engine.restore(previous)
+    report = reconcile(broker.positions(), broker.open_orders(), engine.positions, [], now=started,
+                       known_symbols=settings.universe.symbols)
+    if not report.ok:
+        text = "; ".join(report.mismatches)
+        if not adopt:
+            session_log.close(datetime.now(UTC), {"refused": f"reconciliation mismatch: {text}"})
+            raise ReconciliationRefused(
+                f"the Alpaca account and HYDRA's records disagree: {text}. Nothing was traded. Inspect with "
+                f"`python hydra_engine.py status --broker`, then restart with --adopt to take the broker's "
+                f"positions (they get a protective stop) or close them at Alpaca.")
+        engine.positions, _ = adopt_broker_state(report, engine.positions, [], started)
+        log.warning("adopted the broker's book: %s", text)
+    control = Control(store)
+
+    def before_cycle(eng, now):
+        control.apply(eng, now)
+        if eng.cycle and eng.cycle % RECONCILE_EVERY == 0:
+            check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
+                              broker.open_orders(), known_symbols=settings.universe.symbols)
+            eng.halted = None if check.ok else "reconciliation mismatch: " + "; ".join(check.mismatches)
+
+    return Session(engine, clock, session_log, store, before_cycle=before_cycle)
+
+
+class Control:
+    """The kill/resume switch shared by the `kill`/`resume` commands and a running loop (via the store)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.seen_at: str | None = None
+
+    def apply(self, engine, now: datetime) -> None:
+        state = self.store.load_state(CONTROL_KEY)
+        if state and state.get("at") != self.seen_at:
+            self.seen_at = state.get("at")
+            if state["state"] == "killed":
+                engine.risk.kill(state.get("reason", "manual kill"), now)
+            elif state["state"] == "resumed":
+                engine.risk.resume(now)
+        if engine.risk.kill_requested() and (not state or state.get("state") != "killed"):
+            set_control(self.store, "killed", engine.risk.kill_requested(), now)  # survives restarts
+            self.seen_at = self.store.load_state(CONTROL_KEY)["at"]
+
+
+def set_control(store: Store, state: str, reason: str, now: datetime) -> None:
+    store.save_state(CONTROL_KEY, {"state": state, "reason": reason, "at": now.isoformat()}, now)
+    for key in ("engine:paper", "engine:live"):  # so a restart restores the same kill state
+        engine_state = store.load_state(key)
+        if engine_state:
+            risk = engine_state.setdefault("risk", {})
+            risk["killed"] = state == "killed"
+            risk["kill_reason"] = reason if state == "killed" else ""
+            store.save_state(key, engine_state, now)
+
+
+def kill(settings: Settings, reason: str = "manual kill") -> int:
+    """Persist the kill (no entries until `resume`), then cancel every order and close every position."""
+    now = datetime.now(UTC)
+    store = Store(settings.storage.url, root=settings.resolve_path("."))
+    set_control(store, "killed", reason, now)
+    print(f"kill state set ({reason}): no new entries until `python hydra_engine.py resume`")
+    missing = AlpacaKeys().missing()
+    if missing:
+        print("no Alpaca keys in the environment (" + ", ".join(missing) + "): nothing to flatten at a broker")
+        return 0
+    from .brokers.alpaca import build_alpaca
+    from .clock import LiveClock
+    broker, _ = build_alpaca(settings, AlpacaKeys(), f"kill-{utc_stamp(now)}", LiveClock())
+    result = broker.flatten_all()
+    print(f"canceled {len(result.canceled_order_ids)} orders, closing {len(result.closing_orders)} positions")
+    for failure in [*result.cancel_failures, *result.failures]:
+        print(f"  NOT DONE: {failure}")
+    return 0 if result.ok else 1
+
+
+def resume(settings: Settings) -> int:
+    now = datetime.now(UTC)
+    store = Store(settings.storage.url, root=settings.resolve_path("."))
+    set_control(store, "resumed", "", now)
+    print("kill state cleared: entries allowed again (risk limits still apply)")
+    return 0
+
+
+def print_broker_status(settings: Settings) -> int:
+    missing = AlpacaKeys().missing()
+    if missing:
+        print("broker        no Alpaca keys (" + ", ".join(missing) + ")")
+        return 1
+    from .brokers.alpaca import build_alpaca
+    from .clock import LiveClock
+    broker, _ = build_alpaca(settings, AlpacaKeys(), f"status-{utc_stamp(datetime.now(UTC))}", LiveClock())
+    acct = broker.account()
+    print(f"account       equity ${acct.equity_usd:,.2f}  cash ${acct.cash_usd:,.2f}  "
+          f"buying power ${acct.buying_power_usd:,.2f}  ({'paper' if settings.broker.paper else 'LIVE'})")
+    positions = broker.positions()
+    print("broker pos.   " + (", ".join(f"{s} {p.qty} @ {Decimal(p.avg_entry_price):,.2f}" for s, p in positions.items()) or "none"))
+    orders = broker.open_orders()
+    print("open orders   " + (", ".join(f"{o.client_order_id} {o.side.value} {o.qty} {o.symbol} {o.order_type.value}"
+                                        for o in orders) or "none"))
+    return 0

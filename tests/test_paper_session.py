@@ -1,0 +1,152 @@
+"""`run --mode paper --cycles 3` end to end against the HTTP-level Alpaca double and a Binance mock.
+
+Everything goes through the real code: alpaca-py (trading, stock and crypto data clients), the
+Binance client on requests, the APScheduler live clock, the engine, the session log and the store.
+The market is real: BTC/ETH hourly bars and Bybit open interest from the hours before the
+2024-03-05 short squeeze, re-stamped to end at the current hour so the staleness watchdog accepts them.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+import responses
+
+from hydra_engine.cli import main
+from hydra_engine.tradelog import load_session
+
+from .alpaca_double import API_KEY, SECRET_KEY, AlpacaDouble, make_bars
+
+UTC = timezone.utc
+SQUEEZE_HOUR = pd.Timestamp("2024-03-05T20:00:00Z")   # bar 20:00-21:00: OI -7.4 %, price +0.73 %
+FAPI = "https://fapi.binance.com"
+
+
+def real_window(shared_data, symbol_file: str, oi_file: str, hours: int = 120):
+    k = pd.read_parquet(shared_data / "crypto_perp/binance_usdm/klines" / symbol_file).set_index("ts")
+    closes = k.loc[SQUEEZE_HOUR - pd.Timedelta(hours=hours - 1):SQUEEZE_HOUR, "close"].tolist()
+    oi = pd.read_parquet(shared_data / "crypto_perp/bybit_linear/open_interest" / oi_file)["open_interest"]
+    oi_vals = oi.loc[SQUEEZE_HOUR - pd.Timedelta(hours=hours - 1):SQUEEZE_HOUR].tolist()  # end-of-hour values
+    return closes, oi_vals
+
+
+@pytest.fixture()
+def paper_env(tmp_path, monkeypatch, shared_data):
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("APCA_API_KEY_ID", API_KEY)
+    monkeypatch.setenv("APCA_API_SECRET_KEY", SECRET_KEY)
+    for var in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "APCA_API_BASE_URL", "APCA_API_DATA_URL"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = tmp_path / "hydra.toml"
+    cfg.write_text(f"""
+[engine]
+cycle_interval_s = 1
+observation_cycles = 0
+log_dir = "{tmp_path / 'logs'}"
+[universe]
+symbols = ["BTC/USD", "ETH/USD"]
+data_only = []
+[broker]
+kind = "alpaca"
+[data]
+kind = "alpaca"
+[storage]
+url = "sqlite:///{tmp_path / 'hydra.db'}"
+""")
+    return cfg
+
+
+def install_market(double: AlpacaDouble, shared_data, now: datetime) -> None:
+    last_open = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    for symbol, kfile, oifile, bsym in (("BTC/USD", "BTCUSDT_1h.parquet", "BTCUSDT_oi_1h.parquet", "BTCUSDT"),
+                                        ("ETH/USD", "ETHUSDT_1h_from_1m.parquet", "ETHUSDT_oi_1h.parquet", "ETHUSDT")):
+        closes, oi = real_window(shared_data, kfile, oifile)
+        start = last_open - timedelta(hours=len(closes) - 1)
+        double.bars[symbol] = make_bars(start, timedelta(hours=1), closes)
+        double.quotes[symbol] = {"ap": closes[-1] * 1.0001, "as": 1, "bp": closes[-1], "bs": 1,
+                                 "t": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        # open interest snapshots at each bar's close (the last one: after the squeeze hour)
+        hist = [{"symbol": bsym, "sumOpenInterest": f"{v:.3f}", "sumOpenInterestValue": f"{v * closes[-1]:.2f}",
+                 "CMCCirculatingSupply": "0", "timestamp": str(int((start + timedelta(hours=i + 1)).timestamp() * 1000))}
+                for i, v in enumerate(oi)]
+        double.mock.add(responses.GET, f"{FAPI}/futures/data/openInterestHist",
+                        match=[responses.matchers.query_param_matcher({"symbol": bsym}, strict_match=False)], json=hist)
+        double.mock.add(responses.GET, f"{FAPI}/fapi/v1/openInterest",
+                        match=[responses.matchers.query_param_matcher({"symbol": bsym})],
+                        json={"openInterest": f"{oi[-1]:.3f}", "symbol": bsym, "time": int(now.timestamp() * 1000)})
+        settled = now.replace(hour=now.hour // 8 * 8, minute=0, second=0, microsecond=0)
+        funding = [{"symbol": bsym, "fundingRate": "0.00010000", "markPrice": f"{closes[-1]:.2f}",
+                    "fundingTime": int((settled - timedelta(hours=8 * i)).timestamp() * 1000)} for i in (2, 1, 0)]
+        double.mock.add(responses.GET, f"{FAPI}/fapi/v1/fundingRate",
+                        match=[responses.matchers.query_param_matcher({"symbol": bsym}, strict_match=False)], json=funding)
+
+
+def test_paper_run_three_cycles_places_and_manages_orders(paper_env, shared_data, tmp_path, monkeypatch, capsys):
+    import hydra_engine.paper as paper
+
+    now = datetime.now(UTC)
+    with AlpacaDouble(now=now) as double:
+        install_market(double, shared_data, now)
+        original = paper.build_paper_session
+
+        def build_and_steer(settings, **kw):
+            session = original(settings, **kw)
+            hook = session.before_cycle
+
+            def before(engine, t):  # between cycles the "exchange" fills what is working, then a kill arrives
+                for o in list(double._all_orders()):
+                    if o["status"] in ("accepted", "pending_new", "new"):
+                        double.fill(o["client_order_id"], str(double.bars[o["symbol"]][-1]["c"]))
+                if engine.cycle == 2:
+                    paper.set_control(session.store, "killed", "test kill", t)
+                hook(engine, t)
+            session.before_cycle = before
+            return session
+
+        monkeypatch.setattr(paper, "build_paper_session", build_and_steer)
+        code = main(["--config", str(paper_env), "run", "--mode", "paper", "--cycles", "3", "--no-progress"])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert double.body_errors and all(not e for e in double.body_errors)  # every body valid per the spec
+        assert API_KEY not in out.out + out.err and SECRET_KEY not in out.out + out.err
+
+    logs = sorted((tmp_path / "logs").glob("session-*.json"))
+    doc = load_session(logs[-1])
+    assert doc["session"]["mode"] == "paper" and len(doc["cycle_details"]) == 3
+    entries = [o for o in doc["orders"] if o["purpose"] == "entry"]
+    exits = [o for o in doc["orders"] if o["purpose"] == "exit"]
+    assert entries and entries[0]["symbol"] in ("BTC/USD", "ETH/USD") and entries[0]["side"] == "buy"
+    assert doc["fills"], "the entry fill must be picked up from Alpaca"
+    c3 = doc["cycle_details"][2]
+    assert c3["mode"] == "killed" and any(e["reason"] == "kill" for e in c3["exits"]) and exits
+    # the same schema as the simulation's log
+    assert set(doc) >= {"schema_version", "session", "orders", "fills", "trades", "cycles", "summary", "journal"}
+    raw = logs[-1].read_text() + (tmp_path / "logs" / doc["journal"]).read_text()
+    assert API_KEY not in raw and SECRET_KEY not in raw
+    assert json.loads(logs[-1].read_text())["schema_version"] == 1
+
+
+def test_reconciliation_mismatch_refuses_to_trade_unless_adopt(paper_env, shared_data, tmp_path, capsys):
+    now = datetime.now(UTC)
+    with AlpacaDouble(now=now) as double:
+        install_market(double, shared_data, now)
+        double.add_position("BTC/USD", "0.5", "60000")   # a position HYDRA never opened
+        code = main(["--config", str(paper_env), "run", "--mode", "paper", "--cycles", "1", "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 1 and "disagree" in err and "BTC/USD" in err and "--adopt" in err
+        assert not any(m == "POST" for m, _ in double.calls)
+        code = main(["--config", str(paper_env), "run", "--mode", "paper", "--cycles", "1", "--no-progress", "--adopt"])
+        assert code == 0
+
+
+def test_live_trading_needs_flag_and_environment(paper_env, monkeypatch, capsys):
+    monkeypatch.delenv("HYDRA_ENABLE_LIVE_TRADING", raising=False)
+    monkeypatch.setenv("HYDRA_BROKER__PAPER", "false")
+    code = main(["--config", str(paper_env), "run", "--mode", "paper", "--live", "--cycles", "1"])
+    assert code == 2 and "live trading refused" in capsys.readouterr().err
+    monkeypatch.setenv("HYDRA_ENABLE_LIVE_TRADING", "I_UNDERSTAND_REAL_MONEY")
+    monkeypatch.setenv("HYDRA_BROKER__PAPER", "true")   # config alone (paper=true) + --live: still refused
+    code = main(["--config", str(paper_env), "run", "--mode", "paper", "--live", "--cycles", "1"])
+    assert code == 2
