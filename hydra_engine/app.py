@@ -66,6 +66,7 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
 
 def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path | None = None,
                       log_dir: Path | None = None) -> Session:
+    build_strategies(settings.strategies.enabled, settings.strategies.params)  # fail fast, before loading data
     data_cfg = settings.data
     folder = data_dir or settings.resolve_path(data_cfg.replay_dir)
     market = ReplayMarketData(folder, settings.universe.symbols, data_only=settings.universe.data_only,

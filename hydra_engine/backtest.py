@@ -24,7 +24,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -150,6 +150,7 @@ def run_hydra(settings: Settings, data_dir: Path, out: Path, *, progress: bool =
     ticks = list(session.clock.ticks)
     summary = run_session(session, progress=progress)
     doc = load_session(summary["log"])
+    doc["log_path"] = summary["log"]
     return doc, ticks
 
 
@@ -259,12 +260,12 @@ def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, 
     table = write_table(rows, out / "comparison", [(f"regime:{r}", f"{r} ({100 * regime_share.get(r, 0):.0f}% of time)", "pct")
                                                    for r in labels])
     result = {"start": str(start), "end": str(end), "data_dir": str(data_dir), "cycles": len(ticks),
+              "session_log": Path(doc["log_path"]).name,
               "hydra_runtime_s": round(t_hydra, 1), "total_runtime_s": round(time.perf_counter() - t0, 1),
               "fee_bps": s.broker.fee_bps, "slippage_bps": s.broker.slippage_bps,
               "metrics": metrics, "regime_returns": by_regime, "comparison": rows, "comparison_md": table}
-    result["session_log"] = next((p.name for p in sorted(out.glob("session-*.json"))), None)
-    (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "comparison_md"}, indent=1),
-                                      encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(M.json_safe({k: v for k, v in result.items() if k != "comparison_md"}),
+                                                 indent=1), encoding="utf-8")
     return result
 
 

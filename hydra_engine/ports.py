@@ -122,13 +122,13 @@ class AssetSpec:
         step = self.qty_increment if self.fractionable or self.asset_class is AssetClass.CRYPTO else Decimal(1)
         return (qty / step).to_integral_value(rounding=ROUND_DOWN) * step
 
-    def round_price(self, price: Decimal | float) -> Decimal:
+    def round_price(self, price: Decimal | float, rounding: str = ROUND_HALF_UP) -> Decimal:
         """Round to the venue's tick. Equities >= $1 trade in cents, below $1 in 1/100 cents."""
         price = Decimal(str(price))
         tick = self.price_increment
         if self.asset_class is AssetClass.EQUITY and price < 1:
             tick = Decimal("0.0001")
-        return (price / tick).to_integral_value(rounding=ROUND_HALF_UP) * tick
+        return (price / tick).to_integral_value(rounding=rounding) * tick
 
 
 # --------------------------------------------------------------------------- broker

@@ -27,7 +27,7 @@ import pandas as pd
 from .config import PROJECT_ROOT
 from .domain import Regime, RegimeReading
 from .ports import MarketSnapshot
-from .regime_features import FEATURES, build_features, daily_closes_from_snapshot
+from .regime_features import build_features, daily_closes_from_snapshot
 
 # Which features the model uses. TLT/GLD volatility are left out: they mostly repeat the SPY/HYG/VIX
 # volatility signal, and with a diagonal covariance repeated evidence only makes the posterior

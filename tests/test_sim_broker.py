@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
 import pytest
@@ -195,7 +195,8 @@ def test_accounting_is_exact_under_random_trading(fee_bps, slippage_bps, steps):
             assert (b.account(), b.positions(), b.fees_paid) == (acct, before[1], before[3])
             continue
         [f] = fills
-        expect_price = DEFAULT_ASSET_SPECS[sym].round_price(D(str(open_price)) * (1 + side.sign * slip))
+        expect_price = DEFAULT_ASSET_SPECS[sym].round_price(D(str(open_price)) * (1 + side.sign * slip),
+                                                            ROUND_CEILING if side.sign > 0 else ROUND_FLOOR)
         expect_fee = (qty * expect_price * fee_rate).quantize(D("0.000001"), rounding=ROUND_HALF_UP)
         assert (f.ts, f.price, f.qty, f.fee_usd, f.side) == (bar, expect_price, qty, expect_fee, side)
         assert b.get_order(order.client_order_id).status is OrderStatus.FILLED
@@ -353,9 +354,9 @@ def test_fill_at_next_bar_open_with_slippage_against_the_trader_fake_market():
     [f] = b.poll_fills(T0 + timedelta(hours=12))
     assert m.calls[-1] == ("BTC/USD", at, T0 + timedelta(hours=12))
     assert f.ts == T0 + timedelta(hours=11)
-    assert f.price == D("62131")           # 62,100 × 1.0005 = 62,131.05 → the $1 tick
+    assert f.price == D("62132")           # 62,100 × 1.0005 = 62,131.05 → up to the $1 tick (against the buyer)
     assert f.price > D("62100")            # against the buyer
-    assert f.fee_usd == D("6.213100")      # 10 bps of 0.1 × 62,131
+    assert f.fee_usd == D("6.213200")      # 10 bps of 0.1 × 62,132
     assert b.poll_fills(T0 + timedelta(hours=20)) == []  # filled once
 
     m.set_open("ETH/USD", T0 + timedelta(hours=13), 3_400.0)
@@ -365,7 +366,7 @@ def test_fill_at_next_bar_open_with_slippage_against_the_trader_fake_market():
     m.set_open("ETH/USD", T0 + timedelta(hours=14), 3_500.0)
     [f] = b.poll_fills(T0 + timedelta(hours=15))
     assert f.ts == T0 + timedelta(hours=14)            # the bar opening *at* the order time counts
-    assert f.price == D("3498.3")                      # 3,500 × 0.9995 = 3,498.25 → the 0.1 tick (half up)
+    assert f.price == D("3498.2")                      # 3,500 × 0.9995 = 3,498.25 → down to the 0.1 tick
     assert f.price < D("3500")                         # against the seller
 
 
@@ -386,7 +387,7 @@ def test_fill_timing_and_price_on_real_replay_data():
     open_price = D(str(float(after.open[-1])))
     [f] = b.poll_fills(bar_open + HOUR)
     assert f.ts == bar_open
-    assert f.price == DEFAULT_ASSET_SPECS["BTC/USD"].round_price(open_price * D("1.0005"))
+    assert f.price == DEFAULT_ASSET_SPECS["BTC/USD"].round_price(open_price * D("1.0005"), ROUND_CEILING)
     assert f.price >= open_price
     assert f.fee_usd == (f.qty * f.price * D("0.001")).quantize(D("0.000001"), rounding=ROUND_HALF_UP)
 
@@ -400,7 +401,7 @@ def test_fill_timing_and_price_on_real_replay_data():
     assert (f.client_order_id, f.ts) == ("real-2", monday_open)
     monday = market.snapshot(monday_close).bars["SPY"]
     assert int(monday.ts[-1]) == int(monday_open.timestamp())
-    assert f.price == DEFAULT_ASSET_SPECS["SPY"].round_price(D(str(float(monday.open[-1]))) * D("1.0005"))
+    assert f.price == DEFAULT_ASSET_SPECS["SPY"].round_price(D(str(float(monday.open[-1]))) * D("1.0005"), ROUND_CEILING)
 
 
 def test_cancel_removes_a_working_order():

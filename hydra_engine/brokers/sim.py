@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from ..domain import AssetClass, Fill, Order, OrderStatus, OrderType, Side, TimeInForce
 from ..ports import (ZERO, Account, AssetSpec, BrokerPosition, HeldQuantity, InsufficientBuyingPower,
@@ -165,7 +165,8 @@ class SimulatedBroker:
     def _fill(self, order: Order, ts: datetime, open_price: Decimal) -> Fill | None:
         spec = self.assets[order.symbol]
         sign = order.side.sign
-        price = spec.round_price(open_price * (1 + sign * self.slippage))
+        # round to the tick against the trader too, so rounding never gives slippage back
+        price = spec.round_price(open_price * (1 + sign * self.slippage), ROUND_CEILING if sign > 0 else ROUND_FLOOR)
         notional = order.qty * price
         fee = (notional * self.fee_rate).quantize(FEE_QUANTUM, rounding=ROUND_HALF_UP)
         pos = self._positions.get(order.symbol)
