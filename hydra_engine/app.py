@@ -24,7 +24,7 @@ from .domain import UTC
 from .engine import Engine
 from .plugins import build_strategies
 from .positions import PositionManager
-from .regime import TrendVolRule
+from .regime import load_detector
 from .risk import RiskManager
 from .store import Store
 from .tradelog import SessionLog
@@ -43,7 +43,8 @@ class Session:
 
 
 def build_regime_detector(settings: Settings):
-    return TrendVolRule()
+    """The fitted HMM from ``models/regime_hmm.json``; without one, the trend/volatility rule (it says so)."""
+    return load_detector()
 
 
 def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,

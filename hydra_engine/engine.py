@@ -35,6 +35,7 @@ class PendingPlan:
 
     proposal: TradeProposal
     regime: str
+    contributors: tuple = ()      # the signals behind the entry, scored when the trade closes
 
 
 @dataclass(slots=True)
@@ -85,6 +86,7 @@ class Engine:
         self.last_report = None
         self.closed_trades: list[dict] = []
         self.native_stops: set[str] = set()              # symbols whose trailing stop the broker holds
+        self.entry_sources: dict[str, list] = {}         # symbol -> (source, score) behind the open entry
         self.halted: str | None = None                   # e.g. a reconciliation mismatch: no entries
 
     # ================================================================== the cycle
@@ -201,7 +203,9 @@ class Engine:
                 decision = self._decide(p, market, view, now)
                 report["decisions"].append(decision)
                 if decision["approved"]:
-                    self._execute_entry(p, Decimal(decision["qty"]), now, report)
+                    view_of = combined.get(p.symbol)
+                    self._execute_entry(p, Decimal(decision["qty"]), now, report,
+                                        view_of.contributors if view_of else ())
         elif ranked:
             why = "observation phase" if observing else blocked
             for p in ranked:
@@ -298,11 +302,12 @@ class Engine:
         self.stats.orders += 1
         return sent
 
-    def _execute_entry(self, p: TradeProposal, qty: Decimal, now: datetime, report: dict) -> None:
+    def _execute_entry(self, p: TradeProposal, qty: Decimal, now: datetime, report: dict,
+                       contributors: tuple = ()) -> None:
         order = Order(self._next_coid(p.strategy, p.symbol), p.symbol, p.side, qty, OrderType.MARKET,
                       self._tif(p.symbol), now, p.strategy, purpose="entry")
         if self._submit(order, report):
-            self.plans[order.client_order_id] = PendingPlan(p, self.regime.regime.value)
+            self.plans[order.client_order_id] = PendingPlan(p, self.regime.regime.value, contributors)
 
     def _execute_exit(self, ex: ExitInstruction, now: datetime, report: dict) -> None:
         pos = self.positions[ex.symbol]
@@ -350,6 +355,7 @@ class Engine:
                 opened_at=fill.ts, stop_price=p.stop_price * scale, target_price=p.target_price * scale,
                 trailing_stop_pct=p.trailing_stop_pct, high_water_mark=price, max_holding=p.expected_holding,
                 regime_at_entry=plan.regime, entry_fees_usd=fill.fee_usd, initial_stop_price=p.stop_price * scale)
+            self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors]
             self.risk.on_entry_filled(fill.ts)
             self._place_native_trailing(self.positions[fill.symbol], fill.ts)
             return None
@@ -371,6 +377,12 @@ class Engine:
                                 r_multiple=round(float(pnl / risk_usd), 6) if risk_usd > 0 else 0.0,
                                 regime_at_entry=pos.regime_at_entry, exit_reason=reason)
             self.risk.on_trade_closed(trade, fill.ts)
+            won = pnl > 0
+            for source, score in self.entry_sources.pop(fill.symbol, []):
+                # a source was right when its direction matched the trade and the trade won, or
+                # opposed it and the trade lost: that is the hit rate its reliability learns from
+                agreed = (score > 0) == (sign > 0)
+                self.aggregator.record_outcome(source, agreed == won)
             return asdict(trade)
         return None  # a fill we did not originate: reconciliation reports it
 
@@ -386,6 +398,7 @@ class Engine:
         """Everything needed to resume after a restart."""
         return {"engine": {"cycle": self.cycle, "order_seq": self.order_seq, "session_id": self.session_id},
                 "risk": self.risk.to_state(), "weights": self.weights.to_state(),
+                "aggregator": self.aggregator.to_state(), "entry_sources": self.entry_sources,
                 "positions": {s: to_jsonable(p) for s, p in self.positions.items()},
                 "native_stops": sorted(self.native_stops)}
 
@@ -398,6 +411,9 @@ class Engine:
         """Resume from :meth:`state` after a restart: risk and kill state, weights, managed positions."""
         self.risk.load_state(state.get("risk", {}))
         self.weights.load_state(state.get("weights", {}))
+        if state.get("aggregator"):
+            self.aggregator.load_state(state["aggregator"])
+        self.entry_sources = {k: [tuple(x) for x in v] for k, v in state.get("entry_sources", {}).items()}
         for symbol, p in state.get("positions", {}).items():
             self.positions[symbol] = position_from_dict(p)
         self.native_stops = set(state.get("native_stops", []))
