@@ -24,7 +24,7 @@ from .domain import UTC
 from .engine import Engine
 from .plugins import build_strategies
 from .positions import PositionManager
-from .regime import load_detector
+from .regime import TrendVolRule, load_detector
 from .risk import RiskManager
 from .store import Store
 from .tradelog import SessionLog
@@ -44,6 +44,8 @@ class Session:
 
 def build_regime_detector(settings: Settings):
     """The fitted HMM from ``models/regime_hmm.json``; without one, the trend/volatility rule (it says so)."""
+    if settings.engine.regime_detector == "trend_vol_rule":
+        return TrendVolRule()
     return load_detector()
 
 

@@ -37,6 +37,7 @@ class EngineConfig(_Section):
     observation_cycles: int = Field(20, ge=0, description="first cycles only observe")
     regime_refresh_cycles: int = Field(10, ge=1, description="re-detect the regime every N cycles")
     history_bars: int = Field(500, ge=50, le=5000, description="bars kept per symbol")
+    regime_detector: Literal["hmm", "trend_vol_rule"] = "hmm"
     log_dir: str = "logs"
 
 

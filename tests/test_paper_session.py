@@ -44,6 +44,7 @@ def paper_env(tmp_path, monkeypatch, shared_data):
 [engine]
 cycle_interval_s = 1
 observation_cycles = 0
+regime_detector = "trend_vol_rule"   # the crypto-only universe here lacks the HMM's cross-asset features
 log_dir = "{tmp_path / 'logs'}"
 [universe]
 symbols = ["BTC/USD", "ETH/USD"]
