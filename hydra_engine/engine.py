@@ -19,7 +19,7 @@ from decimal import Decimal
 from .config import Settings
 from .domain import (UTC, AssetClass, ClosedTrade, Fill, Order, OrderStatus, OrderType, Position, Regime,
                      RegimeReading, Side, Signal, TimeInForce, TradeProposal, make_client_order_id)
-from .ports import ZERO, Broker, BrokerError, MarketData, MarketSnapshot, to_decimal
+from .ports import ZERO, Broker, BrokerError, MarketData, MarketSnapshot, UnknownOrderOutcome, to_decimal
 from .positions import ExitInstruction, PositionManager, uses_native_trailing
 from .risk import PortfolioView, RiskManager
 from .strategy import ExitRequest, Strategy, StrategyContext
@@ -88,6 +88,8 @@ class Engine:
         self.native_stops: set[str] = set()              # symbols whose trailing stop the broker holds
         self.entry_sources: dict[str, list] = {}         # symbol -> (source, score) behind the open entry
         self.halted: str | None = None                   # e.g. a reconciliation mismatch: no entries
+        self.caught_up_fills: list[tuple[Fill, dict | None]] = []   # issue #7: fills applied before cycle 1
+        self.unresolved: dict[str, Order] = {}           # submits whose outcome the broker did not tell
 
     # ================================================================== the cycle
     def run_cycle(self, now: datetime) -> dict:
@@ -99,6 +101,11 @@ class Engine:
         trades: list[dict] = []
 
         # --- executions since the last cycle (entries become managed positions, exits close trades)
+        for fill, trade in self.caught_up_fills:  # issue #7: applied at start-up, recorded by the first cycle
+            report["fills"].append(to_jsonable(fill))
+            if trade:
+                trades.append(trade)
+        self.caught_up_fills = []
         try:
             for fill in self.broker.poll_fills(now):
                 report["fills"].append(to_jsonable(fill))
@@ -107,6 +114,17 @@ class Engine:
                     trades.append(trade)
         except BrokerError as exc:
             report["errors"].append(f"poll_fills: {type(exc).__name__}: {exc}")
+        for coid, order in list(self.unresolved.items()):  # ask again about unknown outcomes
+            try:
+                known = self.broker.get_order(coid)
+            except BrokerError:
+                continue
+            if known is not None or now - order.created_at > timedelta(minutes=10):
+                del self.unresolved[coid]
+                if known is None:  # never reached the broker: drop the plan, say so
+                    self.plans.pop(coid, None)
+                    self.exit_reasons.pop(coid, None)
+                    report["notes"].append(f"order {coid} was never accepted by the broker")
         for coid in list(self.plans) + list(self.exit_reasons):
             order = self.broker.get_order(coid)
             if order is not None and not order.status.is_open and order.status is not OrderStatus.FILLED:
@@ -262,7 +280,8 @@ class Engine:
         veto = None
         if not market.tradable(p.symbol):
             veto = ("data", "stale_data", f"no entries on {p.symbol}: {market.stale.get(p.symbol, 'no data')}")
-        elif p.symbol in self.positions or any(o.symbol == p.symbol for o in self.broker.open_orders()):
+        elif (p.symbol in self.positions or any(o.symbol == p.symbol for o in self.broker.open_orders())
+              or any(o.symbol == p.symbol for o in self.unresolved.values())):
             veto = ("engine", "one_position_per_symbol", f"{p.symbol} already has a position or a working order")
         elif self.regime.regime is Regime.UNKNOWN:
             veto = ("regime", "regime_unknown", f"regime unknown ({self.regime.details.get('why', '')}): entries restricted")
@@ -291,6 +310,14 @@ class Engine:
     def _submit(self, order: Order, report: dict) -> Order | None:
         try:
             sent = self.broker.submit(order)
+        except UnknownOrderOutcome as exc:
+            # the broker may have accepted it: keep it (and its plan) so a later fill is matched, and
+            # treat the symbol as having a working order; it is never re-sent blindly
+            order.status, order.reject_reason = OrderStatus.UNKNOWN, f"outcome unknown: {exc}"
+            report["orders"].append(_order_dict(order))
+            report["errors"].append(f"order {order.client_order_id}: outcome unknown ({exc.user_hint})")
+            self.unresolved[order.client_order_id] = order
+            return order
         except BrokerError as exc:
             order.status, order.reject_reason = OrderStatus.REJECTED, f"{type(exc).__name__}: {exc}"
             report["orders"].append(_order_dict(order))
@@ -384,7 +411,46 @@ class Engine:
                 agreed = (score > 0) == (sign > 0)
                 self.aggregator.record_outcome(source, agreed == won)
             return asdict(trade)
-        return None  # a fill we did not originate: reconciliation reports it
+        return self._apply_untracked_fill(fill)
+
+    def _apply_untracked_fill(self, fill: Fill) -> dict | None:
+        """Issue #7 (crash/restart): a fill of one of HYDRA's own orders (its client_order_id names one of
+        our strategies) that this process holds no plan or exit reason for -- the order was sent by a
+        process that crashed before recording it, or it was adopted at start-up while still working.
+        Before, such a fill was ignored: the position went unmanaged (no stop) and the next proposal on
+        the symbol could enter again. Now the symbol is brought to the broker's truth: a position the
+        broker holds and we do not becomes a managed one with the protective plan `--adopt` gives (stop
+        5 %, target 10 %); a position we hold that the broker no longer holds is closed as a trade with
+        exit reason "reconciled". Fills of other orders are still left to reconciliation."""
+        names = [s.name for s in self.strategies] + ["adopted"]
+        strategy = next((n for n in names if f"-{n[:40]}-" in fill.client_order_id), None)
+        if strategy is None or fill.symbol not in self.settings.universe.symbols:
+            return None
+        try:
+            from .brokers.capabilities import normalise_symbol
+            held = {normalise_symbol(s, None, self.settings.universe.symbols): p
+                    for s, p in self.broker.positions().items()}.get(fill.symbol)
+        except BrokerError as exc:
+            log.warning("untracked fill %s: broker positions unavailable (%s); the next reconciliation "
+                        "checks %s", fill.fill_id, exc, fill.symbol)
+            return None
+        broker_qty = held.qty if held is not None else ZERO
+        local = self.positions.get(fill.symbol)
+        if local is None and broker_qty != 0:
+            entry, sign = float(held.avg_entry_price), (1 if broker_qty > 0 else -1)
+            stop = entry * (1 - sign * 0.05)
+            self.positions[fill.symbol] = Position(
+                symbol=fill.symbol, qty=broker_qty, avg_entry_price=held.avg_entry_price, strategy=strategy,
+                opened_at=fill.ts, stop_price=stop, target_price=entry * (1 + sign * 0.10), high_water_mark=entry,
+                initial_stop_price=stop)
+            self.risk.on_entry_filled(fill.ts)
+            log.warning("adopted %s %s from untracked fill %s (protective stop %.2f)", fill.symbol, broker_qty,
+                        fill.client_order_id, stop)
+            return None
+        if local is not None and broker_qty == 0 and fill.side is not local.side:
+            self.exit_reasons[fill.client_order_id] = "reconciled"
+            return self._apply_fill(fill)
+        return None
 
     def _persist(self, report: dict, trades: list[dict], now: datetime) -> None:
         if self.session_log:
@@ -400,7 +466,8 @@ class Engine:
                 "risk": self.risk.to_state(), "weights": self.weights.to_state(),
                 "aggregator": self.aggregator.to_state(), "entry_sources": self.entry_sources,
                 "positions": {s: to_jsonable(p) for s, p in self.positions.items()},
-                "native_stops": sorted(self.native_stops)}
+                "native_stops": sorted(self.native_stops),
+                "exit_reasons": dict(self.exit_reasons)}   # issue #7: an exit filled after a restart keeps its reason
 
     @property
     def state_key(self) -> str:
@@ -417,6 +484,7 @@ class Engine:
         for symbol, p in state.get("positions", {}).items():
             self.positions[symbol] = position_from_dict(p)
         self.native_stops = set(state.get("native_stops", []))
+        self.exit_reasons.update(state.get("exit_reasons", {}))
 
     def summary(self) -> dict:
         account = self.broker.account()

@@ -7,7 +7,8 @@ The engine is the same one the simulation runs; only the clock (APScheduler), th
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+import os
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from .app import Session, build_core, build_regime_detector  # noqa: F401  (re-exported for tests)
@@ -40,7 +41,7 @@ def require_live_opt_in(settings: Settings, live: bool) -> None:
 
 def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool = False, clock=None,
                         binance_client=None) -> Session:
-    from signals.binance import BinanceFuturesClient
+    from signals.binance import BASE_URL as BINANCE_URL, BinanceFuturesClient
     from signals.derivatives_feed import BinanceDerivativesFeed
     from .brokers.alpaca import build_alpaca
 
@@ -53,7 +54,10 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     broker, alpaca_data = build_alpaca(settings, keys, session_id, clock, live=live,
                                        capability_cache=log_dir / "alpaca_capabilities.json")
     crypto = {s: s.replace("/USD", "USDT").replace("/", "") for s in settings.universe.symbols if "/" in s}
-    feed = BinanceDerivativesFeed(binance_client or BinanceFuturesClient(), crypto)
+    # issue #7: the Binance base URL is overridable (HYDRA_BINANCE_URL), so the multi-process fault tests can
+    # point the feed at a loopback server exactly as APCA_API_BASE_URL / APCA_API_DATA_URL do for Alpaca
+    binance_url = os.environ.get("HYDRA_BINANCE_URL", "").strip() or BINANCE_URL
+    feed = BinanceDerivativesFeed(binance_client or BinanceFuturesClient(base_url=binance_url), crypto)
     market = MarketDataWithFeeds(alpaca_data, {"binance": feed})
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
@@ -62,6 +66,16 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     previous = store.load_state(engine.state_key)
     if previous:
         engine.restore(previous)
+    resume_fill_watch(broker, store, started)
+    # issue #7: catch up on the fills of our own orders that happened while HYDRA was down *before*
+    # reconciling, so they are booked through the normal fill path (and recorded by the first cycle)
+    # instead of showing up as a mismatch that only --adopt would clear without any fill on record.
+    try:
+        caught = broker.poll_fills(started)
+    except Exception as exc:  # noqa: BLE001 -- the first cycle polls again; reconciliation still guards
+        log.warning("could not catch up on fills at start-up: %s", exc)
+        caught = []
+    engine.caught_up_fills = [(f, engine._apply_fill(f)) for f in caught]
     report = reconcile(broker.positions(), broker.open_orders(), engine.positions, [], now=started,
                        known_symbols=settings.universe.symbols)
     if not report.ok:
@@ -84,6 +98,47 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
             eng.halted = None if check.ok else "reconciliation mismatch: " + "; ".join(check.mismatches)
 
     return Session(engine, clock, session_log, store, before_cycle=before_cycle)
+
+
+def resume_fill_watch(broker, store: Store, started: datetime) -> None:
+    """Issue #7 (crash/restart): without this, a restarted session only watches orders submitted after
+    its own start, so a fill of an order sent by the previous (crashed) process -- while it was down, or
+    later -- never reached the fills table or any log. Watch from the oldest order the store does not
+    know to be complete (or the last paper/live cycle recorded: a crash may have lost the orders of the
+    cycle in progress), and mark the fills already stored as seen so none is reported twice."""
+    if not hasattr(broker, "_fills_after"):
+        return
+    from sqlmodel import Session as DBSession, select
+    from .store import CycleRow
+    seen: dict[str, tuple[Decimal, Decimal]] = {}        # broker order id -> (cumulative qty, notional)
+    filled_by_coid: dict[str, Decimal] = {}
+    for f in store.fills():
+        oid, sep, total = f.fill_id.rpartition(":")
+        filled_by_coid[f.client_order_id] = filled_by_coid.get(f.client_order_id, Decimal(0)) + Decimal(f.qty)
+        try:
+            total_qty = Decimal(total)
+        except ArithmeticError:
+            continue                                      # e.g. reconcile-... ids: not a broker fill
+        if sep and f.client_order_id and not f.client_order_id.startswith("reconcile-"):
+            qty0, notional0 = seen.get(oid, (Decimal(0), Decimal(0)))
+            seen[oid] = (max(qty0, total_qty), notional0 + Decimal(f.qty) * Decimal(f.price))
+    marks = []
+    for o in store.orders():
+        if o.session_id.startswith(("paper-", "live-")) and o.status in ("new", "accepted", "partially_filled", "unknown") \
+                and filled_by_coid.get(o.client_order_id, Decimal(0)) < Decimal(o.qty):
+            marks.append(o.created_at)
+    with DBSession(store.engine) as s:
+        last = s.exec(select(CycleRow).where(CycleRow.session_id.like("paper-%") | CycleRow.session_id.like("live-%"))
+                      .order_by(CycleRow.id.desc()).limit(1)).first()
+    if last is not None:
+        marks.append(last.ts)
+    if not marks:
+        return
+    since = min(datetime.fromisoformat(str(m).replace("Z", "+00:00")) for m in marks) - timedelta(seconds=1)
+    # the adapter has no public setter for these (brokers/alpaca.py is not ours to change here)
+    broker._fills_after = min(broker._fills_after, since.astimezone(UTC))
+    for oid, (qty, notional) in seen.items():
+        broker._filled_seen[oid] = (qty, (notional / qty) if qty else Decimal(0))
 
 
 class Control:

@@ -52,6 +52,8 @@ def handle(args) -> int:
     print(f"\n=== HYDRA backtest {res['start']} .. {res['end']} ({res['cycles']} cycles, fees {res['fee_bps']} bps, "
           f"slippage {res['slippage_bps']} bps) ===")
     print(res["comparison_md"])
+    for note in res["notes"]:
+        print(f"note: {note}")
     print(f"runtime: HYDRA {res['hydra_runtime_s']} s, total {res['total_runtime_s']} s")
     print(f"results in {out}: {res['session_log']}, equity.csv, equity.png, metrics.json, comparison.csv, "
           f"comparison.md, baselines/")
