@@ -30,8 +30,8 @@ def _print_summary(summary: dict) -> None:
     print(f"proposals         {summary['proposals']} (approved {summary['approved']})")
     if summary.get("sizing_bound_by"):
         print("sizes bound by    " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["sizing_bound_by"].items())))
-    if summary["vetoes_by_rule"]:
-        print("vetoes by rule    " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["vetoes_by_rule"].items())))
+    print("vetoes by rule    " + (", ".join(f"{k}: {v}" for k, v in sorted(summary["vetoes_by_rule"].items()))
+                                  or "none (every proposal was approved)"))
     print(f"orders            {summary['orders']} sent, {summary['orders_refused']} refused")
     print(f"closed trades     {summary['closed_trades']}")
     for name, s in summary["per_strategy"].items():

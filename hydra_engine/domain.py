@@ -276,6 +276,7 @@ class Position:
     entry_fees_usd: Decimal = Decimal(0)
     initial_stop_price: float = 0.0       # the stop at entry: 1R for the r_multiple
     trailing_atr_mult: float | None = None  # trail this many ATRs (price units) behind the high-water mark
+    regime_confidence_at_entry: float = 0.0
 
     @property
     def side(self) -> Side:
@@ -299,6 +300,7 @@ class ClosedTrade:
     r_multiple: float
     regime_at_entry: str
     exit_reason: str
+    regime_confidence_at_entry: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

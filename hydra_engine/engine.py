@@ -35,6 +35,7 @@ class PendingPlan:
 
     proposal: TradeProposal
     regime: str
+    regime_confidence: float
     contributors: tuple = ()      # the signals behind the entry, scored when the trade closes
 
 
@@ -281,7 +282,12 @@ class Engine:
         if not market.tradable(p.symbol):
             veto = ("data", "stale_data", f"no entries on {p.symbol}: {market.stale.get(p.symbol, 'no data')}")
         elif (p.symbol in self.positions or any(o.symbol == p.symbol for o in self.broker.open_orders())
-              or any(o.symbol == p.symbol for o in self.unresolved.values())):
+              or any(o.symbol == p.symbol for o in self.unresolved.values())
+              # issue #7: an entry can fill between this cycle's fill poll and this check -- then it is
+              # neither a local position nor a working order. Our pending entry plans and (asked only
+              # after the open orders, so the race has no gap) the broker's own book close that window.
+              or any(plan.proposal.symbol == p.symbol for plan in self.plans.values())
+              or self._broker_holds(p.symbol)):
             veto = ("engine", "one_position_per_symbol", f"{p.symbol} already has a position or a working order")
         elif self.regime.regime is Regime.UNKNOWN:
             veto = ("regime", "regime_unknown", f"regime unknown ({self.regime.details.get('why', '')}): entries restricted")
@@ -299,6 +305,15 @@ class Engine:
             self.stats.vetoes[d.rule] = self.stats.vetoes.get(d.rule, 0) + 1
         return {**base, "approved": d.approved, "layer": "risk", "rule": d.rule, "reason": d.reason,
                 "qty": str(d.qty), "notional_usd": str(d.notional_usd), "details": to_jsonable(d.details)}
+
+    def _broker_holds(self, symbol: str) -> bool:
+        """True when the broker holds a position in ``symbol`` (or cannot say: then no entry either)."""
+        from .brokers.capabilities import normalise_symbol
+        try:
+            held = self.broker.positions()
+        except BrokerError:
+            return True
+        return any(normalise_symbol(s, None, [symbol]) == symbol and p.qty != 0 for s, p in held.items())
 
     def _next_coid(self, strategy: str, symbol: str) -> str:
         self.order_seq += 1
@@ -334,7 +349,7 @@ class Engine:
         order = Order(self._next_coid(p.strategy, p.symbol), p.symbol, p.side, qty, OrderType.MARKET,
                       self._tif(p.symbol), now, p.strategy, purpose="entry")
         if self._submit(order, report):
-            self.plans[order.client_order_id] = PendingPlan(p, self.regime.regime.value, contributors)
+            self.plans[order.client_order_id] = PendingPlan(p, self.regime.regime.value, self.regime.confidence, contributors)
 
     def _execute_exit(self, ex: ExitInstruction, now: datetime, report: dict) -> None:
         pos = self.positions[ex.symbol]
@@ -381,7 +396,8 @@ class Engine:
                 symbol=fill.symbol, qty=fill.qty * fill.side.sign, avg_entry_price=fill.price, strategy=p.strategy,
                 opened_at=fill.ts, stop_price=p.stop_price * scale, target_price=p.target_price * scale,
                 trailing_stop_pct=p.trailing_stop_pct, high_water_mark=price, max_holding=p.expected_holding,
-                regime_at_entry=plan.regime, entry_fees_usd=fill.fee_usd, initial_stop_price=p.stop_price * scale)
+                regime_at_entry=plan.regime, entry_fees_usd=fill.fee_usd, initial_stop_price=p.stop_price * scale,
+                regime_confidence_at_entry=plan.regime_confidence)
             self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors]
             self.risk.on_entry_filled(fill.ts)
             self._place_native_trailing(self.positions[fill.symbol], fill.ts)
@@ -402,7 +418,8 @@ class Engine:
                                 exit_time=to_jsonable(fill.ts), exit_price=str(fill.price),
                                 pnl_usd=str(pnl.quantize(Decimal("0.000001"))), fees_usd=str(fees),
                                 r_multiple=round(float(pnl / risk_usd), 6) if risk_usd > 0 else 0.0,
-                                regime_at_entry=pos.regime_at_entry, exit_reason=reason)
+                                regime_at_entry=pos.regime_at_entry, exit_reason=reason,
+                                regime_confidence_at_entry=round(pos.regime_confidence_at_entry, 6))
             self.risk.on_trade_closed(trade, fill.ts)
             won = pnl > 0
             for source, score in self.entry_sources.pop(fill.symbol, []):

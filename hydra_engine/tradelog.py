@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, is_dataclass
+import tempfile
+from dataclasses import fields, is_dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -27,8 +28,24 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_PLAIN = (str, int, bool, type(None))
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
 def to_jsonable(obj: Any) -> Any:
     """Decimal → string (exact), datetime → ISO-8601 UTC, enums → value, dataclasses → dicts."""
+    cls = type(obj)
+    if cls in _PLAIN:                # exact types only: str/int enums still become their value below
+        return obj
+    if cls is float:
+        return None if obj != obj else obj  # NaN is not JSON
     if isinstance(obj, Decimal):
         return str(obj)
     if isinstance(obj, datetime):
@@ -36,7 +53,8 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Enum):
         return obj.value
     if is_dataclass(obj) and not isinstance(obj, type):
-        return {k: to_jsonable(v) for k, v in asdict(obj).items()}
+        # field by field (what asdict() + recursion gave, without asdict's deep copy of every value)
+        return {k: to_jsonable(getattr(obj, k)) for k in _field_names(cls)}
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
@@ -48,13 +66,62 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str | None = None, *, doc: Any = None) -> None:
+    """Write ``text`` — or stream ``doc`` as ``json.dumps(doc, indent=1)`` would, chunk by chunk — to a
+    temp file, fsync it and rename it over ``path``."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
+        if doc is not None:
+            json.dump(doc, fh, indent=1)   # same bytes as dumps(indent=1), without the whole string in memory
+        else:
+            fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+class _SpilledCycles(list):
+    """The document's ``cycles`` list, kept in an anonymous temporary file instead of in memory.
+
+    A session appends one summary per cycle for as long as it runs (100,000 cycles held ~70 MB as
+    dicts), so the summaries are written as compact JSON lines to a nameless temp file (deleted by the
+    OS when closed; nothing appears in the log folder) and read back one by one only when the
+    document is written. ``json.dump`` iterates this list like any other, so the document's bytes are
+    exactly what they were with an in-memory list (JSON floats, ints and strings round-trip exactly)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fh = tempfile.TemporaryFile("w+b")
+        self._n = 0
+
+    def append(self, item: dict) -> None:
+        self._fh.seek(0, os.SEEK_END)
+        self._fh.write(json.dumps(item, separators=(",", ":")).encode("utf-8") + b"\n")
+        self._n += 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def __iter__(self):
+        fh = self._fh
+        fh.flush()
+        end = fh.seek(0, os.SEEK_END)
+        pos = 0
+        while pos < end:     # positional reads: appends between two items cannot disturb the walk
+            fh.seek(pos)
+            line = fh.readline()
+            pos += len(line)
+            yield json.loads(line)
+
+    def __getitem__(self, index):
+        items = list(self)
+        return items[index]
+
+    def __reduce__(self):
+        return (list, (list(self),))
 
 
 class SessionLog:
@@ -70,7 +137,7 @@ class SessionLog:
             "schema_version": SCHEMA_VERSION,
             "session": to_jsonable({**metadata, "started_at": started_at, "ended_at": None}),
             "journal": self.journal_path.name,
-            "orders": [], "fills": [], "trades": [], "cycles": [], "summary": {},
+            "orders": [], "fills": [], "trades": [], "cycles": _SpilledCycles(), "summary": {},
         }
         self._orders_by_id: dict[str, int] = {}
         self._journal = open(self.journal_path, "a", encoding="utf-8")
@@ -114,7 +181,7 @@ class SessionLog:
             self.doc["orders"].append(order)
 
     def write_snapshot(self) -> None:
-        _atomic_write(self.path, json.dumps(self.doc, indent=1))
+        _atomic_write(self.path, doc=self.doc)
         self._cycles_since_snapshot = 0
 
     def close(self, ended_at: datetime, summary: dict) -> None:

@@ -107,6 +107,13 @@ def register_binance_mock(double: AlpacaDouble, binance: BinanceMarket, base: st
 
 
 # --------------------------------------------------------------------------- the server
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:   # clients are SIGKILLed mid-request on purpose
+        pass
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -124,8 +131,7 @@ class AlpacaServer:
     APCA_API_DATA_URL and HYDRA_BINANCE_URL alike (their paths do not overlap)."""
 
     def __init__(self, shared_data: Path | None = None, *, fill_delay_s: float = 1.0, sell_premium: str = "1.001"):
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietServer(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self.now = datetime.now(UTC)
@@ -141,6 +147,9 @@ class AlpacaServer:
         self.accepted_entries: list[dict] = []   # buy orders as accepted, with the book at that moment
         self.killed: list[tuple[int, str, str, str]] = []   # (pid, method, path, when)
         self._kill: tuple[str, re.Pattern, str, int] | None = None
+        self._kill_countdown = 1
+        self._hold = 0
+        self.post_answers: list[tuple[int, str, str]] = []   # (status, client_order_id, body) per POST /v2/orders
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -157,11 +166,17 @@ class AlpacaServer:
         return {"APCA_API_BASE_URL": self.url, "APCA_API_DATA_URL": self.url, "HYDRA_BINANCE_URL": self.url}
 
     # ------------------------------------------------------------------ steering
-    def kill_on(self, method: str, path_regex: str, *, when: str, pid: int) -> None:
-        """SIGKILL ``pid`` at the next matching request, ``before`` or ``after`` processing it."""
-        assert when in ("before", "after")
+    def kill_on(self, method: str, path_regex: str, *, when: str, pid: int, nth: int = 1) -> None:
+        """SIGKILL ``pid`` at the ``nth`` next matching request, ``before`` or ``after`` processing it."""
+        assert when in ("before", "after") and nth >= 1
         with self.lock:
             self._kill = (method, re.compile(path_regex), when, pid)
+            self._kill_countdown = nth
+
+    def hold_fills(self, requests: int) -> None:
+        """No automatic fills during the next ``requests`` requests (orders stay working across a restart)."""
+        with self.lock:
+            self._hold = requests
 
     def disarm(self) -> None:
         with self.lock:
@@ -211,9 +226,15 @@ class AlpacaServer:
             now = datetime.now(UTC)
             self.double.now = now
             self.requests.append((method, h.path))
-            if self.auto_fill:
+            if self._hold > 0:
+                self._hold -= 1
+            elif self.auto_fill:
                 self.fill_working(older_than=self.fill_delay)
             kill = self._kill if self._kill and self._kill[0] == method and self._kill[1].search(path) else None
+            if kill is not None:
+                self._kill_countdown -= 1
+                if self._kill_countdown > 0:
+                    kill = None
             if kill and kill[2] == "before":
                 self._do_kill(kill, path)
                 h.close_connection = True
@@ -259,6 +280,9 @@ class AlpacaServer:
                     status, headers, text = callback(request)
                 except Exception as exc:             # a scripted exception fault: drop the connection
                     return 599, {}, f"{type(exc).__name__}: {exc}"
+                if method == "POST" and path == "/v2/orders":
+                    coid = (json.loads(body or b"{}") or {}).get("client_order_id", "")
+                    self.post_answers.append((status, coid, text if isinstance(text, str) else ""))
                 if method == "POST" and path == "/v2/orders" and status == 200:
                     new = [o for o in self.double._all_orders() if o["id"] not in before]
                     for o in new:

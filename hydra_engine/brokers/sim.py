@@ -6,6 +6,19 @@ The rules mirror what Alpaca enforces, so a strategy that works here is not refu
 crypto is spot and long-only, fractional shares cannot be sold short, orders need buying power,
 an order may not oppose another working order on the same symbol, and a client_order_id is unique.
 Buying power is equity minus gross exposure (no margin): conservative, and it never goes negative.
+
+Fill models (``fill_model``):
+
+* ``"next_open"`` (the default, and the only one the engine's sessions use): the open of the first bar
+  that opens at or after the order — an order decided on a bar's close cannot trade at that close.
+* ``"signal_close"`` (benchmarks only, see ``bench/README.md``): the close of the last bar that had closed
+  when the order was created, i.e. the bar the decision was made on ("cheat-on-close", as backtrader's
+  ``set_coc``, backtesting.py's ``trade_on_close`` and vectorbt's default). It is optimistic and exists so
+  HYDRA can be compared with those engines on their own convention. The fill is still delivered by the
+  next ``poll_fills`` (the next cycle), with the same slippage, fee, rounding and buying-power rules.
+
+``fee_quantum`` rounds each fee (half-up) to that many dollars (default $0.000001); ``None`` keeps the
+exact Decimal product (benchmarks reproducing a float reference).
 """
 from __future__ import annotations
 
@@ -21,13 +34,21 @@ from ..ports import (ZERO, Account, AssetSpec, BrokerPosition, HeldQuantity, Ins
 
 BPS = Decimal("0.0001")
 FEE_QUANTUM = Decimal("0.000001")
+FILL_MODELS = ("next_open", "signal_close")
 
 
 class SimulatedBroker:
     name = "sim"
 
     def __init__(self, market: MarketData, assets: dict[str, AssetSpec], *, starting_cash_usd: Decimal | float,
-                 fee_bps: float = 10.0, slippage_bps: float = 5.0):
+                 fee_bps: float = 10.0, slippage_bps: float = 5.0, fill_model: str = "next_open",
+                 fee_quantum: Decimal | None = FEE_QUANTUM):
+        if fill_model not in FILL_MODELS:
+            raise ValueError(f"fill_model must be one of {FILL_MODELS}, got {fill_model!r}")
+        if fill_model == "signal_close" and not hasattr(market, "bar_close_at"):
+            raise ValueError("fill_model 'signal_close' needs market data with bar_close_at() (replay data)")
+        self.fill_model = fill_model
+        self.fee_quantum = fee_quantum
         self.market = market
         self.assets = assets
         self.cash = to_decimal(starting_cash_usd, "starting_cash_usd")
@@ -37,23 +58,32 @@ class SimulatedBroker:
         self._orders: dict[str, Order] = {}
         self._working: list[str] = []
         self._marks: dict[str, Decimal] = {}
+        self._mark_src: dict[str, float] = {}           # the float each mark was converted from
         self._fill_seq = 0
         self.fees_paid = ZERO
 
     # ------------------------------------------------------------------ account
     def update_marks(self, prices: dict[str, float]) -> None:
         """Mark positions at the latest observed prices (ignoring non-finite or non-positive ones)."""
+        marks, seen = self._marks, self._mark_src
         for symbol, price in prices.items():
+            if seen.get(symbol) == price and symbol in marks:
+                continue  # unchanged (e.g. a daily bar between hourly cycles): same Decimal as before
             if math.isfinite(price) and price > 0:
-                self._marks[symbol] = to_decimal(price)
+                marks[symbol] = to_decimal(price)
+                seen[symbol] = price
 
     def _mark(self, symbol: str) -> Decimal:
         pos = self._positions.get(symbol)
         return self._marks.get(symbol, pos.avg_entry_price if pos else ZERO)
 
     def account(self) -> Account:
-        market_value = sum((p.qty * self._mark(s) for s, p in self._positions.items()), ZERO)
-        gross = sum((abs(p.qty) * self._mark(s) for s, p in self._positions.items()), ZERO)
+        market_value = gross = ZERO          # one pass; the same Decimal operations in the same order
+        marks = self._marks
+        for s, p in self._positions.items():
+            mark = marks.get(s, p.avg_entry_price)
+            market_value += p.qty * mark
+            gross += abs(p.qty) * mark
         equity = self.cash + market_value
         return Account(cash_usd=self.cash, equity_usd=equity, buying_power_usd=max(ZERO, equity - gross))
 
@@ -150,9 +180,15 @@ class SimulatedBroker:
     # ------------------------------------------------------------------ fills
     def poll_fills(self, now: datetime) -> list[Fill]:
         fills: list[Fill] = []
+        if not self._working:
+            return fills
+        signal_close = self.fill_model == "signal_close"
         for coid in list(self._working):
             order = self._orders[coid]
-            nxt = self.market.next_bar_open(order.symbol, order.created_at, now)
+            if signal_close:
+                nxt = self.market.bar_close_at(order.symbol, order.created_at) if order.created_at <= now else None
+            else:
+                nxt = self.market.next_bar_open(order.symbol, order.created_at, now)
             if nxt is None:
                 continue
             ts, open_price = nxt
@@ -168,7 +204,9 @@ class SimulatedBroker:
         # round to the tick against the trader too, so rounding never gives slippage back
         price = spec.round_price(open_price * (1 + sign * self.slippage), ROUND_CEILING if sign > 0 else ROUND_FLOOR)
         notional = order.qty * price
-        fee = (notional * self.fee_rate).quantize(FEE_QUANTUM, rounding=ROUND_HALF_UP)
+        fee = notional * self.fee_rate
+        if self.fee_quantum is not None:
+            fee = fee.quantize(self.fee_quantum, rounding=ROUND_HALF_UP)
         pos = self._positions.get(order.symbol)
         held = pos.qty if pos else ZERO
         opening = (order.side is Side.BUY and held >= 0) or (order.side is Side.SELL and held <= 0) or order.qty > abs(held)

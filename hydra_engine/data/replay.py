@@ -139,22 +139,24 @@ class ReplayMarketData:
         now_s = int(now.timestamp())
         n = self.history_bars
         snap = MarketSnapshot(now=now)
+        bars_out, stale = snap.bars, snap.stale
         for symbol, b in self._bars.items():
-            i = int(np.searchsorted(b.close_ts, now_s, side="right"))
+            i = int(b.close_ts.searchsorted(now_s, "right"))   # ndarray method: no dispatch wrapper
             if i == 0:
-                snap.stale[symbol] = "no closed bar yet"
+                stale[symbol] = "no closed bar yet"
                 continue
-            j = max(0, i - n)
-            snap.bars[symbol] = BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
+            j = i - n if i > n else 0
+            bars_out[symbol] = BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
             last_close = int(b.close_ts[i - 1])
-            k = int(np.searchsorted(b.bad_close_ts, now_s, side="right"))
-            if k and int(b.bad_close_ts[k - 1]) > last_close:
-                snap.stale[symbol] = f"newest bar has an invalid price (closed {datetime.fromtimestamp(int(b.bad_close_ts[k - 1]), UTC):%Y-%m-%d %H:%M}Z)"
+            bad = b.bad_close_ts
+            k = int(bad.searchsorted(now_s, "right")) if len(bad) else 0
+            if k and int(bad[k - 1]) > last_close:
+                stale[symbol] = f"newest bar has an invalid price (closed {datetime.fromtimestamp(int(bad[k - 1]), UTC):%Y-%m-%d %H:%M}Z)"
             elif now_s - last_close > self._stale_after[symbol]:
-                snap.stale[symbol] = f"newest bar closed {(now_s - last_close) / 3600:.1f} h ago"
+                stale[symbol] = f"newest bar closed {(now_s - last_close) / 3600:.1f} h ago"
         for key, p in self._points.items():
-            i = int(np.searchsorted(p.ts, now_s, side="right"))
-            j = max(0, i - n)
+            i = int(p.ts.searchsorted(now_s, "right"))
+            j = i - n if i > n else 0
             snap.series[key] = PointSeries(p.kind, p.symbol, p.ts[j:i], p.values[j:i])
         return snap
 
@@ -166,6 +168,17 @@ class ReplayMarketData:
         if k < len(b.open_ts) and b.close_ts[k] <= int(now.timestamp()):
             return datetime.fromtimestamp(int(b.open_ts[k]), UTC), float(b.o[k])
         return None
+
+    def bar_close_at(self, symbol: str, at: datetime) -> tuple[datetime, float] | None:
+        """The last bar closed at or before ``at``: (close time, close). The simulated broker's
+        ``signal_close`` fill model (benchmarks) fills at it; None before the first bar."""
+        b = self._bars.get(symbol)
+        if b is None:
+            return None
+        k = int(np.searchsorted(b.close_ts, int(at.timestamp()), side="right")) - 1
+        if k < 0:
+            return None
+        return datetime.fromtimestamp(int(b.close_ts[k]), UTC), float(b.c[k])
 
     # ------------------------------------------------------------------ the simulated clock's steps
     def timeline(self) -> list[datetime]:

@@ -1,0 +1,109 @@
+"""SMA crossover (benchmark plugin): the peer-benchmark strategy as a real HYDRA plugin.
+
+fast = SMA(``fast``, close), slow = SMA(``slow``, close) on each of ``symbols``' closed bars:
+
+* the fast average crossing above the slow one (``f_t > s_t`` and ``f_{t-1} <= s_{t-1}``) is a +1
+  signal; while flat, the plugin proposes a long entry;
+* crossing below (``f_t < s_t`` and ``f_{t-1} >= s_{t-1}``) is a -1 signal; while long, the plugin asks
+  to close its position (``ExitRequest``). Long-only.
+
+Averages are recomputed from the snapshot's closes every cycle (no hidden state); a difference within
+``tie_rel`` of the slow average counts as a tie, so a float rounding in the last bits cannot invent a
+crossover that exact arithmetic would not see. The plugin sets no protective exit: its proposal's stop
+and target are placed out of reach (``1e-6``× and ``1e6``× the price) and its holding time is unbounded
+in practice, so the position manager never closes a position the crossover rule would keep — as in
+``shared/bench-peers/common.py``. Sizing (all-in in the benchmark) is the risk layer's job.
+It is not in ``strategies.enabled`` by default; ``bench/peer_compare.py`` enables it.
+"""
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Mapping
+
+from pydantic import Field, model_validator
+
+from hydra_engine.domain import Regime, Side, Signal, TradeProposal
+from hydra_engine.strategy import (CombinedSignal, DataNeed, ExitRequest, Strategy, StrategyContext,
+                                   StrategyParams)
+
+OUT_OF_REACH = 1e6
+
+
+class SmaCrossoverParams(StrategyParams):
+    symbols: list[str] = Field(default_factory=lambda: ["BTC/USD"], min_length=1)
+    fast: int = Field(20, ge=1)
+    slow: int = Field(50, ge=2)
+    tie_rel: float = Field(1e-9, ge=0, lt=1e-3, description="|fast - slow| <= tie_rel * slow is a tie")
+    max_holding_days: float = Field(36500.0, gt=0)
+
+    @model_validator(mode="after")
+    def _fast_below_slow(self):
+        if self.fast >= self.slow:
+            raise ValueError(f"fast ({self.fast}) must be shorter than slow ({self.slow})")
+        return self
+
+
+class SmaCrossover(Strategy):
+    name = "sma_crossover"
+    regimes = frozenset(r for r in Regime if r is not Regime.UNKNOWN)
+    assets = ("BTC/USD",)
+    data_needs = (DataNeed("bars", "BTC/USD"),)
+    Params = SmaCrossoverParams
+
+    def __init__(self, params: Mapping | None = None) -> None:
+        super().__init__(params)
+        self.assets = tuple(self.params.symbols)            # per instance: the configured symbols
+        self.data_needs = tuple(DataNeed("bars", s) for s in self.assets)
+        self._holding = timedelta(days=self.params.max_holding_days)
+
+    def _cross(self, close) -> int:
+        """+1 when fast crossed above slow on the newest bar, -1 below, 0 otherwise."""
+        fast, slow = self.params.fast, self.params.slow
+        if len(close) < slow + 1:
+            return 0
+        w = close[-(slow + 1):].tolist()                   # 51 floats: cheaper in Python than 4 numpy sums
+        fsum = math.fsum                                    # correctly rounded: order-independent sums
+        s_prev, s_now = fsum(w[:-1]) / slow, fsum(w[1:]) / slow
+        fast_prev, fast_now = fsum(w[-fast - 1:-1]) / fast, fsum(w[-fast:]) / fast
+        d_prev, d_now = fast_prev - s_prev, fast_now - s_now
+        tol_prev, tol_now = self.params.tie_rel * abs(s_prev), self.params.tie_rel * abs(s_now)
+        if d_now > tol_now and d_prev <= tol_prev:
+            return 1
+        if d_now < -tol_now and d_prev >= -tol_prev:
+            return -1
+        return 0
+
+    def generate_signals(self, ctx: StrategyContext) -> list[Signal]:
+        out: list[Signal] = []
+        bars_by = ctx.market.bars
+        for symbol in self.assets:
+            bars = bars_by.get(symbol)
+            if bars is None:
+                continue
+            cross = self._cross(bars.close)
+            if cross:
+                out.append(Signal(symbol=symbol, score=float(cross), confidence=1.0, source="sma_cross",
+                                  created_at=ctx.now, half_life=timedelta(seconds=max(60, bars.interval_s)),
+                                  thesis=f"SMA{self.params.fast} crossed {'above' if cross > 0 else 'below'} "
+                                         f"SMA{self.params.slow}"))
+        return out
+
+    def propose(self, ctx: StrategyContext, combined: Mapping[str, CombinedSignal]) -> list[TradeProposal | ExitRequest]:
+        out: list[TradeProposal | ExitRequest] = []
+        for symbol, view in combined.items():
+            held = ctx.held.get(symbol, 0.0)
+            if view.score < 0:
+                if held > 0:
+                    out.append(ExitRequest(self.name, symbol, "fast SMA crossed below slow SMA"))
+                continue
+            if view.score <= 0 or held:
+                continue
+            price = ctx.market.price(symbol)
+            if not (math.isfinite(price) and price > 0):
+                continue
+            out.append(TradeProposal(strategy=self.name, symbol=symbol, side=Side.BUY, entry_price=price,
+                                     stop_price=price / OUT_OF_REACH, target_price=price * OUT_OF_REACH,
+                                     confidence=max(0.0, min(1.0, view.confidence)), expected_holding=self._holding,
+                                     thesis="fast SMA crossed above slow SMA"))
+        return out
