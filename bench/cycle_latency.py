@@ -6,6 +6,7 @@ layer, every enabled strategy, the whole universe from in-memory arrays).
 
 --io off  : no session log and no store (pure compute: data → regime → … → weights)
 --io on   : the shipped configuration's journal (fsync per cycle), document and SQLite store
+--detector trend_vol_rule : the shipped fallback regime detector instead of the HMM (what-if)
 Prints p50/p90/p99/p99.9 over all cycles (after the observation phase too) and appends RESULT lines
 to bench/out/results.jsonl. Logs and the database go to a temporary directory.
 """
@@ -25,9 +26,10 @@ from hydra_engine.app import build_sim_session  # noqa: E402
 from hydra_engine.config import load_settings  # noqa: E402
 
 
-def build(tmp: Path, io: bool):
+def build(tmp: Path, io: bool, detector: str | None = None):
     s = load_settings(ROOT / "hydra.toml")
-    s = s.model_copy(update={"engine": s.engine.model_copy(update={"log_dir": str(tmp)}),
+    eng = {"log_dir": str(tmp), **({"regime_detector": detector} if detector else {})}
+    s = s.model_copy(update={"engine": s.engine.model_copy(update=eng),
                              "storage": s.storage.model_copy(update={"url": f"sqlite:///{tmp}/hydra.db"})})
     session = build_sim_session(s, data_dir=ROOT / "data", log_dir=tmp)
     if not io:
@@ -36,9 +38,9 @@ def build(tmp: Path, io: bool):
     return session
 
 
-def measure(io: bool, cycles: int | None, profile: str | None) -> dict:
+def measure(io: bool, cycles: int | None, profile: str | None, detector: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="hydra-bench-") as tmp:
-        session = build(Path(tmp), io)
+        session = build(Path(tmp), io, detector)
         engine, ticks = session.engine, session.clock.ticks[:cycles]
         samples = []
         gc.collect()
@@ -77,9 +79,11 @@ def main() -> None:
     ap.add_argument("--io", choices=["both", "off", "on"], default="both")
     ap.add_argument("--cycles", type=int, default=None, help="default: every tick of the shipped data (4368)")
     ap.add_argument("--profile", default=None, help="write a pyinstrument HTML profile (timings then include it)")
+    ap.add_argument("--detector", default=None, choices=["hmm", "trend_vol_rule"],
+                    help="override engine.regime_detector (default: hydra.toml's, the HMM)")
     args = ap.parse_args()
     for io in ([False, True] if args.io == "both" else [args.io == "on"]):
-        r = measure(io, args.cycles, args.profile)
+        r = measure(io, args.cycles, args.profile, args.detector)
         emit(r)
         print(f"io={r['io']:3s} cycles={r['cycles']} p50={r['p50_ms']:.3f} ms p99={r['p99_ms']:.3f} ms "
               f"max={r['max_ms']:.1f} ms  ({r['cycles_per_s']:.0f} cycles/s)", file=sys.stderr)

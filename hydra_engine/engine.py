@@ -83,6 +83,7 @@ class Engine:
         self.plans: dict[str, PendingPlan] = {}          # client_order_id -> entry plan
         self.exit_reasons: dict[str, str] = {}           # client_order_id -> why we exit
         self.regime = RegimeReading(Regime.UNKNOWN, 0.0, "none", _EPOCH, {"why": "not detected yet"})
+        self._regime_json: tuple = (None, None)          # (reading, its to_jsonable form): the cycle log's copy
         self.stats = RunStats()
         self.last_report = None
         self.closed_trades: list[dict] = []
@@ -94,13 +95,33 @@ class Engine:
 
     # ================================================================== the cycle
     def run_cycle(self, now: datetime) -> dict:
-        cfg = self.settings.engine
         self.cycle += 1
         report: dict = {"cycle": self.cycle, "ts": to_jsonable(now), "mode": "trade", "signals": [],
                         "aggregated": {}, "strategies_run": [], "strategies_gated": [], "proposals": [],
                         "decisions": [], "orders": [], "fills": [], "exits": [], "errors": [], "notes": []}
         trades: list[dict] = []
+        try:
+            return self._cycle(now, report, trades)
+        except BrokerError as exc:
+            # issue #7: a broker call that still fails after the adapter's retries (a 5xx storm, a
+            # malformed body) used to escape the cycle: the cycle's record (orders already sent
+            # included) was lost and the live loop could stop. Skip the rest of the cycle -- nothing
+            # more is sent -- and record what happened; the next cycle starts afresh.
+            report["errors"].append(f"cycle cut short: {type(exc).__name__}: {exc}")
+            report["notes"].append("broker unavailable: the rest of this cycle was skipped (no further orders)")
+            report.setdefault("regime", to_jsonable(self.regime))
+            if self.last_report:
+                report.setdefault("equity_usd", self.last_report.get("equity_usd"))
+                report.setdefault("cash_usd", self.last_report.get("cash_usd"))
+            self.stats.cycles += 1
+            self.stats.errors += len(report["errors"])
+            self.closed_trades.extend(trades)
+            self._persist(report, trades, now)
+            self.last_report = report
+            return report
 
+    def _cycle(self, now: datetime, report: dict, trades: list[dict]) -> dict:
+        cfg = self.settings.engine
         # --- executions since the last cycle (entries become managed positions, exits close trades)
         for fill, trade in self.caught_up_fills:  # issue #7: applied at start-up, recorded by the first cycle
             report["fills"].append(to_jsonable(fill))
@@ -155,7 +176,9 @@ class Engine:
                 self.regime = RegimeReading(Regime.UNKNOWN, 0.0, getattr(self.regime_detector, "name", "?"), now,
                                             {"why": f"detector failed: {exc}"})
                 report["errors"].append(f"regime: {exc}")
-        report["regime"] = to_jsonable(self.regime)
+        if self._regime_json[0] is not self.regime:   # converted once per reading, not once per cycle
+            self._regime_json = (self.regime, to_jsonable(self.regime))
+        report["regime"] = dict(self._regime_json[1])
         market_kill = self.risk.on_market(self.regime, None, now)
         if market_kill:
             report["notes"].append(f"kill switch fired: {market_kill}")
@@ -359,6 +382,13 @@ class Engine:
             if o.symbol == ex.symbol:
                 self.broker.cancel(o.client_order_id)
                 self.exit_reasons.pop(o.client_order_id, None)
+        if not self._broker_holds(ex.symbol):
+            # issue #7: an exit sent earlier (by this process or a crashed one) filled after this cycle's
+            # fill poll: the broker is flat already, and a second exit would sell what is not there (a
+            # short, for equities). The fill is booked by the next poll.
+            report["notes"].append(f"{ex.reason} exit for {ex.symbol} not sent: the broker holds no position "
+                                   "(an earlier exit filled; its fill is booked next cycle)")
+            return
         self.native_stops.discard(ex.symbol)
         order = Order(self._next_coid(pos.strategy, ex.symbol), ex.symbol, pos.side.opposite(), abs(pos.qty),
                       OrderType.MARKET, self._tif(ex.symbol), now, pos.strategy, purpose="exit")
@@ -504,7 +534,14 @@ class Engine:
         self.exit_reasons.update(state.get("exit_reasons", {}))
 
     def summary(self) -> dict:
-        account = self.broker.account()
+        try:
+            account = self.broker.account()
+        except BrokerError:  # issue #7: the broker is down at the end of a session: use the last cycle's numbers
+            from .ports import Account
+            last = self.last_report or {}
+            equity = Decimal(str(last.get("equity_usd") or self.settings.broker.starting_cash_usd))
+            account = Account(cash_usd=Decimal(str(last.get("cash_usd") or equity)), equity_usd=equity,
+                              buying_power_usd=ZERO)
         start = Decimal(str(self.settings.broker.starting_cash_usd))
         per_strategy: dict[str, dict] = {}
         for t in self.closed_trades:

@@ -58,7 +58,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # point the feed at a loopback server exactly as APCA_API_BASE_URL / APCA_API_DATA_URL do for Alpaca
     binance_url = os.environ.get("HYDRA_BINANCE_URL", "").strip() or BINANCE_URL
     feed = BinanceDerivativesFeed(binance_client or BinanceFuturesClient(base_url=binance_url), crypto)
-    market = MarketDataWithFeeds(alpaca_data, {"binance": feed})
+    market = MarketDataWithFeeds(alpaca_data, {"binance": TrustedSeriesOnly(feed)})
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
         log_dir=log_dir, metadata={"trading_url": broker.trading_url if hasattr(broker, "trading_url") else None},
@@ -66,7 +66,8 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     previous = store.load_state(engine.state_key)
     if previous:
         engine.restore(previous)
-    resume_fill_watch(broker, store, started)
+    watch_key = f"fill_watch:{engine.mode}"
+    resume_fill_watch(broker, store, started, watch_key)
     # issue #7: catch up on the fills of our own orders that happened while HYDRA was down *before*
     # reconciling, so they are booked through the normal fill path (and recorded by the first cycle)
     # instead of showing up as a mismatch that only --adopt would clear without any fill on record.
@@ -88,10 +89,15 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
                 f"positions (they get a protective stop) or close them at Alpaca.")
         engine.positions, _ = adopt_broker_state(report, engine.positions, [], started)
         log.warning("adopted the broker's book: %s", text)
+        # issue #7: persist the adopted book at once; before, it was saved only by the first cycle with an
+        # order or a fill, so a crash before that made every later restart refuse (and adopt) again
+        store.save_state(engine.state_key, engine.state(), started)
     control = Control(store)
 
     def before_cycle(eng, now):
         control.apply(eng, now)
+        if getattr(broker, "_fills_after", None) is not None:   # issue #7: where the next process resumes watching
+            store.save_state(watch_key, {"since": broker._fills_after.isoformat()}, now)
         if eng.cycle and eng.cycle % RECONCILE_EVERY == 0:
             check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
                               broker.open_orders(), known_symbols=settings.universe.symbols)
@@ -100,12 +106,14 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     return Session(engine, clock, session_log, store, before_cycle=before_cycle)
 
 
-def resume_fill_watch(broker, store: Store, started: datetime) -> None:
+def resume_fill_watch(broker, store: Store, started: datetime, watch_key: str = "fill_watch:paper") -> None:
     """Issue #7 (crash/restart): without this, a restarted session only watches orders submitted after
     its own start, so a fill of an order sent by the previous (crashed) process -- while it was down, or
     later -- never reached the fills table or any log. Watch from the oldest order the store does not
     know to be complete (or the last paper/live cycle recorded: a crash may have lost the orders of the
-    cycle in progress), and mark the fills already stored as seen so none is reported twice."""
+    cycle in progress, and the watermark the last process persisted before each cycle: an order adopted
+    while working may be older than both), and mark the fills already stored as seen so none is
+    reported twice."""
     if not hasattr(broker, "_fills_after"):
         return
     from sqlmodel import Session as DBSession, select
@@ -132,13 +140,44 @@ def resume_fill_watch(broker, store: Store, started: datetime) -> None:
                       .order_by(CycleRow.id.desc()).limit(1)).first()
     if last is not None:
         marks.append(last.ts)
+    persisted = store.load_state(watch_key)
+    if persisted and persisted.get("since"):
+        marks.append(persisted["since"])
     if not marks:
         return
     since = min(datetime.fromisoformat(str(m).replace("Z", "+00:00")) for m in marks) - timedelta(seconds=1)
     # the adapter has no public setter for these (brokers/alpaca.py is not ours to change here)
     broker._fills_after = min(broker._fills_after, since.astimezone(UTC))
+    store.save_state(watch_key, {"since": broker._fills_after.isoformat()}, started)
     for oid, (qty, notional) in seen.items():
         broker._filled_seen[oid] = (qty, (notional / qty) if qty else Decimal(0))
+
+
+class TrustedSeriesOnly:
+    """Issue #7: a side feed that failed or went stale must make its strategies stand down. The feed
+    keeps the series of its last good refresh, and those stay "fresh" for the strategies' own age
+    checks (a live open-interest snapshot is good for two hours), so a broken Binance feed went on
+    producing liquidation-cascade entries from cached numbers. Serve series only for the symbols the
+    feed itself calls healthy; the engine's notes still name the problem (``health``).
+
+    Health is judged ``CLOCK_SKEW`` after the cycle's time: Binance stamps a live snapshot with its own
+    clock, a few milliseconds after the cycle began, and a stamp that rounds into the next second must
+    not make the open interest look missing (the 15-minute age limit then fails for one cycle)."""
+
+    CLOCK_SKEW = timedelta(seconds=5)
+
+    def __init__(self, feed):
+        self.feed = feed
+
+    def refresh(self, now: datetime) -> bool:
+        return self.feed.refresh(now)
+
+    def health(self, now: datetime | None = None) -> tuple[bool, str]:
+        return self.feed.health(None if now is None else now + self.CLOCK_SKEW)
+
+    def series(self, now: datetime):
+        stale = self.feed.stale(now + self.CLOCK_SKEW)
+        return {key: s for key, s in self.feed.series(now).items() if key[1] not in stale}
 
 
 class Control:

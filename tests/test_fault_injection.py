@@ -6,14 +6,18 @@
    a random delay -- and restarted (with --adopt only when it refuses because the book changed while
    it was down). Afterwards no order is duplicated, every fill the exchange made is on record, and
    HYDRA's stored book matches the broker's.
-2-4. In-process paper sessions on the HTTP-level double: Alpaca failures, bad bars, bad Binance data.
+2. Alpaca failures (429 storms, 5xx, timeouts after acceptance, malformed JSON, 403/422) during an
+   in-process multi-cycle paper session on the HTTP-level double.
+3. Bad bars and open interest: in replay (corrupted copies of the shipped data) and served live.
+4. A broken Binance feed (5xx, garbage JSON, timeouts, 429): the crypto strategy stands down, an
+   Alpaca-only test plugin (registered through a monkeypatched entry point) trades SPY.
+Known gaps outside this change's files are strict xfails that name the fix.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -21,12 +25,18 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import requests
 
+from hydra_engine.cli import main
+from hydra_engine.clock import LiveClock
+from hydra_engine.domain import Regime, Side, Signal, TradeProposal
+from hydra_engine.paper import set_control
 from hydra_engine.store import Store
+from hydra_engine.strategy import DataNeed, Strategy, StrategyParams
 from hydra_engine.tradelog import load_session
 
-from .alpaca_double import API_KEY, SECRET_KEY
-from .alpaca_server import AlpacaServer
+from .alpaca_double import API_KEY, SECRET_KEY, AlpacaDouble
+from .alpaca_server import AlpacaServer, install_real_market, register_binance_mock
 
 UTC = timezone.utc
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,15 +134,24 @@ def test_twenty_sigkills_lose_no_fill_duplicate_no_order_and_books_match(tmp_pat
                                                                    for _ in range(5)])
     rng.shuffle(plans)
     outcomes = []
+    control = Store(f"sqlite:///{tmp_path / 'hydra.db'}")
+    killed = False
     with AlpacaServer(shared_data, fill_delay_s=1.0) as server:
         runner = Runner(tmp_path, server)
         for i, plan in enumerate(plans):
             # what the exchange does while HYDRA is down
             last_kill = server.killed[-1] if server.killed else None
             if last_kill and last_kill[3] == "after" and last_kill[1] == "POST" and outcomes and outcomes[-1][1] == -9:
-                server.hold_fills(40)          # the order HYDRA never heard about stays working: --adopt needed
+                server.hold_fills(12)          # the order HYDRA never heard about stays working: --adopt needed
             elif rng.random() < 0.5:
                 server.fill_working()          # fills while HYDRA is down
+            # the operator's kill switch (via the store, as `hydra kill`/`resume` do): flattens, then re-arms
+            if not killed and server.positions() and rng.random() < 0.6:
+                set_control(control, "killed", "fault-injection kill", datetime.now(UTC))
+                killed = True
+            elif killed and rng.random() < 0.8:
+                set_control(control, "resumed", "", datetime.now(UTC))
+                killed = False
             adopt = False
             for _attempt in range(2):
                 start = len(server.requests)
@@ -148,6 +167,8 @@ def test_twenty_sigkills_lose_no_fill_duplicate_no_order_and_books_match(tmp_pat
             assert "Traceback" not in err, err[-3000:]
             outcomes.append((plan, rc, adopt))
 
+        if killed:
+            set_control(control, "resumed", "", datetime.now(UTC))
         # the exchange fills what is still working, then one clean run must reconcile WITHOUT --adopt:
         # every change to the book since the last crash came from HYDRA's own orders
         server.fill_working()
@@ -169,10 +190,12 @@ def test_twenty_sigkills_lose_no_fill_duplicate_no_order_and_books_match(tmp_pat
     assert sum(k[1] == "POST" and k[3] == "before" for k in kills) >= 3, kills
     assert sum(k[1] == "POST" and k[3] == "after" for k in kills) >= 3, kills
     assert any(adopt for _, _, adopt in outcomes), outcomes
-    assert len(exchange_fills) >= 8 and any(f["side"] == "sell" for f in exchange_fills)
+    assert len(exchange_fills) >= 6 and any(f["side"] == "sell" for f in exchange_fills), exchange_fills
 
     # no duplicate order: HYDRA never reused a client_order_id ...
     assert not [a for a in answers if a[0] == 422 and "unique" in a[2]], answers
+    # ... and never tried to sell what the broker no longer held (an earlier exit filled in the meantime)
+    assert not [a for a in answers if a[0] == 403 and "insufficient" in a[2]], answers
     # ... and never opened a second entry on a symbol with an entry working or a position held
     for e in entries:
         sym = e["order"]["symbol"]
@@ -190,3 +213,388 @@ def test_twenty_sigkills_lose_no_fill_duplicate_no_order_and_books_match(tmp_pat
 
     # HYDRA's book (as stored for the next restart) is the broker's
     assert stored_positions(store) == broker_book, (stored_positions(store), broker_book)
+
+
+# =========================================================================== in-process paper sessions
+class FastClock(LiveClock):
+    """The live clock without the waiting: cycles run back to back at the real time. Unlike APScheduler
+    it does not swallow an exception from a cycle, so a cycle that dies fails the test."""
+
+    def run(self, on_tick, max_ticks=None) -> int:
+        n = 0
+        while max_ticks is None or n < max_ticks:
+            n += 1
+            if on_tick(self.now()) is False:
+                break
+        return n
+
+
+@pytest.fixture()
+def double_env(tmp_path, monkeypatch, shared_data):
+    """An entered AlpacaDouble with the real squeeze market, the Binance routes on the same mock, keys
+    in the environment, and no waiting anywhere (rate-limit pauses, retries and back-offs are counted)."""
+    from hydra_engine.brokers.ratelimit import RateLimiter
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("APCA_API_KEY_ID", API_KEY)
+    monkeypatch.setenv("APCA_API_SECRET_KEY", SECRET_KEY)
+    for var in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "APCA_API_BASE_URL", "APCA_API_DATA_URL", "HYDRA_BINANCE_URL",
+                "HYDRA_ENABLE_LIVE_TRADING"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(RateLimiter, "_pause", lambda self, s: setattr(self, "slept_s", self.slept_s + max(0.0, s)))
+    now = datetime.now(UTC)
+    with AlpacaDouble(now=now) as double:
+        binance = install_real_market(double, shared_data, now)
+        register_binance_mock(double, binance)
+        yield double, binance
+
+
+def run_paper(cfg: Path, monkeypatch, double, *, cycles: int, steer=None, args=()) -> int:
+    """`run --mode paper` through the CLI, with ``steer(engine, cycle_about_to_run)`` before each cycle;
+    between cycles the double's exchange fills whatever is working (at the last close)."""
+    import hydra_engine.paper as paper
+    from signals.binance import BinanceFuturesClient
+    original = paper.build_paper_session
+
+    def build(settings, **kw):
+        kw["clock"] = FastClock(1)
+        kw.setdefault("binance_client", BinanceFuturesClient(sleep=lambda s: None))
+        session = original(settings, **kw)
+        session.engine.broker._sleep = lambda s: None
+        hook = session.before_cycle
+
+        def before(engine, t):
+            double.now = datetime.now(UTC)
+            for o in list(double._all_orders()):
+                if o["status"] in ("accepted", "pending_new", "new") and o["type"] == "market":
+                    double.fill(o["client_order_id"], str(double.bars[o["symbol"]][-1]["c"]))
+            if steer:
+                steer(engine, engine.cycle + 1)
+            hook(engine, t)
+        session.before_cycle = before
+        return session
+
+    monkeypatch.setattr(paper, "build_paper_session", build)
+    return main(["--config", str(cfg), "run", "--mode", "paper", "--cycles", str(cycles), "--no-progress", *args])
+
+
+def session_doc(tmp_path: Path) -> dict:
+    return load_session(sorted((tmp_path / "logs").glob("session-*.json"))[-1])
+
+
+def posts_by_cycle(double, marks: dict[int, int]) -> dict[int, int]:
+    total = double.count("POST", r"/v2/orders$")
+    keys = sorted(marks)
+    return {c: (marks[keys[i + 1]] if i + 1 < len(keys) else total) - marks[c] for i, c in enumerate(keys)}
+
+
+# =========================================================================== 2. broker failures
+def test_broker_failures_keep_the_loop_running_and_trade_nothing_twice(tmp_path, monkeypatch, double_env, capsys):
+    double, _ = double_env
+    cfg = paper_config(tmp_path)
+    marks: dict[int, int] = {}
+
+    def steer(engine, cycle):
+        marks[cycle] = double.count("POST", r"/v2/orders$")
+        if cycle == 1:   # a 429 storm on the account, then the entry is refused (403, then 422)
+            double.fail("GET", r"/v2/account$", times=4, status=429,
+                        body={"code": 42910000, "message": "rate limit exceeded"})
+            double.fail("POST", r"/v2/orders$", times=1, status=403,
+                        body={"code": 40310000, "message": "insufficient buying power"})
+        elif cycle == 2:
+            double.fail("POST", r"/v2/orders$", times=1, status=422,
+                        body={"code": 40010001, "message": "qty must be greater than 0"})
+        elif cycle == 3:  # accepted, then the answer times out: the adapter must find it, not resend it
+            double.fail("POST", r"/v2/orders$", times=1, exception=requests.ReadTimeout, after_processing=True)
+            double.fail("GET", r"/v2/positions$", times=3, status=503, body="<html>Service Unavailable</html>")
+        elif cycle == 4:  # malformed JSON where the fills are polled; a 5xx storm outlasting every retry
+            double.fail("GET", r"/v2/orders$", times=1, status=200, body="{'not': json")
+            double.fail("GET", r"/v2/account$", times=12, status=502, body="Bad Gateway")
+        elif cycle == 5:  # accepted but answered 500: looked up by client_order_id, never sent twice
+            double.fail("GET", r"/v2/clock$", times=2, status=500, body="")
+
+    code = run_paper(cfg, monkeypatch, double, cycles=7, steer=steer)
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    doc = session_doc(tmp_path)
+    cycles = doc["cycle_details"]
+    assert [c["cycle"] for c in cycles] == [1, 2, 3, 4, 5, 6, 7]          # every cycle completed
+    per_cycle = posts_by_cycle(double, marks)
+
+    # refusals: said so in the cycle's errors, and nothing more was sent for that proposal in that cycle
+    assert per_cycle[1] == 1 and any("InsufficientBuyingPower" in e for e in cycles[0]["errors"]), cycles[0]["errors"]
+    assert per_cycle[2] == 1 and any("InvalidOrder" in e for e in cycles[1]["errors"]), cycles[1]["errors"]
+    # the timed-out submit was placed exactly once and is known by its client_order_id
+    accepted = [o for o in double.orders.values() if o["side"] == "buy"]
+    assert len(accepted) == 1 and per_cycle[3] == 1, (accepted, per_cycle)
+    coid = accepted[0]["client_order_id"]
+    assert [o["client_order_id"] for o in doc["orders"] if o["status"] != "rejected"].count(coid) == 1
+    # malformed bodies and the 5xx storm are errors of their cycle, not crashes
+    assert any("poll_fills" in e for e in cycles[3]["errors"]), cycles[3]["errors"]
+    assert any("502" in e or "BrokerUnavailable" in e for e in cycles[3]["errors"] + cycles[3]["notes"]), cycles[3]
+    # the entry's fill was picked up once (after the malformed poll) and the position is managed
+    assert [f["client_order_id"] for f in doc["fills"]] == [coid]
+    assert len({o["client_order_id"] for o in double.orders.values()}) == len(double.orders)
+    assert not [o for o in double.orders.values() if o["side"] == "buy" and o["client_order_id"] != coid]
+
+
+# =========================================================================== 3. bad data (replay)
+KLINES = "crypto_perp/binance_usdm/klines/BTCUSDT_1h.parquet"
+OI = "crypto_perp/bybit_linear/open_interest/BTCUSDT_oi_1h.parquet"
+SQUEEZE_DECISION = "2024-03-05T21:00:00Z"     # the clean replay buys BTC here (the 20:00 bar closed)
+
+
+def corrupted_copy(tmp_path: Path, name: str, edit_klines=None, edit_oi=None) -> Path:
+    """A copy of the shipped data folder with the BTC klines and/or open interest edited."""
+    import shutil
+    import pandas as pd
+    folder = tmp_path / name
+    shutil.copytree(ROOT / "data", folder)
+    if edit_klines:
+        k = pd.read_parquet(folder / KLINES)
+        edit_klines(k).to_parquet(folder / KLINES)
+    if edit_oi:
+        o = pd.read_parquet(folder / OI)
+        edit_oi(o).to_parquet(folder / OI)
+    return folder
+
+
+def replay(tmp_path: Path, folder: Path, name: str, **params) -> tuple[dict, list[dict]]:
+    from hydra_engine.app import build_sim_session, run_session
+    from .conftest import make_settings
+    out = tmp_path / f"out-{name}"
+    settings = make_settings(out, data_dir=folder, start="2024-03-04", end="2024-03-08", symbols=("BTC/USD", "ETH/USD"),
+                             data_only=(), observation_cycles=20,
+                             engine={"regime_detector": "trend_vol_rule", "log_dir": str(out / "logs")},
+                             strategies={"enabled": ["liquidation_cascade"],
+                                         "params": {"liquidation_cascade": params}} if params else {})
+    summary = run_session(build_sim_session(settings), progress=False)
+    doc = load_session(summary["log"])
+    return doc, doc["cycle_details"]
+
+
+def btc_entries(doc: dict) -> list[str]:
+    return [o["created_at"] for o in doc["orders"] if o["symbol"] == "BTC/USD" and o["purpose"] == "entry"]
+
+
+def _at(k, ts: str):
+    import pandas as pd
+    return k["ts"] == pd.Timestamp(ts)
+
+
+def _newest_bar(value):
+    def edit(k):
+        k.loc[_at(k, "2024-03-05T20:00:00Z"), ["open", "high", "low", "close"]] = value
+        return k
+    return edit
+
+
+def _gap(k):      # the three hours before the decision are missing: the newest bar is 3 h old
+    import pandas as pd
+    return k[(k["ts"] < pd.Timestamp("2024-03-05T18:00:00Z")) | (k["ts"] > pd.Timestamp("2024-03-05T20:00:00Z"))]
+
+
+def _stale(k):    # the feed stops: nothing after 17:00 for the rest of the day
+    import pandas as pd
+    return k[(k["ts"] < pd.Timestamp("2024-03-05T18:00:00Z")) | (k["ts"] >= pd.Timestamp("2024-03-06T00:00:00Z"))]
+
+
+@pytest.mark.parametrize("kind,edit", [("nan", _newest_bar(float("nan"))), ("zero", _newest_bar(0.0)),
+                                       ("negative", _newest_bar(-63000.0)), ("gap", _gap), ("stale", _stale)])
+def test_bad_bars_block_entries_on_the_symbol_and_say_why(tmp_path, kind, edit):
+    clean, _ = replay(tmp_path, ROOT / "data", "clean")
+    assert SQUEEZE_DECISION in btc_entries(clean)               # the honest baseline: this IS an entry
+    doc, cycles = replay(tmp_path, corrupted_copy(tmp_path, kind, edit_klines=edit), kind)
+    at = next(c for c in cycles if c["ts"] == SQUEEZE_DECISION)
+    assert "BTC/USD" in at["stale_symbols"], at["stale_symbols"]
+    assert SQUEEZE_DECISION not in btc_entries(doc)
+    # no BTC entry is ever sent in a cycle that calls BTC stale; the journal says which rule vetoed
+    stale_ts = {c["ts"] for c in cycles if "BTC/USD" in c["stale_symbols"]}
+    assert not stale_ts & set(btc_entries(doc))
+    vetoes = [d for c in cycles if c["ts"] in stale_ts for d in c["decisions"] if d["symbol"] == "BTC/USD"]
+    assert all(d["rule"] == "stale_data" and not d["approved"] for d in vetoes), vetoes
+
+
+def test_duplicated_and_out_of_order_bars_are_cleaned_and_counted(tmp_path):
+    def shuffle(k):
+        dup = k[(k["ts"] >= "2024-03-05T10:00:00Z") & (k["ts"] <= "2024-03-05T20:00:00Z")]
+        return pd_concat([k, dup]).sample(frac=1.0, random_state=SEED)    # duplicated rows, any order
+    clean, _ = replay(tmp_path, ROOT / "data", "clean")
+    doc, _ = replay(tmp_path, corrupted_copy(tmp_path, "shuffled", edit_klines=shuffle), "shuffled")
+    quality = doc["session"]["data_quality"]
+    assert quality["duplicates"]["BTC/USD"] >= 11 and quality["out_of_order"]["BTC/USD"] > 0, quality
+    def book(d):   # (ids embed the configuration hash, which names the data folder)
+        return [(o["symbol"], o["side"], o["qty"], o["created_at"], o["purpose"]) for o in d["orders"]], d["trades"]
+    assert book(doc) == book(clean) and clean["trades"]            # cleaning changes nothing
+
+
+def pd_concat(frames):
+    import pandas as pd
+    return pd.concat(frames, ignore_index=True)
+
+
+OI_NOT_CLEANED = pytest.mark.xfail(strict=True, reason=(
+    "known bug (issue #7, not fixed here: outside this change's files): replay keeps zero/negative open "
+    "interest points and liquidation_cascade._cascade_signal checks only `prev > 0`, so a 0 or negative "
+    "OI reads as a -100 % cascade and buys at full confidence. Fix: require `last > 0` there, or drop "
+    "non-positive OI in ReplayMarketData like bad bars"))
+
+
+@pytest.mark.parametrize("kind", ["nan", pytest.param("zero", marks=OI_NOT_CLEANED),
+                                  pytest.param("negative", marks=OI_NOT_CLEANED)])
+def test_bad_open_interest_gives_no_cascade_entry(tmp_path, kind):
+    value = {"nan": float("nan"), "zero": 0.0, "negative": -5.0}[kind]
+
+    def edit(o):
+        import pandas as pd
+        o.loc[o.index == pd.Timestamp("2024-03-05T20:00:00Z"), "open_interest"] = value
+        return o
+    _, clean_cycles = replay(tmp_path, ROOT / "data", "clean")
+    at = next(c for c in clean_cycles if c["ts"] == SQUEEZE_DECISION)
+    assert [s for s in at["signals"] if s["source"] == "oi_cascade" and s["symbol"] == "BTC/USD"]   # the baseline
+    doc, cycles = replay(tmp_path, corrupted_copy(tmp_path, f"oi-{kind}", edit_oi=edit), f"oi-{kind}")
+    at = next(c for c in cycles if c["ts"] == SQUEEZE_DECISION)
+    assert not [s for s in at["signals"] if s["source"] == "oi_cascade" and s["symbol"] == "BTC/USD"], at["signals"]
+    assert SQUEEZE_DECISION not in btc_entries(doc)
+
+
+@pytest.mark.parametrize("kind", ["nan", "zero", "negative"])
+def test_a_held_position_waits_for_a_good_price_then_exits(tmp_path, kind):
+    """Entered at the squeeze (clean data); every BTC bar from 22:00 to 05:00 is bad. The 3-hour time
+    limit falls inside: the position is held (nothing sold at a bad price) and exits at the first good bar."""
+    import pandas as pd
+    value = {"nan": float("nan"), "zero": 0.0, "negative": -1.0}[kind]
+    bad = (pd.Timestamp("2024-03-05T22:00:00Z"), pd.Timestamp("2024-03-06T05:00:00Z"))
+
+    def edit(k):
+        k.loc[(k["ts"] >= bad[0]) & (k["ts"] <= bad[1]), ["open", "high", "low", "close"]] = value
+        return k
+    params = {"max_holding_hours": 3.0, "exit_score": -1.0}   # only the time limit (or a stop) may close it
+    clean, _ = replay(tmp_path, ROOT / "data", "clean-3h", **params)
+    first = clean["trades"][0]
+    assert first["entry_time"].startswith("2024-03-05T2") and first["exit_reason"] == "time"
+    doc, cycles = replay(tmp_path, corrupted_copy(tmp_path, f"held-{kind}", edit_klines=edit), f"held-{kind}", **params)
+    trade = doc["trades"][0]
+    assert trade["entry_time"] == first["entry_time"] and trade["exit_reason"] == "time"
+    exit_fill = next(f for f in doc["fills"] if f["symbol"] == "BTC/USD" and f["side"] == "sell")
+    # filled only once a good bar exists, at a real price (the open of the first good bar, less slippage)
+    assert datetime.fromisoformat(exit_fill["ts"].replace("Z", "+00:00")) > bad[1].to_pydatetime()
+    k = pd.read_parquet(ROOT / "data" / KLINES).set_index("ts")
+    first_good_open = float(k.loc[bad[1] + pd.Timedelta(hours=1), "open"])
+    assert float(exit_fill["price"]) == pytest.approx(first_good_open, rel=1e-3)
+    # while the price was bad no exit order existed
+    exits = [o for o in doc["orders"] if o["symbol"] == "BTC/USD" and o["purpose"] == "exit"]
+    assert len(exits) == 1
+
+
+# =========================================================================== 4. a broken Binance feed
+
+class SpyProbe(Strategy):
+    """A test plugin that needs only Alpaca bars: it buys SPY once, in any regime."""
+
+    name = "spy_probe"
+    regimes = frozenset(Regime)
+    assets = ("SPY",)
+    data_needs = (DataNeed("bars", "SPY"),)
+    Params = StrategyParams
+
+    def generate_signals(self, ctx):
+        bars = ctx.market.bars.get("SPY")
+        if bars is None or len(bars) < 2:
+            return []
+        return [Signal("SPY", 0.6, 0.7, "spy_probe", ctx.now, timedelta(days=1), "test probe: SPY bars present")]
+
+    def propose(self, ctx, combined):
+        price = ctx.market.price("SPY")
+        if "SPY" not in combined or ctx.held.get("SPY") or not price > 0:
+            return []
+        return [TradeProposal(self.name, "SPY", Side.BUY, price, price * 0.97, price * 1.06, 0.7, timedelta(days=2),
+                              "probe", max_notional_usd=1000.0, min_notional_usd=100.0)]
+
+
+def install_spy(double: AlpacaDouble, now: datetime) -> None:
+    """300 real SPY sessions (2023-10 .. 2024-12), re-dated to end at the last completed session."""
+    import pandas as pd
+    from zoneinfo import ZoneInfo
+    spy = pd.read_csv(ROOT / "data/equities/daily/iex_like_spooky_course/SPY.csv.gz").tail(300)
+    ny = now.astimezone(ZoneInfo("America/New_York"))
+    last = ny.date() if ny.hour >= 17 else ny.date() - timedelta(days=1)
+    days = list(pd.bdate_range(end=pd.Timestamp(last), periods=len(spy)))
+    double.bars["SPY"] = [{"t": f"{d:%Y-%m-%d}T04:00:00Z", "o": r.Open, "h": r.High, "l": r.Low, "c": r.Close,
+                           "v": int(r.Volume), "n": 100, "vw": r.Close} for d, r in zip(days, spy.itertuples())]
+    c = float(spy["Close"].iloc[-1])
+    double.quotes["SPY"] = {"ap": c * 1.0001, "as": 1, "bp": c, "bs": 1, "t": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+BINANCE_FAULTS = {   # cycle -> (what, fault kwargs for every Binance route)
+    2: ("5xx", dict(status=503, body="<html>503 Service Temporarily Unavailable</html>")),
+    3: ("garbage JSON", dict(status=200, body="{\"symbol\": \"BTCUSDT\", \"fundingRate\": ")),
+    4: ("timeout", dict(exception=requests.ReadTimeout)),
+    5: ("429", dict(status=429, body={"code": -1003, "msg": "Too many requests"}, headers={"Retry-After": "120"})),
+}
+FEED_WORDS = {2: "BinanceUnavailable", 3: "BinanceDataError", 4: "BinanceUnavailable", 5: "BinanceRateLimited"}
+
+
+def test_broken_binance_feed_stands_the_crypto_strategy_down_and_others_go_on(tmp_path, monkeypatch, double_env, capsys):
+    from importlib.metadata import EntryPoint
+    import hydra_engine.plugins as plugins
+    double, _ = double_env
+    install_spy(double, datetime.now(UTC))
+    monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
+        name="spy_probe", value="tests.test_fault_injection:SpyProbe", group=group)])
+    cfg = paper_config(tmp_path, symbols=("BTC/USD", "ETH/USD", "SPY"),
+                       extra='[strategies]\nenabled = ["liquidation_cascade", "spy_probe"]\n')
+    cfg.write_text(cfg.read_text().replace("observation_cycles = 0", "observation_cycles = 1"))
+
+    def steer(engine, cycle):
+        double.faults.clear()
+        if cycle in BINANCE_FAULTS:
+            for path in (r"/fapi/v1/fundingRate", r"/futures/data/openInterestHist", r"/fapi/v1/openInterest"):
+                double.fail("GET", path, times=100, **BINANCE_FAULTS[cycle][1])
+
+    code = run_paper(cfg, monkeypatch, double, cycles=5, steer=steer)
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    cycles = session_doc(tmp_path)["cycle_details"]
+    assert len(cycles) == 5
+    crypto_sources = {"oi_cascade", "funding_rate"}
+    # cycle 1 (healthy feed, observing): the cascade is visible -- the baseline that makes the rest mean something
+    assert any(s["source"] == "oi_cascade" for s in cycles[0]["signals"]), cycles[0]["signals"]
+    for c in cycles[1:]:
+        what = BINANCE_FAULTS[c["cycle"]][0]
+        assert not [s for s in c["signals"] if s["source"] in crypto_sources], (what, c["signals"])
+        assert not [o for o in c["orders"] if o["strategy"] == "liquidation_cascade"], what
+        notes = " ".join(c["notes"])
+        assert "data feed binance unhealthy" in notes and FEED_WORDS[c["cycle"]] in notes, (what, c["notes"])
+    # the Alpaca-only plugin went on: it bought SPY in the first trading cycle and nothing was sent twice
+    spy = [o for o in double.orders.values() if o["symbol"] == "SPY"]
+    assert len(spy) == 1 and spy[0]["side"] == "buy" and spy[0]["client_order_id"].count("spy_probe") == 1
+    assert [o["symbol"] for c in cycles for o in c["orders"]] == ["SPY"]
+    assert not [o for o in double.orders.values() if "/" in o["symbol"]]
+
+
+# =========================================================================== 3b. bad bars served live
+LIVE_BAD_BAR = pytest.mark.xfail(strict=True, reason=(
+    "known gap (issue #7, not fixed here: hydra_engine/data/alpaca_data.py is outside this change): live, "
+    "BarBuffer.extend silently drops a newest bar with a NaN/zero/negative price, so the symbol is not "
+    "marked stale (replay does mark it) and entries go on from the hour-old bars and the quote"))
+
+
+@pytest.mark.parametrize("kind", [pytest.param("nan", marks=LIVE_BAD_BAR), pytest.param("zero", marks=LIVE_BAD_BAR),
+                                  pytest.param("negative", marks=LIVE_BAD_BAR)])
+def test_bad_newest_bar_served_live_blocks_entries_on_the_symbol(tmp_path, monkeypatch, double_env, capsys, kind):
+    double, _ = double_env
+    value = {"nan": float("nan"), "zero": 0.0, "negative": -1.0}[kind]
+    double.bars["BTC/USD"][-1].update(o=value, h=value, l=value, c=value)
+    code = run_paper(paper_config(tmp_path), monkeypatch, double, cycles=2)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    cycles = session_doc(tmp_path)["cycle_details"]
+    assert all("BTC/USD" in c["stale_symbols"] for c in cycles), [c["stale_symbols"] for c in cycles]
+    assert not [o for o in double.orders.values() if o["symbol"] == "BTC/USD"]
+
+
+def test_good_bars_served_live_do_enter(tmp_path, monkeypatch, double_env, capsys):
+    """The baseline for the test above: the same market with clean bars buys BTC in cycle 1."""
+    double, _ = double_env
+    code = run_paper(paper_config(tmp_path), monkeypatch, double, cycles=1)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert [o["symbol"] for o in double.orders.values()] == ["BTC/USD"]

@@ -70,7 +70,7 @@ class SimulatedBroker:
             if seen.get(symbol) == price and symbol in marks:
                 continue  # unchanged (e.g. a daily bar between hourly cycles): same Decimal as before
             if math.isfinite(price) and price > 0:
-                marks[symbol] = to_decimal(price)
+                marks[symbol] = Decimal(str(price))   # to_decimal() without its re-check: finite here
                 seen[symbol] = price
 
     def _mark(self, symbol: str) -> Decimal:

@@ -27,22 +27,20 @@ def uniform_frame(raw: pd.DataFrame, interval: timedelta) -> pd.DataFrame:
     """The replay's uniform frame (open_time, close_time, open, high, low, close, volume) from a frame
     whose bar open times are its DatetimeIndex or a ``timestamp``/``open_time`` column."""
     if isinstance(raw.index, pd.DatetimeIndex):
-        open_time = pd.Series(raw.index, index=None)
+        idx = raw.index
     else:
         col = next((c for c in ("open_time", "timestamp", "ts") if c in raw.columns), None)
         if col is None:
             raise DataFolderError("bar frame needs a DatetimeIndex or an open_time/timestamp column")
-        open_time = pd.Series(raw[col].to_numpy())
-    open_time = pd.to_datetime(open_time, utc=True)
+        idx = pd.DatetimeIndex(pd.to_datetime(raw[col]))
+    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
     missing = [c for c in COLUMNS if c not in raw.columns]
     if missing:
         raise DataFolderError(f"bar frame lacks columns {missing}")
-    frame = pd.DataFrame({"open_time": open_time.to_numpy(), "close_time": (open_time + interval).to_numpy()})
-    for c in COLUMNS:
-        frame[c] = raw[c].to_numpy(dtype=float)
-    frame["open_time"] = frame["open_time"].dt.tz_localize("UTC") if frame["open_time"].dt.tz is None else frame["open_time"]
-    frame["close_time"] = frame["close_time"].dt.tz_localize("UTC") if frame["close_time"].dt.tz is None else frame["close_time"]
-    return frame
+    open_time = pd.Series(idx, copy=False)   # stays datetime64[ns, UTC]: no per-row Timestamp objects
+    data = {"open_time": open_time, "close_time": open_time + interval}
+    data.update({c: raw[c].to_numpy(dtype=float) for c in COLUMNS})
+    return pd.DataFrame(data)
 
 
 def read_frame_file(path: Path) -> pd.DataFrame:

@@ -119,6 +119,7 @@ class ReplayMarketData:
             frame = frame.drop_duplicates("known_at", keep="last")
             self._points[(src.kind, src.symbol)] = _Points(src.kind, src.symbol, _epoch_s(frame["known_at"]),
                                                            frame["value"].to_numpy(dtype=float))
+        self._series_cache: dict[str, tuple[int, int, BarSeries]] = {}   # symbol -> (i, j, last BarSeries)
         self.start = datetime.combine(start, datetime.min.time(), UTC) if start else None
         self.end = datetime.combine(end, datetime.min.time(), UTC) if end else None
 
@@ -139,14 +140,20 @@ class ReplayMarketData:
         now_s = int(now.timestamp())
         n = self.history_bars
         snap = MarketSnapshot(now=now)
-        bars_out, stale = snap.bars, snap.stale
+        bars_out, stale, cache = snap.bars, snap.stale, self._series_cache
         for symbol, b in self._bars.items():
             i = int(b.close_ts.searchsorted(now_s, "right"))   # ndarray method: no dispatch wrapper
             if i == 0:
                 stale[symbol] = "no closed bar yet"
                 continue
             j = i - n if i > n else 0
-            bars_out[symbol] = BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
+            hit = cache.get(symbol)
+            if hit is not None and hit[0] == i and hit[1] == j:
+                bars_out[symbol] = hit[2]   # no new bar since the last snapshot: the same immutable views
+            else:
+                series = BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
+                cache[symbol] = (i, j, series)
+                bars_out[symbol] = series
             last_close = int(b.close_ts[i - 1])
             bad = b.bad_close_ts
             k = int(bad.searchsorted(now_s, "right")) if len(bad) else 0
