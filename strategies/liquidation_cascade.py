@@ -84,8 +84,8 @@ class LiquidationCascadeHunter(Strategy):
         if k < 0 or t_now - int(oi.ts[k]) > 7200 or market.now - known_at > timedelta(hours=p.oi_max_age_hours):
             return None
         prev, last = float(oi.values[k]), float(oi.values[-1])
-        if not (prev > 0 and math.isfinite(last)):
-            return None
+        if not (prev > 0 and last > 0 and math.isfinite(prev) and math.isfinite(last)):
+            return None  # zero, negative or missing open interest is bad data, not a -100 % cascade
         change = last / prev - 1.0
         if change > -p.oi_drop_pct / 100:
             return None

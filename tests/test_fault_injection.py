@@ -11,7 +11,7 @@
 3. Bad bars and open interest: in replay (corrupted copies of the shipped data) and served live.
 4. A broken Binance feed (5xx, garbage JSON, timeouts, 429): the crypto strategy stands down, an
    Alpaca-only test plugin (registered through a monkeypatched entry point) trades SPY.
-Known gaps outside this change's files are strict xfails that name the fix.
+The two gaps first found here (non-positive open interest in replay, a bad newest bar served live) are fixed and tested below.
 """
 from __future__ import annotations
 
@@ -432,15 +432,7 @@ def pd_concat(frames):
     return pd.concat(frames, ignore_index=True)
 
 
-OI_NOT_CLEANED = pytest.mark.xfail(strict=True, reason=(
-    "known bug (issue #7, not fixed here: outside this change's files): replay keeps zero/negative open "
-    "interest points and liquidation_cascade._cascade_signal checks only `prev > 0`, so a 0 or negative "
-    "OI reads as a -100 % cascade and buys at full confidence. Fix: require `last > 0` there, or drop "
-    "non-positive OI in ReplayMarketData like bad bars"))
-
-
-@pytest.mark.parametrize("kind", ["nan", pytest.param("zero", marks=OI_NOT_CLEANED),
-                                  pytest.param("negative", marks=OI_NOT_CLEANED)])
+@pytest.mark.parametrize("kind", ["nan", "zero", "negative"])
 def test_bad_open_interest_gives_no_cascade_entry(tmp_path, kind):
     value = {"nan": float("nan"), "zero": 0.0, "negative": -5.0}[kind]
 
@@ -573,14 +565,7 @@ def test_broken_binance_feed_stands_the_crypto_strategy_down_and_others_go_on(tm
 
 
 # =========================================================================== 3b. bad bars served live
-LIVE_BAD_BAR = pytest.mark.xfail(strict=True, reason=(
-    "known gap (issue #7, not fixed here: hydra_engine/data/alpaca_data.py is outside this change): live, "
-    "BarBuffer.extend silently drops a newest bar with a NaN/zero/negative price, so the symbol is not "
-    "marked stale (replay does mark it) and entries go on from the hour-old bars and the quote"))
-
-
-@pytest.mark.parametrize("kind", [pytest.param("nan", marks=LIVE_BAD_BAR), pytest.param("zero", marks=LIVE_BAD_BAR),
-                                  pytest.param("negative", marks=LIVE_BAD_BAR)])
+@pytest.mark.parametrize("kind", ["nan", "zero", "negative"])
 def test_bad_newest_bar_served_live_blocks_entries_on_the_symbol(tmp_path, monkeypatch, double_env, capsys, kind):
     double, _ = double_env
     value = {"nan": float("nan"), "zero": 0.0, "negative": -1.0}[kind]

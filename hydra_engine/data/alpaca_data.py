@@ -52,6 +52,7 @@ class BarBuffer:
     def __init__(self, symbol: str, interval_s: int, capacity: int = 500):
         self.symbol, self.interval_s, self.capacity = symbol, interval_s, capacity
         self.cols = {f: np.empty(0, dtype=np.int64 if f == "ts" else np.float64) for f in _FIELDS}
+        self.bad_ts: int | None = None   # open time of the newest bar refused for a bad price
 
     def __len__(self) -> int:
         return len(self.cols["ts"])
@@ -65,8 +66,12 @@ class BarBuffer:
         last = self.last_ts if len(self) else -1
         fresh = {}
         for r in rows:
-            if r[0] > last and all(math.isfinite(p) and p > 0 for p in r[1:5]):
+            if r[0] <= last:
+                continue
+            if all(math.isfinite(p) and p > 0 for p in r[1:5]):
                 fresh[r[0]] = r
+            else:  # remembered, so the watchdog can say the newest bar is bad (as replay does)
+                self.bad_ts = max(self.bad_ts or r[0], r[0])
         if not fresh:
             return 0
         new = np.array([fresh[k] for k in sorted(fresh)], dtype=np.float64)
@@ -221,6 +226,9 @@ class AlpacaMarketData:
         if symbol in self._errors:
             return self._errors[symbol]
         buf, q = self._bars[symbol], self._quotes.get(symbol)
+        if buf.bad_ts is not None and (not len(buf) or buf.bad_ts > buf.last_ts):
+            return (f"newest bar has an invalid price (opened "
+                    f"{datetime.fromtimestamp(buf.bad_ts, UTC):%Y-%m-%d %H:%M}Z)")
         times = []
         if len(buf):
             opened = datetime.fromtimestamp(buf.last_ts, UTC)

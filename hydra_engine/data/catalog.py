@@ -32,6 +32,7 @@ class PointSource:
     path: str
     column: str
     publish_lag: timedelta
+    positive: bool = False   # open interest cannot be zero or negative; funding can be negative
 
 
 BAR_SOURCES: dict[str, BarSource] = {
@@ -45,8 +46,8 @@ BAR_SOURCES: dict[str, BarSource] = {
 POINT_SOURCES: list[PointSource] = [
     PointSource("funding_rate", "BTC/USD", "crypto_perp/binance_usdm/funding/BTCUSDT_funding_8h.parquet", "funding_rate", timedelta(0)),
     PointSource("funding_rate", "ETH/USD", "crypto_perp/binance_usdm/funding/ETHUSDT_funding_8h.parquet", "funding_rate", timedelta(0)),
-    PointSource("open_interest", "BTC/USD", "crypto_perp/bybit_linear/open_interest/BTCUSDT_oi_1h.parquet", "open_interest", timedelta(hours=1)),
-    PointSource("open_interest", "ETH/USD", "crypto_perp/bybit_linear/open_interest/ETHUSDT_oi_1h.parquet", "open_interest", timedelta(hours=1)),
+    PointSource("open_interest", "BTC/USD", "crypto_perp/bybit_linear/open_interest/BTCUSDT_oi_1h.parquet", "open_interest", timedelta(hours=1), True),
+    PointSource("open_interest", "ETH/USD", "crypto_perp/bybit_linear/open_interest/ETHUSDT_oi_1h.parquet", "open_interest", timedelta(hours=1), True),
 ]
 
 

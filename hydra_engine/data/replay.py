@@ -115,7 +115,11 @@ class ReplayMarketData:
         for src in point_sources if point_sources is not None else POINT_SOURCES:
             if src.symbol not in wanted:
                 continue
-            frame = self._read(src.path, read_points, src).dropna().sort_values("known_at", kind="stable")
+            frame = self._read(src.path, read_points, src)
+            bad = ~np.isfinite(frame["value"].to_numpy()) | ((frame["value"] <= 0).to_numpy() & src.positive)
+            if bad.any():  # kept out of the series and counted, like bad bars
+                self.quality.dropped_bad_price[f"{src.kind}:{src.symbol}"] = int(bad.sum())
+            frame = frame[~bad].dropna().sort_values("known_at", kind="stable")
             frame = frame.drop_duplicates("known_at", keep="last")
             self._points[(src.kind, src.symbol)] = _Points(src.kind, src.symbol, _epoch_s(frame["known_at"]),
                                                            frame["value"].to_numpy(dtype=float))
