@@ -113,12 +113,7 @@ class Engine:
             if self.last_report:
                 report.setdefault("equity_usd", self.last_report.get("equity_usd"))
                 report.setdefault("cash_usd", self.last_report.get("cash_usd"))
-            self.stats.cycles += 1
-            self.stats.errors += len(report["errors"])
-            self.closed_trades.extend(trades)
-            self._persist(report, trades, now)
-            self.last_report = report
-            return report
+            return self._finish_cycle(report, trades, now)
 
     def _cycle(self, now: datetime, report: dict, trades: list[dict]) -> dict:
         cfg = self.settings.engine
@@ -276,6 +271,9 @@ class Engine:
         account = self.broker.account()
         report["equity_usd"] = str(account.equity_usd.quantize(Decimal("0.01")))
         report["cash_usd"] = str(account.cash_usd.quantize(Decimal("0.01")))
+        return self._finish_cycle(report, trades, now)
+
+    def _finish_cycle(self, report: dict, trades: list[dict], now: datetime) -> dict:
         self.stats.cycles += 1
         self.stats.errors += len(report["errors"])
         self.closed_trades.extend(trades)

@@ -217,13 +217,10 @@ def kill(settings: Settings, reason: str = "manual kill") -> int:
     store = Store(settings.storage.url, root=settings.resolve_path("."))
     set_control(store, "killed", reason, now)
     print(f"kill state set ({reason}): no new entries until `python hydra_engine.py resume`")
-    missing = AlpacaKeys().missing()
-    if missing:
-        print("no Alpaca keys in the environment (" + ", ".join(missing) + "): nothing to flatten at a broker")
+    broker = _alpaca_broker(settings, "kill")
+    if broker is None:
+        print("nothing to flatten at a broker")
         return 0
-    from .brokers.alpaca import build_alpaca
-    from .clock import LiveClock
-    broker, _ = build_alpaca(settings, AlpacaKeys(), f"kill-{utc_stamp(now)}", LiveClock())
     result = broker.flatten_all()
     print(f"canceled {len(result.canceled_order_ids)} orders, closing {len(result.closing_orders)} positions")
     for failure in [*result.cancel_failures, *result.failures]:
@@ -239,14 +236,22 @@ def resume(settings: Settings) -> int:
     return 0
 
 
-def print_broker_status(settings: Settings) -> int:
+def _alpaca_broker(settings: Settings, purpose: str):
+    """An Alpaca broker for a one-off command, or None (saying why) when no keys are configured."""
     missing = AlpacaKeys().missing()
     if missing:
-        print("broker        no Alpaca keys (" + ", ".join(missing) + ")")
-        return 1
+        print("no Alpaca keys in the environment or .env (" + ", ".join(missing) + ")")
+        return None
     from .brokers.alpaca import build_alpaca
     from .clock import LiveClock
-    broker, _ = build_alpaca(settings, AlpacaKeys(), f"status-{utc_stamp(datetime.now(UTC))}", LiveClock())
+    broker, _ = build_alpaca(settings, AlpacaKeys(), f"{purpose}-{utc_stamp(datetime.now(UTC))}", LiveClock())
+    return broker
+
+
+def print_broker_status(settings: Settings) -> int:
+    broker = _alpaca_broker(settings, "status")
+    if broker is None:
+        return 1
     acct = broker.account()
     print(f"account       equity ${acct.equity_usd:,.2f}  cash ${acct.cash_usd:,.2f}  "
           f"buying power ${acct.buying_power_usd:,.2f}  ({'paper' if settings.broker.paper else 'LIVE'})")

@@ -59,6 +59,8 @@ class SimulatedBroker:
         self._working: list[str] = []
         self._marks: dict[str, Decimal] = {}
         self._mark_src: dict[str, float] = {}           # the float each mark was converted from
+        self._version = 0                                # bumped whenever marks or positions change
+        self._account_cache: tuple | None = None         # ((cash, positions, version), Account)
         self._fill_seq = 0
         self.fees_paid = ZERO
 
@@ -72,12 +74,17 @@ class SimulatedBroker:
             if math.isfinite(price) and price > 0:
                 marks[symbol] = Decimal(str(price))   # to_decimal() without its re-check: finite here
                 seen[symbol] = price
+                self._version += 1
 
     def _mark(self, symbol: str) -> Decimal:
         pos = self._positions.get(symbol)
         return self._marks.get(symbol, pos.avg_entry_price if pos else ZERO)
 
     def account(self) -> Account:
+        # the engine asks several times a cycle; recompute only when cash, marks or positions changed
+        key, cached = self._account_cache or ((None, None, None), None)
+        if key[0] is self.cash and key[1] is self._positions and key[2] == self._version:
+            return cached
         market_value = gross = ZERO          # one pass; the same Decimal operations in the same order
         marks = self._marks
         for s, p in self._positions.items():
@@ -85,7 +92,9 @@ class SimulatedBroker:
             market_value += p.qty * mark
             gross += abs(p.qty) * mark
         equity = self.cash + market_value
-        return Account(cash_usd=self.cash, equity_usd=equity, buying_power_usd=max(ZERO, equity - gross))
+        account = Account(cash_usd=self.cash, equity_usd=equity, buying_power_usd=max(ZERO, equity - gross))
+        self._account_cache = ((self.cash, self._positions, self._version), account)
+        return account
 
     def positions(self) -> dict[str, BrokerPosition]:
         return dict(self._positions)
@@ -226,6 +235,7 @@ class SimulatedBroker:
         else:
             self._positions[order.symbol] = BrokerPosition(order.symbol, new_qty, pos.avg_entry_price)
         self._marks.setdefault(order.symbol, price)
+        self._version += 1
         order.status, order.filled_qty, order.filled_avg_price = OrderStatus.FILLED, order.qty, price
         self._fill_seq += 1
         return Fill(order.client_order_id, order.symbol, order.side, order.qty, price, fee, ts, f"simfill-{self._fill_seq}")
@@ -240,3 +250,4 @@ class SimulatedBroker:
         self.fees_paid = Decimal(state.get("fees_paid", "0"))
         self._fill_seq = int(state.get("fill_seq", 0))
         self._positions = {s: BrokerPosition(s, Decimal(q), Decimal(a)) for s, (q, a) in state["positions"].items()}
+        self._version += 1
