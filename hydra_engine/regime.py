@@ -27,7 +27,7 @@ import pandas as pd
 from .config import PROJECT_ROOT
 from .domain import Regime, RegimeReading
 from .ports import MarketSnapshot
-from .regime_features import build_features, daily_closes_from_snapshot
+from .regime_features import ASSETS, VIX_SYMBOL, build_features, daily_closes_from_snapshot
 
 # Which features the model uses. TLT/GLD volatility are left out: they mostly repeat the SPY/HYG/VIX
 # volatility signal, and with a diagonal covariance repeated evidence only makes the posterior
@@ -195,12 +195,15 @@ class HMMRegimeDetector:
     extension_features: tuple[str, ...] = EXTENSION_FEATURES
     name: str = "hmm_regime"
     params: dict | None = None       # fitted parameters (see to_dict); None until fit/load
+    _cache_key: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _cached: RegimeReading | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, frame: pd.DataFrame, seed: int = 0, n_init: int = 8, n_iter: int = 300) -> "HMMRegimeDetector":
         from hmmlearn.hmm import GaussianHMM  # imported here: only training needs them
         from sklearn.cluster import kmeans_plusplus
 
+        self._cache_key = self._cached = None  # a refit invalidates the last reading
         wanted = list(self.core_features) + [c for c in self.extension_features if c not in self.core_features]
         frame = frame[[c for c in wanted if c in frame.columns]].dropna(how="all")
         if frame.get("spy_ret20") is None or frame["spy_lvol20"].count() < self.min_days:
@@ -352,6 +355,27 @@ class HMMRegimeDetector:
         return pd.Series([REGIMES[i] for i in idx], index=frame.index, name="regime")
 
     def detect(self, market: MarketSnapshot) -> RegimeReading:
+        """The regime is a daily reading: it is recomputed only when some feature symbol has a new
+        daily close (for hourly crypto, a new UTC day), otherwise the last reading is returned with
+        the new time. This keeps the hourly loop from re-filtering the same days (bench/RESULTS.md)."""
+        key = self._daily_key(market)
+        if key is not None and key == self._cache_key:
+            r = self._cached
+            return RegimeReading(r.regime, r.confidence, r.detector, market.now, r.details)
+        reading = self._detect(market)
+        self._cache_key, self._cached = key, reading
+        return reading
+
+    @staticmethod
+    def _daily_key(market: MarketSnapshot) -> tuple | None:
+        key = []
+        for symbol in [s for s, _ in ASSETS.values()] + [VIX_SYMBOL]:
+            bars = market.bars.get(symbol)
+            key.append(None if bars is None or not len(bars)
+                       else (int(bars.ts[-1]) + bars.interval_s) // 86400)
+        return tuple(key)
+
+    def _detect(self, market: MarketSnapshot) -> RegimeReading:
         now = market.now
         if self.params is None:
             return RegimeReading(Regime.UNKNOWN, 0.0, self.name, now, {"why": "no fitted regime model loaded"})
