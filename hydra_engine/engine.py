@@ -126,7 +126,7 @@ class Engine:
         try:
             for fill in self.broker.poll_fills(now):
                 report["fills"].append(to_jsonable(fill))
-                trade = self._apply_fill(fill)
+                trade = self._apply_fill(fill, report)
                 if trade:
                     trades.append(trade)
         except BrokerError as exc:
@@ -395,25 +395,29 @@ class Engine:
         if self._submit(order, report):
             self.exit_reasons[order.client_order_id] = ex.reason
 
-    def _place_native_trailing(self, pos: Position, now: datetime) -> None:
+    def _place_native_trailing(self, pos: Position, now: datetime, report: dict | None = None) -> None:
         """Alpaca equities hold a percent trail at the broker (it keeps trailing between cycles);
         everything else is trailed by the position manager with the same rule."""
         if not getattr(self.broker, "supports_native_trailing", False):
             return
         if not uses_native_trailing(self.broker.asset(pos.symbol), pos.trailing_stop_pct):
             return
+        if abs(pos.qty) != abs(pos.qty).to_integral_value():
+            return  # Alpaca takes fractional quantities only on market/day orders: trail it in the engine
         order = Order(self._next_coid(pos.strategy, pos.symbol), pos.symbol, pos.side.opposite(), abs(pos.qty),
                       OrderType.TRAILING_STOP, TimeInForce.GTC, now, pos.strategy, purpose="stop",
                       trail_percent=to_decimal(pos.trailing_stop_pct))
         try:
-            self.broker.submit(order)
+            sent = self.broker.submit(order)
         except BrokerError as exc:  # the engine-managed trail still protects the position
             log.warning("native trailing stop for %s refused (%s); trailing in the engine", pos.symbol, exc)
             return
         self.exit_reasons[order.client_order_id] = "trailing_stop"
         self.native_stops.add(pos.symbol)
+        if report is not None:
+            report["orders"].append(_order_dict(sent))
 
-    def _apply_fill(self, fill: Fill) -> dict | None:
+    def _apply_fill(self, fill: Fill, report: dict | None = None) -> dict | None:
         coid = fill.client_order_id
         if coid in self.plans:
             plan = self.plans.pop(coid)
@@ -428,7 +432,7 @@ class Engine:
                 regime_confidence_at_entry=plan.regime_confidence)
             self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors]
             self.risk.on_entry_filled(fill.ts)
-            self._place_native_trailing(self.positions[fill.symbol], fill.ts)
+            self._place_native_trailing(self.positions[fill.symbol], fill.ts, report)
             return None
         if coid in self.exit_reasons:
             reason = self.exit_reasons.pop(coid)

@@ -57,8 +57,11 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # issue #7: the Binance base URL is overridable (HYDRA_BINANCE_URL), so the multi-process fault tests can
     # point the feed at a loopback server exactly as APCA_API_BASE_URL / APCA_API_DATA_URL do for Alpaca
     binance_url = os.environ.get("HYDRA_BINANCE_URL", "").strip() or BINANCE_URL
-    feed = BinanceDerivativesFeed(binance_client or BinanceFuturesClient(base_url=binance_url), crypto)
-    market = MarketDataWithFeeds(alpaca_data, {"binance": TrustedSeriesOnly(feed)})
+    feeds = {}
+    if crypto:  # Binance funding/OI only matter for crypto symbols
+        feed = BinanceDerivativesFeed(binance_client or BinanceFuturesClient(base_url=binance_url), crypto)
+        feeds["binance"] = TrustedSeriesOnly(feed)
+    market = MarketDataWithFeeds(alpaca_data, feeds)
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
         log_dir=log_dir, metadata={"trading_url": broker.trading_url if hasattr(broker, "trading_url") else None},

@@ -151,3 +151,59 @@ def test_live_trading_needs_flag_and_environment(paper_env, monkeypatch, capsys)
     monkeypatch.setenv("HYDRA_BROKER__PAPER", "true")   # config alone (paper=true) + --live: still refused
     code = main(["--config", str(paper_env), "run", "--mode", "paper", "--live", "--cycles", "1"])
     assert code == 2
+
+
+def test_equity_entry_gets_a_broker_native_trailing_stop(tmp_path, monkeypatch, double_env, capsys):
+    """Issue #5: on Alpaca an equity position with a percent trail is protected by a `trailing_stop`
+    order held at the broker (it trails between cycles); the engine then leaves that stop to Alpaca."""
+    from importlib.metadata import EntryPoint
+
+    import hydra_engine.plugins as plugins
+    from .test_fault_injection import install_spy, paper_config, run_paper, session_doc
+
+    double, _ = double_env
+    install_spy(double, datetime.now(UTC))
+    monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
+        name="trailing_probe", value="tests.test_paper_session:TrailingProbe", group=group)])
+    cfg = paper_config(tmp_path, symbols=("SPY",), extra='[strategies]\nenabled = ["trailing_probe"]\n')
+    engines = []
+    code = run_paper(cfg, monkeypatch, double, cycles=3, steer=lambda engine, cycle: engines.append(engine))
+    assert code == 0, capsys.readouterr().err[-3000:]
+    trail = [b for b in double.order_bodies if b.get("type") == "trailing_stop"]
+    assert len(trail) == 1 and trail[0]["symbol"] == "SPY" and trail[0]["side"] == "sell"
+    assert Decimal(trail[0]["trail_percent"]) == Decimal("1.5") and trail[0]["time_in_force"] == "gtc"
+    assert all(not e for e in double.body_errors)
+    assert "SPY" in engines[-1].native_stops and "SPY" in engines[-1].positions
+    doc = session_doc(tmp_path)
+    assert [o["purpose"] for o in doc["orders"]] == ["entry", "stop"]
+
+
+from decimal import Decimal  # noqa: E402
+
+from hydra_engine.domain import Regime, Side, Signal, TradeProposal  # noqa: E402
+from hydra_engine.strategy import DataNeed, Strategy, StrategyParams  # noqa: E402
+
+from .test_fault_injection import double_env  # noqa: E402,F401  (fixture)
+
+
+class TrailingProbe(Strategy):
+    """Buys two SPY shares once, with a 1.5 % trailing stop."""
+
+    name = "trailing_probe"
+    regimes = frozenset(Regime)
+    assets = ("SPY",)
+    data_needs = (DataNeed("bars", "SPY"),)
+    Params = StrategyParams
+
+    def generate_signals(self, ctx):
+        bars = ctx.market.bars.get("SPY")
+        return [] if bars is None or len(bars) < 2 else [
+            Signal("SPY", 0.6, 0.7, self.name, ctx.now, timedelta(days=1), "probe")]
+
+    def propose(self, ctx, combined):
+        price = ctx.market.price("SPY")
+        if "SPY" not in combined or ctx.held.get("SPY") or not price > 0:
+            return []
+        return [TradeProposal(self.name, "SPY", Side.BUY, price, price * 0.97, price * 1.06, 0.7, timedelta(days=2),
+                              "probe", max_notional_usd=2 * price, min_notional_usd=100.0, trailing_stop_pct=1.5)]
+        # two whole shares: Alpaca accepts trailing stops only for whole-share quantities

@@ -157,6 +157,8 @@ class FlattenReport:
 class AlpacaBroker:
     """HYDRA ``Broker`` on Alpaca. ``clock`` is a callable returning UTC now, or an object with ``now()``."""
 
+    supports_native_trailing = True   # equities: Alpaca holds a percent trail between HYDRA's cycles
+
     def __init__(self, keys: AlpacaKeys, *, paper: bool = True, live: bool = False, url_override: str | None = None,
                  session_id: str, clock: Any, symbols: Iterable[str] = UNIVERSE,
                  capabilities: Mapping[str, AssetSpec] | None = None, capability_cache: Path | None = None,
