@@ -180,25 +180,15 @@ def test_equity_entry_gets_a_broker_native_trailing_stop(tmp_path, monkeypatch, 
 
 from decimal import Decimal  # noqa: E402
 
-from hydra_engine.domain import Regime, Side, Signal, TradeProposal  # noqa: E402
-from hydra_engine.strategy import DataNeed, Strategy, StrategyParams  # noqa: E402
+from hydra_engine.domain import Side, TradeProposal  # noqa: E402
 
-from .test_fault_injection import double_env  # noqa: E402,F401  (fixture)
+from .test_fault_injection import SpyProbe, double_env  # noqa: E402,F401  (double_env: fixture)
 
 
-class TrailingProbe(Strategy):
-    """Buys two SPY shares once, with a 1.5 % trailing stop."""
+class TrailingProbe(SpyProbe):
+    """Buys two SPY shares once, with a 1.5 % trailing stop (Alpaca trails whole shares only)."""
 
     name = "trailing_probe"
-    regimes = frozenset(Regime)
-    assets = ("SPY",)
-    data_needs = (DataNeed("bars", "SPY"),)
-    Params = StrategyParams
-
-    def generate_signals(self, ctx):
-        bars = ctx.market.bars.get("SPY")
-        return [] if bars is None or len(bars) < 2 else [
-            Signal("SPY", 0.6, 0.7, self.name, ctx.now, timedelta(days=1), "probe")]
 
     def propose(self, ctx, combined):
         price = ctx.market.price("SPY")
@@ -206,4 +196,3 @@ class TrailingProbe(Strategy):
             return []
         return [TradeProposal(self.name, "SPY", Side.BUY, price, price * 0.97, price * 1.06, 0.7, timedelta(days=2),
                               "probe", max_notional_usd=2 * price, min_notional_usd=100.0, trailing_stop_pct=1.5)]
-        # two whole shares: Alpaca accepts trailing stops only for whole-share quantities
