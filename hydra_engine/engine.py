@@ -20,12 +20,14 @@ from .config import Settings
 from .domain import (UTC, AssetClass, ClosedTrade, Fill, Order, OrderStatus, OrderType, Position, Regime,
                      RegimeReading, Side, Signal, TimeInForce, TradeProposal, make_client_order_id)
 from .ports import ZERO, Broker, BrokerError, MarketData, MarketSnapshot, UnknownOrderOutcome, to_decimal
+from .regime import TrendVolRule
 from .positions import ExitInstruction, PositionManager, uses_native_trailing
 from .risk import PortfolioView, RiskManager
 from .strategy import ExitRequest, Strategy, StrategyContext
 from .tradelog import SessionLog, to_jsonable
 
 log = logging.getLogger(__name__)
+_VOL_RULE = TrendVolRule()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -174,7 +176,7 @@ class Engine:
         if self._regime_json[0] is not self.regime:   # converted once per reading, not once per cycle
             self._regime_json = (self.regime, to_jsonable(self.regime))
         report["regime"] = dict(self._regime_json[1])
-        market_kill = self.risk.on_market(self.regime, None, now)
+        market_kill = self.risk.on_market(self.regime, self._vol_percentile(market), now)
         if market_kill:
             report["notes"].append(f"kill switch fired: {market_kill}")
 
@@ -282,6 +284,14 @@ class Engine:
         return report
 
     # ================================================================== steps
+    def _vol_percentile(self, market: MarketSnapshot) -> float | None:
+        """Where the reference market's 20-bar realised volatility ranks in its visible history (SPY,
+        else BTC/USD): the "extreme volatility" half of the regime-break kill switch, whichever
+        detector names the regime."""
+        pct = self.regime.details.get("vol_percentile")
+        if pct is None:
+            pct = _VOL_RULE.detect(market).details.get("vol_percentile")
+        return pct
     def _portfolio_view(self, market: MarketSnapshot, now: datetime) -> PortfolioView:
         """One view per cycle: approvals reserve room in it, so several entries in one cycle cannot
         together break a limit; working entry orders count as exposure before they fill."""

@@ -51,6 +51,17 @@ def test_command_writes_the_results_folder(tmp_path, capsys):
     log = json.loads(next(out.glob("session-*.json")).read_text())
     assert log["session"]["mode"] == "backtest" and log["session"]["data_start"].startswith("2024-03-01")
     assert "| hydra |" in capsys.readouterr().out
+    # review and explain read a backtest log, and review's numbers are the metrics module's
+    log_path = next(out.glob("session-*.json"))
+    assert main(["review", str(log_path), "--out", str(tmp_path / "rev")]) == 0
+    from hydra_engine.metrics import compute_all
+    from hydra_engine.tradelog import load_session
+    reviewed = json.loads((tmp_path / "rev" / "metrics.json").read_text())
+    direct = compute_all(load_session(log_path))
+    assert reviewed["total_return"] == pytest.approx(direct["total_return"], abs=1e-12)
+    assert reviewed["max_drawdown"] == pytest.approx(direct["max_drawdown"], abs=1e-12)
+    assert main(["explain", str(log_path), "--cycle", "30"]) == 0
+    assert "CYCLE 30" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("start,end,needle", [("2024-03-08", "2024-03-01", "--start 2024-03-08 must be before"),

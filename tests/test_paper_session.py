@@ -127,6 +127,11 @@ def test_paper_run_three_cycles_places_and_manages_orders(paper_env, shared_data
     raw = logs[-1].read_text() + (tmp_path / "logs" / doc["journal"]).read_text()
     assert API_KEY not in raw and SECRET_KEY not in raw
     assert json.loads(logs[-1].read_text())["schema_version"] == 1
+    # review and explain work on a paper-session log too
+    assert main(["review", str(logs[-1]), "--out", str(tmp_path / "rev")]) == 0
+    assert (tmp_path / "rev" / "report.html").is_file()
+    assert main(["explain", str(logs[-1]), "--cycle", "1"]) == 0
+    assert "APPROVED" in capsys.readouterr().out
 
 
 def test_reconciliation_mismatch_refuses_to_trade_unless_adopt(paper_env, shared_data, tmp_path, capsys):
