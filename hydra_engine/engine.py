@@ -288,6 +288,8 @@ class Engine:
         """Where the reference market's 20-bar realised volatility ranks in its visible history (SPY,
         else BTC/USD): the "extreme volatility" half of the regime-break kill switch, whichever
         detector names the regime."""
+        if self.regime.regime.value == self.risk.state.last_regime:
+            return None  # no regime break, so the kill cannot fire: skip the work on the hot path
         pct = self.regime.details.get("vol_percentile")
         if pct is None:
             pct = _VOL_RULE.detect(market).details.get("vol_percentile")

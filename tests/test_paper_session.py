@@ -39,24 +39,8 @@ def paper_env(tmp_path, monkeypatch, shared_data):
     monkeypatch.setenv("APCA_API_SECRET_KEY", SECRET_KEY)
     for var in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "APCA_API_BASE_URL", "APCA_API_DATA_URL"):
         monkeypatch.delenv(var, raising=False)
-    cfg = tmp_path / "hydra.toml"
-    cfg.write_text(f"""
-[engine]
-cycle_interval_s = 1
-observation_cycles = 0
-regime_detector = "trend_vol_rule"   # the crypto-only universe here lacks the HMM's cross-asset features
-log_dir = "{tmp_path / 'logs'}"
-[universe]
-symbols = ["BTC/USD", "ETH/USD"]
-data_only = []
-[broker]
-kind = "alpaca"
-[data]
-kind = "alpaca"
-[storage]
-url = "sqlite:///{tmp_path / 'hydra.db'}"
-""")
-    return cfg
+    from .test_fault_injection import paper_config
+    return paper_config(tmp_path)
 
 
 def install_market(double: AlpacaDouble, shared_data, now: datetime) -> None:
