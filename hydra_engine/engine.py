@@ -85,7 +85,8 @@ class Engine:
         self.plans: dict[str, PendingPlan] = {}          # client_order_id -> entry plan
         self.exit_reasons: dict[str, str] = {}           # client_order_id -> why we exit
         self.regime = RegimeReading(Regime.UNKNOWN, 0.0, "none", _EPOCH, {"why": "not detected yet"})
-        self._regime_json: tuple = (None, None)          # (reading, its to_jsonable form): the cycle log's copy
+        self._regime_json: tuple = (None, None)
+        self._vol_pct: tuple = (None, None)              # (reading, reference vol percentile when it came)          # (reading, its to_jsonable form): the cycle log's copy
         self.stats = RunStats()
         self.last_report = None
         self.closed_trades: list[dict] = []
@@ -288,11 +289,12 @@ class Engine:
         """Where the reference market's 20-bar realised volatility ranks in its visible history (SPY,
         else BTC/USD): the "extreme volatility" half of the regime-break kill switch, whichever
         detector names the regime."""
-        if self.regime.regime.value == self.risk.state.last_regime:
-            return None  # no regime break, so the kill cannot fire: skip the work on the hot path
+        if self._vol_pct[0] is self.regime:  # a break can only come with a new reading: once per reading
+            return self._vol_pct[1]
         pct = self.regime.details.get("vol_percentile")
         if pct is None:
             pct = _VOL_RULE.detect(market).details.get("vol_percentile")
+        self._vol_pct = (self.regime, pct)
         return pct
     def _portfolio_view(self, market: MarketSnapshot, now: datetime) -> PortfolioView:
         """One view per cycle: approvals reserve room in it, so several entries in one cycle cannot
