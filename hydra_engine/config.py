@@ -139,10 +139,13 @@ class Settings(BaseSettings):
         return env_settings, dotenv_settings, init_settings
 
     def config_hash(self) -> str:
-        """Stable hash of every setting that can change a decision (no secrets live here; where logs
-        and the database are written does not count), recorded in each session log."""
+        """Stable hash of every setting that can change a decision (no secrets live here), recorded in
+        each session log. Where logs and the database are written, and where the checkout's data
+        folder happens to live, do not count: the same config must hash the same on every machine,
+        because the session id (and so every client_order_id) is built from it."""
         data = self.model_dump(mode="json")
         data["engine"].pop("log_dir", None)
+        data["data"].pop("replay_dir", None)
         data.pop("storage", None)
         payload = json.dumps(data, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

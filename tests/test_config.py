@@ -56,6 +56,18 @@ def test_shipped_hydra_toml_loads_with_its_documented_values():
     assert load_settings().config_hash() == s.config_hash()
 
 
+def test_config_hash_ignores_where_the_checkout_lives_but_not_decisions():
+    """The session id, and so every client_order_id and the golden hashes, is built from this hash:
+    two machines with the checkout in different folders must agree."""
+    s = load_settings(DEFAULT_CONFIG)
+    moved = s.model_copy(update={
+        "data": s.data.model_copy(update={"replay_dir": "/somewhere/else/shared/data"}),
+        "engine": s.engine.model_copy(update={"log_dir": "/elsewhere/logs"})})
+    assert moved.config_hash() == s.config_hash()
+    tighter = s.model_copy(update={"broker": s.broker.model_copy(update={"fee_bps": 25.0})})
+    assert tighter.config_hash() != s.config_hash()
+
+
 def test_missing_config_file_is_named(tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match="config file not found") as err:
