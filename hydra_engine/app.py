@@ -9,7 +9,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from typing import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from .engine import Engine
 from .plugins import build_strategies
 from .positions import PositionManager
 from .regime import TrendVolRule, load_detector
+from .regime_refit import RegimeRefitter
 from .risk import RiskManager
 from .store import Store
 from .tradelog import SessionLog
@@ -49,8 +50,16 @@ def build_regime_detector(settings: Settings):
     return load_detector()
 
 
+def build_regime_refitter(settings: Settings, *, history_dir: Path, log_dir: Path) -> RegimeRefitter | None:
+    """The in-loop refit schedule (``engine.regime_refit_days``), for the HMM detector only."""
+    days = settings.engine.regime_refit_days
+    if settings.engine.regime_detector != "hmm" or days <= 0:
+        return None
+    return RegimeRefitter(every=timedelta(days=days), history_dir=history_dir, save_dir=Path(log_dir) / "models")
+
+
 def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,
-               metadata: dict, store_batch: int) -> tuple[Engine, SessionLog, Store]:
+               metadata: dict, store_batch: int, history_dir: Path | None = None) -> tuple[Engine, SessionLog, Store]:
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
     started = datetime.now(UTC)
     store = Store(settings.storage.url, root=settings.resolve_path("."))
@@ -63,7 +72,10 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
                     regime_detector=build_regime_detector(settings), aggregator=SignalAggregator(),
                     weights=StrategyWeights([s.name for s in strategies]), risk=RiskManager(settings.risk),
                     position_manager=PositionManager(), session_id=session_id, mode=mode,
-                    session_log=session_log, store=store, store_batch=store_batch)
+                    session_log=session_log, store=store, store_batch=store_batch,
+                    regime_refitter=build_regime_refitter(
+                        settings, history_dir=history_dir or settings.resolve_path(settings.data.replay_dir),
+                        log_dir=log_dir))
     return engine, session_log, store
 
 
@@ -91,7 +103,7 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
         metadata={"data_folder": str(folder), "data_start": ticks[0], "data_end": ticks[-1],
                   "fee_bps": settings.broker.fee_bps, "slippage_bps": settings.broker.slippage_bps,
                   "data_quality": {k: v for k, v in vars(market.quality).items() if v}},
-        store_batch=500)
+        store_batch=500, history_dir=folder)
     return Session(engine, SimulatedClock(ticks), session_log, store)
 
 

@@ -147,14 +147,20 @@ def run_hydra(settings: Settings, data_dir: Path, out: Path, *, progress: bool =
     _defer_snapshots(session.session_log)
     if detector is not None:
         session.engine.regime_detector = detector
+    initial = ((getattr(session.engine.regime_detector, "params", None) or {}).get("training") or {})
     ticks = list(session.clock.ticks)
     summary = run_session(session, progress=progress)
     doc = load_session(summary["log"])
     doc["log_path"] = summary["log"]
     det = session.engine.regime_detector
     trained = ((getattr(det, "params", None) or {}).get("training") or {})
+    refits = session.engine.regime_refits
+    # the starting model's readings were used unless a refit replaced it at the very first cycle
+    replaced_at_start = bool(refits) and refits[0]["ok"] and refits[0]["at"] == ticks[0].isoformat()
     doc["regime_model"] = {"detector": getattr(det, "name", type(det).__name__),
-                           "trained_from": trained.get("start"), "trained_to": trained.get("end")}
+                           "trained_from": trained.get("start"), "trained_to": trained.get("end"),
+                           "initial_trained_to": None if replaced_at_start else initial.get("end"),
+                           "refits": refits}
     return doc, ticks
 
 
@@ -268,11 +274,11 @@ def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, 
               "hydra_runtime_s": round(t_hydra, 1), "total_runtime_s": round(time.perf_counter() - t0, 1),
               "fee_bps": s.broker.fee_bps, "slippage_bps": s.broker.slippage_bps,
               "regime_model": doc["regime_model"], "notes": [], "metrics": metrics, "regime_returns": by_regime, "comparison": rows, "comparison_md": table}
-    trained_to = doc["regime_model"]["trained_to"]
+    trained_to = doc["regime_model"]["initial_trained_to"]
     if trained_to and trained_to >= str(start):  # say it: the regime labels were fitted on the test span
         result["notes"].append(f"regime model {doc['regime_model']['detector']} was fitted on data up to {trained_to}, "
-                               f"overlapping this span: its regimes are in-sample here; use --walk-forward for "
-                               f"out-of-sample results")
+                               f"overlapping this span: its regimes are in-sample here; use --walk-forward or "
+                               f"engine.regime_refit_days for out-of-sample results")
     (out / "metrics.json").write_text(json.dumps(M.json_safe({k: v for k, v in result.items() if k != "comparison_md"}),
                                                  indent=1), encoding="utf-8")
     return result

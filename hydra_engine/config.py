@@ -38,6 +38,8 @@ class EngineConfig(_Section):
     regime_refresh_cycles: int = Field(10, ge=1, description="re-detect the regime every N cycles")
     history_bars: int = Field(500, ge=50, le=5000, description="bars kept per symbol")
     regime_detector: Literal["hmm", "trend_vol_rule"] = "hmm"
+    regime_refit_days: int = Field(0, ge=0, le=3650, description="refit the HMM every N days on the history "
+                                   "known at that moment (0 = only by `hydra train`)")
     log_dir: str = "logs"
 
 

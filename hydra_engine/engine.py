@@ -64,12 +64,14 @@ class Engine:
     def __init__(self, settings: Settings, *, market: MarketData, broker: Broker, strategies: list[Strategy],
                  regime_detector, aggregator, weights, risk: RiskManager, position_manager: PositionManager,
                  session_id: str, mode: str, session_log: SessionLog | None = None, store=None,
-                 store_batch: int = 1):
+                 store_batch: int = 1, regime_refitter=None):
         self.settings = settings
         self.market = market
         self.broker = broker
         self.strategies = strategies
         self.regime_detector = regime_detector
+        self.regime_refitter = regime_refitter           # None: the model changes only by `hydra train`
+        self.regime_refits: list[dict] = []
         self.aggregator = aggregator
         self.weights = weights
         self.risk = risk
@@ -168,6 +170,7 @@ class Engine:
 
         # --- 2. DETECT REGIME (every regime_refresh_cycles)
         if self.cycle == 1 or self.cycle % cfg.regime_refresh_cycles == 0:
+            self._refit_regime_if_due(market, now, report)
             try:
                 self.regime = self.regime_detector.detect(market)
             except Exception as exc:  # a broken detector restricts entries, it does not stop the loop
@@ -285,6 +288,23 @@ class Engine:
         return report
 
     # ================================================================== steps
+    def _refit_regime_if_due(self, market: MarketSnapshot, now: datetime, report: dict) -> None:
+        """Refit the regime model on the history known now, when the schedule says so (issue #4)."""
+        if self.regime_refitter is None:
+            return
+        why = self.regime_refitter.due(self.regime_detector, now)
+        if not why:
+            return
+        fresh, record = self.regime_refitter.refit(self.regime_detector, market, now, why)
+        self.regime_refits.append(record)
+        report["regime_refit"] = record
+        if fresh is None:
+            report["notes"].append(f"regime refit failed ({record['error']}): keeping the current model")
+            return
+        self.regime_detector = fresh
+        report["notes"].append(f"regime model refitted on {record['trained_from']}..{record['trained_to']} "
+                               f"({record['days']} days, {record['seconds']} s) because {why}")
+
     def _vol_percentile(self, market: MarketSnapshot) -> float | None:
         """Where the reference market's 20-bar realised volatility ranks in its visible history (SPY,
         else BTC/USD): the "extreme volatility" half of the regime-break kill switch, whichever
@@ -520,7 +540,8 @@ class Engine:
             self.session_log.record_cycle(report, trades)
         if self.store:
             self.store.save_cycle(self.session_id, report, report["orders"], report["fills"], trades,
-                                  {self.state_key: self.state()} if (report["orders"] or report["fills"]) else None,
+                                  {self.state_key: self.state()}
+                                  if (report["orders"] or report["fills"] or "regime_refit" in report) else None,
                                   batch=self.store_batch)
 
     def state(self) -> dict:
@@ -530,7 +551,8 @@ class Engine:
                 "aggregator": self.aggregator.to_state(), "entry_sources": self.entry_sources,
                 "positions": {s: to_jsonable(p) for s, p in self.positions.items()},
                 "native_stops": sorted(self.native_stops),
-                "exit_reasons": dict(self.exit_reasons)}   # issue #7: an exit filled after a restart keeps its reason
+                "exit_reasons": dict(self.exit_reasons),   # issue #7: an exit filled after a restart keeps its reason
+                **({"regime_refit": self.regime_refitter.to_state()} if self.regime_refitter else {})}
 
     @property
     def state_key(self) -> str:
@@ -548,6 +570,10 @@ class Engine:
             self.positions[symbol] = position_from_dict(p)
         self.native_stops = set(state.get("native_stops", []))
         self.exit_reasons.update(state.get("exit_reasons", {}))
+        if self.regime_refitter is not None and state.get("regime_refit"):
+            refitted = self.regime_refitter.load_state(state["regime_refit"])
+            if refitted is not None:   # resume on the model the last refit produced
+                self.regime_detector = refitted
 
     def summary(self) -> dict:
         try:

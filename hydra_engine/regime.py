@@ -27,7 +27,7 @@ import pandas as pd
 from .config import PROJECT_ROOT
 from .domain import Regime, RegimeReading
 from .ports import MarketSnapshot
-from .regime_features import ASSETS, VIX_SYMBOL, build_features, daily_closes_from_snapshot
+from .regime_features import ASSETS, FEATURES, VIX_SYMBOL, daily_close_arrays_from_snapshot, feature_matrix
 
 # Which features the model uses. TLT/GLD volatility are left out: they mostly repeat the SPY/HYG/VIX
 # volatility signal, and with a diagonal covariance repeated evidence only makes the posterior
@@ -135,14 +135,18 @@ class Hysteresis:
 
     def run(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Held regime index and the streak behind a pending switch, per row of regime posteriors."""
+        probs = np.asarray(probs, float)
         held = np.empty(len(probs), int)
         streak = np.zeros(len(probs), int)
+        if not len(probs):
+            return held, streak
+        tops = probs.argmax(axis=1)
+        top_p = probs[np.arange(len(probs)), tops].tolist()
         cur, cand, n = -1, -1, 0
-        for t, p in enumerate(probs):
-            top = int(np.argmax(p))
+        for t, top in enumerate(tops.tolist()):
             if cur < 0:
                 cur = top
-            elif top != cur and p[top] >= self.threshold:
+            elif top != cur and top_p[t] >= self.threshold:
                 n = n + 1 if top == cand else 1
                 cand = top
                 if n >= self.confirm:
@@ -162,6 +166,26 @@ def _masked_loglik(x: np.ndarray, means: np.ndarray, variances: np.ndarray) -> n
     z = np.where(obs[:, None, :], x[:, None, :] - means[None], 0.0)
     terms = -0.5 * (np.log(2 * np.pi * variances)[None] + z * z / variances[None])
     return np.where(obs[:, None, :], terms, 0.0).sum(axis=2)
+
+
+try:  # hmmlearn's compiled forward recursion (what GaussianHMM.score runs with implementation="scaling")
+    from hmmlearn._hmmc import forward_scaling as _forward_scaling
+except ImportError:  # pragma: no cover - only if a future hmmlearn moves it
+    _forward_scaling = None
+
+
+def _forward_python(start: np.ndarray, transmat: np.ndarray, lik: np.ndarray) -> np.ndarray:
+    """Filtered state posteriors by the normalised forward recursion; a day whose likelihood is zero
+    under every reachable state resets to uniform instead of dividing by zero."""
+    out = np.empty_like(lik)
+    prev = start
+    uniform = np.full(len(start), 1.0 / len(start))
+    for t in range(len(lik)):
+        cur = (prev @ transmat if t else prev) * lik[t]
+        total = cur.sum()
+        prev = cur / total if total > 0 else uniform
+        out[t] = prev
+    return out
 
 
 def _stationary(transmat: np.ndarray) -> np.ndarray:
@@ -325,28 +349,36 @@ class HMMRegimeDetector:
     def state_posteriors(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Filtered P(state_t | features_1..t) per day: causal, so a backtest never peeks ahead."""
         self._require_fitted()
+        post = self._filtered(frame.reindex(columns=self.params["features"]).to_numpy(float))
+        return pd.DataFrame(post, index=frame.index, columns=range(self.n_states))
+
+    def _filtered(self, x: np.ndarray) -> np.ndarray:
+        """Forward filter over raw feature rows (columns = the model's ``features``), started from the
+        chain's stationary distribution. Emissions are computed here (hmmlearn cannot marginalise
+        NaN features); the recursion itself is hmmlearn's compiled scaled forward pass, whose
+        per-day normalised alphas are exactly the filtered posteriors (``_forward_python`` is the same
+        recursion, used if that private routine is ever missing, and the test reference)."""
         p = self.params
-        cols = p["features"]
-        x = frame.reindex(columns=cols).to_numpy(float)
         x = (x - np.asarray(p["scaler_mean"])) / np.asarray(p["scaler_std"])
         ll = _masked_loglik(x, np.asarray(p["means"]), np.asarray(p["variances"]))
-        a = np.asarray(p["transmat"])
         lik = np.exp(ll - ll.max(axis=1, keepdims=True))   # per-row scaling: only ratios matter
-        out = np.empty_like(ll)
-        prev = np.asarray(p["startprob"])
-        for t in range(len(ll)):
-            cur = (prev @ a if t else prev) * lik[t]
-            total = cur.sum()
-            prev = cur / total if total > 0 else np.full(len(cur), 1.0 / len(cur))
-            out[t] = prev
-        return pd.DataFrame(out, index=frame.index, columns=range(self.n_states))
+        start, a = np.asarray(p["startprob"], float), np.asarray(p["transmat"], float)
+        if _forward_scaling is not None and len(lik):
+            try:
+                return _forward_scaling(start, a, np.ascontiguousarray(lik))[1]
+            except ValueError:   # a day no state can explain (all-zero row): the loop below copes
+                pass
+        return _forward_python(start, a, lik)
+
+    def _state_to_regime(self) -> np.ndarray:
+        """0/1 matrix (states × :data:`REGIMES`): regime probability = posterior @ this."""
+        names = self.params["state_regimes"]
+        return np.array([[1.0 if n == r.value else 0.0 for r in REGIMES] for n in names])
 
     def regime_probabilities(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Filtered probability of each named regime per day (sum over its states)."""
-        post = self.state_posteriors(frame)
-        names = self.params["state_regimes"]
-        return pd.DataFrame({r.value: post.loc[:, [k for k, n in enumerate(names) if n == r.value]].sum(axis=1)
-                             for r in REGIMES}, index=frame.index)
+        post = self.state_posteriors(frame).to_numpy()
+        return pd.DataFrame(post @ self._state_to_regime(), index=frame.index, columns=[r.value for r in REGIMES])
 
     def label_history(self, frame: pd.DataFrame, hysteresis: bool = True) -> pd.Series:
         """Regime per day (values are :class:`Regime`), causal; with the detector's hysteresis by default."""
@@ -376,39 +408,43 @@ class HMMRegimeDetector:
         return tuple(key)
 
     def _detect(self, market: MarketSnapshot) -> RegimeReading:
+        """One reading from the snapshot's whole visible history, in numpy (no pandas on this path:
+        it runs on every new daily close inside the hourly loop)."""
         now = market.now
         if self.params is None:
             return RegimeReading(Regime.UNKNOWN, 0.0, self.name, now, {"why": "no fitted regime model loaded"})
+        features = self.params["features"]
         try:
-            frame = build_features(daily_closes_from_snapshot(market))
-            frame = frame.dropna(how="all")
-            present = frame.reindex(columns=self.params["features"]).notna()
-            if len(frame) < self.min_days:
+            days, x = feature_matrix(daily_close_arrays_from_snapshot(market))
+            rows = np.isfinite(x).any(axis=1)
+            days, x = days[rows], x[:, [FEATURES.index(c) for c in features]][rows]
+            if len(days) < self.min_days:
                 return RegimeReading(Regime.UNKNOWN, 0.0, self.name, now, {
-                    "why": f"{len(frame)} days of features in the snapshot, need {self.min_days}"})
-            n_last = int(present.iloc[-1].sum())
-            if n_last < self.min_features:
+                    "why": f"{len(days)} days of features in the snapshot, need {self.min_days}"})
+            present = np.isfinite(x[-1])
+            missing = [c for c, ok in zip(features, present) if not ok]
+            last_day = datetime.fromtimestamp(int(days[-1]) * 86_400, timezone.utc).date()
+            if int(present.sum()) < self.min_features:
                 return RegimeReading(Regime.UNKNOWN, 0.0, self.name, now, {
-                    "why": f"only {n_last} of {len(self.params['features'])} features on "
-                           f"{frame.index[-1].date()}, need {self.min_features}",
-                    "missing": [c for c in self.params["features"] if not present.iloc[-1][c]]})
-            probs = self.regime_probabilities(frame)
-            held, streak = self.hysteresis.run(probs.to_numpy())
+                    "why": f"only {int(present.sum())} of {len(features)} features on {last_day}, "
+                           f"need {self.min_features}", "missing": missing})
+            probs = self._filtered(x) @ self._state_to_regime()
+            held, streak = self.hysteresis.run(probs)
         except Exception as exc:  # a bad snapshot must not stop the engine: say why, restrict entries
             _log.exception("regime detection failed")
             return RegimeReading(Regime.UNKNOWN, 0.0, self.name, now, {"why": f"detection failed: {exc!r}"})
-        last = probs.iloc[-1]
+        last = probs[-1]
         regime = REGIMES[int(held[-1])]
-        raw = max(last.items(), key=lambda kv: kv[1])
+        top = int(np.argmax(last))
         details = {
-            "as_of_day": frame.index[-1].date().isoformat(),
-            "raw_regime": raw[0], "raw_confidence": round(float(raw[1]), 4),
+            "as_of_day": last_day.isoformat(),
+            "raw_regime": REGIMES[top].value, "raw_confidence": round(float(last[top]), 4),
             "pending_switch_streak": int(streak[-1]),
-            "probabilities": {k: round(float(v), 4) for k, v in last.items()},
-            "missing_features": [c for c in self.params["features"] if not present.iloc[-1][c]],
+            "probabilities": {r.value: round(float(v), 4) for r, v in zip(REGIMES, last)},
+            "missing_features": missing,
             "model_trained_to": self.params["training"]["end"],
         }
-        return RegimeReading(regime, round(float(last[regime.value]), 4), self.name, now, details)
+        return RegimeReading(regime, round(float(last[REGIMES.index(regime)]), 4), self.name, now, details)
 
     # ------------------------------------------------------------------ model card
     def card(self) -> str:

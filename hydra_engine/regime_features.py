@@ -60,19 +60,6 @@ def _utc_days(values) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).normalize().as_unit("ns")
 
 
-def _daily_from_intraday(ts_s: np.ndarray, close: np.ndarray, interval_s: int, now_s: float) -> pd.Series:
-    """Close of each UTC day from intraday bars: the last bar that closed inside the day, for days
-    that have ended by ``now_s`` (a day still in progress has no close yet)."""
-    close_s = ts_s.astype("int64") + interval_s
-    day = (close_s - 1) // DAY_S                     # a bar closing at 00:00 belongs to the day before
-    keep = (day + 1) * DAY_S <= now_s
-    if not keep.any():
-        return pd.Series(dtype=float)
-    s = pd.Series(close[keep], index=day[keep]).groupby(level=0).last()
-    s.index = pd.to_datetime(s.index.to_numpy() * DAY_S, unit="s", utc=True).as_unit("ns")
-    return s
-
-
 def load_daily_closes(data_dir: str | Path, end: pd.Timestamp | str | None = None) -> dict[str, pd.Series]:
     """Daily closes per engine symbol from the shared-data layout; files that are absent are skipped.
 
@@ -105,7 +92,8 @@ def load_daily_closes(data_dir: str | Path, end: pd.Timestamp | str | None = Non
         df = pd.read_parquet(root / BTC_HOURLY, columns=["ts", "close"])
         ts = df["ts"].dt.tz_convert("UTC").astype("datetime64[s, UTC]").astype("int64").to_numpy()
         last_close_s = float(ts[-1] + 3600)
-        out["BTC/USD"] = _daily_from_intraday(ts, df["close"].to_numpy(float), 3600, last_close_s)
+        day, close = _daily_arrays_from_bars(ts, df["close"].to_numpy(float), 3600, last_close_s)
+        out["BTC/USD"] = pd.Series(close, index=_index_from_days(day))
     elif (root / BTC_DAILY).is_file():
         df = pd.read_csv(root / BTC_DAILY)
         out["BTC/USD"] = pd.Series(df["close"].to_numpy(float), index=_utc_days(pd.to_datetime(df["timestamp"], unit="ms")))
@@ -124,54 +112,114 @@ def _contiguous_tail(s: pd.Series) -> pd.Series:
     return s.iloc[gaps[-1]:] if len(gaps) else s
 
 
-def daily_closes_from_snapshot(market: MarketSnapshot) -> dict[str, pd.Series]:
-    """Daily closes of the feature symbols visible in a snapshot. Daily bars are dated by the UTC day
-    of their open; intraday bars (hourly crypto) are resampled to UTC days, complete days only."""
+DailyCloses = tuple[np.ndarray, np.ndarray]   # (UTC day numbers since 1970-01-01, closes), sorted by day
+
+
+def _daily_arrays_from_bars(ts_s: np.ndarray, close: np.ndarray, interval_s: int, now_s: float) -> DailyCloses:
+    """(day numbers, closes) from one symbol's bars: daily bars are dated by the UTC day of their open
+    (the last bar of a day wins); intraday bars give the close of each UTC day that has ended by
+    ``now_s`` (a bar closing at 00:00 belongs to the day before). Non-finite or non-positive closes are
+    dropped. Bars are sorted by time, so "last of each day" is the end of each run of equal days."""
+    ts_s = np.asarray(ts_s, "int64")
+    close = np.asarray(close, float)
+    if interval_s >= DAY_S:
+        day = ts_s // DAY_S
+    else:
+        day = (ts_s + interval_s - 1) // DAY_S
+        keep = (day + 1) * DAY_S <= now_s
+        day, close = day[keep], close[keep]
+    if not len(day):
+        return np.empty(0, "int64"), np.empty(0)
+    last_of_day = np.append(day[1:] != day[:-1], True)
+    day, close = day[last_of_day], close[last_of_day]
+    ok = np.isfinite(close) & (close > 0)
+    return day[ok], close[ok]
+
+
+def daily_close_arrays_from_snapshot(market: MarketSnapshot) -> dict[str, DailyCloses]:
+    """Daily closes of the feature symbols visible in a snapshot, as numpy day numbers and closes."""
     now_s = market.now.timestamp()
-    out: dict[str, pd.Series] = {}
+    out: dict[str, DailyCloses] = {}
     for symbol in [s for s, _ in ASSETS.values()] + [VIX_SYMBOL]:
         bars = market.bars.get(symbol)
         if bars is None or not len(bars):
             continue
-        if bars.interval_s >= DAY_S:
-            s = pd.Series(np.asarray(bars.close, float), index=_utc_days(np.asarray(bars.ts, "int64") * 10**9))
-            s = s[~s.index.duplicated(keep="last")]
-        else:
-            s = _daily_from_intraday(np.asarray(bars.ts), np.asarray(bars.close, float), bars.interval_s, now_s)
-        s = s[np.isfinite(s.to_numpy()) & (s.to_numpy() > 0)]
-        if len(s):
-            out[symbol] = s
+        day, close = _daily_arrays_from_bars(bars.ts, bars.close, bars.interval_s, now_s)
+        if len(day):
+            out[symbol] = (day, close)
     return out
 
 
-def build_features(closes: dict[str, pd.Series]) -> pd.DataFrame:
-    """The feature frame (columns :data:`FEATURES`, NaN where an input is missing) from daily closes."""
+def daily_closes_from_snapshot(market: MarketSnapshot) -> dict[str, pd.Series]:
+    """Daily closes of the feature symbols visible in a snapshot, as date-indexed Series."""
+    return {k: pd.Series(c, index=_index_from_days(d)) for k, (d, c) in daily_close_arrays_from_snapshot(market).items()}
+
+
+def _index_from_days(days: np.ndarray) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(pd.to_datetime(np.asarray(days, "int64") * DAY_S, unit="s", utc=True)).as_unit("ns")
+
+
+def _days_from_index(index: pd.DatetimeIndex) -> np.ndarray:
+    return pd.DatetimeIndex(index).as_unit("ns").asi8 // (DAY_S * 10**9)
+
+
+def _carried(values: np.ndarray, own_days: np.ndarray, calendar: np.ndarray) -> np.ndarray:
+    """``values`` (on ``own_days``) on ``calendar``: the latest value dated on or before each calendar
+    day, carried at most ``MAX_CARRY_DAYS`` days, NaN beyond (or before the series starts)."""
+    j = np.searchsorted(own_days, calendar, side="right") - 1
+    out = np.full(len(calendar), np.nan)
+    ok = (j >= 0)
+    ok[ok] = calendar[ok] - own_days[j[ok]] <= MAX_CARRY_DAYS
+    out[ok] = values[j[ok]]
+    return out
+
+
+def _lagged_difference(x: np.ndarray, lag: int) -> np.ndarray:
+    out = np.full(len(x), np.nan)
+    out[lag:] = x[lag:] - x[:-lag]
+    return out
+
+
+def feature_matrix(closes: dict[str, DailyCloses]) -> tuple[np.ndarray, np.ndarray]:
+    """The feature maths, in numpy: (calendar day numbers, matrix with columns :data:`FEATURES`, NaN
+    where an input is missing). Training (:func:`build_features`) and detection both call this one
+    function, so the model sees the same numbers in both; it is also fast enough to run on every new
+    daily close inside the hourly loop (bench/RESULTS.md, cycle latency)."""
     # the calendar: SPY's trading days when SPY is there (the reference market), else the union of
     # the other daily series, else BTC's days (a crypto-only snapshot)
     order = [["SPY"], [s for p, (s, _) in ASSETS.items() if p != "btc"] + [VIX_SYMBOL], list(closes)]
-    days = next(([closes[s].index for s in group if s in closes] for group in order
-                 if any(s in closes for s in group)), [])
-    index = days[0].append(days[1:]).unique().sort_values() if days else pd.DatetimeIndex([], tz="UTC")
-    frame = pd.DataFrame(index=index.rename("day"), columns=list(FEATURES), dtype=float)
+    group = next(([closes[s][0] for s in g if s in closes] for g in order if any(s in closes for s in g)), [])
+    calendar = np.unique(np.concatenate(group)) if group else np.empty(0, "int64")
+    x = np.full((len(calendar), len(FEATURES)), np.nan)
+    col = {name: j for j, name in enumerate(FEATURES)}
     for prefix, (symbol, per_year) in ASSETS.items():
-        s = closes.get(symbol)
-        if s is None or len(s) <= WINDOW:
+        if symbol not in closes or len(closes[symbol][1]) <= WINDOW:
             continue
-        logp = np.log(s)
-        lr = logp.diff()
+        days, close = closes[symbol]
+        logp = np.log(close)
+        ret = _lagged_difference(logp, WINDOW)
+        lr = np.diff(logp)
+        vol = np.full(len(close), np.nan)
+        # sample std (ddof=1) of the WINDOW log returns ending at each day: the first needs WINDOW+1 closes
+        vol[WINDOW:] = np.lib.stride_tricks.sliding_window_view(lr, WINDOW).std(axis=1, ddof=1) * math.sqrt(per_year)
         with np.errstate(divide="ignore"):
-            lvol = np.log(lr.rolling(WINDOW).std() * math.sqrt(per_year))
-        cols = pd.DataFrame({f"{prefix}_ret20": logp - logp.shift(WINDOW),
-                             f"{prefix}_lvol20": lvol.replace(-np.inf, np.nan)})
-        frame[cols.columns] = cols.reindex(index, method="ffill", limit=MAX_CARRY_DAYS,
-                                           tolerance=pd.Timedelta(days=MAX_CARRY_DAYS))
-    vix = closes.get(VIX_SYMBOL)
-    if vix is not None and len(vix) > VIX_CHANGE_DAYS:
-        lv = np.log(vix)
-        cols = pd.DataFrame({"vix_log": lv, "vix_chg5": lv - lv.shift(VIX_CHANGE_DAYS)})
-        frame[cols.columns] = cols.reindex(index, method="ffill", limit=MAX_CARRY_DAYS,
-                                           tolerance=pd.Timedelta(days=MAX_CARRY_DAYS))
-    return frame.astype(float)
+            lvol = np.log(vol)
+        lvol[np.isneginf(lvol)] = np.nan       # a flat 20 days (stale source) is not "zero volatility"
+        x[:, col[f"{prefix}_ret20"]] = _carried(ret, days, calendar)
+        x[:, col[f"{prefix}_lvol20"]] = _carried(lvol, days, calendar)
+    if VIX_SYMBOL in closes and len(closes[VIX_SYMBOL][1]) > VIX_CHANGE_DAYS:
+        days, level = closes[VIX_SYMBOL]
+        lv = np.log(level)
+        x[:, col["vix_log"]] = _carried(lv, days, calendar)
+        x[:, col["vix_chg5"]] = _carried(_lagged_difference(lv, VIX_CHANGE_DAYS), days, calendar)
+    return calendar, x
+
+
+def build_features(closes: dict[str, pd.Series]) -> pd.DataFrame:
+    """The feature frame (columns :data:`FEATURES`, index = UTC days) from date-indexed daily closes."""
+    arrays = {k: (_days_from_index(v.index), v.to_numpy(float)) for k, v in closes.items() if len(v)}
+    days, x = feature_matrix(arrays)
+    return pd.DataFrame(x, index=_index_from_days(days).rename("day"), columns=list(FEATURES))
 
 
 def load_feature_frame(data_dir: str | Path | None = None, end: pd.Timestamp | str | None = None) -> pd.DataFrame:
@@ -187,5 +235,6 @@ def load_feature_frame(data_dir: str | Path | None = None, end: pd.Timestamp | s
     return build_features(closes)
 
 
-__all__ = ["FEATURES", "ASSETS", "VIX_SYMBOL", "WINDOW", "build_features", "daily_closes_from_snapshot",
-           "load_daily_closes", "load_feature_frame", "shared_data_dir"]
+__all__ = ["FEATURES", "ASSETS", "VIX_SYMBOL", "WINDOW", "build_features", "daily_close_arrays_from_snapshot",
+           "daily_closes_from_snapshot", "feature_matrix", "load_daily_closes", "load_feature_frame",
+           "shared_data_dir"]

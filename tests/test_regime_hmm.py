@@ -13,8 +13,9 @@ from hypothesis import given, settings, strategies as st
 from hydra_engine.domain import UTC, Regime
 from hydra_engine.ports import BarSeries, MarketSnapshot
 from hydra_engine.regime import (DEFAULT_MODEL_PATH, REGIMES, HMMRegimeDetector, Hysteresis, StateRule,
-                                 TrendVolRule, load_detector)
-from hydra_engine.regime_features import (build_features, daily_closes_from_snapshot, load_daily_closes,
+                                 TrendVolRule, _forward_python, load_detector)
+from hydra_engine.regime_features import (ASSETS, FEATURES, MAX_CARRY_DAYS, VIX_CHANGE_DAYS, VIX_SYMBOL, WINDOW,
+                                          build_features, daily_closes_from_snapshot, load_daily_closes,
                                           load_feature_frame)
 
 
@@ -110,6 +111,45 @@ def real_snapshot(root, now: datetime, days: int = 500) -> MarketSnapshot:
     btc = btc[btc.index + pd.Timedelta(hours=1) <= pd.Timestamp(now)].iloc[-60 * 24:]
     bars["BTC/USD"] = _bars("BTC/USD", btc, 3600)
     return MarketSnapshot(now=now, bars=bars)
+
+
+def pandas_reference_features(closes: dict[str, pd.Series]) -> pd.DataFrame:
+    """The feature maths written the obvious pandas way (rolling std, reindex with ffill/tolerance):
+    the numpy implementation the detector runs must agree with it."""
+    cal = closes["SPY"].index
+    out = pd.DataFrame(index=cal, columns=list(FEATURES), dtype=float)
+    carry = dict(method="ffill", limit=MAX_CARRY_DAYS, tolerance=pd.Timedelta(days=MAX_CARRY_DAYS))
+    for prefix, (symbol, per_year) in ASSETS.items():
+        logp = np.log(closes[symbol])
+        vol = logp.diff().rolling(WINDOW).std() * np.sqrt(per_year)
+        out[f"{prefix}_ret20"] = (logp - logp.shift(WINDOW)).reindex(cal, **carry)
+        out[f"{prefix}_lvol20"] = np.log(vol).reindex(cal, **carry)
+    lv = np.log(closes[VIX_SYMBOL])
+    out["vix_log"] = lv.reindex(cal, **carry)
+    out["vix_chg5"] = (lv - lv.shift(VIX_CHANGE_DAYS)).reindex(cal, **carry)
+    return out
+
+
+def test_feature_maths_match_a_pandas_reference_on_real_data(shared_data):
+    closes = load_daily_closes(shared_data)
+    ours, ref = build_features(closes), pandas_reference_features(closes)
+    assert list(ours.index) == list(ref.index)
+    np.testing.assert_allclose(ours.to_numpy(), ref.to_numpy(), rtol=1e-9, atol=1e-12)   # NaN where NaN
+    assert ours["btc_ret20"].notna().sum() > 1000 and ours["spy_lvol20"].notna().sum() > 5000
+
+
+def test_compiled_forward_pass_equals_the_plain_recursion(fitted, frame):
+    det = fitted[0]
+    window = frame["2019-06-01":"2021-06-01"]
+    x = window.reindex(columns=det.params["features"]).to_numpy(float)
+    p = det.params
+    from hydra_engine.regime import _masked_loglik
+    ll = _masked_loglik((x - np.asarray(p["scaler_mean"])) / np.asarray(p["scaler_std"]),
+                        np.asarray(p["means"]), np.asarray(p["variances"]))
+    lik = np.exp(ll - ll.max(axis=1, keepdims=True))
+    plain = _forward_python(np.asarray(p["startprob"]), np.asarray(p["transmat"]), lik)
+    np.testing.assert_allclose(det._filtered(x), plain, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(plain.sum(axis=1), 1.0)
 
 
 def test_snapshot_features_match_file_features(shared_data, frame):
