@@ -30,13 +30,18 @@ import pandas as pd
 
 from .ports import MarketSnapshot
 from .regime import HMMRegimeDetector
-from .regime_features import build_features, daily_closes_from_snapshot, load_daily_closes
+from .regime_features import _contiguous_tail, build_features, daily_closes_from_snapshot, load_daily_closes
 
 _log = logging.getLogger(__name__)
 
 
+RECENT_DAYS = 20   # a feature absent on all of the last 20 days is one the live feed does not supply
+
+
 def history_closes(history_dir: Path | None, market: MarketSnapshot, before: date) -> dict[str, pd.Series]:
-    """Daily closes strictly before ``before``: the folder's files, then the snapshot's newer days."""
+    """Daily closes strictly before ``before``: the folder's files, then the snapshot's newer days.
+    Where the two leave a hole of more than a month (paper trading years after the shipped files end),
+    only the part after the hole is kept: a 20-day return across a hole is not a 20-day return."""
     cut = pd.Timestamp(before, tz="UTC")
     closes = load_daily_closes(history_dir, end=cut) if history_dir is not None and Path(history_dir).is_dir() else {}
     for symbol, recent in daily_closes_from_snapshot(market).items():
@@ -48,7 +53,7 @@ def history_closes(history_dir: Path | None, market: MarketSnapshot, before: dat
                 closes[symbol] = pd.concat([known, recent])
         elif len(recent):
             closes[symbol] = recent
-    return closes
+    return {k: _contiguous_tail(v) for k, v in closes.items()}
 
 
 @dataclass
@@ -83,8 +88,16 @@ class RegimeRefitter:
         record = {"at": now.isoformat(), "why": why, "history_before": now.date().isoformat()}
         try:
             frame = build_features(history_closes(self.history_dir, market, now.date())).dropna(how="all")
+            # a core feature the recent days lack (VIX is not on Alpaca's feed) would leave no complete
+            # training day and is marginalised out at detection anyway: fit without it, and say so
+            recent = frame.tail(RECENT_DAYS)
+            core = tuple(c for c in template.core_features if c in recent and recent[c].notna().any())
+            left_out = [c for c in template.core_features if c not in core]
+            if left_out:
+                record["features_left_out"] = left_out
             fresh = HMMRegimeDetector(n_states=template.n_states, hysteresis=template.hysteresis, rule=template.rule,
-                                      min_days=template.min_days, min_features=template.min_features)
+                                      min_days=template.min_days, min_features=template.min_features,
+                                      core_features=core)
             fresh.fit(frame, seed=self.seed, n_init=self.n_init)
         except (ValueError, RuntimeError, OSError, np.linalg.LinAlgError) as exc:
             _log.warning("regime refit at %s failed: %s (keeping the current model)", now, exc)

@@ -54,6 +54,45 @@ def test_history_is_strictly_before_the_refit_day_and_extends_the_folder_with_th
     assert all(s.index.max() < pd.Timestamp("2022-06-01", tz="UTC") for s in early.values())
 
 
+def folder_until(tmp_path, last_day: str):
+    """The shipped data's daily ETF and VIX files cut after ``last_day`` (the "shipped files" of a
+    paper session run months after they were made)."""
+    from hydra_engine.regime_features import EQUITY_DIRS, VIX_FILES
+    root = tmp_path / "shipped-until"
+    for sym in ("SPY", "TLT", "HYG", "GLD"):
+        src = SHIPPED_DATA / EQUITY_DIRS[1] / f"{sym}.csv.gz"
+        df = pd.read_csv(src)
+        (root / EQUITY_DIRS[1]).mkdir(parents=True, exist_ok=True)
+        df[df["Date"] <= last_day].to_csv(root / EQUITY_DIRS[1] / f"{sym}.csv.gz", index=False)
+    vix = pd.read_csv(SHIPPED_DATA / VIX_FILES[1])
+    (root / VIX_FILES[1]).parent.mkdir(parents=True, exist_ok=True)
+    vix[vix.iloc[:, 0] <= last_day].to_csv(root / VIX_FILES[1], index=False)
+    return root
+
+
+def test_paper_style_refit_extends_old_files_with_the_live_snapshot_and_leaves_out_what_the_feed_lacks(
+        tmp_path, shared_data):
+    """Paper trading: files end 2024-06, the live snapshot (Alpaca: no VIX) brings the days since."""
+    folder = folder_until(tmp_path, "2024-06-28")
+    now = at("2024-12-16")
+    live = real_snapshot(shared_data, now)
+    live = MarketSnapshot(now=now, bars={k: v for k, v in live.bars.items() if k != "VIX"})
+    closes = history_closes(folder, live, now.date())
+    assert closes["SPY"].index.min() == pd.Timestamp("2020-07-27", tz="UTC")      # the files' history ...
+    assert closes["SPY"].index.max() >= pd.Timestamp("2024-12-12", tz="UTC")      # ... extended by the snapshot
+    assert closes["VIX"].index.max() < pd.Timestamp("2024-07-01", tz="UTC")
+    r = RegimeRefitter(every=timedelta(days=30), history_dir=folder, save_dir=None)
+    fresh, record = r.refit(HMMRegimeDetector.load(), live, now, "test")
+    assert record["ok"] and record["trained_to"] >= "2024-12-12"
+    assert record["features_left_out"] == ["vix_log", "vix_chg5"]
+    assert "vix_log" not in fresh.params["features"]
+    assert fresh.detect(live).regime is not Regime.UNKNOWN
+    # files and snapshot with a hole of more than a month between them: only the part after the hole
+    short = real_snapshot(shared_data, now, days=90)
+    closes = history_closes(folder, short, now.date())
+    assert closes["SPY"].index.min() > pd.Timestamp("2024-07-31", tz="UTC")
+
+
 def refit_settings(tmp_path, data_dir, refit_days=45, **engine):
     return make_settings(tmp_path, data_dir=data_dir, start="2022-01-01", end="2022-07-01", symbols=("SPY",),
                          data_only=("VIX", "TLT", "HYG", "GLD"), observation_cycles=0,
