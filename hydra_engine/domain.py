@@ -242,6 +242,7 @@ class Order:
     filled_qty: Decimal = Decimal(0)
     filled_avg_price: Decimal | None = None
     reject_reason: str = ""
+    legs: tuple["Order", ...] = ()  # a placed bracket's take-profit and stop-loss orders (as the broker named them)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from .config import Settings
 from .domain import (UTC, AssetClass, ClosedTrade, Fill, Order, OrderStatus, OrderType, Position, Regime,
@@ -39,6 +39,7 @@ class PendingPlan:
     regime: str
     regime_confidence: float
     contributors: tuple = ()      # the signals behind the entry, scored when the trade closes
+    bracket: bool = False         # the broker holds the stop and target (bracket legs) at the plan's prices
 
 
 @dataclass(slots=True)
@@ -401,10 +402,30 @@ class Engine:
 
     def _execute_entry(self, p: TradeProposal, qty: Decimal, now: datetime, report: dict,
                        contributors: tuple = ()) -> None:
+        bracket = self._bracket_entry(p, qty)
+        if bracket:   # Alpaca brackets take whole shares: round down (never more risk than approved)
+            qty = qty.to_integral_value(rounding=ROUND_DOWN)
         order = Order(self._next_coid(p.strategy, p.symbol), p.symbol, p.side, qty, OrderType.MARKET,
-                      self._tif(p.symbol), now, p.strategy, purpose="entry")
-        if self._submit(order, report):
-            self.plans[order.client_order_id] = PendingPlan(p, self.regime.regime.value, self.regime.confidence, contributors)
+                      TimeInForce.GTC if bracket else self._tif(p.symbol), now, p.strategy, purpose="entry",
+                      take_profit_price=to_decimal(p.target_price) if bracket else None,
+                      stop_loss_price=to_decimal(p.stop_price) if bracket else None)
+        sent = self._submit(order, report)
+        if sent:
+            self.plans[order.client_order_id] = PendingPlan(p, self.regime.regime.value, self.regime.confidence,
+                                                            contributors, bracket=bool(sent.legs))
+            for leg in sent.legs:   # a leg's fill closes the trade with the leg's reason
+                self.exit_reasons[leg.client_order_id] = "target" if leg.order_type is OrderType.LIMIT else "stop"
+
+    def _bracket_entry(self, p: TradeProposal, qty: Decimal) -> bool:
+        """Issue #3: on a broker that holds brackets (Alpaca), an equity entry of at least one whole share
+        carries its stop and target as broker-side legs (GTC, so they outlive the session), which protect
+        the position between cycles and while HYDRA is down. The engine still watches the same levels
+        and, for any other exit, cancels the legs first. A percent trail goes to a native trailing stop
+        instead (Alpaca holds one protective order per share); a fraction of a share stays engine-managed."""
+        if not getattr(self.broker, "supports_brackets", False) or p.trailing_stop_pct or qty < 1:
+            return False
+        asset = self.broker.asset(p.symbol)
+        return asset.asset_class is AssetClass.EQUITY and (not asset.order_types or OrderType.STOP in asset.order_types)
 
     def _execute_exit(self, ex: ExitInstruction, now: datetime, report: dict) -> None:
         pos = self.positions[ex.symbol]
@@ -457,7 +478,9 @@ class Engine:
             plan = self.plans.pop(coid)
             p = plan.proposal
             price = float(fill.price)
-            scale = price / p.entry_price  # keep the plan's distances, anchored at the real fill
+            # keep the plan's distances, anchored at the real fill -- unless the broker holds the levels
+            # (bracket legs): then the engine watches exactly the prices the broker will act on
+            scale = 1.0 if plan.bracket else price / p.entry_price
             self.positions[fill.symbol] = Position(
                 symbol=fill.symbol, qty=fill.qty * fill.side.sign, avg_entry_price=fill.price, strategy=p.strategy,
                 opened_at=fill.ts, stop_price=p.stop_price * scale, target_price=p.target_price * scale,

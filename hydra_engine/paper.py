@@ -80,7 +80,11 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         log.warning("could not catch up on fills at start-up: %s", exc)
         caught = []
     engine.caught_up_fills = [(f, engine._apply_fill(f)) for f in caught]
-    report = reconcile(broker.positions(), broker.open_orders(), engine.positions, [], now=started,
+    # the working orders HYDRA recorded (bracket legs, native trailing stops and exits, by client_order_id
+    # in its saved state) are its own; any other working order is a mismatch
+    working = broker.open_orders()
+    recorded = [o for o in working if o.client_order_id in engine.exit_reasons]
+    report = reconcile(broker.positions(), working, engine.positions, recorded, now=started,
                        known_symbols=settings.universe.symbols)
     if not report.ok:
         text = "; ".join(report.mismatches)

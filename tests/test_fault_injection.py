@@ -253,7 +253,8 @@ def run_paper(cfg: Path, monkeypatch, double, *, cycles: int, steer=None, args=(
     between cycles the double's exchange fills whatever is working (at the last close)."""
     import hydra_engine.paper as paper
     from signals.binance import BinanceFuturesClient
-    original = paper.build_paper_session
+    # the real builder, also when an earlier run_paper of the same test (a restart) replaced it
+    original = getattr(paper.build_paper_session, "real_builder", paper.build_paper_session)
 
     def build(settings, **kw):
         kw["clock"] = FastClock(1)
@@ -273,6 +274,7 @@ def run_paper(cfg: Path, monkeypatch, double, *, cycles: int, steer=None, args=(
         session.before_cycle = before
         return session
 
+    build.real_builder = original
     monkeypatch.setattr(paper, "build_paper_session", build)
     return main(["--config", str(cfg), "run", "--mode", "paper", "--cycles", str(cycles), "--no-progress", *args])
 

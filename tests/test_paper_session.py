@@ -185,3 +185,61 @@ class TrailingProbe(SpyProbe):
             return []
         return [TradeProposal(self.name, "SPY", Side.BUY, price, price * 0.97, price * 1.06, 0.7, timedelta(days=2),
                               "probe", max_notional_usd=2 * price, min_notional_usd=100.0, trailing_stop_pct=1.5)]
+
+
+class BracketProbe(SpyProbe):
+    """Buys three SPY shares once with a stop 3 % below and a target 6 % above, no trail."""
+
+    name = "bracket_probe"
+
+    def propose(self, ctx, combined):
+        price = ctx.market.price("SPY")
+        if "SPY" not in combined or ctx.held.get("SPY") or not price > 0:
+            return []
+        return [TradeProposal(self.name, "SPY", Side.BUY, price, price * 0.97, price * 1.06, 0.7, timedelta(days=2),
+                              "probe", max_notional_usd=3.2 * price, min_notional_usd=100.0)]
+
+
+def test_equity_entry_is_a_bracket_whose_stop_leg_closes_the_trade_even_across_a_restart(
+        tmp_path, monkeypatch, double_env, capsys):
+    """Issue #3: on Alpaca an equity entry of whole shares carries its stop and target as bracket legs
+    (GTC). The legs are HYDRA's own: a restart does not take them for unknown orders, and when the stop
+    leg fills at the broker the trade closes with exit reason "stop" and no second sell is sent."""
+    from importlib.metadata import EntryPoint
+
+    import hydra_engine.plugins as plugins
+    from .test_fault_injection import install_spy, paper_config, run_paper, session_doc
+
+    double, _ = double_env
+    install_spy(double, datetime.now(UTC))
+    monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
+        name="bracket_probe", value="tests.test_paper_session:BracketProbe", group=group)])
+    cfg = paper_config(tmp_path, symbols=("SPY",), extra='[strategies]\nenabled = ["bracket_probe"]\n')
+    engines = []
+    assert run_paper(cfg, monkeypatch, double, cycles=2, steer=lambda e, c: engines.append(e)) == 0, \
+        capsys.readouterr().err[-3000:]
+    entry = [b for b in double.order_bodies if b.get("side") == "buy"]
+    assert len(entry) == 1 and entry[0]["order_class"] == "bracket" and entry[0]["time_in_force"] == "gtc"
+    qty = Decimal(entry[0]["qty"])
+    assert qty == qty.to_integral_value() and qty >= 1
+    pos = engines[-1].positions["SPY"]
+    assert Decimal(entry[0]["stop_loss"]["stop_price"]) == Decimal(str(round(pos.stop_price, 2)))
+    assert Decimal(entry[0]["take_profit"]["limit_price"]) == Decimal(str(round(pos.target_price, 2)))
+    assert all(not e for e in double.body_errors)                       # valid against the OpenAPI spec
+    stop_leg = double.order(entry[0]["client_order_id"] + "-sl")
+    assert stop_leg["status"] == "new" and engines[-1].exit_reasons[stop_leg["client_order_id"]] == "stop"
+
+    # restart: the working legs are HYDRA's, so no reconciliation refusal; then the stop leg fills
+    engines.clear()
+
+    def steer(engine, cycle):   # cycle numbers continue from the saved state
+        engines.append(engine)
+        if len(engines) == 2:
+            double.fill(stop_leg["client_order_id"], entry[0]["stop_loss"]["stop_price"])
+    assert run_paper(cfg, monkeypatch, double, cycles=3, steer=steer) == 0, capsys.readouterr().err[-3000:]
+    assert "SPY" not in engines[-1].positions
+    assert double.order(entry[0]["client_order_id"] + "-tp")["status"] == "canceled"     # OCO at the broker
+    assert len([b for b in double.order_bodies if b.get("side") == "sell"]) == 0     # no second sell
+    trades = session_doc(tmp_path)["trades"]
+    assert [t["exit_reason"] for t in trades] == ["stop"]
+    assert Decimal(str(trades[0]["exit_price"])) == Decimal(entry[0]["stop_loss"]["stop_price"])

@@ -158,6 +158,7 @@ class AlpacaBroker:
     """HYDRA ``Broker`` on Alpaca. ``clock`` is a callable returning UTC now, or an object with ``now()``."""
 
     supports_native_trailing = True   # equities: Alpaca holds a percent trail between HYDRA's cycles
+    supports_brackets = True          # equities: market entry with take-profit and stop-loss legs
 
     def __init__(self, keys: AlpacaKeys, *, paper: bool = True, live: bool = False, url_override: str | None = None,
                  session_id: str, clock: Any, symbols: Iterable[str] = UNIVERSE,
@@ -358,12 +359,16 @@ class AlpacaBroker:
 
     def _merge(self, local: Order, placed: Any) -> Order:
         remote = self._to_order(placed)
+        legs = []
+        for leg in getattr(placed, "legs", None) or []:
+            # bracket legs protect the entry, like a stop: purpose "stop", so the engine's own exit (time,
+            # strategy, kill) is not mistaken for one already working -- it cancels them first
+            legs.append(dataclasses.replace(self._to_order(leg), strategy=local.strategy, purpose="stop"))
+            self._known[leg.client_order_id] = legs[-1]
         merged = dataclasses.replace(local, status=remote.status, broker_order_id=remote.broker_order_id,
-                                     filled_qty=remote.filled_qty, filled_avg_price=remote.filled_avg_price)
+                                     filled_qty=remote.filled_qty, filled_avg_price=remote.filled_avg_price,
+                                     legs=tuple(legs))
         self._known[local.client_order_id] = merged
-        for leg in getattr(placed, "legs", None) or []:       # bracket legs protect this entry: exits
-            self._known[leg.client_order_id] = dataclasses.replace(
-                self._to_order(leg), strategy=local.strategy, purpose="exit")
         return merged
 
     def _release_held(self, order: Order, holders: list[Any]) -> Order:
