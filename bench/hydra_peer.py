@@ -137,7 +137,7 @@ def build(frames: Mapping[str, pd.DataFrame | str | Path], *, fill_model: str = 
 
 
 def run(engine: Engine, clock: SimulatedClock, max_cycles: int | None = None) -> int:
-    return clock.run(lambda now: engine.run_cycle(now) and None, max_ticks=max_cycles)
+    return clock.run(engine.advance, max_ticks=max_cycles)
 
 
 def results(engine: Engine) -> tuple[int, Decimal]:
