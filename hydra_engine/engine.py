@@ -51,6 +51,7 @@ class RunStats:
     orders: int = 0
     rejected: int = 0
     errors: int = 0
+    quiet_cycles: int = 0      # cycles in which no plugin woke: steps 3-7 skipped (the quiet-bar fast path)
 
 
 def _order_dict(o: Order) -> dict:
@@ -114,6 +115,7 @@ class Engine:
         self.halted: str | None = None                   # e.g. a reconciliation mismatch: no entries
         self.caught_up_fills: list[tuple[Fill, dict | None]] = []   # issue #7: fills applied before cycle 1
         self.unresolved: dict[str, Order] = {}           # submits whose outcome the broker did not tell
+        self._update_marks = getattr(broker, "update_marks", None)   # simulated brokers are told the prices
         history = getattr(market, "history", None)       # replay data: plugins may pre-compute (causally)
         if history is not None:
             for strat in strategies:
@@ -178,7 +180,7 @@ class Engine:
                     trades.append(trade)
         except BrokerError as exc:
             report["errors"].append(f"poll_fills: {type(exc).__name__}: {exc}")
-        for coid, order in list(self.unresolved.items()):  # ask again about unknown outcomes
+        for coid, order in list(self.unresolved.items()) if self.unresolved else ():  # ask again about unknown outcomes
             try:
                 known = self.broker.get_order(coid)
             except BrokerError:
@@ -189,7 +191,7 @@ class Engine:
                     self.plans.pop(coid, None)
                     self.exit_reasons.pop(coid, None)
                     report["notes"].append(f"order {coid} was never accepted by the broker")
-        for coid in list(self.plans) + list(self.exit_reasons):
+        for coid in list(self.plans) + list(self.exit_reasons) if self.plans or self.exit_reasons else ():
             order = self.broker.get_order(coid)
             if order is not None and not order.status.is_open and order.status is not OrderStatus.FILLED:
                 report["orders"].append(_order_dict(order))   # rejected/canceled at fill time
@@ -198,9 +200,9 @@ class Engine:
 
         # --- 1. OBSERVE
         market = self.market.snapshot(now)
-        prices = {s: market.price(s) for s in market.bars}
-        if hasattr(self.broker, "update_marks"):
-            self.broker.update_marks(prices)
+        prices = market.prices()
+        if self._update_marks is not None:
+            self._update_marks(prices)
         report["prices"] = prices   # rounded by _format_report
         report["stale_symbols"] = dict(market.stale)
         for feed, why in market.feed_problems.items():  # e.g. Binance down: its strategies stand down
@@ -240,6 +242,7 @@ class Engine:
         if self._some_plugin_wakes(market):
             exit_requests = self._signals_to_orders(now, market, report, observing, blocked)
         else:
+            self.stats.quiet_cycles += 1
             exit_requests = []
             for strat in self.strategies:   # what the full path reports when every plugin stands by
                 report["strategies_run" if strat.trades_in(self.regime.regime) else "strategies_gated"].append(strat.name)
@@ -248,8 +251,9 @@ class Engine:
         kill = self.risk.kill_requested()
         exits = self.position_manager.manage(self.positions, market, now, kill=kill is not None,
                                              native_stops=self.native_stops)
-        exits += [ExitInstruction(r.symbol, "strategy", market.price(r.symbol), r.reason) for r in exit_requests
-                  if r.symbol in self.positions and self.positions[r.symbol].strategy == r.strategy]
+        if exit_requests:
+            exits += [ExitInstruction(r.symbol, "strategy", market.price(r.symbol), r.reason) for r in exit_requests
+                      if r.symbol in self.positions and self.positions[r.symbol].strategy == r.strategy]
         seen: set[str] = set()
         for ex in exits:
             if ex.symbol in seen:

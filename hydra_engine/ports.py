@@ -90,6 +90,12 @@ class MarketSnapshot:
         bars = self.bars.get(symbol)
         return bars.last_close if bars is not None else math.nan
 
+    def prices(self) -> dict[str, float]:
+        """Last close of every symbol with bars (NaN where a series is empty)."""
+        if len(self.newest) == len(self.bars):   # replay: every priced symbol is in ``newest``
+            return {s: hit[1] for s, hit in self.newest.items()}
+        return {s: self.price(s) for s in self.bars}
+
     def newest_bar_ts(self, symbol: str) -> int | None:
         """Open time (epoch s) of ``symbol``'s newest closed bar — which bar a cycle is looking at."""
         hit = self.newest.get(symbol)

@@ -103,7 +103,12 @@ class SmaCrossover(Strategy):
     def wants_cycle(self, market: MarketSnapshot) -> bool:
         if self._wake_bars is None:
             return True
-        return any(self._may_cross(market, s) for s in self.assets)
+        wake_bars, newest_bar_ts = self._wake_bars, market.newest_bar_ts   # _may_cross, inlined: every cycle
+        for symbol in self.assets:
+            wake = wake_bars.get(symbol)
+            if wake is None or newest_bar_ts(symbol) in wake:
+                return True
+        return False
 
     def _cross(self, close) -> int:
         """+1 when fast crossed above slow on the newest bar, -1 below, 0 otherwise."""

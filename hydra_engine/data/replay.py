@@ -174,16 +174,17 @@ class ReplayMarketData:
         now_s = int(now.timestamp())
         n = self.history_bars
         spans: dict[str, tuple[int, int]] = {}
-        snap = MarketSnapshot(now=now, bars=_LazyBars(self._series, spans))
-        stale, newest = snap.stale, snap.newest
+        stale: dict[str, str] = {}
+        newest: dict[str, tuple[int, float]] = {}
+        snap = MarketSnapshot(now, _LazyBars(self._series, spans), {}, stale, {}, newest)
         for symbol, b in self._bars.items():
             i = int(b.close_ts.searchsorted(now_s, "right"))   # ndarray method: no dispatch wrapper
             if i == 0:
                 stale[symbol] = "no closed bar yet"
                 continue
             spans[symbol] = (i - n if i > n else 0, i)
-            newest[symbol] = (int(b.open_ts[i - 1]), float(b.c[i - 1]))
-            last_close = int(b.close_ts[i - 1])
+            newest[symbol] = (b.open_ts.item(i - 1), b.c.item(i - 1))   # .item(): a Python int / float
+            last_close = b.close_ts.item(i - 1)
             bad = b.bad_close_ts
             k = int(bad.searchsorted(now_s, "right")) if len(bad) else 0
             if k and int(bad[k - 1]) > last_close:
