@@ -1,7 +1,7 @@
 """HYDRA wired for the peer benchmark (shared/bench-peers): SMA(20)/SMA(50) long-only, all-in, 0.1 % fee
 per side, filled at the signal bar's close — through the real engine core:
 
-  BarFileMarketData (ReplayMarketData)  →  SimulatedClock  →  Engine.run_cycle (all nine steps)
+  BarFileMarketData (ReplayMarketData)  →  SimulatedClock  →  Engine.advance (run_cycle without returning its report)
   →  SimulatedBroker(fill_model="signal_close", fee 10 bps, slippage 0, exact fees)
 
 Two pieces are benchmark-specific, and both are injected through the engine's ordinary ports:
@@ -137,7 +137,7 @@ def build(frames: Mapping[str, pd.DataFrame | str | Path], *, fill_model: str = 
 
 
 def run(engine: Engine, clock: SimulatedClock, max_cycles: int | None = None) -> int:
-    return clock.run(lambda now: engine.run_cycle(now) and None, max_ticks=max_cycles)
+    return clock.run(engine.advance, max_ticks=max_cycles)
 
 
 def results(engine: Engine) -> tuple[int, Decimal]:

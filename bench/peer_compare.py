@@ -7,6 +7,7 @@ filled at the signal bar's close). See bench/README.md for the method and bench/
   python bench/peer_compare.py --cases single_100000 --peers none
   python bench/peer_compare.py --peers all             # also nautilus_trader and backtrader (slow: ~25 min)
   python bench/peer_compare.py --one single_100000     # one HYDRA measurement in this (cold) process
+  python bench/peer_compare.py --one single_100000 --profile bench/out/profile_peer_single.txt
 
 Every measurement is a fresh process. "wall s" is, as for the peers, everything after the parquet read:
 building the replay data, the broker and the engine, running every cycle, extracting the results. The
@@ -72,12 +73,18 @@ def reference(frames) -> tuple[int, float]:
     return trades, equity
 
 
-def one(case: str, check: bool, latency: bool) -> dict:
-    """One cold HYDRA measurement (this process)."""
+def one(case: str, check: bool, latency: bool, profile: str | None = None) -> dict:
+    """One cold HYDRA measurement (this process); ``profile`` writes a pyinstrument text profile of
+    setup + run to that file (timings then include the profiler's overhead)."""
     import hydra_peer as H
     t_load = time.perf_counter()
     frames = load_frames(case)
     bars = sum(len(f) for f in frames.values())
+    profiler = None
+    if profile:
+        from pyinstrument import Profiler
+        profiler = Profiler(interval=0.0002)
+        profiler.start()
     t0 = time.perf_counter()
     engine, clock, _ = H.build(frames)
     del frames
@@ -95,6 +102,9 @@ def one(case: str, check: bool, latency: bool) -> dict:
     t2 = time.perf_counter()
     trades, equity = H.results(engine)
     t3 = time.perf_counter()
+    if profiler:
+        profiler.stop()
+        Path(profile).write_text(profiler.output_text(unicode=False, color=False, show_all=False))
     r = {"engine": "HYDRA", "case": case, "fill": "signal_close", "bars": bars, "cycles": engine.stats.cycles,
          "load_s": round(t0 - t_load, 3), "setup_s": round(t1 - t0, 3), "run_s": round(t2 - t1, 3),
          "wall_s": round(t3 - t0, 3), "bars_per_s": round(bars / (t3 - t0), 1),
@@ -152,6 +162,7 @@ def main() -> None:
     ap.add_argument("--one", choices=CASES, help="one HYDRA measurement in this process (used by the driver)")
     ap.add_argument("--no-check", action="store_true", help="skip the reference assertion")
     ap.add_argument("--latency", action="store_true", help="with --one: time each cycle too")
+    ap.add_argument("--profile", metavar="FILE.txt", help="with --one: pyinstrument text profile of setup + run")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--reps", type=int, default=1, help="HYDRA runs per case (median reported)")
     ap.add_argument("--peers", default="fast", choices=["none", "fast", "all"],
@@ -159,7 +170,7 @@ def main() -> None:
     ap.add_argument("--peer-reps", type=int, default=1)
     args = ap.parse_args()
     if args.one:
-        r = one(args.one, not args.no_check, args.latency)
+        r = one(args.one, not args.no_check, args.latency, args.profile)
         r.update(stamp())
         emit(r)
         return

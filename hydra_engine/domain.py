@@ -19,6 +19,8 @@ UTC = timezone.utc
 
 def require_utc(value: datetime, name: str = "timestamp") -> datetime:
     """Return ``value`` if it is a UTC-aware datetime, else raise ValueError naming the field."""
+    if value.__class__ is datetime and value.tzinfo is UTC:   # the common case, checked cheaply
+        return value
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() != timedelta(0):

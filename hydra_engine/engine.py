@@ -19,7 +19,7 @@ from decimal import ROUND_DOWN, Decimal
 from .config import Settings
 from .domain import (UTC, AssetClass, ClosedTrade, Fill, Order, OrderStatus, OrderType, Position, Regime,
                      RegimeReading, Side, Signal, TimeInForce, TradeProposal, make_client_order_id)
-from .ports import ZERO, Broker, BrokerError, MarketData, MarketSnapshot, UnknownOrderOutcome, to_decimal
+from .ports import ZERO, Account, Broker, BrokerError, MarketData, MarketSnapshot, UnknownOrderOutcome, to_decimal
 from .regime import TrendVolRule
 from .positions import ExitInstruction, PositionManager, uses_native_trailing
 from .risk import PortfolioView, RiskManager
@@ -29,6 +29,7 @@ from .tradelog import SessionLog, to_jsonable
 log = logging.getLogger(__name__)
 _VOL_RULE = TrendVolRule()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CENT = Decimal("0.01")
 
 
 @dataclass(slots=True)
@@ -51,6 +52,7 @@ class RunStats:
     orders: int = 0
     rejected: int = 0
     errors: int = 0
+    quiet_cycles: int = 0      # cycles in which no plugin woke: steps 3-7 skipped (the quiet-bar fast path)
 
 
 def _order_dict(o: Order) -> dict:
@@ -59,6 +61,23 @@ def _order_dict(o: Order) -> dict:
                         "created_at": o.created_at, "strategy": o.strategy, "purpose": o.purpose,
                         "status": o.status, "broker_order_id": o.broker_order_id, "filled_qty": o.filled_qty,
                         "filled_avg_price": o.filled_avg_price, "reject_reason": o.reject_reason})
+
+
+def _format_report(report: dict) -> None:
+    """Turn a cycle report's raw values (see Engine.advance) into their JSON-ready form, in place and
+    keeping the key order: ISO time, prices rounded to 8 places (non-finite ones dropped), a copy of
+    the regime reading, weights rounded to 6 places, equity and cash to the cent."""
+    report["ts"] = to_jsonable(report["ts"])
+    if "prices" in report:
+        report["prices"] = {s: round(p, 8) for s, p in report["prices"].items() if math.isfinite(p)}
+    if "regime" in report:
+        report["regime"] = dict(report["regime"])
+    if "weights" in report:
+        report["weights"] = {k: round(v, 6) for k, v in report["weights"].items()}
+    account = report.get("equity_usd")
+    if isinstance(account, Account):
+        report["equity_usd"] = str(account.equity_usd.quantize(CENT))
+        report["cash_usd"] = str(account.cash_usd.quantize(CENT))
 
 
 class Engine:
@@ -91,23 +110,41 @@ class Engine:
         self._regime_json: tuple = (None, None)
         self._vol_pct: tuple = (None, None)              # (reading, reference vol percentile when it came)          # (reading, its to_jsonable form): the cycle log's copy
         self.stats = RunStats()
-        self.last_report = None
+        self._last_report: dict | None = None
+        self._unformatted: dict | None = None            # the last report, if its formatting was deferred
         self.closed_trades: list[dict] = []
         self.native_stops: set[str] = set()              # symbols whose trailing stop the broker holds
         self.entry_sources: dict[str, list] = {}         # symbol -> (source, score) behind the open entry
         self.halted: str | None = None                   # e.g. a reconciliation mismatch: no entries
         self.caught_up_fills: list[tuple[Fill, dict | None]] = []   # issue #7: fills applied before cycle 1
         self.unresolved: dict[str, Order] = {}           # submits whose outcome the broker did not tell
+        self._update_marks = getattr(broker, "update_marks", None)   # simulated brokers are told the prices
+        history = getattr(market, "history", None)       # replay data: plugins may pre-compute (causally)
+        if history is not None:
+            for strat in strategies:
+                wanted = [n.symbol for n in strat.data_needs if n.kind == "bars"]
+                strat.prepare({s: h for s in wanted if (h := history(s)) is not None})
 
     # ================================================================== the cycle
     def run_cycle(self, now: datetime) -> dict:
+        """Run one cycle and return its report (the JSON-ready record of what it saw and did)."""
+        self.advance(now)
+        return self.last_report
+
+    def advance(self, now: datetime) -> None:
+        """Run one cycle without handing its report back. The report is still written to the session
+        log and the store when there are any, and ``last_report`` still returns it; only its JSON
+        formatting (time stamp, rounded prices, regime and weight copies, equity strings: several µs)
+        waits until something reads it. For drivers that ignore the report, e.g. the benchmarks."""
         self.cycle += 1
-        report: dict = {"cycle": self.cycle, "ts": to_jsonable(now), "mode": "trade", "signals": [],
+        # "ts", "prices", "regime", "weights", "equity_usd" and "cash_usd" hold raw values (the datetime,
+        # float prices, the shared regime dict, the Account) until _format_report makes them JSON-ready
+        report: dict = {"cycle": self.cycle, "ts": now, "mode": "trade", "signals": [],
                         "aggregated": {}, "strategies_run": [], "strategies_gated": [], "proposals": [],
                         "decisions": [], "orders": [], "fills": [], "exits": [], "errors": [], "notes": []}
         trades: list[dict] = []
         try:
-            return self._cycle(now, report, trades)
+            self._cycle(now, report, trades)
         except BrokerError as exc:
             # issue #7: a broker call that still fails after the adapter's retries (a 5xx storm, a
             # malformed body) used to escape the cycle: the cycle's record (orders already sent
@@ -116,12 +153,21 @@ class Engine:
             report["errors"].append(f"cycle cut short: {type(exc).__name__}: {exc}")
             report["notes"].append("broker unavailable: the rest of this cycle was skipped (no further orders)")
             report.setdefault("regime", to_jsonable(self.regime))
-            if self.last_report:
-                report.setdefault("equity_usd", self.last_report.get("equity_usd"))
-                report.setdefault("cash_usd", self.last_report.get("cash_usd"))
-            return self._finish_cycle(report, trades, now)
+            last = self.last_report
+            if last:
+                report.setdefault("equity_usd", last.get("equity_usd"))
+                report.setdefault("cash_usd", last.get("cash_usd"))
+        self._finish_cycle(report, trades, now)
 
-    def _cycle(self, now: datetime, report: dict, trades: list[dict]) -> dict:
+    @property
+    def last_report(self) -> dict | None:
+        """The last cycle's report, JSON-ready."""
+        if self._unformatted is not None:
+            _format_report(self._unformatted)
+            self._unformatted = None
+        return self._last_report
+
+    def _cycle(self, now: datetime, report: dict, trades: list[dict]) -> None:
         cfg = self.settings.engine
         # --- executions since the last cycle (entries become managed positions, exits close trades)
         for fill, trade in self.caught_up_fills:  # issue #7: applied at start-up, recorded by the first cycle
@@ -137,7 +183,7 @@ class Engine:
                     trades.append(trade)
         except BrokerError as exc:
             report["errors"].append(f"poll_fills: {type(exc).__name__}: {exc}")
-        for coid, order in list(self.unresolved.items()):  # ask again about unknown outcomes
+        for coid, order in list(self.unresolved.items()) if self.unresolved else ():  # ask again about unknown outcomes
             try:
                 known = self.broker.get_order(coid)
             except BrokerError:
@@ -148,7 +194,7 @@ class Engine:
                     self.plans.pop(coid, None)
                     self.exit_reasons.pop(coid, None)
                     report["notes"].append(f"order {coid} was never accepted by the broker")
-        for coid in list(self.plans) + list(self.exit_reasons):
+        for coid in list(self.plans) + list(self.exit_reasons) if self.plans or self.exit_reasons else ():
             order = self.broker.get_order(coid)
             if order is not None and not order.status.is_open and order.status is not OrderStatus.FILLED:
                 report["orders"].append(_order_dict(order))   # rejected/canceled at fill time
@@ -157,10 +203,10 @@ class Engine:
 
         # --- 1. OBSERVE
         market = self.market.snapshot(now)
-        prices = {s: market.price(s) for s in market.bars}
-        if hasattr(self.broker, "update_marks"):
-            self.broker.update_marks(prices)
-        report["prices"] = {s: round(p, 8) for s, p in prices.items() if math.isfinite(p)}
+        prices = market.prices()
+        if self._update_marks is not None:
+            self._update_marks(prices)
+        report["prices"] = prices   # rounded by _format_report
         report["stale_symbols"] = dict(market.stale)
         for feed, why in market.feed_problems.items():  # e.g. Binance down: its strategies stand down
             report["notes"].append(f"data feed {feed} unhealthy: {why}")
@@ -180,7 +226,7 @@ class Engine:
                 report["errors"].append(f"regime: {exc}")
         if self._regime_json[0] is not self.regime:   # converted once per reading, not once per cycle
             self._regime_json = (self.regime, to_jsonable(self.regime))
-        report["regime"] = dict(self._regime_json[1])
+        report["regime"] = self._regime_json[1]   # copied by _format_report
         market_kill = self.risk.on_market(self.regime, self._vol_percentile(market), now)
         if market_kill:
             report["notes"].append(f"kill switch fired: {market_kill}")
@@ -193,12 +239,57 @@ class Engine:
             report["mode"] = "killed" if self.risk.kill_requested() else "blocked"
             report["notes"].append(blocked)
 
+        # --- 3.-7. SIGNALS, PROPOSALS, RANK, FILTER (risk), EXECUTE. The quiet-bar fast path: when no
+        # plugin wants this cycle (Strategy.wants_cycle), none of these steps could produce a signal, a
+        # proposal, an order or an exit request, so they are skipped; everything around them (fills,
+        # marks, kill switches, regime, position management, weights, the report) runs as always.
+        if self._some_plugin_wakes(market):
+            exit_requests = self._signals_to_orders(now, market, report, observing, blocked)
+        else:
+            self.stats.quiet_cycles += 1
+            exit_requests = []
+            for strat in self.strategies:   # what the full path reports when every plugin stands by
+                report["strategies_run" if strat.trades_in(self.regime.regime) else "strategies_gated"].append(strat.name)
+
+        # --- 8. MANAGE open positions
+        kill = self.risk.kill_requested()
+        exits = self.position_manager.manage(self.positions, market, now, kill=kill is not None,
+                                             native_stops=self.native_stops)
+        if exit_requests:
+            exits += [ExitInstruction(r.symbol, "strategy", market.price(r.symbol), r.reason) for r in exit_requests
+                      if r.symbol in self.positions and self.positions[r.symbol].strategy == r.strategy]
+        seen: set[str] = set()
+        for ex in exits:
+            if ex.symbol in seen:
+                continue
+            seen.add(ex.symbol)
+            self._execute_exit(ex, now, report)
+
+        # --- 9. ADAPT strategy weights on the trades closed this cycle
+        for t in trades:
+            self.weights.update(_closed_from_dict(t))
+        report["weights"] = self.weights.as_dict()   # rounded by _format_report
+
+        account = self.broker.account()
+        report["equity_usd"] = report["cash_usd"] = account   # formatted by _format_report
+
+    def _some_plugin_wakes(self, market: MarketSnapshot) -> bool:
+        for strat in self.strategies:
+            try:
+                if strat.wants_cycle(market):
+                    return True
+            except Exception:  # a broken predicate proves nothing: take the full cycle
+                return True
+        return False
+
+    def _signals_to_orders(self, now: datetime, market: MarketSnapshot, report: dict, observing: bool,
+                           blocked) -> list[ExitRequest]:
+        """Steps 3-7 of the cycle; returns the plugins' exit requests for step 8."""
         # --- 3. SIGNALS and 4. PROPOSALS
         held_by: dict[str, dict[str, float]] = {}
         for sym, pos in self.positions.items():
             held_by.setdefault(pos.strategy, {})[sym] = float(pos.qty)
         signals: list[Signal] = []
-        per_strategy_signals: dict[str, list[Signal]] = {}
         for strat in self.strategies:
             ctx = StrategyContext(now, market, self.regime, held_by.get(strat.name, {}))
             try:
@@ -206,7 +297,6 @@ class Engine:
             except Exception as exc:  # one plugin's failure stands that plugin down, not the engine
                 report["errors"].append(f"{strat.name}.generate_signals: {type(exc).__name__}: {exc}")
                 produced = []
-            per_strategy_signals[strat.name] = produced
             signals.extend(produced)
         report["signals"] = [to_jsonable(s) for s in signals]
         combined = self.aggregator.combine(signals, now)
@@ -241,7 +331,7 @@ class Engine:
         self.stats.proposals += len(ranked)
 
         # --- 6. FILTER (risk) and 7. EXECUTE
-        if not observing and not blocked:
+        if ranked and not observing and not blocked:
             view = self._portfolio_view(market, now)
             for p in ranked:
                 decision = self._decide(p, market, view, now)
@@ -256,37 +346,15 @@ class Engine:
                 report["decisions"].append({"strategy": p.strategy, "symbol": p.symbol, "approved": False,
                                             "layer": "engine", "rule": "observe" if observing else "entries_blocked",
                                             "reason": why, "qty": "0", "notional_usd": "0", "details": {}})
+        return exit_requests
 
-        # --- 8. MANAGE open positions
-        kill = self.risk.kill_requested()
-        exits = self.position_manager.manage(self.positions, market, now, kill=kill is not None,
-                                             native_stops=self.native_stops)
-        exits += [ExitInstruction(r.symbol, "strategy", market.price(r.symbol), r.reason) for r in exit_requests
-                  if r.symbol in self.positions and self.positions[r.symbol].strategy == r.strategy]
-        seen: set[str] = set()
-        for ex in exits:
-            if ex.symbol in seen:
-                continue
-            seen.add(ex.symbol)
-            self._execute_exit(ex, now, report)
-
-        # --- 9. ADAPT strategy weights on the trades closed this cycle
-        for t in trades:
-            self.weights.update(_closed_from_dict(t))
-        report["weights"] = {k: round(v, 6) for k, v in self.weights.as_dict().items()}
-
-        account = self.broker.account()
-        report["equity_usd"] = str(account.equity_usd.quantize(Decimal("0.01")))
-        report["cash_usd"] = str(account.cash_usd.quantize(Decimal("0.01")))
-        return self._finish_cycle(report, trades, now)
-
-    def _finish_cycle(self, report: dict, trades: list[dict], now: datetime) -> dict:
+    def _finish_cycle(self, report: dict, trades: list[dict], now: datetime) -> None:
         self.stats.cycles += 1
         self.stats.errors += len(report["errors"])
         self.closed_trades.extend(trades)
-        self._persist(report, trades, now)
-        self.last_report = report
-        return report
+        self._last_report, self._unformatted = report, report
+        if self.session_log or self.store:
+            self._persist(self.last_report, trades, now)
 
     # ================================================================== steps
     def _refit_regime_if_due(self, market: MarketSnapshot, now: datetime, report: dict) -> None:

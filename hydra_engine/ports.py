@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
-from typing import Protocol, runtime_checkable
+from typing import Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -69,18 +69,40 @@ class PointSeries:
 
 @dataclass(slots=True)
 class MarketSnapshot:
-    """What the engine may know at ``now``: only closed bars and already-published points."""
+    """What the engine may know at ``now``: only closed bars and already-published points.
+
+    ``bars`` may be any mapping; replay data hands a lazy one that builds a symbol's ``BarSeries`` on
+    first access, and fills ``newest`` so that a cycle which only needs prices (most cycles) never
+    builds a series."""
 
     now: datetime
-    bars: dict[str, BarSeries] = field(default_factory=dict)
+    bars: Mapping[str, BarSeries] = field(default_factory=dict)
     series: dict[tuple[str, str], PointSeries] = field(default_factory=dict)
     stale: dict[str, str] = field(default_factory=dict)   # symbol -> why entries are blocked
     feed_problems: dict[str, str] = field(default_factory=dict)  # feed -> why it is unhealthy
+    newest: dict[str, tuple[int, float]] = field(default_factory=dict)  # symbol -> (open time s, close) of its newest bar
 
     def price(self, symbol: str) -> float:
         """Last close, or NaN when there is none."""
+        hit = self.newest.get(symbol)
+        if hit is not None:
+            return hit[1]
         bars = self.bars.get(symbol)
         return bars.last_close if bars is not None else math.nan
+
+    def prices(self) -> dict[str, float]:
+        """Last close of every symbol with bars (NaN where a series is empty)."""
+        if len(self.newest) == len(self.bars):   # replay: every priced symbol is in ``newest``
+            return {s: hit[1] for s, hit in self.newest.items()}
+        return {s: self.price(s) for s in self.bars}
+
+    def newest_bar_ts(self, symbol: str) -> int | None:
+        """Open time (epoch s) of ``symbol``'s newest closed bar — which bar a cycle is looking at."""
+        hit = self.newest.get(symbol)
+        if hit is not None:
+            return hit[0]
+        bars = self.bars.get(symbol)
+        return int(bars.ts[-1]) if bars is not None and len(bars) else None
 
     def point_series(self, kind: str, symbol: str) -> PointSeries | None:
         return self.series.get((kind, symbol))

@@ -121,12 +121,12 @@ class PositionManager:
                 continue
             if not valid:
                 continue  # no trustworthy price: keep the stop where it is, decide next cycle
-            bars = market.bars.get(symbol)
             if not pos.initial_stop_price:
                 pos.initial_stop_price = pos.stop_price
             if pos.high_water_mark <= 0:
-                self.restore_high_water(pos, bars, now)
-            self.update_high_water(pos, price, self._atr(bars) if pos.trailing_atr_mult else None)
+                self.restore_high_water(pos, market.bars.get(symbol), now)
+            # the bar history is read only when a rule needs it (a snapshot may build it on demand)
+            self.update_high_water(pos, price, self._atr(market.bars.get(symbol)) if pos.trailing_atr_mult else None)
             long = pos.qty > 0
             if symbol not in native_stops and ((long and price <= pos.stop_price) or
                                                (not long and price >= pos.stop_price)):

@@ -16,7 +16,7 @@ from typing import ClassVar, Mapping
 from pydantic import BaseModel, ConfigDict
 
 from .domain import Regime, RegimeReading, Signal, TradeProposal
-from .ports import MarketSnapshot
+from .ports import BarSeries, MarketSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,24 @@ class Strategy(ABC):
 
     def trades_in(self, regime: Regime) -> bool:
         return regime in self.regimes
+
+    def prepare(self, history: Mapping[str, BarSeries]) -> None:
+        """Optional vectorised pre-computation (freqtrade's ``populate_indicators``). Where the market
+        data holds the whole series (replay: backtest and simulation), the engine hands every bar of
+        this plugin's symbols once, before the first cycle. Whatever is derived from it must be
+        causal — its value at bar k may depend on bars <= k only — so using it at the cycle that
+        sees bar k as the newest is no look-ahead. Paper trading never calls it."""
+
+    def wants_cycle(self, market: MarketSnapshot) -> bool:
+        """The wake predicate of the engine's quiet-bar fast path (engine.py, ``Engine._cycle``).
+
+        False is a promise: at this snapshot ``generate_signals`` returns no signal and ``propose``,
+        given no combined signal, returns nothing — so the engine may skip this plugin's steps. When
+        no plugin wants a cycle the engine skips signals, aggregation, proposals, ranking and risk,
+        and still takes fills, marks, kill switches, regime and position management. It must be
+        cheap (it runs every cycle) and may only say False when sure: any doubt, say True. The
+        default, True, makes every cycle a full one."""
+        return True
 
     @abstractmethod
     def generate_signals(self, ctx: StrategyContext) -> list[Signal]:

@@ -28,6 +28,8 @@ def bounded_normalise(merits: Mapping[str, float], floor: float, cap: float) -> 
     n = len(merits)
     if n == 0:
         return {}
+    if n == 1:   # what the bisection below converges to for a lone strategy: the cap widens to 1
+        return {k: 1.0 for k in merits}
     floor, cap = min(floor, 1.0 / n), max(cap, 1.0 / n)
     keys = list(merits)
     m = [max(float(merits[k]), 1e-12) if math.isfinite(merits[k]) else 1e-12 for k in keys]

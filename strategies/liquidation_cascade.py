@@ -46,6 +46,11 @@ class LiquidationCascadeHunter(Strategy):
     Params = LiquidationCascadeParams
 
     # ------------------------------------------------------------------ signals
+    def wants_cycle(self, market: MarketSnapshot) -> bool:
+        """Awake exactly when a signal would come out (both read only the newest funding and open-interest
+        values, so this is cheap); without a signal ``propose`` has nothing to act on."""
+        return any(self._funding_signal(market, s) or self._cascade_signal(market, s) for s in SYMBOLS)
+
     def generate_signals(self, ctx: StrategyContext) -> list[Signal]:
         out: list[Signal] = []
         for symbol in SYMBOLS:

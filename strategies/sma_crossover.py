@@ -9,7 +9,13 @@ fast = SMA(``fast``, close), slow = SMA(``slow``, close) on each of ``symbols``'
 
 Averages are recomputed from the snapshot's closes every cycle (no hidden state); a difference within
 ``tie_rel`` of the slow average counts as a tie, so a float rounding in the last bits cannot invent a
-crossover that exact arithmetic would not see. The plugin sets no protective exit: its proposal's stop
+crossover that exact arithmetic would not see.
+
+Quiet bars (the engine's fast path, ``Strategy.wants_cycle``): with replay data the engine hands the
+whole series to ``prepare``, which finds, vectorised, every bar after which a crossover is *possible*
+(:func:`possible_crosses`: causal, and widened so that float summation order can only add wake-ups,
+never drop one). On any other bar the plugin provably produces nothing and says so; on those bars it
+still decides with the exact per-cycle rule above. Without ``prepare`` (paper) every cycle is full. The plugin sets no protective exit: its proposal's stop
 and target are placed out of reach (``1e-6``× and ``1e6``× the price) and its holding time is unbounded
 in practice, so the position manager never closes a position the crossover rule would keep — as in
 ``shared/bench-peers/common.py``. Sizing (all-in in the benchmark) is the risk layer's job.
@@ -21,13 +27,40 @@ import math
 from datetime import timedelta
 from typing import Mapping
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from hydra_engine.domain import Regime, Side, Signal, TradeProposal
+from hydra_engine.ports import BarSeries, MarketSnapshot
 from hydra_engine.strategy import (CombinedSignal, DataNeed, ExitRequest, Strategy, StrategyContext,
                                    StrategyParams)
 
 OUT_OF_REACH = 1e6
+# relative widening of the vectorised crossover test: numpy and Python sum the same closes in another
+# order, which moves an average by ~1e-14 of the price level; 1e-7 leaves seven orders of margin
+WAKE_SLACK = 1e-7
+
+
+def possible_crosses(close: np.ndarray, fast: int, slow: int, tie_rel: float) -> np.ndarray:
+    """One bool per bar: False where ``SmaCrossover._cross`` is certainly 0 at the cycle that sees this
+    bar as the newest (it compares the averages ending at this bar and at the bar before). Causal: bar
+    k's value reads closes k-slow..k only. Non-finite averages count as possible."""
+    c = np.asarray(close, dtype=float)
+    out = np.zeros(len(c), dtype=bool)
+    if len(c) < slow + 1:
+        return out                      # _cross needs slow + 1 closes
+    slow_avg = np.convolve(c, np.ones(slow), "valid") / slow                 # ends at bars slow-1 .. n-1
+    fast_avg = np.convolve(c, np.ones(fast), "valid")[slow - fast:] / fast  # the same bars
+    d, band = fast_avg - slow_avg, np.abs(slow_avg)
+    tol, slack = tie_rel * band, WAKE_SLACK * band
+    d_now, d_prev = d[1:], d[:-1]                                            # bars slow .. n-1
+    tol_now, tol_prev = tol[1:], tol[:-1]
+    slack_now = np.maximum(slack[1:], slack[:-1])
+    up = (d_now > tol_now - slack_now) & (d_prev <= tol_prev + slack_now)
+    down = (d_now < -tol_now + slack_now) & (d_prev >= -tol_prev - slack_now)
+    unsure = ~(np.isfinite(d_now) & np.isfinite(d_prev))
+    out[slow:] = up | down | unsure
+    return out
 
 
 class SmaCrossoverParams(StrategyParams):
@@ -56,6 +89,26 @@ class SmaCrossover(Strategy):
         self.assets = tuple(self.params.symbols)            # per instance: the configured symbols
         self.data_needs = tuple(DataNeed("bars", s) for s in self.assets)
         self._holding = timedelta(days=self.params.max_holding_days)
+        self._wake_bars: dict[str, frozenset[int]] | None = None   # symbol -> open times (s) of possible-cross bars
+
+    def prepare(self, history: Mapping[str, BarSeries]) -> None:
+        p = self.params
+        self._wake_bars = {s: frozenset(bars.ts[possible_crosses(bars.close, p.fast, p.slow, p.tie_rel)].tolist())
+                           for s, bars in history.items()}
+
+    def _may_cross(self, market: MarketSnapshot, symbol: str) -> bool:
+        wake = self._wake_bars.get(symbol) if self._wake_bars is not None else None
+        return wake is None or market.newest_bar_ts(symbol) in wake
+
+    def wants_cycle(self, market: MarketSnapshot) -> bool:
+        if self._wake_bars is None:
+            return True
+        wake_bars, newest_bar_ts = self._wake_bars, market.newest_bar_ts   # _may_cross, inlined: every cycle
+        for symbol in self.assets:
+            wake = wake_bars.get(symbol)
+            if wake is None or newest_bar_ts(symbol) in wake:
+                return True
+        return False
 
     def _cross(self, close) -> int:
         """+1 when fast crossed above slow on the newest bar, -1 below, 0 otherwise."""
@@ -77,6 +130,8 @@ class SmaCrossover(Strategy):
         out: list[Signal] = []
         bars_by = ctx.market.bars
         for symbol in self.assets:
+            if not self._may_cross(ctx.market, symbol):
+                continue   # no crossover possible on this bar (prepare): skip the averages
             bars = bars_by.get(symbol)
             if bars is None:
                 continue

@@ -57,28 +57,41 @@ class SimulatedBroker:
         self._positions: dict[str, BrokerPosition] = {}
         self._orders: dict[str, Order] = {}
         self._working: list[str] = []
-        self._marks: dict[str, Decimal] = {}
+        self._prices: dict[str, float] = {}             # the latest valid observed price per symbol
+        self._marks: dict[str, Decimal] = {}             # Decimal marks, made from _prices when read
         self._mark_src: dict[str, float] = {}           # the float each mark was converted from
-        self._version = 0                                # bumped whenever marks or positions change
+        self._version = 0                                # bumped whenever a held mark or a position changes
         self._account_cache: tuple | None = None         # ((cash, positions, version), Account)
         self._fill_seq = 0
         self.fees_paid = ZERO
 
     # ------------------------------------------------------------------ account
     def update_marks(self, prices: dict[str, float]) -> None:
-        """Mark positions at the latest observed prices (ignoring non-finite or non-positive ones)."""
-        marks, seen = self._marks, self._mark_src
+        """Mark positions at the latest observed prices (ignoring non-finite or non-positive ones). The
+        Decimal mark is made when something reads it (``_mark_of``): most symbols' prices change every
+        bar, but only held ones are read every cycle."""
+        latest, held = self._prices, self._positions
         for symbol, price in prices.items():
-            if seen.get(symbol) == price and symbol in marks:
-                continue  # unchanged (e.g. a daily bar between hourly cycles): same Decimal as before
-            if math.isfinite(price) and price > 0:
-                marks[symbol] = Decimal(str(price))   # to_decimal() without its re-check: finite here
-                seen[symbol] = price
-                self._version += 1
+            if 0 < price < math.inf and latest.get(symbol) != price:   # NaN compares False
+                latest[symbol] = price
+                if symbol in held:
+                    self._version += 1
+
+    def _mark_of(self, symbol: str) -> Decimal | None:
+        """The Decimal mark of ``symbol`` (None before any price or fill): ``Decimal(str(price))`` of the
+        latest observed price, converted once per new price."""
+        price = self._prices.get(symbol)
+        if price is not None and self._mark_src.get(symbol) != price:
+            self._marks[symbol] = Decimal(str(price))   # to_decimal() without its re-check: finite here
+            self._mark_src[symbol] = price
+        return self._marks.get(symbol)
 
     def _mark(self, symbol: str) -> Decimal:
+        mark = self._mark_of(symbol)
+        if mark is not None:
+            return mark
         pos = self._positions.get(symbol)
-        return self._marks.get(symbol, pos.avg_entry_price if pos else ZERO)
+        return pos.avg_entry_price if pos else ZERO
 
     def account(self) -> Account:
         # the engine asks several times a cycle; recompute only when cash, marks or positions changed
@@ -86,9 +99,10 @@ class SimulatedBroker:
         if key[0] is self.cash and key[1] is self._positions and key[2] == self._version:
             return cached
         market_value = gross = ZERO          # one pass; the same Decimal operations in the same order
-        marks = self._marks
         for s, p in self._positions.items():
-            mark = marks.get(s, p.avg_entry_price)
+            mark = self._mark_of(s)
+            if mark is None:
+                mark = p.avg_entry_price
             market_value += p.qty * mark
             gross += abs(p.qty) * mark
         equity = self.cash + market_value
@@ -143,7 +157,7 @@ class SimulatedBroker:
         held_qty = held.qty if held else ZERO
         reserved = sum((self._orders[c].qty for c in self._working
                         if self._orders[c].symbol == order.symbol and self._orders[c].side is order.side), ZERO)
-        price = self._marks.get(order.symbol)
+        price = self._mark_of(order.symbol)
         if order.side is Side.SELL:
             available = max(ZERO, held_qty) - reserved
             short_qty = order.qty - max(ZERO, available)
@@ -171,7 +185,8 @@ class SimulatedBroker:
         total = ZERO
         for c in self._working:
             o = self._orders[c]
-            total += o.qty * self._marks.get(o.symbol, ZERO) * (1 + self.slippage + self.fee_rate)
+            mark = self._mark_of(o.symbol)
+            total += o.qty * (ZERO if mark is None else mark) * (1 + self.slippage + self.fee_rate)
         return total
 
     def cancel(self, client_order_id: str) -> None:
@@ -234,7 +249,8 @@ class SimulatedBroker:
             self._positions[order.symbol] = BrokerPosition(order.symbol, new_qty, avg)
         else:
             self._positions[order.symbol] = BrokerPosition(order.symbol, new_qty, pos.avg_entry_price)
-        self._marks.setdefault(order.symbol, price)
+        if self._mark_of(order.symbol) is None:   # never priced yet: the fill price marks it
+            self._marks[order.symbol] = price
         self._version += 1
         order.status, order.filled_qty, order.filled_avg_price = OrderStatus.FILLED, order.qty, price
         self._fill_seq += 1

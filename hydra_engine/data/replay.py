@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,35 @@ def clean_bars(frame: pd.DataFrame, symbol: str, quality: DataQuality) -> tuple[
     return frame[good], _epoch_s(frame.loc[~good, "close_time"])
 
 
+class _LazyBars(Mapping):
+    """A snapshot's ``bars``: symbol -> ``BarSeries``, each built on first access. A cycle in which no
+    plugin looks at a symbol's history (most of them) then costs no series at all."""
+
+    __slots__ = ("_build", "_spans", "_built")
+
+    def __init__(self, build, spans: dict[str, tuple[int, int]]):
+        self._build, self._spans, self._built = build, spans, {}
+
+    def __getitem__(self, symbol: str) -> BarSeries:
+        series = self._built.get(symbol)
+        if series is None:
+            j, i = self._spans[symbol]
+            series = self._built[symbol] = self._build(symbol, j, i)
+        return series
+
+    def get(self, symbol: str, default=None):
+        return self[symbol] if symbol in self._spans else default
+
+    def __contains__(self, symbol) -> bool:
+        return symbol in self._spans
+
+    def __iter__(self):
+        return iter(self._spans)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+
 class ReplayMarketData:
     """Implements the ``MarketData`` port over a data folder with the shared-data layout."""
 
@@ -143,22 +173,18 @@ class ReplayMarketData:
         require_utc(now, "now")
         now_s = int(now.timestamp())
         n = self.history_bars
-        snap = MarketSnapshot(now=now)
-        bars_out, stale, cache = snap.bars, snap.stale, self._series_cache
+        spans: dict[str, tuple[int, int]] = {}
+        stale: dict[str, str] = {}
+        newest: dict[str, tuple[int, float]] = {}
+        snap = MarketSnapshot(now, _LazyBars(self._series, spans), {}, stale, {}, newest)
         for symbol, b in self._bars.items():
             i = int(b.close_ts.searchsorted(now_s, "right"))   # ndarray method: no dispatch wrapper
             if i == 0:
                 stale[symbol] = "no closed bar yet"
                 continue
-            j = i - n if i > n else 0
-            hit = cache.get(symbol)
-            if hit is not None and hit[0] == i and hit[1] == j:
-                bars_out[symbol] = hit[2]   # no new bar since the last snapshot: the same immutable views
-            else:
-                series = BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
-                cache[symbol] = (i, j, series)
-                bars_out[symbol] = series
-            last_close = int(b.close_ts[i - 1])
+            spans[symbol] = (i - n if i > n else 0, i)
+            newest[symbol] = (b.open_ts.item(i - 1), b.c.item(i - 1))   # .item(): a Python int / float
+            last_close = b.close_ts.item(i - 1)
             bad = b.bad_close_ts
             k = int(bad.searchsorted(now_s, "right")) if len(bad) else 0
             if k and int(bad[k - 1]) > last_close:
@@ -170,6 +196,25 @@ class ReplayMarketData:
             j = i - n if i > n else 0
             snap.series[key] = PointSeries(p.kind, p.symbol, p.ts[j:i], p.values[j:i])
         return snap
+
+    def _series(self, symbol: str, j: int, i: int) -> BarSeries:
+        """Bars j..i-1 of ``symbol`` as views; the last one is reused while no new bar has closed."""
+        hit = self._series_cache.get(symbol)
+        if hit is not None and hit[0] == i and hit[1] == j:
+            return hit[2]
+        b = self._bars[symbol]
+        series = BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
+        self._series_cache[symbol] = (i, j, series)
+        return series
+
+    def history(self, symbol: str) -> BarSeries | None:
+        """Every (cleaned) bar of ``symbol`` in the files, future ones included. Only for a plugin's
+        vectorised pre-computation (``Strategy.prepare``), whose values at bar k must depend on bars
+        <= k alone; cycles see ``snapshot``."""
+        b = self._bars.get(symbol)
+        if b is None:
+            return None
+        return BarSeries(symbol, b.interval_s, b.open_ts, b.o, b.h, b.l, b.c, b.v)
 
     def next_bar_open(self, symbol: str, after: datetime, now: datetime) -> tuple[datetime, float] | None:
         b = self._bars.get(symbol)
