@@ -10,6 +10,31 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HYDRA_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 SHIPPED_DATA = PROJECT_ROOT / "data"
+BENCH_PEERS = Path(os.environ.get("HYDRA_BENCH_PEERS", PROJECT_ROOT.parent / "shared" / "bench-peers"))
+
+
+def peer_gen_data():
+    """The peers' seeded data generator (``shared/bench-peers/gen_data.py``), or skip."""
+    import importlib.util
+    path = BENCH_PEERS / "gen_data.py"
+    if not path.is_file():
+        pytest.skip(f"peer benchmark generator not found at {path} (set HYDRA_BENCH_PEERS)")
+    spec = importlib.util.spec_from_file_location("bench_peers_gen_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def hydra_peer():
+    """``bench/hydra_peer.py``: HYDRA's engine core wired for the peer benchmark."""
+    import sys
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    try:
+        import hydra_peer
+        yield hydra_peer
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "bench"))
 
 
 @pytest.fixture(scope="session")

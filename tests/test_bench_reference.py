@@ -8,40 +8,15 @@ No timing here: benchmarks live in bench/.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PEERS = Path(os.environ.get("HYDRA_BENCH_PEERS", ROOT.parent / "shared" / "bench-peers"))
-
-
-def _gen_data():
-    path = PEERS / "gen_data.py"
-    if not path.is_file():
-        pytest.skip(f"peer benchmark generator not found at {path} (set HYDRA_BENCH_PEERS)")
-    spec = importlib.util.spec_from_file_location("bench_peers_gen_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def hydra_peer():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import hydra_peer
-        yield hydra_peer
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+from .conftest import peer_gen_data
 
 
 def test_sma_crossover_signal_close_reproduces_the_100k_reference(hydra_peer):
-    gen = _gen_data()
+    gen = peer_gen_data()
     frame = gen.make(100_000, gen.SEED)
     engine, clock, _ = hydra_peer.build({"SYN": frame})
     assert clock.run(lambda now: engine.run_cycle(now) and None) == 100_000
@@ -59,7 +34,7 @@ def test_sma_crossover_signal_close_reproduces_the_100k_reference(hydra_peer):
 def test_signal_close_fill_model_is_opt_in(hydra_peer):
     from hydra_engine.brokers.sim import SimulatedBroker
     import pandas as pd
-    gen = _gen_data()
+    gen = peer_gen_data()
     _, _, market = hydra_peer.build({"SYN": gen.make(200, gen.SEED)})
     assert SimulatedBroker(market, {}, starting_cash_usd=1000).fill_model == "next_open"
     with pytest.raises(ValueError, match="fill_model"):

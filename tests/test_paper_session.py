@@ -174,30 +174,33 @@ from hydra_engine.domain import Side, TradeProposal  # noqa: E402
 from .test_fault_injection import SpyProbe, double_env  # noqa: E402,F401  (double_env: fixture)
 
 
-class TrailingProbe(SpyProbe):
-    """Buys two SPY shares once, with a 1.5 % trailing stop (Alpaca trails whole shares only)."""
+class SharesProbe(SpyProbe):
+    """Buys ``shares`` SPY shares once (a stop 3 % below, a target 6 % above, optionally a percent trail)."""
+
+    shares: float = 1.0
+    trailing_stop_pct: float | None = None
+
+    def propose(self, ctx, combined):
+        price = ctx.market.price("SPY")
+        if "SPY" not in combined or ctx.held.get("SPY") or not price > 0:
+            return []
+        return [TradeProposal(self.name, "SPY", Side.BUY, price, price * 0.97, price * 1.06, 0.7, timedelta(days=2),
+                              "probe", max_notional_usd=self.shares * price, min_notional_usd=100.0,
+                              trailing_stop_pct=self.trailing_stop_pct)]
+
+
+class TrailingProbe(SharesProbe):
+    """Two shares with a 1.5 % trailing stop (Alpaca trails whole shares only)."""
 
     name = "trailing_probe"
-
-    def propose(self, ctx, combined):
-        price = ctx.market.price("SPY")
-        if "SPY" not in combined or ctx.held.get("SPY") or not price > 0:
-            return []
-        return [TradeProposal(self.name, "SPY", Side.BUY, price, price * 0.97, price * 1.06, 0.7, timedelta(days=2),
-                              "probe", max_notional_usd=2 * price, min_notional_usd=100.0, trailing_stop_pct=1.5)]
+    shares, trailing_stop_pct = 2.0, 1.5
 
 
-class BracketProbe(SpyProbe):
-    """Buys three SPY shares once with a stop 3 % below and a target 6 % above, no trail."""
+class BracketProbe(SharesProbe):
+    """Three shares (asked: 3.2 × the price, so sizing rounds down), no trail: a bracket entry."""
 
     name = "bracket_probe"
-
-    def propose(self, ctx, combined):
-        price = ctx.market.price("SPY")
-        if "SPY" not in combined or ctx.held.get("SPY") or not price > 0:
-            return []
-        return [TradeProposal(self.name, "SPY", Side.BUY, price, price * 0.97, price * 1.06, 0.7, timedelta(days=2),
-                              "probe", max_notional_usd=3.2 * price, min_notional_usd=100.0)]
+    shares = 3.2
 
 
 def test_equity_entry_is_a_bracket_whose_stop_leg_closes_the_trade_even_across_a_restart(

@@ -9,12 +9,8 @@ crossover. No timing here: speed is measured in bench/.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from datetime import date
 from decimal import Decimal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,30 +19,7 @@ from hydra_engine.backtest import backtest_settings, run_hydra
 from strategies.liquidation_cascade import LiquidationCascadeHunter
 from strategies.sma_crossover import SmaCrossover, SmaCrossoverParams, possible_crosses
 
-from .conftest import make_settings
-
-ROOT = Path(__file__).resolve().parents[1]
-PEERS = Path(os.environ.get("HYDRA_BENCH_PEERS", ROOT.parent / "shared" / "bench-peers"))
-
-
-def _gen_data():
-    path = PEERS / "gen_data.py"
-    if not path.is_file():
-        pytest.skip(f"peer benchmark generator not found at {path} (set HYDRA_BENCH_PEERS)")
-    spec = importlib.util.spec_from_file_location("bench_peers_gen_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def hydra_peer():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import hydra_peer
-        yield hydra_peer
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+from .conftest import make_settings, peer_gen_data
 
 
 def _always_awake(monkeypatch, cls) -> None:
@@ -68,7 +41,7 @@ def test_fast_path_reproduces_the_full_path_on_the_benchmark_data(hydra_peer, mo
     """Seeded one-minute bars (gen_data.py), 1 and 3 instruments, 6,000 cycles: every cycle's report,
     every order and fill, the closed trades and the final equity are identical with and without the
     fast path; the fast path handles most cycles."""
-    gen = _gen_data()
+    gen = peer_gen_data()
     frames = {f"S{k}": gen.make(6_000, gen.SEED + k) for k in range(symbols)}
 
     fast, clock, _ = hydra_peer.build(frames)
@@ -165,7 +138,7 @@ def test_a_plugin_without_prepare_is_awake_every_cycle():
 
 
 def test_a_broken_wake_predicate_means_a_full_cycle(hydra_peer, monkeypatch):
-    gen = _gen_data()
+    gen = peer_gen_data()
     frames = {"S0": gen.make(600, gen.SEED)}
     reference, clock, _ = hydra_peer.build(frames)
     expected = [reference.run_cycle(now) for now in clock.ticks]
