@@ -661,6 +661,9 @@ class Engine:
             self.positions[symbol] = position_from_dict(p)
         self.native_stops = set(state.get("native_stops", []))
         self.exit_reasons.update(state.get("exit_reasons", {}))
+        # continue the order sequence: a restart within the same second gets the same session id, and a
+        # restarted sequence would then reuse a client_order_id (Alpaca answers with the old order)
+        self.order_seq = max(self.order_seq, int(state.get("engine", {}).get("order_seq", 0)))
         if self.regime_refitter is not None and state.get("regime_refit"):
             refitted = self.regime_refitter.load_state(state["regime_refit"])
             if refitted is not None:   # resume on the model the last refit produced

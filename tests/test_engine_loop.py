@@ -163,3 +163,15 @@ def test_offline_run_trades_the_hunter_and_writes_log_and_database(tmp_path):
                           "exit_price", "pnl_usd", "r_multiple", "regime_at_entry", "exit_reason"}
     final = doc["summary"]
     assert json.loads(json.dumps(final))["closed_trades"] == len(trades)
+
+
+def test_a_restart_continues_the_order_sequence(tmp_path):
+    """A restart within the same second gets the same session id; a restarted sequence would reuse a
+    client_order_id (the broker would answer with the old order instead of placing the new one)."""
+    first = build_sim_session(make_settings(tmp_path))
+    first.engine.order_seq = 7
+    state = first.engine.state()
+    again = build_sim_session(make_settings(tmp_path))
+    again.engine.restore(state)
+    assert again.engine.session_id == first.engine.session_id
+    assert again.engine._next_coid("liquidation_cascade", "BTC/USD").endswith("-000008")

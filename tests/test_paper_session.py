@@ -197,10 +197,20 @@ class TrailingProbe(SharesProbe):
 
 
 class BracketProbe(SharesProbe):
-    """Three shares (asked: 3.2 × the price, so sizing rounds down), no trail: a bracket entry."""
+    """Three shares (asked: 3.2 × the price, so sizing rounds down), no trail: a bracket entry. It enters
+    once per test process (``entered`` is class state, so it survives the restart): after the stop leg
+    closes the trade it must not buy again."""
 
     name = "bracket_probe"
     shares = 3.2
+    entered = False
+
+    def propose(self, ctx, combined):
+        if BracketProbe.entered:
+            return []
+        proposals = super().propose(ctx, combined)
+        BracketProbe.entered = bool(proposals)
+        return proposals
 
 
 def test_equity_entry_is_a_bracket_whose_stop_leg_closes_the_trade_even_across_a_restart(
@@ -215,6 +225,7 @@ def test_equity_entry_is_a_bracket_whose_stop_leg_closes_the_trade_even_across_a
 
     double, _ = double_env
     install_spy(double, datetime.now(UTC))
+    monkeypatch.setattr(BracketProbe, "entered", False)
     monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
         name="bracket_probe", value="tests.test_paper_session:BracketProbe", group=group)])
     cfg = paper_config(tmp_path, symbols=("SPY",), extra='[strategies]\nenabled = ["bracket_probe"]\n')
