@@ -72,35 +72,36 @@ class MarketSnapshot:
     """What the engine may know at ``now``: only closed bars and already-published points.
 
     ``bars`` may be any mapping; replay data hands a lazy one that builds a symbol's ``BarSeries`` on
-    first access, and fills ``newest`` so that a cycle which only needs prices (most cycles) never
-    builds a series."""
+    first access, and fills ``newest_ts`` and ``closes`` (newest bar per symbol) so that a cycle which
+    only needs prices (most cycles) never builds a series."""
 
     now: datetime
     bars: Mapping[str, BarSeries] = field(default_factory=dict)
     series: dict[tuple[str, str], PointSeries] = field(default_factory=dict)
     stale: dict[str, str] = field(default_factory=dict)   # symbol -> why entries are blocked
     feed_problems: dict[str, str] = field(default_factory=dict)  # feed -> why it is unhealthy
-    newest: dict[str, tuple[int, float]] = field(default_factory=dict)  # symbol -> (open time s, close) of its newest bar
+    newest_ts: dict[str, int] = field(default_factory=dict)    # symbol -> open time (s) of its newest bar
+    closes: dict[str, float] = field(default_factory=dict)     # symbol -> close of its newest bar
 
     def price(self, symbol: str) -> float:
         """Last close, or NaN when there is none."""
-        hit = self.newest.get(symbol)
-        if hit is not None:
-            return hit[1]
+        close = self.closes.get(symbol)
+        if close is not None:
+            return close
         bars = self.bars.get(symbol)
         return bars.last_close if bars is not None else math.nan
 
     def prices(self) -> dict[str, float]:
         """Last close of every symbol with bars (NaN where a series is empty)."""
-        if len(self.newest) == len(self.bars):   # replay: every priced symbol is in ``newest``
-            return {s: hit[1] for s, hit in self.newest.items()}
+        if len(self.closes) == len(self.bars):   # replay: every priced symbol is in ``closes``
+            return dict(self.closes)
         return {s: self.price(s) for s in self.bars}
 
     def newest_bar_ts(self, symbol: str) -> int | None:
         """Open time (epoch s) of ``symbol``'s newest closed bar — which bar a cycle is looking at."""
-        hit = self.newest.get(symbol)
-        if hit is not None:
-            return hit[0]
+        ts = self.newest_ts.get(symbol)
+        if ts is not None:
+            return ts
         bars = self.bars.get(symbol)
         return int(bars.ts[-1]) if bars is not None and len(bars) else None
 

@@ -46,6 +46,26 @@ class _Bars:
     bad_close_ts: np.ndarray          # close times of rows refused for bad prices
 
 
+NEVER = np.iinfo(np.int64).max
+
+
+@dataclass
+class _Clock:
+    """Symbols whose bars open and close at the same times: one ``searchsorted`` a cycle serves them all.
+
+    ``closes`` holds their closes side by side (Fortran order: column k is ``symbols[k]``'s ``_Bars.c``,
+    contiguous), so the newest closes of the whole group are one row read. ``checks`` are the per-symbol
+    staleness inputs: (symbol, stale_after_s, next_bad), where ``next_bad[k]`` is the close time of the
+    first refused row after bar k's close (NEVER if none), or None for a symbol without refused rows."""
+    symbols: tuple[str, ...]
+    open_ts: np.ndarray
+    close_ts: np.ndarray
+    closes: np.ndarray
+    checks: tuple[tuple[str, int, np.ndarray | None], ...]
+    fresh_for_s: int       # no member is stale while its newest bar closed at most this long ago ...
+    any_bad: bool          # ... unless a member has refused rows (then each is checked)
+
+
 @dataclass
 class _Points:
     kind: str
@@ -153,6 +173,10 @@ class ReplayMarketData:
             frame = frame.drop_duplicates("known_at", keep="last")
             self._points[(src.kind, src.symbol)] = _Points(src.kind, src.symbol, _epoch_s(frame["known_at"]),
                                                            frame["value"].to_numpy(dtype=float))
+        self._clocks = self._group_clocks()
+        # the snapshot fills its dicts clock by clock; when that is not the symbol order (clocks interleave)
+        # it re-orders them, so reports list symbols in the same order whatever the grouping
+        self._clock_order_is_symbol_order = [s for c in self._clocks for s in c.symbols] == list(self._bars)
         self._series_cache: dict[str, tuple[int, int, BarSeries]] = {}   # symbol -> (i, j, last BarSeries)
         self.start = datetime.combine(start, datetime.min.time(), UTC) if start else None
         self.end = datetime.combine(end, datetime.min.time(), UTC) if end else None
@@ -169,28 +193,66 @@ class ReplayMarketData:
             raise DataFolderError(f"cannot read {path}: {exc}") from exc
 
     # ------------------------------------------------------------------ the MarketData port
+    def _group_clocks(self) -> list[_Clock]:
+        """Group the symbols by identical bar times (detected once, here), in symbol order. Each member's
+        ``_Bars.c`` becomes a column view of its clock's ``closes``, so nothing is held twice."""
+        groups: list[list[_Bars]] = []
+        for b in self._bars.values():
+            for g in groups:
+                if np.array_equal(g[0].close_ts, b.close_ts) and np.array_equal(g[0].open_ts, b.open_ts):
+                    g.append(b)
+                    break
+            else:
+                groups.append([b])
+        clocks = []
+        for g in groups:
+            closes = np.empty((len(g[0].close_ts), len(g)), dtype=float, order="F")
+            checks = []
+            for k, b in enumerate(g):
+                closes[:, k] = b.c
+                b.c = closes[:, k]
+                next_bad = None
+                if len(b.bad_close_ts):   # the first refused row strictly after each bar's close
+                    bad = np.sort(b.bad_close_ts)
+                    next_bad = np.append(bad, NEVER)[bad.searchsorted(b.close_ts, "right")]
+                checks.append((b.symbol, self._stale_after[b.symbol], next_bad))
+            clocks.append(_Clock(tuple(b.symbol for b in g), g[0].open_ts, g[0].close_ts, closes, tuple(checks),
+                                 min(c[1] for c in checks), any(c[2] is not None for c in checks)))
+        return clocks
+
+    # ------------------------------------------------------------------ the MarketData port
     def snapshot(self, now: datetime) -> MarketSnapshot:
         require_utc(now, "now")
         now_s = int(now.timestamp())
         n = self.history_bars
         spans: dict[str, tuple[int, int]] = {}
         stale: dict[str, str] = {}
-        newest: dict[str, tuple[int, float]] = {}
-        snap = MarketSnapshot(now, _LazyBars(self._series, spans), {}, stale, {}, newest)
-        for symbol, b in self._bars.items():
-            i = int(b.close_ts.searchsorted(now_s, "right"))   # ndarray method: no dispatch wrapper
+        newest_ts: dict[str, int] = {}
+        closes: dict[str, float] = {}
+        for clock in self._clocks:   # the per-symbol work is dict updates, done in C
+            i = int(clock.close_ts.searchsorted(now_s, "right"))   # ndarray method: no dispatch wrapper
             if i == 0:
-                stale[symbol] = "no closed bar yet"
+                stale.update(dict.fromkeys(clock.symbols, "no closed bar yet"))
                 continue
-            spans[symbol] = (i - n if i > n else 0, i)
-            newest[symbol] = (b.open_ts.item(i - 1), b.c.item(i - 1))   # .item(): a Python int / float
-            last_close = b.close_ts.item(i - 1)
-            bad = b.bad_close_ts
-            k = int(bad.searchsorted(now_s, "right")) if len(bad) else 0
-            if k and int(bad[k - 1]) > last_close:
-                stale[symbol] = f"newest bar has an invalid price (closed {datetime.fromtimestamp(int(bad[k - 1]), UTC):%Y-%m-%d %H:%M}Z)"
-            elif now_s - last_close > self._stale_after[symbol]:
-                stale[symbol] = f"newest bar closed {(now_s - last_close) / 3600:.1f} h ago"
+            spans.update(dict.fromkeys(clock.symbols, (i - n if i > n else 0, i)))
+            newest_ts.update(dict.fromkeys(clock.symbols, clock.open_ts.item(i - 1)))   # .item(): a Python int
+            closes.update(zip(clock.symbols, clock.closes[i - 1].tolist()))
+            last_close = clock.close_ts.item(i - 1)
+            if clock.any_bad or now_s - last_close > clock.fresh_for_s:
+                for symbol, stale_after, next_bad in clock.checks:
+                    if next_bad is not None and next_bad.item(i - 1) <= now_s:   # a refused row is newer
+                        bad = self._bars[symbol].bad_close_ts
+                        newest_bad = int(bad[bad <= now_s].max())
+                        stale[symbol] = f"newest bar has an invalid price (closed {datetime.fromtimestamp(newest_bad, UTC):%Y-%m-%d %H:%M}Z)"
+                    elif now_s - last_close > stale_after:
+                        stale[symbol] = f"newest bar closed {(now_s - last_close) / 3600:.1f} h ago"
+        if not self._clock_order_is_symbol_order:
+            order = self._bars
+            spans = {s: spans[s] for s in order if s in spans}
+            stale = {s: stale[s] for s in order if s in stale}
+            newest_ts = {s: newest_ts[s] for s in order if s in newest_ts}
+            closes = {s: closes[s] for s in order if s in closes}
+        snap = MarketSnapshot(now, _LazyBars(self._series, spans), {}, stale, {}, newest_ts, closes)
         for key, p in self._points.items():
             i = int(p.ts.searchsorted(now_s, "right"))
             j = i - n if i > n else 0
