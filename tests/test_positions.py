@@ -169,3 +169,69 @@ def test_stops_only_tighten_and_exits_match_the_rules(short, trail, atr_mult, re
             assert reason == ("trailing_stop" if pos.stop_price != pos.initial_stop_price else "stop") if crossed \
                 else reason == ("target" if hit else "time")
             break
+
+
+def reference_manage(pm: PositionManager, positions, market, now, kill=False, native_stops=()):
+    """``PositionManager.manage`` before its no-trailing-rule fast path: every position goes through
+    ``update_high_water``. The fast path must write the same fields and decide the same exits."""
+    exits = []
+    for symbol, pos in positions.items():
+        if pos.qty == 0:
+            continue
+        price = market.price(symbol)
+        valid = math.isfinite(price) and price > 0
+        if kill:
+            exits.append((symbol, "kill", price if valid else math.nan))
+            continue
+        if not valid:
+            continue
+        if not pos.initial_stop_price:
+            pos.initial_stop_price = pos.stop_price
+        if pos.high_water_mark <= 0:
+            pm.restore_high_water(pos, market.bars.get(symbol), now)
+        pm.update_high_water(pos, price, pm._atr(market.bars.get(symbol)) if pos.trailing_atr_mult else None)
+        long = pos.qty > 0
+        if symbol not in native_stops and ((long and price <= pos.stop_price) or (not long and price >= pos.stop_price)):
+            exits.append((symbol, "trailing_stop" if pos.stop_price != pos.initial_stop_price else "stop", price))
+        elif (long and price >= pos.target_price) or (not long and price <= pos.target_price):
+            exits.append((symbol, "target", price))
+        elif pos.max_holding is not None and now - pos.opened_at >= pos.max_holding:
+            exits.append((symbol, "time", price))
+    return exits
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(short=st.booleans(), trail=st.none() | st.floats(0.5, 10), atr_mult=st.none() | st.floats(0.5, 4),
+       hwm=st.sampled_from([0.0, 100.0, 97.0, 103.0]), initial_stop=st.sampled_from([0.0, None]),
+       moves=st.lists(st.floats(-0.03, 0.03) | st.sampled_from(["nan", "inf", "-inf", "0", "-5"]),
+                      min_size=1, max_size=60),
+       with_closes=st.booleans())
+def test_manage_fast_path_writes_what_update_high_water_writes(short, trail, atr_mult, hwm, initial_stop, moves,
+                                                                with_closes):
+    make = short_pos if short else long_pos
+    base = make(trailing_stop_pct=trail, trailing_atr_mult=atr_mult, high_water_mark=hwm,
+                max_holding=timedelta(hours=50))
+    if initial_stop is not None:   # 0: not yet set, manage sets it from the stop
+        base = replace(base, initial_stop_price=initial_stop)
+    fast, ref = replace(base), replace(base)
+    pm, closes, px = PositionManager(atr_period=5), [100.0], 100.0
+    for i, m in enumerate(moves, 1):
+        shown = px * (1 + m) if isinstance(m, float) else float(m)   # a bad price is served as is
+        if math.isfinite(shown) and shown > 0:
+            px = shown
+            closes.append(px)
+        now = T0 + timedelta(hours=i)
+        snap = market(now, {"SPY": closes}, spread=0.5)
+        if with_closes:   # replay-style snapshot: the newest close comes from ``closes``, maybe a bad one
+            snap.closes["SPY"] = shown
+        elif not (math.isfinite(shown) and shown > 0):
+            snap = MarketSnapshot(now, {"SPY": BarSeries("SPY", H, snap.bars["SPY"].ts, *(
+                np.append(a[:-1], shown) for a in (snap.bars["SPY"].open, snap.bars["SPY"].high,
+                                                  snap.bars["SPY"].low, snap.bars["SPY"].close)),
+                snap.bars["SPY"].volume)})
+        got = [(e.symbol, e.reason, e.trigger_price) for e in pm.manage({"SPY": fast}, snap, now)]
+        want = reference_manage(pm, {"SPY": ref}, snap, now)
+        assert repr(got) == repr(want)        # repr: NaN trigger prices compare equal
+        assert fast == ref, f"cycle {i}: {fast} != {ref}"
+        if got:
+            break
