@@ -423,3 +423,54 @@ def test_state_round_trip():
     b2.load_state(b.to_state())
     b2.update_marks({"ETH/USD": 3_400.0})
     assert b2.account() == b.account() and b2.positions() == b.positions() and b2.fees_paid == b.fees_paid
+
+
+# =========================================================================== marks
+def _one_pass(b: SimulatedBroker, marks: dict[str, Decimal]) -> tuple[Decimal, Decimal]:
+    """Equity and buying power summed afresh from the positions and the expected marks."""
+    mv = gross = D(0)
+    for s, p in b.positions().items():
+        mark = marks.get(s, p.avg_entry_price)
+        mv += p.qty * mark
+        gross += abs(p.qty) * mark
+    equity = b.cash + mv
+    return equity, max(D(0), equity - gross)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 0.0, -3.0])
+def test_marks_keep_the_last_valid_price_and_the_account_follows_held_marks_only(bad):
+    b, m = make_broker(slippage_bps=0.0)
+    b.update_marks({"BTC/USD": 62_000.0, "ETH/USD": 3_400.0, "SPY": 510.0})
+    fill_now(b, m, mk_order("BTC/USD", Side.BUY, "0.5"), 62_000.0)
+    fill_now(b, m, mk_order("ETH/USD", Side.BUY, "2", at=T0 + 5 * HOUR), 3_400.0)
+    marks = {"BTC/USD": D("62000.0"), "ETH/USD": D("3400.0")}
+    assert (b.account().equity_usd, b.account().buying_power_usd) == _one_pass(b, marks)
+
+    # every price valid: held marks move, the unheld one is remembered for later orders
+    b.update_marks({"BTC/USD": 62_100.5, "ETH/USD": 3_390.25, "SPY": 512.0})
+    marks = {"BTC/USD": D("62100.5"), "ETH/USD": D("3390.25")}
+    assert (b.account().equity_usd, b.account().buying_power_usd) == _one_pass(b, marks)
+
+    # a bad price keeps the last valid one; the other symbols still move
+    b.update_marks({"BTC/USD": bad, "ETH/USD": 3_395.5, "SPY": bad})
+    marks["ETH/USD"] = D("3395.5")
+    assert (b.account().equity_usd, b.account().buying_power_usd) == _one_pass(b, marks)
+    assert b._mark_of("SPY") == D("512.0") and b._mark_of("BTC/USD") == D("62100.5")
+
+    # only an unheld price changed: the account is the cached one, and still right
+    before = b.account()
+    b.update_marks({"BTC/USD": 62_100.5, "ETH/USD": 3_395.5, "SPY": 515.0})
+    assert b.account() is before and (before.equity_usd, before.buying_power_usd) == _one_pass(b, marks)
+
+    # a position closes: its later marks no longer move the account
+    fill_now(b, m, mk_order("BTC/USD", Side.SELL, "0.5", at=T0 + 9 * HOUR), 62_000.0)
+    del marks["BTC/USD"]
+    after_close = b.account()
+    assert (after_close.equity_usd, after_close.buying_power_usd) == _one_pass(b, marks)
+    b.update_marks({"BTC/USD": 70_000.0, "ETH/USD": 3_395.5, "SPY": 515.0})
+    assert b.account() is after_close
+
+    # re-opened: the buying-power check and the account use the newest BTC price seen while flat
+    fill_now(b, m, mk_order("BTC/USD", Side.BUY, "0.25", at=T0 + 13 * HOUR), 70_000.0)
+    marks["BTC/USD"] = D("70000.0")
+    assert (b.account().equity_usd, b.account().buying_power_usd) == _one_pass(b, marks)

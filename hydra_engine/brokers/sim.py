@@ -71,6 +71,16 @@ class SimulatedBroker:
         Decimal mark is made when something reads it (``_mark_of``): most symbols' prices change every
         bar, but only held ones are read every cycle."""
         latest, held = self._prices, self._positions
+        values = prices.values()
+        # the common case, every price finite and positive, in C: a NaN or an infinity makes the sum
+        # non-finite (so does an overflow, which only sends the prices down the per-symbol path)
+        if prices and min(values) > 0 and sum(values) < math.inf:
+            for symbol in held:   # only held marks invalidate the account
+                price = prices.get(symbol)
+                if price is not None and latest.get(symbol) != price:
+                    self._version += 1
+            latest.update(prices)
+            return
         for symbol, price in prices.items():
             if 0 < price < math.inf and latest.get(symbol) != price:   # NaN compares False
                 latest[symbol] = price
@@ -98,9 +108,16 @@ class SimulatedBroker:
         key, cached = self._account_cache or ((None, None, None), None)
         if key[0] is self.cash and key[1] is self._positions and key[2] == self._version:
             return cached
-        market_value = gross = ZERO          # one pass; the same Decimal operations in the same order
+        # one pass over every position, not an incremental sum: Decimal sums round at 28 digits, so
+        # adding and removing one position's value would not give the same result as summing afresh
+        market_value = gross = ZERO
+        prices, marks, mark_src = self._prices, self._marks, self._mark_src
         for s, p in self._positions.items():
-            mark = self._mark_of(s)
+            price = prices.get(s)   # _mark_of, inlined: this runs for every held symbol every cycle
+            if price is not None and mark_src.get(s) != price:
+                marks[s] = Decimal(str(price))
+                mark_src[s] = price
+            mark = marks.get(s)
             if mark is None:
                 mark = p.avg_entry_price
             market_value += p.qty * mark
