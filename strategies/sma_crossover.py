@@ -103,10 +103,15 @@ class SmaCrossover(Strategy):
     def wants_cycle(self, market: MarketSnapshot) -> bool:
         if self._wake_bars is None:
             return True
-        wake_bars, newest_bar_ts = self._wake_bars, market.newest_bar_ts   # _may_cross, inlined: every cycle
+        # _may_cross for every symbol, inlined (this runs every cycle): the newest bar's time straight
+        # from the snapshot's dict, newest_bar_ts() only for a snapshot that does not fill it
+        wake_bars, newest = self._wake_bars, market.newest_ts
         for symbol in self.assets:
             wake = wake_bars.get(symbol)
-            if wake is None or newest_bar_ts(symbol) in wake:
+            if wake is None:
+                return True
+            ts = newest.get(symbol)
+            if (ts if ts is not None else market.newest_bar_ts(symbol)) in wake:
                 return True
         return False
 
