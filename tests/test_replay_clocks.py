@@ -109,3 +109,10 @@ def test_refused_newest_row_in_a_shared_clock():
     assert snap.stale == {"Z": "newest bar has an invalid price (closed 2024-01-01 00:51Z)"}
     assert snap.price("Z") == snap.price("Y") == 149.0       # exits still see the last good close
     assert market.snapshot((closed_bad + pd.Timedelta(minutes=1)).to_pydatetime()).stale == {}
+
+
+def test_timeline_and_span_cover_every_symbols_closes(mixed_market):
+    every = sorted({int(t) for b in mixed_market._bars.values() for t in b.close_ts})
+    assert [int(t.timestamp()) for t in mixed_market.timeline()] == every
+    assert all(t.tzinfo is UTC for t in mixed_market.timeline())
+    assert [int(t.timestamp()) for t in mixed_market.span()] == [every[0], every[-1]]

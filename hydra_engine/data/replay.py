@@ -301,13 +301,13 @@ class ReplayMarketData:
     # ------------------------------------------------------------------ the simulated clock's steps
     def timeline(self) -> list[datetime]:
         """Every moment some bar closes, within [start, end): the simulated clock's ticks."""
-        closes = np.unique(np.concatenate([b.close_ts for b in self._bars.values()]))
+        closes = np.unique(np.concatenate([c.close_ts for c in self._clocks]))   # a clock's symbols share them
         if self.start:
             closes = closes[closes >= int(self.start.timestamp())]
         if self.end:
             closes = closes[closes < int(self.end.timestamp())]
-        return [datetime.fromtimestamp(int(t), UTC) for t in closes]
+        return [datetime.fromtimestamp(t, UTC) for t in closes.tolist()]   # Python ints: no per-tick int()
 
     def span(self) -> tuple[datetime, datetime]:
-        closes = np.concatenate([b.close_ts for b in self._bars.values()])
+        closes = np.concatenate([c.close_ts for c in self._clocks])
         return datetime.fromtimestamp(int(closes.min()), UTC), datetime.fromtimestamp(int(closes.max()), UTC)
