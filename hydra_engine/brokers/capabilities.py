@@ -88,12 +88,16 @@ def spec_from_asset(asset: Any) -> AssetSpec:
                        symbol=symbol)
 
 
+_CRYPTO_OR_UNKNOWN = (AssetClass.CRYPTO.value, None)
+_QUOTES = ("USDT", "USDC", "USD", "BTC")   # tried in this order: USDT before USD
+
+
 def normalise_symbol(symbol: str, asset_class: str | None = None, known: Iterable[str] = ()) -> str:
     """Crypto positions come back as ``BTCUSD``; orders, assets and data use ``BTC/USD`` (NOTES §1.3).
     Split when the asset class says crypto, or (class unknown) when the slash form is in ``known``."""
-    if "/" in symbol or asset_class not in (AssetClass.CRYPTO.value, None):
-        return symbol
-    for quote in ("USDT", "USDC", "USD", "BTC"):
+    if "/" in symbol or asset_class not in _CRYPTO_OR_UNKNOWN or not symbol.endswith(_QUOTES):
+        return symbol   # the engine asks once per held symbol per entry: the common answers first
+    for quote in _QUOTES:
         if symbol.endswith(quote) and len(symbol) > len(quote):
             pair = f"{symbol[:-len(quote)]}/{quote}"
             if asset_class is not None or pair in set(known):

@@ -282,7 +282,7 @@ class ReplayMarketData:
         b = self._bars.get(symbol)
         if b is None:
             return None
-        k = int(np.searchsorted(b.open_ts, int(after.timestamp()), side="left"))
+        k = int(b.open_ts.searchsorted(int(after.timestamp()), "left"))   # ndarray method: no dispatch wrapper
         if k < len(b.open_ts) and b.close_ts[k] <= int(now.timestamp()):
             return datetime.fromtimestamp(int(b.open_ts[k]), UTC), float(b.o[k])
         return None
@@ -293,7 +293,7 @@ class ReplayMarketData:
         b = self._bars.get(symbol)
         if b is None:
             return None
-        k = int(np.searchsorted(b.close_ts, int(at.timestamp()), side="right")) - 1
+        k = int(b.close_ts.searchsorted(int(at.timestamp()), "right")) - 1
         if k < 0:
             return None
         return datetime.fromtimestamp(int(b.close_ts[k]), UTC), float(b.c[k])
