@@ -474,3 +474,14 @@ def test_marks_keep_the_last_valid_price_and_the_account_follows_held_marks_only
     fill_now(b, m, mk_order("BTC/USD", Side.BUY, "0.25", at=T0 + 13 * HOUR), 70_000.0)
     marks["BTC/USD"] = D("70000.0")
     assert (b.account().equity_usd, b.account().buying_power_usd) == _one_pass(b, marks)
+
+
+def test_submit_returns_an_accepted_copy_with_every_field_kept():
+    from dataclasses import replace
+    b, _ = make_broker()
+    b.update_marks({"SPY": 510.0})
+    order = replace(mk_order("SPY", Side.BUY, "2"), limit_price=D("1.5"), stop_price=D("2.5"), trail_percent=D("3"),
+                    take_profit_price=D("600"), stop_loss_price=D("400"), reject_reason="x", purpose="exit")
+    accepted = b.submit(order)
+    assert accepted is not order and order.status is OrderStatus.NEW and order.broker_order_id is None
+    assert accepted == replace(order, status=OrderStatus.ACCEPTED, broker_order_id="sim-1")
