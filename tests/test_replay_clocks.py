@@ -116,3 +116,56 @@ def test_timeline_and_span_cover_every_symbols_closes(mixed_market):
     assert [int(t.timestamp()) for t in mixed_market.timeline()] == every
     assert all(t.tzinfo is UTC for t in mixed_market.timeline())
     assert [int(t.timestamp()) for t in mixed_market.span()] == [every[0], every[-1]]
+
+
+# =========================================================================== cleaning
+def reference_clean_bars(frame, symbol, quality):
+    """clean_bars before its numpy checks (pandas all the way)."""
+    from hydra_engine.data.replay import _epoch_s
+    frame = frame.dropna(subset=["open_time"])
+    unsorted = int((frame["open_time"].diff().dt.total_seconds() < 0).sum())
+    if unsorted:
+        quality.out_of_order[symbol] = unsorted
+    frame = frame.sort_values("open_time", kind="stable")
+    dupes = int(frame["open_time"].duplicated(keep="last").sum())
+    if dupes:
+        quality.duplicates[symbol] = dupes
+        frame = frame.drop_duplicates("open_time", keep="last")
+    gaps = frame["open_time"].diff() > 30 * (frame["close_time"] - frame["open_time"]).median()
+    first_gap = int(np.argmax(gaps.to_numpy())) if gaps.any() else 0
+    if 0 < first_gap <= 5:
+        quality.leading_fragment[symbol] = first_gap
+        frame = frame.iloc[first_gap:]
+    prices = frame[["open", "high", "low", "close"]].to_numpy(dtype=float)
+    good = np.isfinite(prices).all(axis=1) & (prices > 0).all(axis=1)
+    if (~good).any():
+        quality.dropped_bad_price[symbol] = int((~good).sum())
+    return frame[good], _epoch_s(frame.loc[~good, "close_time"])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_clean_bars_equals_the_pandas_rule(seed):
+    from hydra_engine.data.replay import DataQuality, clean_bars
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 60))
+    minutes = np.arange(n) + (int(rng.integers(0, 3)) * 50_000 if n > 8 else 0)
+    if n > 8 and seed % 3 == 0:
+        minutes[: int(rng.integers(1, 7))] -= 100_000          # a leading fragment (<= 5 rows: dropped)
+    opened = pd.Series(T0 + pd.to_timedelta(minutes, unit="min"))
+    if seed % 4 == 1 and n > 4:
+        opened.iloc[rng.integers(0, n, 3)] = opened.iloc[rng.integers(0, n, 3)].to_numpy()   # duplicates
+    if seed % 5 == 2 and n > 4:
+        order = rng.permutation(n)
+        opened = opened.iloc[order].reset_index(drop=True)    # out of order
+    if seed % 7 == 3 and n > 4:
+        opened.iloc[rng.integers(0, n, 2)] = pd.NaT
+    c = 100 + rng.normal(0, 1, n)
+    if n > 4:
+        c[rng.integers(0, n, 2)] = [np.nan, -1.0]
+    frame = pd.DataFrame({"open_time": opened, "close_time": opened + pd.Timedelta(minutes=1),
+                          "open": c, "high": c, "low": c, "close": c, "volume": np.ones(n)})
+    q_new, q_ref = DataQuality(), DataQuality()
+    got, got_bad = clean_bars(frame.copy(), "X", q_new)
+    want, want_bad = reference_clean_bars(frame.copy(), "X", q_ref)
+    pd.testing.assert_frame_equal(got, want)
+    assert got_bad.tolist() == want_bad.tolist() and q_new == q_ref

@@ -83,18 +83,26 @@ class DataQuality:
 
 
 def clean_bars(frame: pd.DataFrame, symbol: str, quality: DataQuality) -> tuple[pd.DataFrame, np.ndarray]:
-    """Sort, de-duplicate and split off rows whose prices are not finite and positive."""
-    frame = frame.dropna(subset=["open_time"])
-    unsorted = int((frame["open_time"].diff().dt.total_seconds() < 0).sum())
+    """Sort, de-duplicate and split off rows whose prices are not finite and positive. The checks run on
+    the open times as a numpy array; the frame is only copied (dropna, sort, drop_duplicates) when a
+    check found something to fix, which clean files (the usual case) never need."""
+    if frame["open_time"].isna().any():
+        frame = frame.dropna(subset=["open_time"])
+    opened = frame["open_time"].to_numpy(dtype="datetime64[ns]")
+    unsorted = int((np.diff(opened) < np.timedelta64(0)).sum())
     if unsorted:
         quality.out_of_order[symbol] = unsorted
-    frame = frame.sort_values("open_time", kind="stable")
-    dupes = int(frame["open_time"].duplicated(keep="last").sum())
+        frame = frame.sort_values("open_time", kind="stable")
+        opened = frame["open_time"].to_numpy(dtype="datetime64[ns]")
+    step = np.diff(opened)
+    dupes = int((step == np.timedelta64(0)).sum())   # sorted: a duplicate follows its twin
     if dupes:
         quality.duplicates[symbol] = dupes
         frame = frame.drop_duplicates("open_time", keep="last")
-    gaps = frame["open_time"].diff() > 30 * (frame["close_time"] - frame["open_time"]).median()
-    first_gap = int(np.argmax(gaps.to_numpy())) if gaps.any() else 0
+        step = np.diff(frame["open_time"].to_numpy(dtype="datetime64[ns]"))
+    limit = 30 * (frame["close_time"] - frame["open_time"]).median()   # NaT without bars: no gap
+    gaps = step > limit.to_timedelta64() if not pd.isna(limit) else np.zeros(len(step), dtype=bool)
+    first_gap = int(np.argmax(gaps)) + 1 if gaps.any() else 0   # gaps[k] is the gap before row k + 1
     if 0 < first_gap <= 5:  # a stray leading fragment (e.g. one 2018 SPY row before a 634-day gap)
         quality.leading_fragment[symbol] = first_gap
         frame = frame.iloc[first_gap:]
