@@ -73,16 +73,6 @@ class SimulatedBroker:
         Decimal mark is made when something reads it (``_mark_of``): most symbols' prices change every
         bar, but only held ones are read every cycle."""
         latest, held = self._prices, self._positions
-        values = prices.values()
-        # the common case, every price finite and positive, in C: a NaN or an infinity makes the sum
-        # non-finite (so does an overflow, which only sends the prices down the per-symbol path)
-        if prices and min(values) > 0 and sum(values) < math.inf:
-            for symbol in held:   # only held marks invalidate the account
-                price = prices.get(symbol)
-                if price is not None and latest.get(symbol) != price:
-                    self._version += 1
-            latest.update(prices)
-            return
         for symbol, price in prices.items():
             if 0 < price < math.inf and latest.get(symbol) != price:   # NaN compares False
                 latest[symbol] = price
