@@ -239,12 +239,18 @@ class ReplayMarketData:
         closes: dict[str, float] = {}
         for clock in self._clocks:   # the per-symbol work is dict updates, done in C
             i = int(clock.close_ts.searchsorted(now_s, "right"))   # ndarray method: no dispatch wrapper
+            symbols = clock.symbols
             if i == 0:
-                stale.update(dict.fromkeys(clock.symbols, "no closed bar yet"))
+                stale.update(dict.fromkeys(symbols, "no closed bar yet"))
                 continue
-            spans.update(dict.fromkeys(clock.symbols, (i - n if i > n else 0, i)))
-            newest_ts.update(dict.fromkeys(clock.symbols, clock.open_ts.item(i - 1)))   # .item(): a Python int
-            closes.update(zip(clock.symbols, clock.closes[i - 1].tolist()))
+            span, opened = (i - n if i > n else 0, i), clock.open_ts.item(i - 1)   # .item(): a Python int
+            if len(symbols) == 1:   # a clock of its own (e.g. a single-symbol backtest): plain assignments
+                s = symbols[0]
+                spans[s], newest_ts[s], closes[s] = span, opened, clock.closes.item(i - 1, 0)
+            else:
+                spans.update(dict.fromkeys(symbols, span))
+                newest_ts.update(dict.fromkeys(symbols, opened))
+                closes.update(zip(symbols, clock.closes[i - 1].tolist()))
             last_close = clock.close_ts.item(i - 1)
             if clock.any_bad or now_s - last_close > clock.fresh_for_s:
                 for symbol, stale_after, next_bad in clock.checks:
