@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _VOL_RULE = TrendVolRule()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CENT = Decimal("0.01")
+_CLOSED_FIELDS = tuple(ClosedTrade.__dataclass_fields__)   # plain str/float fields
 
 
 @dataclass(slots=True)
@@ -56,11 +57,13 @@ class RunStats:
 
 
 def _order_dict(o: Order) -> dict:
-    return to_jsonable({"client_order_id": o.client_order_id, "symbol": o.symbol, "side": o.side,
-                        "qty": o.qty, "order_type": o.order_type, "time_in_force": o.time_in_force,
-                        "created_at": o.created_at, "strategy": o.strategy, "purpose": o.purpose,
-                        "status": o.status, "broker_order_id": o.broker_order_id, "filled_qty": o.filled_qty,
-                        "filled_avg_price": o.filled_avg_price, "reject_reason": o.reject_reason})
+    """An order as the cycle report records it: ``to_jsonable`` of these fields, with the enums and
+    strings written out (it runs for every order sent or refused)."""
+    j = to_jsonable
+    return {"client_order_id": o.client_order_id, "symbol": o.symbol, "side": o.side.value, "qty": j(o.qty),
+            "order_type": o.order_type.value, "time_in_force": o.time_in_force.value, "created_at": j(o.created_at),
+            "strategy": o.strategy, "purpose": o.purpose, "status": o.status.value, "broker_order_id": o.broker_order_id,
+            "filled_qty": j(o.filled_qty), "filled_avg_price": j(o.filled_avg_price), "reject_reason": o.reject_reason}
 
 
 def _format_report(report: dict) -> None:
@@ -431,13 +434,15 @@ class Engine:
                 "qty": str(d.qty), "notional_usd": str(d.notional_usd), "details": to_jsonable(d.details)}
 
     def _broker_holds(self, symbol: str) -> bool:
-        """True when the broker holds a position in ``symbol`` (or cannot say: then no entry either)."""
+        """True when the broker holds a position in ``symbol`` (or cannot say: then no entry either).
+        The broker may name a crypto pair without its slash (``BTCUSD``); no other key can mean ``symbol``."""
         from .brokers.capabilities import normalise_symbol
         try:
             held = self.broker.positions()
         except BrokerError:
             return True
-        return any(normalise_symbol(s, None, [symbol]) == symbol and p.qty != 0 for s, p in held.items())
+        return any((p := held.get(key)) is not None and p.qty != 0 and normalise_symbol(key, None, [symbol]) == symbol
+                   for key in dict.fromkeys((symbol, symbol.replace("/", ""))))
 
     def _next_coid(self, strategy: str, symbol: str) -> str:
         self.order_seq += 1
@@ -584,7 +589,7 @@ class Engine:
                 # opposed it and the trade lost: that is the hit rate its reliability learns from
                 agreed = (score > 0) == (sign > 0)
                 self.aggregator.record_outcome(source, agreed == won)
-            return asdict(trade)
+            return {k: getattr(trade, k) for k in _CLOSED_FIELDS}
         return self._apply_untracked_fill(fill)
 
     def _apply_untracked_fill(self, fill: Fill) -> dict | None:
