@@ -111,6 +111,7 @@ class Engine:
         self.exit_reasons: dict[str, str] = {}           # client_order_id -> why we exit
         self.regime = RegimeReading(Regime.UNKNOWN, 0.0, "none", _EPOCH, {"why": "not detected yet"})
         self._regime_json: tuple = (None, None)
+        self._gating: tuple = (None, [], [])             # (reading, strategies run, strategies gated)
         self._vol_pct: tuple = (None, None)              # (reading, reference vol percentile when it came)          # (reading, its to_jsonable form): the cycle log's copy
         self.stats = RunStats()
         self._last_report: dict | None = None
@@ -173,11 +174,12 @@ class Engine:
     def _cycle(self, now: datetime, report: dict, trades: list[dict]) -> None:
         cfg = self.settings.engine
         # --- executions since the last cycle (entries become managed positions, exits close trades)
-        for fill, trade in self.caught_up_fills:  # issue #7: applied at start-up, recorded by the first cycle
-            report["fills"].append(to_jsonable(fill))
-            if trade:
-                trades.append(trade)
-        self.caught_up_fills = []
+        if self.caught_up_fills:  # issue #7: applied at start-up, recorded by the first cycle
+            for fill, trade in self.caught_up_fills:
+                report["fills"].append(to_jsonable(fill))
+                if trade:
+                    trades.append(trade)
+            self.caught_up_fills = []
         try:
             for fill in self.broker.poll_fills(now):
                 report["fills"].append(to_jsonable(fill))
@@ -251,8 +253,12 @@ class Engine:
         else:
             self.stats.quiet_cycles += 1
             exit_requests = []
-            for strat in self.strategies:   # what the full path reports when every plugin stands by
-                report["strategies_run" if strat.trades_in(self.regime.regime) else "strategies_gated"].append(strat.name)
+            # what the full path reports when every plugin stands by (the split changes only with the reading)
+            if self._gating[0] is not self.regime:
+                regime = self.regime.regime
+                self._gating = (self.regime, [s.name for s in self.strategies if s.trades_in(regime)],
+                                [s.name for s in self.strategies if not s.trades_in(regime)])
+            report["strategies_run"], report["strategies_gated"] = self._gating[1][:], self._gating[2][:]
 
         # --- 8. MANAGE open positions
         kill = self.risk.kill_requested()
@@ -502,12 +508,12 @@ class Engine:
 
     def _execute_exit(self, ex: ExitInstruction, now: datetime, report: dict) -> None:
         pos = self.positions[ex.symbol]
-        if any(o.symbol == ex.symbol and o.purpose == "exit" for o in self.broker.open_orders()):
+        working = [o for o in self.broker.open_orders() if o.symbol == ex.symbol]
+        if any(o.purpose == "exit" for o in working):
             return  # an exit is already working: never send a second one
-        for o in self.broker.open_orders():  # cancel what holds the shares (e.g. a native trailing stop)
-            if o.symbol == ex.symbol:
-                self.broker.cancel(o.client_order_id)
-                self.exit_reasons.pop(o.client_order_id, None)
+        for o in working:  # cancel what holds the shares (e.g. a native trailing stop)
+            self.broker.cancel(o.client_order_id)
+            self.exit_reasons.pop(o.client_order_id, None)
         if not self._broker_holds(ex.symbol):
             # issue #7: an exit sent earlier (by this process or a crashed one) filled after this cycle's
             # fill poll: the broker is flat already, and a second exit would sell what is not there (a
