@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _VOL_RULE = TrendVolRule()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CENT = Decimal("0.01")
+_CLOSED_FIELDS = tuple(ClosedTrade.__dataclass_fields__)   # plain str/float fields
 
 
 @dataclass(slots=True)
@@ -56,11 +57,13 @@ class RunStats:
 
 
 def _order_dict(o: Order) -> dict:
-    return to_jsonable({"client_order_id": o.client_order_id, "symbol": o.symbol, "side": o.side,
-                        "qty": o.qty, "order_type": o.order_type, "time_in_force": o.time_in_force,
-                        "created_at": o.created_at, "strategy": o.strategy, "purpose": o.purpose,
-                        "status": o.status, "broker_order_id": o.broker_order_id, "filled_qty": o.filled_qty,
-                        "filled_avg_price": o.filled_avg_price, "reject_reason": o.reject_reason})
+    """An order as the cycle report records it: ``to_jsonable`` of these fields, with the enums and
+    strings written out (it runs for every order sent or refused)."""
+    j = to_jsonable
+    return {"client_order_id": o.client_order_id, "symbol": o.symbol, "side": o.side.value, "qty": j(o.qty),
+            "order_type": o.order_type.value, "time_in_force": o.time_in_force.value, "created_at": j(o.created_at),
+            "strategy": o.strategy, "purpose": o.purpose, "status": o.status.value, "broker_order_id": o.broker_order_id,
+            "filled_qty": j(o.filled_qty), "filled_avg_price": j(o.filled_avg_price), "reject_reason": o.reject_reason}
 
 
 def _format_report(report: dict) -> None:
@@ -108,6 +111,7 @@ class Engine:
         self.exit_reasons: dict[str, str] = {}           # client_order_id -> why we exit
         self.regime = RegimeReading(Regime.UNKNOWN, 0.0, "none", _EPOCH, {"why": "not detected yet"})
         self._regime_json: tuple = (None, None)
+        self._gating: tuple = (None, [], [])             # (reading, strategies run, strategies gated)
         self._vol_pct: tuple = (None, None)              # (reading, reference vol percentile when it came)          # (reading, its to_jsonable form): the cycle log's copy
         self.stats = RunStats()
         self._last_report: dict | None = None
@@ -170,11 +174,12 @@ class Engine:
     def _cycle(self, now: datetime, report: dict, trades: list[dict]) -> None:
         cfg = self.settings.engine
         # --- executions since the last cycle (entries become managed positions, exits close trades)
-        for fill, trade in self.caught_up_fills:  # issue #7: applied at start-up, recorded by the first cycle
-            report["fills"].append(to_jsonable(fill))
-            if trade:
-                trades.append(trade)
-        self.caught_up_fills = []
+        if self.caught_up_fills:  # issue #7: applied at start-up, recorded by the first cycle
+            for fill, trade in self.caught_up_fills:
+                report["fills"].append(to_jsonable(fill))
+                if trade:
+                    trades.append(trade)
+            self.caught_up_fills = []
         try:
             for fill in self.broker.poll_fills(now):
                 report["fills"].append(to_jsonable(fill))
@@ -248,8 +253,12 @@ class Engine:
         else:
             self.stats.quiet_cycles += 1
             exit_requests = []
-            for strat in self.strategies:   # what the full path reports when every plugin stands by
-                report["strategies_run" if strat.trades_in(self.regime.regime) else "strategies_gated"].append(strat.name)
+            # what the full path reports when every plugin stands by (the split changes only with the reading)
+            if self._gating[0] is not self.regime:
+                regime = self.regime.regime
+                self._gating = (self.regime, [s.name for s in self.strategies if s.trades_in(regime)],
+                                [s.name for s in self.strategies if not s.trades_in(regime)])
+            report["strategies_run"], report["strategies_gated"] = self._gating[1][:], self._gating[2][:]
 
         # --- 8. MANAGE open positions
         kill = self.risk.kill_requested()
@@ -431,13 +440,15 @@ class Engine:
                 "qty": str(d.qty), "notional_usd": str(d.notional_usd), "details": to_jsonable(d.details)}
 
     def _broker_holds(self, symbol: str) -> bool:
-        """True when the broker holds a position in ``symbol`` (or cannot say: then no entry either)."""
+        """True when the broker holds a position in ``symbol`` (or cannot say: then no entry either).
+        The broker may name a crypto pair without its slash (``BTCUSD``); no other key can mean ``symbol``."""
         from .brokers.capabilities import normalise_symbol
         try:
             held = self.broker.positions()
         except BrokerError:
             return True
-        return any(normalise_symbol(s, None, [symbol]) == symbol and p.qty != 0 for s, p in held.items())
+        return any((p := held.get(key)) is not None and p.qty != 0 and normalise_symbol(key, None, [symbol]) == symbol
+                   for key in dict.fromkeys((symbol, symbol.replace("/", ""))))
 
     def _next_coid(self, strategy: str, symbol: str) -> str:
         self.order_seq += 1
@@ -497,12 +508,12 @@ class Engine:
 
     def _execute_exit(self, ex: ExitInstruction, now: datetime, report: dict) -> None:
         pos = self.positions[ex.symbol]
-        if any(o.symbol == ex.symbol and o.purpose == "exit" for o in self.broker.open_orders()):
+        working = [o for o in self.broker.open_orders() if o.symbol == ex.symbol]
+        if any(o.purpose == "exit" for o in working):
             return  # an exit is already working: never send a second one
-        for o in self.broker.open_orders():  # cancel what holds the shares (e.g. a native trailing stop)
-            if o.symbol == ex.symbol:
-                self.broker.cancel(o.client_order_id)
-                self.exit_reasons.pop(o.client_order_id, None)
+        for o in working:  # cancel what holds the shares (e.g. a native trailing stop)
+            self.broker.cancel(o.client_order_id)
+            self.exit_reasons.pop(o.client_order_id, None)
         if not self._broker_holds(ex.symbol):
             # issue #7: an exit sent earlier (by this process or a crashed one) filled after this cycle's
             # fill poll: the broker is flat already, and a second exit would sell what is not there (a
@@ -584,7 +595,7 @@ class Engine:
                 # opposed it and the trade lost: that is the hit rate its reliability learns from
                 agreed = (score > 0) == (sign > 0)
                 self.aggregator.record_outcome(source, agreed == won)
-            return asdict(trade)
+            return {k: getattr(trade, k) for k in _CLOSED_FIELDS}
         return self._apply_untracked_fill(fill)
 
     def _apply_untracked_fill(self, fill: Fill) -> dict | None:
