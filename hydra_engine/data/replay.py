@@ -214,11 +214,13 @@ class ReplayMarketData:
                 groups.append([b])
         clocks = []
         for g in groups:
-            closes = np.empty((len(g[0].close_ts), len(g)), dtype=float, order="F")
+            # a clock of one symbol reads its own closes (a view: a 1M-bar backtest keeps one copy)
+            closes = g[0].c[:, None] if len(g) == 1 else np.empty((len(g[0].close_ts), len(g)), dtype=float, order="F")
             checks = []
             for k, b in enumerate(g):
-                closes[:, k] = b.c
-                b.c = closes[:, k]
+                if len(g) > 1:
+                    closes[:, k] = b.c
+                    b.c = closes[:, k]
                 next_bad = None
                 if len(b.bad_close_ts):   # the first refused row strictly after each bar's close
                     bad = np.sort(b.bad_close_ts)
