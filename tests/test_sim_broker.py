@@ -211,6 +211,8 @@ def test_accounting_is_exact_under_random_trading(fee_bps, slippage_bps, steps):
         assert Fraction(acct.equity_usd) == ledger.equity(marks)                    # exact P&L identity
         assert b.fees_paid == fee_sum and Fraction(fee_sum) == ledger.fees
         assert acct.buying_power_usd >= 0
+        gross = sum((abs(p.qty) * marks[s] for s, p in positions.items()), D(0))   # shorts count at |qty|
+        assert acct.buying_power_usd == max(D(0), acct.equity_usd - gross)
         if all(q >= 0 for q in ledger.qty.values()):  # long-only book: buying power is the cash
             assert acct.cash_usd >= 0 and acct.buying_power_usd == acct.cash_usd
 

@@ -112,8 +112,9 @@ class SimulatedBroker:
             mark = marks.get(s)
             if mark is None:
                 mark = p.avg_entry_price
-            market_value += p.qty * mark
-            gross += abs(p.qty) * mark
+            value = p.qty * mark   # |qty| × mark is exactly |value|: marks are positive, rounding is symmetric
+            market_value += value
+            gross += value if value >= 0 else -value
         equity = self.cash + market_value
         account = Account(cash_usd=self.cash, equity_usd=equity, buying_power_usd=max(ZERO, equity - gross))
         self._account_cache = ((self.cash, self._positions, self._version), account)
