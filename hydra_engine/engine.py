@@ -110,9 +110,9 @@ class Engine:
         self.plans: dict[str, PendingPlan] = {}          # client_order_id -> entry plan
         self.exit_reasons: dict[str, str] = {}           # client_order_id -> why we exit
         self.regime = RegimeReading(Regime.UNKNOWN, 0.0, "none", _EPOCH, {"why": "not detected yet"})
-        self._regime_json: tuple = (None, None)
+        self._regime_json: tuple = (None, None)          # (reading, its to_jsonable form): the cycle log's copy
         self._gating: tuple = (None, [], [])             # (reading, strategies run, strategies gated)
-        self._vol_pct: tuple = (None, None)              # (reading, reference vol percentile when it came)          # (reading, its to_jsonable form): the cycle log's copy
+        self._vol_pct: tuple = (None, None)              # (reading, reference vol percentile when it came)
         self.stats = RunStats()
         self._last_report: dict | None = None
         self._unformatted: dict | None = None            # the last report, if its formatting was deferred

@@ -97,6 +97,8 @@ class PositionManager:
         long = pos.qty > 0
         hwm = pos.high_water_mark or price
         pos.high_water_mark = max(hwm, price) if long else min(hwm, price)
+        if not (pos.trailing_stop_pct or pos.trailing_atr_mult):
+            return False   # no trailing rule: only the mark moves (the common case, every cycle)
         cand = trailing_candidate(long, pos.high_water_mark, pos.trailing_stop_pct, pos.trailing_atr_mult, atr)
         if cand is None:
             return False
@@ -111,15 +113,12 @@ class PositionManager:
         (even without a price). Symbols in ``native_stops`` have their stop held by the broker: the
         manager keeps their mirror stop up to date but leaves the stop exit to the broker."""
         exits: list[ExitInstruction] = []
-        closes, inf = market.closes, math.inf   # this loop runs for every open position every cycle
         for symbol, pos in positions.items():
             qty = pos.qty
             if qty == 0:
                 continue
-            price = closes.get(symbol)
-            if price is None:
-                price = market.price(symbol)
-            valid = 0 < price < inf   # finite and positive (NaN compares False)
+            price = market.price(symbol)
+            valid = 0 < price < math.inf   # finite and positive (NaN compares False)
             if kill:
                 exits.append(ExitInstruction(symbol, "kill", price if valid else math.nan, "kill switch: flatten"))
                 continue
@@ -129,13 +128,9 @@ class PositionManager:
                 pos.initial_stop_price = pos.stop_price
             if pos.high_water_mark <= 0:
                 self.restore_high_water(pos, market.bars.get(symbol), now)
+            # the bar history is read only when a rule needs it (a snapshot may build it on demand)
+            self.update_high_water(pos, price, self._atr(market.bars.get(symbol)) if pos.trailing_atr_mult else None)
             long = qty > 0
-            if pos.trailing_stop_pct or pos.trailing_atr_mult:
-                # the bar history is read only when a rule needs it (a snapshot may build it on demand)
-                self.update_high_water(pos, price, self._atr(market.bars.get(symbol)) if pos.trailing_atr_mult else None)
-            else:   # no trailing rule: update_high_water would only move the mark (its max / min, inlined)
-                hwm = pos.high_water_mark or price
-                pos.high_water_mark = (price if price > hwm else hwm) if long else (price if price < hwm else hwm)
             if symbol not in native_stops and ((long and price <= pos.stop_price) or
                                                (not long and price >= pos.stop_price)):
                 moved = pos.stop_price != pos.initial_stop_price

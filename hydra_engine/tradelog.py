@@ -39,10 +39,6 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return names
 
 
-def _iso_z(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
-
-
 def to_jsonable(obj: Any) -> Any:
     """Decimal → string (exact), datetime → ISO-8601 UTC, enums → value, dataclasses → dicts."""
     cls = type(obj)
@@ -53,25 +49,12 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Decimal):
         return str(obj)
     if isinstance(obj, datetime):
-        return _iso_z(obj)
+        return obj.isoformat().replace("+00:00", "Z")
     if isinstance(obj, Enum):
         return obj.value
     if is_dataclass(obj) and not isinstance(obj, type):
-        # field by field (what asdict() + recursion gave, without asdict's deep copy of every value);
-        # the commonest leaf types are converted here without a recursive call
-        out = {}
-        for k in _field_names(cls):
-            v = getattr(obj, k)
-            c = type(v)
-            if c in _PLAIN:
-                out[k] = v
-            elif c is Decimal:
-                out[k] = str(v)
-            elif c is float and v == v:
-                out[k] = v
-            else:
-                out[k] = to_jsonable(v)
-        return out
+        # field by field (what asdict() + recursion gave, without asdict's deep copy of every value)
+        return {k: to_jsonable(getattr(obj, k)) for k in _field_names(cls)}
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):

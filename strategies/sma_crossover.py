@@ -96,33 +96,17 @@ class SmaCrossover(Strategy):
         self._wake_bars = {s: frozenset(bars.ts[possible_crosses(bars.close, p.fast, p.slow, p.tie_rel)].tolist())
                            for s, bars in history.items()}
 
-    def _may_cross(self, market: MarketSnapshot) -> list[str]:
-        """The configured symbols on whose newest bar a crossover is possible (all without prepare)."""
-        if self._wake_bars is None:
-            return list(self.assets)
-        wake_bars, newest = self._wake_bars, market.newest_ts
-        out = []
+    def _waking(self, market: MarketSnapshot):
+        """The configured symbols on whose newest bar a crossover is possible (all of them without
+        ``prepare``), lazily: the wake predicate stops at the first."""
+        wake_bars = self._wake_bars
         for symbol in self.assets:
-            wake = wake_bars.get(symbol)
-            ts = newest.get(symbol)
-            if wake is None or (ts if ts is not None else market.newest_bar_ts(symbol)) in wake:
-                out.append(symbol)
-        return out
+            wake = wake_bars.get(symbol) if wake_bars is not None else None
+            if wake is None or market.newest_bar_ts(symbol) in wake:
+                yield symbol
 
     def wants_cycle(self, market: MarketSnapshot) -> bool:
-        if self._wake_bars is None:
-            return True
-        # _may_cross, inlined to stop at the first symbol (this runs every cycle): the newest bar's time
-        # straight from the snapshot's dict, newest_bar_ts() only for a snapshot that does not fill it
-        wake_bars, newest = self._wake_bars, market.newest_ts
-        for symbol in self.assets:
-            wake = wake_bars.get(symbol)
-            if wake is None:
-                return True
-            ts = newest.get(symbol)
-            if (ts if ts is not None else market.newest_bar_ts(symbol)) in wake:
-                return True
-        return False
+        return next(self._waking(market), None) is not None
 
     def _cross(self, close) -> int:
         """+1 when fast crossed above slow on the newest bar, -1 below, 0 otherwise."""
@@ -143,7 +127,7 @@ class SmaCrossover(Strategy):
     def generate_signals(self, ctx: StrategyContext) -> list[Signal]:
         out: list[Signal] = []
         bars_by = ctx.market.bars
-        for symbol in self._may_cross(ctx.market):   # elsewhere no crossover is possible (prepare): no averages
+        for symbol in self._waking(ctx.market):   # elsewhere no crossover is possible (prepare): no averages
             bars = bars_by.get(symbol)
             if bars is None:
                 continue

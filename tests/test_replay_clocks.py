@@ -120,8 +120,8 @@ def test_timeline_and_span_cover_every_symbols_closes(mixed_market):
 
 # =========================================================================== cleaning
 def reference_clean_bars(frame, symbol, quality):
-    """clean_bars before its numpy checks (pandas all the way)."""
-    from hydra_engine.data.replay import _epoch_s
+    """clean_bars before its numpy checks (pandas all the way; the price split is unchanged)."""
+    from hydra_engine.data.replay import split_bad_prices
     frame = frame.dropna(subset=["open_time"])
     unsorted = int((frame["open_time"].diff().dt.total_seconds() < 0).sum())
     if unsorted:
@@ -136,11 +136,7 @@ def reference_clean_bars(frame, symbol, quality):
     if 0 < first_gap <= 5:
         quality.leading_fragment[symbol] = first_gap
         frame = frame.iloc[first_gap:]
-    prices = frame[["open", "high", "low", "close"]].to_numpy(dtype=float)
-    good = np.isfinite(prices).all(axis=1) & (prices > 0).all(axis=1)
-    if (~good).any():
-        quality.dropped_bad_price[symbol] = int((~good).sum())
-    return frame[good], _epoch_s(frame.loc[~good, "close_time"])
+    return split_bad_prices(frame, symbol, quality)
 
 
 @pytest.mark.parametrize("seed", range(40))

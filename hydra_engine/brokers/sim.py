@@ -103,13 +103,8 @@ class SimulatedBroker:
         # one pass over every position, not an incremental sum: Decimal sums round at 28 digits, so
         # adding and removing one position's value would not give the same result as summing afresh
         market_value = gross = ZERO
-        prices, marks, mark_src = self._prices, self._marks, self._mark_src
         for s, p in self._positions.items():
-            price = prices.get(s)   # _mark_of, inlined: this runs for every held symbol every cycle
-            if price is not None and mark_src.get(s) != price:
-                marks[s] = Decimal(str(price))
-                mark_src[s] = price
-            mark = marks.get(s)
+            mark = self._mark_of(s)
             if mark is None:
                 mark = p.avg_entry_price
             value = p.qty * mark   # |qty| × mark is exactly |value|: marks are positive, rounding is symmetric

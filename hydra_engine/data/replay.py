@@ -106,6 +106,11 @@ def clean_bars(frame: pd.DataFrame, symbol: str, quality: DataQuality) -> tuple[
     if 0 < first_gap <= 5:  # a stray leading fragment (e.g. one 2018 SPY row before a 634-day gap)
         quality.leading_fragment[symbol] = first_gap
         frame = frame.iloc[first_gap:]
+    return split_bad_prices(frame, symbol, quality)
+
+
+def split_bad_prices(frame: pd.DataFrame, symbol: str, quality: DataQuality) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows whose prices are all finite and positive, and the close times (epoch s) of the others."""
     prices = frame[["open", "high", "low", "close"]].to_numpy(dtype=float)
     good = np.isfinite(prices).all(axis=1) & (prices > 0).all(axis=1)
     if (~good).any():
@@ -200,7 +205,7 @@ class ReplayMarketData:
         except Exception as exc:  # a corrupt file must name itself, not surface as a pandas trace
             raise DataFolderError(f"cannot read {path}: {exc}") from exc
 
-    # ------------------------------------------------------------------ the MarketData port
+    # ------------------------------------------------------------------ bar clocks
     def _group_clocks(self) -> list[_Clock]:
         """Group the symbols by identical bar times (detected once, here), in symbol order. Each member's
         ``_Bars.c`` becomes a column view of its clock's ``closes``, so nothing is held twice."""
