@@ -280,6 +280,8 @@ class Position:
     initial_stop_price: float = 0.0       # the stop at entry: 1R for the r_multiple
     trailing_atr_mult: float | None = None  # trail this many ATRs (price units) behind the high-water mark
     regime_confidence_at_entry: float = 0.0
+    # share of the coins bought that the broker kept as its fee (Alpaca crypto); 0 where fees are paid in USD
+    fee_share_of_received_asset: Decimal = Decimal(0)
 
     @property
     def side(self) -> Side:

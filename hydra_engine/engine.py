@@ -31,6 +31,7 @@ _VOL_RULE = TrendVolRule()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CENT = Decimal("0.01")
 _CLOSED_FIELDS = tuple(ClosedTrade.__dataclass_fields__)   # plain str/float fields
+MAX_FEE_SHARE = Decimal("0.02")   # a coin fee above 2 % of the fill is not a fee: leave it to reconciliation
 
 
 @dataclass(slots=True)
@@ -42,6 +43,7 @@ class PendingPlan:
     regime_confidence: float
     contributors: tuple = ()      # the signals behind the entry, scored when the trade closes
     bracket: bool = False         # the broker holds the stop and target (bracket legs) at the plan's prices
+    held_before: Decimal | None = None   # the broker's quantity (dust) before an entry whose fee is taken in coins
 
 
 @dataclass(slots=True)
@@ -439,16 +441,32 @@ class Engine:
         return {**base, "approved": d.approved, "layer": "risk", "rule": d.rule, "reason": d.reason,
                 "qty": str(d.qty), "notional_usd": str(d.notional_usd), "details": to_jsonable(d.details)}
 
-    def _broker_holds(self, symbol: str) -> bool:
-        """True when the broker holds a position in ``symbol`` (or cannot say: then no entry either).
-        The broker may name a crypto pair without its slash (``BTCUSD``); no other key can mean ``symbol``."""
+    def _broker_qty(self, symbol: str) -> Decimal | None:
+        """The broker's signed quantity in ``symbol`` (None when it cannot say). The broker may name a
+        crypto pair without its slash (``BTCUSD``); no other key can mean ``symbol``."""
         from .brokers.capabilities import normalise_symbol
         try:
             held = self.broker.positions()
         except BrokerError:
-            return True
-        return any((p := held.get(key)) is not None and p.qty != 0 and normalise_symbol(key, None, [symbol]) == symbol
-                   for key in dict.fromkeys((symbol, symbol.replace("/", ""))))
+            return None
+        for key in dict.fromkeys((symbol, symbol.replace("/", ""))):
+            p = held.get(key)
+            if p is not None and normalise_symbol(key, None, [symbol]) == symbol:
+                return p.qty
+        return ZERO
+
+    def _fee_in_asset(self, symbol: str) -> bool:
+        return self.broker.asset(symbol).asset_class in getattr(self.broker, "fees_in_received_asset", ())
+
+    def dust_below(self, symbol: str) -> Decimal:
+        """A holding smaller than this is dust: no order can sell it. Where the broker takes its fee out of
+        the coins bought (Alpaca crypto), a round trip leaves less than one order increment behind."""
+        return self.broker.asset(symbol).min_order_size if self._fee_in_asset(symbol) else ZERO
+
+    def _broker_holds(self, symbol: str) -> bool:
+        """True when the broker holds a position in ``symbol`` (or cannot say: then no entry either)."""
+        qty = self._broker_qty(symbol)
+        return qty is None or (qty != 0 and abs(qty) >= self.dust_below(symbol))
 
     def _next_coid(self, strategy: str, symbol: str) -> str:
         self.order_seq += 1
@@ -488,10 +506,13 @@ class Engine:
                       TimeInForce.GTC if bracket else self._tif(p.symbol), now, p.strategy, purpose="entry",
                       take_profit_price=to_decimal(p.target_price) if bracket else None,
                       stop_loss_price=to_decimal(p.stop_price) if bracket else None)
+        # the fee comes out of the coins bought: the fill is measured against what the broker held before
+        held_before = self._broker_qty(p.symbol) if self._fee_in_asset(p.symbol) else None
         sent = self._submit(order, report)
         if sent:
             self.plans[order.client_order_id] = PendingPlan(p, self.regime.regime.value, self.regime.confidence,
-                                                            contributors, bracket=bool(sent.legs))
+                                                            contributors, bracket=bool(sent.legs),
+                                                            held_before=held_before)
             for leg in sent.legs:   # a leg's fill closes the trade with the leg's reason
                 self.exit_reasons[leg.client_order_id] = "target" if leg.order_type is OrderType.LIMIT else "stop"
 
@@ -514,7 +535,8 @@ class Engine:
         for o in working:  # cancel what holds the shares (e.g. a native trailing stop)
             self.broker.cancel(o.client_order_id)
             self.exit_reasons.pop(o.client_order_id, None)
-        if not self._broker_holds(ex.symbol):
+        held = self._broker_qty(ex.symbol)
+        if held is not None and (held == 0 or abs(held) < self.dust_below(ex.symbol)):
             # issue #7: an exit sent earlier (by this process or a crashed one) filled after this cycle's
             # fill poll: the broker is flat already, and a second exit would sell what is not there (a
             # short, for equities). The fill is booked by the next poll.
@@ -522,7 +544,12 @@ class Engine:
                                    "(an earlier exit filled; its fill is booked next cycle)")
             return
         self.native_stops.discard(ex.symbol)
-        order = Order(self._next_coid(pos.strategy, ex.symbol), ex.symbol, pos.side.opposite(), abs(pos.qty),
+        qty = abs(pos.qty)
+        if held is not None and pos.qty > 0 and self._fee_in_asset(ex.symbol):
+            # sell the coins the broker holds (any earlier dust included; the broker rounds down to its
+            # increment): asking for more is refused with "insufficient balance" and the stop never executes
+            qty = abs(held)
+        order = Order(self._next_coid(pos.strategy, ex.symbol), ex.symbol, pos.side.opposite(), qty,
                       OrderType.MARKET, self._tif(ex.symbol), now, pos.strategy, purpose="exit")
         report["exits"].append({"symbol": ex.symbol, "reason": ex.reason, "trigger_price": ex.trigger_price,
                                 "detail": ex.detail, "client_order_id": order.client_order_id})
@@ -560,12 +587,18 @@ class Engine:
             # keep the plan's distances, anchored at the real fill -- unless the broker holds the levels
             # (bracket legs): then the engine watches exactly the prices the broker will act on
             scale = 1.0 if plan.bracket else price / p.entry_price
+            qty, fees, fee_share = fill.qty, fill.fee_usd, ZERO
+            if plan.held_before is not None and fill.side is Side.BUY:
+                received = self._received_coins(fill, plan.held_before, report)
+                if received is not None:
+                    fee_share = (fill.qty - received) / fill.qty
+                    qty, fees = received, fees + (fill.qty - received) * fill.price
             self.positions[fill.symbol] = Position(
-                symbol=fill.symbol, qty=fill.qty * fill.side.sign, avg_entry_price=fill.price, strategy=p.strategy,
+                symbol=fill.symbol, qty=qty * fill.side.sign, avg_entry_price=fill.price, strategy=p.strategy,
                 opened_at=fill.ts, stop_price=p.stop_price * scale, target_price=p.target_price * scale,
                 trailing_stop_pct=p.trailing_stop_pct, high_water_mark=price, max_holding=p.expected_holding,
-                regime_at_entry=plan.regime, entry_fees_usd=fill.fee_usd, initial_stop_price=p.stop_price * scale,
-                regime_confidence_at_entry=plan.regime_confidence)
+                regime_at_entry=plan.regime, entry_fees_usd=fees, initial_stop_price=p.stop_price * scale,
+                regime_confidence_at_entry=plan.regime_confidence, fee_share_of_received_asset=fee_share)
             self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors]
             self.risk.on_entry_filled(fill.ts)
             self._place_native_trailing(self.positions[fill.symbol], fill.ts, report)
@@ -578,8 +611,20 @@ class Engine:
                 return None
             sign = 1 if pos.qty > 0 else -1
             gross = (fill.price - pos.avg_entry_price) * abs(pos.qty) * sign
-            fees = pos.entry_fees_usd + fill.fee_usd
+            exit_fee = fill.fee_usd
+            if pos.fee_share_of_received_asset and not exit_fee:
+                # Alpaca takes a crypto sell's fee from the dollars received and reports it only a day later
+                # (a CFEE account activity): estimated at the share the broker kept of the coins bought
+                exit_fee = (fill.qty * fill.price * pos.fee_share_of_received_asset).quantize(Decimal("0.000001"))
+                if report is not None:
+                    report["notes"].append(f"{fill.symbol}: exit fee ${exit_fee} estimated at the entry's measured "
+                                           f"fee share ({pos.fee_share_of_received_asset:.6f}); Alpaca books it later")
+            fees = pos.entry_fees_usd + exit_fee
             pnl = gross - fees
+            if pos.fee_share_of_received_asset and abs(fill.qty - abs(pos.qty)) < self.dust_below(fill.symbol):
+                # orders trade whole increments: the coins sold differ from those bought by dust left behind
+                # (written off at the exit price) or earlier dust swept along
+                pnl += (fill.qty - abs(pos.qty)) * fill.price
             risk_usd = abs(pos.avg_entry_price - to_decimal(pos.initial_stop_price)) * abs(pos.qty)
             trade = ClosedTrade(strategy=pos.strategy, symbol=pos.symbol, side=pos.side.value, qty=str(abs(pos.qty)),
                                 entry_time=to_jsonable(pos.opened_at), entry_price=str(pos.avg_entry_price),
@@ -597,6 +642,24 @@ class Engine:
                 self.aggregator.record_outcome(source, agreed == won)
             return {k: getattr(trade, k) for k in _CLOSED_FIELDS}
         return self._apply_untracked_fill(fill)
+
+    def _received_coins(self, fill: Fill, held_before: Decimal, report: dict | None) -> Decimal | None:
+        """The coins an entry fill left in the position: the broker's quantity now less what it held
+        before (dust). None -- and the filled quantity stands, the exit then sells what the broker holds --
+        when the broker cannot say or its answer is no fee of at most ``MAX_FEE_SHARE``."""
+        held = self._broker_qty(fill.symbol)
+        received = None if held is None else held - held_before
+        if received is not None and 0 < received <= fill.qty and fill.qty - received <= fill.qty * MAX_FEE_SHARE:
+            if received < fill.qty and report is not None:
+                report["notes"].append(f"{fill.symbol}: the broker kept {fill.qty - received} of the {fill.qty} bought "
+                                       f"as its fee (${((fill.qty - received) * fill.price).quantize(Decimal('0.01'))})")
+            return received
+        why = "positions unavailable" if held is None else f"it holds {held} (before the entry: {held_before})"
+        log.warning("entry fill %s: the coins received could not be measured (%s)", fill.fill_id, why)
+        if report is not None:
+            report["errors"].append(f"{fill.symbol}: the fee taken from the {fill.qty} bought could not be measured "
+                                    f"({why}); the position keeps the filled quantity until reconciled")
+        return None
 
     def _apply_untracked_fill(self, fill: Fill) -> dict | None:
         """Issue #7 (crash/restart): a fill of one of HYDRA's own orders (its client_order_id names one of
@@ -619,7 +682,7 @@ class Engine:
             log.warning("untracked fill %s: broker positions unavailable (%s); the next reconciliation "
                         "checks %s", fill.fill_id, exc, fill.symbol)
             return None
-        broker_qty = held.qty if held is not None else ZERO
+        broker_qty = held.qty if held is not None and abs(held.qty) >= self.dust_below(fill.symbol) else ZERO
         local = self.positions.get(fill.symbol)
         if local is None and broker_qty != 0:
             entry, sign = float(held.avg_entry_price), (1 if broker_qty > 0 else -1)
@@ -716,7 +779,7 @@ class Engine:
 def position_from_dict(d: dict) -> Position:
     """Inverse of ``to_jsonable(Position)``: Decimals from strings, datetimes from ISO, durations from seconds."""
     kw = dict(d)
-    for key in ("qty", "avg_entry_price", "entry_fees_usd"):
+    for key in ("qty", "avg_entry_price", "entry_fees_usd", "fee_share_of_received_asset"):
         if key in kw:
             kw[key] = Decimal(str(kw[key]))
     kw["opened_at"] = datetime.fromisoformat(str(kw["opened_at"]).replace("Z", "+00:00"))

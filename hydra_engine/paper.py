@@ -84,8 +84,9 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # in its saved state) are its own; any other working order is a mismatch
     working = broker.open_orders()
     recorded = [o for o in working if o.client_order_id in engine.exit_reasons]
+    dust = {s: engine.dust_below(s) for s in settings.universe.symbols}
     report = reconcile(broker.positions(), working, engine.positions, recorded, now=started,
-                       known_symbols=settings.universe.symbols)
+                       known_symbols=settings.universe.symbols, dust=dust)
     if not report.ok:
         text = "; ".join(report.mismatches)
         if not adopt:
@@ -107,7 +108,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
             store.save_state(watch_key, {"since": broker._fills_after.isoformat()}, now)
         if eng.cycle and eng.cycle % RECONCILE_EVERY == 0:
             check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
-                              broker.open_orders(), known_symbols=settings.universe.symbols)
+                              broker.open_orders(), known_symbols=settings.universe.symbols, dust=dust)
             eng.halted = None if check.ok else "reconciliation mismatch: " + "; ".join(check.mismatches)
 
     return Session(engine, clock, session_log, store, before_cycle=before_cycle)

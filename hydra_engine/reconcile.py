@@ -39,15 +39,23 @@ def _as_map(positions: Mapping[str, Position] | Iterable[Position]) -> dict[str,
 
 def reconcile(broker_positions: Mapping[str, BrokerPosition], broker_open_orders: Iterable[Order],
               local_positions: Mapping[str, Position] | Iterable[Position], local_open_orders: Iterable[Order],
-              *, now: datetime | None = None, known_symbols: Iterable[str] = ()) -> ReconcileReport:
+              *, now: datetime | None = None, known_symbols: Iterable[str] = (),
+              dust: Mapping[str, Decimal] | None = None) -> ReconcileReport:
     """Compare broker and local books (quantities signed: + long, - short). Adoptable fills are
-    produced only when ``now`` (their timestamp) is given."""
+    produced only when ``now`` (their timestamp) is given. ``dust`` maps a symbol to the holding below
+    which no order can trade it (Alpaca takes crypto fees out of the coins bought, so a round trip leaves
+    up to one increment behind): a broker holding that differs from the local one by less is no mismatch."""
     local = {s: p for s, p in _as_map(local_positions).items() if p.qty != 0}
     known = set(known_symbols) | set(local)
+    dust = dust or {}
     broker = {}
     for s, p in broker_positions.items():
-        if p.qty != 0:
-            symbol = normalise_symbol(s, None, known)       # BTCUSD -> BTC/USD when HYDRA trades BTC/USD
+        symbol = normalise_symbol(s, None, known)           # BTCUSD -> BTC/USD when HYDRA trades BTC/USD
+        off_by = abs(p.qty - (local[symbol].qty if symbol in local else ZERO))
+        if off_by < dust.get(symbol, ZERO):                 # the local book up to dust (or dust alone)
+            if symbol in local:
+                broker[symbol] = dataclasses.replace(p, symbol=symbol, qty=local[symbol].qty)
+        elif p.qty != 0:
             broker[symbol] = dataclasses.replace(p, symbol=symbol)
     report = ReconcileReport(ok=True, broker_positions=broker)
 

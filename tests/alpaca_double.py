@@ -96,11 +96,16 @@ class AlpacaDouble:
     """Use as a context manager; inspect ``calls``, ``order_bodies``; steer with ``fill``, ``fail``..."""
 
     def __init__(self, *, trading_url: str = TRADING, data_url: str = DATA, market_open: bool = True,
-                 now: datetime = datetime(2025, 6, 24, 18, 15, tzinfo=UTC), cancel_delay_polls: int = 0):
+                 now: datetime = datetime(2025, 6, 24, 18, 15, tzinfo=UTC), cancel_delay_polls: int = 0,
+                 crypto_fee_bps: str = "25"):
         self.trading_url, self.data_url = trading_url.rstrip("/"), data_url.rstrip("/")
         self.market_open, self.now = market_open, now
         self.cancel_delay_polls = cancel_delay_polls          # GETs an order stays pending_cancel
         self.never_cancel: set[str] = set()                   # client_order_ids whose cancel never completes
+        # Alpaca charges crypto fees in the asset received (NOTES §1.6): a buy of q coins leaves
+        # q × (1 - fee) in the position. 25 bps is the first tier's taker rate (market orders).
+        self.crypto_fee = Decimal(crypto_fee_bps) / Decimal(10000)
+        self.crypto_fees_taken: dict[str, Decimal] = {}       # order id -> coins kept as fee
         self.orders: dict[str, dict] = {}                     # id -> order body (legs by reference)
         self.positions: dict[str, dict] = {}                  # Alpaca position symbol -> body
         self.assets: dict[str, dict] = {}
@@ -184,6 +189,10 @@ class AlpacaDouble:
     def _apply_to_position(self, o: dict, q: Decimal, price: Decimal) -> None:
         key = o["symbol"].replace("/", "")
         sign = 1 if o["side"] == "buy" else -1
+        if o["asset_class"] == "crypto" and sign > 0 and self.crypto_fee:
+            fee = (q * self.crypto_fee).quantize(Decimal("1e-9"))   # positions carry up to 9 decimals
+            self.crypto_fees_taken[o["id"]] = self.crypto_fees_taken.get(o["id"], Decimal(0)) + fee
+            q -= fee
         pos = self.positions.get(key)
         old = Decimal(pos["qty"]) if pos else Decimal(0)
         new = old + sign * q

@@ -159,6 +159,9 @@ class AlpacaBroker:
 
     supports_native_trailing = True   # equities: Alpaca holds a percent trail between HYDRA's cycles
     supports_brackets = True          # equities: market entry with take-profit and stop-loss legs
+    # crypto: the fee is taken from the asset received (coins on a buy, dollars on a sell; NOTES §1.6) and
+    # is on no order -- the engine measures a buy's fee from the position and keeps sub-minimum dust apart
+    fees_in_received_asset = frozenset({AssetClass.CRYPTO})
 
     def __init__(self, keys: AlpacaKeys, *, paper: bool = True, live: bool = False, url_override: str | None = None,
                  session_id: str, clock: Any, symbols: Iterable[str] = UNIVERSE,
