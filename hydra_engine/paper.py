@@ -104,8 +104,8 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
 
     def before_cycle(eng, now):
         control.apply(eng, now)
-        if getattr(broker, "_fills_after", None) is not None:   # issue #7: where the next process resumes watching
-            store.save_state(watch_key, {"since": broker._fills_after.isoformat()}, now)
+        if hasattr(broker, "fills_watched_since"):   # issue #7: where the next process resumes watching
+            store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, now)
         if eng.cycle and eng.cycle % RECONCILE_EVERY == 0:
             check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
                               broker.open_orders(), known_symbols=settings.universe.symbols, dust=dust)
@@ -122,7 +122,7 @@ def resume_fill_watch(broker, store: Store, started: datetime, watch_key: str = 
     cycle in progress, and the watermark the last process persisted before each cycle: an order adopted
     while working may be older than both), and mark the fills already stored as seen so none is
     reported twice."""
-    if not hasattr(broker, "_fills_after"):
+    if not hasattr(broker, "watch_fills"):
         return
     from sqlmodel import Session as DBSession, select
     from .store import CycleRow
@@ -154,11 +154,9 @@ def resume_fill_watch(broker, store: Store, started: datetime, watch_key: str = 
     if not marks:
         return
     since = min(datetime.fromisoformat(str(m).replace("Z", "+00:00")) for m in marks) - timedelta(seconds=1)
-    # the adapter has no public setter for these (brokers/alpaca.py is not ours to change here)
-    broker._fills_after = min(broker._fills_after, since.astimezone(UTC))
-    store.save_state(watch_key, {"since": broker._fills_after.isoformat()}, started)
-    for oid, (qty, notional) in seen.items():
-        broker._filled_seen[oid] = (qty, (notional / qty) if qty else Decimal(0))
+    broker.watch_fills(since.astimezone(UTC), {oid: (qty, (notional / qty) if qty else Decimal(0))
+                                               for oid, (qty, notional) in seen.items()})
+    store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, started)
 
 
 class TrustedSeriesOnly:

@@ -473,6 +473,17 @@ class AlpacaBroker:
                                 symbol=order.symbol, client_order_id=coid)
 
     # ------------------------------------------------------------------ fills
+    @property
+    def fills_watched_since(self) -> datetime:
+        """Orders submitted after this time are watched for fills (persist it to resume after a crash)."""
+        return self._fills_after
+
+    def watch_fills(self, since: datetime, already_booked: Mapping[str, tuple[Decimal, Decimal]]) -> None:
+        """Resume an earlier process's fill watch: also watch orders submitted after ``since``, and report
+        nothing of the fills ``already_booked`` (broker order id -> (cumulative filled qty, average price))."""
+        self._fills_after = min(self._fills_after, require_utc(since, "since"))
+        self._filled_seen.update(already_booked)
+
     def poll_fills(self, now: datetime) -> list[Fill]:
         """Fills since the last call, from ``filled_qty`` increases of orders submitted after the
         watermark (the oldest order still open, else the newest order seen). Oldest first."""
