@@ -282,6 +282,10 @@ class Position:
     regime_confidence_at_entry: float = 0.0
     # share of the coins bought that the broker kept as its fee (Alpaca crypto); 0 where fees are paid in USD
     fee_share_of_received_asset: Decimal = Decimal(0)
+    # exits filled so far (an exit can fill in parts): quantity, its dollar value and fees
+    exit_qty: Decimal = Decimal(0)
+    exit_notional_usd: Decimal = Decimal(0)
+    exit_fees_usd: Decimal = Decimal(0)
 
     @property
     def side(self) -> Side:

@@ -44,6 +44,8 @@ class PendingPlan:
     contributors: tuple = ()      # the signals behind the entry, scored when the trade closes
     bracket: bool = False         # the broker holds the stop and target (bracket legs) at the plan's prices
     held_before: Decimal | None = None   # the broker's quantity (dust) before an entry whose fee is taken in coins
+    booked_qty: Decimal = ZERO    # filled so far (slices booked into the position)
+    fee_coins: Decimal = ZERO     # of which the broker kept as its fee (Alpaca crypto)
 
 
 @dataclass(slots=True)
@@ -203,10 +205,14 @@ class Engine:
                     report["notes"].append(f"order {coid} was never accepted by the broker")
         for coid in list(self.plans) + list(self.exit_reasons) if self.plans or self.exit_reasons else ():
             order = self.broker.get_order(coid)
-            if order is not None and not order.status.is_open and order.status is not OrderStatus.FILLED:
-                report["orders"].append(_order_dict(order))   # rejected/canceled at fill time
+            if order is None or order.status.is_open:
+                continue
+            if order.status is not OrderStatus.FILLED:
+                report["orders"].append(_order_dict(order))   # rejected/canceled at fill time (maybe partly filled)
                 self.plans.pop(coid, None)
                 self.exit_reasons.pop(coid, None)
+            elif coid in self.plans and self.plans[coid].booked_qty >= order.filled_qty:
+                del self.plans[coid]                          # filled, and every slice is in the position
 
         # --- 1. OBSERVE
         market = self.market.snapshot(now)
@@ -581,67 +587,111 @@ class Engine:
     def _apply_fill(self, fill: Fill, report: dict | None = None) -> dict | None:
         coid = fill.client_order_id
         if coid in self.plans:
-            plan = self.plans.pop(coid)
-            p = plan.proposal
-            price = float(fill.price)
-            # keep the plan's distances, anchored at the real fill -- unless the broker holds the levels
-            # (bracket legs): then the engine watches exactly the prices the broker will act on
-            scale = 1.0 if plan.bracket else price / p.entry_price
-            qty, fees, fee_share = fill.qty, fill.fee_usd, ZERO
-            if plan.held_before is not None and fill.side is Side.BUY:
-                received = self._received_coins(fill, plan.held_before, report)
-                if received is not None:
-                    fee_share = (fill.qty - received) / fill.qty
-                    qty, fees = received, fees + (fill.qty - received) * fill.price
-            self.positions[fill.symbol] = Position(
-                symbol=fill.symbol, qty=qty * fill.side.sign, avg_entry_price=fill.price, strategy=p.strategy,
-                opened_at=fill.ts, stop_price=p.stop_price * scale, target_price=p.target_price * scale,
-                trailing_stop_pct=p.trailing_stop_pct, high_water_mark=price, max_holding=p.expected_holding,
-                regime_at_entry=plan.regime, entry_fees_usd=fees, initial_stop_price=p.stop_price * scale,
-                regime_confidence_at_entry=plan.regime_confidence, fee_share_of_received_asset=fee_share)
-            self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors]
-            self.risk.on_entry_filled(fill.ts)
-            self._place_native_trailing(self.positions[fill.symbol], fill.ts, report)
+            self._apply_entry_fill(self.plans[coid], fill, report)
             return None
         if coid in self.exit_reasons:
-            reason = self.exit_reasons.pop(coid)
-            self.native_stops.discard(fill.symbol)
-            pos = self.positions.pop(fill.symbol, None)
-            if pos is None:
-                return None
-            sign = 1 if pos.qty > 0 else -1
-            gross = (fill.price - pos.avg_entry_price) * abs(pos.qty) * sign
-            exit_fee = fill.fee_usd
-            if pos.fee_share_of_received_asset and not exit_fee:
-                # Alpaca takes a crypto sell's fee from the dollars received and reports it only a day later
-                # (a CFEE account activity): estimated at the share the broker kept of the coins bought
-                exit_fee = (fill.qty * fill.price * pos.fee_share_of_received_asset).quantize(Decimal("0.000001"))
-                if report is not None:
-                    report["notes"].append(f"{fill.symbol}: exit fee ${exit_fee} estimated at the entry's measured "
-                                           f"fee share ({pos.fee_share_of_received_asset:.6f}); Alpaca books it later")
-            fees = pos.entry_fees_usd + exit_fee
-            pnl = gross - fees
-            if pos.fee_share_of_received_asset and abs(fill.qty - abs(pos.qty)) < self.dust_below(fill.symbol):
-                # orders trade whole increments: the coins sold differ from those bought by dust left behind
-                # (written off at the exit price) or earlier dust swept along
-                pnl += (fill.qty - abs(pos.qty)) * fill.price
-            risk_usd = abs(pos.avg_entry_price - to_decimal(pos.initial_stop_price)) * abs(pos.qty)
-            trade = ClosedTrade(strategy=pos.strategy, symbol=pos.symbol, side=pos.side.value, qty=str(abs(pos.qty)),
-                                entry_time=to_jsonable(pos.opened_at), entry_price=str(pos.avg_entry_price),
-                                exit_time=to_jsonable(fill.ts), exit_price=str(fill.price),
-                                pnl_usd=str(pnl.quantize(Decimal("0.000001"))), fees_usd=str(fees),
-                                r_multiple=round(float(pnl / risk_usd), 6) if risk_usd > 0 else 0.0,
-                                regime_at_entry=pos.regime_at_entry, exit_reason=reason,
-                                regime_confidence_at_entry=round(pos.regime_confidence_at_entry, 6))
-            self.risk.on_trade_closed(trade, fill.ts)
-            won = pnl > 0
-            for source, score in self.entry_sources.pop(fill.symbol, []):
-                # a source was right when its direction matched the trade and the trade won, or
-                # opposed it and the trade lost: that is the hit rate its reliability learns from
-                agreed = (score > 0) == (sign > 0)
-                self.aggregator.record_outcome(source, agreed == won)
-            return {k: getattr(trade, k) for k in _CLOSED_FIELDS}
+            return self._apply_exit_fill(coid, fill, report)
         return self._apply_untracked_fill(fill)
+
+    def _apply_entry_fill(self, plan: PendingPlan, fill: Fill, report: dict | None) -> None:
+        """An entry's fill -- or one slice of it: an order can fill in parts (Alpaca paper simulates partial
+        fills too). The first slice opens the managed position, later slices add to it. The plan stays
+        until the broker reports the order done and every slice booked (see ``_cycle``)."""
+        bought, fees, fee_coins = fill.qty, fill.fee_usd, ZERO
+        if plan.held_before is not None and fill.side is Side.BUY:
+            pos = self.positions.get(fill.symbol)
+            received = self._received_coins(fill, plan.held_before + (abs(pos.qty) if plan.booked_qty else ZERO),
+                                            report)
+            if received is not None:
+                fee_coins = fill.qty - received
+                bought, fees = received, fees + fee_coins * fill.price
+        if plan.booked_qty and fill.symbol in self.positions:       # a further slice of the same entry
+            pos = self.positions[fill.symbol]
+            total = plan.booked_qty + fill.qty
+            pos.avg_entry_price = (pos.avg_entry_price * plan.booked_qty + fill.price * fill.qty) / total
+            pos.qty += bought * fill.side.sign
+            pos.entry_fees_usd += fees
+            plan.fee_coins += fee_coins
+            pos.fee_share_of_received_asset = plan.fee_coins / total if plan.fee_coins else ZERO
+            plan.booked_qty = total
+            if report is not None:
+                report["notes"].append(f"{fill.symbol}: entry {fill.client_order_id} filled a further {fill.qty} "
+                                       f"at {fill.price}; position {pos.qty}")
+            return
+        p = plan.proposal
+        price = float(fill.price)
+        # keep the plan's distances, anchored at the real fill -- unless the broker holds the levels
+        # (bracket legs): then the engine watches exactly the prices the broker will act on
+        scale = 1.0 if plan.bracket else price / p.entry_price
+        self.positions[fill.symbol] = Position(
+            symbol=fill.symbol, qty=bought * fill.side.sign, avg_entry_price=fill.price, strategy=p.strategy,
+            opened_at=fill.ts, stop_price=p.stop_price * scale, target_price=p.target_price * scale,
+            trailing_stop_pct=p.trailing_stop_pct, high_water_mark=price, max_holding=p.expected_holding,
+            regime_at_entry=plan.regime, entry_fees_usd=fees, initial_stop_price=p.stop_price * scale,
+            regime_confidence_at_entry=plan.regime_confidence,
+            fee_share_of_received_asset=fee_coins / fill.qty if fee_coins else ZERO)
+        plan.booked_qty, plan.fee_coins = fill.qty, fee_coins
+        self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors]
+        self.risk.on_entry_filled(fill.ts)
+        self._place_native_trailing(self.positions[fill.symbol], fill.ts, report)
+
+    def _apply_exit_fill(self, coid: str, fill: Fill, report: dict | None) -> dict | None:
+        """An exit's fill, or one slice of it: the trade closes when the position is sold (up to dust)."""
+        pos = self.positions.get(fill.symbol)
+        if pos is None:
+            self.exit_reasons.pop(coid)
+            return None
+        exit_fee = fill.fee_usd
+        if pos.fee_share_of_received_asset and not exit_fee:
+            # Alpaca takes a crypto sell's fee from the dollars received and reports it only a day later
+            # (a CFEE account activity): estimated at the share the broker kept of the coins bought
+            exit_fee = (fill.qty * fill.price * pos.fee_share_of_received_asset).quantize(Decimal("0.000001"))
+            if report is not None:
+                report["notes"].append(f"{fill.symbol}: exit fee ${exit_fee} estimated at the entry's measured "
+                                       f"fee share ({pos.fee_share_of_received_asset:.6f}); Alpaca books it later")
+        held = abs(pos.qty) + pos.exit_qty           # what the position held before its first exit slice
+        pos.exit_qty += fill.qty
+        pos.exit_notional_usd += fill.qty * fill.price
+        pos.exit_fees_usd += exit_fee
+        left = held - pos.exit_qty
+        if left > 0 and left >= self.dust_below(fill.symbol):   # partly sold: the rest stays managed
+            pos.qty = left if pos.qty > 0 else -left
+            if report is not None:
+                report["notes"].append(f"{fill.symbol}: exit {coid} sold {fill.qty} of {held}; {left} still held")
+            return None
+        reason = self.exit_reasons.pop(coid)
+        self.native_stops.discard(fill.symbol)
+        del self.positions[fill.symbol]
+        sign = 1 if pos.qty > 0 else -1
+        # one slice: exactly its price (the arithmetic every backtest and the golden file use)
+        exit_price = fill.price if pos.exit_qty == fill.qty else pos.exit_notional_usd / pos.exit_qty
+        gross = (exit_price - pos.avg_entry_price) * held * sign
+        fees = pos.entry_fees_usd + pos.exit_fees_usd
+        pnl = gross - fees
+        if pos.fee_share_of_received_asset and abs(pos.exit_qty - held) < self.dust_below(fill.symbol):
+            # orders trade whole increments: the coins sold differ from those bought by dust left behind
+            # (written off at the exit price) or earlier dust swept along
+            pnl += (pos.exit_qty - held) * exit_price
+        if pos.exit_qty != fill.qty:
+            exit_price = exit_price.quantize(Decimal("0.000001"))
+        risk_usd = abs(pos.avg_entry_price - to_decimal(pos.initial_stop_price)) * held
+        trade = ClosedTrade(strategy=pos.strategy, symbol=pos.symbol, side=pos.side.value, qty=str(held),
+                            entry_time=to_jsonable(pos.opened_at), entry_price=str(pos.avg_entry_price),
+                            exit_time=to_jsonable(fill.ts), exit_price=str(exit_price),
+                            pnl_usd=str(pnl.quantize(Decimal("0.000001"))), fees_usd=str(fees),
+                            r_multiple=round(float(pnl / risk_usd), 6) if risk_usd > 0 else 0.0,
+                            regime_at_entry=pos.regime_at_entry, exit_reason=reason,
+                            regime_confidence_at_entry=round(pos.regime_confidence_at_entry, 6))
+        self.risk.on_trade_closed(trade, fill.ts)
+        won = pnl > 0
+        for source, score in self.entry_sources.pop(fill.symbol, []):
+            # a source was right when its direction matched the trade and the trade won, or
+            # opposed it and the trade lost: that is the hit rate its reliability learns from
+            agreed = (score > 0) == (sign > 0)
+            self.aggregator.record_outcome(source, agreed == won)
+        for entry_coid in [c for c, plan in self.plans.items() if plan.proposal.symbol == fill.symbol]:
+            del self.plans[entry_coid]               # its order is done: the position it opened is closed
+        return {k: getattr(trade, k) for k in _CLOSED_FIELDS}
 
     def _received_coins(self, fill: Fill, held_before: Decimal, report: dict | None) -> Decimal | None:
         """The coins an entry fill left in the position: the broker's quantity now less what it held
@@ -779,7 +829,8 @@ class Engine:
 def position_from_dict(d: dict) -> Position:
     """Inverse of ``to_jsonable(Position)``: Decimals from strings, datetimes from ISO, durations from seconds."""
     kw = dict(d)
-    for key in ("qty", "avg_entry_price", "entry_fees_usd", "fee_share_of_received_asset"):
+    for key in ("qty", "avg_entry_price", "entry_fees_usd", "fee_share_of_received_asset", "exit_qty",
+                "exit_notional_usd", "exit_fees_usd"):
         if key in kw:
             kw[key] = Decimal(str(kw[key]))
     kw["opened_at"] = datetime.fromisoformat(str(kw["opened_at"]).replace("Z", "+00:00"))

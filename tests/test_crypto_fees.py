@@ -141,3 +141,71 @@ def test_reconcile_tolerates_dust_below_the_minimum_order_size_and_nothing_more(
     local = {"BTC/USD": _pos("BTC/USD", local_qty)} if local_qty else {}
     report = reconcile(broker, [], local, [], known_symbols=["BTC/USD"], dust={"BTC/USD": dust})
     assert report.ok is ok, report.mismatches
+
+
+@pytest.mark.parametrize("fee_bps", ["25", "0"])
+def test_entries_and_exits_that_fill_in_parts_make_one_position_and_one_trade(tmp_path, monkeypatch, double_env,
+                                                                               capsys, fee_bps):
+    """An order can fill in slices (Alpaca paper simulates partial fills as well). Before, only an entry's
+    first slice became the position -- the rest was left unmanaged -- and an exit's first slice closed the
+    whole trade at its own price. Here the entry and the exit each fill 40 % first, the rest a cycle
+    later at another price."""
+    double, _ = double_env
+    double.crypto_fee = Decimal(fee_bps) / Decimal(10000)
+    real_fill, split, seen = double.fill, {}, {}
+
+    def fill_first_slice_only(coid, price, qty=None):
+        o = double.order(coid)
+        if qty is None and Decimal(o["filled_qty"]) == 0 and len(split) < 2:   # the first entry and the first exit
+            split[coid] = price
+            qty = str((Decimal(o["qty"]) * Decimal("0.4")).quantize(BTC_MIN))
+        return real_fill(coid, price, qty)
+
+    monkeypatch.setattr(double, "fill", fill_first_slice_only)
+
+    def steer(engine, cycle):
+        for coid, price in split.items():          # the rest of a split order, one cycle after its first slice
+            o = double.order(coid)
+            if o["status"] == "partially_filled" and seen.get(coid) == "first":
+                real_fill(coid, str(Decimal(price) + (25 if o["side"] == "buy" else 40)))
+            seen.setdefault(coid, "first")
+        pos = engine.positions.get("BTC/USD")
+        buy = next(iter(split), None)
+        if pos is not None and buy and double.order(buy)["status"] == "filled" and "position" not in seen:
+            if buy not in engine.plans:              # both slices booked
+                seen["position"] = (pos.qty, pos.avg_entry_price, pos.entry_fees_usd)
+                pos.stop_price = 10.0 ** 9           # exit next cycle
+        if pos is not None and pos.exit_qty and "partial" not in seen:
+            seen["partial"] = pos.qty
+
+    code = run_paper(paper_config(tmp_path, symbols=("BTC/USD",)), monkeypatch, double, cycles=7, steer=steer)
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    buy_coid, sell_coid = list(split)
+    buy, sell = double.order(buy_coid), double.order(sell_coid)
+    assert buy["status"] == sell["status"] == "filled"
+    booked = session_doc(tmp_path)["fills"]
+    slices = {c: [f for f in booked if f["client_order_id"] == c] for c in (buy_coid, sell_coid)}
+    assert len(slices[buy_coid]) == 2 and len(slices[sell_coid]) == 2, slices
+
+    bought = sum(Decimal(f["qty"]) for f in slices[buy_coid])
+    paid = sum(Decimal(f["qty"]) * Decimal(f["price"]) for f in slices[buy_coid])
+    received = bought - double.crypto_fees_taken.get(buy["id"], Decimal(0))
+    qty, avg_entry, entry_fees = seen["position"]
+    fee_coins = [(Decimal(f["qty"]) * double.crypto_fee).quantize(Decimal("1e-9")) for f in slices[buy_coid]]
+    assert sum(fee_coins) == bought - received
+    assert qty == received                           # both slices, less the coins kept as fees
+    assert avg_entry == paid / bought                # per coin bought, weighted by slice
+    assert entry_fees == sum(c * Decimal(f["price"]) for c, f in zip(fee_coins, slices[buy_coid]))
+    assert 0 < seen["partial"] < qty                 # the first exit slice left the rest managed
+
+    sold = sum(Decimal(f["qty"]) for f in slices[sell_coid])
+    proceeds = sum(Decimal(f["qty"]) * Decimal(f["price"]) for f in slices[sell_coid])
+    (trade,) = session_doc(tmp_path)["trades"]
+    assert Decimal(trade["qty"]) == received
+    assert Decimal(trade["exit_price"]) == (proceeds / sold).quantize(Decimal("0.000001"))
+    exit_fee = Decimal(trade["fees_usd"]) - entry_fees
+    # dollars out less dollars in less the exit fee (the entry's coin fee is in what was paid)
+    assert abs(Decimal(trade["pnl_usd"]) - (proceeds - paid - exit_fee)) < Decimal("0.00001"), trade
+    notes = [n for c in session_doc(tmp_path)["cycle_details"] for n in c["notes"]]
+    assert any("filled a further" in n for n in notes) and any("still held" in n for n in notes), notes
