@@ -207,12 +207,16 @@ class Engine:
             order = self.broker.get_order(coid)
             if order is None or order.status.is_open:
                 continue
+            plan = None
             if order.status is not OrderStatus.FILLED:
                 report["orders"].append(_order_dict(order))   # rejected/canceled at fill time (maybe partly filled)
-                self.plans.pop(coid, None)
+                plan = self.plans.pop(coid, None)
                 self.exit_reasons.pop(coid, None)
             elif coid in self.plans and self.plans[coid].booked_qty >= order.filled_qty:
-                del self.plans[coid]                          # filled, and every slice is in the position
+                plan = self.plans.pop(coid)                   # filled, and every slice is in the position
+            pos = self.positions.get(plan.proposal.symbol) if plan is not None and plan.booked_qty else None
+            if pos is not None and pos.symbol not in self.native_stops:
+                self._place_native_trailing(pos, now, report)  # the entry is done: the broker may trail it now
 
         # --- 1. OBSERVE
         market = self.market.snapshot(now)
@@ -564,7 +568,8 @@ class Engine:
 
     def _place_native_trailing(self, pos: Position, now: datetime, report: dict | None = None) -> None:
         """Alpaca equities hold a percent trail at the broker (it keeps trailing between cycles);
-        everything else is trailed by the position manager with the same rule."""
+        everything else is trailed by the position manager with the same rule. Placed once the entry
+        order is done: a sell while the rest of a partly filled buy still works is a wash trade to Alpaca."""
         if not getattr(self.broker, "supports_native_trailing", False):
             return
         if not uses_native_trailing(self.broker.asset(pos.symbol), pos.trailing_stop_pct):
@@ -633,7 +638,6 @@ class Engine:
         plan.booked_qty, plan.fee_coins = fill.qty, fee_coins
         self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors]
         self.risk.on_entry_filled(fill.ts)
-        self._place_native_trailing(self.positions[fill.symbol], fill.ts, report)
 
     def _apply_exit_fill(self, coid: str, fill: Fill, report: dict | None) -> dict | None:
         """An exit's fill, or one slice of it: the trade closes when the position is sold (up to dust)."""
@@ -649,6 +653,7 @@ class Engine:
             if report is not None:
                 report["notes"].append(f"{fill.symbol}: exit fee ${exit_fee} estimated at the entry's measured "
                                        f"fee share ({pos.fee_share_of_received_asset:.6f}); Alpaca books it later")
+        reason = self.exit_reasons[coid]
         held = abs(pos.qty) + pos.exit_qty           # what the position held before its first exit slice
         pos.exit_qty += fill.qty
         pos.exit_notional_usd += fill.qty * fill.price
@@ -656,10 +661,13 @@ class Engine:
         left = held - pos.exit_qty
         if left > 0 and left >= self.dust_below(fill.symbol):   # partly sold: the rest stays managed
             pos.qty = left if pos.qty > 0 else -left
+            if reason == "trailing_stop" and not any(   # no broker stop left for the rest: the engine trails it
+                    o.symbol == fill.symbol and o.purpose == "stop" for o in self._open_orders_or_none()):
+                self.native_stops.discard(fill.symbol)
             if report is not None:
                 report["notes"].append(f"{fill.symbol}: exit {coid} sold {fill.qty} of {held}; {left} still held")
             return None
-        reason = self.exit_reasons.pop(coid)
+        del self.exit_reasons[coid]
         self.native_stops.discard(fill.symbol)
         del self.positions[fill.symbol]
         sign = 1 if pos.qty > 0 else -1
@@ -692,6 +700,12 @@ class Engine:
         for entry_coid in [c for c, plan in self.plans.items() if plan.proposal.symbol == fill.symbol]:
             del self.plans[entry_coid]               # its order is done: the position it opened is closed
         return {k: getattr(trade, k) for k in _CLOSED_FIELDS}
+
+    def _open_orders_or_none(self) -> list[Order]:
+        try:
+            return self.broker.open_orders()
+        except BrokerError:
+            return []
 
     def _received_coins(self, fill: Fill, held_before: Decimal, report: dict | None) -> Decimal | None:
         """The coins an entry fill left in the position: the broker's quantity now less what it held

@@ -167,6 +167,47 @@ def test_equity_entry_gets_a_broker_native_trailing_stop(tmp_path, monkeypatch, 
     assert [o["purpose"] for o in doc["orders"]] == ["entry", "stop"]
 
 
+def test_an_equity_entry_filled_in_two_slices_gets_broker_trailing_stops_for_every_share(tmp_path, monkeypatch,
+                                                                                          double_env, capsys):
+    """The broker's trailing stop is placed once the entry is done, for both shares: while the rest of the
+    buy still works, Alpaca would refuse a sell stop as a potential wash trade (the engine manages the
+    first share's stop meanwhile)."""
+    from importlib.metadata import EntryPoint
+
+    import hydra_engine.plugins as plugins
+    from .test_fault_injection import install_spy, paper_config, run_paper, session_doc
+
+    double, _ = double_env
+    install_spy(double, datetime.now(UTC))
+    monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
+        name="trailing_probe", value="tests.test_paper_session:TrailingProbe", group=group)])
+    real_fill, split, engines = double.fill, {}, []
+
+    def one_share_first(coid, price, qty=None):
+        o = double.order(coid)
+        if qty is None and o["side"] == "buy" and not split:
+            split[coid], qty = price, "1"
+        return real_fill(coid, price, qty)
+
+    def steer(engine, cycle):
+        engines.append(engine)
+        for coid, price in split.items():
+            if double.order(coid)["status"] == "partially_filled" and engine.positions.get("SPY"):
+                real_fill(coid, price)        # the second share, after the first is booked
+
+    monkeypatch.setattr(double, "fill", one_share_first)
+    cfg = paper_config(tmp_path, symbols=("SPY",), extra='[strategies]\nenabled = ["trailing_probe"]\n')
+    code = run_paper(cfg, monkeypatch, double, cycles=4, steer=steer)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert split and double.order(next(iter(split)))["status"] == "filled"
+    trails = [o for o in double.orders.values() if o["type"] == "trailing_stop"]
+    assert [Decimal(o["qty"]) for o in trails] == [2] and trails[0]["status"] in ("new", "accepted"), trails
+    assert not [a for a in double.body_errors if a]
+    assert engines[-1].positions["SPY"].qty == 2 and "SPY" in engines[-1].native_stops
+    notes = [n for c in session_doc(tmp_path)["cycle_details"] for n in c["notes"]]
+    assert any("filled a further 1" in n for n in notes), notes
+
+
 from decimal import Decimal  # noqa: E402
 
 from hydra_engine.domain import Side, TradeProposal  # noqa: E402
