@@ -125,6 +125,7 @@ class Engine:
         self.entry_sources: dict[str, list] = {}         # symbol -> (source, score) behind the open entry
         self.halted: str | None = None                   # e.g. a reconciliation mismatch: no entries
         self.caught_up_fills: list[tuple[Fill, dict | None]] = []   # issue #7: fills applied before cycle 1
+        self.startup_notes: list[str] = []               # said by the first cycle (e.g. fills recovered at start-up)
         self.unresolved: dict[str, Order] = {}           # submits whose outcome the broker did not tell
         self._update_marks = getattr(broker, "update_marks", None)   # simulated brokers are told the prices
         history = getattr(market, "history", None)       # replay data: plugins may pre-compute (causally)
@@ -184,6 +185,9 @@ class Engine:
                 if trade:
                     trades.append(trade)
             self.caught_up_fills = []
+        if self.startup_notes:
+            report["notes"] += self.startup_notes
+            self.startup_notes = []
         try:
             for fill in self.broker.poll_fills(now):
                 report["fills"].append(to_jsonable(fill))
@@ -781,6 +785,7 @@ class Engine:
                 "positions": {s: to_jsonable(p) for s, p in self.positions.items()},
                 "native_stops": sorted(self.native_stops),
                 "exit_reasons": dict(self.exit_reasons),   # issue #7: an exit filled after a restart keeps its reason
+                "plans": {coid: to_jsonable(plan) for coid, plan in self.plans.items()},   # and an entry its plan
                 **({"regime_refit": self.regime_refitter.to_state()} if self.regime_refitter else {})}
 
     @property
@@ -799,6 +804,7 @@ class Engine:
             self.positions[symbol] = position_from_dict(p)
         self.native_stops = set(state.get("native_stops", []))
         self.exit_reasons.update(state.get("exit_reasons", {}))
+        self.plans.update({coid: _plan_from_dict(p) for coid, p in state.get("plans", {}).items()})
         # continue the order sequence: a restart within the same second gets the same session id, and a
         # restarted sequence would then reuse a client_order_id (Alpaca answers with the old order)
         self.order_seq = max(self.order_seq, int(state.get("engine", {}).get("order_seq", 0)))
@@ -851,6 +857,17 @@ def position_from_dict(d: dict) -> Position:
     if kw.get("max_holding") is not None:
         kw["max_holding"] = timedelta(seconds=float(kw["max_holding"]))
     return Position(**kw)
+
+
+def _plan_from_dict(d: dict) -> PendingPlan:
+    """Inverse of ``to_jsonable(PendingPlan)``."""
+    p = dict(d["proposal"])
+    p["side"], p["expected_holding"] = Side(p["side"]), timedelta(seconds=float(p["expected_holding"]))
+    held = d.get("held_before")
+    return PendingPlan(TradeProposal(**p), d["regime"], float(d["regime_confidence"]),
+                       tuple(d.get("contributors", ())), bool(d.get("bracket", False)),
+                       held_before=None if held is None else Decimal(str(held)),
+                       booked_qty=Decimal(str(d.get("booked_qty", 0))), fee_coins=Decimal(str(d.get("fee_coins", 0))))
 
 
 def _closed_from_dict(d: dict) -> ClosedTrade:

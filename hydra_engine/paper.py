@@ -18,6 +18,7 @@ from .data.feeds import MarketDataWithFeeds
 from .domain import UTC
 from .reconcile import adopt_broker_state, reconcile
 from .store import Store
+from .tradelog import last_logged_fills, to_jsonable
 
 log = logging.getLogger(__name__)
 CONTROL_KEY = "control"
@@ -79,11 +80,21 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     except Exception as exc:  # noqa: BLE001 -- the first cycle polls again; reconciliation still guards
         log.warning("could not catch up on fills at start-up: %s", exc)
         caught = []
-    engine.caught_up_fills = [(f, engine._apply_fill(f)) for f in caught]
+    # issue #7: a process killed between a cycle's journal line and its store commit logged that cycle's
+    # fills but did not store them, so they come back here: book them in the store (and the engine's
+    # state) under the session that logged them, without logging them a second time
+    logged_by, logged = last_logged_fills(log_dir, session_log.path)
+    applied = [(f, engine._apply_fill(f)) for f in caught]
+    engine.caught_up_fills = [(f, t) for f, t in applied if f.fill_id not in logged]
+    recovered = [(f, t) for f, t in applied if f.fill_id in logged]
+    if recovered:
+        store.save_recovered(logged_by, [to_jsonable(f) for f, _ in recovered], [t for _, t in recovered if t])
+        engine.startup_notes.append(f"{len(recovered)} fill(s) logged by {logged_by} but not stored before it "
+                                    f"stopped were booked in the store: {', '.join(f.fill_id for f, _ in recovered)}")
     # the working orders HYDRA recorded (bracket legs, native trailing stops and exits, by client_order_id
     # in its saved state) are its own; any other working order is a mismatch
     working = broker.open_orders()
-    recorded = [o for o in working if o.client_order_id in engine.exit_reasons]
+    recorded = [o for o in working if o.client_order_id in engine.exit_reasons or o.client_order_id in engine.plans]
     dust = {s: engine.dust_below(s) for s in settings.universe.symbols}
     report = reconcile(broker.positions(), working, engine.positions, recorded, now=started,
                        known_symbols=settings.universe.symbols, dust=dust)

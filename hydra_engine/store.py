@@ -137,6 +137,15 @@ class Store:
             s.commit()
         self._pending_cycles = []
 
+    def save_recovered(self, session_id: str, fills: list[dict], trades: list[dict]) -> None:
+        """Fills (and the trades they closed) that ``session_id`` logged but did not store before it stopped."""
+        with Session(self.engine) as s:
+            for f in fills:
+                s.merge(FillRow(session_id=session_id, **{k: v for k, v in f.items() if k in FillRow.model_fields}))
+            for t in trades:
+                s.add(TradeRow(session_id=session_id, **{k: v for k, v in t.items() if k in TradeRow.model_fields}))
+            s.commit()
+
     def flush(self) -> None:
         if self._pending_cycles:
             with Session(self.engine) as s:

@@ -233,6 +233,28 @@ def load_session(path: str | Path) -> dict:
     return doc
 
 
+def last_logged_fills(log_dir: Path, before: Path) -> tuple[str, set[str]]:
+    """(session id, fill ids) of the last cycle journaled by the newest session that journaled one, among
+    the session logs older than ``before``. A process killed between that cycle's journal line and its
+    store commit left those fills in the log but not in the store; a restart books them in the store
+    without logging them a second time."""
+    for path in sorted(log_dir.glob("session-*.json"), reverse=True):
+        if path >= before:
+            continue
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            lines = (path.parent / doc.get("journal", "")).read_text(encoding="utf-8").splitlines()
+        except (OSError, ValueError):
+            continue
+        for line in reversed(lines):
+            try:
+                last = json.loads(line)
+            except json.JSONDecodeError:
+                continue   # a torn last line: the cycle before it is the last complete one
+            return doc.get("session", {}).get("session_id", ""), {f["fill_id"] for f in last.get("fills", [])}
+    return "", set()
+
+
 def newest_session(log_dir: Path) -> Path | None:
     files = sorted(p for p in log_dir.glob("session-*.json"))
     return files[-1] if files else None

@@ -15,6 +15,7 @@ The two gaps first found here (non-positive open interest in replay, a bad newes
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -296,6 +297,54 @@ def posts_by_cycle(double, marks: dict[int, int]) -> dict[int, int]:
     total = double.count("POST", r"/v2/orders$")
     keys = sorted(marks)
     return {c: (marks[keys[i + 1]] if i + 1 < len(keys) else total) - marks[c] for i, c in enumerate(keys)}
+
+
+class KilledBetweenJournalAndStore(BaseException):
+    """Stands for a SIGKILL landing after a cycle's journal line was fsynced and before its store commit."""
+
+
+def test_a_kill_between_journal_and_store_books_the_fill_once_with_its_plan(tmp_path, monkeypatch, double_env,
+                                                                            capsys):
+    """The journal line is written (fsynced) before the store commits the same cycle, so a kill in between
+    leaves a fill in the session log but not in the store. The restart must book it in the store -- under
+    the session that logged it -- without logging it a second time, and rebuild the position from the
+    entry's persisted plan (its stop and target), not as an adopted unknown."""
+    from hydra_engine.store import Store
+    double, _ = double_env
+    cfg = paper_config(tmp_path, symbols=("BTC/USD",))
+    real_save, killed, engines = Store.save_cycle, [], []
+
+    def save_cycle(self, session_id, report, orders, fills, trades, state, **kw):
+        if fills and not killed:
+            killed.append((session_id, [f["fill_id"] for f in fills]))
+            raise KilledBetweenJournalAndStore()
+        return real_save(self, session_id, report, orders, fills, trades, state, **kw)
+
+    monkeypatch.setattr(Store, "save_cycle", save_cycle)
+    with pytest.raises(KilledBetweenJournalAndStore):
+        run_paper(cfg, monkeypatch, double, cycles=4, steer=lambda engine, cycle: engines.append(engine))
+    (first_session, (fill_id,)) = killed[0]
+    position_before = copy.deepcopy(engines[-1].positions["BTC/USD"])
+    store = Store(f"sqlite:///{tmp_path / 'hydra.db'}")
+    assert fill_id not in {f.fill_id for f in store.fills()}                 # the store missed it ...
+    first_doc = load_session(sorted((tmp_path / "logs").glob("session-*.json"))[0])
+    assert fill_id in {f["fill_id"] for f in first_doc["fills"]}             # ... the session log has it
+
+    code = run_paper(cfg, monkeypatch, double, cycles=2)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    docs = [load_session(p) for p in sorted((tmp_path / "logs").glob("session-*.json"))]
+    assert len(docs) == 2
+    assert sum(f["fill_id"] == fill_id for d in docs for f in d["fills"]) == 1   # logged once, by the first session
+    stored = [f for f in store.fills() if f.fill_id == fill_id]
+    assert len(stored) == 1 and stored[0].session_id == first_session
+    notes = docs[1]["cycle_details"][0]["notes"]
+    assert any("booked in the store" in n and fill_id in n for n in notes), notes
+    # the position is the entry's own: its plan survived the kill in the saved state
+    state = store.load_state("engine:paper")
+    pos = state["positions"]["BTC/USD"]
+    assert pos["strategy"] == position_before.strategy == "liquidation_cascade"
+    assert pos["stop_price"] == position_before.stop_price and pos["target_price"] == position_before.target_price
+    assert Decimal(pos["qty"]) == position_before.qty
 
 
 # =========================================================================== 2. broker failures
