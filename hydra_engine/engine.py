@@ -113,6 +113,7 @@ class Engine:
         self.positions: dict[str, Position] = {}
         self.plans: dict[str, PendingPlan] = {}          # client_order_id -> entry plan
         self.exit_reasons: dict[str, str] = {}           # client_order_id -> why we exit
+        self.exit_booked: dict[str, Decimal] = {}        # exit client_order_id -> quantity booked from its fills
         self.regime = RegimeReading(Regime.UNKNOWN, 0.0, "none", _EPOCH, {"why": "not detected yet"})
         self._regime_json: tuple = (None, None)          # (reading, its to_jsonable form): the cycle log's copy
         self._gating: tuple = (None, [], [])             # (reading, strategies run, strategies gated)
@@ -208,18 +209,27 @@ class Engine:
                     self.exit_reasons.pop(coid, None)
                     report["notes"].append(f"order {coid} was never accepted by the broker")
         for coid in list(self.plans) + list(self.exit_reasons) if self.plans or self.exit_reasons else ():
-            order = self.broker.get_order(coid)
-            if order is None or order.status.is_open:
+            try:
+                order = self.broker.get_order(coid)
+            except BrokerError:
                 continue
-            plan = None
+            if order is None:
+                if coid in self.plans and coid not in self.unresolved:
+                    # a plan restored after a restart whose order the broker never accepted (its submit's
+                    # outcome was still unknown when the process died): it would block the symbol forever
+                    del self.plans[coid]
+                    report["notes"].append(f"order {coid} is unknown to the broker: its entry plan is dropped")
+                continue
+            booked = self.plans[coid].booked_qty if coid in self.plans else self.exit_booked.get(coid, ZERO)
+            if order.status.is_open or booked < order.filled_qty:
+                continue        # still working, or a slice is still to come through the fill poll
             if order.status is not OrderStatus.FILLED:
                 report["orders"].append(_order_dict(order))   # rejected/canceled at fill time (maybe partly filled)
-                plan = self.plans.pop(coid, None)
-                self.exit_reasons.pop(coid, None)
-            elif coid in self.plans and self.plans[coid].booked_qty >= order.filled_qty:
-                plan = self.plans.pop(coid)                   # filled, and every slice is in the position
+            plan = self.plans.pop(coid, None)
+            self.exit_reasons.pop(coid, None)
+            self.exit_booked.pop(coid, None)
             pos = self.positions.get(plan.proposal.symbol) if plan is not None and plan.booked_qty else None
-            if pos is not None and pos.symbol not in self.native_stops:
+            if pos is not None and order.status is OrderStatus.FILLED and pos.symbol not in self.native_stops:
                 self._place_native_trailing(pos, now, report)  # the entry is done: the broker may trail it now
 
         # --- 1. OBSERVE
@@ -292,7 +302,7 @@ class Engine:
 
         # --- 9. ADAPT strategy weights on the trades closed this cycle
         for t in trades:
-            self.weights.update(_closed_from_dict(t))
+            self.weights.update(closed_trade_from_dict(t))
         report["weights"] = self.weights.as_dict()   # rounded by _format_report
 
         account = self.broker.account()
@@ -560,9 +570,10 @@ class Engine:
         self.native_stops.discard(ex.symbol)
         qty = abs(pos.qty)
         if held is not None and pos.qty > 0 and self._fee_in_asset(ex.symbol):
-            # sell the coins the broker holds (any earlier dust included; the broker rounds down to its
-            # increment): asking for more is refused with "insufficient balance" and the stop never executes
-            qty = abs(held)
+            # sell the coins the broker holds, up to this position and any earlier dust (the broker rounds
+            # down to its increment): asking for more is refused with "insufficient balance" and the stop
+            # never executes; coins bought by hand beyond the dust are not HYDRA's to sell
+            qty = min(abs(held), abs(pos.qty) + self.dust_below(ex.symbol))
         order = Order(self._next_coid(pos.strategy, ex.symbol), ex.symbol, pos.side.opposite(), qty,
                       OrderType.MARKET, self._tif(ex.symbol), now, pos.strategy, purpose="exit")
         report["exits"].append({"symbol": ex.symbol, "reason": ex.reason, "trigger_price": ex.trigger_price,
@@ -662,16 +673,28 @@ class Engine:
         pos.exit_qty += fill.qty
         pos.exit_notional_usd += fill.qty * fill.price
         pos.exit_fees_usd += exit_fee
+        self.exit_booked[coid] = self.exit_booked.get(coid, ZERO) + fill.qty
         left = held - pos.exit_qty
-        if left > 0 and left >= self.dust_below(fill.symbol):   # partly sold: the rest stays managed
+        dust = self.dust_below(fill.symbol)
+        if left > 0 and dust:
+            # coins: the broker may hold less than the book says (fee coins that could not be measured);
+            # never more for this trade (coins bought later are another position). A remainder below the
+            # minimum order size cannot be sold and ends the trade
+            at_broker = self._broker_qty(fill.symbol)
+            still_held = min(left, abs(at_broker)) if at_broker is not None else left
+        else:
+            still_held = left
+        if left > 0 and still_held > 0 and still_held >= dust:   # partly sold: the rest stays managed
             pos.qty = left if pos.qty > 0 else -left
             if reason == "trailing_stop" and not any(   # no broker stop left for the rest: the engine trails it
-                    o.symbol == fill.symbol and o.purpose == "stop" for o in self._open_orders_or_none()):
+                    o.symbol == fill.symbol and self.exit_reasons.get(o.client_order_id) == "trailing_stop"
+                    for o in self._open_orders_or_none()):
                 self.native_stops.discard(fill.symbol)
             if report is not None:
                 report["notes"].append(f"{fill.symbol}: exit {coid} sold {fill.qty} of {held}; {left} still held")
             return None
         del self.exit_reasons[coid]
+        self.exit_booked.pop(coid, None)
         self.native_stops.discard(fill.symbol)
         del self.positions[fill.symbol]
         sign = 1 if pos.qty > 0 else -1
@@ -680,9 +703,9 @@ class Engine:
         gross = (exit_price - pos.avg_entry_price) * held * sign
         fees = pos.entry_fees_usd + pos.exit_fees_usd
         pnl = gross - fees
-        if pos.fee_share_of_received_asset and abs(pos.exit_qty - held) < self.dust_below(fill.symbol):
-            # orders trade whole increments: the coins sold differ from those bought by dust left behind
-            # (written off at the exit price) or earlier dust swept along
+        if dust and pos.exit_qty != held:
+            # coins sold differ from those held: dust or unmeasured fee coins left behind (written off at
+            # the exit price), or earlier dust swept along -- the P&L is dollars out less dollars in
             pnl += (pos.exit_qty - held) * exit_price
         if pos.exit_qty != fill.qty:
             exit_price = exit_price.quantize(Decimal("0.000001"))
@@ -786,6 +809,7 @@ class Engine:
                 "native_stops": sorted(self.native_stops),
                 "exit_reasons": dict(self.exit_reasons),   # issue #7: an exit filled after a restart keeps its reason
                 "plans": {coid: to_jsonable(plan) for coid, plan in self.plans.items()},   # and an entry its plan
+                "exit_booked": {coid: str(q) for coid, q in self.exit_booked.items()},
                 **({"regime_refit": self.regime_refitter.to_state()} if self.regime_refitter else {})}
 
     @property
@@ -805,6 +829,7 @@ class Engine:
         self.native_stops = set(state.get("native_stops", []))
         self.exit_reasons.update(state.get("exit_reasons", {}))
         self.plans.update({coid: _plan_from_dict(p) for coid, p in state.get("plans", {}).items()})
+        self.exit_booked.update({coid: Decimal(q) for coid, q in state.get("exit_booked", {}).items()})
         # continue the order sequence: a restart within the same second gets the same session id, and a
         # restarted sequence would then reuse a client_order_id (Alpaca answers with the old order)
         self.order_seq = max(self.order_seq, int(state.get("engine", {}).get("order_seq", 0)))
@@ -870,5 +895,5 @@ def _plan_from_dict(d: dict) -> PendingPlan:
                        booked_qty=Decimal(str(d.get("booked_qty", 0))), fee_coins=Decimal(str(d.get("fee_coins", 0))))
 
 
-def _closed_from_dict(d: dict) -> ClosedTrade:
+def closed_trade_from_dict(d: dict) -> ClosedTrade:
     return ClosedTrade(**{k: d[k] for k in ClosedTrade.__dataclass_fields__})

@@ -18,6 +18,7 @@ from .data.feeds import MarketDataWithFeeds
 from .domain import UTC
 from .reconcile import adopt_broker_state, reconcile
 from .store import Store
+from .engine import closed_trade_from_dict
 from .tradelog import last_logged_fills, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,17 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # issue #7: a process killed between a cycle's journal line and its store commit logged that cycle's
     # fills but did not store them, so they come back here: book them in the store (and the engine's
     # state) under the session that logged them, without logging them a second time
-    logged_by, logged = last_logged_fills(log_dir, session_log.path)
+    logged_by, logged = last_logged_fills(log_dir, session_log.path, engine.mode)
     applied = [(f, engine._apply_fill(f)) for f in caught]
     engine.caught_up_fills = [(f, t) for f, t in applied if f.fill_id not in logged]
     recovered = [(f, t) for f, t in applied if f.fill_id in logged]
     if recovered:
-        store.save_recovered(logged_by, [to_jsonable(f) for f, _ in recovered], [t for _, t in recovered if t])
+        trades = [t for _, t in recovered if t]
+        for t in trades:           # what the lost cycle's step 9 would have learnt
+            engine.weights.update(closed_trade_from_dict(t))
+        store.save_recovered(logged_by, [to_jsonable(f) for f, _ in recovered], trades)
+        # the state these fills produced, at once: they are marked seen now and never polled again
+        store.save_state(engine.state_key, engine.state(), started)
         engine.startup_notes.append(f"{len(recovered)} fill(s) logged by {logged_by} but not stored before it "
                                     f"stopped were booked in the store: {', '.join(f.fill_id for f, _ in recovered)}")
     # the working orders HYDRA recorded (bracket legs, native trailing stops and exits, by client_order_id
@@ -113,14 +119,24 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         store.save_state(engine.state_key, engine.state(), started)
     control = Control(store)
 
+    suspect: list[int] = []          # the cycle whose reconciliation disagreed, to be checked once more
+
     def before_cycle(eng, now):
         control.apply(eng, now)
         if hasattr(broker, "fills_watched_since"):   # issue #7: where the next process resumes watching
             store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, now)
-        if eng.cycle and eng.cycle % RECONCILE_EVERY == 0:
+        if eng.cycle and (eng.cycle % RECONCILE_EVERY == 0 or suspect):
             check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
                               broker.open_orders(), known_symbols=settings.universe.symbols, dust=dust)
-            eng.halted = None if check.ok else "reconciliation mismatch: " + "; ".join(check.mismatches)
+            # this runs before the cycle's fill poll: a fill since the last poll looks like a mismatch
+            # once. Halt entries only when the next cycle, with that fill booked, still disagrees.
+            if check.ok:
+                suspect.clear()
+                eng.halted = None
+            elif suspect:
+                eng.halted = "reconciliation mismatch: " + "; ".join(check.mismatches)
+            else:
+                suspect.append(eng.cycle)
 
     return Session(engine, clock, session_log, store, before_cycle=before_cycle)
 

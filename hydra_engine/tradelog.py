@@ -233,18 +233,20 @@ def load_session(path: str | Path) -> dict:
     return doc
 
 
-def last_logged_fills(log_dir: Path, before: Path) -> tuple[str, set[str]]:
-    """(session id, fill ids) of the last cycle journaled by the newest session that journaled one, among
-    the session logs older than ``before``. A process killed between that cycle's journal line and its
-    store commit left those fills in the log but not in the store; a restart books them in the store
-    without logging them a second time."""
+def last_logged_fills(log_dir: Path, before: Path, mode: str) -> tuple[str, set[str]]:
+    """(session id, fill ids) of the last cycle journaled by the newest ``mode`` session that journaled
+    one, among the session logs older than ``before``. A process killed between that cycle's journal line
+    and its store commit left those fills in the log but not in the store; a restart books them in the
+    store without logging them a second time."""
     for path in sorted(log_dir.glob("session-*.json"), reverse=True):
         if path >= before:
             continue
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("session", {}).get("mode") != mode:
+                continue        # a backtest or simulation between two paper sessions is not the one
             lines = (path.parent / doc.get("journal", "")).read_text(encoding="utf-8").splitlines()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             continue
         for line in reversed(lines):
             try:

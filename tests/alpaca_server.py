@@ -12,7 +12,8 @@ Extras for fault injection:
     "broker") or after it was processed (the broker acted, the client never got the answer); the
     connection is dropped without a reply either way;
   * an automatic "exchange": working market orders are filled ``fill_delay_s`` after submission
-    (buys at the last close, sells a hair above, so round trips are not losses), every fill is
+    (buys at the last close, sells 1 % above: more than the double's 25 bps crypto fee each way, so round
+    trips are not losses and the risk layer's loss-streak cooldown never stops the entries), every fill is
     recorded in ``fills`` with the ``fill_id`` HYDRA derives from it (``<order id>:<cumulative qty>``);
   * ``fill_working()`` fills everything working now (e.g. while HYDRA is down).
 
@@ -130,7 +131,7 @@ class AlpacaServer:
     """``with AlpacaServer(shared_data) as srv:`` — ``srv.url`` is the base for APCA_API_BASE_URL,
     APCA_API_DATA_URL and HYDRA_BINANCE_URL alike (their paths do not overlap)."""
 
-    def __init__(self, shared_data: Path | None = None, *, fill_delay_s: float = 1.0, sell_premium: str = "1.001"):
+    def __init__(self, shared_data: Path | None = None, *, fill_delay_s: float = 1.0, sell_premium: str = "1.01"):
         self._httpd = _QuietServer(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"

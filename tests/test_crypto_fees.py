@@ -209,3 +209,79 @@ def test_entries_and_exits_that_fill_in_parts_make_one_position_and_one_trade(tm
     assert abs(Decimal(trade["pnl_usd"]) - (proceeds - paid - exit_fee)) < Decimal("0.00001"), trade
     notes = [n for c in session_doc(tmp_path)["cycle_details"] for n in c["notes"]]
     assert any("filled a further" in n for n in notes) and any("still held" in n for n in notes), notes
+
+
+def test_an_unmeasured_coin_fee_of_more_than_dust_still_ends_the_trade(tmp_path, monkeypatch, double_env, capsys):
+    """0.06 BTC (the hunter capped at $5,000): the 25 bps the broker keeps is 0.00015 BTC, more than the
+    minimum order size. Unmeasured (positions unreadable at the fill), the book holds the filled 0.0597,
+    the exit sells what the broker holds, and the broker is left with dust: the trade must end there
+    (dollars out less dollars in), not leave a phantom 0.0002 BTC position that no exit can sell."""
+    double, _ = double_env
+    state, engines = {}, []
+
+    def steer(engine, cycle):
+        engines.append(engine)
+        pos = engine.positions.get("BTC/USD")
+        if _orders(double, "buy") and "failing" not in state:
+            double.fail("GET", r"/v2/positions$", times=1000, status=503, body="Service Unavailable")
+            state["failing"] = cycle
+        elif "failing" in state and "cleared" not in state:
+            double.faults.clear()
+            state["cleared"] = cycle
+            if pos is not None:
+                state["booked"] = pos.qty
+                pos.stop_price = 10.0 ** 9
+
+    cfg = paper_config(tmp_path, symbols=("BTC/USD",), params="max_notional_usd = 5000.0")
+    code = run_paper(cfg, monkeypatch, double, cycles=6, steer=steer)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    buy, sell = _orders(double, "buy")[0], _orders(double, "sell")[0]
+    bought, fee_coins = Decimal(buy["filled_qty"]), double.crypto_fees_taken[buy["id"]]
+    assert state["booked"] == bought and fee_coins >= BTC_MIN               # unmeasured, and more than dust
+    sold = Decimal(sell["filled_qty"])
+    (trade,) = session_doc(tmp_path)["trades"][:1]
+    assert Decimal(trade["qty"]) == bought
+    paid, proceeds = bought * Decimal(buy["filled_avg_price"]), sold * Decimal(sell["filled_avg_price"])
+    assert Decimal(trade["pnl_usd"]) == (proceeds - paid).quantize(Decimal("0.000001"))
+    assert not [c for c in engines[-1].exit_reasons if c == sell["client_order_id"]]   # nothing left tracked
+
+
+def test_a_slice_that_fills_as_the_entry_is_canceled_is_still_booked(tmp_path, monkeypatch, double_env, capsys):
+    """The entry fills 40 %, is booked; between the next fill poll and the plan clean-up it fills another
+    30 % and is canceled. The plan must wait for that slice (booked < filled), not drop on CANCELED."""
+    double, _ = double_env
+    double.crypto_fee = Decimal(0)
+    real_fill, split, engines, armed = double.fill, {}, [], []
+
+    def first_slice_only(coid, price, qty=None):
+        o = double.order(coid)
+        if qty is None and o["side"] == "buy" and not split:
+            split[coid] = price
+            qty = str((Decimal(o["qty"]) * Decimal("0.4")).quantize(BTC_MIN))
+        return real_fill(coid, price, qty)
+
+    monkeypatch.setattr(double, "fill", first_slice_only)
+
+    def steer(engine, cycle):
+        engines.append(engine)
+        coid = next(iter(split), None)
+        if coid and coid in engine.plans and engine.plans[coid].booked_qty and not armed:
+            armed.append(cycle)
+            broker, real_poll = engine.broker, engine.broker.poll_fills
+
+            def poll_then_the_exchange_acts(now):
+                fills = real_poll(now)
+                o = double.order(coid)
+                real_fill(coid, split[coid], str((Decimal(o["qty"]) * Decimal("0.3")).quantize(BTC_MIN)))
+                o["status"] = "canceled"
+                broker.poll_fills = real_poll
+                return fills
+            broker.poll_fills = poll_then_the_exchange_acts
+
+    code = run_paper(paper_config(tmp_path, symbols=("BTC/USD",)), monkeypatch, double, cycles=5, steer=steer)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    coid = next(iter(split))
+    assert double.order(coid)["status"] == "canceled" and armed
+    assert engines[-1].positions["BTC/USD"].qty == Decimal(double.positions["BTCUSD"]["qty"]) \
+        == Decimal(double.order(coid)["filled_qty"])
+    assert coid not in engines[-1].plans                 # dropped once every slice was booked

@@ -303,48 +303,139 @@ class KilledBetweenJournalAndStore(BaseException):
     """Stands for a SIGKILL landing after a cycle's journal line was fsynced and before its store commit."""
 
 
-def test_a_kill_between_journal_and_store_books_the_fill_once_with_its_plan(tmp_path, monkeypatch, double_env,
-                                                                            capsys):
+def kill_between_journal_and_store(monkeypatch, when) -> dict:
+    """The first ``Store.save_cycle`` for which ``when(fills, trades)`` holds raises, and from then on the
+    "dead" process stores nothing (run_session's final save_state included) until ``state["dead"]`` is
+    cleared by the test for the restart."""
+    from hydra_engine.store import Store
+    real_save_cycle, real_save_state = Store.save_cycle, Store.save_state
+    state = {"killed": [], "dead": False}
+
+    def save_cycle(self, session_id, report, orders, fills, trades, st, **kw):
+        if state["dead"]:
+            raise KilledBetweenJournalAndStore()
+        if not state["killed"] and when(fills, trades):
+            state["killed"].append((session_id, [f["fill_id"] for f in fills]))
+            state["dead"] = True
+            raise KilledBetweenJournalAndStore()
+        return real_save_cycle(self, session_id, report, orders, fills, trades, st, **kw)
+
+    def save_state(self, key, value, now):
+        if state["dead"]:
+            raise KilledBetweenJournalAndStore()
+        return real_save_state(self, key, value, now)
+
+    monkeypatch.setattr(Store, "save_cycle", save_cycle)
+    monkeypatch.setattr(Store, "save_state", save_state)
+    return state
+
+
+def all_session_docs(tmp_path: Path) -> list[dict]:
+    return [load_session(p) for p in sorted((tmp_path / "logs").glob("session-*.json"))]
+
+
+def test_a_kill_between_journal_and_store_books_the_entry_fill_once_with_its_plan(tmp_path, monkeypatch,
+                                                                                  double_env, capsys):
     """The journal line is written (fsynced) before the store commits the same cycle, so a kill in between
-    leaves a fill in the session log but not in the store. The restart must book it in the store -- under
-    the session that logged it -- without logging it a second time, and rebuild the position from the
-    entry's persisted plan (its stop and target), not as an adopted unknown."""
+    leaves a fill in the session log but not in the store. The restart books it in the store -- under the
+    session that logged it -- without logging it again, rebuilds the position from the entry's persisted
+    plan (not as an adopted unknown), and saves that state at once: a second kill before any cycle has
+    stored anything must not lose the position."""
     from hydra_engine.store import Store
     double, _ = double_env
     cfg = paper_config(tmp_path, symbols=("BTC/USD",))
-    real_save, killed, engines = Store.save_cycle, [], []
-
-    def save_cycle(self, session_id, report, orders, fills, trades, state, **kw):
-        if fills and not killed:
-            killed.append((session_id, [f["fill_id"] for f in fills]))
-            raise KilledBetweenJournalAndStore()
-        return real_save(self, session_id, report, orders, fills, trades, state, **kw)
-
-    monkeypatch.setattr(Store, "save_cycle", save_cycle)
+    kill, engines = kill_between_journal_and_store(monkeypatch, lambda fills, trades: bool(fills)), []
     with pytest.raises(KilledBetweenJournalAndStore):
         run_paper(cfg, monkeypatch, double, cycles=4, steer=lambda engine, cycle: engines.append(engine))
-    (first_session, (fill_id,)) = killed[0]
-    position_before = copy.deepcopy(engines[-1].positions["BTC/USD"])
+    (first_session, (fill_id,)) = kill["killed"][0]
+    before = copy.deepcopy(engines[-1].positions["BTC/USD"])
     store = Store(f"sqlite:///{tmp_path / 'hydra.db'}")
     assert fill_id not in {f.fill_id for f in store.fills()}                 # the store missed it ...
-    first_doc = load_session(sorted((tmp_path / "logs").glob("session-*.json"))[0])
-    assert fill_id in {f["fill_id"] for f in first_doc["fills"]}             # ... the session log has it
+    assert fill_id in {f["fill_id"] for f in all_session_docs(tmp_path)[0]["fills"]}   # ... the log has it
 
-    code = run_paper(cfg, monkeypatch, double, cycles=2)
+    kill["dead"] = False                                                     # restart; killed again at once
+
+    def die_before_cycle_two(engine, cycle):
+        if cycle == 2:
+            kill["dead"] = True
+            raise KilledBetweenJournalAndStore()
+    with pytest.raises(KilledBetweenJournalAndStore):
+        run_paper(cfg, monkeypatch, double, cycles=4, steer=die_before_cycle_two)
+    kill["dead"] = False
+    code = run_paper(cfg, monkeypatch, double, cycles=1)                     # and once more, cleanly
     assert code == 0, capsys.readouterr().err[-3000:]
-    docs = [load_session(p) for p in sorted((tmp_path / "logs").glob("session-*.json"))]
-    assert len(docs) == 2
+
+    docs = all_session_docs(tmp_path)
+    assert len(docs) == 3
     assert sum(f["fill_id"] == fill_id for d in docs for f in d["fills"]) == 1   # logged once, by the first session
     stored = [f for f in store.fills() if f.fill_id == fill_id]
     assert len(stored) == 1 and stored[0].session_id == first_session
     notes = docs[1]["cycle_details"][0]["notes"]
     assert any("booked in the store" in n and fill_id in n for n in notes), notes
-    # the position is the entry's own: its plan survived the kill in the saved state
-    state = store.load_state("engine:paper")
-    pos = state["positions"]["BTC/USD"]
-    assert pos["strategy"] == position_before.strategy == "liquidation_cascade"
-    assert pos["stop_price"] == position_before.stop_price and pos["target_price"] == position_before.target_price
-    assert Decimal(pos["qty"]) == position_before.qty
+    pos = store.load_state("engine:paper")["positions"]["BTC/USD"]
+    assert pos["strategy"] == before.strategy == "liquidation_cascade"       # the entry's own plan ...
+    assert pos["stop_price"] == before.stop_price and pos["target_price"] == before.target_price
+    assert Decimal(pos["qty"]) == before.qty                                 # ... not a 5 % adopted stop
+
+
+def test_a_kill_between_journal_and_store_books_the_closing_trade_once_and_learns_from_it(tmp_path, monkeypatch,
+                                                                                          double_env, capsys):
+    from hydra_engine.store import Store
+    double, _ = double_env
+    cfg = paper_config(tmp_path, symbols=("BTC/USD",))
+    kill = kill_between_journal_and_store(monkeypatch, lambda fills, trades: bool(trades))
+
+    def exit_at_once(engine, cycle):
+        pos = engine.positions.get("BTC/USD")
+        if pos is not None:
+            pos.stop_price = 10.0 ** 9
+    with pytest.raises(KilledBetweenJournalAndStore):
+        run_paper(cfg, monkeypatch, double, cycles=8, steer=exit_at_once)
+    kill["dead"] = False
+    for o in list(double._all_orders()):     # the new entry the killed cycle also sent fills while HYDRA is down
+        if o["status"] in ("accepted", "pending_new", "new"):
+            double.fill(o["client_order_id"], str(double.bars[o["symbol"]][-1]["c"]))
+    store = Store(f"sqlite:///{tmp_path / 'hydra.db'}")
+    assert not store.trades()
+    code = run_paper(cfg, monkeypatch, double, cycles=1)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    docs = all_session_docs(tmp_path)
+    assert sum(len(d["trades"]) for d in docs) == 1                          # logged once
+    assert len(store.trades()) == 1                                          # stored once
+    weights = store.load_state("engine:paper")["weights"]["stats"]["liquidation_cascade"]
+    assert weights["trades"] == 1                                            # and the weights learnt from it
+
+
+def test_a_restored_plan_whose_order_never_reached_the_broker_is_dropped(tmp_path, monkeypatch, double_env,
+                                                                          capsys):
+    """The entry's POST fails without an answer and the look-up fails too: the outcome is unknown, and
+    the plan is kept (saved in the state) while the cycle asks again. The process then stops. After the
+    restart the broker has never heard of the order: the plan must go, or every later proposal on the
+    symbol is vetoed as "already has a working order", restart after restart."""
+    from hydra_engine.store import Store
+    double, _ = double_env
+    cfg = paper_config(tmp_path, symbols=("BTC/USD",))
+    cleared = []
+
+    def steer(engine, cycle):
+        if cycle == 1:
+            double.fail("POST", r"/v2/orders$", times=1000, exception=requests.ConnectionError)
+            double.fail("GET", r"/v2/orders:by_client_order_id$", times=1000, status=503, body="unavailable")
+        elif engine.unresolved and not cleared:
+            cleared.append(cycle)
+            double.faults.clear()
+
+    assert run_paper(cfg, monkeypatch, double, cycles=3, steer=steer) == 0, capsys.readouterr().err[-3000:]
+    store = Store(f"sqlite:///{tmp_path / 'hydra.db'}")
+    (coid,) = store.load_state("engine:paper")["plans"]
+    assert not double.orders                                    # it never reached the broker
+
+    assert run_paper(cfg, monkeypatch, double, cycles=3) == 0, capsys.readouterr().err[-3000:]
+    doc = session_doc(tmp_path)
+    notes = [n for c in doc["cycle_details"] for n in c["notes"]]
+    assert any(coid in n and "unknown to the broker" in n for n in notes), notes
+    assert coid not in store.load_state("engine:paper")["plans"]
+    assert double.orders                                        # the symbol trades again
 
 
 # =========================================================================== 2. broker failures

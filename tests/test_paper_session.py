@@ -208,6 +208,50 @@ def test_an_equity_entry_filled_in_two_slices_gets_broker_trailing_stops_for_eve
     assert any("filled a further 1" in n for n in notes), notes
 
 
+def test_a_crossed_stop_on_a_partly_filled_equity_entry_is_not_replaced_by_a_broker_trail(tmp_path, monkeypatch,
+                                                                                            double_env, capsys):
+    """One of two shares fills; the engine-managed stop is crossed before the rest fills, so the exit
+    cancels the rest of the entry. The canceled entry must not then get a broker trailing stop (the
+    position manager would leave the crossed stop to it and the exit would be abandoned): the position
+    is sold."""
+    from importlib.metadata import EntryPoint
+
+    import hydra_engine.plugins as plugins
+    from .test_fault_injection import install_spy, paper_config, run_paper, session_doc
+
+    double, _ = double_env
+    install_spy(double, datetime.now(UTC))
+    monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
+        name="trailing_probe", value="tests.test_paper_session:TrailingProbe", group=group)])
+    real_fill, split, engines = double.fill, {}, []
+
+    def one_share_only(coid, price, qty=None):
+        o = double.order(coid)
+        if o["side"] == "buy":
+            if split:
+                return o                              # the rest of the entry does not fill
+            split[coid] = price
+            return real_fill(coid, price, "1")
+        return real_fill(coid, price, qty)
+
+    def steer(engine, cycle):
+        engines.append(engine)
+        for o in double._all_orders():                # the exchange completes cancels between cycles
+            if o["status"] == "pending_cancel":
+                o["status"] = "canceled"
+        pos = engine.positions.get("SPY")
+        if pos is not None:
+            pos.stop_price = 10.0 ** 9                # crossed
+
+    monkeypatch.setattr(double, "fill", one_share_only)
+    cfg = paper_config(tmp_path, symbols=("SPY",), extra='[strategies]\nenabled = ["trailing_probe"]\n')
+    assert run_paper(cfg, monkeypatch, double, cycles=6, steer=steer) == 0, capsys.readouterr().err[-3000:]
+    assert not [o for o in double.orders.values() if o["type"] == "trailing_stop"]
+    sells = [o for o in double.orders.values() if o["side"] == "sell" and o["status"] == "filled"]
+    assert sells and "SPY" not in engines[-1].positions, session_doc(tmp_path)["cycle_details"][-1]["errors"]
+    assert [t["exit_reason"] for t in session_doc(tmp_path)["trades"]] in (["stop"], ["trailing_stop"])
+
+
 from decimal import Decimal  # noqa: E402
 
 from hydra_engine.domain import Side, TradeProposal  # noqa: E402
