@@ -206,7 +206,7 @@ class Engine:
                 del self.unresolved[coid]
                 if known is None:  # never reached the broker: drop the plan, say so
                     self.plans.pop(coid, None)
-                    self.exit_reasons.pop(coid, None)
+                    self._forget_exit(coid)
                     report["notes"].append(f"order {coid} was never accepted by the broker")
         for coid in list(self.plans) + list(self.exit_reasons) if self.plans or self.exit_reasons else ():
             try:
@@ -226,8 +226,7 @@ class Engine:
             if order.status is not OrderStatus.FILLED:
                 report["orders"].append(_order_dict(order))   # rejected/canceled at fill time (maybe partly filled)
             plan = self.plans.pop(coid, None)
-            self.exit_reasons.pop(coid, None)
-            self.exit_booked.pop(coid, None)
+            self._forget_exit(coid)
             pos = self.positions.get(plan.proposal.symbol) if plan is not None and plan.booked_qty else None
             if pos is not None and order.status is OrderStatus.FILLED and pos.symbol not in self.native_stops:
                 self._place_native_trailing(pos, now, report)  # the entry is done: the broker may trail it now
@@ -558,7 +557,7 @@ class Engine:
             return  # an exit is already working: never send a second one
         for o in working:  # cancel what holds the shares (e.g. a native trailing stop)
             self.broker.cancel(o.client_order_id)
-            self.exit_reasons.pop(o.client_order_id, None)
+            self._forget_exit(o.client_order_id)
         held = self._broker_qty(ex.symbol)
         if held is not None and (held == 0 or abs(held) < self.dust_below(ex.symbol)):
             # issue #7: an exit sent earlier (by this process or a crashed one) filled after this cycle's
@@ -658,7 +657,7 @@ class Engine:
         """An exit's fill, or one slice of it: the trade closes when the position is sold (up to dust)."""
         pos = self.positions.get(fill.symbol)
         if pos is None:
-            self.exit_reasons.pop(coid)
+            self._forget_exit(coid)
             return None
         exit_fee = fill.fee_usd
         if pos.fee_share_of_received_asset and not exit_fee:
@@ -679,9 +678,17 @@ class Engine:
         if left > 0 and dust:
             # coins: the broker may hold less than the book says (fee coins that could not be measured);
             # never more for this trade (coins bought later are another position). A remainder below the
-            # minimum order size cannot be sold and ends the trade
-            at_broker = self._broker_qty(fill.symbol)
-            still_held = min(left, abs(at_broker)) if at_broker is not None else left
+            # minimum order size cannot be sold and ends the trade -- once this exit has nothing more to
+            # report: while it works, or has filled more than is booked, its next part is still to come
+            try:
+                order = self.broker.get_order(coid)
+            except BrokerError:
+                order = None
+            if order is not None and (order.status.is_open or order.filled_qty > self.exit_booked[coid]):
+                still_held = left
+            else:
+                at_broker = self._broker_qty(fill.symbol)
+                still_held = min(left, abs(at_broker)) if at_broker is not None else left
         else:
             still_held = left
         if left > 0 and still_held > 0 and still_held >= dust:   # partly sold: the rest stays managed
@@ -693,8 +700,7 @@ class Engine:
             if report is not None:
                 report["notes"].append(f"{fill.symbol}: exit {coid} sold {fill.qty} of {held}; {left} still held")
             return None
-        del self.exit_reasons[coid]
-        self.exit_booked.pop(coid, None)
+        self._forget_exit(coid)
         self.native_stops.discard(fill.symbol)
         del self.positions[fill.symbol]
         sign = 1 if pos.qty > 0 else -1
@@ -727,6 +733,10 @@ class Engine:
         for entry_coid in [c for c, plan in self.plans.items() if plan.proposal.symbol == fill.symbol]:
             del self.plans[entry_coid]               # its order is done: the position it opened is closed
         return {k: getattr(trade, k) for k in _CLOSED_FIELDS}
+
+    def _forget_exit(self, coid: str) -> None:
+        self.exit_reasons.pop(coid, None)
+        self.exit_booked.pop(coid, None)
 
     def _open_orders_or_none(self) -> list[Order]:
         try:

@@ -16,9 +16,10 @@ from .clock import LiveClock
 from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
 from .data.feeds import MarketDataWithFeeds
 from .domain import UTC
+from .engine import closed_trade_from_dict
+from .ports import BrokerError
 from .reconcile import adopt_broker_state, reconcile
 from .store import Store
-from .engine import closed_trade_from_dict
 from .tradelog import last_logged_fills, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -85,18 +86,19 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # fills but did not store them, so they come back here: book them in the store (and the engine's
     # state) under the session that logged them, without logging them a second time
     logged_by, logged = last_logged_fills(log_dir, session_log.path, engine.mode)
-    applied = [(f, engine._apply_fill(f)) for f in caught]
-    engine.caught_up_fills = [(f, t) for f, t in applied if f.fill_id not in logged]
-    recovered = [(f, t) for f, t in applied if f.fill_id in logged]
+    recovered = [(f, engine._apply_fill(f)) for f in caught if f.fill_id in logged]
     if recovered:
         trades = [t for _, t in recovered if t]
         for t in trades:           # what the lost cycle's step 9 would have learnt
             engine.weights.update(closed_trade_from_dict(t))
-        store.save_recovered(logged_by, [to_jsonable(f) for f, _ in recovered], trades)
-        # the state these fills produced, at once: they are marked seen now and never polled again
-        store.save_state(engine.state_key, engine.state(), started)
+        # the fills and the state they produced in one commit: once stored they count as seen and are
+        # never polled again. The other caught-up fills are applied after this state was taken: they are
+        # stored (with the state) by the first cycle, and re-polled if it never commits.
+        store.save_recovered(logged_by, [to_jsonable(f) for f, _ in recovered], trades,
+                             state=(engine.state_key, engine.state(), started))
         engine.startup_notes.append(f"{len(recovered)} fill(s) logged by {logged_by} but not stored before it "
                                     f"stopped were booked in the store: {', '.join(f.fill_id for f, _ in recovered)}")
+    engine.caught_up_fills = [(f, engine._apply_fill(f)) for f in caught if f.fill_id not in logged]
     # the working orders HYDRA recorded (bracket legs, native trailing stops and exits, by client_order_id
     # in its saved state) are its own; any other working order is a mismatch
     working = broker.open_orders()
@@ -126,8 +128,12 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         if hasattr(broker, "fills_watched_since"):   # issue #7: where the next process resumes watching
             store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, now)
         if eng.cycle and (eng.cycle % RECONCILE_EVERY == 0 or suspect):
-            check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
-                              broker.open_orders(), known_symbols=settings.universe.symbols, dust=dust)
+            try:
+                check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
+                                  broker.open_orders(), known_symbols=settings.universe.symbols, dust=dust)
+            except BrokerError as exc:    # the cycle itself still runs (fills, exits); the check waits
+                log.warning("reconciliation skipped this cycle: %s", exc)
+                return
             # this runs before the cycle's fill poll: a fill since the last poll looks like a mismatch
             # once. Halt entries only when the next cycle, with that fill booked, still disagrees.
             if check.ok:

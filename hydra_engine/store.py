@@ -137,13 +137,18 @@ class Store:
             s.commit()
         self._pending_cycles = []
 
-    def save_recovered(self, session_id: str, fills: list[dict], trades: list[dict]) -> None:
-        """Fills (and the trades they closed) that ``session_id`` logged but did not store before it stopped."""
+    def save_recovered(self, session_id: str, fills: list[dict], trades: list[dict],
+                       state: tuple[str, Any, datetime] | None = None) -> None:
+        """Fills (and the trades they closed) that ``session_id`` logged but did not store before it
+        stopped, with the state (key, value, time) that books them, in one commit."""
         with Session(self.engine) as s:
             for f in fills:
                 s.merge(FillRow(session_id=session_id, **{k: v for k, v in f.items() if k in FillRow.model_fields}))
             for t in trades:
                 s.add(TradeRow(session_id=session_id, **{k: v for k, v in t.items() if k in TradeRow.model_fields}))
+            if state is not None:
+                key, value, now = state
+                s.merge(StateRow(key=key, value=json.dumps(to_jsonable(value)), updated_at=now.isoformat()))
             s.commit()
 
     def flush(self) -> None:

@@ -285,3 +285,49 @@ def test_a_slice_that_fills_as_the_entry_is_canceled_is_still_booked(tmp_path, m
     assert engines[-1].positions["BTC/USD"].qty == Decimal(double.positions["BTCUSD"]["qty"]) \
         == Decimal(double.order(coid)["filled_qty"])
     assert coid not in engines[-1].plans                 # dropped once every slice was booked
+
+
+def test_a_coin_exit_whose_rest_fills_right_after_the_poll_is_one_trade(tmp_path, monkeypatch, double_env, capsys):
+    """The exit fills 40 %; right after the poll has read the orders the exchange fills the rest, so the
+    broker already holds only dust when the first part is booked. The trade must not end on that first
+    part (writing off what the second sold): the exit order still has a part to report."""
+    double, _ = double_env
+    double.crypto_fee = Decimal(0)
+    real_fill, split, armed = double.fill, {}, []
+
+    def first_slice_only(coid, price, qty=None):
+        o = double.order(coid)
+        if qty is None and o["side"] == "sell" and not split:
+            split[coid] = price
+            qty = str((Decimal(o["qty"]) * Decimal("0.4")).quantize(BTC_MIN))
+        return real_fill(coid, price, qty)
+
+    monkeypatch.setattr(double, "fill", first_slice_only)
+
+    def steer(engine, cycle):
+        pos = engine.positions.get("BTC/USD")
+        if pos is not None and pos.stop_price < 10.0 ** 9:
+            pos.stop_price = 10.0 ** 9
+        coid = next(iter(split), None)
+        if coid and double.order(coid)["status"] == "partially_filled" and not armed:
+            armed.append(cycle)
+            broker, real_poll = engine.broker, engine.broker.poll_fills
+
+            def poll_then_the_rest_fills(now):
+                fills = real_poll(now)
+                real_fill(coid, split[coid])
+                broker.poll_fills = real_poll
+                return fills
+            broker.poll_fills = poll_then_the_rest_fills
+
+    code = run_paper(paper_config(tmp_path, symbols=("BTC/USD",)), monkeypatch, double, cycles=7, steer=steer)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    coid = next(iter(split))
+    doc = session_doc(tmp_path)
+    parts = [f for f in doc["fills"] if f["client_order_id"] == coid]
+    assert armed and len(parts) == 2
+    proceeds = sum(Decimal(f["qty"]) * Decimal(f["price"]) for f in parts)
+    buy = _orders(double, "buy")[0]
+    paid = Decimal(buy["filled_qty"]) * Decimal(buy["filled_avg_price"])
+    trade = doc["trades"][0]
+    assert Decimal(trade["pnl_usd"]) == (proceeds - paid).quantize(Decimal("0.000001")), trade

@@ -406,6 +406,53 @@ def test_a_kill_between_journal_and_store_books_the_closing_trade_once_and_learn
     assert weights["trades"] == 1                                            # and the weights learnt from it
 
 
+def test_fills_caught_up_at_start_are_not_booked_twice_when_the_first_cycle_never_commits(tmp_path, monkeypatch,
+                                                                                         double_env, capsys):
+    """Restart 2 recovers a fill the killed session logged (and saves that state at once) and also
+    catches up a fill made while HYDRA was down, which only its first cycle stores. Killed before that
+    commit, restart 3 polls the caught-up fill again: the saved state must not already contain it."""
+    from importlib.metadata import EntryPoint
+
+    import hydra_engine.plugins as plugins
+    double, _ = double_env
+    install_spy(double, datetime.now(UTC))
+    monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
+        name="trailing_probe", value="tests.test_paper_session:TrailingProbe", group=group)])
+    cfg = paper_config(tmp_path, symbols=("BTC/USD", "SPY"),
+                       extra='[strategies]\nenabled = ["liquidation_cascade", "trailing_probe"]\n')
+    real_fill, release = double.fill, []
+
+    def hold_spy(coid, price, qty=None):
+        o = double.order(coid)
+        if o["symbol"] == "SPY" and o["side"] == "buy" and not release:
+            return o                                   # SPY's entry stays working
+        return real_fill(coid, price, qty)
+
+    monkeypatch.setattr(double, "fill", hold_spy)
+    kill = kill_between_journal_and_store(
+        monkeypatch, lambda fills, trades: any(f["symbol"] == "BTC/USD" for f in fills)
+        and any(o["symbol"] == "SPY" for o in double.orders.values()))
+    with pytest.raises(KilledBetweenJournalAndStore):
+        run_paper(cfg, monkeypatch, double, cycles=12)
+    kill["dead"] = False
+    release.append(True)
+    for o in list(double._all_orders()):               # SPY's entry fills while HYDRA is down
+        if o["symbol"] == "SPY" and o["status"] in ("accepted", "pending_new", "new"):
+            double.fill(o["client_order_id"], str(double.bars["SPY"][-1]["c"]))
+
+    def die_in_first_cycle(engine, cycle):
+        kill["dead"] = True
+        raise KilledBetweenJournalAndStore()
+    with pytest.raises(KilledBetweenJournalAndStore):
+        run_paper(cfg, monkeypatch, double, cycles=2, steer=die_in_first_cycle)
+    kill["dead"] = False
+    books = {}
+    code = run_paper(cfg, monkeypatch, double, cycles=1,
+                     steer=lambda engine, cycle: books.setdefault("spy", engine.positions["SPY"].qty))
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert books["spy"] == Decimal(double.positions["SPY"]["qty"])    # booked once
+
+
 def test_a_restored_plan_whose_order_never_reached_the_broker_is_dropped(tmp_path, monkeypatch, double_env,
                                                                           capsys):
     """The entry's POST fails without an answer and the look-up fails too: the outcome is unknown, and
