@@ -117,23 +117,29 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         engine.positions, _ = adopt_broker_state(report, engine.positions, [], started)
         log.warning("adopted the broker's book: %s", text)
         # issue #7: persist the adopted book at once; before, it was saved only by the first cycle with an
-        # order or a fill, so a crash before that made every later restart refuse (and adopt) again
-        store.save_state(engine.state_key, engine.state(), started)
+        # order or a fill, so a crash before that made every later restart refuse (and adopt) again. Not
+        # when fills caught up above are in it: they are not stored yet, and a state that holds them would
+        # book them twice when they are polled again -- the first cycle stores them and this state together
+        if not engine.caught_up_fills:
+            store.save_state(engine.state_key, engine.state(), started)
     control = Control(store)
 
     suspect: list[int] = []          # the cycle whose reconciliation disagreed, to be checked once more
+    retry: list[int] = []            # the cycle whose check the broker could not answer
 
     def before_cycle(eng, now):
         control.apply(eng, now)
         if hasattr(broker, "fills_watched_since"):   # issue #7: where the next process resumes watching
             store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, now)
-        if eng.cycle and (eng.cycle % RECONCILE_EVERY == 0 or suspect):
+        if eng.cycle and (eng.cycle % RECONCILE_EVERY == 0 or suspect or retry):
             try:
                 check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
                                   broker.open_orders(), known_symbols=settings.universe.symbols, dust=dust)
-            except BrokerError as exc:    # the cycle itself still runs (fills, exits); the check waits
+            except BrokerError as exc:    # the cycle itself still runs (fills, exits); the check, next cycle
                 log.warning("reconciliation skipped this cycle: %s", exc)
+                retry[:] = [eng.cycle]
                 return
+            retry.clear()
             # this runs before the cycle's fill poll: a fill since the last poll looks like a mismatch
             # once. Halt entries only when the next cycle, with that fill booked, still disagrees.
             if check.ok:

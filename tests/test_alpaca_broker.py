@@ -249,6 +249,35 @@ def test_secrets_never_leave_the_adapter(fake, double, caplog):
 
 
 # --------------------------------------------------------------------------- fills, positions, flatten
+def test_a_failing_page_of_the_fill_poll_loses_no_fill(fake, double):
+    """More than one page (500 orders) to read, and the second page fails after every retry: the fills
+    of the first page must not be marked reported, or they are never booked."""
+    broker = make_broker(fake)
+    for i in range(501):
+        o = double._new_order({"symbol": "AAPL", "qty": "1", "side": "buy", "type": "market",
+                               "time_in_force": "day"}, f"bulk-{i:03d}", False)
+        o["submitted_at"] = (fake.now() + timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
+        double.orders[o["id"]] = o
+        double.fill(o["client_order_id"], "100.00")
+    real, calls = broker._client.get_orders, []
+
+    def second_page_fails(req):
+        calls.append(req)
+        if len(calls) == 1:
+            page = real(req)
+            double.fail("GET", r"/v2/orders$", times=100, status=503, body="unavailable")
+            return page
+        return real(req)
+
+    broker._client.get_orders = second_page_fails
+    with pytest.raises(BrokerUnavailable):
+        broker.poll_fills(fake.now())
+    double.faults.clear()
+    fills = broker.poll_fills(fake.now())
+    assert len(fills) == 501 and len({f.fill_id for f in fills}) == 501
+    assert broker.poll_fills(fake.now()) == []
+
+
 def test_poll_fills_reports_deltas_once_with_decimal_prices(fake, double):
     broker = make_broker(fake)
     o = broker.submit(mk(fake, qty="10"))

@@ -406,12 +406,16 @@ def test_a_kill_between_journal_and_store_books_the_closing_trade_once_and_learn
     assert weights["trades"] == 1                                            # and the weights learnt from it
 
 
+@pytest.mark.parametrize("adopt", [False, True])
 def test_fills_caught_up_at_start_are_not_booked_twice_when_the_first_cycle_never_commits(tmp_path, monkeypatch,
-                                                                                         double_env, capsys):
+                                                                                         double_env, capsys, adopt):
     """Restart 2 recovers a fill the killed session logged (and saves that state at once) and also
     catches up a fill made while HYDRA was down, which only its first cycle stores. Killed before that
-    commit, restart 3 polls the caught-up fill again: the saved state must not already contain it."""
+    commit, restart 3 polls the caught-up fill again: the saved state must not already contain it --
+    also when restart 2 had to adopt the broker's book (an unrelated position) and saved that."""
     from importlib.metadata import EntryPoint
+
+    from hydra_engine.store import Store
 
     import hydra_engine.plugins as plugins
     double, _ = double_env
@@ -440,17 +444,28 @@ def test_fills_caught_up_at_start_are_not_booked_twice_when_the_first_cycle_neve
         if o["symbol"] == "SPY" and o["status"] in ("accepted", "pending_new", "new"):
             double.fill(o["client_order_id"], str(double.bars["SPY"][-1]["c"]))
 
+    args = ("--adopt",) if adopt else ()
+    if adopt:
+        double.add_position("ETH/USD", "1.5", "3000", asset_class="crypto")   # opened by hand
+
     def die_in_first_cycle(engine, cycle):
         kill["dead"] = True
         raise KilledBetweenJournalAndStore()
     with pytest.raises(KilledBetweenJournalAndStore):
-        run_paper(cfg, monkeypatch, double, cycles=2, steer=die_in_first_cycle)
+        run_paper(cfg, monkeypatch, double, cycles=2, steer=die_in_first_cycle, args=args)
     kill["dead"] = False
+    store = Store(f"sqlite:///{tmp_path / 'hydra.db'}")
+    saved = store.load_state("engine:paper")["positions"]
+    # the invariant: the saved state holds no fill the fills table lacks
+    assert "SPY" not in saved or any(f.symbol == "SPY" for f in store.fills()), saved
     books = {}
-    code = run_paper(cfg, monkeypatch, double, cycles=1,
+    capsys.readouterr()
+    code = run_paper(cfg, monkeypatch, double, cycles=1, args=args,
                      steer=lambda engine, cycle: books.setdefault("spy", engine.positions["SPY"].qty))
-    assert code == 0, capsys.readouterr().err[-3000:]
-    assert books["spy"] == Decimal(double.positions["SPY"]["qty"])    # booked once
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    assert books["spy"] == Decimal(double.positions["SPY"]["qty"])    # booked once ...
+    assert "qty differs for SPY" not in err, err[-3000:]              # ... not twice, then overwritten by --adopt
 
 
 def test_a_restored_plan_whose_order_never_reached_the_broker_is_dropped(tmp_path, monkeypatch, double_env,

@@ -489,7 +489,8 @@ class AlpacaBroker:
         watermark (the oldest order still open, else the newest order seen). Oldest first."""
         require_utc(now, "now")
         fills: list[Fill] = []
-        after, oldest_open, newest = self._fills_after, None, self._fills_after
+        seen: dict[str, tuple[Decimal, Decimal]] = {}   # marked reported only once every page has been read:
+        after, oldest_open, newest = self._fills_after, None, self._fills_after   # a failing page loses nothing
         for _ in range(20):                              # pages of 500
             req = GetOrdersRequest(status=QueryOrderStatus.ALL, after=after, direction=Sort.ASC, limit=500, nested=True)
             with self._errors("list orders for fills"):
@@ -500,22 +501,23 @@ class AlpacaBroker:
                 tree = [top, *(top.legs or [])]
                 if any(o.status.value not in _TERMINAL for o in tree):
                     oldest_open = submitted if oldest_open is None else min(oldest_open, submitted)
-                fills.extend(f for o in tree if (f := self._fill_delta(o)) is not None)
+                fills.extend(f for o in tree if (f := self._fill_delta(o, seen)) is not None)
             if len(batch) < 500:
                 break
             after = _utc(batch[-1].submitted_at)
+        self._filled_seen.update(seen)
         self._fills_after = oldest_open - timedelta(milliseconds=1) if oldest_open else newest
         return sorted(fills, key=lambda f: f.ts)
 
-    def _fill_delta(self, o: Any) -> Fill | None:
+    def _fill_delta(self, o: Any, seen: dict[str, tuple[Decimal, Decimal]]) -> Fill | None:
         oid, total = str(o.id), _dec(o.filled_qty) or Decimal(0)
-        before, prev_avg = self._filled_seen.get(oid, (Decimal(0), Decimal(0)))
+        before, prev_avg = seen.get(oid) or self._filled_seen.get(oid, (Decimal(0), Decimal(0)))
         if total <= before or o.filled_avg_price is None:
             return None
         avg = Decimal(o.filled_avg_price)
         price = avg if before == 0 else ((avg * total - prev_avg * before) / (total - before)).quantize(
             Decimal("0.000001"))                                         # this slice's own average price
-        self._filled_seen[oid] = (total, avg)
+        seen[oid] = (total, avg)
         return Fill(client_order_id=o.client_order_id, symbol=normalise_symbol(o.symbol, getattr(o.asset_class, "value", None)),
                     side=Side(o.side.value),
                     qty=total - before, price=price, fee_usd=Decimal(0),
