@@ -553,8 +553,11 @@ class Engine:
     def _execute_exit(self, ex: ExitInstruction, now: datetime, report: dict) -> None:
         pos = self.positions[ex.symbol]
         working = [o for o in self.broker.open_orders() if o.symbol == ex.symbol]
-        if any(o.purpose == "exit" for o in working):
-            return  # an exit is already working: never send a second one
+        # an exit is already working: never send a second one. After a restart the broker adapter does not
+        # know an earlier process's exit as one; the saved exit reasons do (exits are market orders)
+        if any(o.purpose == "exit" or (o.order_type is OrderType.MARKET and o.client_order_id in self.exit_reasons)
+               for o in working):
+            return
         for o in working:  # cancel what holds the shares (e.g. a native trailing stop)
             self.broker.cancel(o.client_order_id)
             self._forget_exit(o.client_order_id)

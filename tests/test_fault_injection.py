@@ -796,3 +796,29 @@ def test_good_bars_served_live_do_enter(tmp_path, monkeypatch, double_env, capsy
     code = run_paper(paper_config(tmp_path), monkeypatch, double, cycles=1)
     assert code == 0, capsys.readouterr().err[-3000:]
     assert [o["symbol"] for o in double.orders.values()] == ["BTC/USD"]
+
+
+def test_an_exit_still_working_after_a_restart_is_not_sent_again(tmp_path, monkeypatch, double_env, capsys):
+    """The exit is sent and the session ends before it fills. After the restart the stop is still crossed:
+    the exit that works at the broker (which the restarted adapter does not know as an exit) must be
+    waited for, not canceled and sent again."""
+    double, _ = double_env
+    cfg = paper_config(tmp_path, symbols=("BTC/USD",))
+    real_fill = double.fill
+
+    def no_sells(coid, price, qty=None):
+        o = double.order(coid)
+        return o if o["side"] == "sell" else real_fill(coid, price, qty)
+
+    def cross(engine, cycle):
+        pos = engine.positions.get("BTC/USD")
+        if pos is not None:
+            pos.stop_price = 10.0 ** 9
+
+    monkeypatch.setattr(double, "fill", no_sells)
+    assert run_paper(cfg, monkeypatch, double, cycles=4, steer=cross) == 0, capsys.readouterr().err[-3000:]
+    sells = [o for o in double.orders.values() if o["side"] == "sell"]
+    assert len(sells) == 1 and sells[0]["status"] in ("pending_new", "accepted", "new")
+    assert run_paper(cfg, monkeypatch, double, cycles=3, steer=cross) == 0, capsys.readouterr().err[-3000:]
+    sells = [o for o in double.orders.values() if o["side"] == "sell"]
+    assert len(sells) == 1 and sells[0]["status"] in ("pending_new", "accepted", "new"), sells
