@@ -561,8 +561,8 @@ class Engine:
         for o in working:  # cancel what holds the shares (e.g. a native trailing stop)
             self.broker.cancel(o.client_order_id)
             self._forget_exit(o.client_order_id)
-        held = self._broker_qty(ex.symbol)
-        if held is not None and (held == 0 or abs(held) < self.dust_below(ex.symbol)):
+        held, dust = self._broker_qty(ex.symbol), self.dust_below(ex.symbol)
+        if held is not None and (held == 0 or abs(held) < dust):
             # issue #7: an exit sent earlier (by this process or a crashed one) filled after this cycle's
             # fill poll: the broker is flat already, and a second exit would sell what is not there (a
             # short, for equities). The fill is booked by the next poll.
@@ -575,7 +575,7 @@ class Engine:
             # sell the coins the broker holds, up to this position and any earlier dust (the broker rounds
             # down to its increment): asking for more is refused with "insufficient balance" and the stop
             # never executes; coins bought by hand beyond the dust are not HYDRA's to sell
-            qty = min(abs(held), abs(pos.qty) + self.dust_below(ex.symbol))
+            qty = min(abs(held), abs(pos.qty) + dust)
         order = Order(self._next_coid(pos.strategy, ex.symbol), ex.symbol, pos.side.opposite(), qty,
                       OrderType.MARKET, self._tif(ex.symbol), now, pos.strategy, purpose="exit")
         report["exits"].append({"symbol": ex.symbol, "reason": ex.reason, "trigger_price": ex.trigger_price,

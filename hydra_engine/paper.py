@@ -95,7 +95,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         # never polled again. The other caught-up fills are applied after this state was taken: they are
         # stored (with the state) by the first cycle, and re-polled if it never commits.
         store.save_recovered(logged_by, [to_jsonable(f) for f, _ in recovered], trades,
-                             state=(engine.state_key, engine.state(), started))
+                             {engine.state_key: engine.state()}, started)
         engine.startup_notes.append(f"{len(recovered)} fill(s) logged by {logged_by} but not stored before it "
                                     f"stopped were booked in the store: {', '.join(f.fill_id for f, _ in recovered)}")
     engine.caught_up_fills = [(f, engine._apply_fill(f)) for f in caught if f.fill_id not in logged]

@@ -96,6 +96,16 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _add_fills_trades_state(s: Session, session_id: str, fills: list[dict], trades: list[dict],
+                            state: dict[str, Any] | None, now: str) -> None:
+    for f in fills:
+        s.merge(FillRow(session_id=session_id, **{k: v for k, v in f.items() if k in FillRow.model_fields}))
+    for t in trades:
+        s.add(TradeRow(session_id=session_id, **{k: v for k, v in t.items() if k in TradeRow.model_fields}))
+    for key, value in (state or {}).items():
+        s.merge(StateRow(key=key, value=json.dumps(to_jsonable(value)), updated_at=now))
+
+
 class Store:
     def __init__(self, url: str, root: Path | None = None):
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -122,33 +132,21 @@ class Store:
                                              n_orders=len(orders), n_errors=len(report.get("errors", []))))
         if not (orders or fills or trades or force or len(self._pending_cycles) >= batch):
             return
-        now = report["ts"]
         with Session(self.engine) as s:
             s.add_all(self._pending_cycles)
             for o in orders:
                 s.merge(OrderRow(session_id=session_id, **{k: ("" if v is None and k == "reject_reason" else v)
                                                           for k, v in o.items() if k in OrderRow.model_fields}))
-            for f in fills:
-                s.merge(FillRow(session_id=session_id, **{k: v for k, v in f.items() if k in FillRow.model_fields}))
-            for t in trades:
-                s.add(TradeRow(session_id=session_id, **{k: v for k, v in t.items() if k in TradeRow.model_fields}))
-            for key, value in (state or {}).items():
-                s.merge(StateRow(key=key, value=json.dumps(to_jsonable(value)), updated_at=now))
+            _add_fills_trades_state(s, session_id, fills, trades, state, report["ts"])
             s.commit()
         self._pending_cycles = []
 
-    def save_recovered(self, session_id: str, fills: list[dict], trades: list[dict],
-                       state: tuple[str, Any, datetime] | None = None) -> None:
+    def save_recovered(self, session_id: str, fills: list[dict], trades: list[dict], state: dict[str, Any],
+                       now: datetime) -> None:
         """Fills (and the trades they closed) that ``session_id`` logged but did not store before it
-        stopped, with the state (key, value, time) that books them, in one commit."""
+        stopped, with the state that books them (key -> value, as ``save_cycle``), in one commit."""
         with Session(self.engine) as s:
-            for f in fills:
-                s.merge(FillRow(session_id=session_id, **{k: v for k, v in f.items() if k in FillRow.model_fields}))
-            for t in trades:
-                s.add(TradeRow(session_id=session_id, **{k: v for k, v in t.items() if k in TradeRow.model_fields}))
-            if state is not None:
-                key, value, now = state
-                s.merge(StateRow(key=key, value=json.dumps(to_jsonable(value)), updated_at=now.isoformat()))
+            _add_fills_trades_state(s, session_id, fills, trades, state, now.isoformat())
             s.commit()
 
     def flush(self) -> None:

@@ -27,6 +27,34 @@ def _orders(double, side):
     return [o for o in double.orders.values() if o["symbol"] == "BTC/USD" and o["side"] == side]
 
 
+def fill_first_part_only(monkeypatch, double, wanted, limit: int = 1):
+    """From now on the double fills only 40 % of the first ``limit`` orders that ``wanted(order)`` picks.
+    Returns the real fill (for the rest) and {client_order_id: price} of the orders so split."""
+    real_fill, split = double.fill, {}
+
+    def fill(coid, price, qty=None):
+        o = double.order(coid)
+        if qty is None and len(split) < limit and coid not in split and wanted(o):
+            split[coid] = price
+            qty = str((Decimal(o["qty"]) * Decimal("0.4")).quantize(BTC_MIN))
+        return real_fill(coid, price, qty)
+
+    monkeypatch.setattr(double, "fill", fill)
+    return real_fill, split
+
+
+def after_the_next_poll(engine, act) -> None:
+    """``act()`` runs once, right after the engine's next fill poll has read the orders."""
+    broker, real_poll = engine.broker, engine.broker.poll_fills
+
+    def poll_then_act(now):
+        fills = real_poll(now)
+        act()
+        broker.poll_fills = real_poll
+        return fills
+    broker.poll_fills = poll_then_act
+
+
 def test_a_crypto_round_trip_books_the_coin_fee_and_sells_what_the_broker_holds(tmp_path, monkeypatch, double_env,
                                                                                 capsys):
     double, _ = double_env
@@ -152,16 +180,8 @@ def test_entries_and_exits_that_fill_in_parts_make_one_position_and_one_trade(tm
     later at another price."""
     double, _ = double_env
     double.crypto_fee = Decimal(fee_bps) / Decimal(10000)
-    real_fill, split, seen = double.fill, {}, {}
-
-    def fill_first_slice_only(coid, price, qty=None):
-        o = double.order(coid)
-        if qty is None and Decimal(o["filled_qty"]) == 0 and len(split) < 2:   # the first entry and the first exit
-            split[coid] = price
-            qty = str((Decimal(o["qty"]) * Decimal("0.4")).quantize(BTC_MIN))
-        return real_fill(coid, price, qty)
-
-    monkeypatch.setattr(double, "fill", fill_first_slice_only)
+    seen = {}          # the first entry and the first exit:
+    real_fill, split = fill_first_part_only(monkeypatch, double, lambda o: Decimal(o["filled_qty"]) == 0, limit=2)
 
     def steer(engine, cycle):
         for coid, price in split.items():          # the rest of a split order, one cycle after its first slice
@@ -251,32 +271,20 @@ def test_a_slice_that_fills_as_the_entry_is_canceled_is_still_booked(tmp_path, m
     30 % and is canceled. The plan must wait for that slice (booked < filled), not drop on CANCELED."""
     double, _ = double_env
     double.crypto_fee = Decimal(0)
-    real_fill, split, engines, armed = double.fill, {}, [], []
-
-    def first_slice_only(coid, price, qty=None):
-        o = double.order(coid)
-        if qty is None and o["side"] == "buy" and not split:
-            split[coid] = price
-            qty = str((Decimal(o["qty"]) * Decimal("0.4")).quantize(BTC_MIN))
-        return real_fill(coid, price, qty)
-
-    monkeypatch.setattr(double, "fill", first_slice_only)
+    engines, armed = [], []
+    real_fill, split = fill_first_part_only(monkeypatch, double, lambda o: o["side"] == "buy")
 
     def steer(engine, cycle):
         engines.append(engine)
         coid = next(iter(split), None)
         if coid and coid in engine.plans and engine.plans[coid].booked_qty and not armed:
             armed.append(cycle)
-            broker, real_poll = engine.broker, engine.broker.poll_fills
 
-            def poll_then_the_exchange_acts(now):
-                fills = real_poll(now)
+            def another_part_then_canceled():
                 o = double.order(coid)
                 real_fill(coid, split[coid], str((Decimal(o["qty"]) * Decimal("0.3")).quantize(BTC_MIN)))
                 o["status"] = "canceled"
-                broker.poll_fills = real_poll
-                return fills
-            broker.poll_fills = poll_then_the_exchange_acts
+            after_the_next_poll(engine, another_part_then_canceled)
 
     code = run_paper(paper_config(tmp_path, symbols=("BTC/USD",)), monkeypatch, double, cycles=5, steer=steer)
     assert code == 0, capsys.readouterr().err[-3000:]
@@ -293,16 +301,8 @@ def test_a_coin_exit_whose_rest_fills_right_after_the_poll_is_one_trade(tmp_path
     part (writing off what the second sold): the exit order still has a part to report."""
     double, _ = double_env
     double.crypto_fee = Decimal(0)
-    real_fill, split, armed = double.fill, {}, []
-
-    def first_slice_only(coid, price, qty=None):
-        o = double.order(coid)
-        if qty is None and o["side"] == "sell" and not split:
-            split[coid] = price
-            qty = str((Decimal(o["qty"]) * Decimal("0.4")).quantize(BTC_MIN))
-        return real_fill(coid, price, qty)
-
-    monkeypatch.setattr(double, "fill", first_slice_only)
+    armed = []
+    real_fill, split = fill_first_part_only(monkeypatch, double, lambda o: o["side"] == "sell")
 
     def steer(engine, cycle):
         pos = engine.positions.get("BTC/USD")
@@ -311,14 +311,7 @@ def test_a_coin_exit_whose_rest_fills_right_after_the_poll_is_one_trade(tmp_path
         coid = next(iter(split), None)
         if coid and double.order(coid)["status"] == "partially_filled" and not armed:
             armed.append(cycle)
-            broker, real_poll = engine.broker, engine.broker.poll_fills
-
-            def poll_then_the_rest_fills(now):
-                fills = real_poll(now)
-                real_fill(coid, split[coid])
-                broker.poll_fills = real_poll
-                return fills
-            broker.poll_fills = poll_then_the_rest_fills
+            after_the_next_poll(engine, lambda: real_fill(coid, split[coid]))
 
     code = run_paper(paper_config(tmp_path, symbols=("BTC/USD",)), monkeypatch, double, cycles=7, steer=steer)
     assert code == 0, capsys.readouterr().err[-3000:]

@@ -142,19 +142,27 @@ def test_live_trading_needs_flag_and_environment(paper_env, monkeypatch, capsys)
     assert code == 2
 
 
-def test_equity_entry_gets_a_broker_native_trailing_stop(tmp_path, monkeypatch, double_env, capsys):
-    """Issue #5: on Alpaca an equity position with a percent trail is protected by a `trailing_stop`
-    order held at the broker (it trails between cycles); the engine then leaves that stop to Alpaca."""
+def probe_on_spy(double, monkeypatch, tmp_path, probe: str = "TrailingProbe"):
+    """Real SPY sessions at the double and the probe class ``probe`` (of this module) as the only
+    strategy; returns the config."""
     from importlib.metadata import EntryPoint
 
     import hydra_engine.plugins as plugins
-    from .test_fault_injection import install_spy, paper_config, run_paper, session_doc
-
-    double, _ = double_env
+    from .test_fault_injection import install_spy, paper_config
+    name = globals()[probe].name
     install_spy(double, datetime.now(UTC))
     monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
-        name="trailing_probe", value="tests.test_paper_session:TrailingProbe", group=group)])
-    cfg = paper_config(tmp_path, symbols=("SPY",), extra='[strategies]\nenabled = ["trailing_probe"]\n')
+        name=name, value=f"tests.test_paper_session:{probe}", group=group)])
+    return paper_config(tmp_path, symbols=("SPY",), extra=f'[strategies]\nenabled = ["{name}"]\n')
+
+
+def test_equity_entry_gets_a_broker_native_trailing_stop(tmp_path, monkeypatch, double_env, capsys):
+    """Issue #5: on Alpaca an equity position with a percent trail is protected by a `trailing_stop`
+    order held at the broker (it trails between cycles); the engine then leaves that stop to Alpaca."""
+    from .test_fault_injection import run_paper, session_doc
+
+    double, _ = double_env
+    cfg = probe_on_spy(double, monkeypatch, tmp_path)
     engines = []
     code = run_paper(cfg, monkeypatch, double, cycles=3, steer=lambda engine, cycle: engines.append(engine))
     assert code == 0, capsys.readouterr().err[-3000:]
@@ -172,15 +180,10 @@ def test_an_equity_entry_filled_in_two_slices_gets_broker_trailing_stops_for_eve
     """The broker's trailing stop is placed once the entry is done, for both shares: while the rest of the
     buy still works, Alpaca would refuse a sell stop as a potential wash trade (the engine manages the
     first share's stop meanwhile)."""
-    from importlib.metadata import EntryPoint
-
-    import hydra_engine.plugins as plugins
-    from .test_fault_injection import install_spy, paper_config, run_paper, session_doc
+    from .test_fault_injection import run_paper, session_doc
 
     double, _ = double_env
-    install_spy(double, datetime.now(UTC))
-    monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
-        name="trailing_probe", value="tests.test_paper_session:TrailingProbe", group=group)])
+    cfg = probe_on_spy(double, monkeypatch, tmp_path)
     real_fill, split, engines = double.fill, {}, []
 
     def one_share_first(coid, price, qty=None):
@@ -196,7 +199,6 @@ def test_an_equity_entry_filled_in_two_slices_gets_broker_trailing_stops_for_eve
                 real_fill(coid, price)        # the second share, after the first is booked
 
     monkeypatch.setattr(double, "fill", one_share_first)
-    cfg = paper_config(tmp_path, symbols=("SPY",), extra='[strategies]\nenabled = ["trailing_probe"]\n')
     code = run_paper(cfg, monkeypatch, double, cycles=4, steer=steer)
     assert code == 0, capsys.readouterr().err[-3000:]
     assert split and double.order(next(iter(split)))["status"] == "filled"
@@ -214,15 +216,10 @@ def test_a_crossed_stop_on_a_partly_filled_equity_entry_is_not_replaced_by_a_bro
     cancels the rest of the entry. The canceled entry must not then get a broker trailing stop (the
     position manager would leave the crossed stop to it and the exit would be abandoned): the position
     is sold."""
-    from importlib.metadata import EntryPoint
-
-    import hydra_engine.plugins as plugins
-    from .test_fault_injection import install_spy, paper_config, run_paper, session_doc
+    from .test_fault_injection import run_paper, session_doc
 
     double, _ = double_env
-    install_spy(double, datetime.now(UTC))
-    monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
-        name="trailing_probe", value="tests.test_paper_session:TrailingProbe", group=group)])
+    cfg = probe_on_spy(double, monkeypatch, tmp_path)
     real_fill, split, engines = double.fill, {}, []
 
     def one_share_only(coid, price, qty=None):
@@ -244,7 +241,6 @@ def test_a_crossed_stop_on_a_partly_filled_equity_entry_is_not_replaced_by_a_bro
             pos.stop_price = 10.0 ** 9                # crossed
 
     monkeypatch.setattr(double, "fill", one_share_only)
-    cfg = paper_config(tmp_path, symbols=("SPY",), extra='[strategies]\nenabled = ["trailing_probe"]\n')
     assert run_paper(cfg, monkeypatch, double, cycles=6, steer=steer) == 0, capsys.readouterr().err[-3000:]
     assert not [o for o in double.orders.values() if o["type"] == "trailing_stop"]
     sells = [o for o in double.orders.values() if o["side"] == "sell" and o["status"] == "filled"]
@@ -303,17 +299,11 @@ def test_equity_entry_is_a_bracket_whose_stop_leg_closes_the_trade_even_across_a
     """Issue #3: on Alpaca an equity entry of whole shares carries its stop and target as bracket legs
     (GTC). The legs are HYDRA's own: a restart does not take them for unknown orders, and when the stop
     leg fills at the broker the trade closes with exit reason "stop" and no second sell is sent."""
-    from importlib.metadata import EntryPoint
-
-    import hydra_engine.plugins as plugins
-    from .test_fault_injection import install_spy, paper_config, run_paper, session_doc
+    from .test_fault_injection import run_paper, session_doc
 
     double, _ = double_env
-    install_spy(double, datetime.now(UTC))
     monkeypatch.setattr(BracketProbe, "entered", False)
-    monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
-        name="bracket_probe", value="tests.test_paper_session:BracketProbe", group=group)])
-    cfg = paper_config(tmp_path, symbols=("SPY",), extra='[strategies]\nenabled = ["bracket_probe"]\n')
+    cfg = probe_on_spy(double, monkeypatch, tmp_path, "BracketProbe")
     engines = []
     assert run_paper(cfg, monkeypatch, double, cycles=2, steer=lambda e, c: engines.append(e)) == 0, \
         capsys.readouterr().err[-3000:]
