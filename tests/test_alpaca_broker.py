@@ -278,6 +278,35 @@ def test_a_failing_page_of_the_fill_poll_loses_no_fill(fake, double):
     assert broker.poll_fills(fake.now()) == []
 
 
+def _bulk_filled_orders(fake, double, n: int, per_timestamp: int, prefix: str, start: int = 0) -> None:
+    for i in range(start, start + n):
+        o = double._new_order({"symbol": "AAPL", "qty": "1", "side": "buy", "type": "market",
+                               "time_in_force": "day"}, f"{prefix}-{i:04d}", False)
+        o["submitted_at"] = (fake.now() + timedelta(seconds=i // per_timestamp)).isoformat().replace("+00:00", "Z")
+        double.orders[o["id"]] = o
+        double.fill(o["client_order_id"], "100.00")
+
+
+def test_the_fill_poll_pages_past_orders_sharing_the_boundary_timestamp(fake, double):
+    """Alpaca's ``after`` is strict: with three orders per timestamp, the 500-order page boundary falls
+    inside a group, and paging from the last order's time would skip the rest of that group."""
+    broker = make_broker(fake)
+    _bulk_filled_orders(fake, double, 1_203, per_timestamp=3, prefix="grp")    # 498..500 share a time
+    fills = broker.poll_fills(fake.now())
+    assert sorted(f.client_order_id for f in fills) == [f"grp-{i:04d}" for i in range(1_203)]
+    assert broker.poll_fills(fake.now()) == []
+
+
+def test_an_order_in_the_same_millisecond_as_the_watermark_is_still_read(fake, double):
+    broker = make_broker(fake)
+    _bulk_filled_orders(fake, double, 3, per_timestamp=3, prefix="first")
+    assert len(broker.poll_fills(fake.now())) == 3
+    _bulk_filled_orders(fake, double, 1, per_timestamp=3, prefix="late")     # same submitted_at as the others
+    assert [f.client_order_id for f in broker.poll_fills(fake.now())] == ["late-0000"]
+    watermark = broker._fills_after
+    assert broker.poll_fills(fake.now()) == [] and broker._fills_after == watermark   # no drift when idle
+
+
 def test_poll_fills_reports_deltas_once_with_decimal_prices(fake, double):
     broker = make_broker(fake)
     o = broker.submit(mk(fake, qty="10"))

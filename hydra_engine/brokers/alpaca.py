@@ -93,6 +93,8 @@ _STATUS = {
     "replaced": OrderStatus.CANCELED, "expired": OrderStatus.EXPIRED, "rejected": OrderStatus.REJECTED,
 }
 _TERMINAL = {"filled", "canceled", "expired", "rejected", "replaced"}
+_FILL_POLL_PAGES = 20      # pages of 500 orders read per poll; the rest wait for the next cycle
+_MS = timedelta(milliseconds=1)
 
 # Message patterns, most specific first (40310000 covers buying power, held qty, min notional...).
 _RULES: list[tuple[re.Pattern, type[BrokerError]]] = [
@@ -486,16 +488,26 @@ class AlpacaBroker:
 
     def poll_fills(self, now: datetime) -> list[Fill]:
         """Fills since the last call, from ``filled_qty`` increases of orders submitted after the
-        watermark (the oldest order still open, else the newest order seen). Oldest first."""
+        watermark (the oldest order still open, else the newest order seen). Oldest first.
+
+        Alpaca's ``after`` is strict and timestamps can repeat, so every page and the watermark start
+        one millisecond before the last order read: orders read twice report no second fill (deltas
+        are per order id), while an order sharing the boundary's timestamp is never skipped."""
         require_utc(now, "now")
         fills: list[Fill] = []
         seen: dict[str, tuple[Decimal, Decimal]] = {}   # marked reported only once every page has been read:
         after, oldest_open, newest = self._fills_after, None, self._fills_after   # a failing page loses nothing
-        for _ in range(20):                              # pages of 500
+        read: set[str] = set()
+        for page in range(_FILL_POLL_PAGES):
             req = GetOrdersRequest(status=QueryOrderStatus.ALL, after=after, direction=Sort.ASC, limit=500, nested=True)
             with self._errors("list orders for fills"):
                 batch = self._client.get_orders(req)
+            new_here = 0
             for top in batch:
+                if str(top.id) in read:
+                    continue
+                read.add(str(top.id))
+                new_here += 1
                 submitted = _utc(top.submitted_at)
                 newest = max(newest, submitted)
                 tree = [top, *(top.legs or [])]
@@ -504,9 +516,15 @@ class AlpacaBroker:
                 fills.extend(f for o in tree if (f := self._fill_delta(o, seen)) is not None)
             if len(batch) < 500:
                 break
-            after = _utc(batch[-1].submitted_at)
+            if new_here == 0:    # a whole page inside one millisecond: Alpaca's paging cannot step past it
+                raise BrokerError(f"list orders for fills: more than 500 orders submitted at {after + _MS}; "
+                                  "cannot page past them")
+            after = _utc(batch[-1].submitted_at) - _MS
+        else:
+            log.warning("poll_fills: more than %d orders since %s; the rest are read next cycle",
+                        _FILL_POLL_PAGES * 500, self._fills_after.isoformat())
         self._filled_seen.update(seen)
-        self._fills_after = oldest_open - timedelta(milliseconds=1) if oldest_open else newest
+        self._fills_after = oldest_open - _MS if oldest_open else max(self._fills_after, newest - _MS)
         return sorted(fills, key=lambda f: f.ts)
 
     def _fill_delta(self, o: Any, seen: dict[str, tuple[Decimal, Decimal]]) -> Fill | None:
