@@ -10,7 +10,6 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 from datetime import datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 from . import __version__
@@ -62,12 +61,15 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
                metadata: dict, store_batch: int, history_dir: Path | None = None) -> tuple[Engine, SessionLog, Store]:
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
     started = datetime.now(UTC)
+    # the session's return is measured from what the account holds now: a paper account is rarely at the
+    # configured starting cash (the simulated broker is built with it)
+    starting_equity = broker.account().equity_usd
     store = Store(settings.storage.url, root=settings.resolve_path("."))
     session_log = SessionLog(log_dir, started, {
         "session_id": session_id, "hydra_version": __version__, "mode": mode,
         "config_hash": settings.config_hash(), "broker": settings.broker.kind, "data": settings.data.kind,
         "symbols": settings.universe.symbols, "strategies": [s.name for s in strategies],
-        "starting_equity_usd": str(Decimal(str(settings.broker.starting_cash_usd))), **metadata})
+        "starting_equity_usd": str(starting_equity), **metadata})
     engine = Engine(settings, market=market, broker=broker, strategies=strategies,
                     regime_detector=build_regime_detector(settings), aggregator=SignalAggregator(),
                     weights=StrategyWeights([s.name for s in strategies]), risk=RiskManager(settings.risk),
@@ -76,6 +78,7 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
                     regime_refitter=build_regime_refitter(
                         settings, history_dir=history_dir or settings.resolve_path(settings.data.replay_dir),
                         log_dir=log_dir))
+    engine.starting_equity_usd = starting_equity
     return engine, session_log, store
 
 

@@ -318,6 +318,10 @@ def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: da
         wdir.mkdir(exist_ok=True)
         detector, note = fit_regime_detector(data_dir, w)
         s = backtest_settings(settings, data_dir, w.test_start, w.test_end, wdir)
+        if detector is not None:   # the window keeps the model of its train span: no in-loop refit
+            s = s.model_copy(update={"engine": s.engine.model_copy(update={"regime_refit_days": 0})})
+        elif s.engine.regime_refit_days > 0:
+            note += f", refitted in the loop every {s.engine.regime_refit_days} days on the data before each cycle"
         doc, _ = run_hydra(s, data_dir, wdir, progress=progress, detector=detector)
         m = M.compute_all(on_sim_clock(doc))
         name = f"#{w.index} {w.test_start}..{w.test_end}"

@@ -142,8 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         from .data.replay import DataFolderError
         from .risk import RiskConfigError
         from .paper import ReconciliationRefused
+        from .ports import BrokerError
         if isinstance(exc, ReconciliationRefused):
             print(f"refusing to trade: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        if isinstance(exc, BrokerError):   # at start-up, before any cycle: nothing was sent
+            print(f"refusing to trade: a broker call failed at start-up ({type(exc).__name__}: {exc}); "
+                  "nothing was traded", file=sys.stderr)
             return EXIT_ERROR
         if isinstance(exc, (PluginError, DataFolderError, RiskConfigError, ValueError)):
             print(f"error: {exc}", file=sys.stderr)

@@ -110,6 +110,7 @@ class Engine:
         self.store_batch = store_batch
         self.cycle = 0
         self.order_seq = 0
+        self.starting_equity_usd = Decimal(str(settings.broker.starting_cash_usd))   # the account's, once known
         self.positions: dict[str, Position] = {}
         self.plans: dict[str, PendingPlan] = {}          # client_order_id -> entry plan
         self.exit_reasons: dict[str, str] = {}           # client_order_id -> why we exit
@@ -128,6 +129,8 @@ class Engine:
         self.caught_up_fills: list[tuple[Fill, dict | None]] = []   # issue #7: fills applied before cycle 1
         self.startup_notes: list[str] = []               # said by the first cycle (e.g. fills recovered at start-up)
         self.unresolved: dict[str, Order] = {}           # submits whose outcome the broker did not tell
+        self._kill_canceled: set[str] = set()           # entries a kill switch has asked the broker to cancel
+        self.fills_known_at: datetime | None = None      # when the fills being applied became known (cycle time)
         self._update_marks = getattr(broker, "update_marks", None)   # simulated brokers are told the prices
         history = getattr(market, "history", None)       # replay data: plugins may pre-compute (causally)
         if history is not None:
@@ -189,6 +192,7 @@ class Engine:
         if self.startup_notes:
             report["notes"] += self.startup_notes
             self.startup_notes = []
+        self.fills_known_at = now
         try:
             for fill in self.broker.poll_fills(now):
                 report["fills"].append(to_jsonable(fill))
@@ -287,6 +291,8 @@ class Engine:
 
         # --- 8. MANAGE open positions
         kill = self.risk.kill_requested()
+        if kill is not None and self.plans:
+            self._cancel_working_entries(report)
         exits = self.position_manager.manage(self.positions, market, now, kill=kill is not None,
                                              native_stops=self.native_stops)
         if exit_requests:
@@ -306,6 +312,25 @@ class Engine:
 
         account = self.broker.account()
         report["equity_usd"] = report["cash_usd"] = account   # formatted by _format_report
+
+    def _cancel_working_entries(self, report: dict) -> None:
+        """A kill switch stops new exposure: a working entry (queued for the next open, or the rest of a
+        partly filled one) is canceled once; whatever of it filled is a position and is flattened."""
+        try:
+            working = [o for o in self.broker.open_orders() if o.client_order_id in self.plans
+                       and o.client_order_id not in self._kill_canceled]
+        except BrokerError as exc:
+            report["errors"].append(f"kill switch: working entries not listed ({exc}); retried next cycle")
+            return
+        for o in working:
+            try:
+                self.broker.cancel(o.client_order_id)
+            except BrokerError as exc:
+                report["errors"].append(f"kill switch: entry {o.client_order_id} not canceled: {exc}")
+                continue
+            self._kill_canceled.add(o.client_order_id)
+            report["notes"].append(f"kill switch: working entry {o.client_order_id} ({o.side.value} {o.qty} "
+                                   f"{o.symbol}) canceled")
 
     def _some_plugin_wakes(self, market: MarketSnapshot) -> bool:
         for strat in self.strategies:
@@ -424,15 +449,24 @@ class Engine:
         together break a limit; working entry orders count as exposure before they fill."""
         account = self.broker.account()
         pending: dict[str, Decimal] = {}
-        count = 0
+        count, unpriced = 0, []
         for o in self.broker.open_orders():
             if o.purpose == "entry":
                 price = market.price(o.symbol)
-                pending[o.symbol] = pending.get(o.symbol, ZERO) + o.qty * to_decimal(price if math.isfinite(price) else 0)
+                if not math.isfinite(price):     # never counted as $0: the risk layer refuses entries instead
+                    unpriced.append(o.symbol)
+                    price = 0.0
+                pending[o.symbol] = pending.get(o.symbol, ZERO) + o.qty * to_decimal(price)
                 count += 1
-        marks = {s: market.price(s) for s in self.positions}
+        marks = {}
+        for s in self.positions:
+            price = market.price(s)
+            if math.isfinite(price):
+                marks[s] = price
+            else:
+                unpriced.append(s)
         return PortfolioView(now, account.equity_usd, account.buying_power_usd, self.positions, marks,
-                             pending_entries_usd=pending, pending_entry_count=count)
+                             pending_entries_usd=pending, pending_entry_count=count, unpriced=unpriced)
 
     def _decide(self, p: TradeProposal, market: MarketSnapshot, view: PortfolioView, now: datetime) -> dict:
         base = {"strategy": p.strategy, "symbol": p.symbol}
@@ -606,6 +640,11 @@ class Engine:
         if report is not None:
             report["orders"].append(_order_dict(sent))
 
+    def _known(self, fill: Fill) -> datetime:
+        """When the engine learnt of a fill: a loss cooldown or a day's trade count starts then, not at the
+        broker's fill time -- a simulated fill is stamped at its bar's open, a late-reported one hours back."""
+        return max(fill.ts, self.fills_known_at) if self.fills_known_at is not None else fill.ts
+
     def _apply_fill(self, fill: Fill, report: dict | None = None) -> dict | None:
         coid = fill.client_order_id
         if coid in self.plans:
@@ -654,7 +693,7 @@ class Engine:
             fee_share_of_received_asset=fee_coins / fill.qty if fee_coins else ZERO)
         plan.booked_qty, plan.fee_coins = fill.qty, fee_coins
         self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors]
-        self.risk.on_entry_filled(fill.ts)
+        self.risk.on_entry_filled(self._known(fill))
 
     def _apply_exit_fill(self, coid: str, fill: Fill, report: dict | None) -> dict | None:
         """An exit's fill, or one slice of it: the trade closes when the position is sold (up to dust)."""
@@ -726,7 +765,7 @@ class Engine:
                             r_multiple=round(float(pnl / risk_usd), 6) if risk_usd > 0 else 0.0,
                             regime_at_entry=pos.regime_at_entry, exit_reason=reason,
                             regime_confidence_at_entry=round(pos.regime_confidence_at_entry, 6))
-        self.risk.on_trade_closed(trade, fill.ts)
+        self.risk.on_trade_closed(trade, self._known(fill))
         won = pnl > 0
         for source, score in self.entry_sources.pop(fill.symbol, []):
             # a source was right when its direction matched the trade and the trade won, or
@@ -795,7 +834,7 @@ class Engine:
                 symbol=fill.symbol, qty=broker_qty, avg_entry_price=held.avg_entry_price, strategy=strategy,
                 opened_at=fill.ts, stop_price=stop, target_price=entry * (1 + sign * 0.10), high_water_mark=entry,
                 initial_stop_price=stop)
-            self.risk.on_entry_filled(fill.ts)
+            self.risk.on_entry_filled(self._known(fill))
             log.warning("adopted %s %s from untracked fill %s (protective stop %.2f)", fill.symbol, broker_qty,
                         fill.client_order_id, stop)
             return None
@@ -860,7 +899,7 @@ class Engine:
             equity = Decimal(str(last.get("equity_usd") or self.settings.broker.starting_cash_usd))
             account = Account(cash_usd=Decimal(str(last.get("cash_usd") or equity)), equity_usd=equity,
                               buying_power_usd=ZERO)
-        start = Decimal(str(self.settings.broker.starting_cash_usd))
+        start = self.starting_equity_usd
         per_strategy: dict[str, dict] = {}
         for t in self.closed_trades:
             s = per_strategy.setdefault(t["strategy"], {"trades": 0, "wins": 0, "pnl_usd": Decimal(0)})

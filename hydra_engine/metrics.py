@@ -8,8 +8,9 @@ Conventions (why they are what they are):
   The curve's first point is the opening capital, so the first day's return is measured from it —
   unless that day holds nothing but the opening point, in which case it carries no return (a plain
   close-per-day series therefore yields exactly ``close.pct_change().dropna()``).
-* **Annualisation** is a parameter, ``periods_per_year``: 365 by default because HYDRA trades crypto
-  24/7 (every calendar day is a trading day); use 252 for an equity-only book traded on exchange days.
+* **Annualisation** is a parameter, ``periods_per_year``. Left out, it follows the curve: 365 when the
+  book has returns on weekend days (crypto cycles every calendar day), 252 when it has returns on exchange
+  days only (an equity-only book) -- 365 there would read ~257 returns a year as 1.4 years' worth.
 * **Formulas follow empyrical** (zero risk-free rate; sample std, ddof=1; Sortino's downside
   deviation is the root-mean-square of the negative part over *all* days; CAGR uses
   ``n_days / periods_per_year`` years; CVaR 95 % averages the worst ``floor((n-1)·5 %)+1`` days) so the
@@ -31,6 +32,14 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_PERIODS_PER_YEAR = 365  # crypto trades every calendar day; 252 for equities-only books
+
+
+def periods_per_year_of(returns: pd.Series) -> float:
+    """365 when some daily return falls on a Saturday or Sunday (the book cycles every calendar day),
+    else 252 (exchange days only)."""
+    if len(returns) and (pd.DatetimeIndex(returns.index).dayofweek >= 5).any():
+        return 365.0
+    return 252.0 if len(returns) else float(DEFAULT_PERIODS_PER_YEAR)
 
 
 # ---------------------------------------------------------------- equity curve → daily returns
@@ -289,10 +298,13 @@ def json_safe(obj):
     return obj
 
 
-def compute_all(doc: dict, periods_per_year: float = DEFAULT_PERIODS_PER_YEAR) -> dict:
-    """Every metric for one session document (as returned by ``tradelog.load_session``), JSON-safe."""
+def compute_all(doc: dict, periods_per_year: float | None = None) -> dict:
+    """Every metric for one session document (as returned by ``tradelog.load_session``), JSON-safe.
+    ``periods_per_year`` None: :func:`periods_per_year_of` the session's daily returns."""
     eq = equity_curve(doc)
     rets = daily_returns(eq)
+    if periods_per_year is None:
+        periods_per_year = periods_per_year_of(rets)
     trades, fills = doc.get("trades", []), doc.get("fills", [])
     session = doc.get("session") or {}
     # the cycles' own timestamps are market time in every mode (a replay's wall-clock start is not)

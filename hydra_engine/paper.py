@@ -86,6 +86,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # fills but did not store them, so they come back here: book them in the store (and the engine's
     # state) under the session that logged them, without logging them a second time
     logged_by, logged = last_logged_fills(log_dir, session_log.path, engine.mode)
+    engine.fills_known_at = started
     recovered = [(f, engine._apply_fill(f)) for f in caught if f.fill_id in logged]
     if recovered:
         trades = [t for _, t in recovered if t]

@@ -107,14 +107,16 @@ def veto_table(cycle_details: list[dict], summary: dict | None = None) -> Table:
     return Table("Vetoes per rule (refused proposals)", ["rule", "layer", "count", "last example"], rows, note)
 
 
-def build_review(doc: dict, periods_per_year: float = M.DEFAULT_PERIODS_PER_YEAR, source: str = "") -> Review:
+def build_review(doc: dict, periods_per_year: float | None = None, source: str = "") -> Review:
     m = M.compute_all(doc, periods_per_year)
+    how = "" if periods_per_year is not None or not m["days"] else (
+        " (auto: returns on weekend days)" if m["periods_per_year"] == 365 else " (auto: exchange days only)")
     s = doc.get("session") or {}
     header = [f"log          {source}" if source else "",
               f"session      {s.get('session_id', '?')}  mode {s.get('mode', '?')}  hydra {s.get('hydra_version', '?')}"
               f"  config {s.get('config_hash', '?')}",
               f"period       {m['start']} -> {m['end']}  ({m['cycles']} cycles, {m['days']} UTC days with returns)",
-              f"annualised   {periods_per_year:g} periods per year, daily returns, zero risk-free rate"]
+              f"annualised   {m['periods_per_year']:g} periods per year{how}, daily returns, zero risk-free rate"]
     header = [h for h in header if h]
     notes = []
     if doc.get("recovered_from_journal"):
@@ -254,7 +256,7 @@ def default_out_dir(log_path: Path) -> Path:
 
 
 def review_session(log_path: str | Path, out_dir: str | Path | None = None,
-                   periods_per_year: float = M.DEFAULT_PERIODS_PER_YEAR) -> tuple[Review, list[Path]]:
+                   periods_per_year: float | None = None) -> tuple[Review, list[Path]]:
     """Load, compute, write charts + ``report.html`` + ``metrics.json``; return the review and the files."""
     import json
     log_path = Path(log_path)

@@ -30,7 +30,7 @@ import numpy as np
 
 from .config import RiskConfig
 from .domain import ClosedTrade, Position, Regime, RegimeReading, RiskDecision, Side, TradeProposal, require_utc
-from .ports import AssetSpec, MarketSnapshot, to_decimal
+from .ports import AssetClass, AssetSpec, MarketSnapshot, to_decimal
 from .sizing import (CENT, ZERO, SizingInputs, aligned_returns, correlation, correlation_penalty,
                      kelly_f, size_notional, vol_multiplier)
 
@@ -73,6 +73,7 @@ class PortfolioView:
     marks: dict[str, float]
     pending_entries_usd: dict[str, Decimal] = field(default_factory=dict)  # symbol -> unfilled entry notional
     pending_entry_count: int = 0                                           # unfilled entry orders
+    unpriced: list[str] = field(default_factory=list)   # held or pending symbols without a price this cycle
 
     def exposure_usd(self, symbol: str | None = None) -> Decimal:
         total = ZERO
@@ -122,7 +123,7 @@ class RiskManager:
     # ------------------------------------------------------------------ accounting
     def _roll_day(self, now: datetime, equity: Decimal | None = None) -> None:
         day = require_utc(now, "now").date().isoformat()
-        if day != self.state.day:
+        if day > self.state.day:   # forward only: a fill stamped on an earlier day must not rebase today
             base = equity if equity is not None else self.state.last_equity
             self.state.day, self.state.day_start_equity, self.state.trades_today = day, base, 0
 
@@ -285,7 +286,8 @@ class RiskManager:
         if mine is None:
             return 1.0, {}
         corrs: dict[str, float] = {}
-        for other in portfolio.positions:
+        # held positions and entries approved or working but not yet filled: both will be held together
+        for other in {**portfolio.positions, **portfolio.pending_entries_usd}:
             theirs = market.bars.get(other)
             if other == symbol or theirs is None:
                 continue
@@ -309,6 +311,9 @@ class RiskManager:
         blocked = self._blocked(now)
         if blocked:
             return self._veto(proposal, *blocked)
+        if portfolio.unpriced:
+            return self._veto(proposal, "exposure_unknown", f"no price for {', '.join(portfolio.unpriced)} "
+                              "(held or pending): the book's exposure cannot be measured")
         pending = portfolio.pending_entry_count
         if self.state.trades_today + pending >= cfg.max_trades_per_day:
             return self._veto(proposal, "max_trades_per_day", f"{self.state.trades_today} filled + {pending} "
@@ -348,6 +353,8 @@ class RiskManager:
             return self._veto(proposal, rule, why, details)
         price = to_decimal(proposal.entry_price, "entry_price")
         qty = asset.round_qty(notional / price)
+        if proposal.side is Side.SELL and asset.asset_class is AssetClass.EQUITY:
+            qty = qty.to_integral_value(rounding=ROUND_DOWN)   # no fractional short sales (NOTES §1.6)
         final = qty * price
         details.update(price=str(price), qty=str(qty))
         if qty <= 0 or qty < asset.min_order_size or final < to_decimal(proposal.min_notional_usd):

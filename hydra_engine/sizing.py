@@ -98,7 +98,10 @@ def aligned_returns(ts_a: np.ndarray, close_a: np.ndarray, ts_b: np.ndarray, clo
     ts_a, ts_b = np.asarray(ts_a, dtype=float), np.asarray(ts_b, dtype=float)
     if len(ts_a) < 2 or len(ts_b) < 2:
         return np.empty(0), np.empty(0)
-    if len(ts_b) < len(ts_a):  # grid on the sparser series
+    # grid on the sparser series -- by bar spacing, not bar count: equal-length histories (history_bars)
+    # of hourly crypto and daily equities would otherwise put the grid on the hours, where 23 of 24
+    # equity returns are zero and no correlation shows
+    if np.median(np.diff(ts_b)) > np.median(np.diff(ts_a)):
         rb, ra = aligned_returns(ts_b, close_b, ts_a, close_a, lookback)
         return ra, rb
     grid = ts_a[ts_a >= ts_b[0]]

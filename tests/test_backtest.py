@@ -140,9 +140,13 @@ def test_walk_forward_windows_are_contiguous_and_never_overlap(spec, start, end)
 
 def test_walk_forward_fits_the_regime_model_on_train_data_only(tmp_path, shared_data):
     # detection is re-run every 24 cycles here only to keep the test fast (the HMM's detect is ~1 s)
-    s = make_settings(tmp_path, data_dir=shared_data, engine={"regime_refresh_cycles": 24})
+    # an in-loop refit due every day would replace the window's model with one fitted on all earlier
+    # history, and the window's note would no longer say which model traded: it is off inside windows
+    s = make_settings(tmp_path, data_dir=shared_data, engine={"regime_refresh_cycles": 24, "regime_refit_days": 1})
     res = run_walk_forward(s, data_dir=shared_data, start=date(2023, 1, 1), end=date(2024, 1, 7), spec="365d:3d",
                            out=tmp_path / "wf", progress=False)
+    for journal in (tmp_path / "wf").glob("window-*/session-*.cycles.jsonl"):
+        assert '"regime_refit"' not in journal.read_text(), journal
     assert [w["test"] for w in res["windows"]] == [["2024-01-01", "2024-01-04"], ["2024-01-04", "2024-01-07"]]
     for w in res["windows"]:
         assert w["regime_model"].startswith("HMM fitted on"), w["regime_model"]

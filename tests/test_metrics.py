@@ -204,3 +204,17 @@ def test_annualisation_is_a_parameter():
     doc = load_session(SMALL)
     a, b = M.compute_all(doc, 365), M.compute_all(doc, 252)
     assert a["sharpe"] / b["sharpe"] == pytest.approx(math.sqrt(365 / 252))
+
+
+def test_annualisation_follows_the_book_when_not_given(spy_equity):
+    """An equity-only book has returns on exchange days only: 365 would count its ~250 returns a year
+    as 0.7 years and inflate CAGR. Left out, the periods per year are 252 for it and 365 for a book
+    with weekend returns (the fixture session cycles through a weekend)."""
+    year = spy_equity["2022-12-30":"2023-12-29"]
+    doc = {"cycles": [{"ts": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "equity_usd": str(v)} for t, v in year.items()]}
+    m = M.compute_all(doc)
+    calendar_years = (year.index[-1] - year.index[0]).days / 365
+    assert m["periods_per_year"] == 252 and m["days"] == 250
+    assert m["cagr"] == pytest.approx((1 + m["total_return"]) ** (1 / calendar_years) - 1, abs=0.003)
+    assert M.compute_all(doc, 365)["cagr"] > m["cagr"] + 0.005
+    assert M.compute_all(load_session(SMALL))["periods_per_year"] == 365

@@ -131,6 +131,35 @@ def test_reconciliation_mismatch_refuses_to_trade_unless_adopt(paper_env, shared
         assert code == 0
 
 
+def test_a_paper_sessions_return_is_measured_from_the_accounts_equity(paper_env, shared_data, tmp_path, capsys):
+    """The double's account holds $123,346.11 (the spec's example), not the configured $100,000: a
+    session that trades nothing has returned 0 %, in the summary and in `review`."""
+    now = datetime.now(UTC)
+    with AlpacaDouble(now=now) as double:
+        install_market(double, shared_data, now)
+        assert main(["--config", str(paper_env), "run", "--mode", "paper", "--cycles", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "$123,346.11 -> $123,346.11  (+0.00%)" in out
+    [log] = (tmp_path / "logs").glob("session-*.json")
+    doc = load_session(log)
+    assert doc["session"]["starting_equity_usd"] == "123346.11" and doc["fills"] == []
+    assert main(["review", str(log), "--out", str(tmp_path / "review")]) == 0
+    metrics = json.loads((tmp_path / "review" / "metrics.json").read_text())
+    assert metrics["total_return"] == 0 and metrics["max_drawdown"] == 0
+
+
+def test_a_broker_failing_at_start_up_is_a_refusal_not_a_traceback(paper_env, shared_data, capsys):
+    now = datetime.now(UTC)
+    with AlpacaDouble(now=now) as double:
+        install_market(double, shared_data, now)
+        double.fail("GET", r"/v2/account$", times=100, status=401, body={"code": 40110000, "message": "unauthorized."})
+        code = main(["--config", str(paper_env), "run", "--mode", "paper", "--cycles", "1", "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith("refusing to trade: a broker call failed at start-up (AuthError")
+        assert "nothing was traded" in err and "Traceback" not in err
+        assert not any(m == "POST" for m, _ in double.calls)
+
+
 def test_live_trading_needs_flag_and_environment(paper_env, monkeypatch, capsys):
     monkeypatch.delenv("HYDRA_ENABLE_LIVE_TRADING", raising=False)
     monkeypatch.setenv("HYDRA_BROKER__PAPER", "false")

@@ -107,6 +107,39 @@ def test_same_cycle_approvals_reserve_room():
     assert not third.approved and third.rule == "max_asset_pct" and "no room" in third.reason
 
 
+def test_a_short_sale_is_sized_in_whole_shares():
+    """Alpaca refuses fractional short sales (NOTES §1.6): a fractionable equity's short rounds down to
+    whole shares, a long keeps its fraction."""
+    spy = replace(SPY, fractionable=True, qty_increment=D("0.000000001"))
+    short = RiskManager(RiskConfig()).evaluate(prop(entry=512.33, stop=522.0, target=490.0, side=Side.SELL), spy, view())
+    long = RiskManager(RiskConfig()).evaluate(prop(entry=512.33, stop=502.0, target=530.0), spy, view())
+    assert short.approved and short.qty == 5 and short.notional_usd == D("2561.65")
+    assert long.approved and long.qty != long.qty.to_integral_value()
+
+
+def test_a_short_smaller_than_one_share_is_vetoed_not_rounded_up():
+    spy = replace(SPY, fractionable=True, qty_increment=D("0.000000001"))
+    d = RiskManager(RiskConfig()).evaluate(prop(entry=5000.0, stop=5100.0, target=4800.0, side=Side.SELL), spy, view(equity=50_000))
+    assert not d.approved and d.rule == "min_size"
+
+
+def test_correlation_counts_entries_approved_earlier_in_the_same_cycle(shared_data):
+    """BTC and ETH proposed together (FTX week, correlation ≈ 0.9): the second is sized as if the first
+    were held -- it will be, once both fill."""
+    until = "2022-11-10"
+    btc, eth = daily_bars(shared_data, "BTC", until), daily_bars(shared_data, "ETH", until)
+    now = datetime(2022, 11, 10, tzinfo=UTC)
+    market = MarketSnapshot(now, {"BTC/USD": btc, "ETH/USD": eth})
+    rm, v = RiskManager(RiskConfig()), view(now=now)
+    first = rm.evaluate(prop("BTC/USD", entry=float(btc.close[-1]), stop=float(btc.close[-1]) * 0.98,
+                             target=float(btc.close[-1]) * 1.04), BTC, v, market)
+    eth_px = float(eth.close[-1])
+    second = rm.evaluate(prop("ETH/USD", entry=eth_px, stop=eth_px * 0.98, target=eth_px * 1.04),
+                         replace(BTC, symbol="ETH/USD"), v, market)
+    assert first.approved and "corr" not in first.details
+    assert second.approved and second.details["corr_mult"] == 0.3 and "BTC/USD" in second.details["corr"]
+
+
 def test_vetoes_name_rules_and_are_counted():
     rm = RiskManager(RiskConfig(max_trades_per_day=2))
     assert rm.evaluate(prop(conf=0.3), SPY, view()).rule == "kelly"                    # no edge
@@ -155,6 +188,19 @@ def test_daily_loss_base_is_the_days_first_equity():
     day3 = day2 + timedelta(days=1)
     assert rm.on_equity(D(92_000), day3) is None
     assert rm.on_equity(D(90_000), day3 + timedelta(hours=2)).startswith("drawdown 10.00% >= 10.0%")
+
+
+def test_a_fill_stamped_on_an_earlier_day_does_not_rebase_today():
+    """A fill reported late (a failed poll page, a start-up catch-up) carries yesterday's time: the day
+    must not roll back and forth, or the daily-loss base resets and the kill switch never fires."""
+    rm = RiskManager(RiskConfig())
+    day2 = T0 + timedelta(days=1)
+    rm.on_equity(D(100_000), day2)
+    rm.on_entry_filled(day2)
+    rm.on_entry_filled(T0 + timedelta(hours=3))              # yesterday's fill, learnt today
+    assert rm.state.day == day2.date().isoformat() and rm.state.trades_today == 2
+    reason = rm.on_equity(D(94_500), day2 + timedelta(hours=1))
+    assert reason and "daily loss 5.50% >= 5.0%" in reason
 
 
 def test_drawdown_kill_from_peak_over_days():

@@ -124,6 +124,21 @@ def test_aligned_returns_across_bar_intervals():
     assert correlation(ra[:10], rb[:10], min_overlap=20) is None
 
 
+def test_the_grid_is_the_series_with_the_wider_bars_even_when_both_have_as_many_bars():
+    """history_bars gives every symbol 500 bars: 500 hourly crypto closes against 500 daily equity closes.
+    Gridded on the hours, 23 of 24 equity returns are zero and a perfect daily co-movement reads ~0."""
+    rng = np.random.default_rng(3)
+    end = 1_717_448_400.0
+    daily_ts = end - 86_400 * np.arange(500)[::-1]
+    daily_close = 500 * np.exp(np.cumsum(rng.normal(0, 0.015, 500)))
+    hourly_ts = end - 3_600 * np.arange(500)[::-1]
+    hourly_close = daily_close[np.searchsorted(daily_ts, hourly_ts, side="right") - 1]   # the same daily moves
+    for a, b in ((hourly_ts, hourly_close), (daily_ts, daily_close)), ((daily_ts, daily_close), (hourly_ts, hourly_close)):
+        ra, rb = aligned_returns(*a, *b, 60)
+        assert len(ra) == len(rb) == 20                     # the 20 days the hourly history covers
+        assert correlation(ra, rb) == pytest.approx(1.0)
+
+
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(eq=st.integers(1_000, 10_000_000), bp=st.integers(0, 10_000_000),
        p=st.floats(0, 1), b=st.floats(0.1, 10), stop=st.floats(0.001, 0.5),

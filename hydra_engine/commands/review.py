@@ -14,8 +14,9 @@ def register(subparsers) -> None:
                               "metrics.json into --out (default: <log stem>-review/ next to the log).")
     p.add_argument("log", help="path to a session-*.json trade log")
     p.add_argument("--out", default=None, help="output folder (default: next to the log)")
-    p.add_argument("--periods-per-year", type=float, default=365.0,
-                   help="annualisation: 365 for crypto/24-7 books (default), 252 for equities only")
+    p.add_argument("--periods-per-year", type=float, default=None,
+                   help="annualisation (default: 365 when the session has returns on weekend days, "
+                   "else 252 -- exchange days only)")
     p.set_defaults(func=handle)
 
 

@@ -1,0 +1,150 @@
+"""The risk layer as the engine drives it: a kill switch cancels working entries, a loss cooldown starts
+when the engine learns of the losing fill, and a held symbol without a price refuses entries instead of
+crashing the cycle. Real Engine, SimulatedBroker, RiskManager and PositionManager; a scripted plugin, a
+fixed regime reading and hand-made bars (each test needs one exact market path)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import numpy as np
+
+from hydra_engine.aggregator import SignalAggregator
+from hydra_engine.brokers.capabilities import DEFAULT_ASSET_SPECS
+from hydra_engine.brokers.sim import SimulatedBroker
+from hydra_engine.config import Settings
+from hydra_engine.domain import Regime, RegimeReading, Side, TradeProposal
+from hydra_engine.engine import Engine
+from hydra_engine.ports import BarSeries, MarketSnapshot
+from hydra_engine.positions import PositionManager
+from hydra_engine.risk import RiskManager
+from hydra_engine.strategy import Strategy
+from hydra_engine.weights import StrategyWeights
+
+UTC = timezone.utc
+SESSION_OPEN = [datetime(2024, 3, d, 14, 30, tzinfo=UTC) for d in (4, 5, 6, 7, 8, 11, 12, 13)]
+DAY_S = 23_400                                   # a regular session: 14:30 -> 21:00 UTC
+
+
+class HandMadeBars:
+    """``symbol -> (interval_s, [(open time, open, close)])``; a bar is seen once it has closed."""
+
+    def __init__(self, series: dict[str, tuple[int, list[tuple[datetime, float, float]]]]):
+        self.series = series
+        self.missing: set[str] = set()
+
+    def _closed(self, symbol, now):
+        interval, rows = self.series[symbol]
+        return interval, [r for r in rows if r[0].timestamp() + interval <= now.timestamp()]
+
+    def snapshot(self, now):
+        bars = {}
+        for symbol in self.series:
+            interval, rows = self._closed(symbol, now)
+            if rows and symbol not in self.missing:
+                ts, o, c = (np.array([r[i] if i else r[0].timestamp() for r in rows], dtype=float) for i in range(3))
+                bars[symbol] = BarSeries(symbol, interval, ts, o, np.maximum(o, c), np.minimum(o, c), c, np.ones_like(c))
+        return MarketSnapshot(now, bars)
+
+    def next_bar_open(self, symbol, after, now):
+        return next(((t, o) for t, o, _ in self._closed(symbol, now)[1] if t >= after), None)
+
+
+class Scripted(Strategy):
+    name = "scripted"
+    regimes = frozenset(Regime) - {Regime.UNKNOWN}
+    assets = ("SPY", "BTC/USD", "GLD")
+    data_needs = ()
+
+    def __init__(self, script: dict):
+        self.script = script
+
+    def generate_signals(self, ctx):
+        return []
+
+    def propose(self, ctx, combined):
+        return list(self.script.pop(ctx.now, []))
+
+
+class FixedRegime:
+    name = "fixed"
+
+    def __init__(self):
+        self.reading: RegimeReading | None = None
+
+    def detect(self, market):
+        return self.reading or RegimeReading(Regime.TRENDING_UP, 0.8, "fixed", market.now, {"vol_percentile": 0.5})
+
+
+def build(tmp_path, market, script, **risk):
+    settings = Settings(engine={"observation_cycles": 0, "log_dir": str(tmp_path), "regime_refresh_cycles": 1},
+                        universe={"symbols": ["SPY", "BTC/USD", "GLD"], "data_only": []},
+                        storage={"url": f"sqlite:///{tmp_path}/h.db"}, risk=risk)
+    broker = SimulatedBroker(market, DEFAULT_ASSET_SPECS, starting_cash_usd=Decimal(100_000))
+    regime = FixedRegime()
+    engine = Engine(settings, market=market, broker=broker, strategies=[Scripted(script)], regime_detector=regime,
+                    aggregator=SignalAggregator(), weights=StrategyWeights(["scripted"]),
+                    risk=RiskManager(settings.risk), position_manager=PositionManager(), session_id="t", mode="sim")
+    return engine, broker, regime
+
+
+def buy(symbol, entry, stop, target, days=5):
+    return TradeProposal("scripted", symbol, Side.BUY, entry, stop, target, 0.6, timedelta(days=days))
+
+
+def test_an_automatic_kill_cancels_a_working_entry_before_it_fills(tmp_path):
+    """An SPY entry is queued for Monday's open on Friday night; a regime break with extreme volatility
+    kills on Saturday. The queued entry must not open a position the kill then has to flatten."""
+    market = HandMadeBars({"SPY": (DAY_S, [(t, p, p + 0.5) for t, p in zip(SESSION_OPEN, range(510, 502, -1))])})
+    friday_night = datetime(2024, 3, 8, 22, tzinfo=UTC)
+    engine, broker, regime = build(tmp_path, market, {friday_night: [buy("SPY", 510.5, 500.0, 530.0)]})
+    notes, t = [], friday_night
+    while t <= datetime(2024, 3, 13, tzinfo=UTC):
+        if t == datetime(2024, 3, 9, tzinfo=UTC):
+            regime.reading = RegimeReading(Regime.CRASH, 0.9, "fixed", t, {"vol_percentile": 0.99})
+        report = engine.run_cycle(t)
+        notes += report["notes"]
+        t += timedelta(hours=1)
+    assert engine.risk.kill_requested() is not None
+    assert any("kill switch: working entry" in n and "canceled" in n for n in notes)
+    assert broker.open_orders() == [] and engine.plans == {}
+    assert engine.closed_trades == [] and broker.fees_paid == 0 and engine.positions == {}
+
+
+def test_the_loss_cooldown_starts_when_the_loss_is_known_not_at_the_fill_bars_open(tmp_path):
+    """A simulated fill is stamped at its daily bar's open (14:30) and known at its close (21:00): a
+    four-hour cooldown counted from the stamp would be over before the engine saw the loss."""
+    hours = [datetime(2024, 3, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(24 * 8)]
+    spy = [(SESSION_OPEN[0], 510, 510), (SESSION_OPEN[1], 510, 490), (SESSION_OPEN[2], 489, 489),
+           (SESSION_OPEN[3], 489, 489)]
+    market = HandMadeBars({"SPY": (DAY_S, spy), "BTC/USD": (3600, [(t, 60_000.0, 60_000.0) for t in hours])})
+    known = datetime(2024, 3, 6, 21, tzinfo=UTC)
+    engine, _, _ = build(tmp_path, market, {datetime(2024, 3, 4, 21, tzinfo=UTC): [buy("SPY", 510, 500, 530)],
+                                            known: [buy("BTC/USD", 60_000, 58_800, 62_400, days=2)]},
+                         max_consecutive_losses=1)
+    for t in (datetime(2024, 3, 4, 21, tzinfo=UTC), datetime(2024, 3, 5, 21, tzinfo=UTC)):
+        engine.run_cycle(t)
+    report = engine.run_cycle(known)
+    [trade] = engine.closed_trades
+    assert Decimal(trade["pnl_usd"]) < 0 and trade["exit_time"] == "2024-03-06T14:30:00Z"
+    assert engine.risk.state.cooldown_until == known + timedelta(hours=4)
+    [decision] = report["decisions"]
+    assert decision["symbol"] == "BTC/USD" and not decision["approved"] and decision["rule"] == "entries_blocked"
+
+
+def test_a_held_symbol_without_a_price_refuses_entries_and_the_cycle_goes_on(tmp_path):
+    """GLD is held and its bars are missing from one snapshot (a data outage): the book's exposure cannot
+    be measured, so the SPY entry is refused by name -- before, the NaN mark crashed the cycle."""
+    market = HandMadeBars({"SPY": (DAY_S, [(t, 510.0, 510.5) for t in SESSION_OPEN]),
+                           "GLD": (DAY_S, [(t, 190.0, 190.2) for t in SESSION_OPEN])})
+    outage = datetime(2024, 3, 7, 22, tzinfo=UTC)
+    engine, _, _ = build(tmp_path, market, {datetime(2024, 3, 5, 22, tzinfo=UTC): [buy("GLD", 190.2, 186.0, 198.0)],
+                                            outage: [buy("SPY", 510.5, 500.0, 530.0)]})
+    engine.run_cycle(datetime(2024, 3, 5, 22, tzinfo=UTC))
+    engine.run_cycle(datetime(2024, 3, 6, 22, tzinfo=UTC))
+    assert "GLD" in engine.positions
+    market.missing.add("GLD")
+    report = engine.run_cycle(outage)
+    [decision] = report["decisions"]
+    assert not decision["approved"] and decision["rule"] == "exposure_unknown" and "GLD" in decision["reason"]
+    assert report["orders"] == [] and "GLD" in engine.positions
