@@ -52,12 +52,19 @@ class LiveClock:
         scheduler = BlockingScheduler(timezone=UTC)
         count = 0
         lock = threading.Lock()
+        failed: list[BaseException] = []
 
         def job() -> None:
             nonlocal count
             with lock:  # belt and braces beside max_instances=1: never two cycles at once
                 count += 1
-                keep_going = on_tick(self.now())
+                try:
+                    keep_going = on_tick(self.now())
+                except Exception as exc:  # noqa: BLE001 -- APScheduler would log it and run the job again
+                    # forever: stop, and raise it from run() so the session ends with the error named
+                    failed.append(exc)
+                    scheduler.shutdown(wait=False)
+                    return
                 if keep_going is False or (max_ticks is not None and count >= max_ticks):
                     scheduler.shutdown(wait=False)
 
@@ -67,4 +74,6 @@ class LiveClock:
             scheduler.start()
         except (KeyboardInterrupt, SystemExit):
             log.info("live clock stopped by the user")
+        if failed:
+            raise failed[0]
         return count

@@ -6,6 +6,7 @@ The engine is the same one the simulation runs; only the clock (APScheduler), th
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from .domain import UTC
 from .engine import closed_trade_from_dict
 from .ports import BrokerError
 from .reconcile import adopt_broker_state, reconcile
-from .store import Store
+from .store import Store, StoreError
 from .tradelog import last_logged_fills, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,19 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
         log_dir=log_dir, metadata={"trading_url": broker.trading_url if hasattr(broker, "trading_url") else None},
         store_batch=1)
-    previous = store.load_state(engine.state_key)
-    if previous:
-        engine.restore(previous)
     watch_key = f"fill_watch:{engine.mode}"
-    resume_fill_watch(broker, store, started, watch_key)
+    try:
+        previous = store.load_state(engine.state_key)
+        if previous:
+            engine.restore(previous)
+        resume_fill_watch(broker, store, started, watch_key)
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
+        # what HYDRA holds and manages comes from this state: trading without it would be a guess
+        session_log.close(datetime.now(UTC), {"refused": f"stored state unreadable: {exc}"})
+        raise ReconciliationRefused(
+            f"the saved engine state ({engine.state_key!r} or {watch_key!r} in {store.url}) cannot be restored: "
+            f"{type(exc).__name__}: {exc}. Nothing was traded. Fix or remove that row (or point storage.url at a "
+            "new database and restart with --adopt to take the broker's positions).") from exc
     # issue #7: catch up on the fills of our own orders that happened while HYDRA was down *before*
     # reconciling, so they are booked through the normal fill path (and recorded by the first cycle)
     # instead of showing up as a mismatch that only --adopt would clear without any fill on record.
@@ -127,9 +136,10 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
 
     suspect: list[int] = []          # the cycle whose reconciliation disagreed, to be checked once more
     retry: list[int] = []            # the cycle whose check the broker could not answer
+    mismatch: list[str] = []         # why the last reconciliation halted entries (empty: it did not)
 
     def before_cycle(eng, now):
-        control.apply(eng, now)
+        unreadable = control.apply(eng, now)
         if hasattr(broker, "fills_watched_since"):   # issue #7: where the next process resumes watching
             store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, now)
         if eng.cycle and (eng.cycle % RECONCILE_EVERY == 0 or suspect or retry):
@@ -139,17 +149,19 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
             except BrokerError as exc:    # the cycle itself still runs (fills, exits); the check, next cycle
                 log.warning("reconciliation skipped this cycle: %s", exc)
                 retry[:] = [eng.cycle]
-                return
-            retry.clear()
-            # this runs before the cycle's fill poll: a fill since the last poll looks like a mismatch
-            # once. Halt entries only when the next cycle, with that fill booked, still disagrees.
-            if check.ok:
-                suspect.clear()
-                eng.halted = None
-            elif suspect:
-                eng.halted = "reconciliation mismatch: " + "; ".join(check.mismatches)
             else:
-                suspect.append(eng.cycle)
+                retry.clear()
+                # this runs before the cycle's fill poll: a fill since the last poll looks like a mismatch
+                # once. Halt entries only when the next cycle, with that fill booked, still disagrees.
+                if check.ok:
+                    suspect.clear()
+                    mismatch.clear()
+                elif suspect:
+                    mismatch[:] = ["reconciliation mismatch: " + "; ".join(check.mismatches)]
+                else:
+                    suspect.append(eng.cycle)
+        # either reason halts entries; exits, fills and reconciliation go on
+        eng.halted = "; ".join([*([unreadable] if unreadable else []), *mismatch]) or None
 
     return Session(engine, clock, session_log, store, before_cycle=before_cycle)
 
@@ -232,9 +244,24 @@ class Control:
     def __init__(self, store: Store):
         self.store = store
         self.seen_at: str | None = None
+        self.unreadable: str | None = None
 
-    def apply(self, engine, now: datetime) -> None:
-        state = self.store.load_state(CONTROL_KEY)
+    def apply(self, engine, now: datetime) -> str | None:
+        """Apply a kill/resume written by the commands. Returns why entries must halt when the stored
+        switch cannot be read (a torn write, a hand edit): neither kill nor resume is guessed from it --
+        exits go on, and `kill` or `resume` rewrites it."""
+        try:
+            state = self.store.load_state(CONTROL_KEY)
+            if state is not None and (not isinstance(state, dict) or state.get("state") not in ("killed", "resumed")):
+                raise ValueError(f"unexpected value {json.dumps(state)[:80]}")
+        except ValueError as exc:
+            reason = (f"kill/resume switch unreadable ({exc}): entries halted until `python hydra_engine.py kill` "
+                      "or `resume` rewrites it")
+            if reason != self.unreadable:
+                log.error(reason)
+            self.unreadable = reason
+            return reason
+        self.unreadable = None
         if state and state.get("at") != self.seen_at:
             self.seen_at = state.get("at")
             if state["state"] == "killed":
@@ -244,41 +271,61 @@ class Control:
         if engine.risk.kill_requested() and (not state or state.get("state") != "killed"):
             set_control(self.store, "killed", engine.risk.kill_requested(), now)  # survives restarts
             self.seen_at = self.store.load_state(CONTROL_KEY)["at"]
+        return None
 
 
-def set_control(store: Store, state: str, reason: str, now: datetime) -> None:
+def set_control(store: Store, state: str, reason: str, now: datetime) -> list[str]:
+    """Write the switch, and the kill flag into each saved engine state so a restart restores it.
+    Returns the saved states that could not be read (and so were left as they are)."""
     store.save_state(CONTROL_KEY, {"state": state, "reason": reason, "at": now.isoformat()}, now)
-    for key in ("engine:paper", "engine:live"):  # so a restart restores the same kill state
-        engine_state = store.load_state(key)
+    unreadable = []
+    for key in ("engine:paper", "engine:live"):
+        try:
+            engine_state = store.load_state(key)
+        except StoreError as exc:
+            unreadable.append(str(exc))
+            continue
         if engine_state:
             risk = engine_state.setdefault("risk", {})
             risk["killed"] = state == "killed"
             risk["kill_reason"] = reason if state == "killed" else ""
             store.save_state(key, engine_state, now)
+    return unreadable
 
 
 def kill(settings: Settings, reason: str = "manual kill") -> int:
-    """Persist the kill (no entries until `resume`), then cancel every order and close every position."""
+    """Persist the kill (no entries until `resume`), then cancel every order and close every position.
+    A database that cannot be written or read does not stop the flattening: it is reported after it."""
     now = datetime.now(UTC)
-    store = Store(settings.storage.url, root=settings.resolve_path("."))
-    set_control(store, "killed", reason, now)
-    print(f"kill state set ({reason}): no new entries until `python hydra_engine.py resume`")
+    problems: list[str] = []
+    try:
+        store = Store(settings.storage.url, root=settings.resolve_path("."))
+        problems += set_control(store, "killed", reason, now)
+        print(f"kill state set ({reason}): no new entries until `python hydra_engine.py resume`")
+    except StoreError as exc:
+        problems.append(f"kill state NOT saved, a running HYDRA will not see it: {exc}")
     broker = _alpaca_broker(settings, "kill")
     if broker is None:
         print("nothing to flatten at a broker")
-        return 0
-    result = broker.flatten_all()
-    print(f"canceled {len(result.canceled_order_ids)} orders, closing {len(result.closing_orders)} positions")
-    for failure in [*result.cancel_failures, *result.failures]:
-        print(f"  NOT DONE: {failure}")
-    return 0 if result.ok else 1
+    else:
+        result = broker.flatten_all()
+        print(f"canceled {len(result.canceled_order_ids)} orders, closing {len(result.closing_orders)} positions")
+        for failure in [*result.cancel_failures, *result.failures]:
+            print(f"  NOT DONE: {failure}")
+        if not result.ok:
+            problems.append("the broker did not cancel or close everything (above)")
+    for problem in problems:
+        print(f"  PROBLEM: {problem}")
+    return 1 if problems else 0
 
 
 def resume(settings: Settings) -> int:
     now = datetime.now(UTC)
     store = Store(settings.storage.url, root=settings.resolve_path("."))
-    set_control(store, "resumed", "", now)
+    unreadable = set_control(store, "resumed", "", now)
     print("kill state cleared: entries allowed again (risk limits still apply)")
+    for problem in unreadable:
+        print(f"  PROBLEM: {problem} (its kill flag was left as it is)")
     return 0
 
 

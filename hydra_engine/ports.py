@@ -256,7 +256,10 @@ class Broker(Protocol):
 
 def to_decimal(value: float | str | Decimal, name: str = "value") -> Decimal:
     """Float to Decimal through its shortest repr, refusing NaN and infinities."""
-    d = value if isinstance(value, Decimal) else Decimal(str(value))
+    try:
+        d = value if isinstance(value, Decimal) else Decimal(str(value))
+    except ArithmeticError:   # decimal.InvalidOperation: "abc", "", a list...
+        raise ValueError(f"{name} is not a number: {value!r}") from None
     if not d.is_finite():
         raise ValueError(f"{name} must be finite, got {value!r}")
     return d

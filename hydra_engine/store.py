@@ -12,7 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from .tradelog import to_jsonable
@@ -106,6 +108,22 @@ def _add_fills_trades_state(s: Session, session_id: str, fills: list[dict], trad
         s.merge(StateRow(key=key, value=json.dumps(to_jsonable(value)), updated_at=now))
 
 
+class StoreError(ValueError):
+    """The database behind ``storage.url`` cannot be used (not a database, damaged, tables of another
+    program) or a value stored in it cannot be read. The message names the database and the key."""
+
+
+def _shown(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 -- an unparsable URL: say so without echoing what may hold a password
+        return "(unparsable URL)"
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
 class Store:
     def __init__(self, url: str, root: Path | None = None):
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -115,11 +133,30 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{path}"
         self.url = url
-        self.engine = create_engine(url)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        SQLModel.metadata.create_all(self.engine)
+        try:
+            self.engine = create_engine(url)
+            if url.startswith("sqlite"):
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            SQLModel.metadata.create_all(self.engine)
+            missing = self._missing_columns()
+        except (SQLAlchemyError, ModuleNotFoundError) as exc:
+            # checked here, at start-up: found by the first cycle with an order, it stopped a run mid-session
+            raise StoreError(f"storage.url {_shown(url)}: not a usable HYDRA database ({_reason(exc)})") from exc
+        if missing:
+            raise StoreError(f"storage.url {_shown(url)}: its tables are not HYDRA's ({'; '.join(missing)}); "
+                             "point storage.url at a new file or move this one away")
         self._pending_cycles: list[CycleRow] = []
+
+    def _missing_columns(self) -> list[str]:
+        """Tables that exist with columns HYDRA needs missing (create_all leaves existing tables alone)."""
+        found = inspect(self.engine)
+        out = []
+        for table in SQLModel.metadata.sorted_tables:
+            have = {c["name"] for c in found.get_columns(table.name)}
+            lacking = [c.name for c in table.columns if c.name not in have]
+            if lacking:
+                out.append(f"table {table.name} lacks {', '.join(lacking)}")
+        return out
 
     def save_cycle(self, session_id: str, report: dict, orders: list[dict], fills: list[dict],
                    trades: list[dict], state: dict[str, Any] | None, *, force: bool = False,
@@ -164,7 +201,12 @@ class Store:
     def load_state(self, key: str) -> Any:
         with Session(self.engine) as s:
             row = s.get(StateRow, key)
-            return json.loads(row.value) if row else None
+            if row is None:
+                return None
+            try:
+                return json.loads(row.value)
+            except ValueError as exc:
+                raise StoreError(f"{_shown(self.url)}: stored state {key!r} is not valid JSON ({exc})") from exc
 
     def orders(self, session_id: str | None = None) -> list[OrderRow]:
         with Session(self.engine) as s:

@@ -104,6 +104,24 @@ def test_live_clock_stops_when_the_callback_returns_false_and_uses_the_injected_
     assert seen == [fixed] and clock.now() == fixed
 
 
+def test_a_cycle_that_raises_ends_the_live_run_with_that_error():
+    """APScheduler logs a job's exception and runs it again next interval: a paper session whose cycle
+    kept failing ran forever, never reaching its cycle limit. The run must stop and raise it."""
+    clock = LiveClock(interval_s=1)
+    calls = []
+
+    def broken(now):
+        calls.append(now)
+        if len(calls) >= 3:   # only so that a regression fails in seconds instead of hanging the suite
+            return False
+        raise ValueError("stored state 'control' is not valid JSON")
+
+    with pytest.raises(ValueError, match="not valid JSON"):
+        clock.run(broken, max_ticks=5)
+    time.sleep(1.1)
+    assert len(calls) == 1
+
+
 def test_slow_cycles_never_overlap():
     clock = LiveClock(interval_s=1)
     lock = threading.Lock()
