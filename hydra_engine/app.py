@@ -57,6 +57,15 @@ def build_regime_refitter(settings: Settings, *, history_dir: Path, log_dir: Pat
     return RegimeRefitter(every=timedelta(days=days), history_dir=history_dir, save_dir=Path(log_dir) / "models")
 
 
+def regime_history_days(settings: Settings) -> dict[str, int]:
+    """Days of daily closes the configured regime detector reads per feature symbol (the data layer keeps
+    that much of an intraday one beside the ``history_bars`` strategies see)."""
+    if settings.engine.regime_detector != "hmm":
+        return {}
+    from .regime_features import REGIME_HISTORY_DAYS, feature_symbols
+    return {s: REGIME_HISTORY_DAYS for s in feature_symbols()}
+
+
 def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,
                metadata: dict, store_batch: int, history_dir: Path | None = None) -> tuple[Engine, SessionLog, Store]:
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
@@ -90,7 +99,8 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
     market = ReplayMarketData(folder, settings.universe.symbols, data_only=settings.universe.data_only,
                               history_bars=settings.engine.history_bars, start=data_cfg.start, end=data_cfg.end,
                               crypto_stale_after_s=data_cfg.crypto_stale_after_s,
-                              equity_stale_after_s=data_cfg.equity_stale_after_s)
+                              equity_stale_after_s=data_cfg.equity_stale_after_s,
+                              regime_history_days=regime_history_days(settings))
     ticks = market.timeline()
     if not ticks:
         raise ValueError(f"no data between {data_cfg.start} and {data_cfg.end} in {folder}")

@@ -82,6 +82,9 @@ class MarketSnapshot:
     feed_problems: dict[str, str] = field(default_factory=dict)  # feed -> why it is unhealthy
     newest_ts: dict[str, int] = field(default_factory=dict)    # symbol -> open time (s) of its newest bar
     closes: dict[str, float] = field(default_factory=dict)     # symbol -> close of its newest bar
+    # longer histories than ``bars`` for the regime detector's intraday feature symbols (hourly BTC: its
+    # 20-day features need more days than ``engine.history_bars`` hours hold); ``bars`` is unchanged
+    regime_bars: Mapping[str, BarSeries] = field(default_factory=dict)
 
     def price(self, symbol: str) -> float:
         """Last close, or NaN when there is none."""

@@ -45,9 +45,18 @@ FEATURES: tuple[str, ...] = tuple(f"{a}_{k}" for a in ASSETS for k in ("ret20", 
 # Alpaca/IEX-style OHLCV (2020-07 on, column "Adj Close")
 EQUITY_DIRS = (Path("equities/daily/adjclose_factor_attribution"), Path("equities/daily/iex_like_spooky_course"))
 MAX_GAP_DAYS = 30
+# calendar days of daily closes the detector reads per feature symbol, whatever ``engine.history_bars``
+# holds of an intraday one: the 20-day features then exist on the last ~40 trading days of the window
+# (the hysteresis and the filter's recent rows), as in the history the model was fitted on
+REGIME_HISTORY_DAYS = 90
 VIX_FILES = (Path("equities/daily/vix/VIX_ohlc_daily_2010_2025.csv"), Path("equities/daily/vix/vix_close_daily_2020_2025.csv"))
 BTC_HOURLY = Path("crypto_perp/binance_usdm/klines/BTCUSDT_1h.parquet")
 BTC_DAILY = Path("crypto_perp/binance_usdm/klines_daily/BTC_USDT_1d.csv")
+
+
+def feature_symbols() -> list[str]:
+    """The engine symbols whose daily closes the features are made of."""
+    return [s for s, _ in ASSETS.values()] + [VIX_SYMBOL]
 
 
 def shared_data_dir() -> Path | None:
@@ -140,8 +149,10 @@ def daily_close_arrays_from_snapshot(market: MarketSnapshot) -> dict[str, DailyC
     """Daily closes of the feature symbols visible in a snapshot, as numpy day numbers and closes."""
     now_s = market.now.timestamp()
     out: dict[str, DailyCloses] = {}
-    for symbol in [s for s, _ in ASSETS.values()] + [VIX_SYMBOL]:
-        bars = market.bars.get(symbol)
+    for symbol in feature_symbols():
+        bars = market.regime_bars.get(symbol)
+        if bars is None:
+            bars = market.bars.get(symbol)
         if bars is None or not len(bars):
             continue
         day, close = _daily_arrays_from_bars(bars.ts, bars.close, bars.interval_s, now_s)

@@ -63,3 +63,17 @@ def test_data_only_symbols_and_next_bar_open():
         data = md(symbols=["BTC/USD"], data_only=["VIX"])
         assert "no Alpaca feed" in data.snapshot(NOW).stale["VIX"]
         assert data.next_bar_open("BTC/USD", NOW, NOW) is None
+
+
+def test_the_regime_detectors_btc_history_is_kept_beside_the_strategies_500_bars():
+    """BTC's 20-day regime features need more than 500 hours: the buffer keeps 90 days (fetched from the
+    start), strategies still see the newest 500 bars, and the detector reads all of them."""
+    with AlpacaDouble() as d:
+        start = NOW.replace(minute=0) - timedelta(hours=3000)
+        d.bars["BTC/USD"] = make_bars(start, timedelta(hours=1), [60000 + i for i in range(3001)])
+        snap = md(symbols=["BTC/USD"], history_bars=500, regime_history_days={"BTC/USD": 90}).snapshot(NOW)
+        btc, longer = snap.bars["BTC/USD"], snap.regime_bars["BTC/USD"]
+        assert len(btc) == 500 and len(longer) == 90 * 24
+        assert btc.ts[-1] == longer.ts[-1] and np.array_equal(longer.close[-500:], btc.close)
+        plain = md(symbols=["BTC/USD"], history_bars=500).snapshot(NOW)
+        assert len(plain.bars["BTC/USD"]) == 500 and not plain.regime_bars

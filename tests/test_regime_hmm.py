@@ -174,6 +174,36 @@ def test_detect_on_real_snapshot_in_the_covid_crash(shared_data, fitted, labels)
     assert reading.regime.value == labels["2020-03-19"]       # same answer as the file-based history
 
 
+def test_the_engines_snapshots_give_the_models_own_labels_through_2022(shared_data, fitted, labels):
+    """The replay keeps 500 hourly BTC bars for strategies (~21 days): too few for BTC's 20-day features
+    on more than the last row, and the detector then disagreed with the model's own causal labels on some
+    days of 2022. With the regime history it keeps beside them it agrees on every business day."""
+    from hydra_engine.app import regime_history_days
+    from hydra_engine.config import PROJECT_ROOT, load_settings
+    from hydra_engine.data.replay import ReplayMarketData
+
+    settings = load_settings(PROJECT_ROOT / "hydra.toml")
+    assert settings.engine.regime_detector == "hmm" and settings.engine.history_bars == 500
+
+    def replay(**kw):
+        return ReplayMarketData(shared_data, settings.universe.symbols, data_only=settings.universe.data_only,
+                                history_bars=500, **kw)
+
+    engine_data, strategies_only = replay(regime_history_days=regime_history_days(settings)), replay()
+    det = fitted[0]
+    disagree = {"with regime history": 0, "history_bars only": 0}
+    for day in pd.date_range("2022-01-03", "2022-12-30", freq="B"):
+        now = datetime(day.year, day.month, day.day, 23, tzinfo=UTC)
+        for name, data in (("with regime history", engine_data), ("history_bars only", strategies_only)):
+            det._cache_key = None
+            reading = det.detect(data.snapshot(now))
+            disagree[name] += reading.regime != labels.loc[pd.Timestamp(reading.details["as_of_day"], tz="UTC")]
+    assert disagree["with regime history"] == 0 and disagree["history_bars only"] > 0, disagree
+    snap = engine_data.snapshot(datetime(2022, 4, 15, tzinfo=UTC))
+    assert len(snap.bars["BTC/USD"]) == 500 and len(snap.regime_bars["BTC/USD"]) == 90 * 24
+    assert "SPY" not in snap.regime_bars                     # daily bars: history_bars already holds 500 days
+
+
 def test_detect_in_a_calm_market_and_without_btc(shared_data, fitted):
     now = datetime(2017, 7, 3, 12, 0, tzinfo=UTC)   # BTC perp data starts 2019-10: its features are missing
     reading = fitted[0].detect(real_snapshot(shared_data, now))

@@ -577,6 +577,7 @@ def build_alpaca(settings: Any, keys: AlpacaKeys, session_id: str, clock: Any, *
                  capability_cache: Path | None = None):
     """``(AlpacaBroker, AlpacaMarketData)`` from ``Settings`` (broker.paper/trading_url/data_url/data_feed,
     universe.symbols, data.*_stale_after_s, engine.history_bars)."""
+    from ..app import regime_history_days
     from ..data.alpaca_data import AlpacaMarketData
 
     b = settings.broker
@@ -588,5 +589,6 @@ def build_alpaca(settings: Any, keys: AlpacaKeys, session_id: str, clock: Any, *
                             history_bars=settings.engine.history_bars,
                             crypto_stale_after_s=settings.data.crypto_stale_after_s,
                             equity_stale_after_s=settings.data.equity_stale_after_s,
-                            data_only=list(settings.universe.data_only))
+                            data_only=list(settings.universe.data_only),
+                            regime_history_days=regime_history_days(settings))
     return broker, data

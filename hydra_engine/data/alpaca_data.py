@@ -80,8 +80,9 @@ class BarBuffer:
             self.cols[f] = np.concatenate([self.cols[f], col])[-self.capacity:]
         return len(fresh)
 
-    def series(self) -> BarSeries:
-        c = self.cols
+    def series(self, last: int | None = None) -> BarSeries:
+        """The buffered bars, or the newest ``last`` of them (views)."""
+        c = self.cols if last is None else {f: v[-last:] for f, v in self.cols.items()}
         return BarSeries(self.symbol, self.interval_s, c["ts"], c["open"], c["high"], c["low"], c["close"], c["volume"])
 
 
@@ -93,7 +94,8 @@ class AlpacaMarketData:
                  crypto_timeframe: TimeFrame = TimeFrame(1, TimeFrameUnit.Hour),
                  equity_timeframe: TimeFrame = TimeFrame(1, TimeFrameUnit.Day),
                  crypto_stale_after_s: int = 2 * 3600 + 300, equity_stale_after_s: int = 4 * 24 * 3600,
-                 data_only: Iterable[str] = (), limiter: RateLimiter | None = None, timeout_s: float = 10.0):
+                 data_only: Iterable[str] = (), limiter: RateLimiter | None = None, timeout_s: float = 10.0,
+                 regime_history_days: dict[str, int] | None = None):
         key, secret = ((keys.api_key.get_secret_value() if keys and keys.api_key else None),
                        (keys.secret_key.get_secret_value() if keys and keys.secret_key else None))
         self._secrets = [key, secret]
@@ -111,7 +113,13 @@ class AlpacaMarketData:
                                       self.limiter, timeout_s=timeout_s)
         self._stock_client = (install(StockHistoricalDataClient(key, secret, url_override=url_override),
                                       self.limiter, timeout_s=timeout_s) if self.equities else None)
-        self._bars = {s: BarBuffer(s, self._interval_s(self._kind(s)), history_bars) for s in symbols}
+        self._bars = {}
+        for s in symbols:
+            interval = self._interval_s(self._kind(s))
+            # the regime detector's intraday feature symbols keep more days than history_bars (see
+            # MarketSnapshot.regime_bars); strategies still see the last history_bars of them
+            days = (regime_history_days or {}).get(s, 0) if interval < 86_400 else 0
+            self._bars[s] = BarBuffer(s, interval, max(history_bars, math.ceil(days * 86_400 / interval)))
         self._quotes: dict[str, BarBuffer] = {}          # quote mids: ts + (mid, bid, ask, spread_bps, 0)
         self._errors: dict[str, str] = {}
 
@@ -148,7 +156,7 @@ class AlpacaMarketData:
         lasts = [self._bars[s].last_ts for s in symbols]
         if all(x is not None for x in lasts):
             return datetime.fromtimestamp(min(lasts), UTC)             # refetch from the oldest last bar
-        span = self._interval_s(kind) * self.history_bars
+        span = self._interval_s(kind) * max(self._bars[s].capacity for s in symbols)
         return now - timedelta(seconds=span * (1.5 if span >= 86400 * 30 else 1.05))  # weekends, holidays
 
     # ------------------------------------------------------------------ fetching
@@ -209,7 +217,9 @@ class AlpacaMarketData:
         for symbol in self.crypto + self.equities:
             kind, buf = self._kind(symbol), self._bars[symbol]
             if len(buf):
-                snap.bars[symbol] = buf.series()
+                snap.bars[symbol] = buf.series(last=self.history_bars)
+                if buf.capacity > self.history_bars:
+                    snap.regime_bars[symbol] = buf.series()
             q = self._quotes.get(symbol)
             if q is not None and len(q):
                 snap.series[("quote_mid", symbol)] = PointSeries("quote_mid", symbol, q.cols["ts"], q.cols["open"])

@@ -8,6 +8,8 @@ keep the last row, out-of-order rows are sorted; both are counted in ``quality``
 """
 from __future__ import annotations
 
+import math
+
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -154,7 +156,7 @@ class ReplayMarketData:
                  history_bars: int = 500, start: date | None = None, end: date | None = None,
                  crypto_stale_after_s: int = 7500, equity_stale_after_s: int = 4 * 86400,
                  bar_sources: dict[str, BarSource] | None = None,
-                 point_sources: list[PointSource] | None = None):
+                 point_sources: list[PointSource] | None = None, regime_history_days: dict[str, int] | None = None):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataFolderError(f"replay data folder not found: {self.folder}")
@@ -191,6 +193,12 @@ class ReplayMarketData:
         # it re-orders them, so reports list symbols in the same order whatever the grouping
         self._clock_order_is_symbol_order = [s for c in self._clocks for s in c.symbols] == list(self._bars)
         self._series_cache: dict[str, tuple[int, int, BarSeries]] = {}   # symbol -> (i, j, last BarSeries)
+        # intraday symbols the regime detector wants more days of than history_bars holds: bars to keep
+        self._regime_bars = {s: math.ceil(days * 86_400 / self._bars[s].interval_s)
+                             for s, days in (regime_history_days or {}).items()
+                             if s in self._bars and self._bars[s].interval_s < 86_400
+                             and math.ceil(days * 86_400 / self._bars[s].interval_s) > history_bars}
+        self._regime_cache: dict[str, tuple[int, int, BarSeries]] = {}
         self.start = datetime.combine(start, datetime.min.time(), UTC) if start else None
         self.end = datetime.combine(end, datetime.min.time(), UTC) if end else None
 
@@ -274,21 +282,32 @@ class ReplayMarketData:
             newest_ts = {s: newest_ts[s] for s in order if s in newest_ts}
             closes = {s: closes[s] for s in order if s in closes}
         snap = MarketSnapshot(now, _LazyBars(self._series, spans), {}, stale, {}, newest_ts, closes)
+        if self._regime_bars:
+            longer = {}
+            for symbol, keep in self._regime_bars.items():
+                if symbol in spans:
+                    i = spans[symbol][1]
+                    longer[symbol] = (i - keep if i > keep else 0, i)
+            snap.regime_bars = _LazyBars(self._regime_series, longer)
         for key, p in self._points.items():
             i = int(p.ts.searchsorted(now_s, "right"))
             j = i - n if i > n else 0
             snap.series[key] = PointSeries(p.kind, p.symbol, p.ts[j:i], p.values[j:i])
         return snap
 
-    def _series(self, symbol: str, j: int, i: int) -> BarSeries:
+    def _series(self, symbol: str, j: int, i: int, cache: dict | None = None) -> BarSeries:
         """Bars j..i-1 of ``symbol`` as views; the last one is reused while no new bar has closed."""
-        hit = self._series_cache.get(symbol)
+        cache = self._series_cache if cache is None else cache
+        hit = cache.get(symbol)
         if hit is not None and hit[0] == i and hit[1] == j:
             return hit[2]
         b = self._bars[symbol]
         series = BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
-        self._series_cache[symbol] = (i, j, series)
+        cache[symbol] = (i, j, series)
         return series
+
+    def _regime_series(self, symbol: str, j: int, i: int) -> BarSeries:
+        return self._series(symbol, j, i, self._regime_cache)
 
     def history(self, symbol: str) -> BarSeries | None:
         """Every (cleaned) bar of ``symbol`` in the files, future ones included. Only for a plugin's
