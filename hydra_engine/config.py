@@ -2,19 +2,24 @@
 ``.env``, validated by pydantic-settings at start-up.
 
 A bad value stops HYDRA before anything runs, with the file (or variable), the key, the value and
-what was expected. API keys are never read from the TOML file: only from the environment or ``.env``.
+what was expected; the value of an unknown or secret-looking key is shown as ``***``. API keys are never
+read from the TOML file: only from the environment or ``.env``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import tomllib
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +35,14 @@ class ConfigError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode would read `fee_bps = true` as 1.0; a number must be written as one
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError("expected a number, not true/false")
+        return v
 
 
 class EngineConfig(_Section):
@@ -186,21 +199,64 @@ def _lookup(data: dict, loc: tuple) -> tuple[bool, Any]:
     return True, cur
 
 
+_SECRET_NAME = re.compile(r"key|secret|token|password", re.IGNORECASE)
+_KEYS_HINT = ("API keys are not settings: set ALPACA_API_KEY and ALPACA_SECRET_KEY (or APCA_API_KEY_ID and "
+              "APCA_API_SECRET_KEY) in the environment or .env")
+
+
+def _names_a_secret(key: str, value: Any) -> bool:
+    if _SECRET_NAME.search(key):
+        return True
+    return isinstance(value, dict) and any(_names_a_secret(str(k), v) for k, v in value.items())
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, where a NaN equals a NaN (the file's ``nan`` is the file's, not a variable's)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def _variables_for(loc: tuple) -> list[str]:
+    """The HYDRA_* variables, set in the environment or .env, that supply the value at ``loc``: the
+    variable of the key itself, of an enclosing section (a JSON value), or of keys inside it."""
+    names = list(os.environ)
+    env_file = Path(Settings.model_config.get("env_file") or ".env")
+    if env_file.is_file():
+        names += list(dotenv_values(env_file, encoding=Settings.model_config.get("env_file_encoding")))
+    target = "HYDRA_" + "__".join(str(p) for p in loc).upper()
+    found: list[str] = []
+    for name in names:
+        upper = name.upper()
+        if (upper == target or target.startswith(upper + "__") or upper.startswith(target + "__")) \
+                and upper not in (f.upper() for f in found):
+            found.append(name)
+    return sorted(found)
+
+
 def _format_errors(err: ValidationError, source: str, file_data: dict) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("__root__",))
         key = ".".join(str(p) for p in loc) or "(top level)"
-        in_file, file_value = _lookup(file_data, loc)
-        in_file = in_file and file_value == e.get("input")  # else a HYDRA_* override holds the bad value
-        where = source if in_file else f"environment (HYDRA_{'__'.join(str(p).upper() for p in loc)})"
-        if not in_file and not loc:
-            where = source
         value = e.get("input")
+        in_file, file_value = _lookup(file_data, loc)
+        from_file = in_file and _same(file_value, value)  # else a HYDRA_* override holds the bad value
+        variables = [] if from_file or not loc else _variables_for(loc)
+        if not variables:
+            where = source
+        elif in_file and isinstance(value, dict):  # a section check over keys from both places
+            where = f"{source} with environment ({', '.join(variables)})"
+        else:
+            where = f"environment ({', '.join(variables)})"
         expected = e["msg"]
         if e["type"] == "extra_forbidden":
             expected = "no such setting (check the spelling against hydra.toml)"
-        lines.append(f"{where}: key '{key}' = {value!r}: {expected}")
+            if _names_a_secret(key, value):
+                expected = f"no such setting; {_KEYS_HINT}"
+        # a key we do not know may hold anything, a secret too: its value is never shown
+        shown = "***" if e["type"] == "extra_forbidden" or _names_a_secret(key, value) else repr(value)
+        lines.append(f"{where}: key '{key}' = {shown}: {expected}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

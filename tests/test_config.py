@@ -85,7 +85,7 @@ BAD_VALUES = [
     ("start_after_end", "start = 2024-01-01", "start = 2024-08-01",
      ["data", "data.start 2024-08-01 must be before data.end 2024-07-01"]),
     ("typo_key", "cycle_interval_s = 60", "cycle_intervl_s = 60",
-     ["engine.cycle_intervl_s", "60", "no such setting"]),
+     ["engine.cycle_intervl_s", "= ***", "no such setting"]),  # an unknown key's value may be a secret
     ("typo_section", "[broker]", "[brokr]", ["'brokr'", "no such setting"]),
     ("risk_limit_too_loose", "risk_per_trade_pct = 1.0", "risk_per_trade_pct = 7.5",
      ["risk.risk_per_trade_pct", "7.5", "less than or equal to 3"]),
@@ -188,6 +188,55 @@ def test_misspelt_env_variable_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         load_settings(write_config(tmp_path, SHIPPED))
     assert "HYDRA_BROKER__FEE_BPZ" in str(err.value) and "no such setting" in str(err.value)
+
+
+def test_nan_in_the_file_blames_the_file_not_a_variable(tmp_path):
+    # nan != nan: the file's own value must still be recognised as the file's
+    path = write_config(tmp_path, "[broker]\nfee_bps = nan\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    msg = str(err.value)
+    assert f"{path}: key 'broker.fee_bps' = nan" in msg, msg
+    assert "environment" not in msg and "HYDRA_" not in msg, msg
+
+
+def test_a_section_check_names_the_variables_actually_set(tmp_path, monkeypatch):
+    # data.start from the file, data.end from a variable: there is no HYDRA_DATA variable to blame
+    path = write_config(tmp_path, "[data]\nstart = 2024-05-01\nend = 2024-07-01\n")
+    monkeypatch.setenv("HYDRA_DATA__END", "2024-03-01")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    msg = str(err.value)
+    assert "(HYDRA_DATA__END)" in msg and str(path) in msg, msg
+    assert "HYDRA_DATA)" not in msg, msg
+    assert "data.start 2024-05-01 must be before data.end 2024-03-01" in msg
+    # both ends from the file: the file alone is named
+    monkeypatch.delenv("HYDRA_DATA__END")
+    path = write_config(tmp_path, "[data]\nstart = 2024-05-01\nend = 2024-03-01\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(err.value).startswith(f"invalid configuration:\n  {path}: key 'data'"), str(err.value)
+    assert "environment" not in str(err.value)
+
+
+@pytest.mark.parametrize("section,key,text,number", [("broker", "fee_bps", "12", 12.0),
+                                                     ("risk", "kelly_fraction", "0.25", 0.25),
+                                                     ("engine", "history_bars", "600", 600),
+                                                     ("data", "crypto_stale_after_s", "3600", 3600)])
+def test_a_boolean_is_not_a_number(tmp_path, capsys, monkeypatch, section, key, text, number):
+    # pydantic's lax mode would read `fee_bps = true` as 1.0 bps
+    path = write_config(tmp_path, f"[{section}]\n{key} = true\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    msg = str(err.value)
+    assert f"{path}: key '{section}.{key}' = True" in msg and "not true/false" in msg, msg
+    assert main(["--config", str(path), "status"]) == 2
+    assert f"{section}.{key}" in capsys.readouterr().err
+    # numbers from variables arrive as text and still parse; a real boolean stays one
+    monkeypatch.setenv(f"HYDRA_{section.upper()}__{key.upper()}", text)
+    monkeypatch.setenv("HYDRA_BROKER__PAPER", "true")
+    s = load_settings(write_config(tmp_path, SHIPPED))
+    assert getattr(getattr(s, section), key) == number and s.broker.paper is True
 
 
 # --------------------------------------------------------------------------- Alpaca keys

@@ -10,6 +10,7 @@ and every table of the database is dumped and searched as text.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -122,3 +123,32 @@ def test_live_trading_cannot_be_enabled_by_configuration_alone(case, tmp_path, m
         assert code == 2 and "live trading refused" in err, (code, err[-2000:])
         assert server.requests == [], server.requests          # nothing reached the (loopback) broker
     assert not list((tmp_path / "logs").glob("session-*.json")) if (tmp_path / "logs").exists() else True
+
+
+# --------------------------------------------------------------------------- keys in the configuration
+FILE_KEY, FILE_SECRET = "PKFILECANARY4T8R1M6Q", "fIlE-sEcReT-CaNaRy-9876543210"
+ENV_KEY, ENV_TOKEN = "PKENVCANARY2H5J7K3L", "eNv-ToKeN-CaNaRy-1357924680"
+STRAY = "StRaY-vAlUe-CaNaRy-24680"          # an unknown key whose name says nothing: shown as *** too
+
+
+def test_keys_in_the_config_file_or_a_hydra_variable_are_refused_without_being_echoed(tmp_path, monkeypatch, capsys):
+    for name in list(os.environ):
+        if name.upper().startswith(("HYDRA_", "ALPACA_", "APCA_")):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "hydra.toml"
+    cfg.write_text(f'[broker]\napi_key = "{FILE_KEY}"\nsecret_key = "{FILE_SECRET}"\n'
+                   f'[engine]\ncycle_intervl_s = "{STRAY}"\n', encoding="utf-8")
+    monkeypatch.setenv("HYDRA_BROKER__API_KEY", ENV_KEY)
+    monkeypatch.setenv("HYDRA_BROKER__AUTH_TOKEN", ENV_TOKEN)
+    code = main(["--config", str(cfg), "status"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: invalid configuration"), (code, err)
+    for text in (out, err):
+        for canary in (FILE_KEY, FILE_SECRET, ENV_KEY, ENV_TOKEN, STRAY):
+            assert canary not in text and canary[:10] not in text, (canary, text)
+    # still refused by name and source, with where the keys belong
+    assert f"{cfg}: key 'broker.secret_key' = ***" in err, err
+    assert "environment (HYDRA_BROKER__API_KEY): key 'broker.api_key' = ***" in err, err
+    assert "environment (HYDRA_BROKER__AUTH_TOKEN)" in err and "key 'engine.cycle_intervl_s' = ***" in err, err
+    assert "ALPACA_API_KEY" in err and "APCA_API_SECRET_KEY" in err and ".env" in err, err
