@@ -451,7 +451,9 @@ class Engine:
         pending: dict[str, Decimal] = {}
         count, unpriced = 0, []
         for o in self.broker.open_orders():
-            if o.purpose == "entry":
+            # after a restart the adapter labels every working order it did not send "entry"; the saved
+            # exit reasons know the stops and exits among them (they reduce exposure, never add to it)
+            if o.purpose == "entry" and o.client_order_id not in self.exit_reasons:
                 price = market.price(o.symbol)
                 if not math.isfinite(price):     # never counted as $0: the risk layer refuses entries instead
                     unpriced.append(o.symbol)

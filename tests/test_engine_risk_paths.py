@@ -148,3 +148,21 @@ def test_a_held_symbol_without_a_price_refuses_entries_and_the_cycle_goes_on(tmp
     [decision] = report["decisions"]
     assert not decision["approved"] and decision["rule"] == "exposure_unknown" and "GLD" in decision["reason"]
     assert report["orders"] == [] and "GLD" in engine.positions
+
+
+def test_a_restored_stop_is_not_counted_as_a_pending_entry(tmp_path, monkeypatch):
+    """After a restart the Alpaca adapter labels every working order it did not send itself "entry". A
+    broker trailing stop the saved state knows (exit reasons) reduces exposure; counted as an entry it
+    would take room from new entries."""
+    from hydra_engine.domain import Order, OrderType, TimeInForce
+    market = HandMadeBars({"SPY": (DAY_S, [(t, 510.0, 510.5) for t in SESSION_OPEN])})
+    engine, broker, _ = build(tmp_path, market, {})
+    now = datetime(2024, 3, 6, 22, tzinfo=UTC)
+    stop = Order("t-scripted-SPY-000002", "SPY", Side.SELL, Decimal(10), OrderType.TRAILING_STOP, TimeInForce.GTC,
+                 now, "scripted", purpose="entry", trail_percent=Decimal(3))
+    entry = Order("t-scripted-SPY-000003", "SPY", Side.BUY, Decimal(2), OrderType.MARKET, TimeInForce.DAY,
+                  now, "scripted", purpose="entry")
+    monkeypatch.setattr(broker, "open_orders", lambda: [stop, entry])
+    engine.exit_reasons[stop.client_order_id] = "trailing_stop"
+    view = engine._portfolio_view(market.snapshot(now), now)
+    assert view.pending_entries_usd == {"SPY": Decimal("1021.0")} and view.pending_entry_count == 1
