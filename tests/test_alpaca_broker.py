@@ -1,4 +1,5 @@
 """AlpacaBroker through real alpaca-py code against the HTTP double (tests/alpaca_double.py)."""
+import json
 import logging
 from datetime import timedelta
 from decimal import Decimal
@@ -233,6 +234,14 @@ def test_4xx_bodies_become_typed_errors_without_retry(fake, double, status, body
         make_broker(fake).submit(mk(fake))
     assert double.count("POST", r"/v2/orders$") == 1
     assert f"HTTP {status}" in str(info.value)
+
+
+def test_a_notional_order_goes_out_in_cents(fake, double):
+    """Spec, Order.notional: up to 9 decimals; a third of $100 as a float has 14."""
+    broker = make_broker(fake)
+    broker.submit(mk(fake, symbol="BTC/USD", qty="0", tif=TimeInForce.GTC), notional_usd=Decimal(100) / 3)
+    body = json.loads(next(c.request.body for c in double.mock.calls if c.request.method == "POST"))
+    assert body["notional"] == 33.33 and "qty" not in body
 
 
 def test_secrets_never_leave_the_adapter(fake, double, caplog):

@@ -50,6 +50,18 @@ def test_default_specs_cover_universe_and_follow_the_examples():
     (order("SPY", otype=OrderType.LIMIT), InvalidOrder, "needs limit_price"),
     (order("SPY", take_profit_price=Decimal(290), stop_loss_price=Decimal(300)), InvalidOrder, "wrong sides"),
     (order("SPY", otype=OrderType.LIMIT, limit_price=Decimal("0.00004")), InvalidOrder, "smallest tick"),
+    # spec, POST /v2/orders qty: "fractionable for only market and day order types"
+    (order("SPY", qty="2.5", otype=OrderType.LIMIT, limit_price=Decimal(300)), InvalidOrder, "simple market order"),
+    (order("SPY", qty="2.5", otype=OrderType.STOP, stop_price=Decimal(310)), InvalidOrder, "simple market order"),
+    # spec, TimeInForce: opg/cls "with a market/limit order type"
+    (order("SPY", otype=OrderType.STOP, tif=TimeInForce.OPG, stop_price=Decimal(310)), InvalidTimeInForce, "auction"),
+    (order("SPY", otype=OrderType.STOP_LIMIT, tif=TimeInForce.CLS, stop_price=Decimal(310), limit_price=Decimal(311)),
+     InvalidTimeInForce, "auction"),
+    # NOTES §1.6 Bracket: the stop at least $0.01 below the base price (the entry limit)
+    (order("SPY", otype=OrderType.LIMIT, limit_price=Decimal(300), take_profit_price=Decimal(320),
+           stop_loss_price=Decimal(300)), InvalidOrder, "at least $0.01 below the entry limit"),
+    (order("SPY", Side.SELL, otype=OrderType.LIMIT, limit_price=Decimal(300), take_profit_price=Decimal(280),
+           stop_loss_price=Decimal(300)), InvalidOrder, "at least $0.01 above the entry limit"),
 ])
 def test_refuses_what_alpaca_cannot_express(o, error, words):
     spec = DEFAULT_ASSET_SPECS[o.symbol]
@@ -78,6 +90,18 @@ def test_notional_orders_checked_separately():
     with pytest.raises(InvalidOrder, match="simple market order"):
         validate_and_round(order("BTC/USD", qty="0", otype=OrderType.LIMIT, tif=TimeInForce.GTC,
                                  limit_price=Decimal(1)), BTC, notional_usd=Decimal(100))
+
+
+def test_a_hard_to_borrow_stock_is_not_shortable():
+    """Spec, Assets: easy_to_borrow is "the best way to check whether the name is currently available to
+    short"; its successor borrow_status says hard_to_borrow."""
+    row = {**example("asset.AAPL.get.json"), "symbol": "CRM", "shortable": True}
+    assert spec_from_asset({**row, "easy_to_borrow": True}).shortable
+    assert not spec_from_asset({**row, "easy_to_borrow": False}).shortable
+    assert not spec_from_asset({**row, "easy_to_borrow": None, "borrow_status": "hard_to_borrow"}).shortable
+    assert spec_from_asset({**row, "easy_to_borrow": None, "borrow_status": "easy_to_borrow"}).shortable
+    with pytest.raises(ShortNotAllowed, match="hard to borrow"):
+        validate_and_round(order("CRM", Side.SELL, "5"), spec_from_asset({**row, "easy_to_borrow": False}))
 
 
 def test_capability_cache_roundtrip_and_expiry(tmp_path):

@@ -23,7 +23,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -416,6 +416,8 @@ class AlpacaBroker:
 
         ``notional_usd`` sends a dollar-amount market order (crypto / fractionable equities)."""
         spec = self.asset(order.symbol)
+        if notional_usd is not None:   # up to 9 decimals on the wire (spec: notional); HYDRA deals in cents
+            notional_usd = Decimal(notional_usd).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
         order = validate_and_round(order, spec, notional_usd=notional_usd)
         if spec.asset_class is AssetClass.EQUITY and not self.is_market_open(order.symbol, self._now()):
             raise MarketClosed(f"{order.symbol} {order.client_order_id}: the US equity market is closed",

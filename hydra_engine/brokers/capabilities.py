@@ -3,8 +3,8 @@
 Rules (contracts NOTES §1.6, Alpaca docs orders.md / crypto-trading.md / fractional-trading.md):
   * equities: market, limit, stop, stop_limit, trailing_stop; TIF day, gtc, opg, cls, ioc, fok;
     order classes simple and bracket (HYDRA uses no oco/oto). Trailing stops and brackets need day/gtc;
-    a trailing stop cannot be a bracket leg. Fractional quantities: market/limit/stop/stop_limit, TIF day,
-    simple class, never short.
+    a trailing stop cannot be a bracket leg; opg/cls only on market and limit orders. Fractional
+    quantities: market orders, TIF day, simple class, never short. A hard-to-borrow stock is not shortable.
   * crypto: market, limit, stop_limit; TIF gtc, ioc; simple class only; never short (non-marginable).
     HYDRA manages crypto trailing stops itself (re-placed stop_limit or market exit).
 Everything the venue cannot express is refused here, before a request is made, with a typed error
@@ -31,7 +31,8 @@ EQUITY_TIF = frozenset({TimeInForce.DAY, TimeInForce.GTC, TimeInForce.OPG, TimeI
 CRYPTO_ORDER_TYPES = frozenset({OrderType.MARKET, OrderType.LIMIT, OrderType.STOP_LIMIT})
 CRYPTO_TIF = frozenset({TimeInForce.GTC, TimeInForce.IOC})
 DAY_OR_GTC = frozenset({TimeInForce.DAY, TimeInForce.GTC})
-FRACTIONAL_ORDER_TYPES = frozenset({OrderType.MARKET, OrderType.LIMIT, OrderType.STOP, OrderType.STOP_LIMIT})
+FRACTIONAL_ORDER_TYPES = frozenset({OrderType.MARKET})    # "only market and day order types" (spec: qty)
+AUCTION_TIF = frozenset({TimeInForce.OPG, TimeInForce.CLS})   # "use this TIF with a market/limit order type"
 EQUITY_FRACTION_STEP = Decimal("0.000000001")    # Alpaca accepts up to 9 decimals
 
 
@@ -82,8 +83,11 @@ def spec_from_asset(asset: Any) -> AssetSpec:
                            qty_increment=_dec(get("min_trade_increment"), Decimal("0.000000001")),
                            price_increment=_dec(get("price_increment"), Decimal("0.01")), tradable=tradable)
     if cls_value == AssetClass.EQUITY.value:
-        return equity_spec(symbol, shortable=bool(get("shortable")), fractionable=bool(get("fractionable")),
-                           tradable=tradable)
+        # shortable only while easy to borrow: Alpaca refuses a short on a hard-to-borrow name (spec, Assets:
+        # easy_to_borrow is deprecated for borrow_status, which alpaca-py 0.44's model does not carry yet)
+        borrow = getattr(get("borrow_status"), "value", get("borrow_status"))
+        shortable = bool(get("shortable")) and get("easy_to_borrow") is not False and borrow in (None, "easy_to_borrow")
+        return equity_spec(symbol, shortable=shortable, fractionable=bool(get("fractionable")), tradable=tradable)
     raise InvalidOrder(f"asset {symbol}: class {cls_value!r} is not traded by HYDRA (us_equity or crypto only)",
                        symbol=symbol)
 
@@ -181,6 +185,9 @@ def validate_and_round(order: Order, spec: AssetSpec, *, notional_usd: Decimal |
     if order.time_in_force not in spec.time_in_force:
         raise _refuse(InvalidTimeInForce, order, f"time_in_force {order.time_in_force.value} is not accepted for "
                       f"{venue} (allowed: {', '.join(sorted(t.value for t in spec.time_in_force))})")
+    if order.time_in_force in AUCTION_TIF and order.order_type not in (OrderType.MARKET, OrderType.LIMIT):
+        raise _refuse(InvalidTimeInForce, order, f"time_in_force {order.time_in_force.value} (an auction) takes "
+                      "market or limit orders only")
     bracket = order.take_profit_price is not None or order.stop_loss_price is not None
     if bracket and crypto:
         raise _refuse(InvalidOrder, order, "crypto accepts simple orders only (no bracket take-profit/stop-loss legs)")
@@ -205,8 +212,8 @@ def validate_and_round(order: Order, spec: AssetSpec, *, notional_usd: Decimal |
                       f"below the minimum order size {spec.min_order_size or spec.qty_increment}")
     if fractional and not crypto:
         if order.order_type not in FRACTIONAL_ORDER_TYPES or bracket or order.time_in_force is not TimeInForce.DAY:
-            raise _refuse(InvalidOrder, order, f"fractional qty {qty} needs a simple market/limit/stop/stop_limit "
-                          "order with time_in_force day")
+            raise _refuse(InvalidOrder, order, f"fractional qty {qty} needs a simple market order with "
+                          "time_in_force day")
 
     needs = {OrderType.LIMIT: ("limit_price",), OrderType.STOP: ("stop_price",),
              OrderType.STOP_LIMIT: ("stop_price", "limit_price"), OrderType.TRAILING_STOP: ("trail_percent",)}
@@ -243,4 +250,9 @@ def validate_and_round(order: Order, spec: AssetSpec, *, notional_usd: Decimal |
         if (order.side is Side.BUY and not tp > sl) or (order.side is Side.SELL and not tp < sl):
             raise _refuse(InvalidOrder, order, f"bracket take_profit {tp} / stop_loss {sl} are on the wrong sides "
                           f"for a {order.side.value}")
+        base, cent = rounded["limit_price"], Decimal("0.01")
+        if base is not None and ((order.side is Side.BUY and sl > base - cent)
+                                 or (order.side is Side.SELL and sl < base + cent)):
+            raise _refuse(InvalidOrder, order, f"bracket stop_loss {sl} must be at least $0.01 "
+                          f"{'below' if order.side is Side.BUY else 'above'} the entry limit {base}")
     return dataclasses.replace(order, qty=order.qty if notional_usd is not None else qty, **rounded)
