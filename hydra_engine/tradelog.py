@@ -206,14 +206,7 @@ def load_session(path: str | Path) -> dict:
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION}")
     journal = path.parent / doc.get("journal", "")
-    details: list[dict] = []
-    if journal.is_file():
-        with open(journal, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    details.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a torn last line from a crash: everything before it is complete
+    details = _read_journal(journal) if journal.is_file() else []
     known_cycles = {c["cycle"] for c in doc["cycles"]}
     missing = [d for d in details if d["cycle"] not in known_cycles]
     if missing:  # the document lags the journal: rebuild the tail from the journal
@@ -231,6 +224,27 @@ def load_session(path: str | Path) -> dict:
         doc["recovered_from_journal"] = len(missing)
     doc["cycle_details"] = details
     return doc
+
+
+def _read_journal(journal: Path) -> list[dict]:
+    """The journal's cycle lines. Only the last non-empty line can be torn by a crash (the journal is
+    appended and fsynced line by line), so an unreadable last line is dropped; an unreadable line with
+    more lines after it is damage, and dropping it (and every cycle after it) would be a silent wrong
+    result, so it is an error naming the file and the line."""
+    details: list[dict] = []
+    unreadable: tuple[int, str] | None = None   # (line number, why): fatal once another line follows it
+    with open(journal, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            if unreadable is not None:
+                raise ValueError(f"{journal}: line {unreadable[0]} is corrupt ({unreadable[1]}); later lines "
+                                 "follow it, so this is damage, not a torn write")
+            try:
+                details.append(json.loads(raw.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                unreadable = (number, str(exc))
+    return details
 
 
 def last_logged_fills(log_dir: Path, before: Path, mode: str) -> tuple[str, set[str]]:
