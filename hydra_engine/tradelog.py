@@ -191,6 +191,59 @@ class SessionLog:
         self._journal.close()
 
 
+class CorruptLog(ValueError):
+    """A session log or journal that reads as JSON but is damaged or holds a record of the wrong shape;
+    the message names the file and the line or record (and field)."""
+
+
+def _number(value: Any, finite: bool) -> bool:
+    """A JSON number or a decimal string (money is written as strings), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return False
+    try:
+        x = float(value)
+    except ValueError:
+        return False
+    return not finite or x - x == 0.0
+
+
+def _time(value: Any) -> bool:
+    """An ISO-8601 time string."""
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+_TRADE_FIELDS = (  # (field, required, valid, what it must be)
+    ("strategy", True, lambda v: isinstance(v, str) and v != "", "the strategy's name"),
+    ("entry_time", True, _time, "an ISO-8601 time"),
+    ("exit_time", True, _time, "an ISO-8601 time"),
+    ("pnl_usd", True, lambda v: _number(v, finite=True), "a finite number"),
+    ("fees_usd", False, lambda v: _number(v, finite=False), "a number or null"),
+    ("r_multiple", False, lambda v: _number(v, finite=False), "a number or null"),
+)
+
+
+def check_trades(trades: Any, path: Path) -> None:
+    """The closed trades that review, explain and weights compute from: each an object with the
+    strategy's name, ISO-8601 entry and exit times and a finite net P&L; ``fees_usd`` and
+    ``r_multiple`` may be null (to_jsonable writes NaN as null) or missing, but are numbers if given."""
+    if not isinstance(trades, list):
+        raise CorruptLog(f"{path}: 'trades' is {type(trades).__name__}, expected a list of trades")
+    for i, t in enumerate(trades):
+        if not isinstance(t, dict):
+            raise CorruptLog(f"{path}: trades[{i}] is {t!r}, expected a trade object")
+        for name, required, valid, expected in _TRADE_FIELDS:
+            value = t.get(name)
+            if (required or value is not None) and not valid(value):
+                got = f"= {value!r}" if name in t else "is missing"
+                raise CorruptLog(f"{path}: trades[{i}].{name} {got}: expected {expected}")
+
+
 def load_session(path: str | Path) -> dict:
     """Read a session document, completing it from its journal if the process died mid-session.
 
@@ -222,6 +275,8 @@ def load_session(path: str | Path) -> dict:
                                   "equity_usd": d.get("equity_usd")})
         doc["orders"] = list(orders.values())
         doc["recovered_from_journal"] = len(missing)
+    if isinstance(doc.get("trades"), list):  # a document without trades is the callers' to refuse
+        check_trades(doc["trades"], path)
     doc["cycle_details"] = details
     return doc
 
@@ -238,12 +293,16 @@ def _read_journal(journal: Path) -> list[dict]:
             if not raw.strip():
                 continue
             if unreadable is not None:
-                raise ValueError(f"{journal}: line {unreadable[0]} is corrupt ({unreadable[1]}); later lines "
+                raise CorruptLog(f"{journal}: line {unreadable[0]} is corrupt ({unreadable[1]}); later lines "
                                  "follow it, so this is damage, not a torn write")
             try:
-                details.append(json.loads(raw.decode("utf-8")))
+                line = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 unreadable = (number, str(exc))
+                continue
+            if not isinstance(line, dict) or type(line.get("cycle")) is not int:
+                raise CorruptLog(f"{journal}: line {number} is not a cycle record (no integer 'cycle')")
+            details.append(line)
     return details
 
 

@@ -21,11 +21,15 @@ def register(subparsers) -> None:
 
 
 def handle(args) -> int:
-    from ..review import review_session
+    from ..review import LogError, review_session
     try:
         review, files = review_session(Path(args.log), args.out, args.periods_per_year)
-    except ValueError as exc:  # LogError and load_session's own ValueErrors carry the file and the reason
+    except LogError as exc:  # the log could not be loaded; the message names the file and the reason
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (TypeError, AttributeError, ValueError, LookupError) as exc:
+        # a record of a shape the loader does not check (a cycle's equity "abc"): name the file, no traceback
+        print(f"error: {args.log}: cannot review this log ({type(exc).__name__}: {exc})", file=sys.stderr)
         return EXIT_USAGE
     print(review.text())
     print(f"report written to {files[0].parent}: " + ", ".join(f.name for f in files))
