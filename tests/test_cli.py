@@ -216,6 +216,15 @@ def test_unknown_option_is_a_usage_error(capsys):
     assert "unrecognized arguments: --cycels" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("cycles, message", [("-5", "-5 is not a positive number"), ("0", "0 is not a positive number"),
+                                             ("2.5", "'2.5' is not a whole number")])
+def test_cycles_must_be_a_positive_whole_number(capsys, cycles, message):
+    with pytest.raises(SystemExit) as exc:   # -5 used to run all but the last 5 ticks without a word
+        main(["run", "--cycles", cycles])
+    assert exc.value.code == 2
+    assert f"argument --cycles: {message}" in capsys.readouterr().err
+
+
 def test_script_entry_point_in_a_fresh_interpreter(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HYDRA_") and k not in KEY_VARS}
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "hydra_engine.py"), "version"], cwd=tmp_path,

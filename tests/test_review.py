@@ -102,6 +102,15 @@ def test_review_and_explain_bad_logs_exit_2(tmp_path, capsys, content, message):
         assert code == 2 and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("value", ["0", "-365", "nan", "inf", "many"])
+def test_periods_per_year_must_be_a_finite_positive_number(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exc:   # 0 printed CAGR 0.00 and Sharpe 0.00; -365 a math domain error
+        run(["review", str(SMALL), "--out", str(tmp_path), "--periods-per-year", value], capsys)
+    assert exc.value.code == 2 and "argument --periods-per-year" in capsys.readouterr().err
+    code, out, _ = run(["review", str(SMALL), "--out", str(tmp_path), "--periods-per-year", "252"], capsys)
+    assert code == 0 and "annualised   252 periods per year" in out
+
+
 def _mutated_log(tmp_path, mutate_doc=None, mutate_lines=None):
     """SMALL with its document and journal lines changed by the given functions."""
     doc, lines = json.loads(SMALL.read_text()), SMALL.with_suffix(".cycles.jsonl").read_text().splitlines()
