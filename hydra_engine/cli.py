@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, (PluginError, DataFolderError, RiskConfigError, ValueError)):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        if isinstance(exc, OSError):   # a path the user gave that is a file, a folder or not allowed
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         raise
 
 

@@ -254,12 +254,17 @@ def load_session(path: str | Path) -> dict:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"session log not found: {path}") from None
-    except json.JSONDecodeError as exc:
+    except OSError as exc:   # a folder, no permission, ...: the OS message alone may not name the file
+        raise ValueError(f"{path}: cannot read the session log ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a valid session log ({exc})") from None
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION}")
     journal = path.parent / doc.get("journal", "")
-    details = _read_journal(journal) if journal.is_file() else []
+    try:
+        details = _read_journal(journal) if journal.is_file() else []
+    except OSError as exc:
+        raise ValueError(f"{journal}: cannot read the cycle journal ({exc.strerror or exc})") from None
     known_cycles = {c["cycle"] for c in doc["cycles"]}
     missing = [d for d in details if d["cycle"] not in known_cycles]
     if missing:  # the document lags the journal: rebuild the tail from the journal

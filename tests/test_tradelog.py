@@ -264,6 +264,15 @@ def test_bad_json_is_a_clear_error(tmp_path):
     assert str(err.value).startswith(f"{path}: not a valid session log")
 
 
+def test_unreadable_log_or_journal_is_named(tmp_path):
+    with pytest.raises(ValueError, match=f"^{tmp_path}: cannot read the session log \\(Is a directory\\)"):
+        load_session(tmp_path)
+    path = tmp_path / "session-x.json"
+    path.write_bytes(b'{"schema_version": 1, "x": "\xff"}')
+    with pytest.raises(ValueError, match=f"^{path}: not a valid session log .*utf-8"):
+        load_session(path)              # was the codec's message without the file
+
+
 def test_missing_log_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="session log not found"):
         load_session(tmp_path / "session-none.json")
