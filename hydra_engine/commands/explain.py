@@ -161,7 +161,8 @@ def explain_cycle(detail: dict, symbol: str | None = None, session: dict | None 
             w = float(c.get("weight") or 0)
             share = f"{100 * w / total:5.1f}%" if total > 0 else "   n/a"
             thesis = theses.get((sym, c.get("source")), "")
-            lines.append(f"    {c.get('source', '?'):<28} score {_f(c.get('score'), 3, '+')}  conf {_f(c.get('confidence'))}"
+            lines.append(f"    {c.get('source', '?'):<28} score {_f(c.get('score'), 3, '+')}"
+                         f"  conf {_f(c.get('confidence'))}"
                          f"  weight {w:.3f} ({share})" + (f"  “{thesis}”" if thesis else ""))
     run, gated = detail.get("strategies_run") or [], detail.get("strategies_gated") or []
     lines += ["", f"STRATEGIES run: {', '.join(run) or 'none'}"
