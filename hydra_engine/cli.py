@@ -95,6 +95,18 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def positive_int(text: str) -> int:
+    """argparse type of ``--cycles``: a whole number >= 1 (a negative count used to run all but the last
+    N ticks, and 0 nothing at all, without a word)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hydra", description="HYDRA regime-adaptive trading engine. "
                                      "With no command: run the offline simulation on the shipped real data.")
@@ -105,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the engine (offline simulation or Alpaca paper)")
     run.add_argument("--mode", choices=["sim", "paper"], default="sim",
                      help="sim: replay shipped data with the simulated broker; paper: Alpaca paper account")
-    run.add_argument("--cycles", type=int, default=None, help="stop after N cycles")
+    run.add_argument("--cycles", type=positive_int, default=None, help="stop after N cycles (N >= 1)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("--live", action="store_true", help="trade real money (also needs HYDRA_ENABLE_LIVE_TRADING)")
     run.add_argument("--adopt", action="store_true", help="adopt the broker's positions/orders on a reconciliation mismatch")
@@ -151,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                   "nothing was traded", file=sys.stderr)
             return EXIT_ERROR
         if isinstance(exc, (PluginError, DataFolderError, RiskConfigError, ValueError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, OSError):   # a path the user gave that is a file, a folder or not allowed
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         raise

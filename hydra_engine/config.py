@@ -271,6 +271,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
             file_data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{cfg_path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:   # TOML is UTF-8; the codec's message alone does not name the file
+            raise ConfigError(f"{cfg_path}: not a UTF-8 text file ({exc})") from None
+        except OSError as exc:              # a folder, no permission, ...
+            raise ConfigError(f"{cfg_path}: cannot read the config file ({exc.strerror or exc})") from None
     try:
         settings = Settings(**file_data)
     except ValidationError as exc:

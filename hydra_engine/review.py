@@ -247,6 +247,8 @@ def load_log(path: str | Path) -> dict:
         return doc
     except FileNotFoundError as exc:
         raise LogError(exc.args[0] if exc.args else str(exc)) from None
+    except ValueError as exc:  # load_session's own errors name the file already
+        raise LogError(str(exc)) from None
     except (KeyError, TypeError, AttributeError) as exc:  # valid JSON, not a session document
         raise LogError(f"{path}: not a valid session log (missing or malformed {exc})") from None
 

@@ -191,6 +191,59 @@ class SessionLog:
         self._journal.close()
 
 
+class CorruptLog(ValueError):
+    """A session log or journal that reads as JSON but is damaged or holds a record of the wrong shape;
+    the message names the file and the line or record (and field)."""
+
+
+def _number(value: Any, finite: bool) -> bool:
+    """A JSON number or a decimal string (money is written as strings), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return False
+    try:
+        x = float(value)
+    except ValueError:
+        return False
+    return not finite or x - x == 0.0
+
+
+def _time(value: Any) -> bool:
+    """An ISO-8601 time string."""
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+_TRADE_FIELDS = (  # (field, required, valid, what it must be)
+    ("strategy", True, lambda v: isinstance(v, str) and v != "", "the strategy's name"),
+    ("entry_time", True, _time, "an ISO-8601 time"),
+    ("exit_time", True, _time, "an ISO-8601 time"),
+    ("pnl_usd", True, lambda v: _number(v, finite=True), "a finite number"),
+    ("fees_usd", False, lambda v: _number(v, finite=False), "a number or null"),
+    ("r_multiple", False, lambda v: _number(v, finite=False), "a number or null"),
+)
+
+
+def check_trades(trades: Any, path: Path) -> None:
+    """The closed trades that review, explain and weights compute from: each an object with the
+    strategy's name, ISO-8601 entry and exit times and a finite net P&L; ``fees_usd`` and
+    ``r_multiple`` may be null (to_jsonable writes NaN as null) or missing, but are numbers if given."""
+    if not isinstance(trades, list):
+        raise CorruptLog(f"{path}: 'trades' is {type(trades).__name__}, expected a list of trades")
+    for i, t in enumerate(trades):
+        if not isinstance(t, dict):
+            raise CorruptLog(f"{path}: trades[{i}] is {t!r}, expected a trade object")
+        for name, required, valid, expected in _TRADE_FIELDS:
+            value = t.get(name)
+            if (required or value is not None) and not valid(value):
+                got = f"= {value!r}" if name in t else "is missing"
+                raise CorruptLog(f"{path}: trades[{i}].{name} {got}: expected {expected}")
+
+
 def load_session(path: str | Path) -> dict:
     """Read a session document, completing it from its journal if the process died mid-session.
 
@@ -201,19 +254,17 @@ def load_session(path: str | Path) -> dict:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"session log not found: {path}") from None
-    except json.JSONDecodeError as exc:
+    except OSError as exc:   # a folder, no permission, ...: the OS message alone may not name the file
+        raise ValueError(f"{path}: cannot read the session log ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a valid session log ({exc})") from None
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION}")
     journal = path.parent / doc.get("journal", "")
-    details: list[dict] = []
-    if journal.is_file():
-        with open(journal, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    details.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a torn last line from a crash: everything before it is complete
+    try:
+        details = _read_journal(journal) if journal.is_file() else []
+    except OSError as exc:
+        raise ValueError(f"{journal}: cannot read the cycle journal ({exc.strerror or exc})") from None
     known_cycles = {c["cycle"] for c in doc["cycles"]}
     missing = [d for d in details if d["cycle"] not in known_cycles]
     if missing:  # the document lags the journal: rebuild the tail from the journal
@@ -229,8 +280,35 @@ def load_session(path: str | Path) -> dict:
                                   "equity_usd": d.get("equity_usd")})
         doc["orders"] = list(orders.values())
         doc["recovered_from_journal"] = len(missing)
+    if isinstance(doc.get("trades"), list):  # a document without trades is the callers' to refuse
+        check_trades(doc["trades"], path)
     doc["cycle_details"] = details
     return doc
+
+
+def _read_journal(journal: Path) -> list[dict]:
+    """The journal's cycle lines. Only the last non-empty line can be torn by a crash (the journal is
+    appended and fsynced line by line), so an unreadable last line is dropped; an unreadable line with
+    more lines after it is damage, and dropping it (and every cycle after it) would be a silent wrong
+    result, so it is an error naming the file and the line."""
+    details: list[dict] = []
+    unreadable: tuple[int, str] | None = None   # (line number, why): fatal once another line follows it
+    with open(journal, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            if unreadable is not None:
+                raise CorruptLog(f"{journal}: line {unreadable[0]} is corrupt ({unreadable[1]}); later lines "
+                                 "follow it, so this is damage, not a torn write")
+            try:
+                line = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                unreadable = (number, str(exc))
+                continue
+            if not isinstance(line, dict) or type(line.get("cycle")) is not int:
+                raise CorruptLog(f"{journal}: line {number} is not a cycle record (no integer 'cycle')")
+            details.append(line)
+    return details
 
 
 def last_logged_fills(log_dir: Path, before: Path, mode: str) -> tuple[str, set[str]]:

@@ -413,4 +413,7 @@ def _ms(row: Any, name: str, where: str) -> datetime:
             raise InvalidOperation
     except InvalidOperation:
         raise BinanceDataError(f"{where}: field '{name}' is not epoch milliseconds: {raw!r}", field=name) from None
-    return _EPOCH + timedelta(milliseconds=int(ms))
+    try:
+        return _EPOCH + timedelta(milliseconds=int(ms))
+    except OverflowError:   # e.g. 1e20: past what a datetime can hold (year 9999)
+        raise BinanceDataError(f"{where}: field '{name}' is out of range for a time: {raw!r}", field=name) from None

@@ -55,6 +55,7 @@ class BinanceDerivativesFeed:
             (kind, sym): {} for sym in self.symbols for kind in (FUNDING, OPEN_INTEREST)}
         self._live_oi: dict[str, tuple[int, float]] = {}   # newest openInterest snapshot (ts_s, value)
         self._errors: dict[str, str] = {}                 # engine symbol -> last refresh error
+        self._bad_live_oi: dict[str, str] = {}            # engine symbol -> why its newest OI was refused
         self._loaded: set[str] = set()                    # symbols whose backfill succeeded
         self._last_now: datetime | None = None
 
@@ -65,6 +66,7 @@ class BinanceDerivativesFeed:
         After a 429 or 418 the client refuses the other symbols locally, so nothing more is sent."""
         self._last_now = require_utc(now, "now")
         self._errors.clear()
+        self._bad_live_oi.clear()
         for sym, bsym in self.symbols.items():
             try:
                 self._refresh_symbol(sym, bsym)
@@ -80,8 +82,14 @@ class BinanceDerivativesFeed:
         live = self.client.open_interest(bsym)
         # merge only once every call succeeded, so a half refresh never mixes into the history
         self._merge((FUNDING, sym), ((_epoch_s(f.funding_time), float(f.rate)) for f in funding))
-        self._merge((OPEN_INTEREST, sym), ((_epoch_s(p.timestamp), float(p.sum_open_interest)) for p in hist))
-        self._live_oi[sym] = (_epoch_s(live.time), float(live.open_interest))
+        # open interest of zero or below is not a real figure: kept out of the series, as replay keeps it out
+        self._merge((OPEN_INTEREST, sym), ((_epoch_s(p.timestamp), float(p.sum_open_interest)) for p in hist
+                                           if p.sum_open_interest > 0))
+        if live.open_interest > 0:
+            self._live_oi[sym] = (_epoch_s(live.time), float(live.open_interest))
+        else:   # the newest figure is bad: the symbol is stale, as replay makes a symbol whose newest bar is bad
+            self._bad_live_oi[sym] = (f"newest open_interest from Binance is invalid ({live.open_interest} at "
+                                      f"{live.time:%Y-%m-%d %H:%M}Z)")
         self._loaded.add(sym)
 
     def _merge(self, key: tuple[str, str], points) -> None:
@@ -119,6 +127,9 @@ class BinanceDerivativesFeed:
         for sym in self.symbols:
             if sym in self._errors:
                 out[sym] = f"Binance refresh failed: {self._errors[sym]}"
+                continue
+            if sym in self._bad_live_oi:
+                out[sym] = self._bad_live_oi[sym]
                 continue
             for kind, limit in ((FUNDING, self.limits.funding_stale_after),
                                 (OPEN_INTEREST, self.limits.oi_stale_after)):

@@ -267,6 +267,8 @@ def test_malformed_json_is_a_data_error(client, rsps):
     (lambda r: r.pop("markPrice"), "markPrice"),
     (lambda r: r.update(lastFundingRate="abc"), "lastFundingRate"),
     (lambda r: r.update(time="yesterday"), "time"),
+    (lambda r: r.update(time=1e20), "time"),                # was a raw OverflowError (timedelta)
+    (lambda r: r.update(time=300_000_000_000_000), "time"),  # year ~11476: past datetime's year 9999
     (lambda r: r.update(indexPrice="NaN"), "indexPrice"),
     (lambda r: r.update(symbol=None), "symbol"),
 ])

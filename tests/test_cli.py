@@ -216,6 +216,24 @@ def test_unknown_option_is_a_usage_error(capsys):
     assert "unrecognized arguments: --cycels" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("cycles, message", [("-5", "-5 is not a positive number"), ("0", "0 is not a positive number"),
+                                             ("2.5", "'2.5' is not a whole number")])
+def test_cycles_must_be_a_positive_whole_number(capsys, cycles, message):
+    with pytest.raises(SystemExit) as exc:   # -5 used to run all but the last 5 ticks without a word
+        main(["run", "--cycles", cycles])
+    assert exc.value.code == 2
+    assert f"argument --cycles: {message}" in capsys.readouterr().err
+
+
+def test_a_log_dir_that_is_a_file_is_an_error_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "logs").write_text("not a folder")
+    cfg = tmp_path / "hydra.toml"
+    cfg.write_text(f'[engine]\nlog_dir = "{tmp_path / "logs"}"\n[storage]\nurl = "sqlite:///{tmp_path / "h.db"}"\n')
+    assert main(["--config", str(cfg), "run", "--cycles", "1", "--no-progress"]) == 2   # was FileExistsError
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "logs") in err and "Traceback" not in err
+
+
 def test_script_entry_point_in_a_fresh_interpreter(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HYDRA_") and k not in KEY_VARS}
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "hydra_engine.py"), "version"], cwd=tmp_path,

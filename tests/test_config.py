@@ -133,6 +133,21 @@ def test_invalid_toml_names_the_file_and_the_position(tmp_path, capsys):
     assert str(path) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind, message", [("folder", "cannot read the config file (Is a directory)"),
+                                            ("latin1", "not a UTF-8 text file")])
+def test_unreadable_config_names_the_file(tmp_path, capsys, kind, message):
+    path = tmp_path / "hydra.toml"
+    if kind == "folder":
+        path.mkdir()                    # was an IsADirectoryError traceback
+    else:
+        path.write_bytes('[engine]\nlog_dir = "caf\xe9"\n'.encode("latin-1"))  # was the codec's message alone
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(err.value).startswith(f"{path}: {message}")
+    assert main(["--config", str(path), "run"]) == 2
+    assert f"error: {path}: {message}" in capsys.readouterr().err
+
+
 def test_a_minimal_file_falls_back_to_defaults(tmp_path):
     s = load_settings(write_config(tmp_path, '[broker]\nfee_bps = 2.5\n'))
     assert s.broker.fee_bps == 2.5

@@ -187,6 +187,24 @@ def test_stale_data_makes_the_feed_unhealthy(rsps, history):
     assert "funding_rate stale" in feed.stale(NOW + timedelta(hours=9))["BTC/USD"]
 
 
+@pytest.mark.parametrize("live_oi", ["0", "-5.2"])
+def test_open_interest_of_zero_or_below_is_kept_out_and_marks_the_symbol_stale(rsps, history, live_oi):
+    funding, oi = history["BTCUSDT"]
+    hist = oi_hist_body(oi, "BTCUSDT", NOW, 500)
+    hist[-2]["sumOpenInterest"] = "0"                    # replay keeps such a point out of the series
+    rsps.get(FUNDING_URL, json=funding_body(funding, "BTCUSDT", NOW, 100))
+    rsps.get(OI_HIST_URL, json=hist)
+    rsps.get(OI_URL, json={"symbol": "BTCUSDT", "openInterest": live_oi, "time": int(NOW.timestamp() * 1000)})
+    clock = Clock()
+    feed = BinanceDerivativesFeed(BinanceFuturesClient(clock=clock, sleep=clock.sleep, max_retries=0),
+                                  {"BTC/USD": "BTCUSDT"})
+    feed.refresh(NOW)
+    values = feed.series(NOW)[(OPEN_INTEREST, "BTC/USD")].values
+    assert len(values) == 499 and np.all(values > 0)     # neither the bad hourly point nor the live one
+    ok, reason = feed.health()                           # was (True, "ok")
+    assert not ok and f"BTC/USD: newest open_interest from Binance is invalid ({live_oi} at" in reason
+
+
 def test_later_refreshes_pull_small_pages_and_extend_the_history(rsps, history):
     serve(rsps, history, NOW)
     feed = make_feed()

@@ -121,6 +121,18 @@ def test_bad_price_marks_the_symbol_stale_and_blocks_entries(tmp_path, bad):
     assert market.snapshot(datetime(2024, 3, 5, 22, tzinfo=UTC)).tradable("BTC/USD")
 
 
+def test_a_text_cell_in_a_price_column_is_a_bad_bar_not_a_failed_file(tmp_path):
+    shutil.copytree(SHIPPED_DATA, tmp_path / "d")
+    path = tmp_path / "d/equities/daily/iex_like_spooky_course/SPY.csv.gz"
+    df = pd.read_csv(path, dtype={"Close": object})
+    df.loc[df["Date"].str.startswith("2024-03-05"), "Close"] = "abc"
+    df.to_csv(path, index=False)
+    market = ReplayMarketData(tmp_path / "d", ["SPY"])   # was: could not convert string to float: 'abc'
+    assert market.quality.dropped_bad_price == {"SPY": 1}
+    snap = market.snapshot(datetime(2024, 3, 5, 22, tzinfo=UTC))  # after that bar's 16:00 New York close
+    assert "invalid price" in snap.stale["SPY"] and not snap.tradable("SPY")
+
+
 def test_duplicated_and_out_of_order_bars_are_cleaned(tmp_path):
     write_btc_folder(tmp_path / "d", lambda df: pd.concat([df.iloc[::-1], df.iloc[100:105]]))
     market = ReplayMarketData(tmp_path / "d", ["BTC/USD"])

@@ -102,7 +102,68 @@ def test_review_and_explain_bad_logs_exit_2(tmp_path, capsys, content, message):
         assert code == 2 and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("value", ["0", "-365", "nan", "inf", "many"])
+def test_periods_per_year_must_be_a_finite_positive_number(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exc:   # 0 printed CAGR 0.00 and Sharpe 0.00; -365 a math domain error
+        run(["review", str(SMALL), "--out", str(tmp_path), "--periods-per-year", value], capsys)
+    assert exc.value.code == 2 and "argument --periods-per-year" in capsys.readouterr().err
+    code, out, _ = run(["review", str(SMALL), "--out", str(tmp_path), "--periods-per-year", "252"], capsys)
+    assert code == 0 and "annualised   252 periods per year" in out
+
+
+def _mutated_log(tmp_path, mutate_doc=None, mutate_lines=None):
+    """SMALL with its document and journal lines changed by the given functions."""
+    doc, lines = json.loads(SMALL.read_text()), SMALL.with_suffix(".cycles.jsonl").read_text().splitlines()
+    log = tmp_path / SMALL.name
+    log.write_text(json.dumps(mutate_doc(doc) if mutate_doc else doc))
+    lines = [json.dumps(mutate_lines(json.loads(x))) for x in lines] if mutate_lines else lines
+    log.with_suffix(".cycles.jsonl").write_text("\n".join(lines) + "\n")
+    return log
+
+
+def _set_first_trade(field, value):
+    def mutate(doc):
+        doc["trades"][0] = value if field is None else {**doc["trades"][0], field: value}
+        return doc
+    return mutate
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("pnl_usd", None, "trades[0].pnl_usd = None: expected a finite number"),
+    (None, 5, "trades[0] is 5, expected a trade object"),
+    ("exit_time", 12, "trades[0].exit_time = 12: expected an ISO-8601 time"),
+])
+def test_wrongly_typed_trade_is_named_by_file_record_and_field(tmp_path, capsys, field, value, message):
+    log = _mutated_log(tmp_path, _set_first_trade(field, value))
+    for argv in (["review", str(log), "--out", str(tmp_path / "o")], ["explain", str(log), "--cycle", "2"]):
+        code, out, err = run(argv, capsys)   # was a TypeError traceback in review
+        assert code == 2 and f"error: {log}: {message}" in err and "Traceback" not in err
+
+
+def test_a_record_the_loader_does_not_check_is_an_error_naming_the_file(tmp_path, capsys):
+    def equity_text(doc):
+        doc["cycles"][3]["equity_usd"] = "abc"
+        return doc
+    log = _mutated_log(tmp_path, equity_text)
+    code, out, err = run(["review", str(log), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and err.startswith(f"error: {log}: cannot review this log") and "'abc'" in err
+
+
 # ---------------------------------------------------------------- explain
+def test_explain_shows_a_null_score_as_n_a(tmp_path, capsys):
+    def null_scores(line):   # to_jsonable writes a NaN score as null
+        for a in (line.get("aggregated") or {}).values():
+            a["score"] = None
+            for c in a["contributors"]:
+                c["score"] = c["confidence"] = None
+        return line
+    log = _mutated_log(tmp_path, mutate_lines=null_scores)
+    code, out, err = run(["explain", str(log), "--cycle", "2"], capsys)
+    assert code == 0, err
+    assert re.search(r"combined score n/a\s+confidence 0\.\d\d", out)
+    assert re.search(r"trend_follow\.momentum\s+score n/a\s+conf n/a\s+weight 0\.800", out)
+
+
 def test_explain_cycle_shows_regime_signals_ev_and_the_veto_numbers(capsys):
     code, out, err = run(["explain", str(SMALL), "--cycle", "2"], capsys)
     assert code == 0, err

@@ -172,6 +172,19 @@ def test_a_torn_line_alone_loses_nothing_before_it(tmp_path):
     assert len(doc["fills"]) == 3 and len(doc["trades"]) == 2
 
 
+def test_a_corrupt_line_before_intact_lines_is_damage_not_a_torn_tail(tmp_path):
+    path, _ = crash_session(tmp_path, script(), 2, None)
+    journal = path.with_name(path.stem + ".cycles.jsonl")
+    lines = journal.read_text().splitlines()
+    lines[4] = lines[4][:30]                      # cycle 5 damaged; cycles 6-8 after it are intact
+    journal.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as err:
+        load_session(path)                        # not a session silently cut at cycle 4
+    assert f"{journal}: line 5 is corrupt" in str(err.value) and "not a torn write" in str(err.value)
+    journal.write_text("\n".join(lines[:5]) + "\n\n")  # the same line last (blank lines aside): a torn tail
+    assert [d["cycle"] for d in load_session(path)["cycle_details"]] == [1, 2, 3, 4]
+
+
 def test_load_is_idempotent(tmp_path):
     path, _ = crash_session(tmp_path, script(), 3, None)
     assert load_session(path) == load_session(path)  # reading never changes what is on disk
@@ -249,6 +262,15 @@ def test_bad_json_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError) as err:
         load_session(path)
     assert str(err.value).startswith(f"{path}: not a valid session log")
+
+
+def test_unreadable_log_or_journal_is_named(tmp_path):
+    with pytest.raises(ValueError, match=f"^{tmp_path}: cannot read the session log \\(Is a directory\\)"):
+        load_session(tmp_path)
+    path = tmp_path / "session-x.json"
+    path.write_bytes(b'{"schema_version": 1, "x": "\xff"}')
+    with pytest.raises(ValueError, match=f"^{path}: not a valid session log .*utf-8"):
+        load_session(path)              # was the codec's message without the file
 
 
 def test_missing_log_is_named(tmp_path):

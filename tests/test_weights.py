@@ -152,3 +152,25 @@ def test_weights_command_defaults_to_the_newest_log(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"no": "trades"}')
     assert main(["weights", "--log", str(bad), "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("exit_time", 12, "trades[1].exit_time = 12: expected an ISO-8601 time"),   # was a matplotlib traceback
+    ("pnl_usd", None, "trades[1].pnl_usd = None: expected a finite number"),
+])
+def test_weights_command_names_the_file_record_and_field_of_a_bad_trade(tmp_path, capsys, field, value, message):
+    from hydra_engine.cli import main
+
+    trades = [trade_dict("alpha", 1.0, 1), {**trade_dict("beta", 1.0, 2), field: value}]
+    log = write_log(tmp_path / "logs", trades)
+    assert main(["weights", "--log", str(log), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {log}: {message}" in err and "Traceback" not in err
+
+
+def test_weights_command_counts_a_null_r_multiple_as_nan(tmp_path, capsys):
+    from hydra_engine.cli import main
+
+    log = write_log(tmp_path / "logs", [{**trade_dict("alpha", 1.0, 1), "r_multiple": None}])  # NaN is written as null
+    assert main(["weights", "--log", str(log), "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "weights.json").read_text())["stats"]["alpha"]["trades"] == 1

@@ -19,6 +19,10 @@ class ExplainError(LookupError):
     """The requested cycle is not in the log; the message lists what is."""
 
 
+class TimeError(ValueError):
+    """``--time`` is not an ISO-8601 time."""
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("explain", help="explain one cycle's decisions (regime, signals, proposals, vetoes)",
                               description="Show the decision trace of one cycle of a session log: pick it by "
@@ -32,18 +36,23 @@ def register(subparsers) -> None:
 
 
 def handle(args) -> int:
-    from ..review import load_log
+    from ..review import LogError, load_log
     if args.cycle is None and args.symbol is None:
         print("error: give --cycle N, or --symbol SYM [--time ISO]", file=sys.stderr)
         return EXIT_USAGE
     try:
+        time = parse_time(args.time) if args.time else None
         doc = load_log(Path(args.log))
-        detail = find_cycle(doc.get("cycle_details", []), cycle=args.cycle, symbol=args.symbol,
-                            time=parse_time(args.time) if args.time else None)
-    except (ValueError, ExplainError) as exc:
+        detail = find_cycle(doc.get("cycle_details", []), cycle=args.cycle, symbol=args.symbol, time=time)
+        text = explain_cycle(detail, symbol=args.symbol, session=doc.get("session"))
+    except (LogError, ExplainError, TimeError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, ExplainError) else exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(explain_cycle(detail, symbol=args.symbol, session=doc.get("session")))
+    except (TypeError, AttributeError, ValueError, LookupError) as exc:
+        # a journal record of a shape the loader does not check (a cycle's ts "x"): name the file, no traceback
+        print(f"error: {args.log}: cannot explain this log ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return EXIT_USAGE
+    print(text)
     return EXIT_OK
 
 
@@ -52,7 +61,7 @@ def parse_time(text: str) -> pd.Timestamp:
     try:
         ts = pd.Timestamp(text)
     except ValueError:
-        raise ValueError(f"--time {text!r} is not an ISO-8601 time (e.g. 2024-03-01T12:00:00Z)") from None
+        raise TimeError(f"--time {text!r} is not an ISO-8601 time (e.g. 2024-03-01T12:00:00Z)") from None
     return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
 
 
@@ -99,9 +108,12 @@ def _flat(d: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _f(x, digits: int = 2) -> str:
+def _f(x, digits: int = 2, sign: str = "") -> str:
+    """A number for the trace; null (to_jsonable writes NaN as null) or missing is n/a."""
+    if x is None:
+        return "n/a"
     try:
-        return f"{float(x):,.{digits}f}"
+        return f"{float(x):{sign},.{digits}f}"
     except (TypeError, ValueError):
         return str(x)
 
@@ -144,12 +156,13 @@ def explain_cycle(detail: dict, symbol: str | None = None, session: dict | None 
     for sym, a in sorted(agg.items()):
         contributors = a.get("contributors") or []
         total = sum(float(c.get("weight") or 0) for c in contributors)
-        lines.append(f"  {sym:<10} combined score {float(a['score']):+.3f}   confidence {_f(a['confidence'])}")
+        lines.append(f"  {sym:<10} combined score {_f(a.get('score'), 3, '+')}   confidence {_f(a.get('confidence'))}")
         for c in contributors:
             w = float(c.get("weight") or 0)
             share = f"{100 * w / total:5.1f}%" if total > 0 else "   n/a"
             thesis = theses.get((sym, c.get("source")), "")
-            lines.append(f"    {c.get('source', '?'):<28} score {float(c['score']):+.3f}  conf {_f(c['confidence'])}"
+            lines.append(f"    {c.get('source', '?'):<28} score {_f(c.get('score'), 3, '+')}"
+                         f"  conf {_f(c.get('confidence'))}"
                          f"  weight {w:.3f} ({share})" + (f"  “{thesis}”" if thesis else ""))
     run, gated = detail.get("strategies_run") or [], detail.get("strategies_gated") or []
     lines += ["", f"STRATEGIES run: {', '.join(run) or 'none'}"

@@ -30,17 +30,21 @@ def register(subparsers) -> None:
 
 
 def _read_log(path: Path) -> dict:
-    """The session document; through tradelog.load_session (journal recovery) when it accepts it."""
+    """The session document; through tradelog.load_session (journal recovery) when it accepts it.
+    A log it finds damaged (a corrupt journal line, a malformed trade) is refused, not read around."""
+    from ..tradelog import CorruptLog, check_trades, load_session
     try:
-        from ..tradelog import load_session
         return load_session(path)
-    except (ImportError, ValueError, KeyError):
+    except CorruptLog:
+        raise
+    except (ValueError, KeyError):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:   # ValueError: bad JSON or bytes that are not UTF-8
             raise ValueError(f"{path}: not a readable session log ({exc})") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("trades"), list):
             raise ValueError(f"{path}: no 'trades' list; not a HYDRA session log") from None
+        check_trades(doc["trades"], path)
         return doc
 
 
@@ -58,8 +62,9 @@ def replay(doc: dict, floor: float = 0.05, cap: float = 0.6, halflife: float = 2
         missing = [k for k in ("strategy", "exit_time", "pnl_usd", "r_multiple") if k not in t]
         if missing:
             raise ValueError(f"trade {t!r} lacks {missing}")
+        r = t["r_multiple"]   # null: a NaN R (to_jsonable writes NaN as null), which update() counts as 0
         w.update(ClosedTrade(**{f: t.get(f, "") for f in ClosedTrade.__slots__ if f != "r_multiple"},
-                             r_multiple=float(t["r_multiple"])))
+                             r_multiple=float("nan") if r is None else float(r)))
     return w, len(trades)
 
 
@@ -98,10 +103,23 @@ def handle(args) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
     try:
-        w, n = replay(_read_log(log), args.floor, args.cap, args.halflife)
-    except (OSError, ValueError, TypeError) as exc:
+        from ..weights import StrategyWeights
+        StrategyWeights([], args.floor, args.cap, args.halflife)   # the bounds first: their error is not the log's
+        doc = _read_log(log)
+    except (OSError, ValueError) as exc:   # the message names the bound, or the file and the reason
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        w, n = replay(doc, args.floor, args.cap, args.halflife)
+        return _report(w, n, log, args.out)
+    except (TypeError, AttributeError, ValueError, LookupError) as exc:
+        # a record of a shape the loader does not check (session.data_start 12): name the file, no traceback
+        print(f"error: {log}: cannot replay the weights of this log ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _report(w, n: int, log: Path, out_dir: str | None) -> int:
+    """Print the weights and their history; write CSV, JSON and the chart."""
     if not w.strategies:
         print(f"error: {log} names no strategies and has no trades", file=sys.stderr)
         return EXIT_USAGE
@@ -116,7 +134,7 @@ def handle(args) -> int:
     print(f"{'time':<22}" + "".join(f"{s[:14]:>15}" for s in names))
     for t, h in w.history[-SHOWN_ROWS:]:
         print(f"{str(t)[:21]:<22}" + "".join(f"{h.get(s, 0.0):>15.3f}" for s in names))
-    out = Path(args.out) if args.out else log.with_name(log.stem + "-weights")
+    out = Path(out_dir) if out_dir else log.with_name(log.stem + "-weights")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "weights_history.csv", "w", newline="", encoding="utf-8") as fh:
         wr = csv.writer(fh)

@@ -59,19 +59,27 @@ def _daily_session_times(dates: pd.Series) -> tuple[pd.Series, pd.Series]:
     return opens, closes
 
 
+def _numeric(column: pd.Series) -> pd.Series:
+    """A price or volume column as numbers: a cell that is not a number (e.g. ``abc``) becomes NaN, a bad
+    row that the cleaning refuses and counts, instead of failing the whole file (numeric columns, i.e.
+    every good file, pass through unchanged)."""
+    return pd.to_numeric(column, errors="coerce")
+
+
 def read_bars(path, source: BarSource) -> pd.DataFrame:
     """Uniform frame: open_time, close_time (UTC), open, high, low, close, volume."""
     if source.reader == "binance_klines":
         raw = pd.read_parquet(path, columns=["ts", "open", "high", "low", "close", "volume_base"])
         open_time = pd.to_datetime(raw["ts"], utc=True)
         frame = pd.DataFrame({"open_time": open_time, "close_time": open_time + source.interval,
-                              "open": raw["open"], "high": raw["high"], "low": raw["low"],
-                              "close": raw["close"], "volume": raw["volume_base"]})
+                              "open": _numeric(raw["open"]), "high": _numeric(raw["high"]), "low": _numeric(raw["low"]),
+                              "close": _numeric(raw["close"]), "volume": _numeric(raw["volume_base"])})
     elif source.reader == "daily_ohlc_ny":
         raw = pd.read_csv(path)
         opens, closes = _daily_session_times(raw["Date"])
-        frame = pd.DataFrame({"open_time": opens, "close_time": closes, "open": raw["Open"], "high": raw["High"],
-                              "low": raw["Low"], "close": raw["Close"], "volume": raw["Volume"]})
+        frame = pd.DataFrame({"open_time": opens, "close_time": closes, "open": _numeric(raw["Open"]),
+                              "high": _numeric(raw["High"]), "low": _numeric(raw["Low"]),
+                              "close": _numeric(raw["Close"]), "volume": _numeric(raw["Volume"])})
     elif source.reader == "daily_close_ny":
         raw = pd.read_csv(path)
         opens, closes = _daily_session_times(raw.iloc[:, 0])
