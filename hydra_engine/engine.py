@@ -201,6 +201,10 @@ class Engine:
                     trades.append(trade)
         except BrokerError as exc:
             report["errors"].append(f"poll_fills: {type(exc).__name__}: {exc}")
+        # --- ADAPT strategy weights on the trades these fills closed: before this cycle ranks its proposals
+        # by confidence x reward:risk x weight, and before anything below can cut the cycle short
+        for t in trades:
+            self.weights.update(closed_trade_from_dict(t))
         for coid, order in list(self.unresolved.items()) if self.unresolved else ():  # ask again about unknown outcomes
             try:
                 known = self.broker.get_order(coid)
@@ -305,9 +309,7 @@ class Engine:
             seen.add(ex.symbol)
             self._execute_exit(ex, now, report)
 
-        # --- 9. ADAPT strategy weights on the trades closed this cycle
-        for t in trades:
-            self.weights.update(closed_trade_from_dict(t))
+        # --- 9. the strategy weights, adapted above on the trades this cycle's fills closed
         report["weights"] = self.weights.as_dict()   # rounded by _format_report
 
         account = self.broker.account()

@@ -94,7 +94,13 @@ class LiquidationCascadeHunter(Strategy):
         change = last / prev - 1.0
         if change > -p.oi_drop_pct / 100:
             return None
-        price_move = float(bars.close[-1] / bars.close[-2] - 1.0)
+        # the price move over the same span as the open-interest change: the closes of the last bars closed
+        # by each observation (the newest bar may already be an hour past the newest OI point)
+        closed = bars.ts + bars.interval_s
+        i_then, i_now = (int(np.searchsorted(closed, t, side="right")) - 1 for t in (int(oi.ts[k]), t_now))
+        if i_then < 0 or i_now <= i_then or t_now - int(closed[i_now]) > 7200:
+            return None
+        price_move = float(bars.close[i_now] / bars.close[i_then] - 1.0)
         if price_move == 0 or not math.isfinite(price_move):
             return None
         direction = 1.0 if price_move > 0 else -1.0

@@ -142,12 +142,15 @@ class SmaCrossover(Strategy):
     def propose(self, ctx: StrategyContext, combined: Mapping[str, CombinedSignal]) -> list[TradeProposal | ExitRequest]:
         out: list[TradeProposal | ExitRequest] = []
         for symbol, view in combined.items():
+            # its own crossover decides, not the combined view: another plugin's signal on the symbol is no
+            # crossover (and wants_cycle promised nothing would be proposed without one)
+            cross = next((c["score"] for c in view.contributors if c["source"] == "sma_cross"), 0.0)
             held = ctx.held.get(symbol, 0.0)
-            if view.score < 0:
+            if cross < 0:
                 if held > 0:
                     out.append(ExitRequest(self.name, symbol, "fast SMA crossed below slow SMA"))
                 continue
-            if view.score <= 0 or held:
+            if cross <= 0 or held:
                 continue
             price = ctx.market.price(symbol)
             if not (math.isfinite(price) and price > 0):

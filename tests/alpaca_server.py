@@ -39,7 +39,9 @@ import pandas as pd
 from .alpaca_double import OPEN, AlpacaDouble, make_bars
 
 UTC = timezone.utc
-SQUEEZE_HOUR = pd.Timestamp("2024-03-05T20:00:00Z")   # bar 20:00-21:00: OI -7.4 %, price +0.73 %
+# 2023-10-23, the spot-ETF short squeeze: the BTC bar opened 22:00 rose 5.5 % while Bybit open interest
+# fell 19.3 % (snapshots stamped 22:00 and 23:00, i.e. at that bar's open and close)
+SQUEEZE_HOUR = pd.Timestamp("2023-10-23T22:00:00Z")
 CRYPTO_FILES = (("BTC/USD", "BTCUSDT_1h.parquet", "BTCUSDT_oi_1h.parquet", "BTCUSDT"),
                 ("ETH/USD", "ETHUSDT_1h_from_1m.parquet", "ETHUSDT_oi_1h.parquet", "ETHUSDT"))
 
@@ -47,9 +49,11 @@ CRYPTO_FILES = (("BTC/USD", "BTCUSDT_1h.parquet", "BTCUSDT_oi_1h.parquet", "BTCU
 # --------------------------------------------------------------------------- the real market, re-stamped
 def real_window(shared_data: Path, kfile: str, oifile: str, hours: int = 120) -> tuple[list[float], list[float]]:
     k = pd.read_parquet(shared_data / "crypto_perp/binance_usdm/klines" / kfile).set_index("ts")
+    """Closes of the bars opened up to ``SQUEEZE_HOUR``, and the open interest at each of their closes
+    (Bybit stamps a snapshot with the time it was taken: the bar opened t-1h closes at its stamp t)."""
     closes = k.loc[SQUEEZE_HOUR - pd.Timedelta(hours=hours - 1):SQUEEZE_HOUR, "close"].tolist()
     oi = pd.read_parquet(shared_data / "crypto_perp/bybit_linear/open_interest" / oifile)["open_interest"]
-    return closes, oi.loc[SQUEEZE_HOUR - pd.Timedelta(hours=hours - 1):SQUEEZE_HOUR].tolist()
+    return closes, oi.loc[SQUEEZE_HOUR - pd.Timedelta(hours=hours - 2):SQUEEZE_HOUR + pd.Timedelta(hours=1)].tolist()
 
 
 class BinanceMarket:
@@ -73,7 +77,7 @@ class BinanceMarket:
 
 
 def install_real_market(double: AlpacaDouble, shared_data: Path, now: datetime) -> BinanceMarket:
-    """Real BTC/ETH hourly bars and Bybit open interest up to the 2024-03-05 squeeze hour, re-stamped
+    """Real BTC/ETH hourly bars and Bybit open interest up to the 2023-10-23 squeeze hour, re-stamped
     so the last closed bar ends at the current hour (the staleness watchdog accepts them)."""
     binance = BinanceMarket()
     last_open = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)

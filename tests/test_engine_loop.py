@@ -27,8 +27,8 @@ def run(tmp_path: Path, data_dir: Path = SHIPPED_DATA, **kw) -> dict:
 
 
 def test_same_data_and_config_give_an_identical_trade_log(tmp_path):
-    a = run(tmp_path / "a", start="2024-03-01", end="2024-03-20")
-    b = run(tmp_path / "b", start="2024-03-01", end="2024-03-20")
+    a = run(tmp_path / "a", start="2024-02-20", end="2024-03-10")   # the 2024-02-27 BTC squeeze
+    b = run(tmp_path / "b", start="2024-02-20", end="2024-03-10")
     assert a["trades"], "the window must contain trades for the comparison to mean anything"
     for key in ("orders", "fills", "trades"):
         assert a[key] == b[key]
@@ -47,9 +47,8 @@ def perturbed_copy(src: Path, dst: Path, cut: pd.Timestamp, seed: int = 7) -> No
             for col in ("open", "high", "low", "close"):
                 df.loc[after, col] = df.loc[after, col] * rng.uniform(0.5, 1.5, after.sum())
             df.to_parquet(path, index=False)
-        else:  # funding (known at its index) and open interest (known one hour after)
-            lag = pd.Timedelta(hours=1) if "open_interest" in df.columns else pd.Timedelta(0)
-            after = (pd.to_datetime(df.index, utc=True) + lag) > cut
+        else:  # funding and open interest: both known at their index (the OI snapshot is taken then)
+            after = pd.to_datetime(df.index, utc=True) > cut
             col = df.columns[0]
             df.loc[after, col] = df.loc[after, col] * rng.uniform(-3, 3, after.sum())
             df.to_parquet(path)

@@ -166,3 +166,37 @@ def test_a_restored_stop_is_not_counted_as_a_pending_entry(tmp_path, monkeypatch
     engine.exit_reasons[stop.client_order_id] = "trailing_stop"
     view = engine._portfolio_view(market.snapshot(now), now)
     assert view.pending_entries_usd == {"SPY": Decimal("1021.0")} and view.pending_entry_count == 1
+
+
+def test_proposals_are_ranked_with_the_weights_of_trades_closed_by_this_cycles_fills(tmp_path):
+    """Strategy a's stop-out is booked by the fill poll of the cycle in which b proposes: b's proposal is
+    ranked (confidence x reward:risk x weight) with the weights that already know a's loss."""
+    class A(Scripted):
+        name = "a"
+
+    class B(Scripted):
+        name = "b"
+
+    spy = [(SESSION_OPEN[0], 510, 510), (SESSION_OPEN[1], 510, 505), (SESSION_OPEN[2], 505, 495),
+           (SESSION_OPEN[3], 494, 494)]
+    market = HandMadeBars({"SPY": (DAY_S, spy), "GLD": (DAY_S, [(t, 190.0, 190.2) for t in SESSION_OPEN])})
+    booked = datetime(2024, 3, 7, 22, tzinfo=UTC)
+    strategies = [A({datetime(2024, 3, 4, 22, tzinfo=UTC): [
+                      TradeProposal("a", "SPY", Side.BUY, 510, 500, 530, 0.6, timedelta(days=5))]}),
+                  B({booked: [TradeProposal("b", "GLD", Side.BUY, 190.2, 186.0, 198.0, 0.6, timedelta(days=5))]})]
+    settings = Settings(engine={"observation_cycles": 0, "log_dir": str(tmp_path), "regime_refresh_cycles": 1},
+                        universe={"symbols": ["SPY", "GLD"], "data_only": []},
+                        storage={"url": f"sqlite:///{tmp_path}/h.db"})
+    weights = StrategyWeights(["a", "b"])
+    engine = Engine(settings, market=market, broker=SimulatedBroker(market, DEFAULT_ASSET_SPECS,
+                                                                   starting_cash_usd=Decimal(100_000)),
+                    strategies=strategies, regime_detector=FixedRegime(), aggregator=SignalAggregator(),
+                    weights=weights, risk=RiskManager(settings.risk), position_manager=PositionManager(),
+                    session_id="t", mode="sim")
+    for day in (4, 5, 6):
+        engine.run_cycle(datetime(2024, 3, day, 22, tzinfo=UTC))
+    report = engine.run_cycle(booked)
+    [trade] = engine.closed_trades
+    assert trade["strategy"] == "a" and trade["exit_reason"] == "stop" and Decimal(trade["pnl_usd"]) < 0
+    [proposal] = report["proposals"]
+    assert proposal["strategy"] == "b" and proposal["weight"] == round(weights.weight("b"), 6) > 0.5

@@ -553,7 +553,7 @@ def test_broker_failures_keep_the_loop_running_and_trade_nothing_twice(tmp_path,
 # =========================================================================== 3. bad data (replay)
 KLINES = "crypto_perp/binance_usdm/klines/BTCUSDT_1h.parquet"
 OI = "crypto_perp/bybit_linear/open_interest/BTCUSDT_oi_1h.parquet"
-SQUEEZE_DECISION = "2024-03-05T21:00:00Z"     # the clean replay buys BTC here (the 20:00 bar closed)
+SQUEEZE_DECISION = "2023-10-23T23:00:00Z"     # the clean replay buys BTC here (the 22:00 bar closed)
 
 
 def corrupted_copy(tmp_path: Path, name: str, edit_klines=None, edit_oi=None) -> Path:
@@ -575,7 +575,7 @@ def replay(tmp_path: Path, folder: Path, name: str, **params) -> tuple[dict, lis
     from hydra_engine.app import build_sim_session, run_session
     from .conftest import make_settings
     out = tmp_path / f"out-{name}"
-    settings = make_settings(out, data_dir=folder, start="2024-03-04", end="2024-03-08", symbols=("BTC/USD", "ETH/USD"),
+    settings = make_settings(out, data_dir=folder, start="2023-10-20", end="2023-10-26", symbols=("BTC/USD", "ETH/USD"),
                              data_only=(), observation_cycles=20,
                              engine={"regime_detector": "trend_vol_rule", "log_dir": str(out / "logs")},
                              strategies={"enabled": ["liquidation_cascade"],
@@ -596,19 +596,19 @@ def _at(k, ts: str):
 
 def _newest_bar(value):
     def edit(k):
-        k.loc[_at(k, "2024-03-05T20:00:00Z"), ["open", "high", "low", "close"]] = value
+        k.loc[_at(k, "2023-10-23T22:00:00Z"), ["open", "high", "low", "close"]] = value
         return k
     return edit
 
 
 def _gap(k):      # the three hours before the decision are missing: the newest bar is 3 h old
     import pandas as pd
-    return k[(k["ts"] < pd.Timestamp("2024-03-05T18:00:00Z")) | (k["ts"] > pd.Timestamp("2024-03-05T20:00:00Z"))]
+    return k[(k["ts"] < pd.Timestamp("2023-10-23T20:00:00Z")) | (k["ts"] > pd.Timestamp("2023-10-23T22:00:00Z"))]
 
 
-def _stale(k):    # the feed stops: nothing after 17:00 for the rest of the day
+def _stale(k):    # the feed stops: nothing after 19:00 for the rest of the day
     import pandas as pd
-    return k[(k["ts"] < pd.Timestamp("2024-03-05T18:00:00Z")) | (k["ts"] >= pd.Timestamp("2024-03-06T00:00:00Z"))]
+    return k[(k["ts"] < pd.Timestamp("2023-10-23T20:00:00Z")) | (k["ts"] >= pd.Timestamp("2023-10-24T00:00:00Z"))]
 
 
 @pytest.mark.parametrize("kind,edit", [("nan", _newest_bar(float("nan"))), ("zero", _newest_bar(0.0)),
@@ -629,7 +629,7 @@ def test_bad_bars_block_entries_on_the_symbol_and_say_why(tmp_path, kind, edit):
 
 def test_duplicated_and_out_of_order_bars_are_cleaned_and_counted(tmp_path):
     def shuffle(k):
-        dup = k[(k["ts"] >= "2024-03-05T10:00:00Z") & (k["ts"] <= "2024-03-05T20:00:00Z")]
+        dup = k[(k["ts"] >= "2023-10-23T10:00:00Z") & (k["ts"] <= "2023-10-23T22:00:00Z")]
         return pd_concat([k, dup]).sample(frac=1.0, random_state=SEED)    # duplicated rows, any order
     clean, _ = replay(tmp_path, ROOT / "data", "clean")
     doc, _ = replay(tmp_path, corrupted_copy(tmp_path, "shuffled", edit_klines=shuffle), "shuffled")
@@ -651,7 +651,7 @@ def test_bad_open_interest_gives_no_cascade_entry(tmp_path, kind):
 
     def edit(o):
         import pandas as pd
-        o.loc[o.index == pd.Timestamp("2024-03-05T20:00:00Z"), "open_interest"] = value
+        o.loc[o.index == pd.Timestamp("2023-10-23T23:00:00Z"), "open_interest"] = value
         return o
     _, clean_cycles = replay(tmp_path, ROOT / "data", "clean")
     at = next(c for c in clean_cycles if c["ts"] == SQUEEZE_DECISION)
@@ -664,11 +664,11 @@ def test_bad_open_interest_gives_no_cascade_entry(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["nan", "zero", "negative"])
 def test_a_held_position_waits_for_a_good_price_then_exits(tmp_path, kind):
-    """Entered at the squeeze (clean data); every BTC bar from 22:00 to 05:00 is bad. The 3-hour time
+    """Entered at the squeeze (clean data); every BTC bar from 00:00 to 07:00 is bad. The 3-hour time
     limit falls inside: the position is held (nothing sold at a bad price) and exits at the first good bar."""
     import pandas as pd
     value = {"nan": float("nan"), "zero": 0.0, "negative": -1.0}[kind]
-    bad = (pd.Timestamp("2024-03-05T22:00:00Z"), pd.Timestamp("2024-03-06T05:00:00Z"))
+    bad = (pd.Timestamp("2023-10-24T00:00:00Z"), pd.Timestamp("2023-10-24T07:00:00Z"))
 
     def edit(k):
         k.loc[(k["ts"] >= bad[0]) & (k["ts"] <= bad[1]), ["open", "high", "low", "close"]] = value
@@ -676,7 +676,7 @@ def test_a_held_position_waits_for_a_good_price_then_exits(tmp_path, kind):
     params = {"max_holding_hours": 3.0, "exit_score": -1.0}   # only the time limit (or a stop) may close it
     clean, _ = replay(tmp_path, ROOT / "data", "clean-3h", **params)
     first = clean["trades"][0]
-    assert first["entry_time"].startswith("2024-03-05T2") and first["exit_reason"] == "time"
+    assert first["entry_time"].startswith("2023-10-23T23") and first["exit_reason"] == "time"
     doc, cycles = replay(tmp_path, corrupted_copy(tmp_path, f"held-{kind}", edit_klines=edit), f"held-{kind}", **params)
     trade = doc["trades"][0]
     assert trade["entry_time"] == first["entry_time"] and trade["exit_reason"] == "time"

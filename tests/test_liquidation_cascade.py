@@ -47,12 +47,23 @@ def test_fires_on_the_march_2024_funding_spike(crypto):
 
 
 def test_rides_a_real_short_squeeze_cascade(crypto):
-    # Bybit BTC open interest fell 7.4 % in the hour to 2024-03-05 20:00 while price rose +0.73 %:
-    # shorts being liquidated. Published one hour later, so the signal appears at 21:00.
+    # 2023-01-14, the January short squeeze: Bybit BTC open interest fell 22.3 % in the hour to 01:00
+    # while price rose 4.9 % in that same hour (bar 00:00-01:00): shorts being liquidated -- ride it up.
+    # The snapshot stamped 01:00 is the open interest at 01:00, visible at 01:00 with that bar.
+    sigs = signals_between(crypto, datetime(2023, 1, 13, 23, tzinfo=UTC), datetime(2023, 1, 14, 3, tzinfo=UTC))
+    cascade = [s for s in sigs if s.source == "oi_cascade" and s.symbol == "BTC/USD"]
+    assert [s.created_at for s in cascade] == [datetime(2023, 1, 14, 1, tzinfo=UTC)]
+    assert cascade[0].score > 0 and "-22.3% in 1h while price moved +4.91%" in cascade[0].thesis
+
+
+def test_a_long_liquidation_is_not_read_as_a_squeeze(crypto):
+    # 2024-03-05, the crash from the all-time high: open interest fell 7.4 % in the hour to 20:00 while
+    # price fell 4.0 % in that hour; the next hour rebounded 0.7 %. Set against that next hour (as when
+    # the open interest was made visible an hour late) it read as shorts being squeezed: a buy.
     sigs = signals_between(crypto, datetime(2024, 3, 5, 18, tzinfo=UTC), datetime(2024, 3, 5, 23, tzinfo=UTC))
     cascade = [s for s in sigs if s.source == "oi_cascade" and s.symbol == "BTC/USD"]
-    assert cascade and all(s.score > 0 for s in cascade)
-    assert min(s.created_at for s in cascade) == datetime(2024, 3, 5, 21, tzinfo=UTC)
+    assert [s.created_at for s in cascade] == [datetime(2024, 3, 5, 20, tzinfo=UTC)]
+    assert cascade[0].score < 0 and "price moved -4.00%" in cascade[0].thesis
 
 
 def test_quiet_in_a_calm_stretch(crypto):
@@ -77,19 +88,15 @@ def test_downside_view_closes_longs_and_never_shorts(crypto):
 
 
 def test_upside_cascade_proposes_a_bounded_long(crypto):
-    now = datetime(2024, 3, 5, 21, tzinfo=UTC)
+    now = datetime(2023, 1, 14, 1, tzinfo=UTC)
     hunter = LiquidationCascadeHunter()
     ctx = StrategyContext(now, crypto.snapshot(now), RegimeReading(Regime.TRENDING_UP, 1.0, "t", now), {})
     combined = SignalAggregator().combine(hunter.generate_signals(ctx), now)
+    assert combined["BTC/USD"].score >= hunter.params.entry_score
     proposals = [p for p in hunter.propose(ctx, combined) if not isinstance(p, ExitRequest)]
-    btc = [p for p in proposals if p.symbol == "BTC/USD"]
-    # funding still says "down" but the fresh squeeze dominates only if the combined score allows it
-    if combined["BTC/USD"].score >= hunter.params.entry_score:
-        assert btc and btc[0].side is Side.BUY
-        assert btc[0].max_notional_usd == 2000 and btc[0].min_notional_usd == 200
-        assert btc[0].reward_risk == pytest.approx(2.0)
-    else:
-        assert not btc
+    [btc] = [p for p in proposals if p.symbol == "BTC/USD"]
+    assert btc.side is Side.BUY and btc.max_notional_usd == 2000 and btc.min_notional_usd == 200
+    assert btc.reward_risk == pytest.approx(2.0)
 
 
 def test_declares_regimes_assets_and_data_needs():

@@ -2,8 +2,8 @@
 
 Everything goes through the real code: alpaca-py (trading, stock and crypto data clients), the
 Binance client on requests, the APScheduler live clock, the engine, the session log and the store.
-The market is real: BTC/ETH hourly bars and Bybit open interest from the hours before the
-2024-03-05 short squeeze, re-stamped to end at the current hour so the staleness watchdog accepts them.
+The market is real: BTC/ETH hourly bars and Bybit open interest from the hours up to the
+2023-10-23 short squeeze, re-stamped to end at the current hour so the staleness watchdog accepts them.
 """
 from __future__ import annotations
 
@@ -18,18 +18,10 @@ from hydra_engine.cli import main
 from hydra_engine.tradelog import load_session
 
 from .alpaca_double import API_KEY, SECRET_KEY, AlpacaDouble, make_bars
+from .alpaca_server import real_window
 
 UTC = timezone.utc
-SQUEEZE_HOUR = pd.Timestamp("2024-03-05T20:00:00Z")   # bar 20:00-21:00: OI -7.4 %, price +0.73 %
 FAPI = "https://fapi.binance.com"
-
-
-def real_window(shared_data, symbol_file: str, oi_file: str, hours: int = 120):
-    k = pd.read_parquet(shared_data / "crypto_perp/binance_usdm/klines" / symbol_file).set_index("ts")
-    closes = k.loc[SQUEEZE_HOUR - pd.Timedelta(hours=hours - 1):SQUEEZE_HOUR, "close"].tolist()
-    oi = pd.read_parquet(shared_data / "crypto_perp/bybit_linear/open_interest" / oi_file)["open_interest"]
-    oi_vals = oi.loc[SQUEEZE_HOUR - pd.Timedelta(hours=hours - 1):SQUEEZE_HOUR].tolist()  # end-of-hour values
-    return closes, oi_vals
 
 
 @pytest.fixture()
@@ -52,7 +44,7 @@ def install_market(double: AlpacaDouble, shared_data, now: datetime) -> None:
         double.bars[symbol] = make_bars(start, timedelta(hours=1), closes)
         double.quotes[symbol] = {"ap": closes[-1] * 1.0001, "as": 1, "bp": closes[-1], "bs": 1,
                                  "t": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
-        # open interest snapshots at each bar's close (the last one: after the squeeze hour)
+        # open interest snapshots at each bar's close (the last one: the squeeze hour's close)
         hist = [{"symbol": bsym, "sumOpenInterest": f"{v:.3f}", "sumOpenInterestValue": f"{v * closes[-1]:.2f}",
                  "CMCCirculatingSupply": "0", "timestamp": str(int((start + timedelta(hours=i + 1)).timestamp() * 1000))}
                 for i, v in enumerate(oi)]

@@ -150,3 +150,26 @@ def test_a_broken_wake_predicate_means_a_full_cycle(hydra_peer, monkeypatch):
     assert [engine.run_cycle(now) for now in clock.ticks] == expected
     assert engine.stats.quiet_cycles == 0 and engine.stats.errors == 0
     assert Decimal(expected[-1]["equity_usd"]) > 0
+
+
+def test_sma_crossover_acts_on_its_own_crossover_only():
+    """Another plugin's signal on the symbol is no crossover: before, sma_crossover bought and sold on the
+    sign of the combined view, which included the hunter's open-interest and funding signals."""
+    from datetime import datetime, timezone
+    from hydra_engine.domain import Regime, RegimeReading
+    from hydra_engine.ports import MarketSnapshot
+    from hydra_engine.strategy import CombinedSignal, ExitRequest, StrategyContext
+
+    now = datetime(2024, 3, 5, 21, tzinfo=timezone.utc)
+    market = MarketSnapshot(now, closes={"BTC/USD": 63_301.1})
+    plugin = SmaCrossover()
+    other_up = CombinedSignal("BTC/USD", 0.43, 0.7, ({"source": "oi_cascade", "score": 0.75},))
+    other_down = CombinedSignal("BTC/USD", -0.44, 0.4, ({"source": "funding_rate", "score": -0.44},))
+    own_up = CombinedSignal("BTC/USD", 0.2, 0.6, ({"source": "sma_cross", "score": 1.0},
+                                                  {"source": "funding_rate", "score": -0.44}))
+    regime = RegimeReading(Regime.TRENDING_UP, 1.0, "t", now)
+    flat, holding = (StrategyContext(now, market, regime, held) for held in ({}, {"BTC/USD": 0.03}))
+    assert plugin.propose(flat, {"BTC/USD": other_up}) == []
+    assert plugin.propose(holding, {"BTC/USD": other_down}) == []
+    [entry] = plugin.propose(flat, {"BTC/USD": own_up})
+    assert not isinstance(entry, ExitRequest) and entry.symbol == "BTC/USD"

@@ -284,7 +284,7 @@ def real_run(tmp_path_factory):
     from hydra_engine.app import build_sim_session, run_session
 
     folder = tmp_path_factory.mktemp("tradelog_run")
-    session = build_sim_session(make_settings(folder, start="2024-01-01", end="2024-01-16"))
+    session = build_sim_session(make_settings(folder, start="2024-02-20", end="2024-03-01"))   # 02-27 squeeze
     summary = run_session(session, progress=False)
     return session, summary
 

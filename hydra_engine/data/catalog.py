@@ -43,11 +43,15 @@ BAR_SOURCES: dict[str, BarSource] = {
     "VIX": BarSource("VIX", "equities/daily/vix/vix_close_daily_2020_2025.csv", timedelta(days=1), "daily_close_ny"),
 }
 
+# Bybit's hourly open interest stamped t is the open interest AT t (the price move of a >5 % drop sits
+# in the bar closing at t: median |return| 1.64 % there against 0.60 % in the next bar, 280 BTC drops
+# 2020-12..2026-02), and Bybit serves it at t -- as Binance's live feed does. Made visible an hour later,
+# it was set against the next hour's price move: a long liquidation read as a short squeeze.
 POINT_SOURCES: list[PointSource] = [
     PointSource("funding_rate", "BTC/USD", "crypto_perp/binance_usdm/funding/BTCUSDT_funding_8h.parquet", "funding_rate", timedelta(0)),
     PointSource("funding_rate", "ETH/USD", "crypto_perp/binance_usdm/funding/ETHUSDT_funding_8h.parquet", "funding_rate", timedelta(0)),
-    PointSource("open_interest", "BTC/USD", "crypto_perp/bybit_linear/open_interest/BTCUSDT_oi_1h.parquet", "open_interest", timedelta(hours=1), True),
-    PointSource("open_interest", "ETH/USD", "crypto_perp/bybit_linear/open_interest/ETHUSDT_oi_1h.parquet", "open_interest", timedelta(hours=1), True),
+    PointSource("open_interest", "BTC/USD", "crypto_perp/bybit_linear/open_interest/BTCUSDT_oi_1h.parquet", "open_interest", timedelta(0), True),
+    PointSource("open_interest", "ETH/USD", "crypto_perp/bybit_linear/open_interest/ETHUSDT_oi_1h.parquet", "open_interest", timedelta(0), True),
 ]
 
 
