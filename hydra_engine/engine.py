@@ -67,7 +67,9 @@ def _order_dict(o: Order) -> dict:
     return {"client_order_id": o.client_order_id, "symbol": o.symbol, "side": o.side.value, "qty": j(o.qty),
             "order_type": o.order_type.value, "time_in_force": o.time_in_force.value, "created_at": j(o.created_at),
             "strategy": o.strategy, "purpose": o.purpose, "status": o.status.value, "broker_order_id": o.broker_order_id,
-            "filled_qty": j(o.filled_qty), "filled_avg_price": j(o.filled_avg_price), "reject_reason": o.reject_reason}
+            "filled_qty": j(o.filled_qty), "filled_avg_price": j(o.filled_avg_price), "reject_reason": o.reject_reason,
+            "limit_price": j(o.limit_price), "stop_price": j(o.stop_price), "trail_percent": j(o.trail_percent),
+            "take_profit_price": j(o.take_profit_price), "stop_loss_price": j(o.stop_loss_price)}
 
 
 def _format_report(report: dict) -> None:

@@ -328,3 +328,18 @@ def test_real_run_journal_matches_the_document(real_run):
     assert [t for d in details for t in d["trades"]] == doc["trades"]
     assert sorted(f["fill_id"] for d in details for f in d["fills"]) == sorted(f["fill_id"] for f in doc["fills"])
     assert doc["session"]["config_hash"] and doc["session"]["ended_at"]
+
+
+ORDER_FIELDS = ("client_order_id", "symbol", "side", "qty", "order_type", "time_in_force", "created_at", "strategy",
+                "purpose", "status", "broker_order_id", "filled_qty", "filled_avg_price", "reject_reason",
+                "limit_price", "stop_price", "trail_percent", "take_profit_price", "stop_loss_price")
+
+
+def test_real_run_log_has_the_documented_order_fields(real_run):
+    """README, the JSON session trade log: every field of ``orders[]`` is there (prices null when unused)."""
+    session, _ = real_run
+    doc = load_session(session.session_log.path)
+    assert doc["orders"]
+    for order in doc["orders"]:
+        assert tuple(order) == ORDER_FIELDS, order
+        assert order["status"] in ("accepted", "rejected", "unknown") and order["limit_price"] is None
