@@ -256,8 +256,9 @@ class Engine:
             report["notes"].append(f"kill switch fired: {kill_reason}")
 
         # --- 2. DETECT REGIME (every regime_refresh_cycles)
+        model_changed = False
         if self.cycle == 1 or self.cycle % cfg.regime_refresh_cycles == 0:
-            self._refit_regime_if_due(market, now, report)
+            model_changed = self._refit_regime_if_due(market, now, report)
             try:
                 self.regime = self.regime_detector.detect(market)
             except Exception as exc:  # a broken detector restricts entries, it does not stop the loop
@@ -267,7 +268,9 @@ class Engine:
         if self._regime_json[0] is not self.regime:   # converted once per reading, not once per cycle
             self._regime_json = (self.regime, to_jsonable(self.regime))
         report["regime"] = self._regime_json[1]   # copied by _format_report
-        market_kill = self.risk.on_market(self.regime, self._vol_percentile(market), now)
+        # a new model names the same market afresh: a changed name then is a relabel, not a regime break
+        market_kill = self.risk.on_market(self.regime, self._vol_percentile(market), now,
+                                          regime_break=False if model_changed else None)
         if market_kill:
             report["notes"].append(f"kill switch fired: {market_kill}")
 
@@ -420,22 +423,32 @@ class Engine:
             self._persist(self.last_report, trades, now)
 
     # ================================================================== steps
-    def _refit_regime_if_due(self, market: MarketSnapshot, now: datetime, report: dict) -> None:
-        """Refit the regime model on the history known now, when the schedule says so (issue #4)."""
+    def _refit_regime_if_due(self, market: MarketSnapshot, now: datetime, report: dict) -> bool:
+        """Refit the regime model on the history known now, when the schedule says so (issue #4).
+        True when the detector was replaced."""
         if self.regime_refitter is None:
-            return
+            return False
         why = self.regime_refitter.due(self.regime_detector, now)
         if not why:
-            return
+            return False
         fresh, record = self.regime_refitter.refit(self.regime_detector, market, now, why)
         self.regime_refits.append(record)
         report["regime_refit"] = record
         if fresh is None:
-            report["notes"].append(f"regime refit failed ({record['error']}): keeping the current model")
-            return
+            aside = self.regime_refitter.set_aside(self.regime_detector, now)
+            if aside is None:
+                report["notes"].append(f"regime refit failed ({record['error']}): keeping the current model")
+                return False
+            trained_to = self.regime_detector.params["training"]["end"]
+            self.regime_detector = aside
+            report["notes"].append(f"regime refit failed ({record['error']}); the loaded model was fitted on days up "
+                                   f"to {trained_to}, after this cycle: regime UNKNOWN (no entries) until a refit "
+                                   "succeeds (tried again each day)")
+            return True
         self.regime_detector = fresh
         report["notes"].append(f"regime model refitted on {record['trained_from']}..{record['trained_to']} "
                                f"({record['days']} days, {record['seconds']} s) because {why}")
+        return True
 
     def _vol_percentile(self, market: MarketSnapshot) -> float | None:
         """Where the reference market's 20-bar realised volatility ranks in its visible history (SPY,

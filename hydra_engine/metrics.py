@@ -37,7 +37,7 @@ DEFAULT_PERIODS_PER_YEAR = 365  # crypto trades every calendar day; 252 for equi
 def periods_per_year_of(returns: pd.Series) -> float:
     """365 when some daily return falls on a Saturday or Sunday (the book cycles every calendar day),
     else 252 (exchange days only)."""
-    if len(returns) and (pd.DatetimeIndex(returns.index).dayofweek >= 5).any():
+    if len(returns) and (pd.DatetimeIndex(returns.index).day_of_week >= 5).any():
         return 365.0
     return 252.0 if len(returns) else float(DEFAULT_PERIODS_PER_YEAR)
 

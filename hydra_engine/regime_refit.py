@@ -68,11 +68,13 @@ class RegimeRefitter:
 
     def due(self, detector, now: datetime) -> str | None:
         """Why a refit is due now, or None."""
+        params = getattr(detector, "params", None)
+        if not params:   # no model (or one set aside, see ``set_aside``): try again each new day
+            if self.last_attempt is None or now.date() > self.last_attempt.date():
+                return "no fitted regime model loaded"
+            return None
         if self.last_attempt is not None:
             return f"{self.every.days} days since the last refit" if now - self.last_attempt >= self.every else None
-        params = getattr(detector, "params", None)
-        if not params:
-            return "no fitted regime model loaded"
         trained_to = date.fromisoformat(params["training"]["end"])
         if trained_to >= now.date():
             return f"the loaded model was fitted on days up to {trained_to}, on or after today ({now.date()})"
@@ -111,6 +113,18 @@ class RegimeRefitter:
             self.model_path = str(path)
             record["model_path"] = self.model_path
         return fresh, record
+
+    @staticmethod
+    def set_aside(detector, now: datetime) -> HMMRegimeDetector | None:
+        """After a failed refit: an unfitted detector of the same configuration (it reads UNKNOWN, which
+        blocks entries) when the current model was fitted on days up to or after ``now`` -- trading on it
+        would read regimes learnt from the future -- else None (the current model may stay)."""
+        params = getattr(detector, "params", None)
+        if not params or date.fromisoformat(params["training"]["end"]) < now.date():
+            return None
+        return HMMRegimeDetector(n_states=detector.n_states, hysteresis=detector.hysteresis, rule=detector.rule,
+                                 min_days=detector.min_days, min_features=detector.min_features,
+                                 core_features=detector.core_features)
 
     # restart safety ---------------------------------------------------------------------------
     def to_state(self) -> dict:

@@ -186,3 +186,14 @@ def test_a_restart_continues_the_order_sequence(tmp_path):
     again.engine.restore(state)
     assert again.engine.session_id == first.engine.session_id
     assert again.engine._next_coid("liquidation_cascade", "BTC/USD").endswith("-000008")
+
+
+def test_the_vix_close_is_read_after_1615_new_york_and_gives_no_tick_of_its_own():
+    """Cboe sets the VIX close at 16:15 New York: the 16:00 cycle (21:00 UTC in winter) must not read it,
+    and VIX, a data-only series, adds no cycle of its own (the next hourly tick reads it)."""
+    market = ReplayMarketData(SHIPPED_DATA, ["BTC/USD", "SPY"], data_only=["VIX"])
+    day = lambda snap, s: datetime.fromtimestamp(int(snap.bars[s].ts[-1]), UTC).date().isoformat()  # noqa: E731
+    at_close = market.snapshot(datetime(2024, 3, 5, 21, tzinfo=UTC))
+    assert day(at_close, "SPY") == "2024-03-05" and day(at_close, "VIX") == "2024-03-04"
+    assert day(market.snapshot(datetime(2024, 3, 5, 21, 15, tzinfo=UTC)), "VIX") == "2024-03-05"
+    assert all(t.minute == 0 for t in market.timeline())

@@ -200,3 +200,36 @@ def test_proposals_are_ranked_with_the_weights_of_trades_closed_by_this_cycles_f
     assert trade["strategy"] == "a" and trade["exit_reason"] == "stop" and Decimal(trade["pnl_usd"]) < 0
     [proposal] = report["proposals"]
     assert proposal["strategy"] == "b" and proposal["weight"] == round(weights.weight("b"), 6) > 0.5
+
+
+class _Refitter:
+    """Refits once, at the given cycle time, to a model that names the same market differently."""
+
+    def __init__(self, at: datetime, fresh):
+        self.at, self.fresh = at, fresh
+
+    def due(self, detector, now):
+        return "scheduled" if now == self.at else None
+
+    def refit(self, detector, market, now, why):
+        return self.fresh, {"at": now.isoformat(), "why": why, "ok": True, "trained_from": "x", "trained_to": "y",
+                            "days": 1, "seconds": 0.0}
+
+
+def test_a_refit_that_renames_the_market_is_not_a_regime_break(tmp_path):
+    """The same bars, a new model: TRENDING_UP becomes CRASH with volatility at the 99th percentile. That
+    is a relabel (no new data), and it must not trip the regime-break kill switch, which flattens."""
+    market = HandMadeBars({"SPY": (DAY_S, [(t, 510.0, 510.5) for t in SESSION_OPEN])})
+    engine, _, regime = build(tmp_path, market, {})
+    regime.reading = RegimeReading(Regime.TRENDING_UP, 0.9, "fixed", SESSION_OPEN[0], {"vol_percentile": 0.99})
+    renamed = FixedRegime()
+    renamed.reading = RegimeReading(Regime.CRASH, 0.9, "fixed", SESSION_OPEN[0], {"vol_percentile": 0.99})
+    refit_at = datetime(2024, 3, 6, 22, tzinfo=UTC)
+    engine.regime_refitter = _Refitter(refit_at, renamed)
+    for day in (4, 5, 6):
+        report = engine.run_cycle(datetime(2024, 3, day, 22, tzinfo=UTC))
+    assert report["regime"]["regime"] == "CRASH" and report["regime_refit"]["ok"]
+    assert engine.risk.kill_requested() is None and report["mode"] != "killed"
+    renamed.reading = RegimeReading(Regime.HIGH_VOL, 0.9, "fixed", SESSION_OPEN[0], {"vol_percentile": 0.99})
+    engine.run_cycle(datetime(2024, 3, 7, 22, tzinfo=UTC))   # a real change under the same model still breaks
+    assert engine.risk.kill_requested().startswith("extreme_vol_regime_break")

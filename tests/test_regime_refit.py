@@ -125,19 +125,33 @@ def test_backtest_refits_on_schedule_and_never_reads_regimes_from_the_future(tmp
     assert sum("regime_refit" in c for c in cycles) == 4
 
 
-def test_a_failed_refit_keeps_the_model_says_why_and_waits_a_period(tmp_path, shared_data):
+def test_a_failed_refit_sets_a_model_from_the_future_aside_and_tries_again_the_next_day(tmp_path, shared_data):
+    """The shipped model is fitted through 2024; in a 2022 run whose refit fails, keeping it would read
+    regimes learnt from the run's own future. It is set aside: UNKNOWN (no entries), fit retried daily."""
     empty = tmp_path / "no-history"
     empty.mkdir()
     s = refit_settings(tmp_path, shared_data, refit_days=30, history_bars=60)
     session = build_sim_session(s, mode="backtest", data_dir=shared_data)
-    session.engine.regime_refitter.history_dir = empty       # the snapshot alone (60 bars) is too short
-    before = session.engine.regime_detector
-    report = session.engine.run_cycle(session.clock.ticks[0])
+    engine = session.engine
+    engine.regime_refitter.history_dir = empty       # the snapshot alone (60 bars) is too short
+    report = engine.run_cycle(session.clock.ticks[0])
     assert report["regime_refit"]["ok"] is False and report["regime_refit"]["error"]
-    assert any("regime refit failed" in n and "keeping the current model" in n for n in report["notes"])
-    assert session.engine.regime_detector is before
-    second = session.engine.run_cycle(session.clock.ticks[1])
-    assert "regime_refit" not in second                        # not retried every cycle
+    assert any("regime refit failed" in n and "after this cycle: regime UNKNOWN" in n for n in report["notes"])
+    assert engine.regime_detector.params is None and report["regime"]["regime"] == "UNKNOWN"
+    later_today = session.clock.ticks[0] + timedelta(hours=1)
+    assert engine.regime_refitter.due(engine.regime_detector, later_today) is None      # not every cycle
+    second = engine.run_cycle(session.clock.ticks[1])                                   # the next day
+    assert session.clock.ticks[1].date() > session.clock.ticks[0].date()
+    assert second["regime_refit"]["why"] == "no fitted regime model loaded" and second["regime"]["regime"] == "UNKNOWN"
+
+
+def test_a_failed_refit_keeps_a_model_fitted_on_the_past():
+    assert RegimeRefitter.set_aside(Fitted("2020-01-01"), at("2024-03-01")) is None
+    from hydra_engine.regime import HMMRegimeDetector
+    today = HMMRegimeDetector()
+    today.params = {"training": {"end": "2024-03-01"}}
+    aside = RegimeRefitter.set_aside(today, at("2024-03-01"))        # fitted on today's closes: the future
+    assert aside is not None and aside.params is None
 
 
 def test_a_restart_resumes_on_the_refitted_model(tmp_path, shared_data):

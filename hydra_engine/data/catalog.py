@@ -55,11 +55,11 @@ POINT_SOURCES: list[PointSource] = [
 ]
 
 
-def _daily_session_times(dates: pd.Series) -> tuple[pd.Series, pd.Series]:
+def _daily_session_times(dates: pd.Series, close: pd.Timedelta = pd.Timedelta(hours=16)) -> tuple[pd.Series, pd.Series]:
     """A daily equity bar opens 09:30 and closes 16:00 New York time on its date (DST-aware)."""
     day = pd.to_datetime(dates.astype(str).str[:10])
     opens = (day + pd.Timedelta(hours=9, minutes=30)).dt.tz_localize(NY).dt.tz_convert("UTC")
-    closes = (day + pd.Timedelta(hours=16)).dt.tz_localize(NY).dt.tz_convert("UTC")
+    closes = (day + close).dt.tz_localize(NY).dt.tz_convert("UTC")
     return opens, closes
 
 
@@ -86,7 +86,9 @@ def read_bars(path, source: BarSource) -> pd.DataFrame:
                               "close": _numeric(raw["Close"]), "volume": _numeric(raw["Volume"])})
     elif source.reader == "daily_close_ny":
         raw = pd.read_csv(path)
-        opens, closes = _daily_session_times(raw.iloc[:, 0])
+        # the VIX close is set at 16:15 New York (Cboe), a quarter hour after the stocks': a cycle at the
+        # 16:00 close must not read it
+        opens, closes = _daily_session_times(raw.iloc[:, 0], close=pd.Timedelta(hours=16, minutes=15))
         close = pd.to_numeric(raw.iloc[:, 1], errors="coerce")
         frame = pd.DataFrame({"open_time": opens, "close_time": closes, "open": close, "high": close,
                               "low": close, "close": close, "volume": 0.0})

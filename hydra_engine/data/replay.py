@@ -164,6 +164,7 @@ class ReplayMarketData:
         self.quality = DataQuality()
         sources = bar_sources or BAR_SOURCES
         wanted = list(dict.fromkeys([*symbols, *data_only]))
+        self._data_only = set(wanted) - set(symbols)
         unknown = [s for s in wanted if s not in sources]
         if unknown:
             raise DataFolderError(f"no replay source for symbols {unknown}; known: {sorted(sources)}")
@@ -340,8 +341,11 @@ class ReplayMarketData:
 
     # ------------------------------------------------------------------ the simulated clock's steps
     def timeline(self) -> list[datetime]:
-        """Every moment some bar closes, within [start, end): the simulated clock's ticks."""
-        closes = np.unique(np.concatenate([c.close_ts for c in self._clocks]))   # a clock's symbols share them
+        """Every moment a traded symbol's bar closes, within [start, end): the simulated clock's ticks (a
+        data-only series, e.g. VIX at 16:15 New York, is read by the next tick, not given its own)."""
+        traded = [c.close_ts for c in self._clocks if not set(c.symbols) <= self._data_only] or \
+            [c.close_ts for c in self._clocks]
+        closes = np.unique(np.concatenate(traded))   # a clock's symbols share them
         if self.start:
             closes = closes[closes >= int(self.start.timestamp())]
         if self.end:
