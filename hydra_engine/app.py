@@ -117,6 +117,9 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
                   "fee_bps": settings.broker.fee_bps, "slippage_bps": settings.broker.slippage_bps,
                   "data_quality": {k: v for k, v in vars(market.quality).items() if v}},
         store_batch=500, history_dir=folder)
+    replaced = store.forget_session(session_id)   # ids are deterministic: a re-run replaces, never doubles
+    if replaced:
+        log.info("replacing the %d stored cycles of an earlier run of %s", replaced, session_id)
     return Session(engine, SimulatedClock(ticks), session_log, store)
 
 

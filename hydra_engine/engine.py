@@ -866,10 +866,12 @@ class Engine:
         if self.session_log:
             self.session_log.record_cycle(report, trades)
         if self.store:
+            # every committed cycle carries the state when cycles commit one by one (paper/live): peak
+            # equity, the day's base and the trailing stops' high-water marks move in quiet cycles too,
+            # and a hard kill must not bring back older ones. Batched replays save it with their orders.
+            keep = self.store_batch == 1 or report["orders"] or report["fills"] or "regime_refit" in report
             self.store.save_cycle(self.session_id, report, report["orders"], report["fills"], trades,
-                                  {self.state_key: self.state()}
-                                  if (report["orders"] or report["fills"] or "regime_refit" in report) else None,
-                                  batch=self.store_batch)
+                                  {self.state_key: self.state()} if keep else None, batch=self.store_batch)
 
     def state(self) -> dict:
         """Everything needed to resume after a restart."""

@@ -52,7 +52,9 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     require_live_opt_in(settings, live)
     keys = AlpacaKeys()
     started = datetime.now(UTC)
-    session_id = f"{'live' if live else 'paper'}-{utc_stamp(started)}"
+    # to the millisecond: a restart within the same second must not continue the earlier process's session
+    # (its cycle numbers start again at 1)
+    session_id = f"{'live' if live else 'paper'}-{utc_stamp(started)[:-1]}{started.microsecond // 1000:03d}Z"
     clock = clock or LiveClock(settings.engine.cycle_interval_s)
     log_dir = settings.resolve_path(settings.engine.log_dir)
     broker, alpaca_data = build_alpaca(settings, keys, session_id, clock, live=live,

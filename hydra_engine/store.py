@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from sqlalchemy import event, inspect
+from sqlalchemy import delete, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -232,3 +232,14 @@ class Store:
     def last_cycle(self) -> CycleRow | None:
         with Session(self.engine) as s:
             return s.exec(select(CycleRow).order_by(CycleRow.id.desc()).limit(1)).first()
+
+    def forget_session(self, session_id: str) -> int:
+        """Delete every row of ``session_id`` (a replay run again with the same configuration and first day
+        has the same id and replaces the earlier run's rows instead of adding a second set). Returns how
+        many cycle rows were there."""
+        with Session(self.engine) as s:
+            cycles = len(s.exec(select(CycleRow.id).where(CycleRow.session_id == session_id)).all())
+            for row in (CycleRow, TradeRow, FillRow, OrderRow):
+                s.exec(delete(row).where(row.session_id == session_id))
+            s.commit()
+        return cycles

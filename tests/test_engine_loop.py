@@ -197,3 +197,17 @@ def test_the_vix_close_is_read_after_1615_new_york_and_gives_no_tick_of_its_own(
     assert day(at_close, "SPY") == "2024-03-05" and day(at_close, "VIX") == "2024-03-04"
     assert day(market.snapshot(datetime(2024, 3, 5, 21, 15, tzinfo=UTC)), "VIX") == "2024-03-05"
     assert all(t.minute == 0 for t in market.timeline())
+
+
+def test_running_the_same_replay_again_replaces_its_rows_in_the_store(tmp_path):
+    """Replay session ids are deterministic (configuration and first day): a second run on the same
+    database used to add a second set of trades and cycles under the same id."""
+    from hydra_engine.store import CycleRow, Store, TradeRow
+    from sqlmodel import Session as DB, select
+    for _ in range(2):
+        doc = run(tmp_path, start="2024-02-20", end="2024-03-05")
+    store = Store(make_settings(tmp_path).storage.url, root=tmp_path)
+    with DB(store.engine) as s:
+        trades = s.exec(select(TradeRow)).all()
+        cycles = s.exec(select(CycleRow)).all()
+    assert len(trades) == len(doc["trades"]) == 1 and len(cycles) == len(doc["cycle_details"])

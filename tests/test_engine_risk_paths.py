@@ -233,3 +233,16 @@ def test_a_refit_that_renames_the_market_is_not_a_regime_break(tmp_path):
     renamed.reading = RegimeReading(Regime.HIGH_VOL, 0.9, "fixed", SESSION_OPEN[0], {"vol_percentile": 0.99})
     engine.run_cycle(datetime(2024, 3, 7, 22, tzinfo=UTC))   # a real change under the same model still breaks
     assert engine.risk.kill_requested().startswith("extreme_vol_regime_break")
+
+
+def test_a_cycle_committed_alone_carries_the_state_even_without_orders(tmp_path):
+    """Paper commits every cycle: peak equity and the trailing stops' high-water marks move in quiet
+    cycles too, and a hard kill after such cycles must not restore older ones."""
+    from hydra_engine.store import Store
+    market = HandMadeBars({"SPY": (DAY_S, [(t, 510.0, 510.5) for t in SESSION_OPEN])})
+    engine, _, _ = build(tmp_path, market, {})
+    engine.store, engine.store_batch = Store(f"sqlite:///{tmp_path}/paper.db"), 1
+    for day in (4, 5):
+        report = engine.run_cycle(datetime(2024, 3, day, 22, tzinfo=UTC))
+        assert not report["orders"] and not report["fills"]
+    assert engine.store.load_state(engine.state_key)["engine"]["cycle"] == 2

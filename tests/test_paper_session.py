@@ -8,6 +8,7 @@ The market is real: BTC/ETH hourly bars and Bybit open interest from the hours u
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
@@ -135,6 +136,8 @@ def test_a_paper_sessions_return_is_measured_from_the_accounts_equity(paper_env,
     [log] = (tmp_path / "logs").glob("session-*.json")
     doc = load_session(log)
     assert doc["session"]["starting_equity_usd"] == "123346.11" and doc["fills"] == []
+    # to the millisecond: a restart within the same second is a new session, not cycle 1 of the last one
+    assert re.fullmatch(r"paper-\d{8}T\d{9}Z", doc["session"]["session_id"]), doc["session"]["session_id"]
     assert main(["review", str(log), "--out", str(tmp_path / "review")]) == 0
     metrics = json.loads((tmp_path / "review" / "metrics.json").read_text())
     assert metrics["total_return"] == 0 and metrics["max_drawdown"] == 0
