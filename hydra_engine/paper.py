@@ -20,6 +20,8 @@ from .domain import UTC
 from .engine import closed_trade_from_dict
 from .ports import BrokerError
 from .reconcile import adopt_broker_state, reconcile
+from sqlalchemy.exc import SQLAlchemyError
+
 from .store import Store, StoreError
 from .tradelog import last_logged_fills, to_jsonable
 
@@ -284,14 +286,18 @@ def set_control(store: Store, state: str, reason: str, now: datetime) -> list[st
     for key in ("engine:paper", "engine:live"):
         try:
             engine_state = store.load_state(key)
-        except StoreError as exc:
-            unreadable.append(str(exc))
-            continue
-        if engine_state:
-            risk = engine_state.setdefault("risk", {})
+            if not engine_state:
+                continue
+            risk = engine_state.get("risk") if isinstance(engine_state, dict) else None
+            if risk is None and isinstance(engine_state, dict) and "risk" not in engine_state:
+                risk = engine_state["risk"] = {}
+            if not isinstance(risk, dict):
+                raise StoreError(f"{store.url}: stored state {key!r} has no readable risk section")
             risk["killed"] = state == "killed"
             risk["kill_reason"] = reason if state == "killed" else ""
             store.save_state(key, engine_state, now)
+        except (StoreError, SQLAlchemyError) as exc:
+            unreadable.append(str(exc))
     return unreadable
 
 
@@ -304,8 +310,8 @@ def kill(settings: Settings, reason: str = "manual kill") -> int:
         store = Store(settings.storage.url, root=settings.resolve_path("."))
         problems += set_control(store, "killed", reason, now)
         print(f"kill state set ({reason}): no new entries until `python hydra_engine.py resume`")
-    except StoreError as exc:
-        problems.append(f"kill state NOT saved, a running HYDRA will not see it: {exc}")
+    except Exception as exc:  # noqa: BLE001 -- locked, read-only, full or damaged: flatten all the same
+        problems.append(f"kill state NOT saved, a running HYDRA will not see it: {type(exc).__name__}: {exc}")
     broker = _alpaca_broker(settings, "kill")
     if broker is None:
         print("nothing to flatten at a broker")

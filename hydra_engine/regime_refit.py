@@ -73,11 +73,12 @@ class RegimeRefitter:
             if self.last_attempt is None or now.date() > self.last_attempt.date():
                 return "no fitted regime model loaded"
             return None
-        if self.last_attempt is not None:
-            return f"{self.every.days} days since the last refit" if now - self.last_attempt >= self.every else None
         trained_to = date.fromisoformat(params["training"]["end"])
         if trained_to >= now.date():
+            # before the period: a restart reloads the configured model even after a failed refit set it aside
             return f"the loaded model was fitted on days up to {trained_to}, on or after today ({now.date()})"
+        if self.last_attempt is not None:
+            return f"{self.every.days} days since the last refit" if now - self.last_attempt >= self.every else None
         if (now.date() - trained_to).days >= self.every.days:
             return f"the loaded model's last training day {trained_to} is {self.every.days}+ days old"
         return None

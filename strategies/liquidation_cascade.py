@@ -98,7 +98,8 @@ class LiquidationCascadeHunter(Strategy):
         # by each observation (the newest bar may already be an hour past the newest OI point)
         closed = bars.ts + bars.interval_s
         i_then, i_now = (int(np.searchsorted(closed, t, side="right")) - 1 for t in (int(oi.ts[k]), t_now))
-        if i_then < 0 or i_now <= i_then or t_now - int(closed[i_now]) > 7200:
+        if (i_then < 0 or i_now <= i_then or t_now - int(closed[i_now]) > 7200
+                or int(oi.ts[k]) - int(closed[i_then]) > 7200):   # bars missing: the move spans other hours
             return None
         price_move = float(bars.close[i_now] / bars.close[i_then] - 1.0)
         if price_move == 0 or not math.isfinite(price_move):

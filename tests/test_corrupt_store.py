@@ -79,16 +79,30 @@ def test_a_torn_kill_switch_halts_entries_without_guessing_kill_or_resume(tmp_pa
     assert control.apply(engine, NOW) is None and "by hand" in engine.risk.kill_requested()
 
 
-def test_kill_flattens_at_the_broker_even_when_the_saved_state_is_unreadable(paper_env, tmp_path, capsys):  # noqa: F811
+@pytest.mark.parametrize("damage, said", [
+    ('{"risk": {"killed": fal', "'engine:paper' is not valid JSON"),
+    ('{"risk": null}', "'engine:paper' has no readable risk section"),
+    ("locked", "database is locked"),
+])
+def test_kill_flattens_at_the_broker_even_when_the_database_fails(paper_env, tmp_path, capsys, damage, said):  # noqa: F811
     Store(f"sqlite:///{tmp_path / 'hydra.db'}")
-    write_raw_state(tmp_path / "hydra.db", "engine:paper", '{"risk": {"killed": fal')
-    with AlpacaDouble(now=datetime.now(UTC)) as double:
-        double.add_position("BTC/USD", "0.5", "60000")
-        code = main(["--config", str(paper_env), "kill", "--reason", "test"])
-        out = capsys.readouterr().out
-        assert any(m == "DELETE" and "/v2/positions" in url for m, url in double.calls)
+    lock = None
+    if damage == "locked":      # another process holds the database (sqlite: write lock, 5 s busy timeout)
+        lock = sqlite3.connect(tmp_path / "hydra.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+    else:
+        write_raw_state(tmp_path / "hydra.db", "engine:paper", damage)
+    try:
+        with AlpacaDouble(now=datetime.now(UTC)) as double:
+            double.add_position("BTC/USD", "0.5", "60000")
+            code = main(["--config", str(paper_env), "kill", "--reason", "test"])
+            out = capsys.readouterr().out
+            assert any(m == "DELETE" and "/v2/positions" in url for m, url in double.calls)
+    finally:
+        if lock is not None:
+            lock.close()
     assert code == 1 and "closing 1 positions" in out
-    assert "PROBLEM" in out and "'engine:paper' is not valid JSON" in out
+    assert "PROBLEM" in out and said in out
 
 
 @pytest.mark.parametrize("state", ['{"risk": {"peak_equity": "abc"}}', '{"positions": {"BTC/USD": {"qty": "abc"}}}',

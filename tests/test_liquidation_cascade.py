@@ -104,3 +104,23 @@ def test_declares_regimes_assets_and_data_needs():
     assert h.regimes == {Regime.HIGH_VOL, Regime.CRASH, Regime.TRENDING_UP, Regime.TRENDING_DOWN}
     assert h.assets == ("BTC/USD", "ETH/USD")
     assert {(d.kind, d.symbol) for d in h.data_needs} >= {("funding_rate", "BTC/USD"), ("open_interest", "ETH/USD")}
+
+
+def test_no_opinion_when_the_bars_around_the_open_interest_drop_are_missing():
+    """The price move must span the hour of the open-interest change: with the bars before it missing,
+    the close 'at' the earlier snapshot would be hours older and the move would span other hours."""
+    import numpy as np
+    from hydra_engine.ports import BarSeries, MarketSnapshot, PointSeries
+    now = datetime(2023, 10, 23, 23, tzinfo=UTC)
+    t = lambda h: datetime(2023, 10, 23, h, tzinfo=UTC).timestamp()  # noqa: E731
+    oi = PointSeries("open_interest", "BTC/USD", np.array([t(22), t(23)]), np.array([100.0, 80.0]))
+
+    def market(opens):
+        ts = np.array([t(h) for h in opens])
+        c = np.linspace(30_000, 31_000, len(ts))
+        bars = BarSeries("BTC/USD", 3600, ts, c, c, c, c, np.ones_like(c))
+        return MarketSnapshot(now, {"BTC/USD": bars}, {("open_interest", "BTC/USD"): oi})
+
+    hunter = LiquidationCascadeHunter()
+    assert hunter._cascade_signal(market([18, 19, 20, 21, 22]), "BTC/USD").score > 0   # bars close 19..23
+    assert hunter._cascade_signal(market([17, 18, 22]), "BTC/USD") is None             # 19:00..22:00 missing

@@ -37,6 +37,8 @@ def test_when_a_refit_is_due():
     r.last_attempt = at("2024-03-01")          # after an attempt (even a failed one) the period counts from it
     assert r.due(Fitted("2020-01-01"), at("2024-03-20")) is None
     assert r.due(Fitted("2020-01-01"), at("2024-03-31")) is not None
+    # ... but never for a model from the future: a restart reloads the configured one after it was set aside
+    assert "on or after today" in r.due(Fitted("2024-12-31"), at("2024-03-02"))
 
 
 def test_history_is_strictly_before_the_refit_day_and_extends_the_folder_with_the_snapshot(shared_data):
