@@ -63,6 +63,9 @@ class BinanceMarket:
         self.funding: dict[str, list[dict]] = {}
         self.oi_hist: dict[str, list[dict]] = {}
         self.oi_last: dict[str, float] = {}
+        # the installed market is frozen at its last bar's close: a live snapshot is stamped within that
+        # bar's next hour, so a test that crosses an hour boundary still sees the same market
+        self.live_until: float | None = None
 
     def answer(self, path: str, query: dict, now: datetime):
         sym = query.get("symbol", "")
@@ -71,8 +74,9 @@ class BinanceMarket:
         if path == "/futures/data/openInterestHist" and sym in self.oi_hist:
             return 200, self.oi_hist[sym]
         if path == "/fapi/v1/openInterest" and sym in self.oi_last:
+            t = now.timestamp() if self.live_until is None else min(now.timestamp(), self.live_until)
             return 200, {"openInterest": f"{self.oi_last[sym]:.3f}", "symbol": sym,
-                         "time": int(now.timestamp() * 1000)}      # a live snapshot: always "now"
+                         "time": int(t * 1000)}      # a live snapshot: "now"
         return 400, {"code": -1121, "msg": "Invalid symbol."}
 
 
@@ -81,6 +85,7 @@ def install_real_market(double: AlpacaDouble, shared_data: Path, now: datetime) 
     so the last closed bar ends at the current hour (the staleness watchdog accepts them)."""
     binance = BinanceMarket()
     last_open = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    binance.live_until = (last_open + timedelta(hours=2)).timestamp() - 1
     for symbol, kfile, oifile, bsym in CRYPTO_FILES:
         closes, oi = real_window(shared_data, kfile, oifile)
         start = last_open - timedelta(hours=len(closes) - 1)
