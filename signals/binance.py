@@ -12,6 +12,8 @@ must go through the budget, and the sleep is injected so tests never wait.
 """
 from __future__ import annotations
 
+import math
+
 import re
 import threading
 import time
@@ -397,7 +399,7 @@ def _dec(row: Any, name: str, where: str, optional: bool = False) -> Decimal | N
         value = Decimal(str(raw))
     except InvalidOperation:
         raise BinanceDataError(f"{where}: field '{name}' is not a decimal: {raw!r}", field=name) from None
-    if not value.is_finite():
+    if not value.is_finite() or not math.isfinite(float(value)):   # 1e400 is a finite Decimal, an inf float
         raise BinanceDataError(f"{where}: field '{name}' is not finite: {raw!r}", field=name)
     return value
 

@@ -9,6 +9,7 @@ should stand down.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Mapping
@@ -76,9 +77,14 @@ class BinanceDerivativesFeed:
 
     def _refresh_symbol(self, sym: str, bsym: str) -> None:
         lim, first = self.limits, sym not in self._loaded
-        funding = self.client.funding_rate_history(bsym, limit=lim.funding_backfill if first else lim.funding_limit)
-        hist = self.client.open_interest_history(bsym, period=lim.oi_period,
-                                                 limit=lim.oi_backfill if first else lim.oi_limit)
+        # after the first load only the latest few points are asked for -- as many more as the time since the
+        # newest stored point needs (a refresh after an outage or a 418 ban fills the hole, up to the
+        # backfill depth), so no hole stays in the series while the feed reports itself healthy
+        funding = self.client.funding_rate_history(bsym, limit=lim.funding_backfill if first else self._catch_up(
+            (FUNDING, sym), 8 * 3600, lim.funding_limit, lim.funding_backfill))
+        hist = self.client.open_interest_history(bsym, period=lim.oi_period, limit=lim.oi_backfill if first else
+                                                 self._catch_up((OPEN_INTEREST, sym), _period_s(lim.oi_period),
+                                                                lim.oi_limit, lim.oi_backfill))
         live = self.client.open_interest(bsym)
         # merge only once every call succeeded, so a half refresh never mixes into the history
         self._merge((FUNDING, sym), ((_epoch_s(f.funding_time), float(f.rate)) for f in funding))
@@ -91,6 +97,14 @@ class BinanceDerivativesFeed:
             self._bad_live_oi[sym] = (f"newest open_interest from Binance is invalid ({live.open_interest} at "
                                       f"{live.time:%Y-%m-%d %H:%M}Z)")
         self._loaded.add(sym)
+
+    def _catch_up(self, key: tuple[str, str], step_s: int, usual: int, most: int) -> int:
+        """How many of the latest points cover the time since the newest stored one (at least ``usual``)."""
+        stored = self._points[key]
+        if not stored or self._last_now is None:
+            return most
+        missing = math.ceil((self._last_now.timestamp() - max(stored)) / step_s) + 1
+        return max(usual, min(most, missing))
 
     def _merge(self, key: tuple[str, str], points) -> None:
         store = self._points[key]
@@ -149,6 +163,11 @@ class BinanceDerivativesFeed:
         if not problems:
             return True, "ok"
         return False, "; ".join(f"{sym}: {why}" for sym, why in problems.items())
+
+
+def _period_s(period: str) -> int:
+    """Seconds in a Binance period like ``5m``, ``1h``, ``1d``."""
+    return int(period[:-1]) * {"m": 60, "h": 3600, "d": 86400}[period[-1]]
 
 
 def _epoch_s(moment: datetime) -> int:

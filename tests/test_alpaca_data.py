@@ -77,3 +77,23 @@ def test_the_regime_detectors_btc_history_is_kept_beside_the_strategies_500_bars
         assert btc.ts[-1] == longer.ts[-1] and np.array_equal(longer.close[-500:], btc.close)
         plain = md(symbols=["BTC/USD"], history_bars=500).snapshot(NOW)
         assert len(plain.bars["BTC/USD"]) == 500 and not plain.regime_bars
+
+
+def test_a_malformed_body_marks_the_symbols_stale_instead_of_raising():
+    """alpaca-py raises AttributeError/TypeError on a body of the wrong shape ("bars": null): the whole
+    snapshot (every symbol, the feeds) was lost for that cycle."""
+    with AlpacaDouble() as d:
+        start = NOW.replace(minute=0) - timedelta(hours=10)
+        d.bars["BTC/USD"] = make_bars(start, timedelta(hours=1), [60000 + i for i in range(11)])
+        d.fail("GET", r"/v2/stocks/bars", times=5, status=200, body='{"bars": null, "next_page_token": null}')
+        snap = md().snapshot(NOW)
+    assert "stock bars failed: AttributeError" in snap.stale["SPY"] and snap.bars["BTC/USD"].close[-1] == 60009
+
+
+def test_a_fresh_quote_does_not_make_stopped_bars_look_fresh():
+    with AlpacaDouble() as d:
+        start = NOW.replace(minute=0) - timedelta(hours=40)
+        d.bars["BTC/USD"] = make_bars(start, timedelta(hours=1), [60000 + i for i in range(30)])   # stop 11 h ago
+        d.quotes["BTC/USD"] = {"ap": 60031, "as": 1, "bp": 60029, "bs": 1, "t": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        snap = md(symbols=["BTC/USD"]).snapshot(NOW)
+    assert "quotes do not replace bars" in snap.stale["BTC/USD"] and not snap.tradable("BTC/USD")

@@ -270,6 +270,7 @@ def test_malformed_json_is_a_data_error(client, rsps):
     (lambda r: r.update(time=1e20), "time"),                # was a raw OverflowError (timedelta)
     (lambda r: r.update(time=300_000_000_000_000), "time"),  # year ~11476: past datetime's year 9999
     (lambda r: r.update(indexPrice="NaN"), "indexPrice"),
+    (lambda r: r.update(indexPrice="1e400"), "indexPrice"),     # a finite Decimal, an infinite float
     (lambda r: r.update(symbol=None), "symbol"),
 ])
 def test_missing_or_bad_field_is_named(client, rsps, mutate, field):

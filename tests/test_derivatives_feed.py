@@ -2,6 +2,7 @@
 (shared data, served as Binance would), no look-ahead, and an honest health verdict."""
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -182,7 +183,7 @@ def test_stale_data_makes_the_feed_unhealthy(rsps, history):
     assert not ok and "open_interest stale" in reason
     # funding stale alone: OI fresh but the newest settlement is more than 8h30 old
     rsps.reset()
-    serve(rsps, history, NOW, live_at=NOW + timedelta(hours=9), funding_limit=5, oi_limit=3)
+    serve(rsps, history, NOW, live_at=NOW + timedelta(hours=9), funding_limit=5, oi_limit=11)
     feed.refresh(NOW + timedelta(hours=9))
     assert "funding_rate stale" in feed.stale(NOW + timedelta(hours=9))["BTC/USD"]
 
@@ -212,11 +213,46 @@ def test_later_refreshes_pull_small_pages_and_extend_the_history(rsps, history):
     n_before = len(feed.series(NOW)[(FUNDING, "BTC/USD")])
     later = NOW + timedelta(hours=8)
     rsps.reset()
-    serve(rsps, history, later, funding_limit=5, oi_limit=3)   # query matchers insist on the small limits
+    # query matchers insist on small pages: the usual 5 settlements, and the 10 hours since the newest one
+    serve(rsps, history, later, funding_limit=5, oi_limit=10)
     assert feed.refresh(later)
     s = feed.series(later)[(FUNDING, "BTC/USD")]
     assert len(s) == n_before + 1 and s.ts[-1] > int(NOW.timestamp())
     assert feed.health(later) == (True, "ok")
+
+
+def test_a_refresh_after_an_outage_fills_the_hole(rsps, history):
+    """20 hours without a refresh (e.g. an HTTP 418 ban): asking for the usual latest 3 hours of open
+    interest would leave a 17-hour hole in the series while the feed reported itself healthy."""
+    from urllib.parse import parse_qs, urlparse
+
+    def answer(body_for):
+        def callback(request):
+            q = {k: v[0] for k, v in parse_qs(urlparse(request.url).query).items()}
+            funding, oi = history[q["symbol"]]
+            return 200, {}, json.dumps(body_for(funding, oi, q))
+        return callback
+
+    def install(upto):
+        rsps.reset()
+        rsps.add_callback(responses.GET, FUNDING_URL, callback=answer(
+            lambda f, oi, q: funding_body(f, q["symbol"], upto, int(q["limit"]))))
+        rsps.add_callback(responses.GET, OI_HIST_URL, callback=answer(
+            lambda f, oi, q: oi_hist_body(oi, q["symbol"], upto, int(q["limit"]))))
+        rsps.add_callback(responses.GET, OI_URL, callback=answer(
+            lambda f, oi, q: {"symbol": q["symbol"], "openInterest": repr(float(oi[oi.index <= pd.Timestamp(upto)].iloc[-1])),
+                              "time": int(upto.timestamp() * 1000)}))
+
+    feed = make_feed()
+    install(NOW)
+    assert feed.refresh(NOW)
+    later = NOW + timedelta(hours=20)
+    install(later)
+    assert feed.refresh(later) and feed.health(later) == (True, "ok")
+    for kind, step in ((FUNDING, 8 * 3600), (OPEN_INTEREST, 3600)):
+        ts = feed.series(later)[(kind, "BTC/USD")].ts
+        recent = ts[ts >= int(NOW.timestamp()) - step]
+        assert np.diff(recent).max() <= step, (kind, np.diff(recent).max() / 3600)
 
 
 def test_never_refreshed_is_unhealthy_and_bad_config_is_refused():

@@ -163,7 +163,8 @@ class AlpacaMarketData:
     def _guard(self, what: str, symbols: list[str], call: Callable[[], Any]) -> Any:
         try:
             return call()
-        except (APIError, requests.RequestException, ValidationError, ValueError) as exc:
+        except (APIError, requests.RequestException, ValidationError, ValueError, TypeError, AttributeError,
+                KeyError) as exc:   # alpaca-py raises the last three on a body of the wrong shape ("bars": null)
             reason = _redact(f"{what} failed: {type(exc).__name__}: {str(exc)[:200]}", self._secrets)
             log.warning(reason)
             for s in symbols:
@@ -249,6 +250,14 @@ class AlpacaMarketData:
             return "no bars or quotes received yet"
         label, newest = max(times, key=lambda x: x[1])
         age, limit = now - newest, self.stale_after[kind]
+        if len(buf):
+            # a fresh quote must not make stopped bars look fresh: strategies read the bars. It may excuse
+            # a quiet crypto hour (Alpaca sends no bar without trades), up to twice the limit; never equities
+            closed = times[0][1]
+            bar_limit = limit * 2 if kind == "crypto" and label == "quote" and age <= limit else limit
+            if now - closed > bar_limit:
+                return (f"newest bar closed {closed.isoformat()} is {(now - closed).total_seconds() / 3600:.1f} h "
+                        f"old, limit {bar_limit.total_seconds() / 3600:.1f} h (quotes do not replace bars)")
         if age > limit:
             return (f"newest data ({label} {newest.isoformat()}) is {age.total_seconds() / 3600:.1f} h old, "
                     f"limit {limit.total_seconds() / 3600:.1f} h")
