@@ -24,6 +24,7 @@ from .engine import Engine
 from .plugins import build_strategies
 from .positions import PositionManager
 from .regime import TrendVolRule, load_detector
+from .regime_features import regime_history_days
 from .regime_refit import RegimeRefitter
 from .risk import RiskManager
 from .store import Store
@@ -55,15 +56,6 @@ def build_regime_refitter(settings: Settings, *, history_dir: Path, log_dir: Pat
     if settings.engine.regime_detector != "hmm" or days <= 0:
         return None
     return RegimeRefitter(every=timedelta(days=days), history_dir=history_dir, save_dir=Path(log_dir) / "models")
-
-
-def regime_history_days(settings: Settings) -> dict[str, int]:
-    """Days of daily closes the configured regime detector reads per feature symbol (the data layer keeps
-    that much of an intraday one beside the ``history_bars`` strategies see)."""
-    if settings.engine.regime_detector != "hmm":
-        return {}
-    from .regime_features import REGIME_HISTORY_DAYS, feature_symbols
-    return {s: REGIME_HISTORY_DAYS for s in feature_symbols()}
 
 
 def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,

@@ -288,9 +288,7 @@ def set_control(store: Store, state: str, reason: str, now: datetime) -> list[st
             engine_state = store.load_state(key)
             if not engine_state:
                 continue
-            risk = engine_state.get("risk") if isinstance(engine_state, dict) else None
-            if risk is None and isinstance(engine_state, dict) and "risk" not in engine_state:
-                risk = engine_state["risk"] = {}
+            risk = engine_state.setdefault("risk", {}) if isinstance(engine_state, dict) else None
             if not isinstance(risk, dict):
                 raise StoreError(f"{store.url}: stored state {key!r} has no readable risk section")
             risk["killed"] = state == "killed"

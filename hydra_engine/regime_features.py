@@ -59,6 +59,14 @@ def feature_symbols() -> list[str]:
     return [s for s, _ in ASSETS.values()] + [VIX_SYMBOL]
 
 
+def regime_history_days(settings) -> dict[str, int]:
+    """Days of daily closes the configured regime detector reads per feature symbol (the data layer keeps
+    that much of an intraday one beside the ``history_bars`` strategies see)."""
+    if settings.engine.regime_detector != "hmm":
+        return {}
+    return {s: REGIME_HISTORY_DAYS for s in feature_symbols()}
+
+
 def shared_data_dir() -> Path | None:
     """The shared real-data folder (env ``HYDRA_SHARED_DATA`` or ``../shared/data``), if present."""
     path = Path(os.environ.get("HYDRA_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))

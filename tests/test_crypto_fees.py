@@ -113,32 +113,35 @@ def test_a_crypto_round_trip_books_the_coin_fee_and_sells_what_the_broker_holds(
     assert code == 0 and "disagree" not in err, err[-3000:]
 
 
-def test_an_unmeasurable_coin_fee_is_said_and_the_exit_still_sells_what_the_broker_holds(tmp_path, monkeypatch,
-                                                                                         double_env, capsys):
-    double, _ = double_env
-    state = {}
-
+def positions_unreadable_as_the_entry_fills(double, state: dict):
+    """A steer: once the entry is sent, every positions read fails for a cycle (the entry fills before it,
+    so its coins cannot be measured); the cycle after, the broker answers again. ``state["booked"]`` keeps
+    what the book then holds, whose stop is pushed out of reach so the strategy's own exit ends the trade."""
     def steer(engine, cycle):
         pos = engine.positions.get("BTC/USD")
-        if cycle == 1:
-            state["posts"] = 0
         if _orders(double, "buy") and "failing" not in state:
-            # the entry fills before the next cycle; its positions read fails every retry that cycle
             double.fail("GET", r"/v2/positions$", times=1000, status=503, body="Service Unavailable")
             state["failing"] = cycle
         elif "failing" in state and "cleared" not in state:
             double.faults.clear()
             state["cleared"] = cycle
-            state["qty"] = pos.qty if pos else None
+            state["booked"] = pos.qty if pos else None
             if pos is not None:
                 pos.stop_price = 10.0 ** 9
+    return steer
 
+
+def test_an_unmeasurable_coin_fee_is_said_and_the_exit_still_sells_what_the_broker_holds(tmp_path, monkeypatch,
+                                                                                         double_env, capsys):
+    double, _ = double_env
+    state = {}
+    steer = positions_unreadable_as_the_entry_fills(double, state)
     code = run_paper(paper_config(tmp_path, symbols=("BTC/USD",)), monkeypatch, double, cycles=6, steer=steer)
     err = capsys.readouterr().err
     assert code == 0, err[-3000:]
     buy = _orders(double, "buy")[0]
     bought = Decimal(buy["filled_qty"])
-    assert state["qty"] == bought                   # not measured: the filled quantity stands ...
+    assert state["booked"] == bought                # not measured: the filled quantity stands ...
     doc = session_doc(tmp_path)
     errors = [e for c in doc["cycle_details"] for e in c["errors"]]
     assert any("could not be measured" in e for e in errors), errors     # ... and the log says so
@@ -238,19 +241,11 @@ def test_an_unmeasured_coin_fee_of_more_than_dust_still_ends_the_trade(tmp_path,
     (dollars out less dollars in), not leave a phantom 0.0002 BTC position that no exit can sell."""
     double, _ = double_env
     state, engines = {}, []
+    unreadable = positions_unreadable_as_the_entry_fills(double, state)
 
     def steer(engine, cycle):
         engines.append(engine)
-        pos = engine.positions.get("BTC/USD")
-        if _orders(double, "buy") and "failing" not in state:
-            double.fail("GET", r"/v2/positions$", times=1000, status=503, body="Service Unavailable")
-            state["failing"] = cycle
-        elif "failing" in state and "cleared" not in state:
-            double.faults.clear()
-            state["cleared"] = cycle
-            if pos is not None:
-                state["booked"] = pos.qty
-                pos.stop_price = 10.0 ** 9
+        unreadable(engine, cycle)
 
     cfg = paper_config(tmp_path, symbols=("BTC/USD",), params="max_notional_usd = 5000.0")
     code = run_paper(cfg, monkeypatch, double, cycles=6, steer=steer)

@@ -178,7 +178,7 @@ def test_the_engines_snapshots_give_the_models_own_labels_through_2022(shared_da
     """The replay keeps 500 hourly BTC bars for strategies (~21 days): too few for BTC's 20-day features
     on more than the last row, and the detector then disagreed with the model's own causal labels on some
     days of 2022. With the regime history it keeps beside them it agrees on every business day."""
-    from hydra_engine.app import regime_history_days
+    from hydra_engine.regime_features import regime_history_days
     from hydra_engine.config import PROJECT_ROOT, load_settings
     from hydra_engine.data.replay import ReplayMarketData
 

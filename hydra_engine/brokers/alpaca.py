@@ -579,8 +579,8 @@ def build_alpaca(settings: Any, keys: AlpacaKeys, session_id: str, clock: Any, *
                  capability_cache: Path | None = None):
     """``(AlpacaBroker, AlpacaMarketData)`` from ``Settings`` (broker.paper/trading_url/data_url/data_feed,
     universe.symbols, data.*_stale_after_s, engine.history_bars)."""
-    from ..app import regime_history_days
     from ..data.alpaca_data import AlpacaMarketData
+    from ..regime_features import regime_history_days
 
     b = settings.broker
     trading_url, data_url = resolve_urls(b.trading_url, b.data_url)

@@ -242,8 +242,8 @@ class AlpacaMarketData:
                     f"{datetime.fromtimestamp(buf.bad_ts, UTC):%Y-%m-%d %H:%M}Z)")
         times = []
         if len(buf):
-            opened = datetime.fromtimestamp(buf.last_ts, UTC)
-            times.append(("bar closed", opened + timedelta(seconds=self._span_s(kind))))
+            bar_closed = datetime.fromtimestamp(buf.last_ts, UTC) + timedelta(seconds=self._span_s(kind))
+            times.append(("bar closed", bar_closed))
         if q is not None and len(q):
             times.append(("quote", datetime.fromtimestamp(q.last_ts, UTC)))
         if not times:
@@ -253,11 +253,11 @@ class AlpacaMarketData:
         if len(buf):
             # a fresh quote must not make stopped bars look fresh: strategies read the bars. It may excuse
             # a quiet crypto hour (Alpaca sends no bar without trades), up to twice the limit; never equities
-            closed = times[0][1]
             bar_limit = limit * 2 if kind == "crypto" and label == "quote" and age <= limit else limit
-            if now - closed > bar_limit:
-                return (f"newest bar closed {closed.isoformat()} is {(now - closed).total_seconds() / 3600:.1f} h "
-                        f"old, limit {bar_limit.total_seconds() / 3600:.1f} h (quotes do not replace bars)")
+            bar_age = now - bar_closed
+            if bar_age > bar_limit:
+                return (f"newest bar closed {bar_closed.isoformat()} is {bar_age.total_seconds() / 3600:.1f} h old, "
+                        f"limit {bar_limit.total_seconds() / 3600:.1f} h (quotes do not replace bars)")
         if age > limit:
             return (f"newest data ({label} {newest.isoformat()}) is {age.total_seconds() / 3600:.1f} h old, "
                     f"limit {limit.total_seconds() / 3600:.1f} h")
