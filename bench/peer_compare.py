@@ -56,11 +56,11 @@ RECORDED = {
 
 
 def load_frames(case: str):
-    import pandas as pd
+    from hydra_engine.data.bars import read_frame_file   # the engine's own reader
     if case.startswith("multi_"):
         d = DATA / case
-        return {f"INST{k:02d}": pd.read_parquet(d / f) for k, f in enumerate(sorted(os.listdir(d)))}
-    return {"SYN": pd.read_parquet(DATA / f"{case}.parquet")}
+        return {f"INST{k:02d}": read_frame_file(d / f) for k, f in enumerate(sorted(os.listdir(d)))}
+    return {"SYN": read_frame_file(DATA / f"{case}.parquet")}
 
 
 def reference(frames) -> tuple[int, float]:

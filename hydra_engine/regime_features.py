@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .config import PROJECT_ROOT
+from .data.catalog import read_parquet
 from .ports import MarketSnapshot
 
 WINDOW = 20
@@ -106,7 +107,7 @@ def load_daily_closes(data_dir: str | Path, end: pd.Timestamp | str | None = Non
         s = pd.concat(vix)
         out[VIX_SYMBOL] = s[~s.index.duplicated(keep="first")].sort_index()
     if (root / BTC_HOURLY).is_file():
-        df = pd.read_parquet(root / BTC_HOURLY, columns=["ts", "close"])
+        df = read_parquet(root / BTC_HOURLY, columns=["ts", "close"])
         ts = df["ts"].dt.tz_convert("UTC").astype("datetime64[s, UTC]").astype("int64").to_numpy()
         last_close_s = float(ts[-1] + 3600)
         day, close = _daily_arrays_from_bars(ts, df["close"].to_numpy(float), 3600, last_close_s)

@@ -16,7 +16,7 @@ from typing import Mapping
 
 import pandas as pd
 
-from .catalog import BarSource
+from .catalog import BarSource, read_parquet
 from .replay import DataFolderError, ReplayMarketData
 
 READER = "ohlcv_frame"
@@ -46,7 +46,7 @@ def uniform_frame(raw: pd.DataFrame, interval: timedelta) -> pd.DataFrame:
 def read_frame_file(path: Path) -> pd.DataFrame:
     path = Path(path)
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
+        return read_parquet(path)
     return pd.read_csv(path, index_col=0, parse_dates=True)
 
 

@@ -70,10 +70,20 @@ def _numeric(column: pd.Series) -> pd.Series:
     return pd.to_numeric(column, errors="coerce")
 
 
+def read_parquet(path, **kwargs) -> pd.DataFrame:
+    """``pd.read_parquet`` that hands pyarrow's freed buffers back to the OS. pyarrow's allocator keeps
+    what a read used (for 1M one-minute bars ~110 MB beyond the frame itself) for reuse, and that
+    retention, not the data, set the process's peak once the replay built its arrays (bench/RESULTS.md §3I)."""
+    frame = pd.read_parquet(path, **kwargs)
+    import pyarrow
+    pyarrow.default_memory_pool().release_unused()
+    return frame
+
+
 def read_bars(path, source: BarSource) -> pd.DataFrame:
     """Uniform frame: open_time, close_time (UTC), open, high, low, close, volume."""
     if source.reader == "binance_klines":
-        raw = pd.read_parquet(path, columns=["ts", "open", "high", "low", "close", "volume_base"])
+        raw = read_parquet(path, columns=["ts", "open", "high", "low", "close", "volume_base"])
         open_time = pd.to_datetime(raw["ts"], utc=True)
         frame = pd.DataFrame({"open_time": open_time, "close_time": open_time + source.interval,
                               "open": _numeric(raw["open"]), "high": _numeric(raw["high"]), "low": _numeric(raw["low"]),
@@ -99,7 +109,7 @@ def read_bars(path, source: BarSource) -> pd.DataFrame:
 
 def read_points(path, source: PointSource) -> pd.DataFrame:
     """Uniform frame: known_at (UTC, timestamp + publish lag), value."""
-    raw = pd.read_parquet(path)
+    raw = read_parquet(path)
     if source.column not in raw.columns:
         raise ValueError(f"{path}: column {source.column!r} missing (have {list(raw.columns)})")
     ts = pd.to_datetime(raw.index, utc=True)
