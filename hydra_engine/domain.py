@@ -171,7 +171,8 @@ class TradeProposal:
     thesis: str = ""
     max_notional_usd: float | None = None  # a plugin's own cap (the hunter's $2,000)
     min_notional_usd: float = 0.0          # below this the trade is not worth taking
-    trailing_stop_pct: float | None = None
+    trailing_stop_pct: float | None = None  # trail this many percent behind the high-water mark
+    trailing_atr_mult: float | None = None  # trail this many ATRs behind it (both set: the tighter wins)
 
     def __post_init__(self) -> None:
         for name in ("entry_price", "stop_price", "target_price"):

@@ -236,6 +236,13 @@ class Engine:
             if order.status is not OrderStatus.FILLED:
                 report["orders"].append(_order_dict(order))   # rejected/canceled at fill time (maybe partly filled)
             plan = self.plans.pop(coid, None)
+            if self.exit_reasons.get(coid) == "trailing_stop" and order.status is not OrderStatus.FILLED:
+                # the broker's trailing stop ended unfilled (canceled, expired, rejected): nothing holds the
+                # stop there any more, so the engine manages it again
+                if self.native_stops and order.symbol in self.native_stops:
+                    self.native_stops.discard(order.symbol)
+                    report["notes"].append(f"{order.symbol}: the broker's trailing stop {coid} ended "
+                                           f"{order.status.value}; the engine manages the stop again")
             self._forget_exit(coid)
             pos = self.positions.get(plan.proposal.symbol) if plan is not None and plan.booked_qty else None
             if pos is not None and order.status is OrderStatus.FILLED and pos.symbol not in self.native_stops:
@@ -598,7 +605,7 @@ class Engine:
         the position between cycles and while HYDRA is down. The engine still watches the same levels
         and, for any other exit, cancels the legs first. A percent trail goes to a native trailing stop
         instead (Alpaca holds one protective order per share); a fraction of a share stays engine-managed."""
-        if not getattr(self.broker, "supports_brackets", False) or p.trailing_stop_pct or qty < 1:
+        if not getattr(self.broker, "supports_brackets", False) or p.trailing_stop_pct or p.trailing_atr_mult or qty < 1:
             return False
         asset = self.broker.asset(p.symbol)
         return asset.asset_class is AssetClass.EQUITY and (not asset.order_types or OrderType.STOP in asset.order_types)
@@ -642,8 +649,8 @@ class Engine:
         order is done: a sell while the rest of a partly filled buy still works is a wash trade to Alpaca."""
         if not getattr(self.broker, "supports_native_trailing", False):
             return
-        if not uses_native_trailing(self.broker.asset(pos.symbol), pos.trailing_stop_pct):
-            return
+        if pos.trailing_atr_mult or not uses_native_trailing(self.broker.asset(pos.symbol), pos.trailing_stop_pct):
+            return  # an ATR trail has no broker order type: the engine trails it
         if abs(pos.qty) != abs(pos.qty).to_integral_value():
             return  # Alpaca takes fractional quantities only on market/day orders: trail it in the engine
         order = Order(self._next_coid(pos.strategy, pos.symbol), pos.symbol, pos.side.opposite(), abs(pos.qty),
@@ -706,7 +713,7 @@ class Engine:
         self.positions[fill.symbol] = Position(
             symbol=fill.symbol, qty=bought * fill.side.sign, avg_entry_price=fill.price, strategy=p.strategy,
             opened_at=fill.ts, stop_price=p.stop_price * scale, target_price=p.target_price * scale,
-            trailing_stop_pct=p.trailing_stop_pct, high_water_mark=price, max_holding=p.expected_holding,
+            trailing_stop_pct=p.trailing_stop_pct, trailing_atr_mult=p.trailing_atr_mult, high_water_mark=price, max_holding=p.expected_holding,
             regime_at_entry=plan.regime, entry_fees_usd=fees, initial_stop_price=p.stop_price * scale,
             regime_confidence_at_entry=plan.regime_confidence,
             fee_share_of_received_asset=fee_coins / fill.qty if fee_coins else ZERO)

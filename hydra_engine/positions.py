@@ -110,8 +110,9 @@ class PositionManager:
                kill: bool = False, native_stops: Collection[str] = ()) -> list[ExitInstruction]:
         """Exit decisions for this cycle, at most one per position, in priority order
         kill > stop / trailing_stop > target > time. ``kill=True`` exits everything with reason "kill"
-        (even without a price). Symbols in ``native_stops`` have their stop held by the broker: the
-        manager keeps their mirror stop up to date but leaves the stop exit to the broker."""
+        (even without a price). Symbols in ``native_stops`` have a trailing stop held by the broker: the
+        manager keeps their mirror stop up to date and leaves the stop exit to the broker once the trail
+        has passed the plan's fixed stop; before that the fixed stop is the tighter one and exits here."""
         exits: list[ExitInstruction] = []
         for symbol, pos in positions.items():
             qty = pos.qty
@@ -131,9 +132,11 @@ class PositionManager:
             # the bar history is read only when a rule needs it (a snapshot may build it on demand)
             self.update_high_water(pos, price, self._atr(market.bars.get(symbol)) if pos.trailing_atr_mult else None)
             long = qty > 0
-            if symbol not in native_stops and ((long and price <= pos.stop_price) or
-                                               (not long and price >= pos.stop_price)):
-                moved = pos.stop_price != pos.initial_stop_price
+            moved = pos.stop_price != pos.initial_stop_price
+            # a broker-held trail protects only from its own level: until the trail passes the plan's fixed
+            # stop (the mirror has not moved), the fixed stop is the tighter one and is enforced here
+            if (symbol not in native_stops or not moved) and ((long and price <= pos.stop_price) or
+                                                              (not long and price >= pos.stop_price)):
                 exits.append(ExitInstruction(symbol, "trailing_stop" if moved else "stop", price,
                                              f"price {price:g} crossed {'trailing ' if moved else ''}stop "
                                              f"{pos.stop_price:g} (high-water {pos.high_water_mark:g})"))

@@ -246,3 +246,28 @@ def test_a_cycle_committed_alone_carries_the_state_even_without_orders(tmp_path)
         report = engine.run_cycle(datetime(2024, 3, day, 22, tzinfo=UTC))
         assert not report["orders"] and not report["fills"]
     assert engine.store.load_state(engine.state_key)["engine"]["cycle"] == 2
+
+
+def test_a_proposals_atr_trail_reaches_the_position_and_exits_it(tmp_path):
+    """A plugin asks for a 3-ATR trail: the position carries it, the engine trails it (no broker order
+    type holds an ATR trail) and the trade closes as a trailing stop, above the fixed stop."""
+    start = datetime(2024, 3, 1, tzinfo=UTC)
+    path = [60_000.0] * 30 + [60_000.0 + 200 * k for k in range(1, 11)] + [61_200.0, 61_000.0, 60_800.0]
+    rows = [(start + timedelta(hours=h), p, p) for h, p in enumerate(path)]
+    market = HandMadeBars({"BTC/USD": (3600, rows)})
+    entry_at = start + timedelta(hours=30)
+    proposal = TradeProposal("scripted", "BTC/USD", Side.BUY, 60_000.0, 58_800.0, 66_000.0, 0.6, timedelta(days=2),
+                             trailing_atr_mult=3.0)
+    engine, _, _ = build(tmp_path, market, {entry_at: [proposal]})
+    stops, t = [], entry_at
+    while t <= start + timedelta(hours=len(path)):
+        engine.run_cycle(t)
+        if "BTC/USD" in engine.positions:
+            pos = engine.positions["BTC/USD"]
+            assert pos.trailing_atr_mult == 3.0
+            stops.append(pos.stop_price)
+        t += timedelta(hours=1)
+    assert stops == sorted(stops) and stops[-1] > 58_800.0            # it ratcheted up, never down
+    [trade] = engine.closed_trades
+    assert trade["exit_reason"] == "trailing_stop" and float(trade["exit_price"]) > 58_800.0
+    assert engine.native_stops == set()

@@ -356,3 +356,74 @@ def test_equity_entry_is_a_bracket_whose_stop_leg_closes_the_trade_even_across_a
     trades = session_doc(tmp_path)["trades"]
     assert [t["exit_reason"] for t in trades] == ["stop"]
     assert Decimal(str(trades[0]["exit_price"])) == Decimal(entry[0]["stop_loss"]["stop_price"])
+
+
+class WideTrailProbe(SharesProbe):
+    """Two shares, the fixed stop 3 % below and a 5 % trail: the trail is looser than the stop until the
+    price has risen."""
+
+    name = "wide_trail_probe"
+    shares, trailing_stop_pct = 2.0, 5.0
+
+
+def _spy_session_with_a_broker_trail(tmp_path, monkeypatch, double, probe, at_cycle_3):
+    """Four cycles of ``probe`` on SPY: the entry fills, Alpaca holds the trailing stop, ``at_cycle_3``
+    (engine, position) runs before cycle 3."""
+    from .test_fault_injection import run_paper
+
+    cfg = probe_on_spy(double, monkeypatch, tmp_path, probe)
+
+    def steer(engine, cycle):
+        for o in double._all_orders():                # the exchange completes cancels between cycles
+            if o["status"] == "pending_cancel":
+                o["status"] = "canceled"
+        if cycle == 3 and engine.positions.get("SPY") is not None:
+            at_cycle_3(engine, engine.positions["SPY"])
+
+    assert run_paper(cfg, monkeypatch, double, cycles=5, steer=steer) == 0
+    assert [o for o in double.order_bodies if o.get("type") == "trailing_stop"], "no broker trail was placed"
+
+
+def test_a_broker_trailing_stop_that_ends_unfilled_hands_the_stop_back_to_the_engine(tmp_path, monkeypatch,
+                                                                                    double_env):
+    """Alpaca cancels (or expires) the GTC trailing stop: from then on nothing at the broker protects the
+    position, so the engine's own stop check applies again and a crossed stop sells."""
+    from .test_fault_injection import session_doc
+
+    double, _ = double_env
+
+    def broker_cancels_the_trail_and_the_price_falls_through_the_stop(engine, pos):
+        for o in double._all_orders():
+            if o["type"] == "trailing_stop" and o["status"] in ("new", "accepted"):
+                o["status"] = "canceled"
+        pos.stop_price = 10.0 ** 9
+
+    _spy_session_with_a_broker_trail(tmp_path, monkeypatch, double, "TrailingProbe",
+                                     broker_cancels_the_trail_and_the_price_falls_through_the_stop)
+    sells = [o for o in double.orders.values() if o["side"] == "sell" and o["type"] == "market"]
+    assert [o["status"] for o in sells] == ["filled"]   # (the probe then buys again: a new position)
+    doc = session_doc(tmp_path)
+    notes = [n for c in doc["cycle_details"] for n in c["notes"]]
+    assert any("trailing stop" in n and "ended canceled" in n for n in notes), notes
+    assert [t["exit_reason"] for t in doc["trades"]] == ["trailing_stop"]
+
+
+def test_a_broker_trail_looser_than_the_fixed_stop_does_not_replace_it(tmp_path, monkeypatch, double_env):
+    """A 5 % trail with a 3 % fixed stop: until the trail has moved past the fixed stop, Alpaca's order
+    would sell only at the looser level, so the engine enforces the fixed stop itself (the broker's trail
+    is canceled first, so the shares it holds are free to sell)."""
+    from .test_fault_injection import session_doc
+
+    double, _ = double_env
+
+    def price_falls_through_the_fixed_stop(engine, pos):
+        assert "SPY" in engine.native_stops and pos.stop_price == pos.initial_stop_price   # the trail is looser
+        pos.stop_price = pos.initial_stop_price = 10.0 ** 9
+
+    _spy_session_with_a_broker_trail(tmp_path, monkeypatch, double, "WideTrailProbe",
+                                     price_falls_through_the_fixed_stop)
+    trails = [o for o in double._all_orders() if o["type"] == "trailing_stop"]
+    sells = [o for o in double._all_orders() if o["side"] == "sell" and o["type"] == "market"]
+    assert trails[0]["status"] == "canceled" and [o["status"] for o in sells] == ["filled"]
+    assert trails[0]["client_order_id"] < sells[0]["client_order_id"]   # canceled before the sell was sent
+    assert [t["exit_reason"] for t in session_doc(tmp_path)["trades"]] == ["stop"]

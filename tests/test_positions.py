@@ -142,6 +142,10 @@ def test_native_trailing_stops_are_left_to_the_broker():
     assert exits == [] and p.stop_price == 104.5               # mirror kept, exit left to the broker
     (ex,), _ = run(pm, long_pos(trailing_stop_pct=5.0), [130], native_stops={"SPY"})
     assert ex.reason == "target"                               # targets still come from the manager
+    # a trail looser than the fixed stop (8 % of 101 = 92.92 < 95) has not taken over: the broker's
+    # order would sell only at its own level, so the fixed stop exits here
+    (ex,), _ = run(pm, long_pos(trailing_stop_pct=8.0), [101, 94], native_stops={"SPY"})
+    assert (ex.reason, ex.trigger_price) == ("stop", 94)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
