@@ -253,7 +253,10 @@ def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, 
             docs[name] = run_baseline(cls(), s, data_dir, ticks=ticks, progress=progress)
             (out / "baselines" / f"{name}.json").write_text(
                 json.dumps({k: v for k, v in docs[name].items() if k != "cycles"}, indent=1), encoding="utf-8")
-    metrics = {name: M.compute_all(on_sim_clock(d)) for name, d in docs.items()}
+    metrics = {"hydra": M.compute_all(on_sim_clock(doc))}
+    # every row annualised alike: HYDRA's book decides (its universe's crypto trades every calendar day)
+    metrics.update({name: M.compute_all(on_sim_clock(d), metrics["hydra"]["periods_per_year"])
+                    for name, d in docs.items() if name != "hydra"})
     curves = {name: curve(d) for name, d in docs.items()}
     regimes = pd.Series([c.get("regime") or "UNKNOWN" for c in doc["cycles"]])
     by_regime = {name: regime_returns(c, regimes) for name, c in curves.items()}
@@ -338,7 +341,8 @@ def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: da
     combined_eq = pd.concat(stitched)
     first = combined_eq.index[0].isoformat().replace("+00:00", "Z")
     combined_doc = {"session": {"started_at": first, "ended_at": combined_eq.index[-1].isoformat().replace("+00:00", "Z"),
-                                "starting_equity_usd": str(settings.broker.starting_cash_usd)},
+                                "starting_equity_usd": str(settings.broker.starting_cash_usd),
+                                "symbols": list(settings.universe.symbols)},
                     "cycles": [{"ts": t.isoformat().replace("+00:00", "Z"), "equity_usd": v} for t, v in combined_eq.items()],
                     "trades": all_trades, "fills": all_fills,
                     "summary": {"fees_usd": sum(r["fees_usd"] for r in rows)}}

@@ -415,9 +415,11 @@ class Engine:
                                         view_of.contributors if view_of else ())
         elif ranked:
             why = "observation phase" if observing else blocked
+            rule = "observe" if observing else "entries_blocked"
+            self.stats.vetoes[rule] = self.stats.vetoes.get(rule, 0) + len(ranked)
             for p in ranked:
                 report["decisions"].append({"strategy": p.strategy, "symbol": p.symbol, "approved": False,
-                                            "layer": "engine", "rule": "observe" if observing else "entries_blocked",
+                                            "layer": "engine", "rule": rule,
                                             "reason": why, "qty": "0", "notional_usd": "0", "details": {}})
         return exit_requests
 

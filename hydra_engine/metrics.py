@@ -8,9 +8,10 @@ Conventions (why they are what they are):
   The curve's first point is the opening capital, so the first day's return is measured from it —
   unless that day holds nothing but the opening point, in which case it carries no return (a plain
   close-per-day series therefore yields exactly ``close.pct_change().dropna()``).
-* **Annualisation** is a parameter, ``periods_per_year``. Left out, it follows the curve: 365 when the
-  book has returns on weekend days (crypto cycles every calendar day), 252 when it has returns on exchange
-  days only (an equity-only book) -- 365 there would read ~257 returns a year as 1.4 years' worth.
+* **Annualisation** is a parameter, ``periods_per_year``. Left out, it follows the book: 365 when the
+  session's symbols include crypto or the curve has returns on weekend days (crypto cycles every calendar
+  day, even in a span without a weekend), 252 when it has returns on exchange days only (an equity-only
+  book) -- 365 there would read ~257 returns a year as 1.4 years' worth.
 * **Formulas follow empyrical** (zero risk-free rate; sample std, ddof=1; Sortino's downside
   deviation is the root-mean-square of the negative part over *all* days; CAGR uses
   ``n_days / periods_per_year`` years; CVaR 95 % averages the worst ``floor((n-1)·5 %)+1`` days) so the
@@ -34,9 +35,12 @@ import pandas as pd
 DEFAULT_PERIODS_PER_YEAR = 365  # crypto trades every calendar day; 252 for equities-only books
 
 
-def periods_per_year_of(returns: pd.Series) -> float:
-    """365 when some daily return falls on a Saturday or Sunday (the book cycles every calendar day),
-    else 252 (exchange days only)."""
+def periods_per_year_of(returns: pd.Series, symbols: Iterable[str] = ()) -> float:
+    """365 when the book holds crypto (Alpaca's crypto symbols are the ones with a slash: "BTC/USD"),
+    which trades every calendar day even when the span has no weekend, or when some daily return falls
+    on a Saturday or Sunday; else 252 (exchange days only)."""
+    if any("/" in str(s) for s in symbols):
+        return 365.0
     if len(returns) and (pd.DatetimeIndex(returns.index).day_of_week >= 5).any():
         return 365.0
     return 252.0 if len(returns) else float(DEFAULT_PERIODS_PER_YEAR)
@@ -195,19 +199,21 @@ def trade_stats(trades: list[dict]) -> dict:
 
     A trade wins when its net P&L (after fees) is > 0; break-evens count in ``trades`` only."""
     pnl = np.array([float(t["pnl_usd"]) for t in trades], float)
-    r = np.array([float(t.get("r_multiple") or 0.0) for t in trades], float)
+    # a null R (no initial risk on record) is unknown, not 0 R: left out of the R averages
+    r = np.array([math.nan if t.get("r_multiple") is None else float(t["r_multiple"]) for t in trades], float)
     fees = float(sum(Decimal(str(t.get("fees_usd") or 0)) for t in trades))
     win, loss = pnl > 0, pnl < 0
     gp, gl = float(pnl[win].sum()), abs(float(pnl[loss].sum()))
     mean = lambda a: float(a.mean()) if len(a) else float("nan")  # noqa: E731
     avg_win, avg_loss = mean(pnl[win]), mean(pnl[loss])
-    avg_win_r, avg_loss_r = mean(r[win]), mean(r[loss])
+    known_r = ~np.isnan(r)
+    avg_win_r, avg_loss_r = mean(r[win & known_r]), mean(r[loss & known_r])
     return {
         "trades": len(trades), "wins": int(win.sum()), "losses": int(loss.sum()),
         "win_rate": mean(win.astype(float)), "pnl_usd": float(pnl.sum()), "fees_usd": fees,
         "gross_profit_usd": gp, "gross_loss_usd": gl,
         "profit_factor": gp / gl if gl > 0 else (float("inf") if gp > 0 else float("nan")),
-        "expectancy_usd": mean(pnl), "avg_r": mean(r), "avg_win_r": avg_win_r, "avg_loss_r": avg_loss_r,
+        "expectancy_usd": mean(pnl), "avg_r": mean(r[known_r]), "avg_win_r": avg_win_r, "avg_loss_r": avg_loss_r,
         "avg_win_usd": avg_win, "avg_loss_usd": avg_loss,
         "payoff_ratio": _ratio(avg_win, abs(avg_loss)) if len(pnl[loss]) else float("nan"),
     }
@@ -222,28 +228,29 @@ def group_trade_stats(trades: list[dict], key: str) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------- exposure and turnover
-def position_intervals_from_fills(fills: list[dict]) -> list[tuple[pd.Timestamp, pd.Timestamp | None]]:
-    """Periods with at least one open position, replaying fills (exact Decimal quantities).
-    The last interval ends with ``None`` if a position is still open."""
-    net: dict[str, Decimal] = {}
-    out, opened = [], None
-    for f in sorted(fills, key=lambda f: pd.Timestamp(f["ts"])):
-        sign = 1 if f["side"] == "buy" else -1
-        net[f["symbol"]] = net.get(f["symbol"], Decimal(0)) + sign * Decimal(str(f["qty"]))
-        busy = any(q != 0 for q in net.values())
-        ts = pd.Timestamp(f["ts"])
-        if busy and opened is None:
-            opened = ts
-        elif not busy and opened is not None:
-            out.append((opened, ts))
-            opened = None
-    if opened is not None:
-        out.append((opened, None))
+def position_intervals(trades: list[dict], fills: list[dict], open_symbols: Iterable[str] = ()
+                       ) -> list[tuple[pd.Timestamp | None, pd.Timestamp | None]]:
+    """Periods a position was held: each closed trade from entry to exit, and each position still open
+    at the end from its symbol's first fill after that symbol's last exit (``None``: from the start,
+    for a position carried in or adopted without a fill in this session) to ``None`` (the end).
+
+    Built from the trades, not by netting fill quantities to zero: Alpaca keeps its crypto fee in coins,
+    so a round trip's buy and sell never net to 0 (the book would read "in market" to the end), and a
+    position carried in from an earlier session starts the fills with its exit."""
+    out: list[tuple[pd.Timestamp | None, pd.Timestamp | None]] = []
+    last_exit: dict[str, pd.Timestamp] = {}
+    for t in trades:
+        entry, exit_ = pd.Timestamp(t["entry_time"]), pd.Timestamp(t["exit_time"])
+        out.append((entry, exit_))
+        last_exit[t["symbol"]] = max(exit_, last_exit.get(t["symbol"], exit_))
+    opened: dict[str, pd.Timestamp] = {}
+    for f in fills:   # entries not closed by a trade yet
+        ts, sym = pd.Timestamp(f["ts"]), f["symbol"]
+        if sym not in last_exit or ts > last_exit[sym]:
+            opened[sym] = min(ts, opened.get(sym, ts))
+    for sym in set(open_symbols) | set(opened):
+        out.append((opened.get(sym, last_exit.get(sym)), None))
     return out
-
-
-def position_intervals_from_trades(trades: list[dict]) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
-    return [(pd.Timestamp(t["entry_time"]), pd.Timestamp(t["exit_time"])) for t in trades]
 
 
 def exposure(intervals: list[tuple], start: pd.Timestamp, end: pd.Timestamp) -> float:
@@ -251,7 +258,8 @@ def exposure(intervals: list[tuple], start: pd.Timestamp, end: pd.Timestamp) -> 
     span = (end - start).total_seconds()
     if span <= 0:
         return float("nan")
-    clipped = sorted((max(a, start), min(b if b is not None else end, end)) for a, b in intervals)
+    clipped = sorted((max(a, start) if a is not None else start, min(b if b is not None else end, end))
+                     for a, b in intervals)
     covered, cur_a, cur_b = 0.0, None, None
     for a, b in clipped:
         if b <= a:
@@ -300,13 +308,13 @@ def json_safe(obj):
 
 def compute_all(doc: dict, periods_per_year: float | None = None) -> dict:
     """Every metric for one session document (as returned by ``tradelog.load_session``), JSON-safe.
-    ``periods_per_year`` None: :func:`periods_per_year_of` the session's daily returns."""
+    ``periods_per_year`` None: :func:`periods_per_year_of` the session's symbols and daily returns."""
     eq = equity_curve(doc)
     rets = daily_returns(eq)
-    if periods_per_year is None:
-        periods_per_year = periods_per_year_of(rets)
     trades, fills = doc.get("trades", []), doc.get("fills", [])
     session = doc.get("session") or {}
+    if periods_per_year is None:
+        periods_per_year = periods_per_year_of(rets, session.get("symbols") or ())
     # the cycles' own timestamps are market time in every mode (a replay's wall-clock start is not)
     if len(eq):
         start, end = eq.index[0], eq.index[-1]
@@ -314,7 +322,7 @@ def compute_all(doc: dict, periods_per_year: float | None = None) -> dict:
         start = pd.Timestamp(session["started_at"]) if session.get("started_at") else None
         end = pd.Timestamp(session["ended_at"]) if session.get("ended_at") else None
     episode = drawdown_episode(eq)
-    intervals = position_intervals_from_fills(fills) if fills else position_intervals_from_trades(trades)
+    intervals = position_intervals(trades, fills, ((doc.get("summary") or {}).get("open_positions") or {}).keys())
     regimes = Counter(c.get("regime") or "?" for c in doc.get("cycles", []))
     n_cycles = sum(regimes.values())
     out = {

@@ -110,7 +110,7 @@ def veto_table(cycle_details: list[dict], summary: dict | None = None) -> Table:
 def build_review(doc: dict, periods_per_year: float | None = None, source: str = "") -> Review:
     m = M.compute_all(doc, periods_per_year)
     how = "" if periods_per_year is not None or not m["days"] else (
-        " (auto: returns on weekend days)" if m["periods_per_year"] == 365 else " (auto: exchange days only)")
+        " (auto: crypto or returns on weekend days)" if m["periods_per_year"] == 365 else " (auto: exchange days only)")
     s = doc.get("session") or {}
     header = [f"log          {source}" if source else "",
               f"session      {s.get('session_id', '?')}  mode {s.get('mode', '?')}  hydra {s.get('hydra_version', '?')}"
@@ -140,7 +140,8 @@ def build_review(doc: dict, periods_per_year: float | None = None, source: str =
         notes.append("No closed trades in this session: trade statistics are empty.")
     else:
         tables.append(Table("Trades", ["all", *STAT_HEADERS], [_stat_row("all", t)],
-                            f"fees paid {fmt_usd(t['fees_usd'])}; win = net P&L > 0 after fees; "
+                            f"fees of these closed trades {fmt_usd(t['fees_usd'])} (open positions' entry fees not included); "
+                            "win = net P&L > 0 after fees; "
                             "R = P&L / initial risk (entry to stop)"))
         tables.append(Table("Per strategy", ["strategy", *STAT_HEADERS],
                             [_stat_row(k, v) for k, v in m["per_strategy"].items()]))

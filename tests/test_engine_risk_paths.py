@@ -271,3 +271,24 @@ def test_a_proposals_atr_trail_reaches_the_position_and_exits_it(tmp_path):
     [trade] = engine.closed_trades
     assert trade["exit_reason"] == "trailing_stop" and float(trade["exit_price"]) > 58_800.0
     assert engine.native_stops == set()
+
+
+def test_refusals_while_observing_or_blocked_are_counted_per_rule(tmp_path):
+    """The run summary's vetoes per rule (what a review shows when the journal is missing) count the
+    proposals refused because the engine was still observing or entries were blocked, like every other
+    refusal: proposals = approved + the vetoes."""
+    hours = [datetime(2024, 3, 4, tzinfo=UTC) + timedelta(hours=h) for h in range(6)]
+    market = HandMadeBars({"BTC/USD": (3600, [(t, 60_000.0, 60_000.0) for t in hours])})
+    script = {t: [buy("BTC/USD", 60_000, 58_800, 62_400)] for t in hours[1:4]}
+    engine, _, _ = build(tmp_path, market, script)
+    engine.settings = engine.settings.model_copy(update={"engine": engine.settings.engine.model_copy(
+        update={"observation_cycles": 2})})
+    engine.run_cycle(hours[1])                      # cycle 1: observing
+    engine.halted = "reconciliation mismatch (test)"
+    engine.run_cycle(hours[2])                      # cycle 2: observing
+    engine.settings = engine.settings.model_copy(update={"engine": engine.settings.engine.model_copy(
+        update={"observation_cycles": 0})})
+    engine.run_cycle(hours[3])                      # cycle 3: blocked
+    summary = engine.summary()
+    assert summary["vetoes_by_rule"] == {"observe": 2, "entries_blocked": 1}
+    assert summary["proposals"] == summary["approved"] + sum(summary["vetoes_by_rule"].values()) == 3

@@ -218,3 +218,55 @@ def test_annualisation_follows_the_book_when_not_given(spy_equity):
     assert m["cagr"] == pytest.approx((1 + m["total_return"]) ** (1 / calendar_years) - 1, abs=0.003)
     assert M.compute_all(doc, 365)["cagr"] > m["cagr"] + 0.005
     assert M.compute_all(load_session(SMALL))["periods_per_year"] == 365
+
+
+def _hours(h: float) -> str:
+    return (pd.Timestamp("2024-03-04T00:00Z") + pd.Timedelta(hours=h)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _paper_doc(fills, trades, open_positions=None, symbols=("BTC/USD",)):
+    """A ten-hour session (Monday), flat equity, with the given fills and trades."""
+    return {"session": {"symbols": list(symbols), "starting_equity_usd": "1000", "started_at": _hours(0)},
+            "cycles": [{"ts": _hours(h), "equity_usd": "1000"} for h in range(0, 11)],
+            "fills": fills, "trades": trades, "summary": {"open_positions": open_positions or {}}}
+
+
+def test_exposure_of_a_crypto_round_trip_whose_fee_was_taken_in_coins():
+    """Alpaca keeps its crypto fee in coins: buy 0.0599, sell the 0.0597 held. The fills never net to
+    zero, yet the book was flat after the sell: 2 h held out of 10, not 8."""
+    fills = [{"ts": _hours(2), "symbol": "BTC/USD", "side": "buy", "qty": "0.0599", "price": "60000"},
+             {"ts": _hours(4), "symbol": "BTC/USD", "side": "sell", "qty": "0.0597", "price": "60100"}]
+    trade = {"symbol": "BTC/USD", "strategy": "s", "entry_time": _hours(2), "exit_time": _hours(4),
+             "pnl_usd": "1", "fees_usd": "0.3", "r_multiple": 0.1}
+    assert M.compute_all(_paper_doc(fills, [trade]))["exposure"] == pytest.approx(0.2)
+
+
+def test_exposure_counts_a_position_carried_in_from_the_start_and_one_left_open_to_the_end():
+    """A restart: the position opened in the earlier session is sold at hour 6 (its trade's entry lies
+    before this session); a new one bought at hour 8 is still open at the end; an adopted one with no
+    fill in this session is held throughout."""
+    fills = [{"ts": _hours(6), "symbol": "BTC/USD", "side": "sell", "qty": "0.05", "price": "60000"},
+             {"ts": _hours(8), "symbol": "ETH/USD", "side": "buy", "qty": "1", "price": "3000"}]
+    carried = {"symbol": "BTC/USD", "strategy": "s", "entry_time": "2024-03-01T00:00:00Z", "exit_time": _hours(6),
+               "pnl_usd": "-1", "fees_usd": "0.3", "r_multiple": -0.1}
+    doc = _paper_doc(fills, [carried], {"ETH/USD": "1"}, symbols=("BTC/USD", "ETH/USD"))
+    assert M.compute_all(doc)["exposure"] == pytest.approx(0.6 + 0.2 - 0.0)   # [0, 6] and [8, 10]
+    doc["summary"]["open_positions"]["SOL/USD"] = "3"                          # adopted: held from the start
+    assert M.compute_all(doc)["exposure"] == 1.0
+
+
+def test_a_book_watching_crypto_is_annualised_over_calendar_days_even_without_a_weekend():
+    doc = _paper_doc([], [])
+    doc["cycles"] = [{"ts": _hours(24 * d + 20), "equity_usd": str(1000 + d)} for d in range(5)]   # Mon-Fri
+    assert M.compute_all(doc)["periods_per_year"] == 365
+    doc["session"]["symbols"] = ["SPY", "GLD"]
+    assert M.compute_all(doc)["periods_per_year"] == 252
+
+
+def test_a_trade_without_a_recorded_r_is_left_out_of_the_r_averages():
+    trades = [{"pnl_usd": "10", "r_multiple": None}, {"pnl_usd": "20", "r_multiple": 2.0},
+              {"pnl_usd": "-5", "r_multiple": -1.0}]
+    s = M.trade_stats(trades)
+    assert s["avg_r"] == pytest.approx(0.5) and s["avg_win_r"] == 2.0 and s["avg_loss_r"] == -1.0
+    assert s["trades"] == 3 and s["wins"] == 2 and s["pnl_usd"] == 25.0
+    assert math.isnan(M.trade_stats([{"pnl_usd": "1", "r_multiple": None}])["avg_r"])

@@ -55,6 +55,7 @@ def test_review_prints_tables_and_writes_png_and_html(tmp_path, capsys):
     assert re.search(r"^regime_unknown\s+regime\s+1\s", out, re.M)
     assert re.search(r"^stop\s+2\s+0\.0%\s+-\$250\.00", out, re.M)
     assert re.search(r"max drawdown\s+-0\.21%", out) and re.search(r"exposure \(time in market\)\s+80\.0%", out)
+    assert "fees of these closed trades $" in out   # not "fees paid": open positions' entry fees are not in it
     pngs = sorted(p.name for p in out_dir.glob("*.png"))
     assert pngs == ["equity_drawdown.png", "per_strategy.png", "profit_by_regime.png"]
     assert all((out_dir / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

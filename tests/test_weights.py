@@ -174,3 +174,22 @@ def test_weights_command_counts_a_null_r_multiple_as_nan(tmp_path, capsys):
     log = write_log(tmp_path / "logs", [{**trade_dict("alpha", 1.0, 1), "r_multiple": None}])  # NaN is written as null
     assert main(["weights", "--log", str(log), "--out", str(tmp_path / "out")]) == 0
     assert json.loads((tmp_path / "out" / "weights.json").read_text())["stats"]["alpha"]["trades"] == 1
+
+
+def test_weights_command_replays_trades_in_the_order_the_engine_booked_them(tmp_path):
+    """A daily SPY exit (stamped at the 14:30 open) is booked at the 21:00 close, after a crypto trade
+    that exited at 16:00: the log lists them in booking order, and the weights the engine used came from
+    that order, so the replay must not re-sort by exit time."""
+    from hydra_engine.commands.weights import replay
+    from hydra_engine.domain import ClosedTrade
+    from hydra_engine.weights import StrategyWeights
+
+    crypto = {**trade_dict("beta", -1.0, 16), "symbol": "BTC/USD"}
+    booked = [trade_dict("alpha", 2.0, 10), crypto, trade_dict("alpha", 1.5, 14), trade_dict("beta", 0.5, 20)]
+    doc = {"session": {"strategies": ["alpha", "beta"], "data_start": "2024-01-01T00:00:00Z"}, "trades": booked}
+    engine_weights = StrategyWeights(["alpha", "beta"])
+    for t in booked:
+        engine_weights.update(ClosedTrade(**{f: t.get(f, "") for f in ClosedTrade.__slots__}))
+    replayed, n = replay(doc)
+    assert n == 4 and replayed.history[1:] == engine_weights.history
+    assert [t for t, _ in replayed.history[1:]] == [t["exit_time"] for t in booked]

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("log", help="path to a session-*.json trade log")
     p.add_argument("--out", default=None, help="output folder (default: next to the log)")
     p.add_argument("--periods-per-year", type=periods_per_year, default=None,
-                   help="annualisation (default: 365 when the session has returns on weekend days, "
+                   help="annualisation (default: 365 when the session watches crypto or has returns on weekend days, "
                    "else 252 -- exchange days only)")
     p.set_defaults(func=handle)
 

@@ -1,6 +1,7 @@
 """``hydra weights [--log LOG.json] [--out DIR]``: strategy weights and how they moved.
 
-Recomputes the adaptive weights by replaying a session log's closed trades (oldest exit first) through
+Recomputes the adaptive weights by replaying a session log's closed trades in the order the engine
+booked them (the log's order: a daily bar's exit can be booked after a later crypto exit) through
 the same :class:`~hydra_engine.weights.StrategyWeights` the engine uses, prints the current weights
 and their history as tables, and writes ``weights_history.csv``, ``weights.json`` and
 ``weights.png`` (weight over time per strategy, floor and cap marked).
@@ -53,7 +54,7 @@ def replay(doc: dict, floor: float = 0.05, cap: float = 0.6, halflife: float = 2
     from ..domain import ClosedTrade
     from ..weights import StrategyWeights
 
-    trades = sorted(doc.get("trades", []), key=lambda t: str(t.get("exit_time", "")))
+    trades = list(doc.get("trades", []))   # booking order, the order the engine's weights learned in
     names = list((doc.get("session") or {}).get("strategies") or []) + [t["strategy"] for t in trades]
     w = StrategyWeights(list(dict.fromkeys(names)), floor=floor, cap=cap, halflife_trades=halflife)
     start = (doc.get("session") or {}).get("data_start") or (trades[0]["entry_time"] if trades else "start")
