@@ -14,7 +14,9 @@ Why it is built this way:
   re-anchored on the simulated clock (first and last cycle) — otherwise exposure and the opening
   equity point would be measured against the wrong span.
 * Walk-forward fits the HMM regime model on each train window only (data strictly before the test
-  window) and runs the engine on the test window: every reported number is out of sample.
+  window) and runs the engine on the test window: every reported number is out of sample -- unless a
+  window's fit fails and the configured model, fitted on data overlapping its test span, runs instead;
+  the result is then labelled in-sample and says which windows.
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import metrics as M
@@ -91,20 +94,47 @@ def walk_forward_windows(start: date, end: date, spec: str) -> list[Window]:
     return out
 
 
+def _replay(settings: Settings, data_dir: Path) -> ReplayMarketData:
+    return ReplayMarketData(data_dir, settings.universe.symbols, data_only=settings.universe.data_only)
+
+
 def data_span(settings: Settings, data_dir: Path) -> tuple[datetime, datetime]:
-    market = ReplayMarketData(data_dir, settings.universe.symbols, data_only=settings.universe.data_only)
-    return market.span()
+    return _replay(settings, data_dir).span()
 
 
-def check_span(settings: Settings, data_dir: Path, start: date, end: date) -> tuple[datetime, datetime]:
-    """Refuse empty or inverted spans, and spans entirely outside the data, naming the data's span."""
+def _utc_midnight(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def check_span(settings: Settings, data_dir: Path, start: date, end: date,
+               windows: list | None = None) -> list[str]:
+    """Refuse empty or inverted spans, spans entirely outside the data (naming the data's span) and spans
+    (or walk-forward test windows) holding fewer than two cycles. Returns warnings: each traded symbol
+    whose data ends before ``end`` (nothing on it can fill afterwards; its DAY orders expire)."""
     if start >= end:
         raise BacktestError(f"--start {start} must be before --end {end}")
-    first, last = data_span(settings, data_dir)
+    market = _replay(settings, data_dir)
+    first, last = market.span()
     if end <= first.date() or start > last.date():
         raise BacktestError(f"--start {start} .. --end {end} is outside the data in {data_dir} "
                             f"({first:%Y-%m-%d} .. {last:%Y-%m-%d})")
-    return first, last
+    ticks = np.array([t.timestamp() for t in market.timeline()])
+    spans = [(f"--start {start} .. --end {end}", start, end)]
+    spans += [(f"walk-forward window #{w.index} (test {w.test_start} .. {w.test_end})", w.test_start, w.test_end)
+              for w in windows or ()]
+    for what, a, b in spans:
+        n = int(((ticks >= _utc_midnight(a).timestamp()) & (ticks < _utc_midnight(b).timestamp())).sum())
+        if n < 2:
+            raise BacktestError(f"{what} holds {n} cycle(s) of data in {data_dir} (data: {first:%Y-%m-%d} .. "
+                                f"{last:%Y-%m-%d}); a backtest needs at least two")
+    warnings = []
+    for symbol in settings.universe.symbols:
+        ends = market.last_bar_close(symbol)
+        if symbol not in settings.universe.data_only and ends is not None and \
+                _utc_midnight(start) <= ends < _utc_midnight(end) - timedelta(days=4):
+            warnings.append(f"{symbol}: its data ends {ends:%Y-%m-%d %H:%M}Z, before --end {end}: from then on it "
+                            "is stale (no entries), held positions keep their last price, orders on it cannot fill")
+    return warnings
 
 
 def backtest_settings(settings: Settings, data_dir: Path, start: date, end: date, out: Path) -> Settings:
@@ -240,7 +270,7 @@ def plot_equity(curves: dict[str, pd.Series], path: Path, title: str) -> Path:
 def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, out: Path,
                  progress: bool = True, baselines: bool = True) -> dict:
     """HYDRA and the baselines over [start, end); writes the results folder and returns its metrics."""
-    check_span(settings, data_dir, start, end)
+    data_notes = check_span(settings, data_dir, start, end)
     out.mkdir(parents=True, exist_ok=True)
     s = backtest_settings(settings, data_dir, start, end, out)
     t0 = time.perf_counter()
@@ -276,7 +306,7 @@ def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, 
               "session_log": Path(doc["log_path"]).name,
               "hydra_runtime_s": round(t_hydra, 1), "total_runtime_s": round(time.perf_counter() - t0, 1),
               "fee_bps": s.broker.fee_bps, "slippage_bps": s.broker.slippage_bps,
-              "regime_model": doc["regime_model"], "notes": [], "metrics": metrics, "regime_returns": by_regime, "comparison": rows, "comparison_md": table}
+              "regime_model": doc["regime_model"], "notes": data_notes, "metrics": metrics, "regime_returns": by_regime, "comparison": rows, "comparison_md": table}
     trained_to = doc["regime_model"]["initial_trained_to"]
     if trained_to and trained_to >= str(start):  # say it: the regime labels were fitted on the test span
         result["notes"].append(f"regime model {doc['regime_model']['detector']} was fitted on data up to {trained_to}, "
@@ -311,10 +341,10 @@ def fit_regime_detector(data_dir: Path, window: Window, seed: int = 0):
 def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: date, spec: str, out: Path,
                      progress: bool = True) -> dict:
     """Fit on each train window, run HYDRA on its test window; per-window and stitched OOS metrics."""
-    check_span(settings, data_dir, start, end)
     windows = walk_forward_windows(start, end, spec)
+    notes = check_span(settings, data_dir, start, end, windows)   # every window has data before any runs
     out.mkdir(parents=True, exist_ok=True)
-    rows, per_window, stitched, all_trades, all_fills = [], [], [], [], []
+    rows, per_window, stitched, all_trades, all_fills, in_sample = [], [], [], [], [], []
     scale = float(settings.broker.starting_cash_usd)
     for w in windows:
         wdir = out / f"window-{w.index:02d}"
@@ -326,6 +356,10 @@ def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: da
         elif s.engine.regime_refit_days > 0:
             note += f", refitted in the loop every {s.engine.regime_refit_days} days on the data before each cycle"
         doc, _ = run_hydra(s, data_dir, wdir, progress=progress, detector=detector)
+        trained_to = doc["regime_model"]["initial_trained_to"]
+        if trained_to and trained_to >= str(w.test_start):   # e.g. the fit failed: the configured model ran
+            note += f"; IN-SAMPLE: that model was fitted on data up to {trained_to}, overlapping this test window"
+            in_sample.append(w.index)
         m = M.compute_all(on_sim_clock(doc))
         name = f"#{w.index} {w.test_start}..{w.test_end}"
         rows.append(comparison_row(name, doc, m))
@@ -347,12 +381,18 @@ def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: da
                     "trades": all_trades, "fills": all_fills,
                     "summary": {"fees_usd": sum(r["fees_usd"] for r in rows)}}
     cm = M.compute_all(combined_doc)
-    rows.append(comparison_row("combined (out of sample)", combined_doc, cm))
+    label = "out of sample"
+    if in_sample:
+        label = f"regimes in-sample in window(s) {', '.join(f'#{i}' for i in in_sample)}"
+        notes.append(f"the regime model of window(s) {', '.join(f'#{i}' for i in in_sample)} was fitted on data "
+                     "overlapping their test span (its fit on the train span failed; see each window's regime "
+                     "model): the combined result is not out of sample")
+    rows.append(comparison_row(f"combined ({label})", combined_doc, cm))
     table = write_table(rows, out / "walk_forward")
     combined_eq.rename("equity_usd").rename_axis("ts").to_csv(out / "walk_forward_equity.csv")
-    plot_equity({"hydra": combined_eq}, out / "walk_forward_equity.png", f"HYDRA walk-forward {spec}, out of sample")
-    result = {"spec": spec, "start": str(start), "end": str(end), "windows": per_window, "combined": cm,
-              "table": rows}
+    plot_equity({"hydra": combined_eq}, out / "walk_forward_equity.png", f"HYDRA walk-forward {spec}, {label}")
+    result = {"spec": spec, "start": str(start), "end": str(end), "label": label, "notes": notes,
+              "windows": per_window, "combined": cm, "table": rows}
     (out / "walk_forward.json").write_text(json.dumps(M.json_safe(result), indent=1), encoding="utf-8")
     result["table_md"] = table
     return result

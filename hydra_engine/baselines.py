@@ -25,7 +25,7 @@ from .brokers.capabilities import DEFAULT_ASSET_SPECS
 from .brokers.sim import SimulatedBroker
 from .config import Settings
 from .data.replay import ReplayMarketData
-from .domain import AssetClass, Order, OrderType, Side, TimeInForce
+from .domain import AssetClass, Order, OrderStatus, OrderType, Side, TimeInForce
 from .ports import BrokerError, MarketSnapshot
 from .tradelog import to_jsonable
 
@@ -155,10 +155,19 @@ class TargetWeightDriver:
     _targets: dict | None = None
     _seq: int = 0
     _lots: dict = field(default_factory=dict)       # symbol -> [qty, cost incl. fees, opened_at]
+    _sent: list = field(default_factory=list)       # client order ids not yet filled
 
     def step(self, now: datetime) -> None:
         for f in self.broker.poll_fills(now):
             self._on_fill(f)
+        for coid in list(self._sent):   # an order that ended unfilled (expired, refused at fill) is a refusal
+            order = self.broker.get_order(coid)
+            if order.status.is_open:
+                continue
+            self._sent.remove(coid)
+            if order.status is not OrderStatus.FILLED:
+                self.rejected.append(f"{order.created_at:%Y-%m-%d %H:%M} {order.side.value} {order.qty} {order.symbol}: "
+                                     f"{order.status.value}: {order.reject_reason}")
         snap = self.market.snapshot(now)
         prices = {s: b.last_close for s, b in snap.bars.items()}
         self.broker.update_marks(prices)
@@ -167,19 +176,19 @@ class TargetWeightDriver:
             held = {s: p.qty for s, p in self.broker.positions().items()}
             self._targets = self.strategy.targets(snap, self.symbols, held)
         if self._targets is not None and not self.broker.open_orders():
-            self._rebalance(now, prices)
+            self._rebalance(now, prices, set(_tradable(snap, self.symbols)))
         eq = self.broker.account().equity_usd
         self.cycles.append({"cycle": len(self.cycles) + 1, "ts": to_jsonable(now), "equity_usd": str(eq.quantize(Decimal("0.01")))})
 
-    def _rebalance(self, now: datetime, prices: dict[str, float]) -> None:
+    def _rebalance(self, now: datetime, prices: dict[str, float], live: set[str]) -> None:
         acct = self.broker.account()
         equity = float(acct.equity_usd)
         held = {s: p.qty for s, p in self.broker.positions().items()}
         sells, buys = [], []
         for s in sorted(set(held) | set(self._targets)):
             price = prices.get(s)
-            if not price or not math.isfinite(price):
-                continue
+            if s not in live or not price or not math.isfinite(price):
+                continue   # no fresh price (e.g. its data ended): a holding in it is left as it is
             if not getattr(self.strategy, "resize", True) and held.get(s) and self._targets.get(s):
                 continue
             want = self.invest * equity * self._targets.get(s, 0.0) / price
@@ -215,6 +224,7 @@ class TargetWeightDriver:
                       self.strategy.name, purpose="rebalance")
         try:
             self.broker.submit(order)
+            self._sent.append(order.client_order_id)
         except BrokerError as exc:  # recorded, never hidden: a refusal means the baseline under-trades
             self.rejected.append(f"{now:%Y-%m-%d %H:%M} {side.value} {qty} {symbol}: {type(exc).__name__}: {exc}")
 

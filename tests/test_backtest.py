@@ -67,6 +67,7 @@ def test_command_writes_the_results_folder(tmp_path, capsys):
 @pytest.mark.parametrize("start,end,needle", [("2024-03-08", "2024-03-01", "--start 2024-03-08 must be before"),
                                               ("2024-03-01", "2024-03-01", "must be before"),
                                               ("2030-01-01", "2030-02-01", "outside the data"),
+                                              ("2024-12-31", "2025-01-01", "holds 1 cycle(s) of data"),
                                               ("2024-13-01", "2024-14-01", "--start '2024-13-01' is not a date")])
 def test_bad_dates_exit_2_with_a_clear_error(tmp_path, capsys, start, end, needle):
     rc = main(["--config", _config(tmp_path), "backtest", "--start", start, "--end", end,
@@ -158,3 +159,42 @@ def test_walk_forward_fits_the_regime_model_on_train_data_only(tmp_path, shared_
     assert len(combined) == 144 and combined["ts"].is_monotonic_increasing
     for name in ("walk_forward.json", "walk_forward.csv", "walk_forward.md", "walk_forward_equity.png"):
         assert (tmp_path / "wf" / name).is_file()
+
+
+def test_a_symbol_whose_data_ends_inside_the_span_is_named_and_does_not_freeze_the_baselines(tmp_path, capsys,
+                                                                                          shared_data):
+    """The shared equity files end 2024-12-31, crypto goes on. Buy-and-hold's January rebalance sends a
+    SPY order no session will ever fill: it expires (listed as refused) instead of blocking every later
+    rebalance, BTC is still rebalanced in February, and the command names SPY's data end."""
+    out = tmp_path / "bt"
+    rc = main(["--config", _config(tmp_path, shared_data), "backtest", "--start", "2024-12-01", "--end", "2025-02-10",
+               "--data", str(shared_data), "--out", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "note: SPY: its data ends 2024-12-31" in text and "ETH/USD: its data ends" not in text
+    bh = json.loads((out / "baselines" / "buy_and_hold.json").read_text())
+    assert any(" SPY: expired: no SPY session" in r for r in bh["summary"]["refusals"]), bh["summary"]["refusals"]
+    assert any(f["symbol"] == "BTC/USD" and f["ts"] >= "2025-02-01" for f in bh["fills"])
+
+
+def test_a_walk_forward_window_without_data_is_refused_before_any_window_runs(tmp_path, capsys):
+    rc = main(["--config", _config(tmp_path), "backtest", "--start", "2024-06-01", "--end", "2025-03-01",
+               "--walk-forward", "3m:2m", "--no-progress", "--out", str(tmp_path / "wf")])
+    assert rc == 2   # the shipped data ends 2024-12-31: the third test window (2025) is empty
+    assert "walk-forward window #3 (test 2025-01-01 .. 2025-03-01) holds 0 cycle(s)" in capsys.readouterr().err
+    assert not (tmp_path / "wf").exists()
+
+
+def test_a_walk_forward_whose_windows_ran_an_in_sample_model_does_not_call_itself_out_of_sample(tmp_path, capsys):
+    """The shipped extract is too short to fit the HMM on a train window: each window falls back to the
+    configured model, fitted through 2024-12-31, i.e. on its own test span. The result says so."""
+    out = tmp_path / "wf"
+    rc = main(["--config", _config(tmp_path), "backtest", "--start", "2024-01-01", "--end", "2024-06-01",
+               "--walk-forward", "3m:1m", "--no-progress", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "windows, regimes in-sample in window(s) #1, #2 ===" in text and "(out of sample)" not in text
+    assert "note: the regime model of window(s) #1, #2 was fitted on data overlapping" in text
+    result = json.loads((out / "walk_forward.json").read_text())
+    assert all("IN-SAMPLE" in w["regime_model"] for w in result["windows"])
+    assert result["table"][-1]["strategy"].startswith("combined (regimes in-sample")

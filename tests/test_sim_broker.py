@@ -487,3 +487,26 @@ def test_submit_returns_an_accepted_copy_with_every_field_kept():
     accepted = b.submit(order)
     assert accepted is not order and order.status is OrderStatus.NEW and order.broker_order_id is None
     assert accepted == replace(order, status=OrderStatus.ACCEPTED, broker_order_id="sim-1")
+
+
+def test_a_day_order_no_session_opens_for_expires_and_a_gtc_order_keeps_working():
+    """The data ends (or stops) for an equity: its DAY order expires once no bar has opened for it within
+    four days (a holiday weekend is shorter), freeing whoever waited on it; a crypto GTC order keeps
+    working; a DAY order sent on Friday night still fills at Monday's open."""
+    b, m = make_broker()
+    b.update_marks({"SPY": 500.0, "BTC/USD": 60_000.0, "GLD": 190.0})
+    friday_night = datetime(2024, 3, 8, 22, tzinfo=UTC)
+    spy = mk_order("SPY", Side.BUY, "2", at=friday_night, coid="spy-day")
+    gld = mk_order("GLD", Side.BUY, "2", at=friday_night, coid="gld-day")
+    btc = mk_order("BTC/USD", Side.BUY, "0.01", at=friday_night, coid="btc-gtc")
+    for o in (spy, gld, btc):
+        b.submit(o)
+    m.set_open("GLD", datetime(2024, 3, 11, 13, tzinfo=UTC), 191.0)            # Monday's session
+    [f] = b.poll_fills(datetime(2024, 3, 11, 21, tzinfo=UTC))
+    assert f.client_order_id == "gld-day"
+    assert b.poll_fills(friday_night + timedelta(days=4)) == [] and b.get_order("spy-day").status.is_open
+    assert b.poll_fills(friday_night + timedelta(days=4, hours=1)) == []
+    expired = b.get_order("spy-day")
+    assert expired.status is OrderStatus.EXPIRED and "no SPY session" in expired.reject_reason
+    assert [o.client_order_id for o in b.open_orders()] == ["btc-gtc"]
+    assert b.poll_fills(friday_night + timedelta(days=30)) == [] and b.get_order("btc-gtc").status.is_open

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from operator import attrgetter
 
@@ -36,6 +36,11 @@ from ..ports import (ZERO, Account, AssetSpec, BrokerPosition, HeldQuantity, Ins
 BPS = Decimal("0.0001")
 FEE_QUANTUM = Decimal("0.000001")
 FILL_MODELS = ("next_open", "signal_close")
+# Alpaca: a DAY order sent outside market hours is for the next session and expires at its close. The
+# replay has no exchange calendar: a DAY order that no bar has opened for within four calendar days (longer
+# than any exchange closure in the data, a holiday weekend being < 4 days) expires -- its symbol's data
+# has ended or stopped. Before, it stayed working for ever and blocked whoever waited on it.
+DAY_ORDER_EXPIRES_AFTER = timedelta(days=4)
 _order_values = attrgetter(*(f.name for f in fields(Order)))   # every field of an Order, in order, as a tuple
 
 
@@ -220,6 +225,10 @@ class SimulatedBroker:
             else:
                 nxt = self.market.next_bar_open(order.symbol, order.created_at, now)
             if nxt is None:
+                if order.time_in_force is TimeInForce.DAY and now - order.created_at > DAY_ORDER_EXPIRES_AFTER:
+                    order.status = OrderStatus.EXPIRED
+                    order.reject_reason = f"no {order.symbol} session to fill in since {order.created_at:%Y-%m-%d %H:%M}Z"
+                    self._working.remove(coid)
                 continue
             ts, open_price = nxt
             fill = self._fill(order, ts, to_decimal(open_price))

@@ -37,11 +37,13 @@ def handle(args) -> int:
         if args.walk_forward:
             res = run_walk_forward(settings, data_dir=data_dir, start=start, end=end, spec=args.walk_forward,
                                    out=out, progress=not args.no_progress)
-            print(f"\n=== HYDRA walk-forward {args.walk_forward}: {len(res['windows'])} windows, out of sample ===")
+            print(f"\n=== HYDRA walk-forward {args.walk_forward}: {len(res['windows'])} windows, {res['label']} ===")
             for w in res["windows"]:
                 print(f"window {w['window']}: train {w['train'][0]}..{w['train'][1]}  test {w['test'][0]}..{w['test'][1]}"
                       f"  regime model: {w['regime_model']}")
             print(res["table_md"])
+            for note in res["notes"]:
+                print(f"note: {note}")
             print(f"results in {out}: walk_forward.json, walk_forward.csv/.md, walk_forward_equity.csv/.png, window-*/")
             return EXIT_OK
         res = run_backtest(settings, data_dir=data_dir, start=start, end=end, out=out,

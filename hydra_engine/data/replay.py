@@ -352,6 +352,11 @@ class ReplayMarketData:
             closes = closes[closes < int(self.end.timestamp())]
         return [datetime.fromtimestamp(t, UTC) for t in closes.tolist()]   # Python ints: no per-tick int()
 
+    def last_bar_close(self, symbol: str) -> datetime | None:
+        """When ``symbol``'s last bar in the files closes (None: no bars)."""
+        b = self._bars.get(symbol)
+        return datetime.fromtimestamp(int(b.close_ts[-1]), UTC) if b is not None and len(b.close_ts) else None
+
     def span(self) -> tuple[datetime, datetime]:
         closes = np.concatenate([c.close_ts for c in self._clocks])
         return datetime.fromtimestamp(int(closes.min()), UTC), datetime.fromtimestamp(int(closes.max()), UTC)
