@@ -205,11 +205,16 @@ def feature_matrix(closes: dict[str, DailyCloses]) -> tuple[np.ndarray, np.ndarr
     where an input is missing). Training (:func:`build_features`) and detection both call this one
     function, so the model sees the same numbers in both; it is also fast enough to run on every new
     daily close inside the hourly loop (bench/RESULTS.md, cycle latency)."""
-    # the calendar: SPY's trading days when SPY is there (the reference market), else the union of
-    # the other daily series, else BTC's days (a crypto-only snapshot)
-    order = [["SPY"], [s for p, (s, _) in ASSETS.items() if p != "btc"] + [VIX_SYMBOL], list(closes)]
+    # the calendar: SPY's trading days where SPY is there (the reference market), the union of the
+    # other daily series before its first day, else BTC's days (a crypto-only snapshot). Before, a
+    # snapshot whose SPY history had just begun (the shared equity files start 2020-07-27) switched to
+    # SPY's few days outright, and the detector read UNKNOWN for 12 weeks for want of feature days.
+    order = [[s for p, (s, _) in ASSETS.items() if p != "btc"] + [VIX_SYMBOL], list(closes)]
     group = next(([closes[s][0] for s in g if s in closes] for g in order if any(s in closes for s in g)), [])
     calendar = np.unique(np.concatenate(group)) if group else np.empty(0, "int64")
+    if "SPY" in closes and len(closes["SPY"][0]):
+        spy_days = closes["SPY"][0]
+        calendar = np.union1d(calendar[calendar < spy_days[0]], spy_days)
     x = np.full((len(calendar), len(FEATURES)), np.nan)
     col = {name: j for j, name in enumerate(FEATURES)}
     for prefix, (symbol, per_year) in ASSETS.items():

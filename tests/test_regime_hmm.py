@@ -224,6 +224,20 @@ def test_unknown_when_unfitted_short_history_or_too_few_features(shared_data, fi
     assert fitted[0].detect(MarketSnapshot(now=now)).regime is Regime.UNKNOWN
 
 
+def test_a_spy_history_that_has_just_begun_keeps_the_other_markets_days(shared_data, fitted):
+    """The shared equity files start SPY on 2020-07-27 while VIX, TLT and GLD go back further: the
+    feature calendar keeps their days before SPY's first, so the detector still reads a regime from the
+    other markets (it used to switch to SPY's few days outright and read UNKNOWN for 12 weeks)."""
+    now = datetime(2022, 6, 1, 12, tzinfo=UTC)
+    snap = real_snapshot(shared_data, now)
+    spy = snap.bars["SPY"]
+    young = BarSeries("SPY", spy.interval_s, *(a[-5:] for a in (spy.ts, spy.open, spy.high, spy.low, spy.close,
+                                                                   spy.volume)))
+    reading = fitted[0].detect(MarketSnapshot(now=now, bars={**snap.bars, "SPY": young}))
+    assert reading.regime is not Regime.UNKNOWN, reading.details
+    assert {"spy_ret20", "spy_lvol20"} <= set(reading.details["missing_features"])   # 5 days: no 20-day SPY features
+
+
 def test_fit_refuses_too_little_history(frame):
     with pytest.raises(ValueError):
         HMMRegimeDetector().fit(frame["2015-01-01":"2015-03-01"])
