@@ -489,24 +489,38 @@ def test_submit_returns_an_accepted_copy_with_every_field_kept():
     assert accepted == replace(order, status=OrderStatus.ACCEPTED, broker_order_id="sim-1")
 
 
-def test_a_day_order_no_session_opens_for_expires_and_a_gtc_order_keeps_working():
-    """The data ends (or stops) for an equity: its DAY order expires once no bar has opened for it within
-    four days (a holiday weekend is shorter), freeing whoever waited on it; a crypto GTC order keeps
-    working; a DAY order sent on Friday night still fills at Monday's open."""
-    b, m = make_broker()
+def test_a_day_order_after_the_last_bar_of_its_data_expires_and_one_before_a_long_weekend_fills():
+    """SPY's data ends on Thursday: a DAY order sent on Friday can never fill and expires a day later,
+    freeing whoever waited on it. A GLD order sent mid-session on the Friday before Labor Day fills at
+    Tuesday's open (four days and more later: a fixed wait would have expired it). A crypto GTC order
+    keeps working."""
+
+    class EndingMarket(FakeMarket):   # daily session bars: 13:30 -> 20:00 UTC
+        def next_bar_open(self, symbol, after, now):
+            ts = min((t for t in self.opens.get(symbol, {}) if t >= after), default=None)
+            return (ts, self.opens[symbol][ts]) if ts is not None and ts + timedelta(hours=6.5) <= now else None
+
+        def last_bar_open(self, symbol):
+            return max(self.opens.get(symbol, {}), default=None)
+
+    b, m = make_broker(market=EndingMarket())
     b.update_marks({"SPY": 500.0, "BTC/USD": 60_000.0, "GLD": 190.0})
-    friday_night = datetime(2024, 3, 8, 22, tzinfo=UTC)
-    spy = mk_order("SPY", Side.BUY, "2", at=friday_night, coid="spy-day")
-    gld = mk_order("GLD", Side.BUY, "2", at=friday_night, coid="gld-day")
-    btc = mk_order("BTC/USD", Side.BUY, "0.01", at=friday_night, coid="btc-gtc")
-    for o in (spy, gld, btc):
+    m.set_open("SPY", datetime(2020, 9, 3, 13, 30, tzinfo=UTC), 345.0)          # the data's last SPY bar
+    friday = datetime(2020, 9, 4, 15, tzinfo=UTC)
+    for o in (mk_order("SPY", Side.BUY, "2", at=friday, coid="spy-day"),
+              mk_order("GLD", Side.BUY, "2", at=friday, coid="gld-day"),
+              mk_order("BTC/USD", Side.BUY, "0.01", at=friday, coid="btc-gtc")):
         b.submit(o)
-    m.set_open("GLD", datetime(2024, 3, 11, 13, tzinfo=UTC), 191.0)            # Monday's session
-    [f] = b.poll_fills(datetime(2024, 3, 11, 21, tzinfo=UTC))
-    assert f.client_order_id == "gld-day"
-    assert b.poll_fills(friday_night + timedelta(days=4)) == [] and b.get_order("spy-day").status.is_open
-    assert b.poll_fills(friday_night + timedelta(days=4, hours=1)) == []
+    m.set_open("GLD", datetime(2020, 9, 4, 13, 30, tzinfo=UTC), 191.0)          # opened before the order
+    m.set_open("GLD", datetime(2020, 9, 8, 13, 30, tzinfo=UTC), 190.5)          # Tuesday: the next session
+    assert b.poll_fills(friday + timedelta(hours=23)) == [] and b.get_order("spy-day").status.is_open
+    assert b.poll_fills(friday + timedelta(days=1)) == []
     expired = b.get_order("spy-day")
-    assert expired.status is OrderStatus.EXPIRED and "no SPY session" in expired.reject_reason
+    assert expired.status is OrderStatus.EXPIRED and "no SPY session to fill in" in expired.reject_reason
+    for hour in range(25, 24 * 4 + 8):                                           # hourly polls to Tue 23:00
+        fills = b.poll_fills(friday + timedelta(hours=hour))
+        if fills:
+            break
+    assert [f.client_order_id for f in fills] == ["gld-day"] and fills[0].ts == datetime(2020, 9, 8, 13, 30, tzinfo=UTC)
     assert [o.client_order_id for o in b.open_orders()] == ["btc-gtc"]
-    assert b.poll_fills(friday_night + timedelta(days=30)) == [] and b.get_order("btc-gtc").status.is_open
+    assert b.poll_fills(friday + timedelta(days=30)) == [] and b.get_order("btc-gtc").status.is_open

@@ -36,11 +36,12 @@ from ..ports import (ZERO, Account, AssetSpec, BrokerPosition, HeldQuantity, Ins
 BPS = Decimal("0.0001")
 FEE_QUANTUM = Decimal("0.000001")
 FILL_MODELS = ("next_open", "signal_close")
-# Alpaca: a DAY order sent outside market hours is for the next session and expires at its close. The
-# replay has no exchange calendar: a DAY order that no bar has opened for within four calendar days (longer
-# than any exchange closure in the data, a holiday weekend being < 4 days) expires -- its symbol's data
-# has ended or stopped. Before, it stayed working for ever and blocked whoever waited on it.
-DAY_ORDER_EXPIRES_AFTER = timedelta(days=4)
+# Alpaca: a DAY order lives through one session and then expires. The replay has no exchange calendar,
+# so waiting a fixed time for the next session would expire good orders over long closures (Fri -> Tue
+# is four days to the close of Tuesday's first bar); what it does know is where its data ends: a DAY order
+# sent after its symbol's last bar opened can never fill, and it expires a day after it was sent. Before,
+# it stayed working for ever and blocked whoever waited on it (e.g. the baselines' rebalancing).
+DAY_ORDER_EXPIRES_AFTER = timedelta(days=1)
 _order_values = attrgetter(*(f.name for f in fields(Order)))   # every field of an Order, in order, as a tuple
 
 
@@ -64,6 +65,7 @@ class SimulatedBroker:
         self._positions: dict[str, BrokerPosition] = {}
         self._orders: dict[str, Order] = {}
         self._working: list[str] = []
+        self._last_bar_open = getattr(market, "last_bar_open", None)   # replay data knows where it ends
         self._prices: dict[str, float] = {}             # the latest valid observed price per symbol
         self._marks: dict[str, Decimal] = {}             # Decimal marks, made from _prices when read
         self._mark_src: dict[str, float] = {}           # the float each mark was converted from
@@ -225,10 +227,13 @@ class SimulatedBroker:
             else:
                 nxt = self.market.next_bar_open(order.symbol, order.created_at, now)
             if nxt is None:
-                if order.time_in_force is TimeInForce.DAY and now - order.created_at > DAY_ORDER_EXPIRES_AFTER:
-                    order.status = OrderStatus.EXPIRED
-                    order.reject_reason = f"no {order.symbol} session to fill in since {order.created_at:%Y-%m-%d %H:%M}Z"
-                    self._working.remove(coid)
+                if order.time_in_force is TimeInForce.DAY and now - order.created_at >= DAY_ORDER_EXPIRES_AFTER:
+                    last_open = self._last_bar_open(order.symbol) if self._last_bar_open else None
+                    if last_open is not None and last_open < order.created_at:
+                        order.status = OrderStatus.EXPIRED
+                        order.reject_reason = (f"no {order.symbol} session to fill in: its data ends with the bar "
+                                               f"opened {last_open:%Y-%m-%d %H:%M}Z")
+                        self._working.remove(coid)
                 continue
             ts, open_price = nxt
             fill = self._fill(order, ts, to_decimal(open_price))

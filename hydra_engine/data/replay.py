@@ -352,6 +352,11 @@ class ReplayMarketData:
             closes = closes[closes < int(self.end.timestamp())]
         return [datetime.fromtimestamp(t, UTC) for t in closes.tolist()]   # Python ints: no per-tick int()
 
+    def last_bar_open(self, symbol: str) -> datetime | None:
+        """When ``symbol``'s last bar in the files opens (None: no bars)."""
+        b = self._bars.get(symbol)
+        return datetime.fromtimestamp(int(b.open_ts[-1]), UTC) if b is not None and len(b.open_ts) else None
+
     def last_bar_close(self, symbol: str) -> datetime | None:
         """When ``symbol``'s last bar in the files closes (None: no bars)."""
         b = self._bars.get(symbol)
