@@ -240,3 +240,16 @@ def test_script_entry_point_in_a_fresh_interpreter(tmp_path):
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"hydra-engine {__version__}"
+
+
+def test_the_run_summary_writes_a_loss_as_minus_dollars(capsys):
+    from hydra_engine.cli import _print_summary
+
+    _print_summary({"cycles": 4368, "starting_equity_usd": "100000", "final_equity_usd": "99917.16", "return_pct": -0.08,
+                    "fees_usd": "7.92", "proposals": 2, "approved": 2, "vetoes_by_rule": {}, "orders": 4,
+                    "orders_refused": 0, "closed_trades": 2, "open_positions": {}, "sizing_bound_by": {},
+                    "per_strategy": {"liquidation_cascade": {"trades": 2, "wins": 0, "pnl_usd": "-82.84"}},
+                    "exit_reasons": {"stop": 1, "strategy": 1}, "log": "l.json", "journal": "l.cycles.jsonl",
+                    "database": "sqlite:///h.db"})
+    out = capsys.readouterr().out
+    assert "P&L -$82.84" in out and "$-" not in out
