@@ -75,13 +75,12 @@ class SignalAggregator:
     def _multipliers(self, symbol: str, signals: Sequence[Signal], now: datetime) -> dict[str, float]:
         out: dict[str, float] = {}
         for fn in self._modifiers:
-            try:
-                factors = fn(symbol, signals, now) or {}
+            try:   # the hook and reading what it returned: {"a": None}, "high" or a list must not end the cycle
+                factors = {source: float(f) for source, f in (fn(symbol, signals, now) or {}).items()}
             except Exception:  # a broken hook must not silence every signal: log and ignore it
                 _log.exception("signal modifier %r failed on %s", fn, symbol)
                 continue
             for source, f in factors.items():
-                f = float(f)
                 f = min(MAX_MULTIPLIER, max(0.0, f)) if math.isfinite(f) else 1.0
                 out[source] = out.get(source, 1.0) * f
         return out
@@ -93,6 +92,12 @@ class SignalAggregator:
             by_symbol.setdefault(s.symbol, []).append(s)
         out: dict[str, CombinedSignal] = {}
         for symbol, items in by_symbol.items():
+            # a signal from the future counts nothing -- neither its score nor its source's trust, which
+            # would otherwise dilute the combined confidence of the signals that do count
+            items = [s for s in items if s.created_at <= now]
+            if not items:
+                out[symbol] = CombinedSignal(symbol, 0.0, 0.0, ())
+                continue
             mult = self._multipliers(symbol, items, now) if self._modifiers else {}
             rows = []
             for s in items:
@@ -120,4 +125,9 @@ class SignalAggregator:
         """Restore learned outcomes; the prior and forgetting stay as configured now."""
         if not state or state.get("kind") != self.name:
             return
-        self._outcomes = {k: [float(v["hits"]), float(v["misses"])] for k, v in state.get("sources", {}).items()}
+        outcomes = {k: [float(v["hits"]), float(v["misses"])] for k, v in state.get("sources", {}).items()}
+        # a NaN count silently zeroed the source's symbols, a negative one divided by zero: start it afresh
+        bad = [k for k, (h, m) in outcomes.items() if not (math.isfinite(h) and math.isfinite(m) and h >= 0 and m >= 0)]
+        for k in bad:
+            _log.warning("saved reliability of source %s is not valid (%s): it starts from the prior", k, outcomes.pop(k))
+        self._outcomes = outcomes

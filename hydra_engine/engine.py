@@ -60,6 +60,16 @@ class RunStats:
     quiet_cycles: int = 0      # cycles in which no plugin woke: steps 3-7 skipped (the quiet-bar fast path)
 
 
+MAX_RANKED_REWARD_RISK = 10.0
+
+
+def _ranked_rr(p: TradeProposal) -> float:
+    """A proposal's reward:risk as the ranking counts it: at most 10. A level farther than that is a
+    plugin's "no level" (sma_crossover's out-of-reach stop and target: it exits on its crossover), not a
+    promise; uncapped, its 1e6 outranked every other strategy whatever its confidence and weight."""
+    return min(p.reward_risk, MAX_RANKED_REWARD_RISK)
+
+
 def _order_dict(o: Order) -> dict:
     """An order as the cycle report records it: ``to_jsonable`` of these fields, with the enums and
     strings written out (it runs for every order sent or refused)."""
@@ -394,13 +404,13 @@ class Engine:
                 report["strategies_gated"].append(strat.name)
 
         # --- 5. RANK by expected value = confidence × reward:risk × strategy weight
-        ranked = sorted(proposals, key=lambda p: -p.confidence * p.reward_risk * self.weights.weight(p.strategy))
+        ranked = sorted(proposals, key=lambda p: -p.confidence * _ranked_rr(p) * self.weights.weight(p.strategy))
         for p in ranked:
             w = self.weights.weight(p.strategy)
             report["proposals"].append({**to_jsonable({k: getattr(p, k) for k in (
                 "strategy", "symbol", "side", "entry_price", "stop_price", "target_price", "confidence",
-                "expected_holding", "thesis")}), "reward_risk": round(p.reward_risk, 6), "weight": round(w, 6),
-                "expected_value": round(p.confidence * p.reward_risk * w, 6)})
+                "expected_holding", "thesis")}), "reward_risk": round(_ranked_rr(p), 6), "weight": round(w, 6),
+                "expected_value": round(p.confidence * _ranked_rr(p) * w, 6)})
         self.stats.proposals += len(ranked)
 
         # --- 6. FILTER (risk) and 7. EXECUTE
@@ -715,12 +725,16 @@ class Engine:
         self.positions[fill.symbol] = Position(
             symbol=fill.symbol, qty=bought * fill.side.sign, avg_entry_price=fill.price, strategy=p.strategy,
             opened_at=fill.ts, stop_price=p.stop_price * scale, target_price=p.target_price * scale,
-            trailing_stop_pct=p.trailing_stop_pct, trailing_atr_mult=p.trailing_atr_mult, high_water_mark=price, max_holding=p.expected_holding,
+            trailing_stop_pct=p.trailing_stop_pct, trailing_atr_mult=p.trailing_atr_mult, high_water_mark=price,
+            max_holding=p.expected_holding,
             regime_at_entry=plan.regime, entry_fees_usd=fees, initial_stop_price=p.stop_price * scale,
             regime_confidence_at_entry=plan.regime_confidence,
             fee_share_of_received_asset=fee_coins / fill.qty if fee_coins else ZERO)
         plan.booked_qty, plan.fee_coins = fill.qty, fee_coins
-        self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors]
+        # only sources that pointed somewhere and counted learn from the trade (a neutral or a zero-weight
+        # signal made no prediction)
+        self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors
+                                           if c.get("weight", 1) > 0 and c["score"] != 0]
         self.risk.on_entry_filled(self._known(fill))
 
     def _apply_exit_fill(self, coid: str, fill: Fill, report: dict | None) -> dict | None:
@@ -798,6 +812,8 @@ class Engine:
         for source, score in self.entry_sources.pop(fill.symbol, []):
             # a source was right when its direction matched the trade and the trade won, or
             # opposed it and the trade lost: that is the hit rate its reliability learns from
+            if score == 0:
+                continue
             agreed = (score > 0) == (sign > 0)
             self.aggregator.record_outcome(source, agreed == won)
         for entry_coid in [c for c, plan in self.plans.items() if plan.proposal.symbol == fill.symbol]:

@@ -34,8 +34,10 @@ def bounded_normalise(merits: Mapping[str, float], floor: float, cap: float) -> 
     keys = list(merits)
     m = [max(float(merits[k]), 1e-12) if math.isfinite(merits[k]) else 1e-12 for k in keys]
     clip = lambda lam: [min(cap, max(floor, lam * x)) for x in m]  # noqa: E731
+    if n * cap <= 1.0 + 1e-12:   # the cap is (about) 1/n: every weight is the cap. Bisecting would not end:
+        return {k: 1.0 / n for k in keys}   # n copies of 1/n can sum to 0.9999999999999999 < 1
     lo, hi = 0.0, 1.0
-    while sum(clip(hi)) < 1.0:   # terminates: every merit > 0 and n * cap >= 1
+    while sum(clip(hi)) < 1.0:   # terminates: every merit > 0 and n * cap > 1
         hi *= 2.0
     for _ in range(100):          # sum(clip(λ)) is continuous and non-decreasing in λ
         mid = 0.5 * (lo + hi)
@@ -113,8 +115,12 @@ class StrategyWeights:
             return
         for name, s in state.get("stats", {}).items():
             if name in self.stats:
-                self.stats[name] = {"win_rate": float(s["win_rate"]), "avg_r": float(s["avg_r"]),
-                                    "trades": int(s["trades"])}
+                stats = {"win_rate": float(s["win_rate"]), "avg_r": float(s["avg_r"]), "trades": int(s["trades"])}
+                if not (0.0 <= stats["win_rate"] <= 1.0 and math.isfinite(stats["avg_r"]) and stats["trades"] >= 0):
+                    # a NaN avg_r used to read as the best merit (min(20, nan) is 20): the cap weight
+                    _log.warning("saved weight statistics for %s are not valid (%s): it starts neutral", name, s)
+                    continue
+                self.stats[name] = stats
         self.history = [(h["time"], {k: float(v) for k, v in h["weights"].items()})
                         for h in state.get("history", [])][-self.history_limit:]
         self._weights = self._compute()

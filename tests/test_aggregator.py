@@ -139,3 +139,29 @@ def test_extra_hits_never_lower_reliability_without_forgetting(history, extra):
     for _ in range(extra):
         agg.record_outcome("B", True)
     assert agg.reliability("B") > agg.reliability("A")
+
+
+def test_a_future_signal_does_not_dilute_the_confidence_of_the_ones_that_count():
+    agg = SignalAggregator()
+    alone = agg.combine([sig("a", 0.6)], T0)["BTC/USD"]
+    both = agg.combine([sig("a", 0.6), sig("b", -0.9, age_h=-1.0)], T0)["BTC/USD"]
+    assert (both.score, both.confidence) == (alone.score, alone.confidence) and alone.confidence > 0.5
+    assert [c["source"] for c in both.contributors] == ["a"]
+
+
+@pytest.mark.parametrize("factors", [{"a": None}, {"a": "high"}, ["a"]])
+def test_a_modifier_returning_something_unreadable_is_ignored_like_one_that_raises(factors):
+    agg = SignalAggregator()
+    plain = agg.combine([sig("a", 0.6)], T0)["BTC/USD"]
+    agg.add_modifier(lambda symbol, signals, now: factors)
+    assert agg.combine([sig("a", 0.6)], T0)["BTC/USD"] == plain
+
+
+def test_saved_reliability_that_is_not_a_count_starts_from_the_prior():
+    agg = SignalAggregator()
+    agg.load_state({"kind": agg.name, "sources": {"nan": {"hits": float("nan"), "misses": 1.0},
+                                                  "neg": {"hits": -3.0, "misses": 1.0},
+                                                  "ok": {"hits": 3.0, "misses": 1.0}}})
+    fresh = SignalAggregator()
+    assert agg.reliability("nan") == agg.reliability("neg") == fresh.reliability("nan")
+    assert agg.reliability("ok") > fresh.reliability("ok")

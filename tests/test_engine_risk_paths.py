@@ -292,3 +292,43 @@ def test_refusals_while_observing_or_blocked_are_counted_per_rule(tmp_path):
     summary = engine.summary()
     assert summary["vetoes_by_rule"] == {"observe": 2, "entries_blocked": 1}
     assert summary["proposals"] == summary["approved"] + sum(summary["vetoes_by_rule"].values()) == 3
+
+
+def test_an_out_of_reach_target_does_not_outrank_a_confident_proposal(tmp_path):
+    """sma_crossover marks "no level" with a stop and target a million times away (reward:risk 1e6):
+    uncapped, it outranked every other proposal whatever its confidence. Ranked at most 10, the
+    confident 2:1 proposal comes first."""
+    hours = [datetime(2024, 3, 4, tzinfo=UTC) + timedelta(hours=h) for h in range(3)]
+    market = HandMadeBars({"BTC/USD": (3600, [(t, 60_000.0, 60_000.0) for t in hours]),
+                           "GLD": (3600, [(t, 190.0, 190.0) for t in hours])})
+    far = TradeProposal("scripted", "GLD", Side.BUY, 190.0, 190.0 / 1e6, 190.0 * 1e6, 0.01, timedelta(days=5))
+    confident = buy("BTC/USD", 60_000, 58_800, 62_400)                   # 2:1 at confidence 0.6
+    engine, _, _ = build(tmp_path, market, {hours[1]: [far, confident]})
+    report = engine.run_cycle(hours[1])
+    assert [p["symbol"] for p in report["proposals"]] == ["BTC/USD", "GLD"]
+    assert report["proposals"][1]["reward_risk"] == 10.0 and report["proposals"][1]["expected_value"] == 0.1
+
+
+class _Voices(Scripted):
+    """Scripted proposals plus two signals on BTC/USD: a bullish source and a neutral (score 0) one."""
+
+    def generate_signals(self, ctx):
+        from hydra_engine.domain import Signal
+        return [Signal("BTC/USD", 0.8, 0.9, "bull", ctx.now, timedelta(hours=4)),
+                Signal("BTC/USD", 0.0, 0.9, "neutral", ctx.now, timedelta(hours=4))]
+
+
+def test_only_sources_that_pointed_somewhere_learn_from_the_trade(tmp_path):
+    """A long is stopped out: the bullish source missed; the neutral source predicted nothing and must
+    not be counted as having bet against the trade (it used to earn a hit)."""
+    hours = [datetime(2024, 3, 4, tzinfo=UTC) + timedelta(hours=h) for h in range(8)]
+    path = [60_000.0, 60_000.0, 60_000.0, 58_000.0, 57_500.0, 57_500.0, 57_500.0, 57_500.0]
+    market = HandMadeBars({"BTC/USD": (3600, [(t, p, p) for t, p in zip(hours, path)])})
+    engine, _, _ = build(tmp_path, market, {})
+    engine.strategies = [_Voices({hours[1]: [buy("BTC/USD", 60_000, 58_800, 62_400)]})]
+    for t in hours[1:]:
+        engine.run_cycle(t)
+    [trade] = engine.closed_trades
+    assert trade["exit_reason"] == "stop"
+    assert engine.aggregator.outcomes("bull") == (0.0, 1.0)
+    assert engine.aggregator.outcomes("neutral") == (0.0, 0.0)

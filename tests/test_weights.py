@@ -193,3 +193,20 @@ def test_weights_command_replays_trades_in_the_order_the_engine_booked_them(tmp_
     replayed, n = replay(doc)
     assert n == 4 and replayed.history[1:] == engine_weights.history
     assert [t for t, _ in replayed.history[1:]] == [t["exit_time"] for t in booked]
+
+
+@pytest.mark.parametrize("n,floor,cap", [(10, 0.05, 0.1), (6, 0.05, 0.15), (7, 0.0, 1 / 7), (13, 0.01, 0.05)])
+def test_a_cap_of_one_over_n_gives_equal_weights_and_returns(n, floor, cap):
+    """n copies of 1/n can sum to 0.9999999999999999 < 1: the search for the scale used to double for ever."""
+    from hydra_engine.weights import bounded_normalise
+
+    w = bounded_normalise({f"s{i}": 1.0 + i for i in range(n)}, floor, cap)
+    assert all(v == pytest.approx(1 / n) for v in w.values()) and sum(w.values()) == pytest.approx(1)
+
+
+def test_saved_weight_statistics_that_are_not_numbers_start_neutral():
+    w = StrategyWeights(["alpha", "beta"])
+    w.load_state({"kind": w.name, "stats": {"alpha": {"win_rate": 0.5, "avg_r": float("nan"), "trades": 3},
+                                            "beta": {"win_rate": 0.6, "avg_r": 0.2, "trades": 3}}})
+    assert w.stats["alpha"] == StrategyWeights(["alpha"]).stats["alpha"]      # not the cap from a NaN merit
+    assert w.weight("alpha") < w.weight("beta")
