@@ -138,7 +138,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
             store.save_state(engine.state_key, engine.state(), started)
     control = Control(store)
 
-    suspect: list[int] = []          # the cycle whose reconciliation disagreed, to be checked once more
+    suspect: list[str] = []          # the last check's disagreements, to be checked once more next cycle
     retry: list[int] = []            # the cycle whose check the broker could not answer
     mismatch: list[str] = []         # why the last reconciliation halted entries (empty: it did not)
 
@@ -156,14 +156,16 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
             else:
                 retry.clear()
                 # this runs before the cycle's fill poll: a fill since the last poll looks like a mismatch
-                # once. Halt entries only when the next cycle, with that fill booked, still disagrees.
+                # once. Halt entries only when the next check, with that fill booked, still shows the same
+                # disagreement (a different one -- the next fill -- starts the count afresh)
                 if check.ok:
                     suspect.clear()
                     mismatch.clear()
-                elif suspect:
+                elif set(check.mismatches) & set(suspect):
                     mismatch[:] = ["reconciliation mismatch: " + "; ".join(check.mismatches)]
+                    suspect[:] = check.mismatches
                 else:
-                    suspect.append(eng.cycle)
+                    suspect[:] = check.mismatches
         # either reason halts entries; exits, fills and reconciliation go on
         eng.halted = "; ".join([*([unreadable] if unreadable else []), *mismatch]) or None
 

@@ -332,3 +332,23 @@ def test_only_sources_that_pointed_somewhere_learn_from_the_trade(tmp_path):
     assert trade["exit_reason"] == "stop"
     assert engine.aggregator.outcomes("bull") == (0.0, 1.0)
     assert engine.aggregator.outcomes("neutral") == (0.0, 0.0)
+
+
+def test_no_exit_is_sent_when_the_broker_is_already_flat(tmp_path):
+    """An earlier exit filled after this cycle's fill poll (its fill is booked next cycle): the broker
+    holds nothing, so a second exit would sell what is not there -- for a shortable stock, open a
+    short. The engine notes it and sends nothing."""
+    spy = [(SESSION_OPEN[0], 510, 510), (SESSION_OPEN[1], 510, 510), (SESSION_OPEN[2], 505, 490),
+           (SESSION_OPEN[3], 489, 489)]
+    market = HandMadeBars({"SPY": (DAY_S, spy)})
+    closes = [t.replace(hour=21, minute=0) for t in SESSION_OPEN[:3]]
+    engine, broker, _ = build(tmp_path, market, {closes[0]: [buy("SPY", 510, 500, 530)]})
+    engine.run_cycle(closes[0])
+    engine.run_cycle(closes[1])
+    assert "SPY" in engine.positions and broker.positions()["SPY"].qty > 0
+    del broker._positions["SPY"]                # sold by an exit whose fill this process has not seen yet
+    broker._version += 1
+    report = engine.run_cycle(closes[2])         # the close (490) is through the stop (500)
+    assert report["orders"] == [] and broker.open_orders() == []
+    assert any("not sent: the broker holds no position" in n for n in report["notes"]), report["notes"]
+    assert "SPY" not in broker.positions()       # no short opened

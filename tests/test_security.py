@@ -62,12 +62,20 @@ def test_keys_appear_in_no_log_file_database_row_or_error_text(tmp_path, shared_
                                     tag="failure")
         assert code2 != 0 and ("401" in err2 or "Auth" in err2), err2[-3000:]
         code3, out3, err3 = run_cli(tmp_path, server, cfg, "status", "--broker", tag="status")
+        # the market-data API quoting the key (its own client and error path, redacted separately)
+        server.double.faults.clear()
+        server.double.fail("GET", r"/v1beta3/crypto/us/bars", times=50, status=401,
+                           body={"code": 40110000, "message": f"data: bad key {KEY_ID}:{SECRET}"})
+        code4, out4, err4 = run_cli(tmp_path, server, cfg, "run", "--mode", "paper", "--cycles", "1", "--no-progress",
+                                    tag="data")
+        assert code4 == 0, err4[-3000:]
 
     # the journal really contains the refusal (so the check below looks at the text that quoted the key)
     journal = "".join(p.read_text() for p in (tmp_path / "logs").glob("session-*.cycles.jsonl"))
     assert "forbidden: key *** secret *** not allowed" in journal, journal[-2000:]
+    assert "data: bad key ***:***" in journal, journal[-2000:]
 
-    for text in (out, err, out2, err2, out3, err3):
+    for text in (out, err, out2, err2, out3, err3, out4, err4):
         assert not leaks(text), leaks(text)
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.suffix == ".jsonl" for p in written) and any(p.name == "hydra.db" for p in written)
@@ -152,3 +160,24 @@ def test_keys_in_the_config_file_or_a_hydra_variable_are_refused_without_being_e
     assert "environment (HYDRA_BROKER__API_KEY): key 'broker.api_key' = ***" in err, err
     assert "environment (HYDRA_BROKER__AUTH_TOKEN)" in err and "key 'engine.cycle_intervl_s' = ***" in err, err
     assert "ALPACA_API_KEY" in err and "APCA_API_SECRET_KEY" in err and ".env" in err, err
+
+
+@pytest.mark.parametrize("paper,live,opt_in,allowed", [
+    (False, True, "I_UNDERSTAND_REAL_MONEY", True),
+    (False, True, None, False), (False, True, "yes", False), (False, False, "I_UNDERSTAND_REAL_MONEY", False),
+    (True, True, "I_UNDERSTAND_REAL_MONEY", False), (True, False, None, True)])
+def test_the_session_builders_own_opt_in_check_needs_all_three(paper, live, opt_in, allowed, monkeypatch):
+    """The session builder refuses on its own, before the broker adapter's second check is reached."""
+    from hydra_engine.config import Settings
+    from hydra_engine.paper import LiveTradingRefused, require_live_opt_in
+
+    if opt_in is None:
+        monkeypatch.delenv("HYDRA_ENABLE_LIVE_TRADING", raising=False)
+    else:
+        monkeypatch.setenv("HYDRA_ENABLE_LIVE_TRADING", opt_in)
+    settings = Settings(broker={"kind": "alpaca", "paper": paper})
+    if allowed:
+        require_live_opt_in(settings, live)
+    else:
+        with pytest.raises(LiveTradingRefused, match="broker.paper = false AND the --live flag"):
+            require_live_opt_in(settings, live)
