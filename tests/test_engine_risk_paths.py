@@ -352,3 +352,18 @@ def test_no_exit_is_sent_when_the_broker_is_already_flat(tmp_path):
     assert report["orders"] == [] and broker.open_orders() == []
     assert any("not sent: the broker holds no position" in n for n in report["notes"]), report["notes"]
     assert "SPY" not in broker.positions()       # no short opened
+
+
+def test_a_second_proposal_is_vetoed_by_the_engines_own_plans_when_the_brokers_lists_lag(tmp_path):
+    """The broker has accepted the first entry but does not list it yet (nor a position): the engine's own
+    entry plans still refuse a second entry on the symbol in the same cycle -- one order, not two."""
+    hours = [datetime(2024, 3, 4, tzinfo=UTC) + timedelta(hours=h) for h in range(3)]
+    market = HandMadeBars({"BTC/USD": (3600, [(t, 60_000.0, 60_000.0) for t in hours])})
+    engine, broker, _ = build(tmp_path, market, {hours[1]: [buy("BTC/USD", 60_000, 58_800, 62_400),
+                                                            buy("BTC/USD", 60_000, 58_500, 62_000)]})
+    broker.open_orders = lambda: []                 # lagging lists: the accepted entry is not shown yet
+    broker.positions = lambda: {}
+    report = engine.run_cycle(hours[1])
+    assert [d["approved"] for d in report["decisions"]] == [True, False]
+    assert report["decisions"][1]["rule"] == "one_position_per_symbol"
+    assert [o["purpose"] for o in report["orders"]] == ["entry"]
