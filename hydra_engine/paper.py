@@ -138,7 +138,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
             store.save_state(engine.state_key, engine.state(), started)
     control = Control(store)
 
-    suspect: list[str] = []          # the last check's disagreements, to be checked once more next cycle
+    suspect: list[str] = []          # what the last check disagreed about (symbols, order ids): checked again next cycle
     retry: list[int] = []            # the cycle whose check the broker could not answer
     mismatch: list[str] = []         # why the last reconciliation halted entries (empty: it did not)
 
@@ -156,16 +156,17 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
             else:
                 retry.clear()
                 # this runs before the cycle's fill poll: a fill since the last poll looks like a mismatch
-                # once. Halt entries only when the next check, with that fill booked, still shows the same
-                # disagreement (a different one -- the next fill -- starts the count afresh)
+                # once. Halt entries only when the next check, with that fill booked, still disagrees about
+                # the same symbol or order, whatever its numbers (a disagreement about something else --
+                # the next fill -- starts the count afresh)
                 if check.ok:
                     suspect.clear()
                     mismatch.clear()
-                elif set(check.mismatches) & set(suspect):
+                elif check.subjects & set(suspect):
                     mismatch[:] = ["reconciliation mismatch: " + "; ".join(check.mismatches)]
-                    suspect[:] = check.mismatches
+                    suspect[:] = sorted(check.subjects)
                 else:
-                    suspect[:] = check.mismatches
+                    suspect[:] = sorted(check.subjects)
         # either reason halts entries; exits, fills and reconciliation go on
         eng.halted = "; ".join([*([unreadable] if unreadable else []), *mismatch]) or None
 

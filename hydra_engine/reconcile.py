@@ -32,6 +32,13 @@ class ReconcileReport:
     adoptable_fills: list[Fill] = field(default_factory=list)
     broker_positions: dict[str, BrokerPosition] = field(default_factory=dict)
 
+    @property
+    def subjects(self) -> set[str]:
+        """What disagrees, by identity: the symbols whose positions differ and the ids of the orders.
+        A disagreement about the same thing on two checks in a row persists even when its numbers move."""
+        return (set(self.extra_positions) | set(self.missing_positions) | set(self.qty_differences)
+                | {o.client_order_id for o in self.unknown_orders + self.vanished_orders})
+
 
 def _as_map(positions: Mapping[str, Position] | Iterable[Position]) -> dict[str, Position]:
     return dict(positions) if isinstance(positions, Mapping) else {p.symbol: p for p in positions}

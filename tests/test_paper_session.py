@@ -453,3 +453,21 @@ def test_a_running_reconciliation_halts_entries_on_a_mismatch_seen_twice_and_res
     assert modes[4][0] == modes[5][0] == "blocked" and "reconciliation mismatch" in modes[4][1], modes
     assert "ETH/USD" in modes[4][1]
     assert modes[6][0] == modes[7][0] == "trade", modes              # the book matches again
+
+
+def test_a_mismatch_whose_numbers_move_still_halts_entries(tmp_path, monkeypatch, double_env):
+    """Someone keeps adding ETH by hand: each check reads another quantity, but it is the same
+    disagreement (ETH/USD) twice in a row, so entries halt."""
+    import hydra_engine.paper as paper
+    from .test_fault_injection import paper_config, run_paper, session_doc
+
+    double, _ = double_env
+    monkeypatch.setattr(paper, "RECONCILE_EVERY", 1)
+
+    def steer(engine, cycle):
+        if cycle >= 3:
+            double.add_position("ETH/USD", str(cycle), "1800")
+
+    assert run_paper(paper_config(tmp_path), monkeypatch, double, cycles=5, steer=steer) == 0
+    modes = {c["cycle"]: c["mode"] for c in session_doc(tmp_path)["cycle_details"]}
+    assert modes[3] == "trade" and modes[4] == modes[5] == "blocked", modes
