@@ -138,7 +138,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
             store.save_state(engine.state_key, engine.state(), started)
     control = Control(store)
 
-    suspect: list[str] = []          # what the last check disagreed about (symbols, order ids): checked again next cycle
+    suspect: list[str] = []          # the symbols the last check disagreed about: checked again next cycle
     retry: list[int] = []            # the cycle whose check the broker could not answer
     mismatch: list[str] = []         # why the last reconciliation halted entries (empty: it did not)
 
@@ -157,7 +157,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
                 retry.clear()
                 # this runs before the cycle's fill poll: a fill since the last poll looks like a mismatch
                 # once. Halt entries only when the next check, with that fill booked, still disagrees about
-                # the same symbol or order, whatever its numbers (a disagreement about something else --
+                # the same symbol, whatever its numbers or order ids (a disagreement about another symbol --
                 # the next fill -- starts the count afresh)
                 if check.ok:
                     suspect.clear()

@@ -34,10 +34,11 @@ class ReconcileReport:
 
     @property
     def subjects(self) -> set[str]:
-        """What disagrees, by identity: the symbols whose positions differ and the ids of the orders.
-        A disagreement about the same thing on two checks in a row persists even when its numbers move."""
+        """The symbols a disagreement is about (positions, and the orders' symbols: an unknown order
+        replaced under a new id is still about its symbol). The same symbol on two checks in a row is a
+        disagreement that persists, even when its quantities, prices or order ids move."""
         return (set(self.extra_positions) | set(self.missing_positions) | set(self.qty_differences)
-                | {o.client_order_id for o in self.unknown_orders + self.vanished_orders})
+                | {o.symbol for o in self.unknown_orders + self.vanished_orders})
 
 
 def _as_map(positions: Mapping[str, Position] | Iterable[Position]) -> dict[str, Position]:
