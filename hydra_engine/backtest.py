@@ -129,7 +129,7 @@ def check_span(settings: Settings, data_dir: Path, start: date, end: date,
                                 f"{last:%Y-%m-%d}); a backtest needs at least two")
     warnings = []
     for symbol in settings.universe.symbols:
-        ends = market.last_bar_close(symbol)
+        ends = (market.last_bar_times(symbol) or (None, None))[1]
         if symbol not in settings.universe.data_only and ends is not None and \
                 _utc_midnight(start) <= ends < _utc_midnight(end) - timedelta(days=4):
             warnings.append(f"{symbol}: its data ends {ends:%Y-%m-%d %H:%M}Z, before --end {end}: from then on it "

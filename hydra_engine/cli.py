@@ -19,12 +19,8 @@ from .config import AlpacaKeys, ConfigError, load_settings
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-def _usd(amount: Decimal) -> str:
-    """-$82.84, not $-82.84 (as the review prints it)."""
-    return f"{'-' if amount < 0 else ''}${abs(amount):,.2f}"
-
-
 def _print_summary(summary: dict) -> None:
+    from .review import fmt_usd   # -$82.84, as the review writes a loss
     start = Decimal(summary["starting_equity_usd"])
     final = Decimal(summary["final_equity_usd"])
     print("\n=== HYDRA session summary ===")
@@ -41,7 +37,7 @@ def _print_summary(summary: dict) -> None:
     print(f"closed trades     {summary['closed_trades']}")
     for name, s in summary["per_strategy"].items():
         win = 100 * s["wins"] / s["trades"] if s["trades"] else 0
-        print(f"  {name:<24} {s['trades']:>4} trades  win {win:5.1f}%  P&L {_usd(Decimal(s['pnl_usd']))}")
+        print(f"  {name:<24} {s['trades']:>4} trades  win {win:5.1f}%  P&L {fmt_usd(Decimal(s['pnl_usd']))}")
     if summary["exit_reasons"]:
         print("exit reasons      " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["exit_reasons"].items())))
     if summary["open_positions"]:

@@ -249,7 +249,7 @@ class Engine:
             if self.exit_reasons.get(coid) == "trailing_stop" and order.status is not OrderStatus.FILLED:
                 # the broker's trailing stop ended unfilled (canceled, expired, rejected): nothing holds the
                 # stop there any more, so the engine manages it again
-                if self.native_stops and order.symbol in self.native_stops:
+                if order.symbol in self.native_stops:
                     self.native_stops.discard(order.symbol)
                     report["notes"].append(f"{order.symbol}: the broker's trailing stop {coid} ended "
                                            f"{order.status.value}; the engine manages the stop again")
@@ -404,13 +404,14 @@ class Engine:
                 report["strategies_gated"].append(strat.name)
 
         # --- 5. RANK by expected value = confidence × reward:risk × strategy weight
-        ranked = sorted(proposals, key=lambda p: -p.confidence * _ranked_rr(p) * self.weights.weight(p.strategy))
-        for p in ranked:
-            w = self.weights.weight(p.strategy)
+        scored = [(p, _ranked_rr(p), self.weights.weight(p.strategy)) for p in proposals]
+        scored.sort(key=lambda e: -e[0].confidence * e[1] * e[2])    # stable: ties keep the plugin order
+        ranked = [p for p, _, _ in scored]
+        for p, rr, w in scored:
             report["proposals"].append({**to_jsonable({k: getattr(p, k) for k in (
                 "strategy", "symbol", "side", "entry_price", "stop_price", "target_price", "confidence",
-                "expected_holding", "thesis")}), "reward_risk": round(_ranked_rr(p), 6), "weight": round(w, 6),
-                "expected_value": round(p.confidence * _ranked_rr(p) * w, 6)})
+                "expected_holding", "thesis")}), "reward_risk": round(rr, 6), "weight": round(w, 6),
+                "expected_value": round(p.confidence * rr * w, 6)})
         self.stats.proposals += len(ranked)
 
         # --- 6. FILTER (risk) and 7. EXECUTE
@@ -812,8 +813,6 @@ class Engine:
         for source, score in self.entry_sources.pop(fill.symbol, []):
             # a source was right when its direction matched the trade and the trade won, or
             # opposed it and the trade lost: that is the hit rate its reliability learns from
-            if score == 0:
-                continue
             agreed = (score > 0) == (sign > 0)
             self.aggregator.record_outcome(source, agreed == won)
         for entry_coid in [c for c, plan in self.plans.items() if plan.proposal.symbol == fill.symbol]:

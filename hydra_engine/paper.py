@@ -12,6 +12,8 @@ import os
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .app import Session, build_core, build_regime_detector  # noqa: F401  (re-exported for tests)
 from .clock import LiveClock
 from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
@@ -20,8 +22,6 @@ from .domain import UTC
 from .engine import closed_trade_from_dict
 from .ports import BrokerError
 from .reconcile import adopt_broker_state, reconcile
-from sqlalchemy.exc import SQLAlchemyError
-
 from .store import Store, StoreError
 from .tradelog import last_logged_fills, to_jsonable
 
@@ -162,10 +162,9 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
                 if check.ok:
                     suspect.clear()
                     mismatch.clear()
-                elif check.subjects & set(suspect):
-                    mismatch[:] = ["reconciliation mismatch: " + "; ".join(check.mismatches)]
-                    suspect[:] = sorted(check.subjects)
                 else:
+                    if check.subjects & set(suspect):
+                        mismatch[:] = ["reconciliation mismatch: " + "; ".join(check.mismatches)]
                     suspect[:] = sorted(check.subjects)
         # either reason halts entries; exits, fills and reconciliation go on
         eng.halted = "; ".join([*([unreadable] if unreadable else []), *mismatch]) or None

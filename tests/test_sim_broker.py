@@ -500,8 +500,9 @@ def test_a_day_order_after_the_last_bar_of_its_data_expires_and_one_before_a_lon
             ts = min((t for t in self.opens.get(symbol, {}) if t >= after), default=None)
             return (ts, self.opens[symbol][ts]) if ts is not None and ts + timedelta(hours=6.5) <= now else None
 
-        def last_bar_open(self, symbol):
-            return max(self.opens.get(symbol, {}), default=None)
+        def last_bar_times(self, symbol):
+            last = max(self.opens.get(symbol, {}), default=None)
+            return (last, last + timedelta(hours=6.5)) if last else None
 
     b, m = make_broker(market=EndingMarket())
     b.update_marks({"SPY": 500.0, "BTC/USD": 60_000.0, "GLD": 190.0})

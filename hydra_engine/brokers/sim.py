@@ -65,7 +65,7 @@ class SimulatedBroker:
         self._positions: dict[str, BrokerPosition] = {}
         self._orders: dict[str, Order] = {}
         self._working: list[str] = []
-        self._last_bar_open = getattr(market, "last_bar_open", None)   # replay data knows where it ends
+        self._last_bar_times = getattr(market, "last_bar_times", None)   # replay data knows where it ends
         self._prices: dict[str, float] = {}             # the latest valid observed price per symbol
         self._marks: dict[str, Decimal] = {}             # Decimal marks, made from _prices when read
         self._mark_src: dict[str, float] = {}           # the float each mark was converted from
@@ -228,11 +228,11 @@ class SimulatedBroker:
                 nxt = self.market.next_bar_open(order.symbol, order.created_at, now)
             if nxt is None:
                 if order.time_in_force is TimeInForce.DAY and now - order.created_at >= DAY_ORDER_EXPIRES_AFTER:
-                    last_open = self._last_bar_open(order.symbol) if self._last_bar_open else None
-                    if last_open is not None and last_open < order.created_at:
+                    last = self._last_bar_times(order.symbol) if self._last_bar_times else None
+                    if last is not None and last[0] < order.created_at:
                         order.status = OrderStatus.EXPIRED
                         order.reject_reason = (f"no {order.symbol} session to fill in: its data ends with the bar "
-                                               f"opened {last_open:%Y-%m-%d %H:%M}Z")
+                                               f"opened {last[0]:%Y-%m-%d %H:%M}Z")
                         self._working.remove(coid)
                 continue
             ts, open_price = nxt

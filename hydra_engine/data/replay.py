@@ -352,15 +352,12 @@ class ReplayMarketData:
             closes = closes[closes < int(self.end.timestamp())]
         return [datetime.fromtimestamp(t, UTC) for t in closes.tolist()]   # Python ints: no per-tick int()
 
-    def last_bar_open(self, symbol: str) -> datetime | None:
-        """When ``symbol``'s last bar in the files opens (None: no bars)."""
+    def last_bar_times(self, symbol: str) -> tuple[datetime, datetime] | None:
+        """When ``symbol``'s last bar in the files opens and closes (None: no bars): where its data ends."""
         b = self._bars.get(symbol)
-        return datetime.fromtimestamp(int(b.open_ts[-1]), UTC) if b is not None and len(b.open_ts) else None
-
-    def last_bar_close(self, symbol: str) -> datetime | None:
-        """When ``symbol``'s last bar in the files closes (None: no bars)."""
-        b = self._bars.get(symbol)
-        return datetime.fromtimestamp(int(b.close_ts[-1]), UTC) if b is not None and len(b.close_ts) else None
+        if b is None or not len(b.open_ts):
+            return None
+        return datetime.fromtimestamp(int(b.open_ts[-1]), UTC), datetime.fromtimestamp(int(b.close_ts[-1]), UTC)
 
     def span(self) -> tuple[datetime, datetime]:
         closes = np.concatenate([c.close_ts for c in self._clocks])
