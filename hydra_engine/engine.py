@@ -699,9 +699,11 @@ class Engine:
         until the broker reports the order done and every slice booked (see ``_cycle``)."""
         bought, fees, fee_coins = fill.qty, fill.fee_usd, ZERO
         if plan.held_before is not None and fill.side is Side.BUY:
+            # the slices booked so far are in the broker's quantity -- unless that position is gone (closed
+            # at the broker and dropped by --adopt while the rest of the entry still worked): then only dust
             pos = self.positions.get(fill.symbol)
-            received = self._received_coins(fill, plan.held_before + (abs(pos.qty) if plan.booked_qty else ZERO),
-                                            report)
+            booked = abs(pos.qty) if plan.booked_qty and pos is not None else ZERO
+            received = self._received_coins(fill, plan.held_before + booked, report)
             if received is not None:
                 fee_coins = fill.qty - received
                 bought, fees = received, fees + fee_coins * fill.price
@@ -731,7 +733,8 @@ class Engine:
             regime_at_entry=plan.regime, entry_fees_usd=fees, initial_stop_price=p.stop_price * scale,
             regime_confidence_at_entry=plan.regime_confidence,
             fee_share_of_received_asset=fee_coins / fill.qty if fee_coins else ZERO)
-        plan.booked_qty, plan.fee_coins = fill.qty, fee_coins
+        # += : a slice booked earlier whose position is gone (see above) still counts as booked
+        plan.booked_qty, plan.fee_coins = plan.booked_qty + fill.qty, fee_coins
         # only sources that pointed somewhere and counted learn from the trade (a neutral or a zero-weight
         # signal made no prediction)
         self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors

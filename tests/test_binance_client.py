@@ -282,6 +282,34 @@ def test_missing_or_bad_field_is_named(client, rsps, mutate, field):
     assert info.value.field == field
 
 
+# a JSON null or an empty string in a required number is named too (Decimal('None') and Decimal('') raise);
+# only a funding record's mark price may be empty (old records)
+@pytest.mark.parametrize("url, name, call, field, value", [
+    (PREMIUM, "premiumIndex.symbol.json", "premium_index", "markPrice", None),
+    (PREMIUM, "premiumIndex.symbol.json", "premium_index", "indexPrice", ""),
+    (PREMIUM, "premiumIndex.symbol.json", "premium_index", "lastFundingRate", None),
+    (OI, "openInterest.json", "open_interest", "openInterest", None),
+    (FUNDING, "fundingRate.json", "funding_rate_history", "fundingRate", None),
+    (FUNDING, "fundingRate.json", "funding_rate_history", "fundingRate", ""),
+    (OI_HIST, "openInterestHist.json", "open_interest_history", "sumOpenInterest", None),
+    (OI_HIST, "openInterestHist.json", "open_interest_history", "sumOpenInterestValue", ""),
+])
+def test_a_null_or_empty_required_decimal_is_a_named_data_error(client, rsps, url, name, call, field, value):
+    body = example(name)
+    (body[0] if isinstance(body, list) else body)[field] = value
+    rsps.get(url, json=body)
+    with pytest.raises(BinanceDataError, match=f"'{field}'") as info:
+        getattr(client, call)("BTCUSDT")
+    assert info.value.field == field
+
+
+def test_only_the_funding_mark_price_may_be_empty(client, rsps):
+    body = example("fundingRate.json")
+    body[0]["markPrice"], body[1]["markPrice"] = "", None
+    rsps.get(FUNDING, json=body)
+    assert [f.mark_price for f in client.funding_rate_history("BTCUSDT")] == [None, None]
+
+
 def test_bad_row_in_history_is_named_with_its_index(client, rsps):
     rows = example("openInterestHist.json")
     del rows[1]["sumOpenInterest"]

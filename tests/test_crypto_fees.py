@@ -319,3 +319,42 @@ def test_a_coin_exit_whose_rest_fills_right_after_the_poll_is_one_trade(tmp_path
     paid = Decimal(buy["filled_qty"]) * Decimal(buy["filled_avg_price"])
     trade = doc["trades"][0]
     assert Decimal(trade["pnl_usd"]) == (proceeds - paid).quantize(Decimal("0.000001")), trade
+
+
+# A crypto entry filled 40 %, HYDRA stopped, the position was closed by hand at Alpaca while the rest of the
+# entry still worked, and HYDRA restarted with --adopt: reconciliation dropped the local position but kept
+# the entry's plan. When the rest filled, the engine read the vanished position's quantity and the paper
+# session died with an AttributeError (found by mypy: Position | None).
+def test_the_rest_of_an_entry_whose_position_was_closed_at_the_broker_is_booked_after_adopt(
+        tmp_path, monkeypatch, double_env, capsys):
+    double, _ = double_env
+    cfg = paper_config(tmp_path, symbols=("BTC/USD",))
+    real_fill, split = fill_first_part_only(monkeypatch, double, lambda o: o["side"] == "buy")
+    engines = []
+
+    def first(engine, cycle):
+        engines.append(engine)
+
+    code = run_paper(cfg, monkeypatch, double, cycles=3, steer=first)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    coid = next(iter(split))
+    plan = engines[-1].plans[coid]
+    assert plan.booked_qty > 0 and plan.held_before is not None          # a booked first slice
+    assert double.order(coid)["status"] == "partially_filled"            # the rest still works
+
+    double.positions.pop("BTCUSD")                                      # closed by hand while HYDRA was down
+    after = []
+
+    def second(engine, cycle):
+        after.append(engine)
+        if double.order(coid)["status"] == "partially_filled":
+            real_fill(coid, split[coid])                                 # the rest of the entry fills
+
+    code = run_paper(cfg, monkeypatch, double, cycles=2, steer=second, args=("--adopt",))
+    err = capsys.readouterr().err
+    assert "AttributeError" not in err, err[-3000:]
+    assert code == 0, err[-3000:]
+    # the coins of the late slice are HYDRA's again: a managed position equal to what the broker holds
+    assert after[-1].positions["BTC/USD"].qty == Decimal(double.positions["BTCUSD"]["qty"])
+    assert double.order(coid)["status"] == "filled"
+    assert coid not in after[-1].plans      # the order is done and every slice booked: the plan is dropped
