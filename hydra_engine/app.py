@@ -84,7 +84,8 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
 
 
 def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path | None = None,
-                      log_dir: Path | None = None) -> Session:
+                      log_dir: Path | None = None, max_cycles: int | None = None) -> Session:
+    """A replay session over the configured span, or over its first ``max_cycles`` cycles."""
     build_strategies(settings.strategies.enabled, settings.strategies.params)  # fail fast, before loading data
     data_cfg = settings.data
     folder = data_dir or settings.resolve_path(data_cfg.replay_dir)
@@ -96,12 +97,16 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
     ticks = market.timeline()
     if not ticks:
         raise ValueError(f"no data between {data_cfg.start} and {data_cfg.end} in {folder}")
+    # the id names what runs: the configuration (span included), the first day and, for a shortened
+    # replay, its length -- so `run --cycles 5` is its own session and never replaces a full run's rows
+    shortened = f"-{max_cycles}c" if max_cycles is not None and max_cycles < len(ticks) else ""
+    ticks = ticks[:max_cycles]
     unknown = [s for s in settings.universe.symbols if s not in DEFAULT_ASSET_SPECS]
     if unknown:
         raise ValueError(f"universe.symbols {unknown} have no asset specification for the simulated broker")
     broker = SimulatedBroker(market, DEFAULT_ASSET_SPECS, starting_cash_usd=settings.broker.starting_cash_usd,
                              fee_bps=settings.broker.fee_bps, slippage_bps=settings.broker.slippage_bps)
-    session_id = f"{mode}-{settings.config_hash()[:8]}-{utc_stamp(ticks[0])[:8]}"
+    session_id = f"{mode}-{settings.config_hash()[:8]}-{utc_stamp(ticks[0])[:8]}{shortened}"
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode=mode,
         log_dir=log_dir or settings.resolve_path(settings.engine.log_dir),

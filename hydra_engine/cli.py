@@ -60,7 +60,7 @@ def cmd_run(args) -> int:
         session = build_paper_session(settings, live=args.live, adopt=args.adopt)
     else:
         from .app import build_sim_session
-        session = build_sim_session(settings)
+        session = build_sim_session(settings, max_cycles=args.cycles)
     from .app import run_session
     summary = run_session(session, max_cycles=args.cycles, progress=not args.no_progress)
     _print_summary(summary)

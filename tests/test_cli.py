@@ -253,3 +253,16 @@ def test_the_run_summary_writes_a_loss_as_minus_dollars(capsys):
                     "database": "sqlite:///h.db"})
     out = capsys.readouterr().out
     assert "P&L -$82.84" in out and "$-" not in out
+
+
+def test_a_shortened_run_keeps_the_full_replays_rows(tmp_path, monkeypatch):
+    """`run --cycles 3` after a full replay used to count as the same session (configuration and first
+    day) and deleted the full run's rows from the database."""
+    cfg = write_config(tmp_path)
+    isolate(monkeypatch, tmp_path)
+    assert call(["--config", str(cfg), "run", "--no-progress"])[0] == EXIT_OK
+    assert call(["--config", str(cfg), "run", "--cycles", "3", "--no-progress"])[0] == EXIT_OK
+    with sqlite3.connect(tmp_path / "hydra.db") as db:
+        counts = dict(db.execute("SELECT session_id, COUNT(*) FROM cycles GROUP BY session_id").fetchall())
+    (full_id, full), (short_id, short) = sorted(counts.items())
+    assert short_id == f"{full_id}-3c" and short == 3 and full > 3

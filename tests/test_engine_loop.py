@@ -211,3 +211,25 @@ def test_running_the_same_replay_again_replaces_its_rows_in_the_store(tmp_path):
         trades = s.exec(select(TradeRow)).all()
         cycles = s.exec(select(CycleRow)).all()
     assert len(trades) == len(doc["trades"]) == 1 and len(cycles) == len(doc["cycle_details"])
+
+
+def test_a_shortened_replay_is_its_own_session_and_leaves_the_full_runs_rows(tmp_path):
+    """`run --cycles 5` after a full replay used to share the full run's id (configuration and first day)
+    and so deleted its cycles, orders, fills and trades from the store."""
+    from hydra_engine.store import CycleRow, Store, TradeRow
+    from sqlmodel import Session as DB, select
+    settings = make_settings(tmp_path, start="2024-02-20", end="2024-03-05")
+    full = run_session(build_sim_session(settings), progress=False)
+    short_session = build_sim_session(settings, max_cycles=5)
+    assert len(short_session.clock.ticks) == 5
+    short = run_session(short_session, max_cycles=5, progress=False)
+    full_id, short_id = load_session(full["log"])["session"]["session_id"], load_session(short["log"])["session"]["session_id"]
+    assert short_id == f"{full_id}-5c"
+    assert load_session(short["log"])["session"]["data_end"] == short_session.clock.ticks[-1].isoformat().replace("+00:00", "Z")
+    store = Store(settings.storage.url, root=tmp_path)
+    with DB(store.engine) as s:
+        kept = {sid: len(s.exec(select(CycleRow).where(CycleRow.session_id == sid)).all()) for sid in (full_id, short_id)}
+        trades = s.exec(select(TradeRow).where(TradeRow.session_id == full_id)).all()
+    assert kept == {full_id: full["cycles"], short_id: 5} and len(trades) == 1
+    # a cycle limit beyond the span is the whole span: the same session as the full run
+    assert build_sim_session(settings, max_cycles=10**6).engine.session_id == full_id
