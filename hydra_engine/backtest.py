@@ -185,8 +185,11 @@ def run_hydra(settings: Settings, data_dir: Path, out: Path, *, progress: bool =
     det = session.engine.regime_detector
     trained = ((getattr(det, "params", None) or {}).get("training") or {})
     refits = session.engine.regime_refits
-    # the starting model's readings were used unless a refit replaced it at the very first cycle
-    replaced_at_start = bool(refits) and refits[0]["ok"] and refits[0]["at"] == ticks[0].isoformat()
+    # the starting model's readings were used unless a refit replaced it at the very first cycle -- with
+    # a fresh fit, or, when that fit failed, with an unfitted model (regime UNKNOWN) because the loaded
+    # one was fitted on days of this span
+    replaced_at_start = (bool(refits) and refits[0]["at"] == ticks[0].isoformat()
+                         and (refits[0]["ok"] or refits[0].get("set_aside", False)))
     doc["regime_model"] = {"detector": getattr(det, "name", type(det).__name__),
                            "trained_from": trained.get("start"), "trained_to": trained.get("end"),
                            "initial_trained_to": None if replaced_at_start else initial.get("end"),
@@ -312,6 +315,12 @@ def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, 
         result["notes"].append(f"regime model {doc['regime_model']['detector']} was fitted on data up to {trained_to}, "
                                f"overlapping this span: its regimes are in-sample here; use --walk-forward or "
                                f"engine.regime_refit_days for out-of-sample results")
+    failed = [r for r in doc["regime_model"]["refits"] if not r["ok"]]
+    if failed:   # e.g. a span too short to train on: the regime read UNKNOWN (no entries) until a refit worked
+        unknown = regime_share.get("UNKNOWN", 0.0)
+        result["notes"].append(f"{len(failed)} of {len(doc['regime_model']['refits'])} in-loop regime refits failed "
+                               f"(first: {failed[0]['error']}); regime UNKNOWN, which allows no entries, for "
+                               f"{100 * unknown:.0f}% of the run")
     (out / "metrics.json").write_text(json.dumps(M.json_safe({k: v for k, v in result.items() if k != "comparison_md"}),
                                                  indent=1), encoding="utf-8")
     return result

@@ -460,6 +460,7 @@ class Engine:
                 report["notes"].append(f"regime refit failed ({record['error']}): keeping the current model")
                 return False
             trained_to = self.regime_detector.params["training"]["end"]
+            record["set_aside"] = True     # the loaded model no longer reads the regime (see backtest notes)
             self.regime_detector = aside
             report["notes"].append(f"regime refit failed ({record['error']}); the loaded model was fitted on days up "
                                    f"to {trained_to}, after this cycle: regime UNKNOWN (no entries) until a refit "

@@ -198,3 +198,21 @@ def test_a_walk_forward_whose_windows_ran_an_in_sample_model_does_not_call_itsel
     result = json.loads((out / "walk_forward.json").read_text())
     assert all("IN-SAMPLE" in w["regime_model"] for w in result["windows"])
     assert result["table"][-1]["strategy"].startswith("combined (regimes in-sample")
+
+
+def test_a_span_whose_refits_all_fail_is_not_called_in_sample_and_says_why_nothing_traded(tmp_path, capsys):
+    """Two months of 2021 on the shipped extract: every in-loop refit fails (too few training days), so the
+    loaded model -- fitted through 2024 -- is set aside at the first cycle and the regime reads UNKNOWN
+    throughout. The note used to call the regimes in-sample, though that model never read one."""
+    cfg = Path(_config(tmp_path))
+    cfg.write_text(cfg.read_text().replace("[engine]\n", "[engine]\nregime_refit_days = 90\n"))
+    out = tmp_path / "bt"
+    assert main(["--config", str(cfg), "backtest", "--start", "2021-01-01", "--end", "2021-03-01",
+                 "--no-progress", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["regime_model"]["initial_trained_to"] is None
+    assert not any("in-sample" in n for n in result["notes"]) and "in-sample" not in text
+    failed = [n for n in result["notes"] if "in-loop regime refits failed" in n]
+    assert len(failed) == 1 and "regime UNKNOWN, which allows no entries, for 100% of the run" in failed[0]
+    assert f"note: {failed[0]}" in text
