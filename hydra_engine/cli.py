@@ -176,9 +176,12 @@ def _run_command(args) -> int:
         if isinstance(exc, ReconciliationRefused):
             print(f"refusing to trade: {exc}", file=sys.stderr)
             return EXIT_ERROR
-        if isinstance(exc, BrokerError):   # at start-up, before any cycle: nothing was sent
-            print(f"refusing to trade: a broker call failed at start-up ({type(exc).__name__}: {exc}); "
-                  "nothing was traded", file=sys.stderr)
+        if isinstance(exc, BrokerError):
+            if args.command == "run":   # at start-up, before any cycle: nothing was sent
+                print(f"refusing to trade: a broker call failed at start-up ({exc.describe()}); nothing was traded",
+                      file=sys.stderr)
+            else:                       # status and kill say their own; this is any other command's
+                print(f"error: a broker call failed ({exc.describe()})", file=sys.stderr)
             return EXIT_ERROR
         if isinstance(exc, (PluginError, DataFolderError, RiskConfigError, ValueError)):
             print(f"error: {exc}", file=sys.stderr)
