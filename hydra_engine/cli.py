@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import pkgutil
 import sys
 from decimal import Decimal
@@ -17,6 +18,7 @@ from . import __version__
 from .config import AlpacaKeys, ConfigError, load_settings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13   # what a shell reports for a tool ended by SIGPIPE (e.g. `yes | head -1`)
 
 
 def _print_summary(summary: dict) -> None:
@@ -146,6 +148,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        code = _run_command(args)
+        sys.stdout.flush()   # output still buffered meets a closed pipe here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`... | head`): what it did not read is not an error to report. As Python's
+        # "Note on SIGPIPE" advises, stdout now points at devnull so the exit's own flush stays quiet. `run`
+        # prints its summary only after the session's log is closed and its store flushed, so a closed pipe
+        # never cuts a session short.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run_command(args) -> int:
+    """The command, with the errors a user can act on turned into one line and an exit status."""
+    try:
         return args.func(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -159,13 +176,18 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, ReconciliationRefused):
             print(f"refusing to trade: {exc}", file=sys.stderr)
             return EXIT_ERROR
-        if isinstance(exc, BrokerError):   # at start-up, before any cycle: nothing was sent
-            print(f"refusing to trade: a broker call failed at start-up ({type(exc).__name__}: {exc}); "
-                  "nothing was traded", file=sys.stderr)
+        if isinstance(exc, BrokerError):
+            if args.command == "run":   # at start-up, before any cycle: nothing was sent
+                print(f"refusing to trade: a broker call failed at start-up ({exc.describe()}); nothing was traded",
+                      file=sys.stderr)
+            else:                       # status and kill say their own; this is any other command's
+                print(f"error: a broker call failed ({exc.describe()})", file=sys.stderr)
             return EXIT_ERROR
         if isinstance(exc, (PluginError, DataFolderError, RiskConfigError, ValueError)):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        if isinstance(exc, BrokenPipeError):
+            raise                      # not a path problem: main() ends quietly
         if isinstance(exc, OSError):   # a path the user gave that is a file, a folder or not allowed
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE

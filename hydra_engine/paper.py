@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -318,8 +319,11 @@ def kill(settings: Settings, reason: str = "manual kill") -> int:
     else:
         result = broker.flatten_all()
         print(f"canceled {len(result.canceled_order_ids)} orders, closing {len(result.closing_orders)} positions")
-        for failure in [*result.cancel_failures, *result.failures]:
-            print(f"  NOT DONE: {failure}")
+        # "*" is the whole call failing (its reason names it: "cancel all orders: ..."); else one order or symbol
+        for order_id, reason in result.cancel_failures.items():
+            print(f"  NOT DONE: {reason if order_id == '*' else f'cancel order {order_id}: {reason}'}")
+        for symbol, reason in result.failures.items():
+            print(f"  NOT DONE: {reason if symbol == '*' else f'close {symbol}: {reason}'}")
         if not result.ok:
             problems.append("the broker did not cancel or close everything (above)")
     for problem in problems:
@@ -353,6 +357,15 @@ def print_broker_status(settings: Settings) -> int:
     broker = _alpaca_broker(settings, "status")
     if broker is None:
         return 1
+    try:
+        _print_broker_book(broker, settings)
+    except BrokerError as exc:   # nothing is traded here: say what could not be read, not "refusing to trade"
+        print(f"error: the broker status could not be read ({exc.describe()})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_broker_book(broker, settings: Settings) -> None:
     acct = broker.account()
     print(f"account       equity ${acct.equity_usd:,.2f}  cash ${acct.cash_usd:,.2f}  "
           f"buying power ${acct.buying_power_usd:,.2f}  ({'paper' if settings.broker.paper else 'LIVE'})")
@@ -361,4 +374,3 @@ def print_broker_status(settings: Settings) -> int:
     orders = broker.open_orders()
     print("open orders   " + (", ".join(f"{o.client_order_id} {o.side.value} {o.qty} {o.symbol} {o.order_type.value}"
                                         for o in orders) or "none"))
-    return 0

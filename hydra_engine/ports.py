@@ -183,6 +183,10 @@ class BrokerError(Exception):
         self.symbol = symbol
         self.client_order_id = client_order_id
 
+    def describe(self) -> str:
+        """The failure in one line for a command's message (``status``, ``kill``, a refused ``run``)."""
+        return f"{type(self).__name__}: {self}"
+
 
 class InsufficientBuyingPower(BrokerError):
     user_hint = "not enough buying power for this order; HYDRA skips it"
@@ -214,6 +218,10 @@ class MarketClosed(BrokerError):
 
 class AuthError(BrokerError):
     user_hint = "the API keys were refused; check APCA_API_KEY_ID / APCA_API_SECRET_KEY"
+
+    def describe(self) -> str:
+        # the one broker failure the user fixes by hand: every command points at the keys, not just the cycle
+        return f"{super().describe()} — {self.user_hint}"
 
 
 class RateLimited(BrokerError):

@@ -196,6 +196,14 @@ class CorruptLog(ValueError):
     the message names the file and the line or record (and field)."""
 
 
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, for a message: "a JSON list", "JSON null"."""
+    if value is None or isinstance(value, bool):
+        return f"JSON {json.dumps(value)}"
+    kinds = {dict: "object", list: "list", str: "string", int: "number", float: "number"}
+    return f"a JSON {kinds.get(type(value), type(value).__name__)}"
+
+
 def _number(value: Any, finite: bool) -> bool:
     """A JSON number or a decimal string (money is written as strings), not a bool."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -258,6 +266,8 @@ def load_session(path: str | Path) -> dict:
         raise ValueError(f"{path}: cannot read the session log ({exc.strerror or exc})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a valid session log ({exc})") from None
+    if not isinstance(doc, dict):   # valid JSON of another shape ([], null): every reader below needs an object
+        raise CorruptLog(f"{path}: not a HYDRA session log: the document is {json_kind(doc)}, expected an object")
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION}")
     journal = path.parent / doc.get("journal", "")
@@ -305,7 +315,10 @@ def _read_journal(journal: Path) -> list[dict]:
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 unreadable = (number, str(exc))
                 continue
-            if not isinstance(line, dict) or type(line.get("cycle")) is not int:
+            if not isinstance(line, dict):
+                raise CorruptLog(f"{journal}: line {number} is not a HYDRA cycle record: the line is "
+                                 f"{json_kind(line)}, expected an object")
+            if type(line.get("cycle")) is not int:
                 raise CorruptLog(f"{journal}: line {number} is not a cycle record (no integer 'cycle')")
             details.append(line)
     return details

@@ -64,6 +64,17 @@ def test_command_writes_the_results_folder(tmp_path, capsys):
     assert "CYCLE 30" in capsys.readouterr().out
 
 
+def test_no_baselines_lists_only_what_it_wrote(tmp_path, capsys):
+    """The "results in" line named a baselines/ folder that --no-baselines does not create."""
+    out = tmp_path / "bt"
+    rc = main(["--config", _config(tmp_path), "backtest", "--start", "2024-03-01", "--end", "2024-03-04",
+               "--out", str(out), "--no-progress", "--no-baselines"])
+    assert rc == 0 and not (out / "baselines").exists()
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("results in ")]
+    listed = line.split(": ", 1)[1].split(", ")
+    assert "baselines/" not in listed and all((out / name).exists() for name in listed), line
+
+
 @pytest.mark.parametrize("start,end,needle", [("2024-03-08", "2024-03-01", "--start 2024-03-08 must be before"),
                                               ("2024-03-01", "2024-03-01", "must be before"),
                                               ("2030-01-01", "2030-02-01", "outside the data"),

@@ -266,3 +266,40 @@ def test_a_shortened_run_keeps_the_full_replays_rows(tmp_path, monkeypatch):
         counts = dict(db.execute("SELECT session_id, COUNT(*) FROM cycles GROUP BY session_id").fetchall())
     (full_id, full), (short_id, short) = sorted(counts.items())
     assert short_id == f"{full_id}-3c" and short == 3 and full > 3
+
+
+# --------------------------------------------------------------------------- a reader that went away
+def run_into_a_closed_pipe(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``hydra_engine.py ARGS | head -0``, deterministically: the pipe's reader is gone before HYDRA
+    writes a byte, so its first write to stdout meets a broken pipe."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HYDRA_") and k not in KEY_VARS}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, str(PROJECT_ROOT / "hydra_engine.py"), *args], cwd=cwd, env=env,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("command", ["explain", "weights", "review", "version"])
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path, command):
+    """`explain LOG --cycle 42 | head -1` printed `error: [Errno 32] Broken pipe` and exited 2."""
+    from tests.fixtures.build import SMALL
+    argv = {"explain": ["explain", str(SMALL), "--cycle", "2"],
+            "weights": ["weights", "--log", str(SMALL), "--out", str(tmp_path / "w")],
+            "review": ["review", str(SMALL), "--out", str(tmp_path / "r")], "version": ["version"]}[command]
+    proc = run_into_a_closed_pipe(tmp_path, *argv)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_a_run_whose_stdout_is_closed_still_closes_its_session(tmp_path):
+    cfg = write_config(tmp_path)
+    proc = run_into_a_closed_pipe(tmp_path, "--config", str(cfg), "run", "--cycles", "12", "--no-progress")
+    assert (proc.returncode, proc.stderr) == (141, "")
+    [log] = (tmp_path / "logs").glob("session-*.json")
+    doc = load_session(log)
+    assert doc["session"]["ended_at"] and doc["summary"]["cycles"] == 12 and len(doc["cycle_details"]) == 12
+    with sqlite3.connect(tmp_path / "hydra.db") as con:
+        assert con.execute("select count(*) from cycles").fetchone() == (12,)
+        assert con.execute("select count(*) from engine_state where key = 'engine:sim'").fetchone() == (1,)

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
+import requests
 import responses
 
 from hydra_engine.cli import main
@@ -153,6 +154,53 @@ def test_a_broker_failing_at_start_up_is_a_refusal_not_a_traceback(paper_env, sh
         assert code == 1 and err.startswith("refusing to trade: a broker call failed at start-up (AuthError")
         assert "nothing was traded" in err and "Traceback" not in err
         assert not any(m == "POST" for m, _ in double.calls)
+
+
+KEY_PARTS = (API_KEY, SECRET_KEY, SECRET_KEY[:16], SECRET_KEY[-16:])   # fragments too: no partial leak either
+BROKER_FAILURES = {   # each echoes the keys, as a misbehaving proxy might: the messages must not
+    "401": dict(status=401, body={"code": 40110000, "message": f"request is not authorized ({API_KEY}:{SECRET_KEY})"}),
+    "403": dict(status=403, body={"code": 40310000, "message": f"forbidden. key {API_KEY}"}),
+    "unreachable": dict(exception=requests.ConnectionError),
+}
+
+
+@pytest.mark.parametrize("failure", list(BROKER_FAILURES))
+def test_status_kill_and_run_say_what_failed_at_the_broker(paper_env, shared_data, monkeypatch, capsys, caplog,
+                                                           failure):
+    """`status --broker` said "refusing to trade ... nothing was traded" (run's words); `kill` printed
+    `NOT DONE: *` twice, the reason only in a WARNING line; a 401/403 pointed at no key variable."""
+    from hydra_engine.brokers.ratelimit import RateLimiter
+    monkeypatch.setattr(RateLimiter, "_pause", lambda self, s: None)   # the retries' back-off, not waited for
+    auth = failure != "unreachable"
+    now = datetime.now(UTC)
+    with AlpacaDouble(now=now) as double:
+        install_market(double, shared_data, now)
+        double.add_position("BTC/USD", "0.5", "60000")
+        for method, path in (("GET", r"/v2/account$"), ("DELETE", r"/v2/orders$"), ("DELETE", r"/v2/positions$")):
+            double.fail(method, path, times=1000, **BROKER_FAILURES[failure])
+        said = {}
+        for command in (["status", "--broker"], ["kill"], ["run", "--mode", "paper", "--cycles", "1", "--no-progress"]):
+            code = main(["--config", str(paper_env), *command])
+            out, err = capsys.readouterr()
+            said[command[0]] = (code, out, err)
+            assert not [p for p in KEY_PARTS if p in out + err + caplog.text], command
+            assert "Traceback" not in err and (not auth or "check APCA_API_KEY_ID / APCA_API_SECRET_KEY" in out + err)
+        assert not any(m == "POST" for m, _ in double.calls)
+    assert "flatten_all" in caplog.text   # the log lines were searched too
+
+    kind = "AuthError" if auth else "BrokerUnavailable"
+    code, out, err = said["status"]
+    assert code == 1 and err.startswith(f"error: the broker status could not be read ({kind}: get account: ")
+    assert "refusing to trade" not in err and "nothing was traded" not in err
+    code, out, err = said["kill"]
+    not_done = [line.strip() for line in out.splitlines() if "NOT DONE" in line]
+    assert code == 1 and [line.split(": ", 2)[:2] for line in not_done] == [
+        ["NOT DONE", f"{kind}"], ["NOT DONE", f"{kind}"]], out
+    assert "cancel all orders: " in not_done[0] and "close all positions: " in not_done[1]
+    reason = "request is not authorized" if failure == "401" else "forbidden" if auth else "ConnectionError"
+    assert all(reason in line for line in not_done), not_done
+    code, out, err = said["run"]
+    assert code == 1 and err.startswith(f"refusing to trade: a broker call failed at start-up ({kind}: get account: ")
 
 
 def test_live_trading_needs_flag_and_environment(paper_env, monkeypatch, capsys):

@@ -103,6 +103,40 @@ def test_review_and_explain_bad_logs_exit_2(tmp_path, capsys, content, message):
         assert code == 2 and message in err and "Traceback" not in err
 
 
+LOG_COMMANDS = (["review", "{log}", "--out", "{out}"], ["explain", "{log}", "--cycle", "1"], ["weights", "--log", "{log}"])
+
+
+@pytest.mark.parametrize("content, kind", [("[]", "a JSON list"), ("null", "JSON null"), ('"str"', "a JSON string"),
+                                           ("42", "a JSON number")])
+def test_a_document_that_is_not_an_object_is_refused_by_every_log_command(tmp_path, capsys, content, kind):
+    """weights died with an AttributeError traceback (exit 1); review and explain said
+    "missing or malformed 'list' object has no attribute 'get'"."""
+    from hydra_engine.cli import main
+    log = tmp_path / "session-x.json"
+    log.write_text(content)
+    for argv in LOG_COMMANDS:
+        code = main([a.format(log=log, out=tmp_path / "o") for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2 and err == (f"error: {log}: not a HYDRA session log: the document is {kind}, "
+                                     "expected an object\n"), (argv[0], err)
+
+
+@pytest.mark.parametrize("line_number", [2, "last"])
+def test_a_journal_line_that_is_not_an_object_is_refused_naming_the_line(tmp_path, capsys, line_number):
+    from hydra_engine.cli import main
+    log = _copy_log(SMALL, tmp_path)
+    journal = log.with_suffix(".cycles.jsonl")
+    lines = journal.read_text().splitlines()
+    number = len(lines) if line_number == "last" else line_number
+    lines[number - 1] = "[1, 2]"     # valid JSON, so not a torn write even as the last line
+    journal.write_text("\n".join(lines) + "\n")
+    for argv in LOG_COMMANDS:
+        code = main([a.format(log=log, out=tmp_path / "o") for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2 and err == (f"error: {journal}: line {number} is not a HYDRA cycle record: the line is "
+                                     "a JSON list, expected an object\n"), (argv[0], err)
+
+
 @pytest.mark.parametrize("value", ["0", "-365", "nan", "inf", "many"])
 def test_periods_per_year_must_be_a_finite_positive_number(tmp_path, capsys, value):
     with pytest.raises(SystemExit) as exc:   # 0 printed CAGR 0.00 and Sharpe 0.00; -365 a math domain error

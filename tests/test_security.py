@@ -62,6 +62,8 @@ def test_keys_appear_in_no_log_file_database_row_or_error_text(tmp_path, shared_
                                     tag="failure")
         assert code2 != 0 and ("401" in err2 or "Auth" in err2), err2[-3000:]
         code3, out3, err3 = run_cli(tmp_path, server, cfg, "status", "--broker", tag="status")
+        assert code3 == 1 and "the broker status could not be read (AuthError" in err3, err3[-3000:]
+        assert "check APCA_API_KEY_ID / APCA_API_SECRET_KEY" in err3 and "refusing to trade" not in err3
         # the market-data API quoting the key (its own client and error path, redacted separately)
         server.double.faults.clear()
         server.double.fail("GET", r"/v1beta3/crypto/us/bars", times=50, status=401,

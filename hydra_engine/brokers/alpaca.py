@@ -146,9 +146,9 @@ class FlattenReport:
     """What ``flatten_all`` did; per-symbol failures are reported, not raised."""
 
     canceled_order_ids: list[str] = field(default_factory=list)
-    cancel_failures: dict[str, str] = field(default_factory=dict)     # order id -> reason
+    cancel_failures: dict[str, str] = field(default_factory=dict)     # order id (or "*": the call) -> reason
     closing_orders: dict[str, str] = field(default_factory=dict)      # symbol -> closing order id
-    failures: dict[str, str] = field(default_factory=dict)            # symbol (or "*") -> reason
+    failures: dict[str, str] = field(default_factory=dict)            # symbol (or "*": the call) -> reason
 
     @property
     def ok(self) -> bool:
@@ -556,7 +556,7 @@ class AlpacaBroker:
                     else:
                         report.canceled_order_ids.append(str(r.id))
         except BrokerError as exc:
-            report.cancel_failures["*"] = str(exc)
+            report.cancel_failures["*"] = exc.describe()
         try:
             with self._errors("close all positions"):
                 answers = self._client.close_all_positions(cancel_orders=True)
@@ -568,9 +568,10 @@ class AlpacaBroker:
                 else:
                     report.closing_orders[symbol] = str(r.body.id)
         except BrokerError as exc:
-            report.failures["*"] = str(exc)
-        log.warning("flatten_all: canceled %d orders, closing %s, failures %s", len(report.canceled_order_ids),
-                    sorted(report.closing_orders), {**report.cancel_failures, **report.failures})
+            report.failures["*"] = exc.describe()
+        log.warning("flatten_all: canceled %d orders, closing %s, cancel failures %s, close failures %s",
+                    len(report.canceled_order_ids), sorted(report.closing_orders), report.cancel_failures,
+                    report.failures)
         return report
 
 

@@ -57,6 +57,7 @@ def handle(args) -> int:
     for note in res["notes"]:
         print(f"note: {note}")
     print(f"runtime: HYDRA {res['hydra_runtime_s']} s, total {res['total_runtime_s']} s")
-    print(f"results in {out}: {res['session_log']}, equity.csv, equity.png, metrics.json, comparison.csv, "
-          f"comparison.md, baselines/")
+    written = [res["session_log"], "equity.csv", "equity.png", "metrics.json", "comparison.csv", "comparison.md",
+               *(["baselines/"] if not args.no_baselines else [])]   # --no-baselines creates no baselines/
+    print(f"results in {out}: {', '.join(written)}")
     return EXIT_OK
