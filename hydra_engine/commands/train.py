@@ -9,13 +9,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import config_option
+
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="fit a model component (the HMM regime detector) on history",
                               description="Fit the HMM regime detector on the daily cross-asset features of a "
-                              "data folder and save models/regime_hmm.json plus its model card.")
+                              "data folder and save models/regime_hmm.json plus its model card.",
+                              parents=[config_option()])
     p.add_argument("--component", choices=["regime"], default="regime", help="what to train (default: regime)")
     p.add_argument("--data", default=None, help="data folder in the shared-data layout (default: the shared "
                    "data if present, else data.replay_dir from the config)")
