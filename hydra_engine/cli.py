@@ -15,6 +15,7 @@ import sys
 from decimal import Decimal
 
 from . import __version__
+from .commands import CONFIG_HELP, config_option
 from .config import AlpacaKeys, ConfigError, load_settings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -113,11 +114,11 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hydra", description="HYDRA regime-adaptive trading engine. "
                                      "With no command: run the offline simulation on the shipped real data.")
-    parser.add_argument("--config", default=None, help="path to a hydra.toml (default: the shipped one)")
+    parser.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the engine (offline simulation or Alpaca paper)")
+    run = sub.add_parser("run", help="run the engine (offline simulation or Alpaca paper)", parents=[config_option()])
     run.add_argument("--mode", choices=["sim", "paper"], default="sim",
                      help="sim: replay shipped data with the simulated broker; paper: Alpaca paper account")
     run.add_argument("--cycles", type=positive_int, default=None, help="stop after N cycles (N >= 1)")
@@ -126,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--adopt", action="store_true", help="adopt the broker's positions/orders on a reconciliation mismatch")
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", help="show kill state, last cycle and positions from the store")
+    status = sub.add_parser("status", help="show kill state, last cycle and positions from the store",
+                            parents=[config_option()])
     status.add_argument("--broker", action="store_true", help="also ask Alpaca for account, positions and orders")
     status.set_defaults(func=cmd_status)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)

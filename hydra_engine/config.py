@@ -7,6 +7,7 @@ read from the TOML file: only from the environment or ``.env``.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -15,12 +16,12 @@ import re
 import tomllib
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from dotenv import dotenv_values
 from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
                       field_validator, model_validator)
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "hydra.toml"
@@ -234,6 +235,111 @@ def _variables_for(loc: tuple) -> list[str]:
     return sorted(found)
 
 
+# The HYDRA_* variables the project reads itself, outside the settings (each with who reads it). Every
+# other HYDRA_* variable must name a setting: pydantic-settings silently skips a name whose section it
+# does not know (HYDRA_BROKER_FEE_BPS, one underscore), so load_settings refuses those by name.
+PROJECT_VARIABLES = {
+    "HYDRA_ENABLE_LIVE_TRADING": "the live-trading opt-in (live_trading_opt_in)",
+    "HYDRA_BINANCE_URL": "another Binance endpoint for the derivatives feed (paper.py; the fault tests)",
+    "HYDRA_SHARED_DATA": "the shared real-data folder (train, tests)",
+    "HYDRA_BENCH_PEERS": "the peer benchmark folder (tests)",
+    "HYDRA_CONTRACTS": "the recorded Alpaca contracts (tests)",
+    "HYDRA_UPDATE_GOLDEN": "rewrite the golden trade logs (tests)",
+    "HYDRA_BENCH_OUT": "where benchmarks write their results (bench)",
+}
+
+
+def _variable_sources() -> list[tuple[str, dict[str, str | None]]]:
+    """(where, variables) for the environment and the ``.env`` file, as the settings read them."""
+    sources: list[tuple[str, dict[str, str | None]]] = [("environment", dict(os.environ))]
+    env_file = Path(Settings.model_config.get("env_file") or ".env").expanduser()
+    if env_file.is_file():
+        sources.append((str(env_file), dict(dotenv_values(env_file,
+                                                          encoding=Settings.model_config.get("env_file_encoding")))))
+    return sources
+
+
+def _setting_annotation(path: list[str]) -> tuple[bool, Any]:
+    """(section known, annotation at ``path``) for a variable's folded name split at the delimiter;
+    the annotation is None where the path leaves the settings (pydantic names a wrong key itself)."""
+    fold = (lambda s: s) if Settings.model_config.get("case_sensitive") else str.lower
+    annotation: Any = Settings
+    for depth, part in enumerate(path):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields = {fold(name): f.annotation for name, f in annotation.model_fields.items()}
+            if part not in fields:
+                return depth > 0, None
+            annotation = fields[part]
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return True, None
+    return True, annotation
+
+
+def _must_be_json(annotation: Any) -> str | None:
+    """'a list' or 'an object' when a variable for this annotation must hold JSON (pydantic-settings
+    decodes such values as JSON and nothing else), else None."""
+    if get_origin(annotation) in (list, tuple, set) or annotation in (list, tuple, set):
+        return "a list"
+    if get_origin(annotation) is dict or annotation is dict or (
+            isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return "an object"
+    return None
+
+
+def _json_example(kind: str, value: str) -> str:
+    if kind == "a list":
+        items = [v.strip().strip("'\"") for v in value.strip("[]").split(",") if v.strip()]
+        return json.dumps(items or ["SPY"])
+    return '{"key": value}'
+
+
+def _check_variables() -> None:
+    """Refuse a HYDRA_* variable that names no setting (nor one of :data:`PROJECT_VARIABLES`), and a list
+    or object not written as JSON: the first would be ignored without a word, the second fails inside
+    pydantic-settings with a message that names neither the variable nor its value."""
+    config = Settings.model_config
+    prefix, delimiter = config.get("env_prefix", ""), config.get("env_nested_delimiter") or "__"
+    case_sensitive = bool(config.get("case_sensitive"))
+    fold = (lambda s: s) if case_sensitive else str.lower
+    known = [prefix + name.upper() for name in Settings.model_fields]
+    known += [prefix + section.upper() + delimiter + key.upper()
+              for section, f in Settings.model_fields.items() for key in f.annotation.model_fields]
+    problems = []
+    for where, variables in _variable_sources():
+        for name, value in variables.items():
+            if not fold(name).startswith(fold(prefix)):
+                continue
+            if name in PROJECT_VARIABLES:
+                if where != "environment":   # read with os.environ only: in .env it would do nothing
+                    problems.append(f"{where} ({name}): not a setting; {name} is read from the "
+                                    "environment only, not from .env")
+                continue
+            section_known, annotation = _setting_annotation(fold(name[len(prefix):]).split(delimiter))
+            if not section_known:
+                # compared without the prefix, which every candidate shares and would make all look alike
+                candidates = {n[len(prefix):]: n for n in known + list(PROJECT_VARIABLES)}
+                nearest = difflib.get_close_matches(name[len(prefix):].upper(), candidates, n=1, cutoff=0.6)
+                hint = (f"did you mean {candidates[nearest[0]]}?" if nearest else
+                        f"settings are {prefix}<SECTION>{delimiter}<KEY> (e.g. {prefix}BROKER{delimiter}FEE_BPS)")
+                if _SECRET_NAME.search(name):
+                    hint += f"; {_KEYS_HINT}"
+                problems.append(f"{where} ({name}): not a setting; {hint}")
+                continue
+            kind = _must_be_json(annotation)
+            if kind is None or value is None:
+                continue
+            try:
+                json.loads(value)
+            except ValueError:
+                shown = "***" if _SECRET_NAME.search(name) else repr(value)
+                problems.append(f"{where} ({name}): value {shown}: {kind} must be written as JSON, "
+                                f"e.g. {name}='{_json_example(kind, value)}'")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
 def _format_errors(err: ValidationError, source: str, file_data: dict) -> str:
     lines = []
     for e in err.errors():
@@ -275,10 +381,14 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raise ConfigError(f"{cfg_path}: not a UTF-8 text file ({exc})") from None
         except OSError as exc:              # a folder, no permission, ...
             raise ConfigError(f"{cfg_path}: cannot read the config file ({exc.strerror or exc})") from None
+    _check_variables()
     try:
         settings = Settings(**file_data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, str(cfg_path), file_data)) from None
+    except SettingsError as exc:   # a value pydantic-settings could not decode that _check_variables let by
+        raise ConfigError(f"invalid configuration: {exc} (a list or object in a HYDRA_* variable or .env "
+                          "must be written as JSON)") from None
     object.__setattr__(settings, "_toml_path", cfg_path)
     return settings
 

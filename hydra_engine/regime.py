@@ -38,6 +38,12 @@ EXTENSION_FEATURES = ("btc_ret20", "btc_lvol20")
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "regime_hmm.json"
 MODEL_FORMAT = "hydra-regime-hmm/1"
 REGIMES = [r for r in Regime if r is not Regime.UNKNOWN]
+# Restart i of a fit with seed s draws from numpy seed s * SEED_STRIDE + i, and numpy seeds stop at
+# 2**32 - 1: so a seed is 0..MAX_SEED (with fewer than SEED_STRIDE restarts).
+SEED_STRIDE = 1000
+MAX_SEED = (2**32 - SEED_STRIDE) // SEED_STRIDE
+MIN_STATES = 2        # one hidden state is one regime on every day: nothing is detected
+DAYS_PER_STATE = 20   # training days a hidden state needs for its means, variances and transitions
 _log = logging.getLogger(__name__)
 
 
@@ -223,20 +229,41 @@ class HMMRegimeDetector:
     _cached: RegimeReading | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ fitting
+    @property
+    def days_needed(self) -> int:
+        """Complete training days (every core feature present) a fit needs."""
+        return max(self.min_days, DAYS_PER_STATE * self.n_states)
+
+    def _training_rows(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+        """(the model's columns of ``frame``, the core features fitted by EM, the days with all of them).
+        A core feature with fewer than ``min_days`` values is left out; SPY's never are: they name the states."""
+        wanted = list(self.core_features) + [c for c in self.extension_features if c not in self.core_features]
+        frame = frame[[c for c in wanted if c in frame.columns]].dropna(how="all")
+        core = [c for c in self.core_features if c in frame
+                and (frame[c].count() >= self.min_days or c in ("spy_ret20", "spy_lvol20"))]
+        return frame, core, frame[core].dropna()
+
+    def training_days(self, frame: pd.DataFrame) -> int:
+        """How many days of ``frame`` a fit would train on (0 without SPY's features); compare with
+        :attr:`days_needed` to refuse a short span before fitting."""
+        frame, core, rows = self._training_rows(frame)
+        return len(rows) if {"spy_ret20", "spy_lvol20"} <= set(core) else 0
+
     def fit(self, frame: pd.DataFrame, seed: int = 0, n_init: int = 8, n_iter: int = 300) -> "HMMRegimeDetector":
         from hmmlearn.hmm import GaussianHMM  # imported here: only training needs them
         from sklearn.cluster import kmeans_plusplus
 
+        if self.n_states < MIN_STATES:
+            raise ValueError(f"n_states {self.n_states}: at least {MIN_STATES} hidden states are needed")
+        if not 0 <= seed <= MAX_SEED or not 1 <= n_init <= SEED_STRIDE:
+            raise ValueError(f"seed {seed} must be 0..{MAX_SEED} and n_init {n_init} 1..{SEED_STRIDE}")
         self._cache_key = self._cached = None  # a refit invalidates the last reading
-        wanted = list(self.core_features) + [c for c in self.extension_features if c not in self.core_features]
-        frame = frame[[c for c in wanted if c in frame.columns]].dropna(how="all")
+        frame, core, rows = self._training_rows(frame)
         if frame.get("spy_ret20") is None or frame["spy_lvol20"].count() < self.min_days:
             raise ValueError("the SPY features are required: they name the states")
-        core = [c for c in self.core_features if c in frame and frame[c].count() >= self.min_days]
-        rows = frame[core].dropna()
-        if len(rows) < max(self.min_days, 20 * self.n_states):
+        if len(rows) < self.days_needed:
             raise ValueError(f"only {len(rows)} complete training days for {len(core)} core features; "
-                             f"need {max(self.min_days, 20 * self.n_states)}")
+                             f"need {self.days_needed}")
         train = frame.loc[rows.index]
         mu, sd = train.mean(), train.std().replace(0.0, 1.0)
         xc = ((rows - mu[core]) / sd[core]).to_numpy()
@@ -245,8 +272,8 @@ class HMMRegimeDetector:
             # k-means++ seeding instead of hmmlearn's full k-means: as good a start for EM, and
             # cheap enough to afford many restarts (the best of several is what makes refits agree)
             m = GaussianHMM(self.n_states, covariance_type="diag", n_iter=n_iter, tol=1e-2, min_covar=1e-3,
-                            implementation="scaling", init_params="st", random_state=seed * 1000 + i)
-            m.means_ = kmeans_plusplus(xc, self.n_states, random_state=seed * 1000 + i)[0]
+                            implementation="scaling", init_params="st", random_state=seed * SEED_STRIDE + i)
+            m.means_ = kmeans_plusplus(xc, self.n_states, random_state=seed * SEED_STRIDE + i)[0]
             m.covars_ = np.tile(xc.var(axis=0), (self.n_states, 1))
             try:
                 m.fit(xc)

@@ -38,6 +38,9 @@ HARD_LIMITS = {  # the strategy bible's table: config may lower these ceilings, 
     "max_position_pct": 3.0, "max_asset_pct": 5.0, "max_total_exposure_pct": 25.0,
     "max_trades_per_day": 30, "max_consecutive_losses": 3, "max_daily_loss_pct": 5.0,
     "max_drawdown_pct": 10.0,
+    # not in that table, but the bible's sizing is HALF-Kelly ("full Kelly ... has enormous drawdowns"):
+    # a larger fraction loosens every Kelly-bound size; the layer spec's quarter Kelly (0.25) tightens it
+    "kelly_fraction": 0.5,
 }
 HARD_FLOORS = {"cooldown_hours": 4.0}  # config may lengthen the cooldown, never shorten it
 

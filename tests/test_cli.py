@@ -209,6 +209,29 @@ def test_help_exits_zero(argv, capsys):
         assert f"hydra {argv[0]}" in out
 
 
+# every command that reads the configuration, with the arguments it requires
+CONFIG_COMMANDS = {"run": [], "status": [], "backtest": ["--start", "2024-03-04", "--end", "2024-03-06"],
+                   "kill": [], "resume": [], "train": [], "weights": []}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_COMMANDS))
+def test_config_is_accepted_before_and_after_every_command_that_reads_it(name, capsys):
+    """README: "--config FILE as everywhere"; `backtest --config hydra.toml ...` was "unrecognized arguments"."""
+    parser, extra = build_parser(), CONFIG_COMMANDS[name]
+    assert parser.parse_args(["--config", "before.toml", name, *extra]).config == "before.toml"
+    assert parser.parse_args([name, "--config", "after.toml", *extra]).config == "after.toml"
+    assert parser.parse_args([name, *extra]).config is None             # the shipped file
+    with pytest.raises(SystemExit):
+        parser.parse_args([name, "--help"])
+    assert "--config FILE" in capsys.readouterr().out
+
+
+def test_config_after_the_command_is_the_one_read(short_run, monkeypatch):
+    isolate(monkeypatch, short_run["folder"])
+    code, out, err = call(["status", "--config", str(short_run["cfg"])])
+    assert (code, out) == short_run["status"][:2], err
+
+
 def test_unknown_option_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--cycels", "3"])

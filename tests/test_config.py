@@ -205,6 +205,80 @@ def test_misspelt_env_variable_is_refused(tmp_path, monkeypatch):
     assert "HYDRA_BROKER__FEE_BPZ" in str(err.value) and "no such setting" in str(err.value)
 
 
+@pytest.mark.parametrize("name,nearest", [
+    ("HYDRA_BROKER_FEE_BPS", "HYDRA_BROKER__FEE_BPS"),                 # one underscore: no section
+    ("HYDRA_ENGNE__CYCLE_INTERVAL_S", "HYDRA_ENGINE__CYCLE_INTERVAL_S"),  # misspelt section
+    ("HYDRA_SHARED_DAT", "HYDRA_SHARED_DATA"),                          # near a project variable
+    ("HYDRA_XYZ", None)])
+def test_a_variable_naming_no_section_is_refused_with_the_nearest_name(tmp_path, monkeypatch, capsys,
+                                                                       name, nearest):
+    """pydantic-settings skips a HYDRA_* name whose section it does not know: the run went on with
+    fee_bps 10 and not a word about HYDRA_BROKER_FEE_BPS=50."""
+    monkeypatch.setenv(name, "50")
+    with pytest.raises(ConfigError) as err:
+        load_settings(write_config(tmp_path, SHIPPED))
+    msg = str(err.value)
+    assert f"environment ({name}): not a setting" in msg, msg
+    assert (f"did you mean {nearest}?" in msg) if nearest else "HYDRA_<SECTION>__<KEY>" in msg, msg
+    assert "'50'" not in msg  # an unknown variable may hold anything: its value is not shown
+    assert main(["run", "--cycles", "1", "--no-progress"]) == EXIT_USAGE
+    assert name in capsys.readouterr().err
+
+
+def test_a_misspelt_variable_in_dotenv_is_refused_like_one_in_the_environment(clean_env):
+    (clean_env / ".env").write_text("HYDRA_BROKER_FEE_BPS=50\nHYDRA_BROKER__FEE_BPS=7\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_settings(DEFAULT_CONFIG)
+    assert ".env (HYDRA_BROKER_FEE_BPS): not a setting; did you mean HYDRA_BROKER__FEE_BPS?" in str(err.value)
+
+
+def test_settings_variables_keep_the_case_and_nesting_rules_and_project_variables_pass(monkeypatch, clean_env):
+    from hydra_engine.config import PROJECT_VARIABLES
+    monkeypatch.setenv("hydra_broker__fee_bps", "7")          # the settings are case-insensitive
+    monkeypatch.setenv("HYDRA_STRATEGIES__PARAMS__LIQUIDATION_CASCADE__STOP_PCT", "3")  # a dict nests deeper
+    monkeypatch.setenv("HYDRA_DATA", '{"start": "2024-02-01", "end": "2024-03-01"}')  # a whole section
+    for name in PROJECT_VARIABLES:
+        monkeypatch.setenv(name, "x")
+    s = load_settings(DEFAULT_CONFIG)
+    assert s.broker.fee_bps == 7.0 and s.data.start == date(2024, 2, 1)
+    assert float(s.strategies.params["liquidation_cascade"]["stop_pct"]) == 3.0
+    # read with os.environ only: in .env such a variable would do nothing, so it is refused there
+    (clean_env / ".env").write_text("HYDRA_ENABLE_LIVE_TRADING=I_UNDERSTAND_REAL_MONEY\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\.env \(HYDRA_ENABLE_LIVE_TRADING\): .*environment only"):
+        load_settings(DEFAULT_CONFIG)
+
+
+def test_every_hydra_variable_the_project_reads_is_a_setting_or_listed():
+    """The check above refuses any HYDRA_* name that is not a setting: a variable the code reads itself
+    must be named in PROJECT_VARIABLES, or setting it would stop HYDRA."""
+    import re
+    from hydra_engine.config import PROJECT_VARIABLES
+    root = Path(__file__).resolve().parents[1]
+    read = re.compile(r"""(?:environ\.get|getenv|environ\[|setenv)\(?\s*["'](HYDRA_[A-Z0-9_]+)["']""")
+    found = {m.group(1) for folder in ("hydra_engine", "tests", "bench") for path in (root / folder).rglob("*.py")
+             for m in read.finditer(path.read_text(encoding="utf-8"))}
+    settings_like = {n for n in found if "__" in n or n.removeprefix("HYDRA_").lower() in Settings.model_fields}
+    assert {"HYDRA_SHARED_DATA", "HYDRA_ENABLE_LIVE_TRADING", "HYDRA_BENCH_OUT"} <= found  # the scan works
+    assert found - settings_like <= set(PROJECT_VARIABLES), found - settings_like - set(PROJECT_VARIABLES)
+
+
+@pytest.mark.parametrize("name,value,kind,example", [
+    ("HYDRA_UNIVERSE__SYMBOLS", "SPY", "a list", '["SPY"]'),
+    ("HYDRA_UNIVERSE__SYMBOLS", "SPY,TLT", "a list", '["SPY", "TLT"]'),
+    ("HYDRA_BROKER", "fee_bps=5", "an object", '{"key": value}')])
+def test_a_list_or_object_not_written_as_json_names_the_variable_and_the_value(tmp_path, monkeypatch, capsys,
+                                                                            name, value, kind, example):
+    """pydantic-settings said only 'error parsing value for field "universe" from source
+    "EnvSettingsSource"'."""
+    monkeypatch.setenv(name, value)
+    assert main(["--config", str(write_config(tmp_path, SHIPPED)), "run", "--cycles", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"environment ({name}): value {value!r}: {kind} must be written as JSON, e.g. {name}='{example}'" in err, err
+    monkeypatch.setenv("HYDRA_UNIVERSE__SYMBOLS", '["SPY"]')  # as JSON it is read
+    monkeypatch.delenv("HYDRA_BROKER", raising=False)
+    assert load_settings(write_config(tmp_path, SHIPPED)).universe.symbols == ["SPY"]
+
+
 def test_nan_in_the_file_blames_the_file_not_a_variable(tmp_path):
     # nan != nan: the file's own value must still be recognised as the file's
     path = write_config(tmp_path, "[broker]\nfee_bps = nan\n")

@@ -310,3 +310,43 @@ def test_train_command_writes_model_and_card(shared_data, tmp_path, capsys):
     assert "log-lik" in text and "saved" in text
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--states", "0"], "argument --states: 0 is fewer than 2"),     # was scikit-learn's 'n_clusters' message
+    (["--states", "1"], "argument --states: 1 is fewer than 2"),     # was a model naming one regime every day
+    (["--seed", "-1"], "argument --seed: -1 is outside 0..4294966"),  # was "... Got -1000 instead"
+    (["--seed", "4294967"], "argument --seed: 4294967 is outside 0..4294966"),
+    (["--start", "2020-13-01"], "argument --start: '2020-13-01' is not a date YYYY-MM-DD")])
+def test_train_refuses_a_bad_argument_by_name(tmp_path, capsys, argv, message):
+    from hydra_engine.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *argv, "--out", str(tmp_path / "m.json")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--start", "2020-01-01", "--end", "2019-01-01"], "argument --start: 2020-01-01 must be before --end 2019-01-01"),
+    (["--start", "2024-12-01"], "--start 2024-12-01 .. --end (last day): the span holds 21 training days"),
+    (["--start", "2020-01-01", "--end", "2020-06-01"], "the span holds 103 training days"),
+    (["--end", "1990-01-01"], "--start (first day) .. --end 1990-01-01: the span holds 0 training days"),
+    (["--start", "2024-01-01", "--states", "20"], "20 states (--states) need at least 400")])
+def test_train_refuses_a_span_too_short_naming_the_arguments_and_the_days(shared_data, tmp_path, capsys,
+                                                                          argv, message):
+    """A short or reversed span said "the SPY features are required: they name the states"."""
+    from hydra_engine.cli import main
+    assert main(["train", "--data", str(shared_data), *argv, "--out", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    if "holds" in message and "--states" not in argv:
+        assert "7 states (--states) need at least 140 (20 a state, at least 60)" in err, err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_fit_refuses_one_state_and_a_seed_numpy_cannot_take(frame):
+    with pytest.raises(ValueError, match="n_states 1: at least 2"):
+        HMMRegimeDetector(n_states=1).fit(frame)
+    with pytest.raises(ValueError, match="seed -1 must be 0..4294966"):
+        HMMRegimeDetector().fit(frame, seed=-1)

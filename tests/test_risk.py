@@ -64,6 +64,15 @@ def test_cooldown_may_not_be_shortened():
     check_hard_limits(RiskConfig(cooldown_hours=8))
 
 
+def test_more_than_half_kelly_is_a_refused_loosening():
+    """Bible, "Modified Half-Kelly": full Kelly "has enormous drawdowns". The field let 1.0 through."""
+    with pytest.raises(RiskConfigError) as err:
+        RiskManager(RiskConfig(kelly_fraction=0.75))
+    assert (err.value.key, err.value.value, err.value.limit) == ("kelly_fraction", 0.75, 0.5)
+    assert "risk.kelly_fraction = 0.75 loosens the hard limit 0.5" in str(err.value)
+    RiskManager(RiskConfig(kelly_fraction=0.25))   # the layer specification's quarter Kelly tightens it
+
+
 def test_tightening_is_allowed():
     RiskManager(RiskConfig(max_position_pct=1, max_asset_pct=2, max_total_exposure_pct=10,
                            max_trades_per_day=5, max_consecutive_losses=2, max_daily_loss_pct=2,

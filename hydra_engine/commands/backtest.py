@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import config_option
+
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
@@ -12,7 +14,8 @@ def register(subparsers) -> None:
         "backtest", help="backtest HYDRA against baselines over a span of the data (or walk-forward)",
         description="Run the same engine (simulated clock, replay data, simulated broker, configured fees and "
         "slippage) over [--start, --end), plus buy-and-hold, momentum and mean-reversion baselines on the same "
-        "data and costs. Writes the trade log, equity.csv/png, metrics.json and comparison.csv/md into --out.")
+        "data and costs. Writes the trade log, equity.csv/png, metrics.json and comparison.csv/md into --out.",
+        parents=[config_option()])
     p.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC)")
     p.add_argument("--end", required=True, help="end day, YYYY-MM-DD (UTC, exclusive)")
     p.add_argument("--data", default=None, help="data folder (default: data.replay_dir; ../shared/data for the full set)")

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from ..config import load_settings
+from . import config_option
 
 
 def register(sub) -> None:
-    k = sub.add_parser("kill", help="cancel all orders, close all positions (Alpaca) and block entries until `resume`")
+    k = sub.add_parser("kill", help="cancel all orders, close all positions (Alpaca) and block entries until `resume`",
+                       parents=[config_option()])
     k.add_argument("--reason", default="manual kill", help="recorded with the kill state")
     k.set_defaults(func=lambda args: _kill(args))
-    r = sub.add_parser("resume", help="clear the kill state so entries are allowed again")
+    r = sub.add_parser("resume", help="clear the kill state so entries are allowed again", parents=[config_option()])
     r.set_defaults(func=lambda args: _resume(args))
 
 

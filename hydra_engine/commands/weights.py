@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import config_option
+
 EXIT_OK, EXIT_USAGE = 0, 2
 SHOWN_ROWS = 20
 
@@ -21,7 +23,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("weights", help="show adaptive strategy weights replayed from a session log",
                               description="Replay the closed trades of a session log through the adaptive "
                               "strategy weights; print current weights and their history; write CSV, JSON and "
-                              "a PNG chart into --out (default: <log stem>-weights/ next to the log).")
+                              "a PNG chart into --out (default: <log stem>-weights/ next to the log).",
+                              parents=[config_option()])
     p.add_argument("--log", default=None, help="session-*.json log (default: the newest in the log folder)")
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--floor", type=float, default=0.05, help="minimum weight per strategy (default 0.05)")
