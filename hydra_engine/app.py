@@ -58,6 +58,9 @@ def build_regime_refitter(settings: Settings, *, history_dir: Path, log_dir: Pat
     return RegimeRefitter(every=timedelta(days=days), history_dir=history_dir, save_dir=Path(log_dir) / "models")
 
 
+REPLAY_MODES = ("sim", "backtest")
+
+
 def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,
                metadata: dict, store_batch: int, history_dir: Path | None = None) -> tuple[Engine, SessionLog, Store]:
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
@@ -68,7 +71,9 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
     store = Store(settings.storage.url, root=settings.resolve_path("."))
     session_log = SessionLog(log_dir, started, {
         "session_id": session_id, "hydra_version": __version__, "mode": mode,
-        "config_hash": settings.config_hash(), "broker": settings.broker.kind, "data": settings.data.kind,
+        "config_hash": settings.config_hash(),
+        # what this session used, which the mode decides (broker.kind/data.kind only name the paper setup)
+        "broker": "sim" if mode in REPLAY_MODES else "alpaca", "data": "replay" if mode in REPLAY_MODES else "alpaca",
         "symbols": settings.universe.symbols, "strategies": [s.name for s in strategies],
         "starting_equity_usd": str(starting_equity), **metadata})
     engine = Engine(settings, market=market, broker=broker, strategies=strategies,

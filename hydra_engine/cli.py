@@ -35,7 +35,7 @@ def _print_summary(summary: dict) -> None:
     if summary.get("sizing_bound_by"):
         print("sizes bound by    " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["sizing_bound_by"].items())))
     print("vetoes by rule    " + (", ".join(f"{k}: {v}" for k, v in sorted(summary["vetoes_by_rule"].items()))
-                                  or "none (every proposal was approved)"))
+                                  or ("none (every proposal was approved)" if summary["proposals"] else "none (no proposals)")))
     print(f"orders            {summary['orders']} sent, {summary['orders_refused']} refused")
     print(f"closed trades     {summary['closed_trades']}")
     for name, s in summary["per_strategy"].items():
@@ -63,6 +63,10 @@ def cmd_run(args) -> int:
         session = build_paper_session(settings, live=args.live, adopt=args.adopt)
     else:
         from .app import build_sim_session
+        alpaca = [f"{k}.kind = \"alpaca\"" for k in ("broker", "data") if getattr(settings, k).kind == "alpaca"]
+        if alpaca:   # said, not silently ignored: the mode decides what trades
+            print(f"note: {' and '.join(alpaca)} {'apply' if len(alpaca) > 1 else 'applies'} to --mode paper (and status); this --mode sim run uses the "
+                  "simulated broker on replayed data", file=sys.stderr)
         session = build_sim_session(settings, max_cycles=args.cycles)
     from .app import run_session
     summary = run_session(session, max_cycles=args.cycles, progress=not args.no_progress)

@@ -326,3 +326,18 @@ def test_a_run_whose_stdout_is_closed_still_closes_its_session(tmp_path):
     with sqlite3.connect(tmp_path / "hydra.db") as con:
         assert con.execute("select count(*) from cycles").fetchone() == (12,)
         assert con.execute("select count(*) from engine_state where key = 'engine:sim'").fetchone() == (1,)
+
+
+def test_a_sim_run_with_alpaca_kinds_says_what_it_uses_and_logs_it(tmp_path, monkeypatch):
+    """broker.kind/data.kind = "alpaca" were silently ignored by `run --mode sim`, and the session log then
+    named the Alpaca broker for a simulated run."""
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text() + '\n[broker]\nkind = "alpaca"\n')
+    isolate(monkeypatch, tmp_path)
+    code, out, err = call(["--config", str(cfg), "run", "--cycles", "1", "--no-progress"])
+    assert code == EXIT_OK, err
+    assert 'note: broker.kind = "alpaca" applies to --mode paper' in err and "simulated broker on replayed data" in err
+    log = re.search(r"trade log\s+(\S+)", out).group(1)
+    session = load_session(log)["session"]
+    assert (session["broker"], session["data"]) == ("sim", "replay")
+    assert "vetoes by rule    none (no proposals)" in out     # one observing cycle proposes nothing
