@@ -207,7 +207,8 @@ def validate_and_round(order: Order, spec: AssetSpec, *, notional_usd: Decimal |
             raise _refuse(ShortNotAllowed, order, "asset is not shortable (hard to borrow)")
         if fractional:
             raise _refuse(ShortNotAllowed, order, f"fractional short sale of {qty} is not allowed; use whole shares")
-    if qty <= 0 or qty < spec.min_order_size:
+    # a notional order's quantity is the broker's to work out from the dollars: no minimum to check here
+    if notional_usd is None and (qty <= 0 or qty < spec.min_order_size):
         raise _refuse(InvalidOrder, order, f"qty {order.qty} rounds down to {qty} (increment {spec.qty_increment}), "
                       f"below the minimum order size {spec.min_order_size or spec.qty_increment}")
     if fractional and not crypto:
