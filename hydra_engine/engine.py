@@ -44,7 +44,9 @@ class PendingPlan:
     contributors: tuple = ()      # the signals behind the entry, scored when the trade closes
     bracket: bool = False         # the broker holds the stop and target (bracket legs) at the plan's prices
     held_before: Decimal | None = None   # the broker's quantity (dust) before an entry whose fee is taken in coins
-    booked_qty: Decimal = ZERO    # filled so far (slices booked into the position)
+    booked_qty: Decimal = ZERO    # filled so far (every slice booked, so the plan can end with its order)
+    position_qty: Decimal = ZERO  # of that, the part in the current position: less once --adopt dropped a
+                                  # position the broker no longer held and a later slice opened a new one
     fee_coins: Decimal = ZERO     # of which the broker kept as its fee (Alpaca crypto)
 
 
@@ -703,20 +705,20 @@ class Engine:
             # the slices booked so far are in the broker's quantity -- unless that position is gone (closed
             # at the broker and dropped by --adopt while the rest of the entry still worked): then only dust
             pos = self.positions.get(fill.symbol)
-            booked = abs(pos.qty) if plan.booked_qty and pos is not None else ZERO
+            booked = abs(pos.qty) if plan.position_qty and pos is not None else ZERO
             received = self._received_coins(fill, plan.held_before + booked, report)
             if received is not None:
                 fee_coins = fill.qty - received
                 bought, fees = received, fees + fee_coins * fill.price
-        if plan.booked_qty and fill.symbol in self.positions:       # a further slice of the same entry
+        if plan.position_qty and fill.symbol in self.positions:     # a further slice of the same entry
             pos = self.positions[fill.symbol]
-            total = plan.booked_qty + fill.qty
-            pos.avg_entry_price = (pos.avg_entry_price * plan.booked_qty + fill.price * fill.qty) / total
+            total = plan.position_qty + fill.qty
+            pos.avg_entry_price = (pos.avg_entry_price * plan.position_qty + fill.price * fill.qty) / total
             pos.qty += bought * fill.side.sign
             pos.entry_fees_usd += fees
             plan.fee_coins += fee_coins
             pos.fee_share_of_received_asset = plan.fee_coins / total if plan.fee_coins else ZERO
-            plan.booked_qty = total
+            plan.position_qty, plan.booked_qty = total, plan.booked_qty + fill.qty
             if report is not None:
                 report["notes"].append(f"{fill.symbol}: entry {fill.client_order_id} filled a further {fill.qty} "
                                        f"at {fill.price}; position {pos.qty}")
@@ -735,7 +737,7 @@ class Engine:
             regime_confidence_at_entry=plan.regime_confidence,
             fee_share_of_received_asset=fee_coins / fill.qty if fee_coins else ZERO)
         # += : a slice booked earlier whose position is gone (see above) still counts as booked
-        plan.booked_qty, plan.fee_coins = plan.booked_qty + fill.qty, fee_coins
+        plan.booked_qty, plan.position_qty, plan.fee_coins = plan.booked_qty + fill.qty, fill.qty, fee_coins
         # only sources that pointed somewhere and counted learn from the trade (a neutral or a zero-weight
         # signal made no prediction)
         self.entry_sources[fill.symbol] = [(c["source"], c["score"]) for c in plan.contributors
@@ -993,7 +995,9 @@ def _plan_from_dict(d: dict) -> PendingPlan:
     return PendingPlan(TradeProposal(**p), d["regime"], float(d["regime_confidence"]),
                        tuple(d.get("contributors", ())), bool(d.get("bracket", False)),
                        held_before=None if held is None else Decimal(str(held)),
-                       booked_qty=Decimal(str(d.get("booked_qty", 0))), fee_coins=Decimal(str(d.get("fee_coins", 0))))
+                       booked_qty=Decimal(str(d.get("booked_qty", 0))), fee_coins=Decimal(str(d.get("fee_coins", 0))),
+                       # a plan saved before position_qty existed had its whole booked quantity in the position
+                       position_qty=Decimal(str(d.get("position_qty", d.get("booked_qty", 0)))))
 
 
 def closed_trade_from_dict(d: dict) -> ClosedTrade:

@@ -93,3 +93,27 @@ def test_a_trade_whose_fees_eat_its_gross_gain_is_scored_as_a_loss(tmp_path):
     assert D(trade["pnl_usd"]) == D("-0.2")
     assert engine.aggregator.outcomes("sig") == (0.0, 1.0)
     assert engine.risk.state.loss_streak == 1
+
+
+def test_slices_after_a_dropped_position_average_only_what_the_new_position_holds(tmp_path):
+    """4 @ 100 booked, then the position is dropped (closed at the broker, --adopt), then 3 @ 200 and
+    3 @ 100 fill: the new position is 6 at 150. Weighting by every slice booked (10) gave 170; the plan
+    still counts all 10 booked, so it ends with its order. A saved plan keeps both quantities."""
+    from hydra_engine.engine import _plan_from_dict
+    from hydra_engine.tradelog import to_jsonable
+    engine = _engine(tmp_path)
+    proposal = TradeProposal("scripted", "SPY", Side.BUY, 100.0, 95.0, 110.0, 0.6, timedelta(days=5))
+    coid = "S1-scripted-SPY-entry"
+    engine.plans[coid] = plan = PendingPlan(proposal, "TRENDING_UP", 0.8)
+    fill = lambda i, qty, price: Fill(coid, "SPY", Side.BUY, D(qty), D(price), D(0), T, f"e{i}")  # noqa: E731
+    engine._apply_fill(fill(0, "4", "100"))
+    del engine.positions["SPY"]
+    engine._apply_fill(fill(1, "3", "200"))
+    engine._apply_fill(fill(2, "3", "100"))
+    pos = engine.positions["SPY"]
+    assert (pos.qty, pos.avg_entry_price) == (D(6), D(150))
+    assert (plan.booked_qty, plan.position_qty) == (D(10), D(6))
+    again = _plan_from_dict(to_jsonable(plan))
+    assert (again.booked_qty, again.position_qty) == (D(10), D(6))
+    old = {k: v for k, v in to_jsonable(plan).items() if k != "position_qty"}   # saved before the field existed
+    assert _plan_from_dict(old).position_qty == D(10)
