@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Val
                       field_validator, model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+_log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "hydra.toml"
 
@@ -259,22 +261,24 @@ def _variable_sources() -> list[tuple[str, dict[str, str | None]]]:
     return sources
 
 
-def _setting_annotation(path: list[str]) -> tuple[bool, Any]:
-    """(section known, annotation at ``path``) for a variable's folded name split at the delimiter;
-    the annotation is None where the path leaves the settings (pydantic names a wrong key itself)."""
+def _setting_annotation(path: list[str]) -> tuple[bool, Any, bool]:
+    """(section known, annotation at ``path``, reached through a dict's values) for a variable's folded
+    name split at the delimiter; the annotation is None where the path leaves the settings (pydantic names
+    a wrong key itself)."""
     fold = (lambda s: s) if Settings.model_config.get("case_sensitive") else str.lower
     annotation: Any = Settings
+    through_dict = False
     for depth, part in enumerate(path):
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             fields = {fold(name): f.annotation for name, f in annotation.model_fields.items()}
             if part not in fields:
-                return depth > 0, None
+                return depth > 0, None, through_dict
             annotation = fields[part]
         elif get_origin(annotation) is dict:
-            annotation = get_args(annotation)[1]
+            annotation, through_dict = get_args(annotation)[1], True
         else:
-            return True, None
-    return True, annotation
+            return True, None, through_dict
+    return True, annotation, through_dict
 
 
 def _must_be_json(annotation: Any) -> str | None:
@@ -288,17 +292,18 @@ def _must_be_json(annotation: Any) -> str | None:
     return None
 
 
-def _json_example(kind: str, value: str) -> str:
-    if kind == "a list":
-        items = [v.strip().strip("'\"") for v in value.strip("[]").split(",") if v.strip()]
-        return json.dumps(items or ["SPY"])
-    return '{"key": value}'
+def _json_example(value: str) -> str:
+    """A list variable's value as the JSON it should have been (comma-separated items, quotes dropped)."""
+    items = [v.strip().strip("'\"") for v in value.strip("[]").split(",") if v.strip()]
+    return json.dumps(items or ["SPY"])
 
 
 def _check_variables() -> None:
-    """Refuse a HYDRA_* variable that names no setting (nor one of :data:`PROJECT_VARIABLES`), and a list
-    or object not written as JSON: the first would be ignored without a word, the second fails inside
-    pydantic-settings with a message that names neither the variable nor its value."""
+    """Refuse a HYDRA_* variable that is meant for HYDRA but names no setting (nor one of
+    :data:`PROJECT_VARIABLES`), and a list or object not written as JSON: the first would be ignored
+    without a word, the second fails inside pydantic-settings with a message that names neither the
+    variable nor its value. In the environment, a HYDRA_* name that resembles no section or setting is
+    another program's (Facebook's hydra reads HYDRA_FULL_ERROR): it is logged as ignored, not refused."""
     config = Settings.model_config
     prefix, delimiter = config.get("env_prefix", ""), config.get("env_nested_delimiter") or "__"
     case_sensitive = bool(config.get("case_sensitive"))
@@ -306,6 +311,8 @@ def _check_variables() -> None:
     known = [prefix + name.upper() for name in Settings.model_fields]
     known += [prefix + section.upper() + delimiter + key.upper()
               for section, f in Settings.model_fields.items() for key in f.annotation.model_fields]
+    # compared without the prefix, which every candidate shares and would make all look alike
+    candidates = {n[len(prefix):]: n for n in known + list(PROJECT_VARIABLES)}
     problems = []
     for where, variables in _variable_sources():
         for name, value in variables.items():
@@ -316,11 +323,16 @@ def _check_variables() -> None:
                     problems.append(f"{where} ({name}): not a setting; {name} is read from the "
                                     "environment only, not from .env")
                 continue
-            section_known, annotation = _setting_annotation(fold(name[len(prefix):]).split(delimiter))
+            rest = name[len(prefix):]
+            section_known, annotation, through_dict = _setting_annotation(fold(rest).split(delimiter))
             if not section_known:
-                # compared without the prefix, which every candidate shares and would make all look alike
-                candidates = {n[len(prefix):]: n for n in known + list(PROJECT_VARIABLES)}
-                nearest = difflib.get_close_matches(name[len(prefix):].upper(), candidates, n=1, cutoff=0.6)
+                nearest = difflib.get_close_matches(rest.upper(), candidates, n=1, cutoff=0.6)
+                meant_for_hydra = (where != "environment"      # .env is HYDRA's own file
+                                   or any(fold(rest).startswith(fold(section) + "_") for section in Settings.model_fields)
+                                   or difflib.get_close_matches(rest.upper(), candidates, n=1, cutoff=0.8))
+                if not meant_for_hydra:
+                    _log.warning("environment variable %s names no HYDRA setting: ignored", name)
+                    continue
                 hint = (f"did you mean {candidates[nearest[0]]}?" if nearest else
                         f"settings are {prefix}<SECTION>{delimiter}<KEY> (e.g. {prefix}BROKER{delimiter}FEE_BPS)")
                 if _SECRET_NAME.search(name):
@@ -330,12 +342,22 @@ def _check_variables() -> None:
             kind = _must_be_json(annotation)
             if kind is None or value is None:
                 continue
+            if through_dict and kind == "an object":
+                # pydantic-settings decodes JSON only down to a section's own fields: a plugin's whole params
+                # object is refused even as JSON ("Input should be a valid dictionary")
+                parent = name[:name.rindex(delimiter)]
+                problems.append(f"{where} ({name}): set its keys one by one ({name}{delimiter}<KEY>=value) or "
+                                f"all of {parent} as JSON")
+                continue
             try:
                 json.loads(value)
             except ValueError:
-                shown = "***" if _SECRET_NAME.search(name) else repr(value)
-                problems.append(f"{where} ({name}): value {shown}: {kind} must be written as JSON, "
-                                f"e.g. {name}='{_json_example(kind, value)}'")
+                if kind == "a list":   # a list of symbols or plugin names: shown, as the example repeats it
+                    problems.append(f"{where} ({name}): value {value!r}: a list must be written as JSON, "
+                                    f"e.g. {name}='{_json_example(value)}'")
+                else:                    # a whole section may hold credentials (a storage URL): never shown
+                    problems.append(f"{where} ({name}): an object must be written as JSON, e.g. "
+                                    f"{name}='{{\"key\": value}}' (the value is not shown: it may hold credentials)")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

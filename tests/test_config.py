@@ -209,7 +209,7 @@ def test_misspelt_env_variable_is_refused(tmp_path, monkeypatch):
     ("HYDRA_BROKER_FEE_BPS", "HYDRA_BROKER__FEE_BPS"),                 # one underscore: no section
     ("HYDRA_ENGNE__CYCLE_INTERVAL_S", "HYDRA_ENGINE__CYCLE_INTERVAL_S"),  # misspelt section
     ("HYDRA_SHARED_DAT", "HYDRA_SHARED_DATA"),                          # near a project variable
-    ("HYDRA_XYZ", None)])
+    ("HYDRA_BROKER_QQQ_ZZZZZZ", None)])                               # a section's name, then no setting
 def test_a_variable_naming_no_section_is_refused_with_the_nearest_name(tmp_path, monkeypatch, capsys,
                                                                        name, nearest):
     """pydantic-settings skips a HYDRA_* name whose section it does not know: the run went on with
@@ -264,8 +264,7 @@ def test_every_hydra_variable_the_project_reads_is_a_setting_or_listed():
 
 @pytest.mark.parametrize("name,value,kind,example", [
     ("HYDRA_UNIVERSE__SYMBOLS", "SPY", "a list", '["SPY"]'),
-    ("HYDRA_UNIVERSE__SYMBOLS", "SPY,TLT", "a list", '["SPY", "TLT"]'),
-    ("HYDRA_BROKER", "fee_bps=5", "an object", '{"key": value}')])
+    ("HYDRA_UNIVERSE__SYMBOLS", "SPY,TLT", "a list", '["SPY", "TLT"]')])
 def test_a_list_or_object_not_written_as_json_names_the_variable_and_the_value(tmp_path, monkeypatch, capsys,
                                                                             name, value, kind, example):
     """pydantic-settings said only 'error parsing value for field "universe" from source
@@ -376,3 +375,38 @@ def test_misspelt_hydra_variable_in_dotenv_is_still_refused(clean_env):
     msg = str(err.value)
     assert "fee_bpz" in msg.lower() and "no such setting" in msg
     assert "PKTEST123" not in msg  # the Alpaca key is neither a setting nor echoed in the error
+
+
+def test_another_programs_hydra_variable_is_ignored_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Facebook's hydra reads HYDRA_FULL_ERROR, often exported in a shell profile: refusing every unknown
+    HYDRA_* name stopped every command. A name that resembles no section or setting is logged and ignored."""
+    foreign = "HYDRA_FULL_ERROR"        # (not a literal in setenv: the scan below lists what HYDRA reads)
+    monkeypatch.setenv(foreign, "1")
+    with caplog.at_level("WARNING", logger="hydra_engine.config"):
+        settings = load_settings(write_config(tmp_path, SHIPPED))
+    assert settings.broker.fee_bps == 10.0
+    assert "environment variable HYDRA_FULL_ERROR names no HYDRA setting: ignored" in caplog.text
+
+
+def test_a_section_not_written_as_json_is_refused_without_showing_its_value(tmp_path, monkeypatch, capsys):
+    """A whole section can hold credentials (HYDRA_STORAGE set to a database URL instead of
+    HYDRA_STORAGE__URL): the message names the variable and the form, never the value."""
+    monkeypatch.setenv("HYDRA_STORAGE", "postgresql+psycopg://hydra:s3cretPW@db.internal/hydra")
+    assert main(["--config", str(write_config(tmp_path, SHIPPED)), "status"]) == 2
+    err = capsys.readouterr().err
+    assert "environment (HYDRA_STORAGE): an object must be written as JSON" in err, err
+    assert "s3cretPW" not in err and "db.internal" not in err
+
+
+@pytest.mark.parametrize("value", ["stop_pct=3", '{"stop_pct": 3}'])
+def test_a_plugins_whole_params_object_points_to_its_keys(tmp_path, monkeypatch, value):
+    """pydantic-settings decodes JSON only down to a section's fields: the advice to write a plugin's params
+    as JSON could not work (it then failed with "Input should be a valid dictionary")."""
+    monkeypatch.setenv("HYDRA_STRATEGIES__PARAMS__LIQUIDATION_CASCADE", value)
+    with pytest.raises(ConfigError) as err:
+        load_settings(write_config(tmp_path, SHIPPED))
+    assert ("set its keys one by one (HYDRA_STRATEGIES__PARAMS__LIQUIDATION_CASCADE__<KEY>=value) or all of "
+            "HYDRA_STRATEGIES__PARAMS as JSON") in str(err.value)
+    monkeypatch.delenv("HYDRA_STRATEGIES__PARAMS__LIQUIDATION_CASCADE")
+    monkeypatch.setenv("HYDRA_STRATEGIES__PARAMS__LIQUIDATION_CASCADE__STOP_PCT", "3")
+    assert float(load_settings(write_config(tmp_path, SHIPPED)).strategies.params["liquidation_cascade"]["stop_pct"]) == 3
