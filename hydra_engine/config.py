@@ -371,12 +371,15 @@ def _format_errors(err: ValidationError, source: str, file_data: dict) -> str:
         in_file, file_value = _lookup(file_data, loc)
         from_file = in_file and _same(file_value, value)  # else a HYDRA_* override holds the bad value
         variables = [] if from_file or not loc else _variables_for(loc)
+        # the environment wins over .env: a variable set in both was read from the environment
+        in_env = [v in os.environ for v in variables]
+        origin = "environment" if all(in_env) else ".env" if not any(in_env) else "environment and .env"
         if not variables:
             where = source
         elif in_file and isinstance(value, dict):  # a section check over keys from both places
-            where = f"{source} with environment ({', '.join(variables)})"
+            where = f"{source} with {origin} ({', '.join(variables)})"
         else:
-            where = f"environment ({', '.join(variables)})"
+            where = f"{origin} ({', '.join(variables)})"
         expected = e["msg"]
         if e["type"] == "extra_forbidden":
             expected = "no such setting (check the spelling against hydra.toml)"

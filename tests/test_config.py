@@ -410,3 +410,15 @@ def test_a_plugins_whole_params_object_points_to_its_keys(tmp_path, monkeypatch,
     monkeypatch.delenv("HYDRA_STRATEGIES__PARAMS__LIQUIDATION_CASCADE")
     monkeypatch.setenv("HYDRA_STRATEGIES__PARAMS__LIQUIDATION_CASCADE__STOP_PCT", "3")
     assert float(load_settings(write_config(tmp_path, SHIPPED)).strategies.params["liquidation_cascade"]["stop_pct"]) == 3
+
+
+def test_a_bad_value_from_dotenv_is_blamed_on_dotenv(clean_env, monkeypatch):
+    """A bad value read from .env was reported as coming from the environment, where the user finds nothing."""
+    (clean_env / ".env").write_text("HYDRA_BROKER__FEE_BPS=-3\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_settings(DEFAULT_CONFIG)
+    assert ".env (HYDRA_BROKER__FEE_BPS): key 'broker.fee_bps' = '-3'" in str(err.value), str(err.value)
+    monkeypatch.setenv("HYDRA_BROKER__FEE_BPS", "-4")     # the environment wins, and is named
+    with pytest.raises(ConfigError) as err:
+        load_settings(DEFAULT_CONFIG)
+    assert "environment (HYDRA_BROKER__FEE_BPS): key 'broker.fee_bps' = '-4'" in str(err.value), str(err.value)
