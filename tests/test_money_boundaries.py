@@ -278,3 +278,19 @@ def test_a_fill_whose_fee_would_overdraw_the_account_is_rejected_at_fill():
     assert b.poll_fills(SIM_T0 + 2 * HOUR) == []
     assert b.get_order(o.client_order_id).status is OrderStatus.REJECTED
     assert b.cash == D(10_000) and b.positions() == {} and b.fees_paid == 0
+
+
+def test_a_buy_that_covers_a_short_and_goes_long_is_checked_again_at_fill():
+    """Short 10 SPY @ 100 with $10,000; a buy of 60 (cover 10, long 50) fits at the $100 mark ($6,000 of
+    $9,000 buying power) but the next open gaps to $200: $12,000 would overdraw the account. A flip opens a
+    position, so the fill-time check applies to it as to any opening order."""
+    market = FakeMarket()
+    b = SimulatedBroker(market, DEFAULT_ASSET_SPECS, starting_cash_usd=D(10_000), fee_bps=0, slippage_bps=0)
+    b.update_marks({"SPY": 100.0})
+    fill_now(b, market, mk_order("SPY", Side.SELL, "10", at=SIM_T0 + HOUR / 2), 100.0)
+    assert b.positions()["SPY"].qty == -10 and b.cash == D(11_000)
+    flip = b.submit(mk_order("SPY", Side.BUY, "60", at=SIM_T0 + 2 * HOUR + HOUR / 2))
+    market.set_open("SPY", SIM_T0 + 3 * HOUR, 200.0)
+    assert b.poll_fills(SIM_T0 + 4 * HOUR) == []
+    assert b.get_order(flip.client_order_id).status is OrderStatus.REJECTED
+    assert b.cash == D(11_000) and b.positions()["SPY"].qty == -10
