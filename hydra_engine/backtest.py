@@ -392,8 +392,9 @@ def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: da
     cm = M.compute_all(combined_doc)
     label = "out of sample"
     if in_sample:
-        label = f"regimes in-sample in window(s) {', '.join(f'#{i}' for i in in_sample)}"
-        notes.append(f"the regime model of window(s) {', '.join(f'#{i}' for i in in_sample)} was fitted on data "
+        which = ", ".join(f"#{i}" for i in in_sample)
+        label = f"regimes in-sample in window(s) {which}"
+        notes.append(f"the regime model of window(s) {which} was fitted on data "
                      "overlapping their test span (its fit on the train span failed; see each window's regime "
                      "model): the combined result is not out of sample")
     rows.append(comparison_row(f"combined ({label})", combined_doc, cm))

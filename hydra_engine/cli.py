@@ -65,8 +65,8 @@ def cmd_run(args) -> int:
         from .app import build_sim_session
         alpaca = [f"{k}.kind = \"alpaca\"" for k in ("broker", "data") if getattr(settings, k).kind == "alpaca"]
         if alpaca:   # said, not silently ignored: the mode decides what trades
-            print(f"note: {' and '.join(alpaca)} {'apply' if len(alpaca) > 1 else 'applies'} to --mode paper (and status); this --mode sim run uses the "
-                  "simulated broker on replayed data", file=sys.stderr)
+            print(f"note: {' and '.join(alpaca)} {'apply' if len(alpaca) > 1 else 'applies'} to --mode paper "
+                  "(and status); this --mode sim run uses the simulated broker on replayed data", file=sys.stderr)
         session = build_sim_session(settings, max_cycles=args.cycles)
     from .app import run_session
     summary = run_session(session, max_cycles=args.cycles, progress=not args.no_progress)

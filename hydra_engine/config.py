@@ -223,10 +223,7 @@ def _same(a: Any, b: Any) -> bool:
 def _variables_for(loc: tuple) -> list[str]:
     """The HYDRA_* variables, set in the environment or .env, that supply the value at ``loc``: the
     variable of the key itself, of an enclosing section (a JSON value), or of keys inside it."""
-    names = list(os.environ)
-    env_file = Path(Settings.model_config.get("env_file") or ".env")
-    if env_file.is_file():
-        names += list(dotenv_values(env_file, encoding=Settings.model_config.get("env_file_encoding")))
+    names = [name for _, variables in _variable_sources() for name in variables]
     target = "HYDRA_" + "__".join(str(p) for p in loc).upper()
     found: list[str] = []
     for name in names:
@@ -261,16 +258,20 @@ def _variable_sources() -> list[tuple[str, dict[str, str | None]]]:
     return sources
 
 
+def _fold(name: str) -> str:
+    """A variable name as the settings match it (lower-cased unless they are case-sensitive)."""
+    return name if Settings.model_config.get("case_sensitive") else name.lower()
+
+
 def _setting_annotation(path: list[str]) -> tuple[bool, Any, bool]:
     """(section known, annotation at ``path``, reached through a dict's values) for a variable's folded
     name split at the delimiter; the annotation is None where the path leaves the settings (pydantic names
     a wrong key itself)."""
-    fold = (lambda s: s) if Settings.model_config.get("case_sensitive") else str.lower
     annotation: Any = Settings
     through_dict = False
     for depth, part in enumerate(path):
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            fields = {fold(name): f.annotation for name, f in annotation.model_fields.items()}
+            fields = {_fold(name): f.annotation for name, f in annotation.model_fields.items()}
             if part not in fields:
                 return depth > 0, None, through_dict
             annotation = fields[part]
@@ -306,8 +307,6 @@ def _check_variables() -> None:
     another program's (Facebook's hydra reads HYDRA_FULL_ERROR): it is logged as ignored, not refused."""
     config = Settings.model_config
     prefix, delimiter = config.get("env_prefix", ""), config.get("env_nested_delimiter") or "__"
-    case_sensitive = bool(config.get("case_sensitive"))
-    fold = (lambda s: s) if case_sensitive else str.lower
     known = [prefix + name.upper() for name in Settings.model_fields]
     known += [prefix + section.upper() + delimiter + key.upper()
               for section, f in Settings.model_fields.items() for key in f.annotation.model_fields]
@@ -316,7 +315,7 @@ def _check_variables() -> None:
     problems = []
     for where, variables in _variable_sources():
         for name, value in variables.items():
-            if not fold(name).startswith(fold(prefix)):
+            if not _fold(name).startswith(_fold(prefix)):
                 continue
             if name in PROJECT_VARIABLES:
                 if where != "environment":   # read with os.environ only: in .env it would do nothing
@@ -324,11 +323,11 @@ def _check_variables() -> None:
                                     "environment only, not from .env")
                 continue
             rest = name[len(prefix):]
-            section_known, annotation, through_dict = _setting_annotation(fold(rest).split(delimiter))
+            section_known, annotation, through_dict = _setting_annotation(_fold(rest).split(delimiter))
             if not section_known:
                 nearest = difflib.get_close_matches(rest.upper(), candidates, n=1, cutoff=0.6)
                 meant_for_hydra = (where != "environment"      # .env is HYDRA's own file
-                                   or any(fold(rest).startswith(fold(section) + "_") for section in Settings.model_fields)
+                                   or any(_fold(rest).startswith(_fold(section) + "_") for section in Settings.model_fields)
                                    or difflib.get_close_matches(rest.upper(), candidates, n=1, cutoff=0.8))
                 if not meant_for_hydra:
                     _log.warning("environment variable %s names no HYDRA setting: ignored", name)
