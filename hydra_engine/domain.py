@@ -46,6 +46,38 @@ class AssetClass(str, enum.Enum):
     INDEX = "index"  # data-only series such as VIX: never traded
 
 
+class InstrumentKind(str, enum.Enum):
+    """What an instrument is, for the rules that differ by kind (leverage, funding, margin)."""
+
+    SPOT = "spot"          # crypto spot (Alpaca): no leverage, no funding
+    EQUITY = "equity"
+    PERP = "perp"          # a USDT-margined perpetual future: leverage, funding, maintenance margin
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """A tradable instrument and the venue that trades it. Spot and equity instruments take the
+    defaults (1x, no margin, no funding); a perpetual names its caps, margin rates and funding interval."""
+
+    symbol: str
+    kind: InstrumentKind
+    venue: str = "alpaca"
+    max_leverage: float = 1.0
+    initial_margin_rate: float = 1.0       # fraction of notional posted to open (1 / leverage at the cap)
+    maintenance_margin_rate: float = 0.0   # fraction of notional below which the position is liquidated
+    funding_interval: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if not self.symbol:
+            raise ValueError("Instrument.symbol is empty")
+        if not (math.isfinite(self.max_leverage) and self.max_leverage >= 1.0):
+            raise ValueError(f"Instrument.max_leverage must be >= 1, got {self.max_leverage!r}")
+        if self.kind is not InstrumentKind.PERP and (self.max_leverage != 1.0 or self.funding_interval is not None):
+            raise ValueError(f"{self.symbol}: only a perp has leverage or a funding interval")
+        if not (0.0 <= self.maintenance_margin_rate < self.initial_margin_rate <= 1.0) and self.kind is InstrumentKind.PERP:
+            raise ValueError(f"{self.symbol}: need 0 <= maintenance_margin_rate < initial_margin_rate <= 1")
+
+
 class Regime(str, enum.Enum):
     """The named regimes of the strategy bible. UNKNOWN restricts entries."""
 
@@ -173,8 +205,11 @@ class TradeProposal:
     min_notional_usd: float = 0.0          # below this the trade is not worth taking
     trailing_stop_pct: float | None = None  # trail this many percent behind the high-water mark
     trailing_atr_mult: float | None = None  # trail this many ATRs behind it (both set: the tighter wins)
+    leverage: float = 1.0                   # perps only: the leverage the plugin asks for (risk may lower it)
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.leverage) and self.leverage >= 1.0):
+            raise ValueError(f"TradeProposal.leverage must be >= 1, got {self.leverage!r}")
         for name in ("entry_price", "stop_price", "target_price"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -246,6 +281,7 @@ class Order:
     filled_avg_price: Decimal | None = None
     reject_reason: str = ""
     legs: tuple["Order", ...] = ()  # a placed bracket's take-profit and stop-loss orders (as the broker named them)
+    reduce_only: bool = False       # may only reduce a position (perp exits); refused where the venue cannot honour it
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +327,23 @@ class Position:
     @property
     def side(self) -> Side:
         return Side.BUY if self.qty > 0 else Side.SELL
+
+
+@dataclass(frozen=True, slots=True)
+class FundingPayment:
+    """One perpetual-futures funding settlement on a held position. ``amount_usd`` is signed from the
+    position holder's side: negative when the position paid (a long at positive funding), positive when
+    it received. Computed on the position's notional at the mark, never multiplied by leverage."""
+
+    symbol: str
+    ts: datetime                 # the settlement time
+    rate: Decimal                # the funding rate for the interval (fraction, e.g. 0.0001 = 1 bp)
+    mark_price: Decimal
+    position_qty: Decimal        # signed quantity held at the settlement
+    amount_usd: Decimal
+
+    def __post_init__(self) -> None:
+        require_utc(self.ts, "FundingPayment.ts")
 
 
 @dataclass(frozen=True, slots=True)

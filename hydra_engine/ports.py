@@ -238,9 +238,32 @@ class OrderNotFound(BrokerError):
     user_hint = "no such order at the broker"
 
 
+@dataclass(frozen=True, slots=True)
+class VenueCapabilities:
+    """What a venue declares it can do, read by the executor and the risk layer instead of probing the
+    broker object (``getattr``). Per-asset rules (shortable, fractionable, order types, increments) stay in
+    :class:`AssetSpec`; these are the venue-wide ones."""
+
+    name: str = "venue"
+    native_trailing_stops: bool = False      # holds a percent trailing stop at the venue
+    brackets: bool = False                   # holds an entry's stop and target as legs (OTO/OCO)
+    fractional_equities: bool = False
+    short_equities: bool = False             # per-asset shortable still applies
+    short_crypto: bool = False
+    reduce_only: bool = False                # honours reduce_only on orders (perp venues)
+    max_leverage: float = 1.0
+    fee_currency: str = "USD"                # what fees are charged in (USD, USDT)
+    fees_in_received_asset: frozenset[AssetClass] = frozenset()   # Alpaca crypto: fee taken from the coins bought
+    marks_from_engine: bool = False          # a simulated venue is told each cycle's prices (update_marks)
+
+
 @runtime_checkable
 class Broker(Protocol):
-    """Execution venue. Implementations: ``SimulatedBroker`` and the Alpaca adapter."""
+    """Execution venue. Implementations: ``SimulatedBroker`` and the Alpaca adapter.
+
+    ``capabilities`` declares what the venue can do (see :class:`VenueCapabilities`)."""
+
+    capabilities: VenueCapabilities
 
     def account(self) -> Account: ...
 

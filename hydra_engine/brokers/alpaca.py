@@ -40,7 +40,7 @@ from ..config import UNIVERSE, AlpacaKeys, ConfigError, live_trading_opt_in
 from ..domain import UTC, AssetClass, Fill, Order, OrderStatus, OrderType, Side, TimeInForce, require_utc
 from ..ports import (Account, AssetSpec, AuthError, BrokerError, BrokerPosition, HeldQuantity, InsufficientBuyingPower,
                      InvalidOrder, InvalidTimeInForce, MarketClosed, OrderNotFound, RateLimited, ShortNotAllowed,
-                     UnknownOrderOutcome, WashTradeRejected)
+                     UnknownOrderOutcome, VenueCapabilities, WashTradeRejected)
 from .capabilities import load_capabilities, normalise_symbol, validate_and_round
 from .ratelimit import RateLimiter, install
 
@@ -159,11 +159,14 @@ class FlattenReport:
 class AlpacaBroker:
     """HYDRA ``Broker`` on Alpaca. ``clock`` is a callable returning UTC now, or an object with ``now()``."""
 
-    supports_native_trailing = True   # equities: Alpaca holds a percent trail between HYDRA's cycles
-    supports_brackets = True          # equities: market entry with take-profit and stop-loss legs
-    # crypto: the fee is taken from the asset received (coins on a buy, dollars on a sell; NOTES §1.6) and
-    # is on no order -- the engine measures a buy's fee from the position and keeps sub-minimum dust apart
-    fees_in_received_asset = frozenset({AssetClass.CRYPTO})
+    capabilities = VenueCapabilities(
+        name="alpaca",
+        native_trailing_stops=True,   # equities: Alpaca holds a percent trail between HYDRA's cycles
+        brackets=True,                # equities: market entry with take-profit and stop-loss legs
+        fractional_equities=True, short_equities=True, short_crypto=False,
+        # crypto: the fee is taken from the asset received (coins on a buy, dollars on a sell; NOTES §1.6) and
+        # is on no order -- the engine measures a buy's fee from the position and keeps sub-minimum dust apart
+        fees_in_received_asset=frozenset({AssetClass.CRYPTO}))
 
     def __init__(self, keys: AlpacaKeys, *, paper: bool = True, live: bool = False, url_override: str | None = None,
                  session_id: str, clock: Any, symbols: Iterable[str] = UNIVERSE,

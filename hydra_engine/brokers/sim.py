@@ -30,8 +30,8 @@ from operator import attrgetter
 
 from ..domain import AssetClass, Fill, Order, OrderStatus, OrderType, Side, TimeInForce
 from ..ports import (ZERO, Account, AssetSpec, BrokerPosition, HeldQuantity, InsufficientBuyingPower,
-                     InvalidOrder, InvalidTimeInForce, MarketData, ShortNotAllowed, WashTradeRejected,
-                     to_decimal)
+                     InvalidOrder, InvalidTimeInForce, MarketData, ShortNotAllowed, VenueCapabilities,
+                     WashTradeRejected, to_decimal)
 
 BPS = Decimal("0.0001")
 FEE_QUANTUM = Decimal("0.000001")
@@ -47,6 +47,9 @@ _order_values = attrgetter(*(f.name for f in fields(Order)))   # every field of 
 
 class SimulatedBroker:
     name = "sim"
+    # Alpaca's rules without the venue-held orders: stops, targets and trails are watched by the engine
+    capabilities = VenueCapabilities(name="sim", fractional_equities=True, short_equities=True,
+                                     marks_from_engine=True)
 
     def __init__(self, market: MarketData, assets: dict[str, AssetSpec], *, starting_cash_usd: Decimal | float,
                  fee_bps: float = 10.0, slippage_bps: float = 5.0, fill_model: str = "next_open",
