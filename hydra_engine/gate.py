@@ -7,8 +7,9 @@ with its state and reason, or None when it has nothing to say.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Mapping, Protocol, runtime_checkable
 
 
 class GateState(enum.IntEnum):
@@ -29,6 +30,20 @@ class GateVerdict:
 
 
 ALLOWED = GateVerdict(GateState.ALLOW, "", "")
+
+
+@dataclass(frozen=True, slots=True)
+class GateContext:
+    """What a gate rule may read, once per cycle: the time, the market snapshot (bars, point series,
+    events, staleness), the regime reading, the cycle number, whether the symbol's venue is open
+    (``market_open(symbol)``) and the book's positions (symbol -> signed quantity)."""
+
+    now: datetime
+    market: object                 # hydra_engine.ports.MarketSnapshot
+    regime: object                 # hydra_engine.domain.RegimeReading
+    cycle: int = 0
+    positions: Mapping[str, float] = field(default_factory=dict)
+    market_open: object = None     # callable(symbol) -> bool, or None when unknown
 
 
 @runtime_checkable
