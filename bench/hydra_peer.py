@@ -75,6 +75,9 @@ class AllInSleeveRisk:
     def on_market(self, regime, vol_pct, now, regime_break=None):
         return None
 
+    def blocked(self, now):
+        return None
+
     def entries_blocked(self, now):
         return None
 

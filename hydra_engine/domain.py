@@ -323,6 +323,7 @@ class Position:
     exit_qty: Decimal = Decimal(0)
     exit_notional_usd: Decimal = Decimal(0)
     exit_fees_usd: Decimal = Decimal(0)
+    funding_usd: Decimal = Decimal(0)     # perps: funding received (+) or paid (-) while held
 
     @property
     def side(self) -> Side:

@@ -56,3 +56,66 @@ class GateRule(Protocol):
     scope: str
 
     def check(self, ctx, symbol: str | None = None, side=None) -> GateVerdict | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision:
+    """A verdict and the layer of the rule that gave it (for the decision record's ``layer``)."""
+
+    verdict: GateVerdict
+    layer: str = "engine"
+
+
+class EntryGate:
+    """The one answer to "may we open a position?": an ordered list of rules, asked in order; the first
+    that refuses gives the verdict (so the list's order is the priority of the reasons a person reads).
+
+    Book rules are asked once per cycle for the whole book; symbol rules once per symbol that has a
+    proposal. A rule that raises refuses (RESTRICT) with the error as its reason: a broken rule must
+    never let an entry through. ``flatten`` asks the symbol rules marked ``can_block`` about every held
+    symbol, so a rule that BLOCKs a symbol (perp cascade risk, an LLM "exit") also closes what is held."""
+
+    def __init__(self, book_rules: list, symbol_rules: list):
+        self.book_rules = list(book_rules)
+        self.symbol_rules = list(symbol_rules)
+        self._blockers = [r for r in self.symbol_rules if getattr(r, "can_block", False)]
+
+    def add(self, rule) -> None:
+        (self.book_rules if rule.scope == "book" else self.symbol_rules).append(rule)
+        if rule.scope != "book" and getattr(rule, "can_block", False):
+            self._blockers.append(rule)
+
+    @staticmethod
+    def _ask(rule, ctx: GateContext, symbol: str | None, side) -> GateVerdict | None:
+        try:
+            return rule.check(ctx, symbol, side)
+        except Exception as exc:   # a rule that cannot answer refuses: never trade on a broken check
+            return GateVerdict(GateState.RESTRICT, rule.name, f"gate rule {rule.name} failed: "
+                                                              f"{type(exc).__name__}: {exc}")
+
+    def for_book(self, ctx: GateContext) -> GateDecision:
+        for rule in self.book_rules:
+            verdict = self._ask(rule, ctx, None, None)
+            if verdict is not None and verdict.state is not GateState.ALLOW:
+                return GateDecision(verdict, getattr(rule, "layer", "engine"))
+        return GateDecision(ALLOWED)
+
+    def for_symbol(self, ctx: GateContext, symbol: str, side) -> GateDecision:
+        for rule in self.symbol_rules:
+            verdict = self._ask(rule, ctx, symbol, side)
+            if verdict is not None and verdict.state is not GateState.ALLOW:
+                return GateDecision(verdict, getattr(rule, "layer", "engine"))
+        return GateDecision(ALLOWED)
+
+    def flatten(self, ctx: GateContext, held: list[str]) -> dict[str, GateVerdict]:
+        """Held symbols a blocking rule says to close now, with the verdict that says so."""
+        out: dict[str, GateVerdict] = {}
+        if not self._blockers:
+            return out
+        for symbol in held:
+            for rule in self._blockers:
+                verdict = self._ask(rule, ctx, symbol, None)
+                if verdict is not None and verdict.state is GateState.BLOCK:
+                    out[symbol] = verdict
+                    break
+        return out

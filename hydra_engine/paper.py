@@ -20,7 +20,7 @@ from .clock import LiveClock
 from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
 from .data.feeds import MarketDataWithFeeds
 from .domain import UTC
-from .engine import closed_trade_from_dict
+from .book import closed_trade_from_dict
 from .ports import BrokerError
 from .reconcile import adopt_broker_state, reconcile
 from .store import Store, StoreError
@@ -101,7 +101,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # state) under the session that logged them, without logging them a second time
     logged_by, logged = last_logged_fills(log_dir, session_log.path, engine.mode)
     engine.fills_known_at = started
-    recovered = [(f, engine._apply_fill(f)) for f in caught if f.fill_id in logged]
+    recovered = [(f, engine.apply_fill(f)) for f in caught if f.fill_id in logged]
     if recovered:
         trades = [t for _, t in recovered if t]
         for t in trades:           # what the lost cycle's step 9 would have learnt
@@ -113,7 +113,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
                              {engine.state_key: engine.state()}, started)
         engine.startup_notes.append(f"{len(recovered)} fill(s) logged by {logged_by} but not stored before it "
                                     f"stopped were booked in the store: {', '.join(f.fill_id for f, _ in recovered)}")
-    engine.caught_up_fills = [(f, engine._apply_fill(f)) for f in caught if f.fill_id not in logged]
+    engine.caught_up_fills = [(f, engine.apply_fill(f)) for f in caught if f.fill_id not in logged]
     # the working orders HYDRA recorded (bracket legs, native trailing stops and exits, by client_order_id
     # in its saved state) are its own; any other working order is a mismatch
     working = broker.open_orders()

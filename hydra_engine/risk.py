@@ -21,18 +21,18 @@ Engine contract, each cycle (see README "Risk brain"):
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 
-import numpy as np
 
 from .config import RiskConfig
 from .domain import ClosedTrade, Position, Regime, RegimeReading, RiskDecision, Side, TradeProposal, require_utc
 from .ports import AssetClass, AssetSpec, MarketSnapshot, to_decimal
-from .sizing import (CENT, ZERO, SizingInputs, aligned_returns, correlation, correlation_penalty,
-                     kelly_f, size_notional, vol_multiplier)
+from .risk_rules import ENTRY_RULES, KILL_SWITCHES, SIZE_MODIFIERS
+from .sizing import CENT, ZERO, SizingInputs, kelly_f, size_notional
 
 HARD_LIMITS = {  # the strategy bible's table: config may lower these ceilings, never raise them
     "max_position_pct": 3.0, "max_asset_pct": 5.0, "max_total_exposure_pct": 25.0,
@@ -78,6 +78,33 @@ class PortfolioView:
     pending_entry_count: int = 0                                           # unfilled entry orders
     unpriced: list[str] = field(default_factory=list)   # held or pending symbols without a price this cycle
 
+    @classmethod
+    def of(cls, now: datetime, account, open_orders, book, market: MarketSnapshot) -> "PortfolioView":
+        """The view at the start of a cycle's filter step: the account, the book's positions at their
+        marks, and working entry orders as pending exposure. A price that is missing is never counted as
+        $0: the symbol is listed as unpriced and entries are refused (``exposure_unknown``)."""
+        pending: dict[str, Decimal] = {}
+        count, unpriced = 0, []
+        for o in open_orders:
+            # after a restart the adapter labels every working order it did not send "entry"; the saved
+            # exit reasons know the stops and exits among them (they reduce exposure, never add to it)
+            if o.purpose == "entry" and o.client_order_id not in book.exit_reasons:
+                price = market.price(o.symbol)
+                if not math.isfinite(price):
+                    unpriced.append(o.symbol)
+                    price = 0.0
+                pending[o.symbol] = pending.get(o.symbol, ZERO) + o.qty * to_decimal(price)
+                count += 1
+        marks = {}
+        for s in book.positions:
+            price = market.price(s)
+            if math.isfinite(price):
+                marks[s] = price
+            else:
+                unpriced.append(s)
+        return cls(now, account.equity_usd, account.buying_power_usd, book.positions, marks,
+                   pending_entries_usd=pending, pending_entry_count=count, unpriced=unpriced)
+
     def exposure_usd(self, symbol: str | None = None) -> Decimal:
         total = ZERO
         for sym, pos in self.positions.items():
@@ -116,9 +143,13 @@ class RiskState:
 class RiskManager:
     name = "half_kelly_vol_corr"
 
-    def __init__(self, cfg: RiskConfig):
+    def __init__(self, cfg: RiskConfig, *, entry_rules=ENTRY_RULES, size_modifiers=SIZE_MODIFIERS,
+                 kill_switches=KILL_SWITCHES):
         check_hard_limits(cfg)
         self.cfg = cfg
+        self.entry_rules = list(entry_rules)          # vetoes, asked in order
+        self.size_modifiers = list(size_modifiers)    # multipliers on the Kelly/risk size
+        self.kill_switches = list(kill_switches)
         self.state = RiskState()
         self._vetoes: Counter[str] = Counter()
         self._bindings: Counter[str] = Counter()
@@ -141,16 +172,9 @@ class RiskManager:
         s.last_equity, s.peak_equity = eq, max(s.peak_equity, eq)
         if s.killed:
             return None
-        if s.day_start_equity > 0:
-            loss_pct = (s.day_start_equity - eq) / s.day_start_equity * 100
-            if loss_pct >= to_decimal(self.cfg.max_daily_loss_pct):
-                return self.kill(f"daily loss {loss_pct:.2f}% >= {self.cfg.max_daily_loss_pct}% "
-                                 f"(${s.day_start_equity:.2f} -> ${eq:.2f})", now, rule="daily_loss")
-        if s.peak_equity > 0:
-            dd_pct = (s.peak_equity - eq) / s.peak_equity * 100
-            if dd_pct >= to_decimal(self.cfg.max_drawdown_pct):
-                return self.kill(f"drawdown {dd_pct:.2f}% >= {self.cfg.max_drawdown_pct}% from peak "
-                                 f"${s.peak_equity:.2f} (now ${eq:.2f})", now, rule="drawdown")
+        for switch in self.kill_switches:
+            if switch.on == "equity" and (why := switch.fire(self, eq)):
+                return self.kill(why, now, rule=switch.name)
         return None
 
     def on_market(self, regime: RegimeReading | None, realised_vol_percentile: float | None,
@@ -173,12 +197,12 @@ class RiskManager:
         previous = s.last_regime
         if known:
             s.last_regime = regime.regime.value
-        if s.killed or not regime_break or pct is None or float(pct) < self.cfg.extreme_vol_percentile:
+        if s.killed:
             return None
-        now_name = regime.regime.value if regime is not None else "?"
-        return self.kill(f"regime break {previous or '?'} -> {now_name} with realised vol at the "
-                         f"{float(pct):.0%} percentile >= {self.cfg.extreme_vol_percentile:.0%}", now,
-                         rule="extreme_vol_regime_break")
+        for switch in self.kill_switches:
+            if switch.on == "market" and (why := switch.fire(self, regime, pct, regime_break, previous)):
+                return self.kill(why, now, rule=switch.name)
+        return None
 
     def kill(self, reason: str, now: datetime | None = None, rule: str = "manual") -> str:
         """Trip the kill switch (the first cause is kept). Entries stay blocked and the engine keeps
@@ -216,6 +240,10 @@ class RiskManager:
         if s.trades_today >= self.cfg.max_trades_per_day:
             return "max_trades_per_day", f"{s.trades_today} trades today >= {self.cfg.max_trades_per_day}"
         return None
+
+    def blocked(self, now: datetime) -> tuple[str, str] | None:
+        """(rule, reason) when no entry may be taken now -- kill switch, cooldown, the day's trade count."""
+        return self._blocked(now)
 
     def entries_blocked(self, now: datetime) -> str | None:
         """Why no entry may be taken now (kill, cooldown, day's trade count), or None."""
@@ -277,62 +305,24 @@ class RiskManager:
         self._vetoes[rule] += 1
         return RiskDecision(proposal, False, rule=rule, reason=f"veto {rule}: {reason}", details=details or {})
 
-    def _vol(self, symbol: str, market: MarketSnapshot | None) -> tuple[float, dict]:
-        bars = market.bars.get(symbol) if market is not None else None
-        if bars is None:
-            return 1.0, {"vol_note": "no bars: no vol scaling"}
-        c = self.cfg
-        return vol_multiplier(bars.close, c.vol_lookback_bars, c.vol_mult_min, c.vol_mult_max)
-
-    def _corr(self, symbol: str, portfolio: PortfolioView, market: MarketSnapshot | None) -> tuple[float, dict]:
-        mine = market.bars.get(symbol) if market is not None else None
-        if mine is None:
-            return 1.0, {}
-        corrs: dict[str, float] = {}
-        # held positions and entries approved or working but not yet filled: both will be held together
-        for other in {**portfolio.positions, **portfolio.pending_entries_usd}:
-            theirs = market.bars.get(other)
-            if other == symbol or theirs is None:
-                continue
-            ra, rb = aligned_returns(mine.ts + mine.interval_s, mine.close, theirs.ts + theirs.interval_s,
-                                     theirs.close, self.cfg.corr_lookback_bars)
-            rho = correlation(ra, rb, self.cfg.corr_min_overlap)
-            if rho is not None:
-                corrs[other] = round(rho, 4)
-        if not corrs:
-            return 1.0, {}
-        avg = float(np.mean([abs(v) for v in corrs.values()]))
-        mult = correlation_penalty(avg)
-        return mult, {"corr": corrs, "corr_avg_abs": round(avg, 4), "corr_mult": mult}
-
     def evaluate(self, proposal: TradeProposal, asset: AssetSpec, portfolio: PortfolioView,
                  market: MarketSnapshot | None = None) -> RiskDecision:
         """Approve a rounded quantity or veto, naming the rule and the numbers. With ``market`` the
         size is scaled by the symbol's realised volatility (``market.bars[symbol].close``) and by its
         return correlation with the open positions; without it both multipliers are 1."""
-        cfg, now = self.cfg, portfolio.now
-        blocked = self._blocked(now)
-        if blocked:
-            return self._veto(proposal, *blocked)
-        if portfolio.unpriced:
-            return self._veto(proposal, "exposure_unknown", f"no price for {', '.join(portfolio.unpriced)} "
-                              "(held or pending): the book's exposure cannot be measured")
-        pending = portfolio.pending_entry_count
-        if self.state.trades_today + pending >= cfg.max_trades_per_day:
-            return self._veto(proposal, "max_trades_per_day", f"{self.state.trades_today} filled + {pending} "
-                              f"pending entries today >= {cfg.max_trades_per_day}")
-        if not asset.tradable:
-            return self._veto(proposal, "not_tradable", f"{asset.symbol} is not tradable at the venue")
-        if proposal.side is Side.SELL and not asset.shortable:
-            return self._veto(proposal, "not_shortable", f"{asset.symbol} cannot be sold short")
-        if market is not None and proposal.symbol in market.stale:
-            return self._veto(proposal, "stale_data", market.stale[proposal.symbol])
+        cfg = self.cfg
+        for rule in self.entry_rules:
+            veto = rule.check(self, proposal, asset, portfolio, market)
+            if veto:
+                return self._veto(proposal, *veto)
         equity = portfolio.equity_usd
-        if equity <= 0:
-            return self._veto(proposal, "no_equity", f"equity ${equity} <= 0")
-
-        vol_mult, vol_info = self._vol(proposal.symbol, market)
-        corr_mult, corr_info = self._corr(proposal.symbol, portfolio, market)
+        mults = {"vol_mult": 1.0, "corr_mult": 1.0}
+        info: dict = {}
+        for modifier in self.size_modifiers:
+            mult, details = modifier.multiplier(self, proposal, portfolio, market)
+            mults[modifier.field] = mults.get(modifier.field, 1.0) * mult
+            info.update(details)
+        vol_mult, corr_mult = mults["vol_mult"], mults["corr_mult"]
         inputs = SizingInputs(
             equity_usd=equity, buying_power_usd=portfolio.buying_power_usd, win_prob=proposal.confidence,
             reward_risk=proposal.reward_risk, stop_distance=proposal.stop_distance_pct,
@@ -348,7 +338,7 @@ class RiskManager:
                    "stop_distance_pct": round(proposal.stop_distance_pct * 100, 4),
                    "kelly_f_star": round(kelly_f(proposal.confidence, proposal.reward_risk), 6),
                    "kelly_fraction": cfg.kelly_fraction, "vol_mult": round(vol_mult, 4), "corr_mult": corr_mult,
-                   **vol_info, **corr_info, "binding": result.rule}
+                   **info, "binding": result.rule}
         rule, notional = result.rule, result.notional_usd
         if notional <= 0:
             why = ("no edge: Kelly f* = 0" if rule == "kelly"

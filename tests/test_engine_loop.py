@@ -185,7 +185,7 @@ def test_a_restart_continues_the_order_sequence(tmp_path):
     again = build_sim_session(make_settings(tmp_path))
     again.engine.restore(state)
     assert again.engine.session_id == first.engine.session_id
-    assert again.engine._next_coid("liquidation_cascade", "BTC/USD").endswith("-000008")
+    assert again.engine.executor.next_coid("liquidation_cascade", "BTC/USD").endswith("-000008")
 
 
 def test_the_vix_close_is_read_after_1615_new_york_and_gives_no_tick_of_its_own():

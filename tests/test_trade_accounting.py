@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from hydra_engine.domain import Fill, Side, TradeProposal
-from hydra_engine.engine import PendingPlan
+from hydra_engine.book import PendingPlan
 
 from .test_engine_risk_paths import HandMadeBars, build
 
@@ -25,7 +25,7 @@ def _enter(engine, proposal: TradeProposal, fills, contributors=()):
     coid = "S1-scripted-SPY-entry"
     engine.plans[coid] = PendingPlan(proposal, "TRENDING_UP", 0.8, contributors=contributors)
     for i, (qty, price, fee) in enumerate(fills):
-        assert engine._apply_fill(Fill(coid, "SPY", proposal.side, D(qty), D(price), D(fee), T, f"e{i}")) is None
+        assert engine.apply_fill(Fill(coid, "SPY", proposal.side, D(qty), D(price), D(fee), T, f"e{i}")) is None
 
 
 def _exit(engine, side: Side, fills, reason="target"):
@@ -33,7 +33,7 @@ def _exit(engine, side: Side, fills, reason="target"):
     engine.exit_reasons[coid] = reason
     out = None
     for i, (qty, price, fee) in enumerate(fills):
-        out = engine._apply_fill(Fill(coid, "SPY", side, D(qty), D(price), D(fee), T + timedelta(days=1), f"x{i}"))
+        out = engine.apply_fill(Fill(coid, "SPY", side, D(qty), D(price), D(fee), T + timedelta(days=1), f"x{i}"))
     return out
 
 
@@ -99,17 +99,17 @@ def test_slices_after_a_dropped_position_average_only_what_the_new_position_hold
     """4 @ 100 booked, then the position is dropped (closed at the broker, --adopt), then 3 @ 200 and
     3 @ 100 fill: the new position is 6 at 150. Weighting by every slice booked (10) gave 170; the plan
     still counts all 10 booked, so it ends with its order. A saved plan keeps both quantities."""
-    from hydra_engine.engine import _plan_from_dict
+    from hydra_engine.book import plan_from_dict as _plan_from_dict
     from hydra_engine.tradelog import to_jsonable
     engine = _engine(tmp_path)
     proposal = TradeProposal("scripted", "SPY", Side.BUY, 100.0, 95.0, 110.0, 0.6, timedelta(days=5))
     coid = "S1-scripted-SPY-entry"
     engine.plans[coid] = plan = PendingPlan(proposal, "TRENDING_UP", 0.8)
     fill = lambda i, qty, price: Fill(coid, "SPY", Side.BUY, D(qty), D(price), D(0), T, f"e{i}")  # noqa: E731
-    engine._apply_fill(fill(0, "4", "100"))
+    engine.apply_fill(fill(0, "4", "100"))
     del engine.positions["SPY"]
-    engine._apply_fill(fill(1, "3", "200"))
-    engine._apply_fill(fill(2, "3", "100"))
+    engine.apply_fill(fill(1, "3", "200"))
+    engine.apply_fill(fill(2, "3", "100"))
     pos = engine.positions["SPY"]
     assert (pos.qty, pos.avg_entry_price) == (D(6), D(150))
     assert (plan.booked_qty, plan.position_qty) == (D(10), D(6))

@@ -1,0 +1,96 @@
+"""What a cycle records and what a session sums up: the cycle report (the decision trace ``explain``
+reads back), its JSON formatting, the run's counters and the end-of-session summary."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from .domain import Order
+from .ports import ZERO, Account, BrokerError
+from .tradelog import to_jsonable
+
+CENT = Decimal("0.01")
+
+
+@dataclass(slots=True)
+class RunStats:
+    cycles: int = 0
+    proposals: int = 0
+    approved: int = 0
+    vetoes: dict[str, int] = field(default_factory=dict)
+    orders: int = 0
+    rejected: int = 0
+    errors: int = 0
+    quiet_cycles: int = 0      # cycles in which no plugin woke: steps 3-7 skipped (the quiet-bar fast path)
+
+    def veto(self, rule: str, n: int = 1) -> None:
+        self.vetoes[rule] = self.vetoes.get(rule, 0) + n
+
+
+def new_report(cycle: int, now: datetime) -> dict:
+    """An empty cycle report. "ts", "prices", "regime", "weights", "equity_usd" and "cash_usd" hold raw
+    values (the datetime, float prices, the shared regime dict, the Account) until :func:`format_report`
+    makes them JSON-ready -- only when something reads the report."""
+    return {"cycle": cycle, "ts": now, "mode": "trade", "signals": [], "aggregated": {}, "strategies_run": [],
+            "strategies_gated": [], "proposals": [], "decisions": [], "orders": [], "fills": [], "exits": [],
+            "errors": [], "notes": []}
+
+
+def format_report(report: dict) -> None:
+    """Turn a cycle report's raw values into their JSON-ready form, in place and keeping the key order:
+    ISO time, prices rounded to 8 places (non-finite ones dropped), a copy of the regime reading, weights
+    rounded to 6 places, equity and cash to the cent."""
+    report["ts"] = to_jsonable(report["ts"])
+    if "prices" in report:
+        report["prices"] = {s: round(p, 8) for s, p in report["prices"].items() if math.isfinite(p)}
+    if "regime" in report:
+        report["regime"] = dict(report["regime"])
+    if "weights" in report:
+        report["weights"] = {k: round(v, 6) for k, v in report["weights"].items()}
+    account = report.get("equity_usd")
+    if isinstance(account, Account):
+        report["equity_usd"] = str(account.equity_usd.quantize(CENT))
+        report["cash_usd"] = str(account.cash_usd.quantize(CENT))
+
+
+def refused(strategy: str, symbol: str, layer: str, rule: str, reason: str, gate: dict) -> dict:
+    """The decision record of a proposal refused before sizing."""
+    return {"strategy": strategy, "symbol": symbol, "approved": False, "layer": layer, "rule": rule,
+            "reason": reason, "qty": "0", "notional_usd": "0", "details": {}, "gate": gate}
+
+
+def session_summary(engine) -> dict:
+    """The end-of-session summary: equity and return, per-strategy results, vetoes, faults."""
+    try:
+        account = engine.broker.account()
+    except BrokerError:  # the broker is down at the end of a session: use the last cycle's numbers
+        last = engine.last_report or {}
+        equity = Decimal(str(last.get("equity_usd") or engine.settings.broker.starting_cash_usd))
+        account = Account(cash_usd=Decimal(str(last.get("cash_usd") or equity)), equity_usd=equity,
+                          buying_power_usd=ZERO)
+    start = engine.starting_equity_usd
+    per_strategy: dict[str, dict] = {}
+    exit_reasons: dict[str, int] = {}
+    for t in engine.closed_trades:
+        s = per_strategy.setdefault(t["strategy"], {"trades": 0, "wins": 0, "pnl_usd": Decimal(0)})
+        s["trades"] += 1
+        s["wins"] += Decimal(t["pnl_usd"]) > 0
+        s["pnl_usd"] += Decimal(t["pnl_usd"])
+        exit_reasons[t["exit_reason"]] = exit_reasons.get(t["exit_reason"], 0) + 1
+    stats = engine.stats
+    return to_jsonable({
+        "cycles": stats.cycles, "starting_equity_usd": start,
+        "final_equity_usd": account.equity_usd.quantize(CENT),
+        "return_pct": round(float((account.equity_usd / start - 1) * 100), 4),
+        "cash_usd": account.cash_usd.quantize(CENT),
+        "open_positions": {s: str(p.qty) for s, p in engine.positions.items()},
+        "proposals": stats.proposals, "approved": stats.approved, "vetoes_by_rule": stats.vetoes,
+        "orders": stats.orders, "orders_refused": stats.rejected, "errors": stats.errors,
+        "closed_trades": len(engine.closed_trades), "per_strategy": per_strategy, "exit_reasons": exit_reasons,
+        "fees_usd": getattr(engine.broker, "fees_paid", None),
+        "sizing_bound_by": engine.risk.binding_counts(),
+    })
+
+

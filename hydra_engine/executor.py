@@ -1,0 +1,177 @@
+"""The executor: turns approved entries and exit instructions into orders at a venue.
+
+It chooses the order shape from what the venue declares it can do (``VenueCapabilities``: brackets,
+broker-held trailing stops, fees taken in the received asset) and the asset's rules (``AssetSpec``),
+never by probing the broker object; it numbers orders with deterministic client order ids; it records
+what it sent in the cycle report and registers every order with the :class:`~hydra_engine.book.Book`,
+which books the fills. Nothing here decides *whether* to trade: the entry gate and the risk layer did.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+
+from .book import Book, PendingPlan
+from .domain import (AssetClass, Order, OrderStatus, OrderType, Position, RegimeReading, TimeInForce, TradeProposal,
+                     make_client_order_id)
+from .ports import Broker, BrokerError, UnknownOrderOutcome, to_decimal
+from .positions import ExitInstruction, uses_native_trailing
+from .tradelog import to_jsonable
+
+log = logging.getLogger(__name__)
+
+
+def order_dict(o: Order) -> dict:
+    """An order as the cycle report records it: ``to_jsonable`` of these fields, with the enums and
+    strings written out (it runs for every order sent or refused)."""
+    j = to_jsonable
+    return {"client_order_id": o.client_order_id, "symbol": o.symbol, "side": o.side.value, "qty": j(o.qty),
+            "order_type": o.order_type.value, "time_in_force": o.time_in_force.value, "created_at": j(o.created_at),
+            "strategy": o.strategy, "purpose": o.purpose, "status": o.status.value, "broker_order_id": o.broker_order_id,
+            "filled_qty": j(o.filled_qty), "filled_avg_price": j(o.filled_avg_price), "reject_reason": o.reject_reason,
+            "limit_price": j(o.limit_price), "stop_price": j(o.stop_price), "trail_percent": j(o.trail_percent),
+            "take_profit_price": j(o.take_profit_price), "stop_loss_price": j(o.stop_loss_price)}
+
+class Executor:
+    def __init__(self, broker: Broker, book: Book, *, session_id: str, stats):
+        self.broker = broker
+        self.book = book
+        self.session_id = session_id
+        self.stats = stats                     # RunStats: orders sent and refused
+        self.order_seq = 0
+        self._kill_canceled: set[str] = set()  # entries a kill switch has asked the broker to cancel
+
+    def cancel_working_entries(self, report: dict) -> None:
+        """A kill switch stops new exposure: a working entry (queued for the next open, or the rest of a
+        partly filled one) is canceled once; whatever of it filled is a position and is flattened."""
+        try:
+            working = [o for o in self.broker.open_orders() if o.client_order_id in self.book.plans
+                       and o.client_order_id not in self._kill_canceled]
+        except BrokerError as exc:
+            report["errors"].append(f"kill switch: working entries not listed ({exc}); retried next cycle")
+            return
+        for o in working:
+            try:
+                self.broker.cancel(o.client_order_id)
+            except BrokerError as exc:
+                report["errors"].append(f"kill switch: entry {o.client_order_id} not canceled: {exc}")
+                continue
+            self._kill_canceled.add(o.client_order_id)
+            report["notes"].append(f"kill switch: working entry {o.client_order_id} ({o.side.value} {o.qty} "
+                                   f"{o.symbol}) canceled")
+
+    def next_coid(self, strategy: str, symbol: str) -> str:
+        self.order_seq += 1
+        return make_client_order_id(self.session_id, strategy, symbol, self.order_seq)
+
+    def tif(self, symbol: str) -> TimeInForce:
+        return TimeInForce.GTC if self.broker.asset(symbol).asset_class is AssetClass.CRYPTO else TimeInForce.DAY
+
+    def submit(self, order: Order, report: dict) -> Order | None:
+        try:
+            sent = self.broker.submit(order)
+        except UnknownOrderOutcome as exc:
+            # the broker may have accepted it: keep it (and its plan) so a later fill is matched, and
+            # treat the symbol as having a working order; it is never re-sent blindly
+            order.status, order.reject_reason = OrderStatus.UNKNOWN, f"outcome unknown: {exc}"
+            report["orders"].append(order_dict(order))
+            report["errors"].append(f"order {order.client_order_id}: outcome unknown ({exc.user_hint})")
+            self.book.unresolved[order.client_order_id] = order
+            return order
+        except BrokerError as exc:
+            order.status, order.reject_reason = OrderStatus.REJECTED, f"{type(exc).__name__}: {exc}"
+            report["orders"].append(order_dict(order))
+            report["errors"].append(f"order {order.client_order_id} refused: {type(exc).__name__}: {exc} "
+                                    f"({exc.user_hint})")
+            self.stats.rejected += 1
+            return None
+        report["orders"].append(order_dict(sent))
+        self.stats.orders += 1
+        return sent
+
+    def enter(self, p: TradeProposal, qty: Decimal, now: datetime, report: dict, regime: RegimeReading,
+              contributors: tuple = ()) -> None:
+        bracket = self._bracket_entry(p, qty)
+        if bracket:   # Alpaca brackets take whole shares: round down (never more risk than approved)
+            qty = qty.to_integral_value(rounding=ROUND_DOWN)
+        order = Order(self.next_coid(p.strategy, p.symbol), p.symbol, p.side, qty, OrderType.MARKET,
+                      TimeInForce.GTC if bracket else self.tif(p.symbol), now, p.strategy, purpose="entry",
+                      take_profit_price=to_decimal(p.target_price) if bracket else None,
+                      stop_loss_price=to_decimal(p.stop_price) if bracket else None)
+        # the fee comes out of the coins bought: the fill is measured against what the broker held before
+        held_before = self.book.broker_qty(p.symbol) if self.book.fee_in_asset(p.symbol) else None
+        sent = self.submit(order, report)
+        if sent:
+            self.book.track_entry(order.client_order_id, PendingPlan(
+                p, regime.regime.value, regime.confidence, contributors, bracket=bool(sent.legs),
+                held_before=held_before))
+            for leg in sent.legs:   # a leg's fill closes the trade with the leg's reason
+                self.book.track_exit(leg.client_order_id, "target" if leg.order_type is OrderType.LIMIT else "stop")
+
+    def _bracket_entry(self, p: TradeProposal, qty: Decimal) -> bool:
+        """Issue #3: on a broker that holds brackets (Alpaca), an equity entry of at least one whole share
+        carries its stop and target as broker-side legs (GTC, so they outlive the session), which protect
+        the position between cycles and while HYDRA is down. The engine still watches the same levels
+        and, for any other exit, cancels the legs first. A percent trail goes to a native trailing stop
+        instead (Alpaca holds one protective order per share); a fraction of a share stays engine-managed."""
+        if not self.broker.capabilities.brackets or p.trailing_stop_pct or p.trailing_atr_mult or qty < 1:
+            return False
+        asset = self.broker.asset(p.symbol)
+        return asset.asset_class is AssetClass.EQUITY and (not asset.order_types or OrderType.STOP in asset.order_types)
+
+    def exit(self, ex: ExitInstruction, now: datetime, report: dict) -> None:
+        pos = self.book.positions[ex.symbol]
+        working = [o for o in self.broker.open_orders() if o.symbol == ex.symbol]
+        # an exit is already working: never send a second one. After a restart the broker adapter does not
+        # know an earlier process's exit as one; the saved exit reasons do (exits are market orders)
+        if any(o.purpose == "exit" or (o.order_type is OrderType.MARKET and o.client_order_id in self.book.exit_reasons)
+               for o in working):
+            return
+        for o in working:  # cancel what holds the shares (e.g. a native trailing stop)
+            self.broker.cancel(o.client_order_id)
+            self.book.forget_exit(o.client_order_id)
+        held, dust = self.book.broker_qty(ex.symbol), self.book.dust_below(ex.symbol)
+        if held is not None and (held == 0 or abs(held) < dust):
+            # issue #7: an exit sent earlier (by this process or a crashed one) filled after this cycle's
+            # fill poll: the broker is flat already, and a second exit would sell what is not there (a
+            # short, for equities). The fill is booked by the next poll.
+            report["notes"].append(f"{ex.reason} exit for {ex.symbol} not sent: the broker holds no position "
+                                   "(an earlier exit filled; its fill is booked next cycle)")
+            return
+        self.book.native_stops.discard(ex.symbol)
+        qty = abs(pos.qty)
+        if held is not None and pos.qty > 0 and self.book.fee_in_asset(ex.symbol):
+            # sell the coins the broker holds, up to this position and any earlier dust (the broker rounds
+            # down to its increment): asking for more is refused with "insufficient balance" and the stop
+            # never executes; coins bought by hand beyond the dust are not HYDRA's to sell
+            qty = min(abs(held), abs(pos.qty) + dust)
+        order = Order(self.next_coid(pos.strategy, ex.symbol), ex.symbol, pos.side.opposite(), qty,
+                      OrderType.MARKET, self.tif(ex.symbol), now, pos.strategy, purpose="exit")
+        report["exits"].append({"symbol": ex.symbol, "reason": ex.reason, "trigger_price": ex.trigger_price,
+                                "detail": ex.detail, "client_order_id": order.client_order_id})
+        if self.submit(order, report):
+            self.book.track_exit(order.client_order_id, ex.reason)
+
+    def protect(self, pos: Position, now: datetime, report: dict | None = None) -> None:
+        """Alpaca equities hold a percent trail at the broker (it keeps trailing between cycles);
+        everything else is trailed by the position manager with the same rule. Placed once the entry
+        order is done: a sell while the rest of a partly filled buy still works is a wash trade to Alpaca."""
+        if not self.broker.capabilities.native_trailing_stops:
+            return
+        if pos.trailing_atr_mult or not uses_native_trailing(self.broker.asset(pos.symbol), pos.trailing_stop_pct):
+            return  # an ATR trail has no broker order type: the engine trails it
+        if abs(pos.qty) != abs(pos.qty).to_integral_value():
+            return  # Alpaca takes fractional quantities only on market/day orders: trail it in the engine
+        order = Order(self.next_coid(pos.strategy, pos.symbol), pos.symbol, pos.side.opposite(), abs(pos.qty),
+                      OrderType.TRAILING_STOP, TimeInForce.GTC, now, pos.strategy, purpose="stop",
+                      trail_percent=to_decimal(pos.trailing_stop_pct))
+        try:
+            sent = self.broker.submit(order)
+        except BrokerError as exc:  # the engine-managed trail still protects the position
+            log.warning("native trailing stop for %s refused (%s); trailing in the engine", pos.symbol, exc)
+            return
+        self.book.track_exit(order.client_order_id, "trailing_stop")
+        self.book.native_stops.add(pos.symbol)
+        if report is not None:
+            report["orders"].append(order_dict(sent))
