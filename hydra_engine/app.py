@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 class Session:
     engine: Engine
     clock: SimulatedClock | LiveClock
-    session_log: SessionLog
-    store: Store
+    session_log: SessionLog | None     # None (and store None): persistence off
+    store: Store | None
     before_cycle: Callable[[Engine, datetime], None] | None = None   # e.g. paper: kill control, reconcile
 
 
@@ -62,14 +62,18 @@ REPLAY_MODES = ("sim", "backtest")
 
 
 def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,
-               metadata: dict, store_batch: int, history_dir: Path | None = None) -> tuple[Engine, SessionLog, Store]:
+               metadata: dict, store_batch: int, history_dir: Path | None = None, persist: bool = True,
+               gate_rules: list | None = None) -> tuple[Engine, SessionLog | None, Store | None]:
+    """The one composition root every mode goes through (paper, backtest, sim; sweep workers next).
+    ``persist=False`` builds no store and no session log (a parallel sweep worker keeps its results in
+    memory): the engine runs the same cycles and gives the same results."""
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
     started = datetime.now(UTC)
     # the session's return is measured from what the account holds now: a paper account is rarely at the
     # configured starting cash (the simulated broker is built with it)
     starting_equity = broker.account().equity_usd
-    store = Store(settings.storage.url, root=settings.resolve_path("."))
-    session_log = SessionLog(log_dir, started, {
+    store = Store(settings.storage.url, root=settings.resolve_path(".")) if persist else None
+    session_log = None if not persist else SessionLog(log_dir, started, {
         "session_id": session_id, "hydra_version": __version__, "mode": mode,
         "config_hash": settings.config_hash(),
         # what this session used, which the mode decides (broker.kind/data.kind only name the paper setup)
@@ -83,13 +87,13 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
                     session_log=session_log, store=store, store_batch=store_batch,
                     regime_refitter=build_regime_refitter(
                         settings, history_dir=history_dir or settings.resolve_path(settings.data.replay_dir),
-                        log_dir=log_dir))
+                        log_dir=log_dir), gate_rules=gate_rules)
     engine.starting_equity_usd = starting_equity
     return engine, session_log, store
 
 
 def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path | None = None,
-                      log_dir: Path | None = None, max_cycles: int | None = None) -> Session:
+                      log_dir: Path | None = None, max_cycles: int | None = None, persist: bool = True) -> Session:
     """A replay session over the configured span, or over its first ``max_cycles`` cycles."""
     build_strategies(settings.strategies.enabled, settings.strategies.params)  # fail fast, before loading data
     data_cfg = settings.data
@@ -118,8 +122,8 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
         metadata={"data_folder": str(folder), "data_start": ticks[0], "data_end": ticks[-1],
                   "fee_bps": settings.broker.fee_bps, "slippage_bps": settings.broker.slippage_bps,
                   "data_quality": {k: v for k, v in vars(market.quality).items() if v}},
-        store_batch=500, history_dir=folder)
-    replaced = store.forget_session(session_id)   # ids are deterministic: a re-run replaces, never doubles
+        store_batch=500, history_dir=folder, persist=persist)
+    replaced = store.forget_session(session_id) if store else 0  # ids are deterministic: a re-run replaces
     if replaced:
         log.info("replacing the %d stored cycles of an earlier run of %s", replaced, session_id)
     return Session(engine, SimulatedClock(ticks), session_log, store)
@@ -157,10 +161,14 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
         if bar is not None:
             bar.close()
         summary = engine.summary()
-        session.session_log.close(datetime.now(UTC), summary)
-        session.store.save_state(engine.state_key, engine.state(), datetime.now(UTC))
-        session.store.flush()
-    summary["log"] = str(session.session_log.path)
-    summary["journal"] = str(session.session_log.journal_path)
-    summary["database"] = session.store.url
+        if session.session_log is not None:
+            session.session_log.close(datetime.now(UTC), summary)
+        if session.store is not None:
+            session.store.save_state(engine.state_key, engine.state(), datetime.now(UTC))
+            session.store.flush()
+    if session.session_log is not None:
+        summary["log"] = str(session.session_log.path)
+        summary["journal"] = str(session.session_log.journal_path)
+    if session.store is not None:
+        summary["database"] = session.store.url
     return summary

@@ -76,6 +76,10 @@ class Book:
     def track_exit(self, coid: str, reason: str) -> None:
         self.exit_reasons[coid] = reason
 
+    def adopt_positions(self, positions: dict[str, Position]) -> None:
+        """Take the broker's book as ours (``run --adopt``): the positions reconciliation adopted."""
+        self.positions = dict(positions)
+
     def has_pending_entry(self, symbol: str) -> bool:
         return any(plan.proposal.symbol == symbol for plan in self.plans.values())
 
@@ -138,7 +142,7 @@ class Book:
         return held.qty if held is not None else ZERO
 
     def fee_in_asset(self, symbol: str) -> bool:
-        return self.broker.asset(symbol).asset_class in self.broker.capabilities.fees_in_received_asset
+        return self.broker.asset(symbol).asset_class in self.broker.capabilities_for(symbol).fees_in_received_asset
 
     def dust_below(self, symbol: str) -> Decimal:
         """A holding smaller than this is dust: no order can sell it. Where the broker takes its fee out of

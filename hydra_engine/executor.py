@@ -115,7 +115,7 @@ class Executor:
         the position between cycles and while HYDRA is down. The engine still watches the same levels
         and, for any other exit, cancels the legs first. A percent trail goes to a native trailing stop
         instead (Alpaca holds one protective order per share); a fraction of a share stays engine-managed."""
-        if not self.broker.capabilities.brackets or p.trailing_stop_pct or p.trailing_atr_mult or qty < 1:
+        if not self.broker.capabilities_for(p.symbol).brackets or p.trailing_stop_pct or p.trailing_atr_mult or qty < 1:
             return False
         asset = self.broker.asset(p.symbol)
         return asset.asset_class is AssetClass.EQUITY and (not asset.order_types or OrderType.STOP in asset.order_types)
@@ -157,7 +157,7 @@ class Executor:
         """Alpaca equities hold a percent trail at the broker (it keeps trailing between cycles);
         everything else is trailed by the position manager with the same rule. Placed once the entry
         order is done: a sell while the rest of a partly filled buy still works is a wash trade to Alpaca."""
-        if not self.broker.capabilities.native_trailing_stops:
+        if not self.broker.capabilities_for(pos.symbol).native_trailing_stops:
             return
         if pos.trailing_atr_mult or not uses_native_trailing(self.broker.asset(pos.symbol), pos.trailing_stop_pct):
             return  # an ATR trail has no broker order type: the engine trails it

@@ -21,6 +21,7 @@ from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
 from .data.feeds import MarketDataWithFeeds
 from .domain import UTC
 from .book import closed_trade_from_dict
+from .regime_features import regime_history_days
 from .ports import BrokerError
 from .reconcile import adopt_broker_state, reconcile
 from .store import Store, StoreError
@@ -61,7 +62,8 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     clock = clock or LiveClock(settings.engine.cycle_interval_s)
     log_dir = settings.resolve_path(settings.engine.log_dir)
     broker, alpaca_data = build_alpaca(settings, keys, session_id, clock, live=live,
-                                       capability_cache=log_dir / "alpaca_capabilities.json")
+                                       capability_cache=log_dir / "alpaca_capabilities.json",
+                                       regime_history_days=regime_history_days(settings))
     crypto = {s: s.replace("/USD", "USDT").replace("/", "") for s in settings.universe.symbols if "/" in s}
     # issue #7: the Binance base URL is overridable (HYDRA_BINANCE_URL), so the multi-process fault tests can
     # point the feed at a loopback server exactly as APCA_API_BASE_URL / APCA_API_DATA_URL do for Alpaca
@@ -129,7 +131,8 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
                 f"the Alpaca account and HYDRA's records disagree: {text}. Nothing was traded. Inspect with "
                 f"`python hydra_engine.py status --broker`, then restart with --adopt to take the broker's "
                 f"positions (they get a protective stop) or close them at Alpaca.")
-        engine.positions, _ = adopt_broker_state(report, engine.positions, [], started)
+        adopted, _ = adopt_broker_state(report, engine.positions, [], started)
+        engine.book.adopt_positions(adopted)
         log.warning("adopted the broker's book: %s", text)
         # issue #7: persist the adopted book at once; before, it was saved only by the first cycle with an
         # order or a fill, so a crash before that made every later restart refuse (and adopt) again. Not

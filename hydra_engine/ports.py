@@ -265,6 +265,10 @@ class Broker(Protocol):
 
     capabilities: VenueCapabilities
 
+    def capabilities_for(self, symbol: str) -> VenueCapabilities:
+        """What the venue that trades ``symbol`` can do (a single venue: ``capabilities``)."""
+        ...
+
     def account(self) -> Account: ...
 
     def positions(self) -> dict[str, BrokerPosition]: ...

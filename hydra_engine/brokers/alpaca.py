@@ -168,6 +168,9 @@ class AlpacaBroker:
         # is on no order -- the engine measures a buy's fee from the position and keeps sub-minimum dust apart
         fees_in_received_asset=frozenset({AssetClass.CRYPTO}))
 
+    def capabilities_for(self, symbol: str) -> VenueCapabilities:
+        return self.capabilities
+
     def __init__(self, keys: AlpacaKeys, *, paper: bool = True, live: bool = False, url_override: str | None = None,
                  session_id: str, clock: Any, symbols: Iterable[str] = UNIVERSE,
                  capabilities: Mapping[str, AssetSpec] | None = None, capability_cache: Path | None = None,
@@ -580,11 +583,11 @@ class AlpacaBroker:
 
 # --------------------------------------------------------------------------- factory
 def build_alpaca(settings: Any, keys: AlpacaKeys, session_id: str, clock: Any, *, live: bool = False,
-                 capability_cache: Path | None = None):
+                 capability_cache: Path | None = None, regime_history_days: dict[str, int] | None = None):
     """``(AlpacaBroker, AlpacaMarketData)`` from ``Settings`` (broker.paper/trading_url/data_url/data_feed,
-    universe.symbols, data.*_stale_after_s, engine.history_bars)."""
+    universe.symbols, data.*_stale_after_s, engine.history_bars). ``regime_history_days``: how many days
+    of intraday history the regime detector reads per symbol (the composition root asks the regime layer)."""
     from ..data.alpaca_data import AlpacaMarketData
-    from ..regime_features import regime_history_days
 
     b = settings.broker
     trading_url, data_url = resolve_urls(b.trading_url, b.data_url)
@@ -596,5 +599,5 @@ def build_alpaca(settings: Any, keys: AlpacaKeys, session_id: str, clock: Any, *
                             crypto_stale_after_s=settings.data.crypto_stale_after_s,
                             equity_stale_after_s=settings.data.equity_stale_after_s,
                             data_only=list(settings.universe.data_only),
-                            regime_history_days=regime_history_days(settings))
+                            regime_history_days=regime_history_days)
     return broker, data

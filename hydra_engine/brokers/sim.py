@@ -51,6 +51,9 @@ class SimulatedBroker:
     capabilities = VenueCapabilities(name="sim", fractional_equities=True, short_equities=True,
                                      marks_from_engine=True)
 
+    def capabilities_for(self, symbol: str) -> VenueCapabilities:
+        return self.capabilities
+
     def __init__(self, market: MarketData, assets: dict[str, AssetSpec], *, starting_cash_usd: Decimal | float,
                  fee_bps: float = 10.0, slippage_bps: float = 5.0, fill_model: str = "next_open",
                  fee_quantum: Decimal | None = FEE_QUANTUM):
