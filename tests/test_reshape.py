@@ -266,3 +266,29 @@ def test_a_session_without_store_or_log_gives_the_same_results(tmp_path):
                         session.engine.closed_trades))
     assert results[0] == results[1]
     assert not (tmp_path / "False" / "hydra.db").exists() and not (tmp_path / "False" / "logs").exists()
+
+
+# ------------------------------------------------------------------ explain shows the gate
+def test_explain_shows_the_gate_verdict_of_each_decision(tmp_path, capsys):
+    import argparse
+    import json
+    import shutil
+
+    from hydra_engine.commands import explain as explain_cmd
+
+    from .fixtures.build import SMALL
+    log = tmp_path / SMALL.name
+    shutil.copy(SMALL, log)
+    journal = SMALL.with_name(SMALL.name.replace(".json", ".cycles.jsonl"))
+    lines = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
+    for rec in lines:
+        for d in rec.get("decisions", []):
+            d["gate"] = ({"state": "ALLOW"} if d.get("approved")
+                         else {"state": "RESTRICT", "rule": "news_hold"})
+    (tmp_path / journal.name).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    parser = argparse.ArgumentParser()
+    explain_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["explain", str(log), "--cycle", "2"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "gate: ALLOW" in out and "gate: RESTRICT by rule news_hold" in out

@@ -185,6 +185,9 @@ def explain_cycle(detail: dict, symbol: str | None = None, session: dict | None 
             lines.append("     -> no decision recorded (risk was not consulted for it this cycle)")
             continue
         verdict = "APPROVED" if d.get("approved") else "VETOED"
+        gate = d.get("gate")
+        if gate:   # the entry gate's verdict for the symbol (journals before issue #15 have none)
+            lines.append(f"     gate: {gate.get('state', '?')}" + (f" by rule {gate['rule']}" if gate.get("rule") else ""))
         lines.append(f"     -> {verdict} by the {d.get('layer', '?')} layer, rule {d.get('rule') or '?'}: {d.get('reason', '')}")
         if d.get("approved"):
             lines.append(f"        qty {d.get('qty')}  notional ${_f(d.get('notional_usd'))}")
