@@ -144,7 +144,8 @@ def test_cryptopanic_token_redacted_in_next_logs_and_errors(clock, rsps, caplog)
 
 
 def test_cryptopanic_connection_error_url_is_redacted(clock, rsps):
-    rsps.get(CP_URL, body=requests.ConnectionError(f"Max retries exceeded with url: /api/free/v1/posts/?auth_token={TOKEN}"))
+    error = requests.ConnectionError(f"Max retries exceeded with url: /api/free/v1/posts/?auth_token={TOKEN}")
+    rsps.get(CP_URL, body=error)
     feed = NewsFeed(cp(clock), clock=clock)
     feed.events(T0)
     ok, message = feed.health(T0)
@@ -222,7 +223,8 @@ def test_replay_day_stamped_headline_known_at_end_of_its_day():
 def test_replay_google_news_day_stamp_ends_at_pacific_midnight():
     feed = replay("googlenews_crypto_headlines_2020-01_2022-04.csv.gz")
     # "2022-04-01 07:00:00+00:00" is midnight in Los Angeles (PDT): known when that day ends there
-    events = [e for e in feed.events(datetime(2022, 4, 3, tzinfo=UTC)) if "19 million coin milestone" in e.payload["title"]]
+    events = [e for e in feed.events(datetime(2022, 4, 3, tzinfo=UTC))
+              if "19 million coin milestone" in e.payload["title"]]
     assert events and events[0].known_at == datetime(2022, 4, 2, 7, 0, tzinfo=UTC)
     assert events[0].subject == "BTC/USD"
 

@@ -175,7 +175,8 @@ class FredClient:
         if not isinstance(body, dict):
             raise DataError(endpoint, f"expected a JSON object, got {type(body).__name__}", field="body")
         if "error_code" in body:   # never seen with 200, but the shape is documented: do not read it as data
-            raise RequestError(endpoint, f"error {body.get('error_code')}: {redact(body.get('error_message'), secrets)}")
+            message = redact(body.get("error_message"), secrets)
+            raise RequestError(endpoint, f"error {body.get('error_code')}: {message}")
         return body
 
     def _pace(self) -> None:

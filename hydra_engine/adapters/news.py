@@ -144,7 +144,8 @@ class _Client:
                                 max_retries=self.max_retries, sleep=self._sleep, secrets=secrets)
         text = redact(resp.text[:200], secrets)
         if resp.status_code == 429:
-            wait = float(resp.headers.get("Retry-After", "") or self.retry_after_s)
+            raw = resp.headers.get("Retry-After", "")
+            wait = float(raw) if raw.replace(".", "", 1).isdigit() else self.retry_after_s   # seconds form only
             raise RateLimited(endpoint, "HTTP 429", until=self._clock() + timedelta(seconds=wait))
         if resp.status_code in (401, 403):
             raise AuthError(endpoint, f"HTTP {resp.status_code}: {text}")
@@ -197,7 +198,8 @@ class CryptoCompareClient(_Client):
         categories = tuple(c.strip() for c in str(row.get("categories") or "").split("|") if c.strip())
         codes = [c for c in categories if _TICKER.match(c) and c not in _CC_TOPIC_CODES]
         source = (row.get("source_info") or {}).get("name") or row.get("source") or ""
-        return NewsItem(self.provider, str(row["id"]), row["url"], html.unescape(row["title"]), _summary(row.get("body")),
+        return NewsItem(self.provider, str(row["id"]), row["url"], html.unescape(row["title"]),
+                        _summary(row.get("body")),
                         datetime.fromtimestamp(seconds, UTC), source, _symbols(codes), categories)
 
 
@@ -290,7 +292,8 @@ def _replay_row(name: str, row: dict) -> tuple[str, str, str, str, datetime, str
             return (row["title"], row["url"], row["body"], row["source"],
                     stamp("%Y-%m-%d %H:%M:%S", row["published_on"]), "second", ())
         if name.startswith("cryptocurrencynews_com_bitcoin"):   # the site's bitcoin-news section
-            return row["title"], row["url"], "", "cryptocurrencynews.com", stamp("%b %d, %Y", row["date"]), "day", ("BTC",)
+            return (row["title"], row["url"], "", "cryptocurrencynews.com", stamp("%b %d, %Y", row["date"]), "day",
+                    ("BTC",))
         if name.startswith("cryptonews_kaggle"):
             coin = _NAMES.get(row.get("subject", "").strip().lower())
             return (row["title"], row["url"], row.get("text", ""), row["source"], stamp("%Y/%m/%d %H:%M", row["date"]),
