@@ -368,32 +368,13 @@ class Engine:
             self._persist(self.last_report, trades, now)
 
     def _refit_regime_if_due(self, market: MarketSnapshot, now: datetime, report: dict) -> bool:
-        """Refit the regime model on the history known now, when the schedule says so.
-        True when the detector was replaced."""
+        """Refit the regime model when the schedule says so; True when the detector was replaced."""
         if self.regime_refitter is None:
             return False
-        why = self.regime_refitter.due(self.regime_detector, now)
-        if not why:
-            return False
-        fresh, record = self.regime_refitter.refit(self.regime_detector, market, now, why)
-        self.regime_refits.append(record)
-        report["regime_refit"] = record
-        if fresh is None:
-            aside = self.regime_refitter.set_aside(self.regime_detector, now)
-            if aside is None:
-                report["notes"].append(f"regime refit failed ({record['error']}): keeping the current model")
-                return False
-            trained_to = self.regime_detector.params["training"]["end"]
-            record["set_aside"] = True     # the loaded model no longer reads the regime (see backtest notes)
-            self.regime_detector = aside
-            report["notes"].append(f"regime refit failed ({record['error']}); the loaded model was fitted on days up "
-                                   f"to {trained_to}, after this cycle: regime UNKNOWN (no entries) until a refit "
-                                   "succeeds (tried again each day)")
-            return True
-        self.regime_detector = fresh
-        report["notes"].append(f"regime model refitted on {record['trained_from']}..{record['trained_to']} "
-                               f"({record['days']} days, {record['seconds']} s) because {why}")
-        return True
+        self.regime_detector, changed = self.regime_refitter.step(self.regime_detector, market, now, report)
+        if "regime_refit" in report:
+            self.regime_refits.append(report["regime_refit"])
+        return changed
 
     def _vol_percentile(self, market: MarketSnapshot) -> float | None:
         """Where the reference market's 20-bar realised volatility ranks in its visible history (SPY,
