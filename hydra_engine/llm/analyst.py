@@ -39,7 +39,7 @@ from ..domain import require_utc
 from ..events import Event
 from .book import VerdictBook
 from .record import CallRecord, VerdictRecorder, stamp
-from .redact import redact
+from .redact import install_log_redaction, redact
 from .schema import (TOOL_NAME, LlmSettings, NoVerdict, NoVerdictCause, SymbolVerdict, TimedOutcome,
                      VerdictSet, tool_definition)
 
@@ -201,6 +201,7 @@ class NewsAnalyst:
         self._key = getattr(client, "api_key", None) if client is not None else None
         self.recorder = recorder
         recorder.add_secret(self._key)
+        install_log_redaction(self._key)
         self.book = book
         self._clock = clock or (lambda: datetime.now(UTC))
         self._last_scan: datetime | None = None
@@ -391,7 +392,8 @@ class NewsAnalyst:
         for s in symbols:
             mine = given.get(s, [])
             if len(mine) == 1:
-                out[s] = mine[0]
+                # the model never sees the key; masking anyway keeps this one path from the journal unaudited
+                out[s] = mine[0].model_copy(update={"reason": redact(mine[0].reason, [self._key])})
             elif len(mine) > 1:
                 out[s] = NoVerdict(cause=NoVerdictCause.DUPLICATE_SYMBOL, detail=f"{len(mine)} verdicts for {s}")
             elif unknown:
