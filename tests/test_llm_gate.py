@@ -11,7 +11,6 @@ from hydra_engine.domain import Side
 from hydra_engine.gate import GateContext, GateRule, GateState
 from hydra_engine.llm.gate_rule import NO_RECORDS, LlmNewsGate
 from hydra_engine.llm.record import VerdictRecorder
-from hydra_engine.llm.schema import NoVerdict, NoVerdictCause
 from tests.test_llm_support import SYMBOLS, T0, Recorder, error, good_body, headlines, make_analyst, ok, settings
 
 A, R = GateState.ALLOW, GateState.RESTRICT

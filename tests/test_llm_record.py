@@ -13,8 +13,8 @@ from hydra_engine.llm.analyst import build_request, prompt_hash
 from hydra_engine.llm.book import VerdictBook
 from hydra_engine.llm.record import CallRecord, RecordedVerdicts, VerdictRecorder, parse_stamp, stamp
 from hydra_engine.llm.schema import (Action, Confidence, NoVerdict, NoVerdictCause, SymbolVerdict, TimedOutcome)
-from tests.test_llm_support import (KEY, SYMBOLS, T0, Recorder, error, example, good_body, headlines, make_analyst,
-                                    ok, settings)
+from tests.test_llm_support import (KEY, T0, Recorder, error, example, good_body, headlines, make_analyst,
+                                    ok)
 
 
 def v(symbol, action, at, reason="r"):
