@@ -30,8 +30,9 @@ ALL_FILES = (MACRO_CALENDAR_FILE, CME_MARGINS_FILE, AI_LAUNCHES_FILE)
 def feeds() -> dict[str, ReplayEventFeed]:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared market data not found at {SHARED_DATA} (set HYDRA_SHARED_DATA)")
-    return {f.name: f for f in (macro_calendar_feed(SHARED_DATA), cme_margins_feed(SHARED_DATA),
-                                ai_launches_feed(SHARED_DATA))}
+    feeds = {f.name: f for f in (macro_calendar_feed(SHARED_DATA), cme_margins_feed(SHARED_DATA),
+                                 ai_launches_feed(SHARED_DATA))}
+    return {**feeds, "all": ReplayEventFeed.combine(list(feeds.values()))}
 
 
 def utc(*args) -> datetime:
@@ -42,6 +43,8 @@ def utc(*args) -> datetime:
 @settings(max_examples=300, deadline=None)
 @given(now=st.datetimes(min_value=datetime(2008, 1, 1), max_value=datetime(2027, 1, 1), timezones=st.just(UTC)))
 def test_an_event_is_never_visible_before_it_is_known(feeds, now):
+    # the feeds are shared between examples: calls come in random time order, forwards and backwards,
+    # which exercises both the incremental and the rebuilt cache; "all" is the merged feed replay uses
     for feed in feeds.values():
         served = feed.events(now)
         assert all(e.known_at <= now for e in served)
@@ -50,7 +53,8 @@ def test_an_event_is_never_visible_before_it_is_known(feeds, now):
 
 
 def test_each_feed_implements_the_protocol_and_loads_every_row(feeds):
-    assert {n: len(f) for n, f in feeds.items()} == {"macro_calendar": 500, "cme_margins": 67, "ai_launches": 249}
+    assert {n: len(f) for n, f in feeds.items()} == {"macro_calendar": 500, "cme_margins": 67, "ai_launches": 249,
+                                                      "all": 816}
     for feed in feeds.values():
         assert isinstance(feed, EventFeed)
         assert all(e.kind in feed.kinds for e in feed.all_events)
