@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 from hydra_engine.data.event_feeds import (AI_LAUNCHES_FILE, CME_MARGINS_FILE, EVENT_FEEDS, MACRO_CALENDAR_FILE,
                                            EventDataError, EventFeedFactory, EventKindError, EventMerger,
                                            ReplayEventFeed, ai_launches_feed, build_event_feeds, cme_margins_feed,
+                                           event_feeds_for,
                                            macro_calendar_feed)
 from hydra_engine.data.feeds import MarketDataWithFeeds
 from hydra_engine.data.replay import DataFolderError, ReplayMarketData
@@ -224,6 +225,19 @@ def test_an_unknown_event_kind_is_refused_with_the_known_ones():
         build_event_feeds([DataNeed("events", "earthquake")], SHIPPED_DATA)
     assert "'earthquake'" in str(err.value)
     assert all(k in str(err.value) for k in ("ai_launch", "cme_margin", "macro_release"))
+
+
+def test_event_feeds_for_reads_the_plugins_data_needs():
+    class Plugin:
+        def __init__(self, name, *needs):
+            self.name, self.data_needs = name, needs
+
+    plugins = [Plugin("metals", DataNeed("bars", "GLD"), DataNeed("events", "cme_margin")),
+               Plugin("macro", DataNeed("events", "macro_release"), DataNeed("events", "cme_margin")),
+               Plugin("trend", DataNeed("bars", "SPY"))]
+    assert [f.name for f in event_feeds_for(plugins, SHIPPED_DATA)] == ["cme_margins", "macro_calendar"]
+    with pytest.raises(EventKindError, match=r"'weather'.*plugins per event kind: .*'weather': \['storm'\]"):
+        event_feeds_for([*plugins, Plugin("storm", DataNeed("events", "weather"))], SHIPPED_DATA)
 
 
 def test_live_needs_a_live_builder():

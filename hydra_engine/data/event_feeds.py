@@ -510,3 +510,17 @@ def build_event_feeds(needs: Iterable, data_dir: str | Path, *, live: bool = Fal
         feeds.append(build(Path(data_dir)))
         built.add(id(factory))
     return feeds
+
+
+def event_feeds_for(strategies: Iterable, data_dir: str | Path, *, live: bool = False,
+                    registry: Mapping[str, EventFeedFactory] | None = None) -> list[EventFeed]:
+    """What the composition root calls: the feeds for every ``DataNeed("events", kind)`` of the enabled
+    plugins (objects with ``name`` and ``data_needs``). A refused kind names the plugins that need it."""
+    strategies = list(strategies)
+    try:
+        return build_event_feeds([n for s in strategies for n in s.data_needs], data_dir, live=live,
+                                 registry=registry)
+    except EventKindError as exc:
+        wanted = {k: [s.name for s in strategies if any(n.kind == "events" and n.symbol == k for n in s.data_needs)]
+                  for k in event_kinds_needed(n for s in strategies for n in s.data_needs)}
+        raise EventKindError(f"{exc}; plugins per event kind: {wanted}") from None
