@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable, Mapping, Protocol, runtime_checkable
+from typing import Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from .domain import require_utc
 
@@ -53,11 +53,12 @@ class EventFeed(Protocol):
     ``events(now)`` returns every event of those kinds known at ``now`` (``known_at <= now``), past and
     scheduled-future alike: a calendar release known a month ahead is visible from then on. A live feed
     may refresh from its source inside this call and must never raise for a source failure: it keeps
-    what it had and reports the problem through ``health``."""
+    what it had and reports the problem through ``health``. The result may be a list or a tuple: a replay
+    feed returns the same tuple while nothing new became known, so a cycle costs no copy."""
 
     name: str
     kinds: tuple[str, ...]
 
-    def events(self, now: datetime) -> list[Event]: ...
+    def events(self, now: datetime) -> Sequence[Event]: ...
 
     def health(self, now: datetime) -> tuple[bool, str]: ...

@@ -15,6 +15,7 @@ from typing import Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from .domain import UTC, AssetClass, Fill, Order, OrderType, TimeInForce
+from .events import Event
 
 
 # --------------------------------------------------------------------------- market data
@@ -85,6 +86,17 @@ class MarketSnapshot:
     # longer histories than ``bars`` for the regime detector's intraday feature symbols (hourly BTC: its
     # 20-day features need more days than ``engine.history_bars`` hours hold); ``bars`` is unchanged
     regime_bars: Mapping[str, BarSeries] = field(default_factory=dict)
+    # dated events known at ``now`` (``known_at <= now``), in ``happened_at`` order: macro releases, CME
+    # margin changes, AI launches... filled from the event feeds a plugin's ``DataNeed("events", kind)``
+    # asked for (hydra_engine/data/event_feeds.py); a tuple, shared between cycles while nothing new is known
+    events: tuple[Event, ...] = ()
+
+    def events_of(self, kind: str, subject: str | None = None) -> tuple[Event, ...]:
+        """The known events of ``kind`` (and ``subject``, when given), in ``happened_at`` order; this
+        includes scheduled ones still to happen (a CPI release known a week ahead)."""
+        if not self.events:
+            return ()
+        return tuple(e for e in self.events if e.kind == kind and (subject is None or e.subject == subject))
 
     def price(self, symbol: str) -> float:
         """Last close, or NaN when there is none."""

@@ -22,7 +22,9 @@ from .ports import BarSeries, MarketSnapshot
 @dataclass(frozen=True, slots=True)
 class DataNeed:
     """One input a plugin reads: ``kind`` is ``bars`` or a point-series kind such as ``funding_rate``
-    or ``open_interest``; ``symbol`` is the engine symbol (``BTC/USD``)."""
+    or ``open_interest``; ``symbol`` is the engine symbol (``BTC/USD``). For dated events ``kind`` is
+    ``events`` and ``symbol`` the event kind (``DataNeed("events", "macro_release")``): the composition
+    root builds the feeds these name (``data/event_feeds.py``, ``build_event_feeds``)."""
 
     kind: str
     symbol: str

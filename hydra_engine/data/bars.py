@@ -55,13 +55,15 @@ class BarFileMarketData(ReplayMarketData):
     parquet/CSV file. Every bar has the same ``interval`` (its close is open + interval)."""
 
     def __init__(self, bars: Mapping[str, pd.DataFrame | str | Path], *, interval: timedelta = timedelta(minutes=1),
-                 history_bars: int = 500, stale_after_s: int | None = None, folder: str | Path = "."):
+                 history_bars: int = 500, stale_after_s: int | None = None, folder: str | Path = ".",
+                 event_feeds=()):
         self._frames = dict(bars)
         sources = {s: BarSource(s, str(v) if not isinstance(v, pd.DataFrame) else f"<frame:{s}>", interval, READER)
                    for s, v in self._frames.items()}
         stale = stale_after_s if stale_after_s is not None else int(2 * interval.total_seconds()) + 300
         super().__init__(folder, list(self._frames), history_bars=history_bars, bar_sources=sources,
-                         point_sources=[], crypto_stale_after_s=stale, equity_stale_after_s=stale)
+                         point_sources=[], crypto_stale_after_s=stale, equity_stale_after_s=stale,
+                         event_feeds=event_feeds)
         self._frames = {}   # the replay keeps its own numpy arrays; do not hold the frames twice
 
     def _read(self, rel: str, reader, src):

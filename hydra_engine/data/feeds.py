@@ -1,5 +1,6 @@
 """Market data with side feeds: a base source (Alpaca bars and quotes) plus point-series feeds
-(Binance funding and open interest) merged into one snapshot.
+(Binance funding and open interest) and event feeds (dated events, ``data/event_feeds.py``) merged into
+one snapshot.
 
 A feed that fails or goes stale never raises into the cycle: its series simply stop advancing and
 the snapshot names the problem, so the strategies that depend on it stand down (their freshness
@@ -8,9 +9,11 @@ checks find no recent data) while the others go on.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, Sequence
 
+from ..events import EventFeed
 from ..ports import MarketData, MarketSnapshot, PointSeries
+from .event_feeds import EventMerger
 
 
 class PointFeed(Protocol):
@@ -22,9 +25,15 @@ class PointFeed(Protocol):
 
 
 class MarketDataWithFeeds:
-    def __init__(self, base: MarketData, feeds: dict[str, PointFeed]):
+    """``event_feeds``: the feeds ``build_event_feeds(needs, data_dir, live=True)`` returned. Their events
+    known at ``now`` go into ``snapshot.events`` (after the base's own, if any); a feed that raises or
+    says it is unhealthy is named in ``snapshot.feed_problems`` and its last good events are kept."""
+
+    def __init__(self, base: MarketData, feeds: dict[str, PointFeed], event_feeds: Sequence[EventFeed] = ()):
         self.base = base
         self.feeds = feeds
+        self.event_feeds = tuple(event_feeds)
+        self._events = EventMerger(self.event_feeds) if self.event_feeds else None
 
     def snapshot(self, now: datetime) -> MarketSnapshot:
         snap = self.base.snapshot(now)
@@ -37,6 +46,11 @@ class MarketDataWithFeeds:
                 ok, why = False, f"{type(exc).__name__}: {exc}"
             if not ok:
                 snap.feed_problems[name] = why
+        if self._events is not None:
+            events = self._events(now, snap.feed_problems, check_health=True)
+            if snap.events:   # the base had its own (a replay base with feeds): one happened_at order
+                events = tuple(sorted((*snap.events, *events), key=lambda e: (e.happened_at, e.kind, e.subject)))
+            snap.events = events
         return snap
 
     def next_bar_open(self, symbol, after, now):

@@ -14,12 +14,13 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..domain import UTC, require_utc
+from ..events import EventFeed
 from ..ports import BarSeries, MarketSnapshot, PointSeries
 from .catalog import BAR_SOURCES, POINT_SOURCES, BarSource, PointSource, read_bars, read_points
 
@@ -156,7 +157,8 @@ class ReplayMarketData:
                  history_bars: int = 500, start: date | None = None, end: date | None = None,
                  crypto_stale_after_s: int = 7500, equity_stale_after_s: int = 4 * 86400,
                  bar_sources: dict[str, BarSource] | None = None,
-                 point_sources: list[PointSource] | None = None, regime_history_days: dict[str, int] | None = None):
+                 point_sources: list[PointSource] | None = None, regime_history_days: dict[str, int] | None = None,
+                 event_feeds: Sequence[EventFeed] = ()):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataFolderError(f"replay data folder not found: {self.folder}")
@@ -202,6 +204,16 @@ class ReplayMarketData:
         self._regime_cache: dict[str, tuple[int, int, BarSeries]] = {}
         self.start = datetime.combine(start, datetime.min.time(), UTC) if start else None
         self.end = datetime.combine(end, datetime.min.time(), UTC) if end else None
+        # dated events (build_event_feeds in data/event_feeds.py): without feeds the snapshot pays one
+        # falsy check; with them, one bisect per feed and the same tuple while nothing new became known
+        self.event_feeds = tuple(event_feeds)
+        self._events = None
+        if self.event_feeds:
+            from .event_feeds import EventMerger   # event_feeds imports this module: import here, not at the top
+            self._events = EventMerger(self.event_feeds)
+            # a feed whose file has ended (the macro calendar past its last release) is named in
+            # feed_problems from this epoch second on: a number compared per cycle, no health() call
+            self._event_limits = [(f.name, getattr(f, "unhealthy_from_s", math.inf)) for f in self.event_feeds]
 
     def _read(self, rel: str, reader, src):
         path = self.folder / rel
@@ -294,6 +306,13 @@ class ReplayMarketData:
             i = int(p.ts.searchsorted(now_s, "right"))
             j = i - n if i > n else 0
             snap.series[key] = PointSeries(p.kind, p.symbol, p.ts[j:i], p.values[j:i])
+        if self._events is not None:
+            snap.events = self._events(now, snap.feed_problems)
+            for name, limit_s in self._event_limits:
+                if now_s >= limit_s:
+                    ok, why = next(f for f in self.event_feeds if f.name == name).health(now)
+                    if not ok:
+                        snap.feed_problems[name] = why
         return snap
 
     def _series(self, symbol: str, j: int, i: int, cache: dict | None = None) -> BarSeries:
