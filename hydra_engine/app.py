@@ -18,6 +18,7 @@ from .brokers.capabilities import DEFAULT_ASSET_SPECS
 from .brokers.sim import SimulatedBroker
 from .clock import LiveClock, SimulatedClock
 from .config import Settings, utc_stamp
+from .data.event_feeds import event_feeds_for
 from .data.replay import ReplayMarketData
 from .domain import UTC
 from .engine import Engine
@@ -95,14 +96,15 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
 def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path | None = None,
                       log_dir: Path | None = None, max_cycles: int | None = None, persist: bool = True) -> Session:
     """A replay session over the configured span, or over its first ``max_cycles`` cycles."""
-    build_strategies(settings.strategies.enabled, settings.strategies.params)  # fail fast, before loading data
+    strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)  # fail fast
     data_cfg = settings.data
     folder = data_dir or settings.resolve_path(data_cfg.replay_dir)
+    event_feeds = event_feeds_for(strategies, folder)   # what the plugins' data needs name; a bad file fails here
     market = ReplayMarketData(folder, settings.universe.symbols, data_only=settings.universe.data_only,
                               history_bars=settings.engine.history_bars, start=data_cfg.start, end=data_cfg.end,
                               crypto_stale_after_s=data_cfg.crypto_stale_after_s,
                               equity_stale_after_s=data_cfg.equity_stale_after_s,
-                              regime_history_days=regime_history_days(settings))
+                              regime_history_days=regime_history_days(settings), event_feeds=event_feeds)
     ticks = market.timeline()
     if not ticks:
         raise ValueError(f"no data between {data_cfg.start} and {data_cfg.end} in {folder}")

@@ -18,7 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from .app import Session, build_core, build_regime_detector  # noqa: F401  (re-exported for tests)
 from .clock import LiveClock
 from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
+from .data.event_feeds import event_feeds_for
 from .data.feeds import MarketDataWithFeeds
+from .plugins import build_strategies
 from .domain import UTC
 from .book import closed_trade_from_dict
 from .regime_features import regime_history_days
@@ -72,7 +74,9 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     if crypto:  # Binance funding/OI only matter for crypto symbols
         feed = BinanceDerivativesFeed(binance_client or BinanceFuturesClient(base_url=binance_url), crypto)
         feeds["binance"] = TrustedSeriesOnly(feed)
-    market = MarketDataWithFeeds(alpaca_data, feeds)
+    strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
+    market = MarketDataWithFeeds(alpaca_data, feeds, event_feeds=event_feeds_for(
+        strategies, settings.resolve_path(settings.data.replay_dir), live=True))
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
         log_dir=log_dir, metadata={"trading_url": broker.trading_url if hasattr(broker, "trading_url") else None},

@@ -292,3 +292,38 @@ def test_explain_shows_the_gate_verdict_of_each_decision(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "gate: ALLOW" in out and "gate: RESTRICT by rule news_hold" in out
+
+
+# ------------------------------------------------------------------ events reach plugins through the snapshot
+def test_a_plugin_that_declares_an_event_need_sees_those_events_in_a_replay(tmp_path, monkeypatch):
+    """The composition root builds the event feeds the plugins' data needs name (here the shipped macro
+    calendar) and every snapshot carries the events known at its time -- never one not yet known."""
+    from hydra_engine import app
+    from hydra_engine.domain import Regime
+    from hydra_engine.strategy import DataNeed, Strategy
+
+    from .conftest import make_settings
+    seen: list[tuple] = []
+
+    class EventWatcher(Strategy):
+        name, interface_version = "event_watcher", 1
+        regimes = frozenset(Regime)
+        assets = ("SPY",)
+        data_needs = (DataNeed("events", "macro_release"), DataNeed("bars", "SPY"))
+
+        def generate_signals(self, ctx):
+            releases = ctx.market.events_of("macro_release")
+            assert all(e.known_at <= ctx.now for e in releases)
+            seen.append((ctx.now, len(releases), releases[-1].subject if releases else None))
+            return []
+
+        def propose(self, ctx, combined):
+            return []
+
+    monkeypatch.setattr(app, "build_strategies", lambda enabled, params: [EventWatcher()])
+    s = make_settings(tmp_path, start="2024-03-01", end="2024-03-20", observation_cycles=0)
+    session = app.build_sim_session(s, persist=False)
+    app.run_session(session, progress=False)
+    assert seen and all(n > 0 for _, n, _ in seen)
+    counts = [n for _, n, _ in seen]
+    assert counts == sorted(counts) and counts[-1] > counts[0]   # the March CPI/FOMC become known during the span
