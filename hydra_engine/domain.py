@@ -349,7 +349,11 @@ class FundingPayment:
 
 @dataclass(frozen=True, slots=True)
 class ClosedTrade:
-    """A round trip, as written to the JSON log (the public schema in the README)."""
+    """A round trip, as written to the JSON log (the public schema in the README).
+
+    The one definition of the closed-trade record: the store's ``trades`` table derives its columns from
+    these fields (``store.TradeRow``), so a field added here is a column there (tests/test_trade_schema.py).
+    A new field needs a default, which is what the record means where it did not exist yet."""
 
     strategy: str
     symbol: str
@@ -365,6 +369,8 @@ class ClosedTrade:
     regime_at_entry: str
     exit_reason: str
     regime_confidence_at_entry: float = 0.0
+    # perpetual-futures funding over the trade, USD, signed: + received, - paid; "0" for every non-perp trade
+    funding_usd: str = "0"
 
 
 @dataclass(frozen=True, slots=True)

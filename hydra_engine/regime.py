@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,10 @@ _log = logging.getLogger(__name__)
 
 
 class RegimeDetector(Protocol):
+    """The regime-detector plugin kind (entry-point group ``hydra.regime_detectors``). Each detector class
+    declares ``interface_version`` = :data:`~hydra_engine.plugin_kinds.REGIME_DETECTOR_INTERFACE_VERSION`,
+    the version of this interface it was written for."""
+
     name: str
 
     def detect(self, market: MarketSnapshot) -> RegimeReading: ...
@@ -62,6 +66,7 @@ class TrendVolRule:
     - otherwise MEAN_REVERTING. Fewer than 60 bars: UNKNOWN (entries restricted)."""
 
     name = "trend_vol_rule"
+    interface_version = 1
 
     def __init__(self, reference_symbols: tuple[str, ...] = ("SPY", "BTC/USD"), lookback: int = 20):
         self.reference_symbols = reference_symbols
@@ -224,6 +229,7 @@ class HMMRegimeDetector:
     core_features: tuple[str, ...] = CORE_FEATURES
     extension_features: tuple[str, ...] = EXTENSION_FEATURES
     name: str = "hmm_regime"
+    interface_version: ClassVar[int] = 1
     params: dict | None = None       # fitted parameters (see to_dict); None until fit/load
     _cache_key: tuple | None = field(default=None, init=False, repr=False, compare=False)
     _cached: RegimeReading | None = field(default=None, init=False, repr=False, compare=False)

@@ -7,17 +7,23 @@ positions) is a small key → JSON table, read back at start-up so a restart res
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import types
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_type_hints
 
 from sqlalchemy import delete, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from .domain import ClosedTrade
 from .tradelog import to_jsonable
+
+_log = logging.getLogger(__name__)
 
 
 class OrderRow(SQLModel, table=True):
@@ -52,23 +58,26 @@ class FillRow(SQLModel, table=True):
     ts: str
 
 
-class TradeRow(SQLModel, table=True):
-    __tablename__ = "trades"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    session_id: str = Field(index=True)
-    strategy: str
-    symbol: str
-    side: str
-    qty: str
-    entry_time: str
-    entry_price: str
-    exit_time: str
-    exit_price: str
-    pnl_usd: str
-    fees_usd: str
-    r_multiple: float
-    regime_at_entry: str
-    exit_reason: str
+def _trade_row_namespace(ns: dict) -> None:
+    """The ``trades`` table: the row's own key and session, then one column per field of
+    :class:`~hydra_engine.domain.ClosedTrade`, in its order and with its types. Derived, not repeated: a
+    second hand-kept list of the same fields is how ``regime_confidence_at_entry`` was silently dropped
+    from the store. A field with a default is a nullable column: in a database created before the field
+    existed the migration (``Store._add_trade_columns``) adds it, and the rows stored before then hold
+    NULL there -- "not recorded", never a made-up value."""
+    hints = get_type_hints(ClosedTrade)
+    annotations: dict[str, Any] = {"id": Optional[int], "session_id": str}
+    ns.update({"__tablename__": "trades", "__module__": __name__, "__annotations__": annotations,
+               "id": Field(default=None, primary_key=True), "session_id": Field(index=True)})
+    for f in dataclasses.fields(ClosedTrade):
+        annotations[f.name] = hints[f.name]
+        if f.default is not dataclasses.MISSING:
+            ns[f.name] = Field(default=f.default, nullable=True)
+
+
+TradeRow = types.new_class("TradeRow", (SQLModel,), {"table": True}, _trade_row_namespace)
+# the ClosedTrade fields a database made before them may lack: the columns the migration may add
+ADDABLE_TRADE_COLUMNS = tuple(f.name for f in dataclasses.fields(ClosedTrade) if f.default is not dataclasses.MISSING)
 
 
 class CycleRow(SQLModel, table=True):
@@ -139,24 +148,44 @@ class Store:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             SQLModel.metadata.create_all(self.engine)
             missing = self._missing_columns()
+            if missing and all(table == "trades" and set(cols) <= set(ADDABLE_TRADE_COLUMNS)
+                               for table, cols in missing):
+                self._add_trade_columns(missing[0][1])
+                missing = self._missing_columns()
         except (SQLAlchemyError, ModuleNotFoundError) as exc:
             # checked here, at start-up: found by the first cycle with an order, it stopped a run mid-session
             raise StoreError(f"storage.url {_shown(url)}: not a usable HYDRA database ({_reason(exc)})") from exc
         if missing:
-            raise StoreError(f"storage.url {_shown(url)}: its tables are not HYDRA's ({'; '.join(missing)}); "
+            lacks = "; ".join(f"table {table} lacks {', '.join(cols)}" for table, cols in missing)
+            raise StoreError(f"storage.url {_shown(url)}: its tables are not HYDRA's ({lacks}); "
                              "point storage.url at a new file or move this one away")
         self._pending_cycles: list[CycleRow] = []
 
-    def _missing_columns(self) -> list[str]:
-        """Tables that exist with columns HYDRA needs missing (create_all leaves existing tables alone)."""
+    def _missing_columns(self) -> list[tuple[str, list[str]]]:
+        """(table, its missing columns) for tables that exist without columns HYDRA needs (create_all
+        leaves existing tables alone)."""
         found = inspect(self.engine)
         out = []
         for table in SQLModel.metadata.sorted_tables:
             have = {c["name"] for c in found.get_columns(table.name)}
             lacking = [c.name for c in table.columns if c.name not in have]
             if lacking:
-                out.append(f"table {table.name} lacks {', '.join(lacking)}")
+                out.append((table.name, lacking))
         return out
+
+    def _add_trade_columns(self, columns: list[str]) -> None:
+        """The one migration: a HYDRA database from before a closed-trade field existed gets its column,
+        nullable, its earlier rows NULL ("not recorded"). Only defaulted ClosedTrade fields qualify and only
+        when nothing else is missing (checked by the caller): a table lacking anything more is not
+        HYDRA's and is refused untouched. Adding a nullable column loses nothing and is one statement,
+        in one transaction, so a failure leaves the database as it was."""
+        table = TradeRow.__table__
+        with self.engine.begin() as conn:
+            for name in columns:
+                col_type = table.columns[name].type.compile(dialect=self.engine.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE trades ADD COLUMN "{name}" {col_type}')
+        _log.warning("storage %s: added trades column(s) %s (closed-trade fields newer than this database; "
+                     "its earlier trades hold NULL there)", _shown(self.url), ", ".join(columns))
 
     def save_cycle(self, session_id: str, report: dict, orders: list[dict], fills: list[dict],
                    trades: list[dict], state: dict[str, Any] | None, *, force: bool = False,

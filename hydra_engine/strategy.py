@@ -4,7 +4,8 @@ A plugin is small: it declares its name, the regimes it trades in, its assets an
 turns market data into :class:`Signal`s and combined signals into :class:`TradeProposal`s (or
 :class:`ExitRequest`s), and touches nothing else — no broker, no store, no clock of its own.
 Plugins are found by name in the built-in ``strategies`` package and in the ``hydra.strategies``
-entry-point group, so a third party can ship one as its own package.
+entry-point group, so a third party can ship one as its own package; each declares the
+``interface_version`` it was written for (:attr:`Strategy.INTERFACE_VERSION`).
 """
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ class StrategyParams(BaseModel):
 
 
 class Strategy(ABC):
+    # The version of this interface; bump it when a change could break a plugin written for the old one.
+    # Each plugin declares ``interface_version`` (the version it was written for); this base deliberately
+    # does not, so a plugin that forgets it is refused at start-up (hydra_engine.plugins.check_plugin).
+    INTERFACE_VERSION: ClassVar[int] = 1
+    interface_version: ClassVar[int]
     name: ClassVar[str]
     regimes: ClassVar[frozenset[Regime]]
     assets: ClassVar[tuple[str, ...]]

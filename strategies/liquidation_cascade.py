@@ -40,6 +40,7 @@ class LiquidationCascadeParams(StrategyParams):
 
 class LiquidationCascadeHunter(Strategy):
     name = "liquidation_cascade"
+    interface_version = 1
     regimes = frozenset({Regime.HIGH_VOL, Regime.CRASH, Regime.TRENDING_UP, Regime.TRENDING_DOWN})
     assets = SYMBOLS
     data_needs = tuple(DataNeed(kind, s) for s in SYMBOLS for kind in ("bars", "funding_rate", "open_interest"))

@@ -79,6 +79,7 @@ class SmaCrossoverParams(StrategyParams):
 
 class SmaCrossover(Strategy):
     name = "sma_crossover"
+    interface_version = 1
     regimes = frozenset(r for r in Regime if r is not Regime.UNKNOWN)
     assets = ("BTC/USD",)
     data_needs = (DataNeed("bars", "BTC/USD"),)

@@ -697,6 +697,7 @@ class SpyProbe(Strategy):
     """A test plugin that needs only Alpaca bars: it buys SPY once, in any regime."""
 
     name = "spy_probe"
+    interface_version = 1      # the strategy interface it is written for (plugins.check_plugin)
     regimes = frozenset(Regime)
     assets = ("SPY",)
     data_needs = (DataNeed("bars", "SPY"),)

@@ -28,6 +28,7 @@ class ThirdPartyEcho(Strategy):
     """A plugin as an outside package would ship it: defined here, found only through an entry point."""
 
     name = "third_party_echo"
+    interface_version = 1
     regimes = frozenset({Regime.TRENDING_UP})
     assets = ("SPY",)
     data_needs = ()
