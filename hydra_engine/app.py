@@ -22,7 +22,7 @@ from .data.event_feeds import event_feeds_for
 from .data.replay import ReplayMarketData
 from .domain import UTC
 from .engine import Engine
-from .plugins import build_strategies
+from .plugins import build_strategies, discover_all
 from .positions import PositionManager
 from .regime import TrendVolRule, load_detector
 from .regime_features import regime_history_days
@@ -64,10 +64,11 @@ REPLAY_MODES = ("sim", "backtest")
 
 def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,
                metadata: dict, store_batch: int, history_dir: Path | None = None, persist: bool = True,
-               gate_rules: list | None = None) -> tuple[Engine, SessionLog | None, Store | None]:
+               gate_rules: list | None = None, modifiers: list | None = None) -> tuple[Engine, SessionLog | None, Store | None]:
     """The one composition root every mode goes through (paper, backtest, sim; sweep workers next).
     ``persist=False`` builds no store and no session log (a parallel sweep worker keeps its results in
     memory): the engine runs the same cycles and gives the same results."""
+    discover_all()   # a plugin of any kind installed with a wrong interface version stops the session here
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
     started = datetime.now(UTC)
     # the session's return is measured from what the account holds now: a paper account is rarely at the
@@ -88,7 +89,7 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
                     session_log=session_log, store=store, store_batch=store_batch,
                     regime_refitter=build_regime_refitter(
                         settings, history_dir=history_dir or settings.resolve_path(settings.data.replay_dir),
-                        log_dir=log_dir), gate_rules=gate_rules)
+                        log_dir=log_dir), gate_rules=gate_rules, modifiers=modifiers)
     engine.starting_equity_usd = starting_equity
     return engine, session_log, store
 

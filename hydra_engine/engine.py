@@ -26,6 +26,7 @@ from .gate import EntryGate, GateContext, GateState
 from .gate_rules import (HaltRule, MarketClosedRule, ObservationRule, OnePositionRule, RegimeUnknownRule,
                          RiskBlockRule, StaleDataRule)
 from .ports import Broker, BrokerError, MarketData, MarketSnapshot
+from .plugin_kinds import SignalContext, apply_modifiers
 from .positions import ExitInstruction, PositionManager
 from .regime import TrendVolRule
 from .risk import PortfolioView, RiskManager
@@ -59,7 +60,8 @@ class Engine:
     def __init__(self, settings: Settings, *, market: MarketData, broker: Broker, strategies: list[Strategy],
                  regime_detector, aggregator, weights, risk: RiskManager, position_manager: PositionManager,
                  session_id: str, mode: str, session_log: SessionLog | None = None, store=None,
-                 store_batch: int = 1, regime_refitter=None, gate_rules: list | None = None):
+                 store_batch: int = 1, regime_refitter=None, gate_rules: list | None = None,
+                 modifiers: list | None = None):
         self.settings = settings
         self.market = market
         self.broker = broker
@@ -71,6 +73,7 @@ class Engine:
         self.weights = weights
         self.risk = risk
         self.position_manager = position_manager
+        self.modifiers = list(modifiers or ())          # signal modifiers (e.g. the cross-asset graph), in order
         self.session_id = session_id
         self.mode = mode
         self.session_log = session_log                   # None and store None: persistence off (sweep workers)
@@ -261,6 +264,10 @@ class Engine:
                 signals.extend(strat.generate_signals(ctx))
             except Exception as exc:  # one plugin's failure stands that plugin down, not the engine
                 report["errors"].append(f"{strat.name}.generate_signals: {type(exc).__name__}: {exc}")
+        if self.modifiers:   # each scaling is recorded with the reason (the edge) that caused it
+            signals, trace = apply_modifiers(self.modifiers, signals, SignalContext(now, market, self.regime),
+                                             report["errors"])
+            report["modifiers"] = trace
         report["signals"] = [to_jsonable(s) for s in signals]
         combined = self.aggregator.combine(signals, now)
         report["aggregated"] = {s: {"score": round(c.score, 6), "confidence": round(c.confidence, 6),

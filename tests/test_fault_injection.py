@@ -421,7 +421,7 @@ def test_fills_caught_up_at_start_are_not_booked_twice_when_the_first_cycle_neve
     double, _ = double_env
     install_spy(double, datetime.now(UTC))
     monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
-        name="trailing_probe", value="tests.test_paper_session:TrailingProbe", group=group)])
+        name="trailing_probe", value="tests.test_paper_session:TrailingProbe", group=group)] if group == "hydra.strategies" else [])
     cfg = paper_config(tmp_path, symbols=("BTC/USD", "SPY"),
                        extra='[strategies]\nenabled = ["liquidation_cascade", "trailing_probe"]\n')
     real_fill, release = double.fill, []
@@ -746,7 +746,7 @@ def test_broken_binance_feed_stands_the_crypto_strategy_down_and_others_go_on(tm
     double, _ = double_env
     install_spy(double, datetime.now(UTC))
     monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
-        name="spy_probe", value="tests.test_fault_injection:SpyProbe", group=group)])
+        name="spy_probe", value="tests.test_fault_injection:SpyProbe", group=group)] if group == "hydra.strategies" else [])
     cfg = paper_config(tmp_path, symbols=("BTC/USD", "ETH/USD", "SPY"),
                        extra='[strategies]\nenabled = ["liquidation_cascade", "spy_probe"]\n')
     cfg.write_text(cfg.read_text().replace("observation_cycles = 0", "observation_cycles = 1"))

@@ -224,7 +224,7 @@ def probe_on_spy(double, monkeypatch, tmp_path, probe: str = "TrailingProbe"):
     name = globals()[probe].name
     install_spy(double, datetime.now(UTC))
     monkeypatch.setattr(plugins, "entry_points", lambda *, group: [EntryPoint(
-        name=name, value=f"tests.test_paper_session:{probe}", group=group)])
+        name=name, value=f"tests.test_paper_session:{probe}", group=group)] if group == "hydra.strategies" else [])
     return paper_config(tmp_path, symbols=("SPY",), extra=f'[strategies]\nenabled = ["{name}"]\n')
 
 

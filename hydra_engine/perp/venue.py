@@ -75,96 +75,8 @@ from .bars import BarRangeSource
 from .funding import FundingSchedule, settle
 from .margin import LeverageBrackets, liquidation_price, load_brackets, maintenance_margin_usdt
 
-ZERO = Decimal(0)
-BPS = Decimal("0.0001")
-FEE_QUANTUM_USDT = Decimal("0.00000001")   # Binance reports commissions with 8 decimals ("-0.01000000")
-MAKER_FEE_BPS = Decimal("2")               # VIP 0 maker 0.0200 % (unverified here, see the module docstring)
-TAKER_FEE_BPS = Decimal("5")               # VIP 0 taker 0.0500 %
-MIN_NOTIONAL_USDT = Decimal("5")           # the −4164 message's value; real minimums vary per symbol
-PERP_TIF = frozenset({TimeInForce.GTC, TimeInForce.IOC})
-LIQUIDATION = "liquidation"
-BAR_OPEN_PEEK = timedelta(days=1)         # longer than any bar the venue is fed
-
-
-def perp_spec(symbol: str, *, qty_step: str, tick: str) -> AssetSpec:
-    step = Decimal(qty_step)
-    return AssetSpec(symbol, AssetClass.CRYPTO, tradable=True, shortable=True, fractionable=True,
-                     qty_increment=step, price_increment=Decimal(tick), min_order_size=step,
-                     order_types=frozenset({OrderType.MARKET}), time_in_force=PERP_TIF)
-
-
-#: LOT_SIZE step and PRICE_FILTER tick as commonly published for these contracts. UNVERIFIED offline:
-#: no exchangeInfo example is in shared/contracts; pass your own specs to the venue when it matters.
-DEFAULT_PERP_SPECS: dict[str, AssetSpec] = {
-    "BTCUSDT": perp_spec("BTCUSDT", qty_step="0.001", tick="0.1"),
-    "ETHUSDT": perp_spec("ETHUSDT", qty_step="0.001", tick="0.01"),
-    "SOLUSDT": perp_spec("SOLUSDT", qty_step="1", tick="0.01"),
-    "BNBUSDT": perp_spec("BNBUSDT", qty_step="0.01", tick="0.01"),
-}
-
-
-class ReduceOnlyRejected(InvalidOrder):
-    """Binance −2022 "ReduceOnly Order is rejected.": the order would open, add to or flip a position."""
-
-    user_hint = "a reduce-only order would increase or flip the position; HYDRA skips it"
-
-
-class LeverageNotAllowed(InvalidOrder):
-    """A leverage above the symbol's bracket cap, a change while a position is open, or a position larger
-    than the leverage allows (Binance −4028 / maxNotionalValue)."""
-
-    user_hint = "the leverage or the position size is above what the venue's leverage brackets allow"
-
-
-@dataclass(slots=True)
-class PerpPosition:
-    """One isolated position. ``isolated_margin_usdt`` is the isolated wallet (initial margin plus funding
-    received minus funding paid); ``funding_usdt`` and ``entry_fees_usdt`` are what the open quantity has
-    accumulated, handed pro rata to each closed part."""
-
-    symbol: str
-    qty: Decimal
-    entry_price: Decimal
-    leverage: int
-    isolated_margin_usdt: Decimal
-    opened_at: datetime
-    funding_usdt: Decimal = ZERO
-    entry_fees_usdt: Decimal = ZERO
-
-    @property
-    def side(self) -> Side:
-        return Side.BUY if self.qty > 0 else Side.SELL
-
-
-@dataclass(frozen=True, slots=True)
-class ClosedPerpTrade:
-    """A closed (part of a) position. ``pnl_usdt`` = price P&L − fees (entry share + exit) + funding."""
-
-    symbol: str
-    side: str                    # long | short
-    qty: Decimal
-    entry_price: Decimal
-    exit_price: Decimal
-    opened_at: datetime
-    closed_at: datetime
-    price_pnl_usdt: Decimal
-    fees_usdt: Decimal
-    funding_usdt: Decimal
-    pnl_usdt: Decimal
-    exit_reason: str             # "order" (an order closed it) or "liquidation"
-    client_order_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class FundingRecord:
-    payment: FundingPayment
-    mark_source: str             # history | bar_open | last_mark
-
-
-@dataclass(slots=True)
-class _Clock:
-    funding_through: datetime | None = None            # every settlement at or before this is done
-    bars_from: dict[str, datetime] = field(default_factory=dict)   # next bar open to check, per held symbol
+from .records import (  # noqa: F401  (re-exported: the venue's public names)
+    ZERO, BPS, FEE_QUANTUM_USDT, DEFAULT_PERP_SPECS, MAKER_FEE_BPS, TAKER_FEE_BPS, MIN_NOTIONAL_USDT, PERP_TIF, LIQUIDATION, BAR_OPEN_PEEK, perp_spec, ReduceOnlyRejected, LeverageNotAllowed, PerpPosition, ClosedPerpTrade, FundingRecord, _Clock)
 
 
 class SimulatedPerpVenue:
@@ -216,6 +128,9 @@ class SimulatedPerpVenue:
         self.exit_reasons: dict[str, str] = {}   # client_order_id -> "liquidation" for venue-made closes
 
     # ------------------------------------------------------------------ leverage and marks
+    def capabilities_for(self, symbol: str) -> VenueCapabilities:
+        return self.capabilities
+
     def leverage(self, symbol: str) -> int:
         return self._leverage.get(symbol, self.default_leverage)
 
