@@ -29,6 +29,7 @@ from .ports import Broker, BrokerError, MarketData, MarketSnapshot
 from .plugin_kinds import SignalContext, apply_modifiers
 from .positions import ExitInstruction, PositionManager
 from .regime import TrendVolRule
+from .regime_refit import refit_step
 from .risk import PortfolioView, RiskManager
 from .strategy import ExitRequest, Strategy, StrategyContext
 from .tradelog import SessionLog, to_jsonable
@@ -378,7 +379,7 @@ class Engine:
         """Refit the regime model when the schedule says so; True when the detector was replaced."""
         if self.regime_refitter is None:
             return False
-        self.regime_detector, changed = self.regime_refitter.step(self.regime_detector, market, now, report)
+        self.regime_detector, changed = refit_step(self.regime_refitter, self.regime_detector, market, now, report)
         if "regime_refit" in report:
             self.regime_refits.append(report["regime_refit"])
         return changed

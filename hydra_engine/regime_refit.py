@@ -128,31 +128,6 @@ class RegimeRefitter:
                                  core_features=detector.core_features)
 
     # restart safety ---------------------------------------------------------------------------
-    def step(self, detector, market: MarketSnapshot, now: datetime, report: dict) -> tuple[object, bool]:
-        """The cycle's refit step: when due, refit on the history known now and say so in the report
-        (``report["regime_refit"]`` and a note). Returns (the detector to use, whether it changed). A
-        failed refit keeps the current model, unless that model was fitted on days after ``now``: then
-        it is set aside (regime UNKNOWN, no entries) until a refit succeeds."""
-        why = self.due(detector, now)
-        if not why:
-            return detector, False
-        fresh, record = self.refit(detector, market, now, why)
-        report["regime_refit"] = record
-        if fresh is None:
-            aside = self.set_aside(detector, now)
-            if aside is None:
-                report["notes"].append(f"regime refit failed ({record['error']}): keeping the current model")
-                return detector, False
-            trained_to = detector.params["training"]["end"]
-            record["set_aside"] = True     # the loaded model no longer reads the regime (see backtest notes)
-            report["notes"].append(f"regime refit failed ({record['error']}); the loaded model was fitted on days up "
-                                   f"to {trained_to}, after this cycle: regime UNKNOWN (no entries) until a refit "
-                                   "succeeds (tried again each day)")
-            return aside, True
-        report["notes"].append(f"regime model refitted on {record['trained_from']}..{record['trained_to']} "
-                               f"({record['days']} days, {record['seconds']} s) because {why}")
-        return fresh, True
-
     def to_state(self) -> dict:
         return {"last_attempt": self.last_attempt.isoformat() if self.last_attempt else None,
                 "model_path": self.model_path}
@@ -174,4 +149,31 @@ class RegimeRefitter:
         return detector
 
 
-__all__ = ["RegimeRefitter", "history_closes"]
+__all__ = ["RegimeRefitter", "history_closes", "refit_step"]
+
+
+def refit_step(refitter, detector, market: MarketSnapshot, now: datetime, report: dict) -> tuple[object, bool]:
+    """The cycle's refit step, for any refitter with ``due``, ``refit`` and ``set_aside``: when due, refit
+    on the history known now and say so in the report
+    (``report["regime_refit"]`` and a note). Returns (the detector to use, whether it changed). A
+    failed refit keeps the current model, unless that model was fitted on days after ``now``: then
+    it is set aside (regime UNKNOWN, no entries) until a refit succeeds."""
+    why = refitter.due(detector, now)
+    if not why:
+        return detector, False
+    fresh, record = refitter.refit(detector, market, now, why)
+    report["regime_refit"] = record
+    if fresh is None:
+        aside = refitter.set_aside(detector, now)
+        if aside is None:
+            report["notes"].append(f"regime refit failed ({record['error']}): keeping the current model")
+            return detector, False
+        trained_to = detector.params["training"]["end"]
+        record["set_aside"] = True     # the loaded model no longer reads the regime (see backtest notes)
+        report["notes"].append(f"regime refit failed ({record['error']}); the loaded model was fitted on days up "
+                               f"to {trained_to}, after this cycle: regime UNKNOWN (no entries) until a refit "
+                               "succeeds (tried again each day)")
+        return aside, True
+    report["notes"].append(f"regime model refitted on {record['trained_from']}..{record['trained_to']} "
+                           f"({record['days']} days, {record['seconds']} s) because {why}")
+    return fresh, True
