@@ -99,7 +99,7 @@ def cmd_status(args) -> int:
                                         for s, p in positions.items()) or "none"))
     if settings.broker.kind == "alpaca" or args.broker:
         from .paper import print_broker_status
-        return print_broker_status(settings)
+        return print_broker_status(settings, live=args.live)
     return EXIT_OK
 
 
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show kill state, last cycle and positions from the store",
                             parents=[config_option()])
     status.add_argument("--broker", action="store_true", help="also ask Alpaca for account, positions and orders")
+    status.add_argument("--live", action="store_true",
+                        help="read a live account (needs broker.paper = false and HYDRA_ENABLE_LIVE_TRADING too)")
     status.set_defaults(func=cmd_status)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
 
