@@ -143,9 +143,7 @@ class Executor:
         # exit can go out now (market hours, order type): outside hours a kill's exit is queued for the
         # open; any other exit waits for the open and the broker-held stop and target stay where they are
         queue = False
-        can_send = getattr(self.broker, "can_send_now", None)
-        why_not = can_send(Order("probe", ex.symbol, pos.side.opposite(), abs(pos.qty), OrderType.MARKET,
-                                 self.tif(ex.symbol), now, pos.strategy, purpose="exit")) if can_send else None
+        why_not = self._why_not_now(ex.symbol, now)
         if why_not is not None:
             if ex.reason == "kill" and "market is closed" in why_not:
                 queue = True
@@ -188,6 +186,16 @@ class Executor:
         elif canceled:
             self._restore_protection(pos, canceled, now, report)
 
+    def _why_not_now(self, symbol: str, now: datetime) -> str | None:
+        """Why a market exit on ``symbol`` cannot go out now (None: it can), from what the venue declares:
+        the asset's order types and its market hours (a simulated venue queues to the next bar: open)."""
+        asset = self.broker.asset(symbol)
+        if asset.order_types and OrderType.MARKET not in asset.order_types:
+            return f"market orders are not accepted for {symbol}"
+        if not self.broker.is_market_open(symbol, now):
+            return "the market is closed"
+        return None
+
     def _restore_protection(self, pos: Position, canceled: list, now: datetime, report: dict) -> None:
         """The exit was refused after the orders protecting the position were canceled: put a broker-held
         stop back (a percent trail where one was canceled, else a stop at the position's stop price), so
@@ -203,10 +211,11 @@ class Executor:
                           OrderType.TRAILING_STOP, TimeInForce.GTC, now, pos.strategy, purpose="stop",
                           trail_percent=trail.trail_percent)
             reason = "trailing_stop"
-        else:
+        else:   # the level the broker held (the engine's own may be the crossed level that decided the exit)
+            level = next((o.stop_price for o in was_stop if o.stop_price is not None), None)
             order = Order(self.next_coid(pos.strategy, pos.symbol), pos.symbol, pos.side.opposite(), qty,
                           OrderType.STOP, TimeInForce.GTC, now, pos.strategy, purpose="stop",
-                          stop_price=to_decimal(round(pos.stop_price, 2)))
+                          stop_price=level if level is not None else to_decimal(round(pos.stop_price, 2)))
             reason = "stop"
         sent = self.submit(order, report)
         if sent is None or sent.status is OrderStatus.UNKNOWN:

@@ -19,9 +19,10 @@ from .app import Session, build_core, build_regime_detector  # noqa: F401  (re-e
 from .clock import LiveClock
 from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
 from .data.feeds import MarketDataWithFeeds
-from .domain import UTC, Order, OrderStatus, OrderType
+from .domain import UTC, Order, OrderStatus
 from .executor import order_dict
-from .orderids import is_hydra_order_id, is_kill_order_id, kill_order_id, new_kill_id
+from .orderids import kill_order_id, new_kill_id
+from .restart import adopt_protective_orders, recognise_own_orders, resolve_submitting
 from .book import closed_trade_from_dict
 from .regime_features import regime_history_days
 from .ports import BrokerError
@@ -187,92 +188,6 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     return Session(engine, clock, session_log, store, before_cycle=before_cycle)
 
 
-_PROTECTIVE_REASON = {OrderType.LIMIT: "target", OrderType.STOP: "stop", OrderType.STOP_LIMIT: "stop",
-                      OrderType.TRAILING_STOP: "trailing_stop"}
-
-
-def _protect_with(engine, o: Order) -> bool:
-    """Take a working order that would close ``o.symbol``'s held position as that position's
-    protection: its fill closes the trade with the order's reason, and its price becomes the engine's
-    stop or target (the engine then watches exactly what the broker will act on)."""
-    pos = engine.positions.get(o.symbol)
-    reason = _PROTECTIVE_REASON.get(o.order_type)
-    if pos is None or reason is None or o.side is not pos.side.opposite():
-        return False
-    engine.book.track_exit(o.client_order_id, reason)
-    if reason == "trailing_stop":
-        engine.book.native_stops.add(o.symbol)
-    elif reason == "target" and o.limit_price is not None:
-        pos.target_price = float(o.limit_price)
-    elif o.stop_price is not None:
-        pos.stop_price = pos.initial_stop_price = float(o.stop_price)
-    return True
-
-
-def recognise_own_orders(engine, broker, working: list[Order]) -> list[Order]:
-    """Issue #16: the working orders that are HYDRA's own. Those its saved state names; a kill's closing
-    orders (booked as the kill's exits); bracket legs and protective orders whose parent or own id is
-    HYDRA's (a process killed right after a bracket entry never saved its legs: they protect the
-    position again); any other order with a HYDRA id (an entry or exit a crashed process sent, whose
-    fill the untracked-fill path books). What is left is foreign, and a mismatch."""
-    parent_of = getattr(broker, "parent_of", lambda coid: None)
-    own = []
-    for o in working:
-        coid = o.client_order_id
-        if coid in engine.exit_reasons or coid in engine.plans:
-            own.append(o)
-            continue
-        parent = parent_of(coid)
-        if is_kill_order_id(coid):
-            engine.book.track_exit(coid, "kill")
-        elif parent is not None and (is_hydra_order_id(parent) or parent in engine.plans):
-            _protect_with(engine, o)
-        elif is_hydra_order_id(coid):
-            if o.order_type is not OrderType.MARKET:
-                _protect_with(engine, o)
-            elif (pos := engine.positions.get(o.symbol)) is not None and o.side is pos.side.opposite():
-                engine.book.track_exit(coid, "reconciled")   # an exit whose reason died with its sender
-        else:
-            continue
-        own.append(o)
-    return own
-
-
-def adopt_protective_orders(engine, unknown: list[Order]) -> None:
-    """``--adopt`` adopts open orders too: a stop, target or trailing stop working against an adopted
-    position becomes that position's protection (its fill closes the trade), so the next start does not
-    refuse over it again. Other foreign orders stay the operator's (they are not HYDRA's to manage)."""
-    taken = [o.client_order_id for o in unknown if _protect_with(engine, o)]
-    if taken:
-        engine.startup_notes.append(f"--adopt: working order(s) {', '.join(taken)} adopted as the protection "
-                                    "of the adopted positions")
-
-
-def resolve_submitting(broker, store: Store, engine) -> None:
-    """Issue #16 (write-ahead): orders recorded as ``submitting`` whose sender was killed before its
-    cycle committed are looked up by client order id: what the broker has is recorded with its status,
-    what it never heard of as rejected. Both go into the first cycle's orders, so the orders table and
-    a session log hold every order. One the broker cannot be asked about now stays for the next start."""
-    for row in store.submitting_orders():
-        try:
-            known = broker.get_order(row.client_order_id)
-        except BrokerError as exc:
-            log.warning("order %s recorded before sending: outcome not known yet (%s)", row.client_order_id, exc)
-            continue
-        d = {k: getattr(row, k) for k in row.model_fields}
-        if known is None:
-            d.update(status=OrderStatus.REJECTED.value, reject_reason="never reached the broker (the process "
-                     "stopped before or while sending it)")
-        else:
-            d.update(status=known.status.value, broker_order_id=known.broker_order_id,
-                     filled_qty=str(known.filled_qty),
-                     filled_avg_price=None if known.filled_avg_price is None else str(known.filled_avg_price))
-        engine.startup_orders.append(d)
-    if engine.startup_orders:
-        engine.startup_notes.append(f"{len(engine.startup_orders)} order(s) sent by a stopped process resolved by "
-                                    f"client order id: {', '.join(d['client_order_id'] for d in engine.startup_orders)}")
-
-
 def resume_fill_watch(broker, store: Store, started: datetime, watch_key: str = "fill_watch:paper") -> None:
     """Issue #7 (crash/restart): without this, a restarted session only watches orders submitted after
     its own start, so a fill of an order sent by the previous (crashed) process -- while it was down, or
@@ -367,7 +282,7 @@ class Control:
             engine.book.track_exit(coid, "kill")
             self.kill_orders_seen.add(coid)
         rows = {o.client_order_id: o for o in self.store.orders(state.get("kill_id"))}
-        engine.startup_orders += [{k: getattr(rows[c], k) for k in rows[c].model_fields if k != "session_id"}
+        engine.startup_orders += [{k: getattr(rows[c], k) for k in type(rows[c]).model_fields if k != "session_id"}
                                   for c in new if c in rows]
         engine.startup_notes.append(f"kill {state.get('kill_id', '')}: closing order(s) {', '.join(new)} booked "
                                     "as the kill's exits" + (f"; queued for the open: {', '.join(state['queued'])}"
@@ -496,7 +411,7 @@ def _record_kill(store: Store, kill_id: str, reason: str, now: datetime, result)
 
 
 def store_row_dict(row) -> dict:
-    return {k: getattr(row, k) for k in row.model_fields if k != "session_id"}
+    return {k: getattr(row, k) for k in type(row).model_fields if k != "session_id"}
 
 
 def resume(settings: Settings) -> int:

@@ -189,6 +189,7 @@ def test_twenty_sigkills_lose_no_fill_duplicate_no_order_and_books_match(tmp_pat
         entries = list(server.accepted_entries)
         kills = list(server.killed)
         fees_taken = dict(server.double.crypto_fees_taken)
+        broker_ids = {o["client_order_id"] for o in server.double._all_orders()}
 
     # the plan really exercised crashes at every point, and the adopt path
     assert all(rc == -9 for _, rc, _ in outcomes), outcomes           # twenty SIGKILLs in a row
@@ -216,6 +217,18 @@ def test_twenty_sigkills_lose_no_fill_duplicate_no_order_and_books_match(tmp_pat
     assert not missing, missing
     logged = logged_fill_ids(tmp_path / "logs")
     assert not [f for f in exchange_fills if f["fill_id"] not in logged]
+
+    # issue #16 (write-ahead): every broker order with a HYDRA id is in the orders table and in a session
+    # log, also those a killed process had just sent
+    from hydra_engine.orderids import is_hydra_order_id
+    hydra_ids = {c for c in broker_ids if is_hydra_order_id(c)}
+    assert hydra_ids and hydra_ids == broker_ids, broker_ids - hydra_ids
+    table = {o.client_order_id: o.status for o in store.orders()}
+    assert not hydra_ids - table.keys(), hydra_ids - table.keys()
+    assert not [c for c in hydra_ids if table[c] == "submitting"], table
+    logged_orders = {o["client_order_id"] for p in (tmp_path / "logs").glob("session-*.json")
+                     for o in load_session(p)["orders"]}
+    assert not hydra_ids - logged_orders, hydra_ids - logged_orders
 
     # HYDRA's book (as stored for the next restart) is the broker's -- up to dust: Alpaca keeps its crypto
     # fee out of the coins bought, so a round trip leaves less than the minimum order size behind
@@ -276,7 +289,8 @@ def run_paper(cfg: Path, monkeypatch, double, *, cycles: int, steer=None, args=(
         def before(engine, t):
             double.now = datetime.now(UTC)
             for o in list(double._all_orders()):
-                if o["status"] in ("accepted", "pending_new", "new") and o["type"] == "market":
+                if o["status"] in ("accepted", "pending_new", "new") and o["type"] == "market" \
+                        and (double.market_open or o["asset_class"] == "crypto"):   # queued equities wait
                     double.fill(o["client_order_id"], str(double.bars[o["symbol"]][-1]["c"]))
             if steer:
                 steer(engine, engine.cycle + 1)
