@@ -37,6 +37,10 @@ def _print_summary(summary: dict) -> None:
     print("vetoes by rule    " + (", ".join(f"{k}: {v}" for k, v in sorted(summary["vetoes_by_rule"].items()))
                                   or ("none (every proposal was approved)" if summary["proposals"] else "none (no proposals)")))
     print(f"orders            {summary['orders']} sent, {summary['orders_refused']} refused")
+    if summary.get("faults"):   # issue #16: retries and rate-limit waits, where an operator looks
+        f = summary["faults"]
+        print(f"faults            {int(f.get('retries', 0))} retried broker calls, {int(f.get('rate_limited', 0))} "
+              f"rate-limit answers (429), {f.get('waited_s', 0):.1f} s waited")
     print(f"closed trades     {summary['closed_trades']}")
     for name, s in summary["per_strategy"].items():
         win = 100 * s["wins"] / s["trades"] if s["trades"] else 0

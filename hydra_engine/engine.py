@@ -95,6 +95,7 @@ class Engine:
         self.closed_trades: list[dict] = []
         self.caught_up_fills: list[tuple[Fill, dict | None]] = []   # fills applied before cycle 1 (restart)
         self.startup_notes: list[str] = []               # said by the first cycle (e.g. fills recovered at start-up)
+        self.faults: dict[str, float] = {}               # broker retries, 429s, waits: the summary's "faults"
         self.startup_orders: list[dict] = []             # recorded by the next cycle: orders resolved at start-up
                                                          # (sent by a killed process) and a kill's closing orders
         self._update_marks = broker.update_marks if broker.capabilities.marks_from_engine else None

@@ -158,7 +158,27 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     retry: list[int] = []            # the cycle whose check the broker could not answer
     mismatch: list[str] = []         # why the last reconciliation halted entries (empty: it did not)
 
+    limiter = getattr(broker, "limiter", None)
+    seen_faults = {"retries": 0, "rate_limited": 0, "waited_s": 0.0}
+
+    def report_faults(eng) -> None:
+        """Issue #16: retries, 429s and rate-limit waits since the last cycle go to the cycle's notes and
+        to the console at WARNING with counts, and add up in the summary's "faults" line."""
+        if limiter is None:
+            return
+        now_counts = {"retries": limiter.retries, "rate_limited": limiter.rate_limited, "waited_s": limiter.slept_s}
+        delta = {k: now_counts[k] - seen_faults[k] for k in now_counts}
+        seen_faults.update(now_counts)
+        if delta["retries"] or delta["rate_limited"] or delta["waited_s"] >= 1.0:
+            for k, v in delta.items():
+                eng.faults[k] = eng.faults.get(k, 0) + v
+            msg = (f"broker faults since the last cycle: {delta['retries']} retried call(s), {delta['rate_limited']} "
+                   f"rate-limit answer(s) (429), {delta['waited_s']:.1f} s waited")
+            log.warning(msg)
+            eng.startup_notes.append(msg)
+
     def before_cycle(eng, now):
+        report_faults(eng)
         unreadable = control.apply(eng, now)
         if hasattr(broker, "fills_watched_since"):   # issue #7: where the next process resumes watching
             store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, now)
