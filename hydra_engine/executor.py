@@ -116,7 +116,6 @@ class Executor:
                 held_before=held_before))
             for leg in sent.legs:   # a leg's fill closes the trade with the leg's reason
                 self.book.track_exit(leg.client_order_id, "target" if leg.order_type is OrderType.LIMIT else "stop")
-                report["orders"].append(order_dict(leg))   # the legs are orders too: on record with their parent
 
     def _bracket_entry(self, p: TradeProposal, qty: Decimal) -> bool:
         """Issue #3: on a broker that holds brackets (Alpaca), an equity entry of at least one whole share
