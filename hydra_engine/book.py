@@ -18,7 +18,8 @@ from decimal import Decimal
 from typing import Iterable, Protocol
 
 from .domain import ClosedTrade, Fill, FundingPayment, Order, OrderStatus, Position, Side, TradeProposal
-from .ports import ZERO, Broker, BrokerError, to_decimal
+from .orderids import is_hydra_order_id, is_kill_order_id, strategy_of
+from .ports import ZERO, Broker, BrokerError, BrokerPosition, to_decimal
 from .tradelog import to_jsonable
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class Book:
         self.entry_sources: dict[str, list] = {}         # symbol -> (source, score) behind the open entry
         self.unresolved: dict[str, Order] = {}           # submits whose outcome the broker did not tell
         self.fills_known_at: datetime | None = None      # when the fills being applied became known (cycle time)
+        # while a batch of fills is replayed (start-up): symbol -> signed quantity the batch's *later*
+        # fills add at the broker, so each fill is judged against the broker's book right after it
+        self.replay_later: dict[str, Decimal] = {}
 
     # ------------------------------------------------------------------ tracking orders
     def track_entry(self, coid: str, plan: PendingPlan) -> None:
@@ -203,7 +207,31 @@ class Book:
             return None
         if coid in self.exit_reasons:
             return self._apply_exit_fill(coid, fill, report)
+        if is_kill_order_id(coid):
+            # issue #16: the kill command's own closing order (its id marks it): booked as the kill's exit,
+            # whether or not this process had heard of the kill yet -- never a phantom position
+            self.track_exit(coid, "kill")
+            return self._apply_exit_fill(coid, fill, report)
         return self._apply_untracked_fill(fill)
+
+    def replay(self, fills: list[Fill], apply, also_later: list[Fill] = ()) -> list[tuple[Fill, dict | None]]:
+        """Issue #16: book a batch of fills (those of HYDRA's own orders found at start-up) oldest first
+        through ``apply``, each measured against the broker's book as it stood right after that fill: an
+        exit a crashed process sent and a re-entry the next crashed process sent then replay to exactly
+        the broker's book, instead of the exit being ignored ("qty differs" at every restart)."""
+        ordered = sorted(fills, key=lambda f: f.ts)
+        later: dict[str, Decimal] = {}
+        for f in [*ordered, *also_later]:      # ``also_later``: fills replayed after this batch
+            later[f.symbol] = later.get(f.symbol, ZERO) + f.qty * f.side.sign
+        out = []
+        try:
+            for f in ordered:
+                later[f.symbol] -= f.qty * f.side.sign
+                self.replay_later = later
+                out.append((f, apply(f)))
+        finally:
+            self.replay_later = {}
+        return out
 
     def _apply_entry_fill(self, plan: PendingPlan, fill: Fill, report: dict | None) -> None:
         """An entry's fill -- or one slice of it: an order can fill in parts (Alpaca paper simulates partial
@@ -373,6 +401,8 @@ class Book:
         exit reason "reconciled". Fills of other orders are still left to reconciliation."""
         names = self.strategy_names + ["adopted"]
         strategy = next((n for n in names if f"-{n[:40]}-" in fill.client_order_id), None)
+        if strategy is None and is_hydra_order_id(fill.client_order_id):
+            strategy = strategy_of(fill.client_order_id)   # a strategy since disabled: still HYDRA's order
         if strategy is None or fill.symbol not in self.symbols:
             return None
         try:
@@ -381,6 +411,10 @@ class Book:
             log.warning("untracked fill %s: broker positions unavailable (%s); the next reconciliation "
                         "checks %s", fill.fill_id, exc, fill.symbol)
             return None
+        later = self.replay_later.get(fill.symbol, ZERO)
+        if later:   # replaying: the broker's book right after this fill, before the batch's later fills
+            qty_after = (held.qty if held is not None else ZERO) - later
+            held = BrokerPosition(fill.symbol, qty_after, fill.price)   # (the broker's average includes later fills)
         broker_qty = held.qty if held is not None and abs(held.qty) >= self.dust_below(fill.symbol) else ZERO
         local = self.positions.get(fill.symbol)
         if local is None and broker_qty != 0:

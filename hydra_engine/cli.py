@@ -37,6 +37,10 @@ def _print_summary(summary: dict) -> None:
     print("vetoes by rule    " + (", ".join(f"{k}: {v}" for k, v in sorted(summary["vetoes_by_rule"].items()))
                                   or ("none (every proposal was approved)" if summary["proposals"] else "none (no proposals)")))
     print(f"orders            {summary['orders']} sent, {summary['orders_refused']} refused")
+    if summary.get("faults"):   # issue #16: retries and rate-limit waits, where an operator looks
+        f = summary["faults"]
+        print(f"faults            {int(f.get('retries', 0))} retried broker calls, {int(f.get('rate_limited', 0))} "
+              f"rate-limit answers (429), {f.get('waited_s', 0):.1f} s waited")
     print(f"closed trades     {summary['closed_trades']}")
     for name, s in summary["per_strategy"].items():
         win = 100 * s["wins"] / s["trades"] if s["trades"] else 0
@@ -99,7 +103,7 @@ def cmd_status(args) -> int:
                                         for s, p in positions.items()) or "none"))
     if settings.broker.kind == "alpaca" or args.broker:
         from .paper import print_broker_status
-        return print_broker_status(settings)
+        return print_broker_status(settings, live=args.live)
     return EXIT_OK
 
 
@@ -134,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show kill state, last cycle and positions from the store",
                             parents=[config_option()])
     status.add_argument("--broker", action="store_true", help="also ask Alpaca for account, positions and orders")
+    status.add_argument("--live", action="store_true",
+                        help="read a live account (needs broker.paper = false and HYDRA_ENABLE_LIVE_TRADING too)")
     status.set_defaults(func=cmd_status)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
 

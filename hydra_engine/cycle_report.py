@@ -91,6 +91,7 @@ def session_summary(engine) -> dict:
         "closed_trades": len(engine.closed_trades), "per_strategy": per_strategy, "exit_reasons": exit_reasons,
         "fees_usd": getattr(engine.broker, "fees_paid", None),
         "sizing_bound_by": engine.risk.binding_counts(),
+        **({"faults": dict(engine.faults)} if getattr(engine, "faults", None) else {}),
     })
 
 

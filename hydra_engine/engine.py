@@ -99,6 +99,9 @@ class Engine:
         self.closed_trades: list[dict] = []
         self.caught_up_fills: list[tuple[Fill, dict | None]] = []   # fills applied before cycle 1 (restart)
         self.startup_notes: list[str] = []               # said by the first cycle (e.g. fills recovered at start-up)
+        self.faults: dict[str, float] = {}               # broker retries, 429s, waits: the summary's "faults"
+        self.startup_orders: list[dict] = []             # recorded by the next cycle: orders resolved at start-up
+                                                         # (sent by a killed process) and a kill's closing orders
         self._update_marks = broker.update_marks if broker.capabilities.marks_from_engine else None
         history = getattr(market, "history", None)       # replay data: plugins may pre-compute (causally)
         if history is not None:
@@ -196,6 +199,9 @@ class Engine:
         if self.startup_notes:
             report["notes"] += self.startup_notes
             self.startup_notes = []
+        if self.startup_orders:
+            report["orders"] += self.startup_orders
+            self.startup_orders = []
         self.book.fills_known_at = now
         try:
             for fill in self.broker.poll_fills(now):

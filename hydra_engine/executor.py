@@ -15,6 +15,7 @@ from decimal import ROUND_DOWN, Decimal
 from .book import Book, PendingPlan
 from .domain import (AssetClass, Order, OrderStatus, OrderType, Position, RegimeReading, TimeInForce, TradeProposal,
                      make_client_order_id)
+from .orderids import is_kill_order_id
 from .ports import Broker, BrokerError, UnknownOrderOutcome, to_decimal
 from .positions import ExitInstruction, uses_native_trailing
 from .tradelog import to_jsonable
@@ -42,6 +43,8 @@ class Executor:
         self.stats = stats                     # RunStats: orders sent and refused
         self.order_seq = 0
         self._kill_canceled: set[str] = set()  # entries a kill switch has asked the broker to cancel
+        self._deferred: set[tuple] = set()     # exits said to wait for the open (said once)
+        self.write_ahead = None                # order -> None: records an order before it is sent
 
     def cancel_working_entries(self, report: dict) -> None:
         """A kill switch stops new exposure: a working entry (queued for the next open, or the rest of a
@@ -69,9 +72,14 @@ class Executor:
     def tif(self, symbol: str) -> TimeInForce:
         return TimeInForce.GTC if self.broker.asset(symbol).asset_class is AssetClass.CRYPTO else TimeInForce.DAY
 
-    def submit(self, order: Order, report: dict) -> Order | None:
+    def submit(self, order: Order, report: dict, *, queue_if_closed: bool = False) -> Order | None:
+        if self.write_ahead is not None:
+            # issue #16: recorded (status "submitting") before it is sent, so an order a killed process had
+            # just sent is in the orders table and is resolved by its client order id at the restart
+            self.write_ahead(order)
         try:
-            sent = self.broker.submit(order)
+            sent = (self.broker.submit(order, queue_if_closed=True) if queue_if_closed
+                    else self.broker.submit(order))
         except UnknownOrderOutcome as exc:
             # the broker may have accepted it: keep it (and its plan) so a later fill is matched, and
             # treat the symbol as having a working order; it is never re-sent blindly
@@ -125,12 +133,32 @@ class Executor:
         pos = self.book.positions[ex.symbol]
         working = [o for o in self.broker.open_orders() if o.symbol == ex.symbol]
         # an exit is already working: never send a second one. After a restart the broker adapter does not
-        # know an earlier process's exit as one; the saved exit reasons do (exits are market orders)
-        if any(o.purpose == "exit" or (o.order_type is OrderType.MARKET and o.client_order_id in self.book.exit_reasons)
+        # know an earlier process's exit as one; the saved exit reasons do (exits are market orders). A
+        # kill's closing order (its id marks it) is such an exit too: never canceled, never fought
+        if any(o.purpose == "exit" or is_kill_order_id(o.client_order_id)
+               or (o.order_type is OrderType.MARKET and o.client_order_id in self.book.exit_reasons)
                for o in working):
             return
+        # issue #16: protection is never removed before its replacement is certain. Ask first whether the
+        # exit can go out now (market hours, order type): outside hours a kill's exit is queued for the
+        # open; any other exit waits for the open and the broker-held stop and target stay where they are
+        queue = False
+        why_not = self._why_not_now(ex.symbol, now)
+        if why_not is not None:
+            if ex.reason == "kill" and "market is closed" in why_not:
+                queue = True
+            else:
+                key = (ex.symbol, ex.reason, why_not)
+                if key not in self._deferred:    # said once, not every cycle of the night
+                    self._deferred.add(key)
+                    report["notes"].append(f"{ex.reason} exit for {ex.symbol} deferred: {why_not}; the broker-held "
+                                           "protection stays in place until the exit can be sent")
+                return
+        self._deferred = {k for k in self._deferred if k[0] != ex.symbol}
+        canceled = []
         for o in working:  # cancel what holds the shares (e.g. a native trailing stop)
             self.broker.cancel(o.client_order_id)
+            canceled.append((o, self.book.exit_reasons.get(o.client_order_id)))
             self.book.forget_exit(o.client_order_id)
         held, dust = self.book.broker_qty(ex.symbol), self.book.dust_below(ex.symbol)
         if held is not None and (held == 0 or abs(held) < dust):
@@ -151,8 +179,54 @@ class Executor:
                       OrderType.MARKET, self.tif(ex.symbol), now, pos.strategy, purpose="exit")
         report["exits"].append({"symbol": ex.symbol, "reason": ex.reason, "trigger_price": ex.trigger_price,
                                 "detail": ex.detail, "client_order_id": order.client_order_id})
-        if self.submit(order, report):
+        if queue:
+            report["notes"].append(f"kill exit for {ex.symbol} queued for the open (the market is closed)")
+        if self.submit(order, report, queue_if_closed=queue):
             self.book.track_exit(order.client_order_id, ex.reason)
+        elif canceled:
+            self._restore_protection(pos, canceled, now, report)
+
+    def _why_not_now(self, symbol: str, now: datetime) -> str | None:
+        """Why a market exit on ``symbol`` cannot go out now (None: it can), from what the venue declares:
+        the asset's order types and its market hours (a simulated venue queues to the next bar: open)."""
+        asset = self.broker.asset(symbol)
+        if asset.order_types and OrderType.MARKET not in asset.order_types:
+            return f"market orders are not accepted for {symbol}"
+        if not self.broker.is_market_open(symbol, now):
+            return "the market is closed"
+        return None
+
+    def _restore_protection(self, pos: Position, canceled: list, now: datetime, report: dict) -> None:
+        """The exit was refused after the orders protecting the position were canceled: put a broker-held
+        stop back (a percent trail where one was canceled, else a stop at the position's stop price), so
+        the position never sits without protection at the broker. The target stays engine-managed."""
+        trail = next((o for o, _ in canceled if o.order_type is OrderType.TRAILING_STOP), None)
+        was_stop = [o for o, why in canceled if o.order_type in (OrderType.STOP, OrderType.STOP_LIMIT)
+                    or why in ("stop", "trailing_stop")]
+        if trail is None and not was_stop:
+            return
+        qty = abs(pos.qty)
+        if trail is not None:
+            order = Order(self.next_coid(pos.strategy, pos.symbol), pos.symbol, pos.side.opposite(), qty,
+                          OrderType.TRAILING_STOP, TimeInForce.GTC, now, pos.strategy, purpose="stop",
+                          trail_percent=trail.trail_percent)
+            reason = "trailing_stop"
+        else:   # the level the broker held (the engine's own may be the crossed level that decided the exit)
+            level = next((o.stop_price for o in was_stop if o.stop_price is not None), None)
+            order = Order(self.next_coid(pos.strategy, pos.symbol), pos.symbol, pos.side.opposite(), qty,
+                          OrderType.STOP, TimeInForce.GTC, now, pos.strategy, purpose="stop",
+                          stop_price=level if level is not None else to_decimal(round(pos.stop_price, 2)))
+            reason = "stop"
+        sent = self.submit(order, report)
+        if sent is None or sent.status is OrderStatus.UNKNOWN:
+            report["errors"].append(f"{pos.symbol}: the exit was refused and its protection could not be put back: "
+                                    "the engine manages the stop until it can")
+            return
+        self.book.track_exit(order.client_order_id, reason)
+        if reason == "trailing_stop":
+            self.book.native_stops.add(pos.symbol)
+        report["notes"].append(f"{pos.symbol}: the exit was refused; a broker-held {reason.replace('_', ' ')} "
+                               f"{order.client_order_id} protects the position again")
 
     def protect(self, pos: Position, now: datetime, report: dict | None = None) -> None:
         """Alpaca equities hold a percent trail at the broker (it keeps trailing between cycles);
@@ -167,6 +241,8 @@ class Executor:
         order = Order(self.next_coid(pos.strategy, pos.symbol), pos.symbol, pos.side.opposite(), abs(pos.qty),
                       OrderType.TRAILING_STOP, TimeInForce.GTC, now, pos.strategy, purpose="stop",
                       trail_percent=to_decimal(pos.trailing_stop_pct))
+        if self.write_ahead is not None:
+            self.write_ahead(order)
         try:
             sent = self.broker.submit(order)
         except BrokerError as exc:  # the engine-managed trail still protects the position

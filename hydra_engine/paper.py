@@ -21,7 +21,10 @@ from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
 from .data.event_feeds import event_feeds_for
 from .data.feeds import MarketDataWithFeeds
 from .plugins import build_strategies
-from .domain import UTC
+from .domain import UTC, Order, OrderStatus
+from .executor import order_dict
+from .orderids import kill_order_id, new_kill_id
+from .restart import adopt_protective_orders, recognise_own_orders, resolve_submitting
 from .book import closed_trade_from_dict
 from .regime_features import regime_history_days
 from .ports import BrokerError
@@ -107,7 +110,10 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # state) under the session that logged them, without logging them a second time
     logged_by, logged = last_logged_fills(log_dir, session_log.path, engine.mode)
     engine.fills_known_at = started
-    recovered = [(f, engine.apply_fill(f)) for f in caught if f.fill_id in logged]
+    # issue #16: HYDRA's own history is replayed oldest first before anything is judged, each fill against
+    # the broker's book as it stood right after it (fills booked later in this start-up count as later)
+    rest = [f for f in caught if f.fill_id not in logged]
+    recovered = engine.book.replay([f for f in caught if f.fill_id in logged], engine.apply_fill, also_later=rest)
     if recovered:
         trades = [t for _, t in recovered if t]
         for t in trades:           # what the lost cycle's step 9 would have learnt
@@ -119,11 +125,13 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
                              {engine.state_key: engine.state()}, started)
         engine.startup_notes.append(f"{len(recovered)} fill(s) logged by {logged_by} but not stored before it "
                                     f"stopped were booked in the store: {', '.join(f.fill_id for f, _ in recovered)}")
-    engine.caught_up_fills = [(f, engine.apply_fill(f)) for f in caught if f.fill_id not in logged]
+    engine.caught_up_fills = engine.book.replay(rest, engine.apply_fill)
+    resolve_submitting(broker, store, engine)
     # the working orders HYDRA recorded (bracket legs, native trailing stops and exits, by client_order_id
-    # in its saved state) are its own; any other working order is a mismatch
+    # in its saved state) are its own, and so is every order carrying a HYDRA id (an earlier session's, a
+    # kill's) and every leg of a HYDRA bracket; any other working order is a mismatch
     working = broker.open_orders()
-    recorded = [o for o in working if o.client_order_id in engine.exit_reasons or o.client_order_id in engine.plans]
+    recorded = recognise_own_orders(engine, broker, working)
     dust = {s: engine.dust_below(s) for s in settings.universe.symbols}
     report = reconcile(broker.positions(), working, engine.positions, recorded, now=started,
                        known_symbols=settings.universe.symbols, dust=dust)
@@ -137,6 +145,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
                 f"positions (they get a protective stop) or close them at Alpaca.")
         adopted, _ = adopt_broker_state(report, engine.positions, [], started)
         engine.book.adopt_positions(adopted)
+        adopt_protective_orders(engine, report.unknown_orders)   # the legs protect the adopted positions
         log.warning("adopted the broker's book: %s", text)
         # issue #7: persist the adopted book at once; before, it was saved only by the first cycle with an
         # order or a fill, so a crash before that made every later restart refuse (and adopt) again. Not
@@ -145,12 +154,35 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         if not engine.caught_up_fills:
             store.save_state(engine.state_key, engine.state(), started)
     control = Control(store)
+    # issue #16: recorded before it is sent (status "submitting"); resolved by client order id at restart
+    engine.executor.write_ahead = lambda order: store.record_orders(
+        session_id, [{**order_dict(order), "status": "submitting"}])
 
     suspect: list[str] = []          # the symbols the last check disagreed about: checked again next cycle
     retry: list[int] = []            # the cycle whose check the broker could not answer
     mismatch: list[str] = []         # why the last reconciliation halted entries (empty: it did not)
 
+    limiter = getattr(broker, "limiter", None)
+    seen_faults = {"retries": 0, "rate_limited": 0, "waited_s": 0.0}
+
+    def report_faults(eng) -> None:
+        """Issue #16: retries, 429s and rate-limit waits since the last cycle go to the cycle's notes and
+        to the console at WARNING with counts, and add up in the summary's "faults" line."""
+        if limiter is None:
+            return
+        now_counts = {"retries": limiter.retries, "rate_limited": limiter.rate_limited, "waited_s": limiter.slept_s}
+        delta = {k: now_counts[k] - seen_faults[k] for k in now_counts}
+        seen_faults.update(now_counts)
+        if delta["retries"] or delta["rate_limited"] or delta["waited_s"] >= 1.0:
+            for k, v in delta.items():
+                eng.faults[k] = eng.faults.get(k, 0) + v
+            msg = (f"broker faults since the last cycle: {delta['retries']} retried call(s), {delta['rate_limited']} "
+                   f"rate-limit answer(s) (429), {delta['waited_s']:.1f} s waited")
+            log.warning(msg)
+            eng.startup_notes.append(msg)
+
     def before_cycle(eng, now):
+        report_faults(eng)
         unreadable = control.apply(eng, now)
         if hasattr(broker, "fills_watched_since"):   # issue #7: where the next process resumes watching
             store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, now)
@@ -206,7 +238,8 @@ def resume_fill_watch(broker, store: Store, started: datetime, watch_key: str = 
             seen[oid] = (max(qty0, total_qty), notional0 + Decimal(f.qty) * Decimal(f.price))
     marks = []
     for o in store.orders():
-        if o.session_id.startswith(("paper-", "live-")) and o.status in ("new", "accepted", "partially_filled", "unknown") \
+        if o.session_id.startswith(("paper-", "live-", "kill-")) \
+                and o.status in ("new", "accepted", "partially_filled", "unknown", "submitting") \
                 and filled_by_coid.get(o.client_order_id, Decimal(0)) < Decimal(o.qty):
             marks.append(o.created_at)
     with DBSession(store.engine) as s:
@@ -259,6 +292,25 @@ class Control:
         self.store = store
         self.seen_at: str | None = None
         self.unreadable: str | None = None
+        self.kill_orders_seen: set[str] = set()
+
+    def _adopt_kill_orders(self, engine, state: dict) -> None:
+        """Issue #16: the kill's closing orders are the engine's exits with reason ``kill``: it waits for
+        them (never cancels them, never sends a second close) and books their fills; they go into the
+        next cycle's orders so the session log shows the kill's exits."""
+        orders = state.get("orders") or {}
+        new = [coid for coid in orders.values() if coid not in self.kill_orders_seen]
+        if not new:
+            return
+        for coid in new:
+            engine.book.track_exit(coid, "kill")
+            self.kill_orders_seen.add(coid)
+        rows = {o.client_order_id: o for o in self.store.orders(state.get("kill_id"))}
+        engine.startup_orders += [{k: getattr(rows[c], k) for k in type(rows[c]).model_fields if k != "session_id"}
+                                  for c in new if c in rows]
+        engine.startup_notes.append(f"kill {state.get('kill_id', '')}: closing order(s) {', '.join(new)} booked "
+                                    "as the kill's exits" + (f"; queued for the open: {', '.join(state['queued'])}"
+                                                             if state.get("queued") else ""))
 
     def apply(self, engine, now: datetime) -> str | None:
         """Apply a kill/resume written by the commands. Returns why entries must halt when the stored
@@ -280,18 +332,22 @@ class Control:
             self.seen_at = state.get("at")
             if state["state"] == "killed":
                 engine.risk.kill(state.get("reason", "manual kill"), now)
+                self._adopt_kill_orders(engine, state)
             elif state["state"] == "resumed":
                 engine.risk.resume(now)
+        elif state and state.get("state") == "killed" and state.get("orders", {}).keys() - self.kill_orders_seen:
+            self._adopt_kill_orders(engine, state)    # the kill command recorded its orders after its switch
         if engine.risk.kill_requested() and (not state or state.get("state") != "killed"):
             set_control(self.store, "killed", engine.risk.kill_requested(), now)  # survives restarts
             self.seen_at = self.store.load_state(CONTROL_KEY)["at"]
         return None
 
 
-def set_control(store: Store, state: str, reason: str, now: datetime) -> list[str]:
+def set_control(store: Store, state: str, reason: str, now: datetime, *, kill_id: str | None = None) -> list[str]:
     """Write the switch, and the kill flag into each saved engine state so a restart restores it.
     Returns the saved states that could not be read (and so were left as they are)."""
-    store.save_state(CONTROL_KEY, {"state": state, "reason": reason, "at": now.isoformat()}, now)
+    store.save_state(CONTROL_KEY, {"state": state, "reason": reason, "at": now.isoformat(),
+                                   **({"kill_id": kill_id} if kill_id else {})}, now)
     unreadable = []
     for key in ("engine:paper", "engine:live"):
         try:
@@ -309,33 +365,77 @@ def set_control(store: Store, state: str, reason: str, now: datetime) -> list[st
     return unreadable
 
 
-def kill(settings: Settings, reason: str = "manual kill") -> int:
-    """Persist the kill (no entries until `resume`), then cancel every order and close every position.
-    A database that cannot be written or read does not stop the flattening: it is reported after it."""
+def kill(settings: Settings, reason: str = "manual kill", *, live: bool = False) -> int:
+    """Persist the kill (no entries until `resume`), then cancel every order and close every position
+    with HYDRA's own closing orders, whose ids mark them as this kill's (issue #16): a running engine
+    picks them up within a cycle and books their fills with exit reason ``kill``; a stopped one books
+    them at its next start. Outside market hours an equity close is queued for the open. A database
+    that cannot be written or read does not stop the flattening: it is reported after it."""
     now = datetime.now(UTC)
+    kill_id = new_kill_id(now)
     problems: list[str] = []
+    store = None
     try:
         store = Store(settings.storage.url, root=settings.resolve_path("."))
-        problems += set_control(store, "killed", reason, now)
+        problems += set_control(store, "killed", reason, now, kill_id=kill_id)
         print(f"kill state set ({reason}): no new entries until `python hydra_engine.py resume`")
     except Exception as exc:  # noqa: BLE001 -- locked, read-only, full or damaged: flatten all the same
         problems.append(f"kill state NOT saved, a running HYDRA will not see it: {type(exc).__name__}: {exc}")
-    broker = _alpaca_broker(settings, "kill")
+        store = None
+    try:
+        broker = _alpaca_broker(settings, "kill", live=live)
+    except LiveTradingRefused as exc:   # the switch is set (entries stay blocked); the account is not touched
+        print(f"error: {exc}; nothing was canceled or closed", file=sys.stderr)
+        return 2
     if broker is None:
         print("nothing to flatten at a broker")
     else:
-        result = broker.flatten_all()
+        def write_ahead(order: Order) -> None:   # on record before it is sent (a kill can be killed too)
+            if store is not None:
+                try:
+                    store.record_orders(kill_id, [{**order_dict(order), "status": "submitting"}])
+                except Exception as exc:  # noqa: BLE001 -- the close matters more than its record
+                    problems.append(f"order {order.client_order_id} not recorded: {type(exc).__name__}: {exc}")
+        result = broker.flatten_all(close_id=lambda symbol: kill_order_id(kill_id, symbol), on_submit=write_ahead)
         print(f"canceled {len(result.canceled_order_ids)} orders, closing {len(result.closing_orders)} positions")
+        for symbol, coid in sorted(result.closing_orders.items()):
+            queued = " (market closed: queued for the open)" if symbol in result.queued else ""
+            print(f"  closing {symbol} with {coid}{queued}")
         # "*" is the whole call failing (its reason names it: "cancel all orders: ..."); else one order or symbol
-        for order_id, reason in result.cancel_failures.items():
-            print(f"  NOT DONE: {reason if order_id == '*' else f'cancel order {order_id}: {reason}'}")
-        for symbol, reason in result.failures.items():
-            print(f"  NOT DONE: {reason if symbol == '*' else f'close {symbol}: {reason}'}")
+        for order_id, why in result.cancel_failures.items():
+            print(f"  NOT DONE: {why if order_id == '*' else f'cancel order {order_id}: {why}'}")
+        for symbol, why in result.failures.items():
+            print(f"  NOT DONE: {why if symbol == '*' else f'close {symbol}: {why}'}")
         if not result.ok:
             problems.append("the broker did not cancel or close everything (above)")
+        if store is not None:
+            try:
+                _record_kill(store, kill_id, reason, now, result)
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"the kill's orders NOT recorded: {type(exc).__name__}: {exc}")
     for problem in problems:
         print(f"  PROBLEM: {problem}")
     return 1 if problems else 0
+
+
+def _record_kill(store: Store, kill_id: str, reason: str, now: datetime, result) -> None:
+    """The kill's orders (sent, or refused) in the orders table, and in the kill switch's state: the
+    running engine (or the next start) takes them as its exits with reason ``kill``."""
+    rows = [order_dict(o) for o in result.sent.values()]
+    rows += [{**r, "status": OrderStatus.REJECTED.value, "reject_reason": result.failures[r["symbol"]]}
+             for r in (store_row_dict(o) for o in store.orders(kill_id)) if r["status"] == "submitting"
+             and r["symbol"] in result.failures]
+    if rows:
+        store.record_orders(kill_id, rows)
+    control = store.load_state(CONTROL_KEY) or {}
+    if control.get("kill_id") == kill_id:       # not when a `resume` came in meanwhile
+        control.update(orders=dict(result.closing_orders), queued=list(result.queued),
+                       failed=dict(result.failures))
+        store.save_state(CONTROL_KEY, control, now)
+
+
+def store_row_dict(row) -> dict:
+    return {k: getattr(row, k) for k in type(row).model_fields if k != "session_id"}
 
 
 def resume(settings: Settings) -> int:
@@ -348,20 +448,29 @@ def resume(settings: Settings) -> int:
     return 0
 
 
-def _alpaca_broker(settings: Settings, purpose: str):
-    """An Alpaca broker for a one-off command, or None (saying why) when no keys are configured."""
+def _alpaca_broker(settings: Settings, purpose: str, *, live: bool = False):
+    """An Alpaca broker for a one-off command, or None (saying why) when no keys are configured. A live
+    account (``broker.paper = false``) is reached only with the same three-part opt-in as `run`:
+    the configuration, ``--live`` and the environment; otherwise :class:`LiveTradingRefused`."""
+    if live or not settings.broker.paper:
+        require_live_opt_in(settings, live)
     missing = AlpacaKeys().missing()
     if missing:
         print("no Alpaca keys in the environment or .env (" + ", ".join(missing) + ")")
         return None
     from .brokers.alpaca import build_alpaca
     from .clock import LiveClock
-    broker, _ = build_alpaca(settings, AlpacaKeys(), f"{purpose}-{utc_stamp(datetime.now(UTC))}", LiveClock())
+    broker, _ = build_alpaca(settings, AlpacaKeys(), f"{purpose}-{utc_stamp(datetime.now(UTC))}", LiveClock(),
+                             live=live)
     return broker
 
 
-def print_broker_status(settings: Settings) -> int:
-    broker = _alpaca_broker(settings, "status")
+def print_broker_status(settings: Settings, *, live: bool = False) -> int:
+    try:
+        broker = _alpaca_broker(settings, "status", live=live)
+    except LiveTradingRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if broker is None:
         return 1
     try:

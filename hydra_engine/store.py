@@ -200,9 +200,9 @@ class Store:
             return
         with Session(self.engine) as s:
             s.add_all(self._pending_cycles)
-            for o in orders:
-                s.merge(OrderRow(session_id=session_id, **{k: ("" if v is None and k == "reject_reason" else v)
-                                                          for k, v in o.items() if k in OrderRow.model_fields}))
+            for o in orders:   # an order another session sent (resolved at start-up) keeps its sender's id
+                s.merge(OrderRow(**{"session_id": session_id, **{k: ("" if v is None and k == "reject_reason" else v)
+                                                                 for k, v in o.items() if k in OrderRow.model_fields}}))
             _add_fills_trades_state(s, session_id, fills, trades, state, report["ts"])
             s.commit()
         self._pending_cycles = []
@@ -236,6 +236,25 @@ class Store:
                 return json.loads(row.value)
             except ValueError as exc:
                 raise StoreError(f"{_shown(self.url)}: stored state {key!r} is not valid JSON ({exc})") from exc
+
+    def record_orders(self, session_id: str, orders: list[dict]) -> None:
+        """Issue #16 (write-ahead): upsert order rows now, outside any cycle commit -- an order is recorded
+        with status ``submitting`` before it is sent, so a process killed right after the POST leaves it
+        on record; the cycle that sent it (or the next start, by client order id) writes its outcome. An
+        order already on record with another status is not set back to ``submitting``."""
+        with Session(self.engine) as s:
+            for o in orders:
+                row = OrderRow(**{"session_id": session_id, **{k: ("" if v is None and k == "reject_reason" else v)
+                                                               for k, v in o.items() if k in OrderRow.model_fields}})
+                if row.status == "submitting" and s.get(OrderRow, row.client_order_id) is not None:
+                    continue
+                s.merge(row)
+            s.commit()
+
+    def submitting_orders(self) -> list[OrderRow]:
+        """Orders recorded before they were sent whose outcome no cycle recorded (the sender was killed)."""
+        with Session(self.engine) as s:
+            return list(s.exec(select(OrderRow).where(OrderRow.status == "submitting")))
 
     def orders(self, session_id: str | None = None) -> list[OrderRow]:
         with Session(self.engine) as s:

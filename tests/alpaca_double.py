@@ -144,6 +144,26 @@ class AlpacaDouble:
         self.faults.append(Fault(method, re.compile(path_regex), times, status, text, headers, exception,
                                  after_processing))
 
+    def set_new_york_time(self, hour: int, minute: int) -> datetime:
+        """Market hours (issue #16): the double's clock at ``hour:minute`` New York time today, open only
+        inside the regular session (09:30-16:00, Monday to Friday). Equity orders sent while closed are
+        accepted and wait (Alpaca queues a DAY market order for the open); nothing fills them until open."""
+        from zoneinfo import ZoneInfo
+        ny = datetime.now(UTC).astimezone(ZoneInfo("America/New_York"))
+        ny = ny.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        self.now = ny.astimezone(UTC)
+        self.market_open = ny.weekday() < 5 and (9, 30) <= (hour, minute) < (16, 0)
+        return self.now
+
+    def add_foreign_order(self, symbol: str, side: str, qty: str, *, type: str = "stop", coid: str | None = None,
+                          **prices: str) -> dict:
+        """A working order placed outside HYDRA (by hand, another tool): its id is Alpaca's."""
+        body = {"symbol": symbol, "side": side, "qty": qty, "type": type, "time_in_force": "gtc", **prices}
+        order = self._new_order(body, coid or str(uuid.uuid4()), "/" in symbol)
+        order["status"] = "new"
+        self.orders[order["id"]] = order
+        return order
+
     def add_position(self, symbol: str, qty: str, avg_entry_price: str, *, asset_class: str | None = None) -> None:
         crypto = (asset_class or ("crypto" if "/" in symbol else "us_equity")) == "crypto"
         body = copy.deepcopy(example("positions.get.json")[1 if crypto else 0])

@@ -41,6 +41,7 @@ from ..domain import UTC, AssetClass, Fill, Order, OrderStatus, OrderType, Side,
 from ..ports import (Account, AssetSpec, AuthError, BrokerError, BrokerPosition, HeldQuantity, InsufficientBuyingPower,
                      InvalidOrder, InvalidTimeInForce, MarketClosed, OrderNotFound, RateLimited, ShortNotAllowed,
                      UnknownOrderOutcome, VenueCapabilities, WashTradeRejected)
+from ..orderids import is_kill_order_id, strategy_of
 from .capabilities import load_capabilities, normalise_symbol, validate_and_round
 from .ratelimit import RateLimiter, install
 
@@ -149,6 +150,8 @@ class FlattenReport:
     cancel_failures: dict[str, str] = field(default_factory=dict)     # order id (or "*": the call) -> reason
     closing_orders: dict[str, str] = field(default_factory=dict)      # symbol -> closing order id
     failures: dict[str, str] = field(default_factory=dict)            # symbol (or "*": the call) -> reason
+    queued: list[str] = field(default_factory=list)                   # symbols whose close waits for the open
+    sent: dict[str, Order] = field(default_factory=dict)              # symbol -> HYDRA's own closing order
 
     @property
     def ok(self) -> bool:
@@ -202,6 +205,7 @@ class AlpacaBroker:
         self.submit_attempts = submit_attempts
         self._market_clock: tuple[datetime, Any] | None = None
         self._known: dict[str, Order] = {}              # client_order_id -> order sent by this adapter
+        self._leg_parent: dict[str, str] = {}           # bracket leg client_order_id -> its parent's
         self._filled_seen: dict[str, tuple[Decimal, Decimal]] = {}   # broker order id -> (filled_qty, avg) reported
         # orders submitted after this instant are watched for fills (``after`` is exclusive)
         self._fills_after = require_utc(fills_since or self._now() - timedelta(seconds=1), "fills_since")
@@ -291,12 +295,20 @@ class AlpacaBroker:
         local = self._known.get(coid)
         otype = getattr(o.type or o.order_type, "value", o.type or o.order_type)
         qty = _dec(o.qty) if o.qty is not None else (_dec(o.filled_qty) or Decimal(0))
+        parent = self._leg_parent.get(coid)
+        if local is not None:
+            strategy, purpose = local.strategy, local.purpose
+        elif is_kill_order_id(coid):      # a kill's closing order: an exit, never to be canceled as a holder
+            strategy, purpose = "kill", "exit"
+        elif parent is not None:          # a bracket leg: HYDRA's protection when its parent is HYDRA's
+            strategy, purpose = self._strategy_from_id(parent), "stop"
+        else:
+            strategy, purpose = self._strategy_from_id(coid), "entry"
         order = Order(
             client_order_id=coid, symbol=normalise_symbol(o.symbol, getattr(o.asset_class, "value", None)),
             side=Side(o.side.value), qty=qty, order_type=OrderType(otype),
             time_in_force=TimeInForce(o.time_in_force.value), created_at=_utc(o.created_at),
-            strategy=local.strategy if local else self._strategy_from_id(coid),
-            purpose=local.purpose if local else "entry",
+            strategy=strategy, purpose=purpose,
             limit_price=_dec(o.limit_price), stop_price=_dec(o.stop_price), trail_percent=_dec(o.trail_percent),
             take_profit_price=local.take_profit_price if local else None,
             stop_loss_price=local.stop_loss_price if local else None,
@@ -305,16 +317,26 @@ class AlpacaBroker:
         return order
 
     def _strategy_from_id(self, coid: str) -> str:
-        """The strategy part of a ``make_client_order_id`` id of this session, else ``external``."""
+        """The strategy part of a ``make_client_order_id`` id of this session or an earlier HYDRA one,
+        else ``external``."""
         m = re.fullmatch(re.escape(self.session_id) + r"-(.+)-[A-Za-z0-9_.]{1,16}-\d{6}", coid)
-        return m.group(1) if m else "external"
+        return m.group(1) if m else (strategy_of(coid) or "external")
+
+    def parent_of(self, client_order_id: str) -> str | None:
+        """The client order id of the bracket order a working leg belongs to (from the last listing of
+        open orders), else None. Alpaca gives legs ids of their own: only the parent says whose they are."""
+        return self._leg_parent.get(client_order_id)
 
     def _alpaca_open_orders(self, symbol: str | None = None) -> list[Any]:
         """Open orders, legs flattened, optionally for one symbol (filtered here: the server-side
         ``symbols`` filter wants crypto pairs without the slash, spec GET /v2/orders)."""
-        req = GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=False, limit=500)
+        # nested: each leg comes under its parent, so a leg is known as the protection of HYDRA's entry
+        req = GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=True, limit=500)
         with self._errors("list open orders", symbol=symbol):
             rows = self._client.get_orders(req)
+        for o in rows:
+            for leg in o.legs or []:
+                self._leg_parent[leg.client_order_id] = o.client_order_id
         flat = [leg for o in rows for leg in [o, *(o.legs or [])]]
         return [o for o in flat if o.status.value not in _TERMINAL and
                 (symbol is None or normalise_symbol(o.symbol, getattr(o.asset_class, "value", None)) == symbol)]
@@ -417,15 +439,29 @@ class AlpacaBroker:
                 return dataclasses.replace(order, qty=self.asset(order.symbol).round_qty(left))
         return order
 
-    def submit(self, order: Order, *, notional_usd: Decimal | None = None) -> Order:
+    def can_send_now(self, order: Order) -> str | None:
+        """Why ``order`` cannot go out now (None: it can): the asset's order types, and market hours for
+        an equity order that may not wait for the open. Asked *before* anything protecting a position is
+        canceled, so an exit that would be refused never strips the broker-held stop first."""
+        spec = self.asset(order.symbol)
+        if spec.order_types and order.order_type not in spec.order_types:
+            return f"{order.order_type.value} orders are not accepted for {order.symbol}"
+        if spec.asset_class is AssetClass.EQUITY and not self.is_market_open(order.symbol, self._now()):
+            return "the US equity market is closed"
+        return None
+
+    def submit(self, order: Order, *, notional_usd: Decimal | None = None, queue_if_closed: bool = False) -> Order:
         """Validate and round, check hours and working orders, then send exactly once per client_order_id.
 
-        ``notional_usd`` sends a dollar-amount market order (crypto / fractionable equities)."""
+        ``notional_usd`` sends a dollar-amount market order (crypto / fractionable equities).
+        ``queue_if_closed``: an equity order outside market hours is sent all the same -- Alpaca queues a
+        DAY market order for the next open (the kill switch's closes: what can wait for the open, does)."""
         spec = self.asset(order.symbol)
         if notional_usd is not None:   # up to 9 decimals on the wire (spec: notional); HYDRA deals in cents
             notional_usd = Decimal(notional_usd).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
         order = validate_and_round(order, spec, notional_usd=notional_usd)
-        if spec.asset_class is AssetClass.EQUITY and not self.is_market_open(order.symbol, self._now()):
+        if (not queue_if_closed and spec.asset_class is AssetClass.EQUITY
+                and not self.is_market_open(order.symbol, self._now())):
             raise MarketClosed(f"{order.symbol} {order.client_order_id}: the US equity market is closed",
                                symbol=order.symbol, client_order_id=order.client_order_id)
         existing = self._known.get(order.client_order_id)
@@ -433,6 +469,14 @@ class AlpacaBroker:
             return existing                     # already placed by this adapter: never twice
         working = [o for o in self._alpaca_open_orders(order.symbol)
                    if o.client_order_id != order.client_order_id]
+        if order.purpose == "kill" and working:
+            # the kill's close: whatever still works on the symbol (an entry, a stop, a leg) goes first,
+            # either side -- a working buy would make the sell a wash trade, a stop holds the shares
+            order = self._release_held(dataclasses.replace(order, purpose="exit"), working)
+            order = dataclasses.replace(order, purpose="kill")
+            if order.status is OrderStatus.CANCELED:
+                return order
+            working = []
         opposite = [o for o in working if o.side.value != order.side.value]
         if opposite:
             raise WashTradeRejected(f"{order.symbol} {order.side.value} {order.client_order_id}: opposite-side orders "
@@ -550,9 +594,16 @@ class AlpacaBroker:
                     ts=_utc(o.filled_at or o.updated_at), fill_id=f"{oid}:{total}")
 
     # ------------------------------------------------------------------ kill switch
-    def flatten_all(self) -> FlattenReport:
+    def flatten_all(self, close_id: Callable[[str], str] | None = None,
+                    on_submit: Callable[[Order], None] | None = None) -> FlattenReport:
         """Cancel every order and close every position. Alpaca answers both with HTTP 207 and one
-        status per order/symbol; failures land in the report instead of aborting the rest."""
+        status per order/symbol; failures land in the report instead of aborting the rest.
+
+        With ``close_id`` (symbol -> client order id) the positions are closed by HYDRA's own market
+        orders carrying those ids, not by Alpaca's close-all (whose orders get the venue's ids, which no
+        HYDRA book can tell from a stranger's): the kill's fills are then booked as the kill's exits.
+        Outside market hours an equity close is queued for the open. ``on_submit`` is called with each
+        order before it is sent (the write-ahead record)."""
         report = FlattenReport()
         try:
             with self._errors("cancel all orders"):
@@ -563,6 +614,50 @@ class AlpacaBroker:
                         report.canceled_order_ids.append(str(r.id))
         except BrokerError as exc:
             report.cancel_failures["*"] = exc.describe()
+            if close_id is not None:
+                # a broker that refused the whole cancel (keys refused, unreachable after the retries)
+                # refuses the closes too; the orders still working would hold the shares anyway
+                report.failures["*"] = f"{type(exc).__name__}: close all positions: not attempted ({exc})"
+        if close_id is not None:
+            if "*" not in report.failures:
+                self._close_with_own_orders(report, close_id, on_submit)
+        else:
+            self._close_all_at_venue(report)
+        log.warning("flatten_all: canceled %d orders, closing %s (queued for the open: %s), cancel failures %s, "
+                    "close failures %s", len(report.canceled_order_ids), sorted(report.closing_orders),
+                    report.queued, report.cancel_failures, report.failures)
+        return report
+
+    def _close_with_own_orders(self, report: FlattenReport, close_id: Callable[[str], str],
+                               on_submit: Callable[[Order], None] | None) -> None:
+        try:
+            held = self.positions()
+        except BrokerError as exc:
+            report.failures["*"] = f"{type(exc).__name__}: close all positions: {exc}"
+            return
+        now = self._now()
+        for symbol, pos in sorted(held.items()):
+            try:
+                crypto = self.asset(symbol).asset_class is AssetClass.CRYPTO
+                order = Order(close_id(symbol), symbol, Side.SELL if pos.qty > 0 else Side.BUY, abs(pos.qty),
+                              OrderType.MARKET, TimeInForce.GTC if crypto else TimeInForce.DAY, now, "kill",
+                              purpose="kill")
+                closed = not crypto and not self.is_market_open(symbol, now)
+                if on_submit is not None:
+                    on_submit(order)
+                sent = self.submit(order, queue_if_closed=True)
+            except BrokerError as exc:
+                report.failures[symbol] = exc.describe()
+                continue
+            if sent.status is OrderStatus.CANCELED:      # a stop filled while its cancel was confirmed
+                report.failures[symbol] = sent.reject_reason or "closed meanwhile"
+                continue
+            report.closing_orders[symbol] = sent.client_order_id
+            report.sent[symbol] = sent
+            if closed:
+                report.queued.append(symbol)
+
+    def _close_all_at_venue(self, report: FlattenReport) -> None:
         try:
             with self._errors("close all positions"):
                 answers = self._client.close_all_positions(cancel_orders=True)
@@ -575,10 +670,6 @@ class AlpacaBroker:
                     report.closing_orders[symbol] = str(r.body.id)
         except BrokerError as exc:
             report.failures["*"] = exc.describe()
-        log.warning("flatten_all: canceled %d orders, closing %s, cancel failures %s, close failures %s",
-                    len(report.canceled_order_ids), sorted(report.closing_orders), report.cancel_failures,
-                    report.failures)
-        return report
 
 
 # --------------------------------------------------------------------------- factory

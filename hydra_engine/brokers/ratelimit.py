@@ -68,6 +68,8 @@ class RateLimiter:
         self._lock = threading.Lock()
         self.calls = 0                        # HTTP attempts let through (for status and tests)
         self.slept_s = 0.0
+        self.retries = 0                      # calls retried after a retryable failure (issue #16: shown)
+        self.rate_limited = 0                 # 429 answers seen
 
     # ------------------------------------------------------------------ bucket
     def _pause(self, seconds: float) -> None:
@@ -103,6 +105,8 @@ class RateLimiter:
                 self._tokens = min(self._tokens, float(remaining_n))
                 if remaining_n <= 0 and reset_s is not None:
                     self._hold_until_wall = max(self._hold_until_wall, reset_s)
+            if response.status_code == 429:
+                self.rate_limited += 1
             if response.status_code == 429 and reset_s is not None:
                 self._hold_until_wall = max(self._hold_until_wall, reset_s)
 
@@ -121,6 +125,7 @@ class RateLimiter:
                 if attempt + 1 >= self.max_attempts or not is_retryable(exc, method):
                     raise
                 delay = self.backoff_s(attempt)
+                self.retries += 1
                 log.info("%s failed (%s); retry %d/%d in %.2fs", method, _status(exc) or type(exc).__name__,
                          attempt + 1, self.max_attempts - 1, delay)
                 self._pause(delay)
