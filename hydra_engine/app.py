@@ -22,7 +22,7 @@ from .data.event_feeds import event_feeds_for
 from .data.replay import ReplayMarketData
 from .domain import UTC
 from .engine import Engine
-from .plugins import build_strategies, discover_all
+from .plugins import build_modifiers, build_strategies, discover_all
 from .positions import PositionManager
 from .regime import TrendVolRule, load_detector
 from .regime_features import regime_history_days
@@ -70,6 +70,8 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
     memory): the engine runs the same cycles and gives the same results."""
     discover_all()   # a plugin of any kind installed with a wrong interface version stops the session here
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
+    if modifiers is None:   # the configured ones ([modifiers] enabled); a caller's list replaces them
+        modifiers = build_modifiers(settings.modifiers.enabled, settings.modifiers.params)
     started = datetime.now(UTC)
     # the session's return is measured from what the account holds now: a paper account is rarely at the
     # configured starting cash (the simulated broker is built with it)

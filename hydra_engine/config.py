@@ -133,6 +133,13 @@ class StorageConfig(_Section):
     url: str = "sqlite:///logs/hydra.db"
 
 
+class ModifiersConfig(_Section):
+    """Signal modifiers (plugin kind ``modifiers``) run on every cycle's signals, in this order."""
+
+    enabled: list[str] = Field(default_factory=list)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     """The whole configuration. Env overrides use ``HYDRA_SECTION__KEY`` (e.g. ``HYDRA_BROKER__KIND``)."""
 
@@ -147,6 +154,7 @@ class Settings(BaseSettings):
     broker: BrokerConfig = BrokerConfig()
     data: DataConfig = DataConfig()
     storage: StorageConfig = StorageConfig()
+    modifiers: ModifiersConfig = ModifiersConfig()
 
     _toml_path: Path | None = None
 
@@ -165,6 +173,8 @@ class Settings(BaseSettings):
         data["engine"].pop("log_dir", None)
         data["data"].pop("replay_dir", None)
         data.pop("storage", None)
+        if data.get("modifiers") == {"enabled": [], "params": {}}:
+            data.pop("modifiers")   # none enabled: the hash of a config that predates modifiers is unchanged
         payload = json.dumps(data, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -172,3 +172,20 @@ def build_strategies(enabled: list[str], params: Mapping[str, Mapping]) -> list[
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors())
             raise PluginError(f"strategies.params.{name}: {problems}") from None
     return out
+
+
+def build_modifiers(enabled: list[str], params: Mapping[str, Mapping]) -> list[SignalModifier]:
+    """The enabled signal modifiers (``[modifiers] enabled`` in hydra.toml), in order, with their params."""
+    plugins = discover("modifiers")
+    unknown = [n for n in [*enabled, *params] if n not in plugins]
+    if unknown:
+        raise PluginError(f"unknown signal modifier {', '.join(map(repr, unknown))} in modifiers.enabled/params; "
+                          f"available: {', '.join(sorted(plugins)) or 'none'}")
+    out = []
+    for name in enabled:
+        try:
+            out.append(plugins[name](params.get(name, {})))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors())
+            raise PluginError(f"modifiers.params.{name}: {problems}") from None
+    return out

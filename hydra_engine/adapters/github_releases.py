@@ -170,7 +170,7 @@ class GitHubReleasesFeed(PollingFeed):
                 if rows is None:
                     self.not_modified += 1
                     continue
-                events = [release_event(repo, row, i, poll_time) for i, row in enumerate(rows) if not _is_draft(row)]
+                events = self._events_from(repo, rows, poll_time)
             except RateLimited:
                 raise   # the budget is shared by every repository: stop this poll now
             except AdapterError as exc:   # one bad repository must not starve the others
@@ -185,6 +185,10 @@ class GitHubReleasesFeed(PollingFeed):
 
     def _key(self, event: Event) -> tuple:
         return (event.kind, event.subject, event.payload["id"])
+
+    def _events_from(self, repo: str, rows: list, poll_time: datetime) -> list[Event]:
+        """The events one listing yields (a subclass maps releases to other kinds: github_launches)."""
+        return [release_event(repo, row, i, poll_time) for i, row in enumerate(rows) if not _is_draft(row)]
 
 
 def release_event(repo: str, row: Any, index: int, poll_time: datetime) -> Event:

@@ -164,6 +164,12 @@ def explain_cycle(detail: dict, symbol: str | None = None, session: dict | None 
             lines.append(f"    {c.get('source', '?'):<28} score {_f(c.get('score'), 3, '+')}"
                          f"  conf {_f(c.get('confidence'))}"
                          f"  weight {w:.3f} ({share})" + (f"  “{thesis}”" if thesis else ""))
+    mods = [m for m in detail.get("modifiers") or [] if isinstance(m, dict) and (not symbol or m.get("symbol") == symbol)]
+    if mods:   # signal modifiers (e.g. the cross-asset graph): each scaling with the edges that caused it
+        lines += ["", "MODIFIERS  confidence scaled before aggregation"]
+        for m in mods:
+            lines.append(f"  {m.get('modifier', '?')}: {m.get('symbol', '?')} {m.get('source', '?')} "
+                         f"x{_f(m.get('factor'), 3)}  {m.get('reason', '')}")
     run, gated = detail.get("strategies_run") or [], detail.get("strategies_gated") or []
     lines += ["", f"STRATEGIES run: {', '.join(run) or 'none'}"
               + (f"; gated out by regime: {', '.join(gated)}" if gated else "")]

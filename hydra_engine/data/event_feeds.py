@@ -215,6 +215,22 @@ register_event_feed(EventFeedFactory(("cme_margin",), replay=cme_margins_feed))
 register_event_feed(EventFeedFactory(("ai_launch",), replay=ai_launches_feed))
 
 
+def curated_launches_feed(data_dir: Path) -> ReplayEventFeed:
+    """``ai_model_launch``: the curated model-launch list (``data/ai_launch_list.py``; the data folder's
+    copy, else the project's shipped one); live, plus GitHub SDK releases (``adapters/github_launches``)."""
+    from .ai_launch_list import launch_list_path, read_launch_list
+    path = launch_list_path(data_dir)
+    return ReplayEventFeed("ai_model_launches", ("ai_model_launch",), read_launch_list(path), path=path)
+
+
+def _live_launches_feed(data_dir: Path) -> EventFeed:
+    from ..adapters.github_launches import live_launch_feed
+    return live_launch_feed(data_dir)
+
+
+register_event_feed(EventFeedFactory(("ai_model_launch",), replay=curated_launches_feed, live=_live_launches_feed))
+
+
 def event_kinds_needed(needs: Iterable) -> list[str]:
     """The event kinds named by ``DataNeed("events", kind)`` entries, first-seen order, once each."""
     return list(dict.fromkeys(n.symbol for n in needs if n.kind == "events"))

@@ -1,0 +1,350 @@
+"""Cross-asset regime signal graph (strategy bible, strategy 5): which series lead which, as a graph, and
+the signal modifier built on it. The TLT trade is the strategy plugin ``strategies/cross_asset.py``.
+
+**The panel.** Session closes of the graph's nodes (SPY, TLT, GLD, BTC/USD, HYG, VIX by default) on the US
+session axis of SPY's daily bars: a daily series by its session date; an intraday one (BTC/USD, hourly)
+by its last close at or before the session's 16:00 New York close. A :class:`Panel` only ever receives
+snapshots, so it holds nothing after the cycle; it keeps what it has seen (the replay's hourly BTC bars
+reach back only ``engine.history_bars`` hours, so BTC's daily history grows as the session runs).
+
+**The estimate** (:func:`estimate_graph`), on the last ``window`` sessions before the cycle (past-only):
+for every ordered pair A -> B and lag k = 1..``max_lag`` sessions, the correlation of A's return k
+sessions earlier with B's return (``method = "lagcorr"``, a t-test) or statsmodels' Granger F-test of
+B on its own k lags plus A's (``method = "granger"``); the p-values of all pair x lag tests are corrected
+together with Benjamini-Hochberg (false-discovery rate ``alpha``), and each pair keeps its most
+significant lag. The result is a networkx ``DiGraph``: an edge A -> B with ``lag`` (sessions), ``rho``
+(the lagged correlation: its sign says whether B follows A or moves against it), ``p``, ``q`` and ``n``.
+Hourly lags: only where two nodes have hourly bars (none among the defaults in the replay data: the
+equities are daily), so the shipped graph is a daily one.
+
+**The modifier.** For a signal on a node B with leaders (edges A -> B): each leader's newest move
+(its return ``lag - 1`` sessions before the last, in its own standard deviations) times ``rho`` is the
+move it predicts for B; summed over the leaders, ``e``. With ``|e| >= min_effect``: a signal pointing the
+way the leaders predict is scaled up by ``1 + gain*|e|`` (at most ``max_factor``), one pointing against
+them down by ``1 / (1 + gain*|e|)`` (at least ``min_factor``). Each scaling is written to the cycle
+report with the edges that caused it. The graph is re-estimated once per new session and cached: the
+per-cycle cost is a dictionary look-up.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import ClassVar, Mapping, Sequence
+from zoneinfo import ZoneInfo
+
+import networkx as nx
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+from hydra_engine.plugin_kinds import Adjustment, Modified, SignalContext, SignalModifier, scale
+from hydra_engine.ports import MarketSnapshot
+
+NODES = ("SPY", "TLT", "GLD", "BTC/USD", "HYG", "VIX")
+AXIS = "SPY"
+NEW_YORK = ZoneInfo("America/New_York")
+SESSION_CLOSE_S = 16 * 3600
+
+
+class GraphParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    nodes: tuple[str, ...] = NODES
+    window: int = Field(250, ge=30, le=2000, description="sessions in the estimation window")
+    min_obs: int = Field(120, ge=20, description="fewer aligned returns: the pair is not tested")
+    max_lag: int = Field(3, ge=1, le=10, description="lags tested, in sessions")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Benjamini-Hochberg false-discovery rate")
+    method: str = Field("lagcorr", pattern="^(lagcorr|granger)$")
+    vol_lookback: int = Field(60, ge=10, description="sessions for a leader's standard deviation")
+    gain: float = Field(2.0, ge=0)
+    min_effect: float = Field(0.05, ge=0, description="|predicted move| below which nothing is scaled")
+    max_factor: float = Field(1.5, ge=1.0, le=3.0)
+    min_factor: float = Field(0.5, gt=0, le=1.0)
+
+
+# --------------------------------------------------------------------------- the panel of session closes
+def session_close_s(day_ts: int) -> int:
+    """Epoch second of 16:00 New York on the session whose daily bar opens at ``day_ts`` (midnight NY)."""
+    d = datetime.fromtimestamp(day_ts, NEW_YORK).date()
+    return int(datetime(d.year, d.month, d.day, 16, tzinfo=NEW_YORK).timestamp())
+
+
+def _ny_date(ts: int) -> int:
+    d = datetime.fromtimestamp(ts + 6 * 3600, NEW_YORK).date()   # +6 h: a UTC-midnight stamp stays on its day
+    return d.toordinal()
+
+
+class Panel:
+    """Session closes per node, gathered from snapshots only (see the module docstring)."""
+
+    def __init__(self, nodes: Sequence[str]):
+        self.nodes = tuple(nodes)
+        self.closes: dict[str, dict[int, float]] = {n: {} for n in self.nodes}   # node -> {session ordinal: close}
+        self.axis: dict[int, int] = {}     # session ordinal -> its 16:00 NY close (epoch s)
+        self.newest = -1
+
+    def update(self, market: MarketSnapshot) -> bool:
+        """Take the snapshot's sessions in; True when a new session arrived."""
+        axis = market.bars.get(AXIS)
+        if axis is None or not len(axis):
+            return False
+        newest = int(axis.ts[-1])
+        if newest == self.newest:
+            return False
+        self.newest = newest
+        for ts in axis.ts[-(len(axis)):].tolist():
+            self.axis.setdefault(_ny_date(int(ts)), session_close_s(int(ts)))
+        for node in self.nodes:
+            bars = market.bars.get(node)
+            if bars is None or not len(bars):
+                continue
+            store = self.closes[node]
+            if bars.interval_s >= 86_400:
+                for ts, c in zip(bars.ts.tolist(), bars.close.tolist()):
+                    if math.isfinite(c) and c > 0:
+                        store[_ny_date(int(ts))] = c
+            else:   # intraday: the last close at or before each session's 16:00 New York close
+                closed = bars.ts + bars.interval_s
+                first = int(closed[0])
+                for day, close_s in self.axis.items():
+                    if close_s < first or day in store:
+                        continue
+                    k = int(np.searchsorted(closed, close_s, side="right")) - 1
+                    if k >= 0 and close_s - int(closed[k]) <= 3 * 3600:
+                        store[day] = float(bars.close[k])
+        return True
+
+    def returns(self, window: int) -> tuple[list[int], np.ndarray]:
+        """(session ordinals, log returns [sessions x nodes], NaN where missing) over the last ``window``."""
+        days = sorted(self.axis)[-(window + 1):]
+        levels = np.array([[self.closes[n].get(d, np.nan) for n in self.nodes] for d in days], dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rets = np.diff(np.log(levels), axis=0)
+        return days[1:], rets
+
+
+# --------------------------------------------------------------------------- estimating the graph
+def _bh(pvalues: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values)."""
+    n = len(pvalues)
+    if not n:
+        return pvalues
+    order = np.argsort(pvalues)
+    ranked = pvalues[order] * n / np.arange(1, n + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def _lag_test(x: np.ndarray, y: np.ndarray, k: int, method: str) -> tuple[float, float, int]:
+    """(rho, p, n) of x leading y by k sessions."""
+    a, b = x[:-k], y[k:]
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    if n < 10:
+        return math.nan, 1.0, n
+    a, b = a[ok], b[ok]
+    rho = float(np.corrcoef(a, b)[0, 1])
+    if not math.isfinite(rho):
+        return math.nan, 1.0, n
+    if method == "granger":
+        from statsmodels.tsa.stattools import grangercausalitytests
+        both = np.column_stack([y, x])
+        both = both[np.isfinite(both).all(axis=1)]
+        res = grangercausalitytests(both, maxlag=[k])
+        return rho, float(res[k][0]["ssr_ftest"][1]), n
+    t = rho * math.sqrt((n - 2) / max(1e-12, 1 - rho * rho))
+    return rho, float(2 * stats.t.sf(abs(t), n - 2)), n
+
+
+def estimate_graph(rets: np.ndarray, nodes: Sequence[str], p: GraphParams, *, as_of: str = "") -> nx.DiGraph:
+    """The lead-lag graph of ``rets`` (sessions x nodes), see the module docstring."""
+    g = nx.DiGraph(as_of=as_of, method=p.method, window=len(rets), alpha=p.alpha)
+    g.add_nodes_from(nodes)
+    tests = []
+    for i, a in enumerate(nodes):
+        for j, b in enumerate(nodes):
+            if i == j:
+                continue
+            for k in range(1, p.max_lag + 1):
+                rho, pv, n = _lag_test(rets[:, i], rets[:, j], k, p.method)
+                if n >= p.min_obs and math.isfinite(rho):
+                    tests.append((a, b, k, rho, pv, n))
+    if not tests:
+        return g
+    q = _bh(np.array([t[4] for t in tests]))
+    g.graph["tests"] = [(a, b, k, round(rho, 6), pv, float(qv), n) for (a, b, k, rho, pv, n), qv in zip(tests, q)]
+    for (a, b, k, rho, pv, n), qv in sorted(zip(tests, q), key=lambda e: e[1]):
+        if qv <= p.alpha and not g.has_edge(a, b):   # most significant lag first
+            g.add_edge(a, b, lag=k, rho=round(rho, 4), p=float(pv), q=float(qv), n=n)
+    return g
+
+
+def describe_graph(g: nx.DiGraph) -> list[str]:
+    lines = [f"cross-asset graph as of {g.graph.get('as_of', '?')} ({g.graph.get('method')}, "
+             f"{g.graph.get('window')} sessions, BH alpha {g.graph.get('alpha')}): {g.number_of_nodes()} nodes, "
+             f"{g.number_of_edges()} edges"]
+    for a, b, d in sorted(g.edges(data=True), key=lambda e: e[2]["q"]):
+        lines.append(f"  {a:>8} -> {b:<8} lag {d['lag']}d  rho {d['rho']:+.3f}  q {d['q']:.4f}  n {d['n']}")
+    return lines
+
+
+def draw_graph(g: nx.DiGraph, path) -> None:
+    """A PNG of the graph: nodes, edges labelled with lag and rho (green: follows, red: moves against)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 6))
+    pos = nx.circular_layout(g)
+    nx.draw_networkx_nodes(g, pos, ax=ax, node_color="#dde6f2", node_size=1800)
+    nx.draw_networkx_labels(g, pos, ax=ax, font_size=10)
+    colors = ["#2a7" if d["rho"] > 0 else "#c33" for _, _, d in g.edges(data=True)]
+    widths = [1 + 12 * abs(d["rho"]) for _, _, d in g.edges(data=True)]
+    nx.draw_networkx_edges(g, pos, ax=ax, edge_color=colors, width=widths, arrows=True, arrowsize=18,
+                           connectionstyle="arc3,rad=0.12", node_size=1800)
+    nx.draw_networkx_edge_labels(g, pos, ax=ax, font_size=8, label_pos=0.35,
+                                 edge_labels={(a, b): f"{d['lag']}d {d['rho']:+.2f}" for a, b, d in g.edges(data=True)})
+    ax.set_title(f"cross-asset lead-lag graph as of {g.graph.get('as_of', '')}")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@dataclass
+class GraphCache:
+    """The panel and the graph of the newest session (re-estimated once per session, off the hot path)."""
+
+    params: GraphParams
+    panel: Panel = None
+    graph: nx.DiGraph | None = None
+    days: list[int] = field(default_factory=list)
+    rets: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.panel = Panel(self.params.nodes)
+
+    def refresh(self, market: MarketSnapshot) -> nx.DiGraph | None:
+        if self.panel.update(market) or self.graph is None and self.panel.axis:
+            self.days, self.rets = self.panel.returns(self.params.window)
+            as_of = datetime.fromordinal(self.days[-1]).date().isoformat() if self.days else ""
+            self.graph = estimate_graph(self.rets, self.params.nodes, self.params, as_of=as_of) if len(self.rets) else None
+        return self.graph
+
+    def leader_move(self, node: str, lag: int) -> float | None:
+        """The leader's return ``lag - 1`` sessions before the newest, in its standard deviations."""
+        if self.rets is None or not len(self.rets):
+            return None
+        i = self.params.nodes.index(node)
+        col = self.rets[:, i]
+        k = len(col) - lag
+        if k < 0 or not math.isfinite(col[k]):
+            return None
+        hist = col[max(0, k - self.params.vol_lookback):k]
+        hist = hist[np.isfinite(hist)]
+        sd = float(np.std(hist, ddof=1)) if len(hist) > 5 else math.nan
+        return float(col[k]) / sd if math.isfinite(sd) and sd > 0 else None
+
+    def predicted(self, follower: str) -> tuple[float, list[str]]:
+        """(e, the edges' descriptions): the move the leaders predict for ``follower``."""
+        g = self.graph
+        if g is None or follower not in g:
+            return 0.0, []
+        total, why = 0.0, []
+        for leader, _, d in g.in_edges(follower, data=True):
+            z = self.leader_move(leader, d["lag"])
+            if z is None:
+                continue
+            total += d["rho"] * z
+            why.append(f"{leader}->{follower} lag {d['lag']}d rho {d['rho']:+.3f} (q {d['q']:.3g}): {leader} moved "
+                       f"{z:+.2f} sd")
+        return total, why
+
+
+def utc_day(ordinal: int) -> datetime:
+    d = datetime.fromordinal(ordinal)
+    return d.replace(tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------- the modifier plugin
+class CrossAssetModifier(SignalModifier):
+    """Scales signals on a graph node by what its leaders just did (module docstring)."""
+
+    name: ClassVar[str] = "cross_asset"
+    interface_version: ClassVar[int] = 1
+
+    def __init__(self, params: Mapping | None = None):
+        self.params = GraphParams(**dict(params or {}))
+        self.cache = GraphCache(self.params)
+
+    def modify(self, signals, ctx: SignalContext) -> Modified:
+        p = self.params
+        if not any(s.symbol in p.nodes for s in signals):
+            return Modified(tuple(signals))
+        self.cache.refresh(ctx.market)
+        out, trace = [], []
+        for s in signals:
+            if s.symbol not in p.nodes or s.score == 0:
+                out.append(s)
+                continue
+            e, why = self.cache.predicted(s.symbol)
+            if abs(e) < p.min_effect or not why:
+                out.append(s)
+                continue
+            agree = (e > 0) == (s.score > 0)
+            factor = min(p.max_factor, 1 + p.gain * abs(e)) if agree else max(p.min_factor, 1 / (1 + p.gain * abs(e)))
+            out.append(scale(s, factor))
+            trace.append(Adjustment(s.symbol, s.source, round(factor, 4),
+                                    f"leaders predict {s.symbol} {'up' if e > 0 else 'down'} ({e:+.3f}), "
+                                    f"{'with' if agree else 'against'} the {'long' if s.score > 0 else 'short'} "
+                                    f"signal: " + "; ".join(why)))
+        return Modified(tuple(out), tuple(trace))
+
+
+# --------------------------------------------------------------------------- the risk-off rule (the TLT trade)
+@dataclass(frozen=True)
+class RiskOff:
+    on: bool
+    z: dict
+    reason: str
+
+
+def risk_off(closes: Mapping[str, np.ndarray], *, lookback: int = 3, vol_lookback: int = 60,
+             hyg_z: float = -1.0, spy_z: float = -1.0, vix_z: float = 1.0) -> RiskOff:
+    """Risk-off is confirmed at the newest close when, over the last ``lookback`` sessions, credit weakens
+    (HYG's log move <= ``hyg_z`` of its own sd x sqrt(lookback)), equities fall (SPY <= ``spy_z``) and
+    volatility rises (VIX's log move >= ``vix_z``); the sds over the ``vol_lookback`` sessions before.
+    ``closes``: each of HYG, SPY, VIX's session closes, oldest first, on one session axis."""
+    z = {}
+    for sym in ("HYG", "SPY", "VIX"):
+        c = np.asarray(closes.get(sym, ()), dtype=float)
+        if len(c) < vol_lookback + lookback + 1 or not np.isfinite(c[-(vol_lookback + lookback + 1):]).all():
+            return RiskOff(False, z, f"{sym}: fewer than {vol_lookback + lookback + 1} sessions")
+        r = np.diff(np.log(c[-(vol_lookback + lookback + 1):]))
+        sd = float(np.std(r[:-lookback], ddof=1))
+        z[sym] = float(np.sum(r[-lookback:]) / (sd * math.sqrt(lookback))) if sd > 0 else 0.0
+    on = z["HYG"] <= hyg_z and z["SPY"] <= spy_z and z["VIX"] >= vix_z
+    reason = (f"{lookback}-session moves: HYG {z['HYG']:+.2f} sd (<= {hyg_z:g}), SPY {z['SPY']:+.2f} sd (<= {spy_z:g}), "
+              f"VIX {z['VIX']:+.2f} sd (>= {vix_z:g})")
+    return RiskOff(on, z, ("risk-off confirmed: " if on else "no risk-off: ") + reason)
+
+
+def aligned_closes(market: MarketSnapshot, symbols: Sequence[str], n: int) -> dict[str, np.ndarray] | None:
+    """The last ``n`` session closes of ``symbols`` on SPY's session axis (daily bars, matched by New York
+    date), or None when one is missing."""
+    axis = market.bars.get(AXIS)
+    if axis is None or len(axis) < n:
+        return None
+    days = [_ny_date(int(t)) for t in axis.ts[-n:].tolist()]
+    out = {}
+    for sym in symbols:
+        bars = market.bars.get(sym)
+        if bars is None or not len(bars):
+            return None
+        if sym == AXIS:
+            out[sym] = np.asarray(axis.close[-n:], dtype=float)
+            continue
+        m = dict(zip((_ny_date(int(t)) for t in bars.ts[-(n + 10):].tolist()), bars.close[-(n + 10):].tolist()))
+        out[sym] = np.array([m.get(d, np.nan) for d in days], dtype=float)
+    return out
