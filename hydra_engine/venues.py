@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Mapping
 
-from .domain import Fill, Instrument, Order
+from .domain import Fill, FundingPayment, Instrument, Order
 from .ports import Account, AssetSpec, Broker, BrokerPosition, OrderNotFound, VenueCapabilities
 
 
@@ -99,6 +99,26 @@ class VenueRouter:
             order = venue.get_order(client_order_id)
             if order is not None:
                 return order
+        return None
+
+    # ------------------------------------------------------------------ leveraged venues (perps)
+    def set_leverage(self, symbol: str, leverage: int) -> int:
+        venue = self.venue_for(symbol)
+        if not hasattr(venue, "set_leverage"):
+            raise ValueError(f"{symbol}: venue {self.venue_name(symbol)!r} takes no leverage")
+        return venue.set_leverage(symbol, leverage)
+
+    def settle_funding(self, now: datetime) -> list[FundingPayment]:
+        """Every venue's funding settlements up to ``now`` (each paid once), oldest first."""
+        payments = [p for v in self.venues.values() if hasattr(v, "settle_funding") for p in v.settle_funding(now)]
+        return sorted(payments, key=lambda p: p.ts)
+
+    def venue_exit_reason(self, client_order_id: str) -> str | None:
+        """Why a venue closed a position on its own (``liquidation``), for an order it made."""
+        for venue in self.venues.values():
+            reason = getattr(venue, "exit_reasons", {}).get(client_order_id)
+            if reason:
+                return reason
         return None
 
     @property

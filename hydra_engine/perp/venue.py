@@ -127,6 +127,11 @@ class SimulatedPerpVenue:
         self.closed_trades: list[ClosedPerpTrade] = []
         self.exit_reasons: dict[str, str] = {}   # client_order_id -> "liquidation" for venue-made closes
 
+    @property
+    def fees_paid(self) -> Decimal:
+        """Fees paid, USDT (read as USD by the router's sum, like every other amount of this venue)."""
+        return self.fees_paid_usdt
+
     # ------------------------------------------------------------------ leverage and marks
     def capabilities_for(self, symbol: str) -> VenueCapabilities:
         return self.capabilities
