@@ -199,13 +199,13 @@ class Engine:
         try:
             # a perp venue settles funding too: payments and fills are booked in time order (a settlement
             # at T is paid by what was held just before T), a venue-made close with the venue's reason
-            settle = getattr(self.broker, "settle_funding", None)
-            payments = settle(now) if settle is not None else ()
+            perp = self.broker.capabilities.settles_funding
+            payments = self.broker.settle_funding(now) if perp else ()
             fills = self.broker.poll_fills(now)
             events = sorted([(p.ts, 0, i, p) for i, p in enumerate(payments)]
                             + [(f.ts, 1, i, f) for i, f in enumerate(fills)], key=lambda e: e[:3]) if payments else \
                 [(None, 1, 0, f) for f in fills]
-            venue_reason = getattr(self.broker, "venue_exit_reason", None)
+            venue_reason = self.broker.venue_exit_reason if perp else None
             for _, kind, _, item in events:
                 if kind == 0:
                     if self.book.apply_funding(item):

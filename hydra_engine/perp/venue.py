@@ -111,6 +111,7 @@ class SimulatedPerpVenue:
         self.default_leverage = default_leverage
         self.capabilities = VenueCapabilities(
             name=self.name, short_crypto=True, reduce_only=True, fee_currency="USDT", marks_from_engine=True,
+            settles_funding=True,
             max_leverage=float(max(self.brackets[s].max_leverage for s in self.assets)))
         self._leverage: dict[str, int] = {}
         self._positions: dict[str, PerpPosition] = {}
@@ -318,6 +319,10 @@ class SimulatedPerpVenue:
         self._advance(now)
         fills, self._ready = self._ready, []
         return fills
+
+    def venue_exit_reason(self, client_order_id: str) -> str | None:
+        """``liquidation`` for a close this venue made itself, else None."""
+        return self.exit_reasons.get(client_order_id)
 
     def settle_funding(self, now: datetime) -> list[FundingPayment]:
         """Advance to ``now``, applying every settlement not yet applied (each exactly once, also across
