@@ -64,7 +64,8 @@ REPLAY_MODES = ("sim", "backtest")
 
 def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,
                metadata: dict, store_batch: int, history_dir: Path | None = None, persist: bool = True,
-               gate_rules: list | None = None, modifiers: list | None = None) -> tuple[Engine, SessionLog | None, Store | None]:
+               gate_rules: list | None = None, modifiers: list | None = None,
+               risk: RiskManager | None = None) -> tuple[Engine, SessionLog | None, Store | None]:
     """The one composition root every mode goes through (paper, backtest, sim; sweep workers next).
     ``persist=False`` builds no store and no session log (a parallel sweep worker keeps its results in
     memory): the engine runs the same cycles and gives the same results."""
@@ -86,7 +87,7 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
         "starting_equity_usd": str(starting_equity), **metadata})
     engine = Engine(settings, market=market, broker=broker, strategies=strategies,
                     regime_detector=build_regime_detector(settings), aggregator=SignalAggregator(),
-                    weights=StrategyWeights([s.name for s in strategies]), risk=RiskManager(settings.risk),
+                    weights=StrategyWeights([s.name for s in strategies]), risk=risk or RiskManager(settings.risk),
                     position_manager=PositionManager(), session_id=session_id, mode=mode,
                     session_log=session_log, store=store, store_batch=store_batch,
                     regime_refitter=build_regime_refitter(
@@ -103,7 +104,8 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
     data_cfg = settings.data
     folder = data_dir or settings.resolve_path(data_cfg.replay_dir)
     event_feeds = event_feeds_for(strategies, folder)   # what the plugins' data needs name; a bad file fails here
-    market = ReplayMarketData(folder, settings.universe.symbols, data_only=settings.universe.data_only,
+    perps = settings.perps.symbols if settings.perps.enabled else []   # the perp module's symbols (#20)
+    market = ReplayMarketData(folder, [*settings.universe.symbols, *perps], data_only=settings.universe.data_only,
                               history_bars=settings.engine.history_bars, start=data_cfg.start, end=data_cfg.end,
                               crypto_stale_after_s=data_cfg.crypto_stale_after_s,
                               equity_stale_after_s=data_cfg.equity_stale_after_s,
@@ -121,13 +123,25 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
     broker = SimulatedBroker(market, DEFAULT_ASSET_SPECS, starting_cash_usd=settings.broker.starting_cash_usd,
                              fee_bps=settings.broker.fee_bps, slippage_bps=settings.broker.slippage_bps)
     session_id = f"{mode}-{settings.config_hash()[:8]}-{utc_stamp(ticks[0])[:8]}{shortened}"
+    extra: dict = {}
+    venues_meta: dict = {}
+    if perps:   # the simulated USD-M account beside the simulated Alpaca book, one router, one session
+        from .perp.wiring import build_perp_module, replay_span
+        start, end = replay_span(market)
+        module = build_perp_module(settings, market=market, folder=folder, main_broker=broker, main_venue="sim",
+                                   start=start, end=end)
+        broker = module.router
+        extra = {"gate_rules": module.gate_rules, **module.risk_kwargs}
+        venues_meta = {"venues": {"sim": "alpaca-like simulated broker", "perp": "simulated Binance USD-M"},
+                       "perp_symbols": perps,
+                       "perp_starting_balance_usdt": settings.perps.starting_balance_usdt}
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode=mode,
         log_dir=log_dir or settings.resolve_path(settings.engine.log_dir),
         metadata={"data_folder": str(folder), "data_start": ticks[0], "data_end": ticks[-1],
                   "fee_bps": settings.broker.fee_bps, "slippage_bps": settings.broker.slippage_bps,
-                  "data_quality": {k: v for k, v in vars(market.quality).items() if v}},
-        store_batch=500, history_dir=folder, persist=persist)
+                  "data_quality": {k: v for k, v in vars(market.quality).items() if v}, **venues_meta},
+        store_batch=500, history_dir=folder, persist=persist, **extra)
     replaced = store.forget_session(session_id) if store else 0  # ids are deterministic: a re-run replaces
     if replaced:
         log.info("replacing the %d stored cycles of an earlier run of %s", replaced, session_id)

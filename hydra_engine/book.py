@@ -336,7 +336,7 @@ class Book:
         exit_price = fill.price if pos.exit_qty == fill.qty else pos.exit_notional_usd / pos.exit_qty
         gross = (exit_price - pos.avg_entry_price) * held * sign
         fees = pos.entry_fees_usd + pos.exit_fees_usd
-        pnl = gross - fees
+        pnl = gross - fees + pos.funding_usd   # funding: 0 except on perps (+ received, - paid)
         if dust and pos.exit_qty != held:
             # coins sold differ from those held: dust or unmeasured fee coins left behind (written off at
             # the exit price), or earlier dust swept along -- the P&L is dollars out less dollars in
@@ -350,7 +350,8 @@ class Book:
                             pnl_usd=str(pnl.quantize(Decimal("0.000001"))), fees_usd=str(fees),
                             r_multiple=round(float(pnl / risk_usd), 6) if risk_usd > 0 else 0.0,
                             regime_at_entry=pos.regime_at_entry, exit_reason=reason,
-                            regime_confidence_at_entry=round(pos.regime_confidence_at_entry, 6))
+                            regime_confidence_at_entry=round(pos.regime_confidence_at_entry, 6),
+                            funding_usd=str(pos.funding_usd.quantize(Decimal("0.000001"))) if pos.funding_usd else "0")
         self.listener.on_trade_closed(trade, self._known(fill))
         won = pnl > 0
         for source, score in self.entry_sources.pop(fill.symbol, []):

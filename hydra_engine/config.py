@@ -140,6 +140,37 @@ class ModifiersConfig(_Section):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+PERP_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT")
+
+
+class PerpsConfig(_Section):
+    """The perpetual-futures module (issue #20): a simulated Binance USD-M account beside the Alpaca
+    book (``hydra_engine/perp/``). Off unless ``enabled``; ``hydra.toml`` turns it on."""
+
+    enabled: bool = False
+    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"],
+                               description="USDT-margined perpetuals (Binance names)")
+    starting_balance_usdt: float = Field(10_000.0, gt=0, description="the perp account's USDT wallet")
+    base_leverage: float = Field(5.0, ge=1, le=20, description="layer spec BASE_LEVERAGE")
+    max_leverage: int = Field(10, ge=1, le=20, description="leverage cap (also below each bracket's cap)")
+    liquidation_buffer: float = Field(0.5, gt=0, le=0.9,
+                                      description="a stop may use at most this share of the distance to liquidation")
+    taker_fee_bps: float = Field(5.0, ge=0, le=100)
+    maker_fee_bps: float = Field(2.0, ge=0, le=100)
+    slippage_bps: float = Field(5.0, ge=0, le=500)
+    kill_switches: bool = Field(True, description="the perp kill switches join the risk lists")
+
+    @field_validator("symbols")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in PERP_SYMBOLS]
+        if unknown:
+            raise ValueError(f"perps.symbols {unknown} are not supported; known: {list(PERP_SYMBOLS)}")
+        if not v:
+            raise ValueError("perps.symbols is empty")
+        return v
+
+
 class Settings(BaseSettings):
     """The whole configuration. Env overrides use ``HYDRA_SECTION__KEY`` (e.g. ``HYDRA_BROKER__KIND``)."""
 
@@ -155,6 +186,7 @@ class Settings(BaseSettings):
     data: DataConfig = DataConfig()
     storage: StorageConfig = StorageConfig()
     modifiers: ModifiersConfig = ModifiersConfig()
+    perps: PerpsConfig = PerpsConfig()
 
     _toml_path: Path | None = None
 
@@ -175,6 +207,8 @@ class Settings(BaseSettings):
         data.pop("storage", None)
         if data.get("modifiers") == {"enabled": [], "params": {}}:
             data.pop("modifiers")   # none enabled: the hash of a config that predates modifiers is unchanged
+        if not data["perps"]["enabled"]:   # a disabled module changes no decision: old ids stay valid
+            data.pop("perps")
         payload = json.dumps(data, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

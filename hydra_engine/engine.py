@@ -204,9 +204,24 @@ class Engine:
             self.startup_orders = []
         self.book.fills_known_at = now
         try:
-            for fill in self.broker.poll_fills(now):
-                report["fills"].append(to_jsonable(fill))
-                trade = self.book.apply_fill(fill, report)
+            # a perp venue settles funding too: payments and fills are booked in time order (a settlement
+            # at T is paid by what was held just before T), a venue-made close with the venue's reason
+            perp = self.broker.capabilities.settles_funding
+            payments = self.broker.settle_funding(now) if perp else ()
+            fills = self.broker.poll_fills(now)
+            events = sorted([(p.ts, 0, i, p) for i, p in enumerate(payments)]
+                            + [(f.ts, 1, i, f) for i, f in enumerate(fills)], key=lambda e: e[:3]) if payments else \
+                [(None, 1, 0, f) for f in fills]
+            venue_reason = self.broker.venue_exit_reason if perp else None
+            for _, kind, _, item in events:
+                if kind == 0:
+                    if self.book.apply_funding(item):
+                        report.setdefault("funding", []).append(to_jsonable(item))
+                    continue
+                report["fills"].append(to_jsonable(item))
+                reason = venue_reason(item.client_order_id) if venue_reason is not None else None
+                trade = (self.book.apply_liquidation(item, report) if reason == "liquidation"
+                         else self.book.apply_fill(item, report))
                 if trade:
                     trades.append(trade)
         except BrokerError as exc:
@@ -242,7 +257,7 @@ class Engine:
             self._regime_json = (self.regime, to_jsonable(self.regime))
         report["regime"] = self._regime_json[1]   # copied by format_report
         market_kill = self.risk.on_market(self.regime, self._vol_percentile(market), now,
-                                          regime_break=False if model_changed else None)
+                                          regime_break=False if model_changed else None, market=market)
         if market_kill:
             report["notes"].append(f"kill switch fired: {market_kill}")
 
@@ -329,19 +344,20 @@ class Engine:
             return
         view = self._portfolio_view(market, now)
         for p in ranked:
-            decision = self._decide(p, market, view, ctx)
+            decision, p = self._decide(p, market, view, ctx)   # the risk layer may lower a perp's leverage
             report["decisions"].append(decision)
             if decision["approved"]:
                 view_of = combined.get(p.symbol)
                 self.executor.enter(p, Decimal(decision["qty"]), now, report, self.regime,
                                     view_of.contributors if view_of else ())
 
-    def _decide(self, p: TradeProposal, market: MarketSnapshot, view: PortfolioView, ctx: GateContext) -> dict:
+    def _decide(self, p: TradeProposal, market: MarketSnapshot, view: PortfolioView,
+                ctx: GateContext) -> tuple[dict, TradeProposal]:
         gated = self.gate.for_symbol(ctx, p.symbol, p.side)
         v = gated.verdict
         if v.state is not GateState.ALLOW:
             self.stats.veto(v.rule)
-            return refused(p.strategy, p.symbol, gated.layer, v.rule, v.reason, {"state": v.state.name, "rule": v.rule})
+            return refused(p.strategy, p.symbol, gated.layer, v.rule, v.reason, {"state": v.state.name, "rule": v.rule}), p
         d = self.risk.evaluate(p, self.broker.asset(p.symbol), view, market)
         if d.approved:
             self.stats.approved += 1
@@ -349,7 +365,7 @@ class Engine:
             self.stats.veto(d.rule)
         return {"strategy": p.strategy, "symbol": p.symbol, "approved": d.approved, "layer": "risk", "rule": d.rule,
                 "reason": d.reason, "qty": str(d.qty), "notional_usd": str(d.notional_usd),
-                "details": to_jsonable(d.details), "gate": _ALLOW}
+                "details": to_jsonable(d.details), "gate": _ALLOW}, d.proposal
 
     def _manage(self, market: MarketSnapshot, ctx: GateContext, exit_requests: list[ExitRequest],
                 now: datetime, report: dict) -> None:

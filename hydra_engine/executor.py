@@ -110,6 +110,8 @@ class Executor:
                       stop_loss_price=to_decimal(p.stop_price) if bracket else None)
         # the fee comes out of the coins bought: the fill is measured against what the broker held before
         held_before = self.book.broker_qty(p.symbol) if self.book.fee_in_asset(p.symbol) else None
+        if self.broker.capabilities_for(p.symbol).max_leverage > 1 and not self._set_leverage(p, report):
+            return
         sent = self.submit(order, report)
         if sent:
             self.book.track_entry(order.client_order_id, PendingPlan(
@@ -117,6 +119,16 @@ class Executor:
                 held_before=held_before))
             for leg in sent.legs:   # a leg's fill closes the trade with the leg's reason
                 self.book.track_exit(leg.client_order_id, "target" if leg.order_type is OrderType.LIMIT else "stop")
+
+    def _set_leverage(self, p: TradeProposal, report: dict) -> bool:
+        """A leveraged venue (perps): set the symbol's leverage to the proposal's (governed by the risk
+        layer) before the entry; a refusal refuses the entry, never sends it at another leverage."""
+        try:
+            self.broker.set_leverage(p.symbol, max(1, int(p.leverage)))
+        except (BrokerError, ValueError) as exc:
+            report["errors"].append(f"{p.symbol}: leverage {p.leverage:g}x not set ({exc}); entry not sent")
+            return False
+        return True
 
     def _bracket_entry(self, p: TradeProposal, qty: Decimal) -> bool:
         """Issue #3: on a broker that holds brackets (Alpaca), an equity entry of at least one whole share
@@ -176,7 +188,8 @@ class Executor:
             # never executes; coins bought by hand beyond the dust are not HYDRA's to sell
             qty = min(abs(held), abs(pos.qty) + dust)
         order = Order(self.next_coid(pos.strategy, ex.symbol), ex.symbol, pos.side.opposite(), qty,
-                      OrderType.MARKET, self.tif(ex.symbol), now, pos.strategy, purpose="exit")
+                      OrderType.MARKET, self.tif(ex.symbol), now, pos.strategy, purpose="exit",
+                      reduce_only=self.broker.capabilities_for(ex.symbol).reduce_only)
         report["exits"].append({"symbol": ex.symbol, "reason": ex.reason, "trigger_price": ex.trigger_price,
                                 "detail": ex.detail, "client_order_id": order.client_order_id})
         if queue:

@@ -267,6 +267,9 @@ class VenueCapabilities:
     fee_currency: str = "USD"                # what fees are charged in (USD, USDT)
     fees_in_received_asset: frozenset[AssetClass] = frozenset()   # Alpaca crypto: fee taken from the coins bought
     marks_from_engine: bool = False          # a simulated venue is told each cycle's prices (update_marks)
+    # perps: ``settle_funding(now) -> [FundingPayment]`` and ``venue_exit_reason(client_order_id)`` (a
+    # venue-made close, e.g. "liquidation"), read by the engine each cycle
+    settles_funding: bool = False
 
 
 @runtime_checkable

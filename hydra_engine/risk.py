@@ -144,9 +144,13 @@ class RiskManager:
     name = "half_kelly_vol_corr"
 
     def __init__(self, cfg: RiskConfig, *, entry_rules=ENTRY_RULES, size_modifiers=SIZE_MODIFIERS,
-                 kill_switches=KILL_SWITCHES):
+                 kill_switches=KILL_SWITCHES, proposal_adjusters=()):
         check_hard_limits(cfg)
         self.cfg = cfg
+        # adjusters may only make a proposal safer (perp leverage governance lowers the leverage):
+        # ``adjust(rm, proposal, asset, portfolio, market) -> (proposal, details)``, asked before the rules
+        self.proposal_adjusters = list(proposal_adjusters)
+        self.last_market: MarketSnapshot | None = None   # the snapshot on_market saw (market kill switches)
         self.entry_rules = list(entry_rules)          # vetoes, asked in order
         self.size_modifiers = list(size_modifiers)    # multipliers on the Kelly/risk size
         self.kill_switches = list(kill_switches)
@@ -178,7 +182,8 @@ class RiskManager:
         return None
 
     def on_market(self, regime: RegimeReading | None, realised_vol_percentile: float | None,
-                  now: datetime, regime_break: bool | None = None) -> str | None:
+                  now: datetime, regime_break: bool | None = None,
+                  market: MarketSnapshot | None = None) -> str | None:
         """Kill on "regime break + extreme vol" (layer spec, Kill Switches).
 
         ``realised_vol_percentile`` is a fraction in [0, 1] (where current realised volatility ranks in
@@ -186,6 +191,7 @@ class RiskManager:
         provides it). ``regime_break`` None means: the regime differs from the last known one (UNKNOWN
         readings neither break nor reset). Returns the kill reason when it fires now."""
         s = self.state
+        self.last_market = market
         pct = realised_vol_percentile
         if pct is None and regime is not None:
             pct = regime.details.get("vol_percentile")
@@ -311,6 +317,10 @@ class RiskManager:
         size is scaled by the symbol's realised volatility (``market.bars[symbol].close``) and by its
         return correlation with the open positions; without it both multipliers are 1."""
         cfg = self.cfg
+        adjusted: dict = {}
+        for adjuster in self.proposal_adjusters:
+            proposal, note = adjuster.adjust(self, proposal, asset, portfolio, market)
+            adjusted.update(note)
         for rule in self.entry_rules:
             veto = rule.check(self, proposal, asset, portfolio, market)
             if veto:
@@ -338,7 +348,7 @@ class RiskManager:
                    "stop_distance_pct": round(proposal.stop_distance_pct * 100, 4),
                    "kelly_f_star": round(kelly_f(proposal.confidence, proposal.reward_risk), 6),
                    "kelly_fraction": cfg.kelly_fraction, "vol_mult": round(vol_mult, 4), "corr_mult": corr_mult,
-                   **info, "binding": result.rule}
+                   **info, **adjusted, "binding": result.rule}
         rule, notional = result.rule, result.notional_usd
         if notional <= 0:
             why = ("no edge: Kelly f* = 0" if rule == "kelly"

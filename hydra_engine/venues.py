@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Mapping
 
-from .domain import Fill, Instrument, Order
+from .domain import Fill, FundingPayment, Instrument, Order
 from .ports import Account, AssetSpec, Broker, BrokerPosition, OrderNotFound, VenueCapabilities
 
 
@@ -29,8 +29,9 @@ class VenueRouter:
         self.instruments = dict(instruments)
         self.default = default
         self._order_venue: dict[str, str] = {}     # client_order_id -> venue it was sent to
-        self.capabilities = VenueCapabilities(name="router", marks_from_engine=any(
-            v.capabilities.marks_from_engine for v in self.venues.values()))
+        self.capabilities = VenueCapabilities(
+            name="router", marks_from_engine=any(v.capabilities.marks_from_engine for v in self.venues.values()),
+            settles_funding=any(v.capabilities.settles_funding for v in self.venues.values()))
 
     def venue_name(self, symbol: str) -> str:
         inst = self.instruments.get(symbol)
@@ -99,6 +100,26 @@ class VenueRouter:
             order = venue.get_order(client_order_id)
             if order is not None:
                 return order
+        return None
+
+    # ------------------------------------------------------------------ leveraged venues (perps)
+    def set_leverage(self, symbol: str, leverage: int) -> int:
+        venue = self.venue_for(symbol)
+        if venue.capabilities_for(symbol).max_leverage <= 1:
+            raise ValueError(f"{symbol}: venue {self.venue_name(symbol)!r} takes no leverage")
+        return venue.set_leverage(symbol, leverage)
+
+    def settle_funding(self, now: datetime) -> list[FundingPayment]:
+        """Every venue's funding settlements up to ``now`` (each paid once), oldest first."""
+        payments = [p for v in self.venues.values() if v.capabilities.settles_funding for p in v.settle_funding(now)]
+        return sorted(payments, key=lambda p: p.ts)
+
+    def venue_exit_reason(self, client_order_id: str) -> str | None:
+        """Why a venue closed a position on its own (``liquidation``), for an order it made."""
+        for venue in self.venues.values():
+            reason = venue.venue_exit_reason(client_order_id) if venue.capabilities.settles_funding else None
+            if reason:
+                return reason
         return None
 
     @property

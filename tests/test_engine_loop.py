@@ -51,6 +51,8 @@ def perturbed_copy(src: Path, dst: Path, cut: pd.Timestamp, seed: int = 7) -> No
             after = pd.to_datetime(df.index, utc=True) > cut
             col = df.columns[0]
             df.loc[after, col] = df.loc[after, col] * rng.uniform(-3, 3, after.sum())
+            if col == "funding_rate":   # Binance publishes 8 decimals; the perp venue refuses any other rate
+                df[col] = df[col].round(8)
             df.to_parquet(path)
     for path in dst.rglob("*.csv.gz"):
         df = pd.read_csv(path)

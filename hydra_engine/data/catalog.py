@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 
 EQUITY_SYMBOLS = ("SPY", "TLT", "GLD", "SLV", "GDX", "IGV", "CRM", "SHOP", "ADBE", "MSFT", "WDAY", "LZ", "HYG")
@@ -33,6 +34,7 @@ class PointSource:
     column: str
     publish_lag: timedelta
     positive: bool = False   # open interest cannot be zero or negative; funding can be negative
+    reader: str = "indexed"  # "indexed": datetime index + column | "kline_taker": taker-buy share of a kline file
 
 
 BAR_SOURCES: dict[str, BarSource] = {
@@ -53,6 +55,22 @@ POINT_SOURCES: list[PointSource] = [
     PointSource("open_interest", "BTC/USD", "crypto_perp/bybit_linear/open_interest/BTCUSDT_oi_1h.parquet", "open_interest", timedelta(0), True),
     PointSource("open_interest", "ETH/USD", "crypto_perp/bybit_linear/open_interest/ETHUSDT_oi_1h.parquet", "open_interest", timedelta(0), True),
 ]
+
+# The perpetual-futures module (issue #20) trades the perps under their Binance names. Hourly perp klines
+# exist in the shared data for BTCUSDT and ETHUSDT only (PROVENANCE §1.1): SOLUSDT and BNBUSDT have
+# daily perp klines only, so they are not replayed (a configured one is refused by the replay). The
+# taker-buy share of each hourly bar (``taker_buy_base / volume_base``, known at the bar's close) is the
+# order-flow input of the liquidation and crowding proxies.
+PERP_KLINES = {"BTCUSDT": "crypto_perp/binance_usdm/klines/BTCUSDT_1h.parquet",
+               "ETHUSDT": "crypto_perp/binance_usdm/klines/ETHUSDT_1h_from_1m.parquet"}
+BAR_SOURCES.update({s: BarSource(s, path, timedelta(hours=1), "binance_klines") for s, path in PERP_KLINES.items()})
+for _s, _path in PERP_KLINES.items():
+    POINT_SOURCES += [
+        PointSource("funding_rate", _s, f"crypto_perp/binance_usdm/funding/{_s}_funding_8h.parquet", "funding_rate", timedelta(0)),
+        PointSource("open_interest", _s, f"crypto_perp/bybit_linear/open_interest/{_s}_oi_1h.parquet", "open_interest", timedelta(0), True),
+        PointSource("taker_buy_ratio", _s, _path, "taker_buy_base", timedelta(hours=1), True, "kline_taker"),
+    ]
+
 
 
 def _daily_session_times(dates: pd.Series, close: pd.Timedelta = pd.Timedelta(hours=16)) -> tuple[pd.Series, pd.Series]:
@@ -109,6 +127,12 @@ def read_bars(path, source: BarSource) -> pd.DataFrame:
 
 def read_points(path, source: PointSource) -> pd.DataFrame:
     """Uniform frame: known_at (UTC, timestamp + publish lag), value."""
+    if source.reader == "kline_taker":   # taker-buy share of the bar's volume, known at the bar's close
+        raw = read_parquet(path, columns=["ts", "taker_buy_base", "volume_base"])
+        vol = raw["volume_base"].to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(vol > 0, raw["taker_buy_base"].to_numpy(dtype=float) / vol, np.nan)
+        return pd.DataFrame({"known_at": pd.to_datetime(raw["ts"], utc=True) + source.publish_lag, "value": share})
     raw = read_parquet(path)
     if source.column not in raw.columns:
         raise ValueError(f"{path}: column {source.column!r} missing (have {list(raw.columns)})")

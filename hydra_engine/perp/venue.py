@@ -111,6 +111,7 @@ class SimulatedPerpVenue:
         self.default_leverage = default_leverage
         self.capabilities = VenueCapabilities(
             name=self.name, short_crypto=True, reduce_only=True, fee_currency="USDT", marks_from_engine=True,
+            settles_funding=True,
             max_leverage=float(max(self.brackets[s].max_leverage for s in self.assets)))
         self._leverage: dict[str, int] = {}
         self._positions: dict[str, PerpPosition] = {}
@@ -126,6 +127,11 @@ class SimulatedPerpVenue:
         self.funding_log: list[FundingRecord] = []
         self.closed_trades: list[ClosedPerpTrade] = []
         self.exit_reasons: dict[str, str] = {}   # client_order_id -> "liquidation" for venue-made closes
+
+    @property
+    def fees_paid(self) -> Decimal:
+        """Fees paid, USDT (read as USD by the router's sum, like every other amount of this venue)."""
+        return self.fees_paid_usdt
 
     # ------------------------------------------------------------------ leverage and marks
     def capabilities_for(self, symbol: str) -> VenueCapabilities:
@@ -313,6 +319,10 @@ class SimulatedPerpVenue:
         self._advance(now)
         fills, self._ready = self._ready, []
         return fills
+
+    def venue_exit_reason(self, client_order_id: str) -> str | None:
+        """``liquidation`` for a close this venue made itself, else None."""
+        return self.exit_reasons.get(client_order_id)
 
     def settle_funding(self, now: datetime) -> list[FundingPayment]:
         """Advance to ``now``, applying every settlement not yet applied (each exactly once, also across

@@ -1,0 +1,332 @@
+"""Layer 2 of the perp module ("is it safe to trade right now?"): what one perp symbol's market says at
+``now`` — funding, open interest, taker flow, realised-volatility regime, the liquidation picture and
+the cascade probability, and the symbol's perp regime. Pure functions of a :class:`MarketSnapshot`;
+:func:`perp_state` computes them once per (symbol, cycle) for every consumer (primitives, gate rules,
+risk rules, kill switches).
+
+Inputs and what stands in for what (a missing input gives ``None``, never a guess):
+
+* funding: the settled Binance rate (``funding_rate`` series), at most ``FUNDING_MAX_AGE`` old.
+* open interest: Bybit's hourly linear-perp open interest (PROVENANCE §1.5) — **a proxy for Binance's
+  open interest**, which the shared data does not hold; live, Binance's ``openInterest``.
+* taker flow: the taker-buy share of each hourly Binance perp bar (``taker_buy_ratio``).
+* liquidations — **proxy in history**: an *open-interest flush* (open interest down at least
+  ``FLUSH_OI_PCT`` in the hour) together with a *large price move* (at least ``FLUSH_MOVE_PCT``) and
+  *taker flow on the move's side* (sellers dominant on a fall, buyers on a rise) stands in for a
+  liquidation cluster; the flushed open interest is the liquidated amount, on the longs when price fell
+  and on the shorts when it rose. Live, the ``forceOrder`` stream gives real liquidations (a series
+  ``liquidations_long_usd`` / ``liquidations_short_usd``; when present it is used instead).
+* long/short crowding — **proxy in history**: the 24 h taker buy/sell volume ratio together with the
+  funding z-score stands in for the long/short account ratio (live: ``globalLongShortAccountRatio``,
+  series ``long_short_ratio``).
+
+Thresholds are the layer specification's (LAYER 2): volatility percentile > 95 extreme (BLOCK), > 80
+high (RESTRICT), > 50 elevated; cascade velocity > 5 % of open interest → 0.9, > 2 % → 0.6, else
+velocity × 10; data health: fresh bars, funding and open interest present, at least 20 candles.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from ..ports import MarketSnapshot
+
+FUNDING_MAX_AGE = timedelta(hours=9)      # one 8 h interval and a margin
+OI_MAX_AGE = timedelta(hours=2)
+BARS_MAX_AGE = timedelta(hours=2)
+MIN_CANDLES = 20
+VOL_WINDOW = 24                           # hourly returns per realised-volatility reading
+FLUSH_OI_PCT = 2.0                        # open interest down >= 2 % in the hour ...
+FLUSH_MOVE_PCT = 1.5                      # ... with a price move >= 1.5 % ...
+LIQ_LOOKBACK_H = 6                        # the liquidation picture: the last six hours
+FUNDING_Z_SETTLEMENTS = 90                # funding z-score against the last 30 days of settlements
+TREND_WINDOW_H = 72
+TREND_MOVE_PCT = 3.0
+SQUEEZE_IMBALANCE = 0.7
+
+
+class PerpRegime(str, enum.Enum):
+    """The layer specification's seven perp regimes (per symbol)."""
+
+    TRENDING_UP = "TRENDING_UP"
+    TRENDING_DOWN = "TRENDING_DOWN"
+    RANGING = "RANGING"
+    HIGH_VOLATILITY = "HIGH_VOLATILITY"
+    CASCADE_RISK = "CASCADE_RISK"
+    SQUEEZE_LONG = "SQUEEZE_LONG"      # shorts getting squeezed
+    SQUEEZE_SHORT = "SQUEEZE_SHORT"    # longs getting squeezed
+
+
+@dataclass(frozen=True, slots=True)
+class PerpState:
+    symbol: str
+    now: datetime
+    price: float | None
+    candles: int
+    bars_age_s: float | None
+    funding: float | None                 # newest settled rate (fraction per 8 h), None if missing/old
+    funding_z: float | None
+    oi_delta_1h: float | None             # fractions
+    oi_delta_8h: float | None
+    oi_delta_24h: float | None
+    price_change_24h: float | None
+    taker_buy_sell_24h: float | None      # taker buy volume / taker sell volume over 24 h
+    vol_annual: float | None
+    vol_percentile: float | None          # fraction in [0, 1] against the visible history
+    liq_long: float                       # liquidated open interest (fraction of OI) in the lookback, longs
+    liq_short: float
+    liq_source: str                       # "forceOrder" | "proxy:oi_flush" | "none"
+    liquidation_velocity: float | None    # newest hour: liquidated / open interest
+    health_problems: tuple[str, ...]
+
+    @property
+    def vol_regime(self) -> str | None:
+        return vol_regime(self.vol_percentile)
+
+    @property
+    def cascade_probability(self) -> float | None:
+        return cascade_probability(self.liquidation_velocity)
+
+    @property
+    def liq_imbalance(self) -> float | None:
+        """(long − short) / (long + short) of the lookback's liquidations; None when there were none."""
+        total = self.liq_long + self.liq_short
+        return (self.liq_long - self.liq_short) / total if total > 0 else None
+
+    @property
+    def healthy(self) -> bool:
+        return not self.health_problems
+
+
+def vol_regime(percentile: float | None) -> str | None:
+    if percentile is None:
+        return None
+    if percentile > 0.95:
+        return "extreme"
+    if percentile > 0.80:
+        return "high"
+    if percentile > 0.50:
+        return "elevated"
+    return "normal"
+
+
+def cascade_probability(velocity: float | None) -> float | None:
+    """Layer spec ``check_cascade``: liquidation velocity (liquidated / open interest) to a probability."""
+    if velocity is None:
+        return None
+    if velocity > 0.05:
+        return 0.9
+    if velocity > 0.02:
+        return 0.6
+    return velocity * 10
+
+
+def _latest(series, now: datetime, max_age: timedelta) -> tuple[float, int] | None:
+    if series is None or not len(series):
+        return None
+    v, t = float(series.values[-1]), int(series.ts[-1])
+    if not math.isfinite(v) or now.timestamp() - t > max_age.total_seconds():
+        return None
+    return v, t
+
+
+def _value_at(series, t: int, tolerance_s: int = 7200) -> float | None:
+    """The series' value known at epoch ``t`` (the newest at or before it, at most ``tolerance_s`` old)."""
+    k = int(np.searchsorted(series.ts, t, side="right")) - 1
+    if k < 0 or t - int(series.ts[k]) > tolerance_s:
+        return None
+    v = float(series.values[k])
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def _oi_delta(oi, t_now: int, hours: int) -> float | None:
+    last = _value_at(oi, t_now, 0)
+    prev = _value_at(oi, t_now - hours * 3600)
+    return None if last is None or prev is None else last / prev - 1.0
+
+
+def _close_at(bars, t: int) -> float | None:
+    closed = bars.ts + bars.interval_s
+    i = int(np.searchsorted(closed, t, side="right")) - 1
+    if i < 0 or t - int(closed[i]) > 7200:
+        return None
+    return float(bars.close[i])
+
+
+def _flush(oi, bars, taker, t: int) -> tuple[float, float]:
+    """The proxy liquidation cluster in the hour ending at ``t``: (long share, short share) of open
+    interest liquidated — the open-interest drop when price moved >= FLUSH_MOVE_PCT that hour and the
+    taker flow was on the move's side; (0, 0) otherwise."""
+    d = _oi_delta(oi, t, 1)
+    if d is None or d > -FLUSH_OI_PCT / 100:
+        return 0.0, 0.0
+    c1, c0 = _close_at(bars, t), _close_at(bars, t - 3600)
+    if c1 is None or c0 is None:
+        return 0.0, 0.0
+    move = c1 / c0 - 1.0
+    if abs(move) < FLUSH_MOVE_PCT / 100:
+        return 0.0, 0.0
+    share = _value_at(taker, t, 3600) if taker is not None and len(taker) else None
+    if share is None or (move < 0 and share >= 0.5) or (move > 0 and share <= 0.5):
+        return 0.0, 0.0
+    return (-d, 0.0) if move < 0 else (0.0, -d)
+
+
+def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
+    now = market.now
+    t_now = int(now.timestamp())
+    problems: list[str] = []
+    bars = market.bars.get(symbol)
+    candles = len(bars) if bars is not None else 0
+    price = bars_age = None
+    if candles:
+        price = float(bars.close[-1])
+        bars_age = t_now - (int(bars.ts[-1]) + bars.interval_s)
+        if bars_age > BARS_MAX_AGE.total_seconds():
+            problems.append(f"newest bar {bars_age / 3600:.1f} h old")
+    else:
+        problems.append("no bars")
+    if symbol in market.stale:
+        problems.append(f"stale: {market.stale[symbol]}")
+    if candles < MIN_CANDLES:
+        problems.append(f"{candles} candles < {MIN_CANDLES}")
+
+    fseries = market.point_series("funding_rate", symbol)
+    f = _latest(fseries, now, FUNDING_MAX_AGE)
+    funding = f[0] if f else None
+    if funding is None:
+        problems.append("funding missing or older than 9 h")
+    funding_z = None
+    if funding is not None and len(fseries) >= 30:
+        hist = np.asarray(fseries.values[-FUNDING_Z_SETTLEMENTS:], dtype=float)
+        sd = float(np.std(hist))
+        funding_z = (funding - float(np.mean(hist))) / sd if sd > 0 else 0.0
+
+    oi = market.point_series("open_interest", symbol)
+    o = _latest(oi, now, OI_MAX_AGE)
+    if o is None:
+        problems.append("open interest missing or older than 2 h")
+    t_oi = o[1] if o else None
+    d1 = _oi_delta(oi, t_oi, 1) if t_oi else None
+    d8 = _oi_delta(oi, t_oi, 8) if t_oi else None
+    d24 = _oi_delta(oi, t_oi, 24) if t_oi else None
+
+    change_24h = None
+    if candles > 24:
+        c0 = float(bars.close[-25])
+        change_24h = price / c0 - 1.0 if c0 > 0 else None
+
+    taker = market.point_series("taker_buy_ratio", symbol)
+    buy_sell = None
+    if taker is not None and len(taker) >= 24 and bars is not None and candles >= 24:
+        shares = np.asarray(taker.values[-24:], dtype=float)
+        vols = np.asarray(bars.volume[-24:], dtype=float)
+        if now.timestamp() - int(taker.ts[-1]) <= BARS_MAX_AGE.total_seconds() and np.isfinite(shares).all():
+            buy = float(np.sum(shares * vols))
+            sell = float(np.sum((1 - shares) * vols))
+            buy_sell = buy / sell if sell > 0 else None
+
+    vol_annual = vol_pct = None
+    if candles >= VOL_WINDOW * 3:
+        r = np.diff(np.log(np.asarray(bars.close, dtype=float)))
+        r = r[np.isfinite(r)]
+        if len(r) >= VOL_WINDOW * 2:
+            # rolling 24-bar standard deviation via cumulative sums (one pass)
+            c1 = np.concatenate(([0.0], np.cumsum(r)))
+            c2 = np.concatenate(([0.0], np.cumsum(r * r)))
+            n = VOL_WINDOW
+            mean = (c1[n:] - c1[:-n]) / n
+            var = np.maximum((c2[n:] - c2[:-n]) / n - mean * mean, 0.0)
+            sd = np.sqrt(var)
+            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
+            vol_pct = float(np.mean(sd <= sd[-1]))
+
+    # the liquidation picture: real liquidations where a feed gives them, else the declared proxy
+    liq_long = liq_short = 0.0
+    velocity = None
+    source = "none"
+    real_long = market.point_series("liquidations_long_usd", symbol)
+    real_short = market.point_series("liquidations_short_usd", symbol)
+    if real_long is not None and real_short is not None and o is not None and price:
+        source = "forceOrder"
+        oi_usd = o[0] * price
+        since = t_now - LIQ_LOOKBACK_H * 3600
+        liq_long = float(np.sum(real_long.values[real_long.ts > since])) / oi_usd
+        liq_short = float(np.sum(real_short.values[real_short.ts > since])) / oi_usd
+        hour = t_now - 3600
+        velocity = (float(np.sum(real_long.values[real_long.ts > hour]))
+                    + float(np.sum(real_short.values[real_short.ts > hour]))) / oi_usd
+    elif oi is not None and t_oi is not None and bars is not None and candles >= 2:
+        source = "proxy:oi_flush"
+        for h in range(LIQ_LOOKBACK_H):
+            lo, sh = _flush(oi, bars, taker, t_oi - h * 3600)
+            liq_long += lo
+            liq_short += sh
+            if h == 0:
+                velocity = lo + sh
+    return PerpState(symbol, now, price, candles, bars_age, funding, funding_z, d1, d8, d24, change_24h, buy_sell,
+                     vol_annual, vol_pct, liq_long, liq_short, source, velocity, tuple(problems))
+
+
+_CACHE: dict[tuple[str, datetime, int], PerpState] = {}
+
+
+def perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
+    """:func:`compute_perp_state`, once per (symbol, time, snapshot) for all the consumers of a cycle."""
+    key = (symbol, market.now, id(market))
+    hit = _CACHE.get(key)
+    if hit is None:
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        hit = _CACHE[key] = compute_perp_state(market, symbol)
+    return hit
+
+
+class RuleRegimeLabeller:
+    """The perp regime of one symbol by rule on the trailing window (issue #21 swaps in a trained
+    classifier with the same ``label(state, market) -> (PerpRegime | None, confidence, why)``).
+
+    In order: CASCADE_RISK (cascade probability > 0.7), SQUEEZE_SHORT / SQUEEZE_LONG (liquidation
+    imbalance over the last six hours beyond ±0.7: longs / shorts being liquidated), HIGH_VOLATILITY
+    (realised-volatility percentile > 0.8), TRENDING_UP / TRENDING_DOWN (72 h move beyond ±3 %),
+    else RANGING. None when the price history is too short to say."""
+
+    name = "perp_rule_v1"
+
+    def label(self, state: PerpState, market: MarketSnapshot) -> tuple[PerpRegime | None, float, str]:
+        cp = state.cascade_probability
+        if cp is not None and cp > 0.7:
+            return PerpRegime.CASCADE_RISK, cp, f"cascade probability {cp:.2f} > 0.7"
+        imb = state.liq_imbalance
+        if imb is not None and imb > SQUEEZE_IMBALANCE:
+            return PerpRegime.SQUEEZE_SHORT, imb, f"longs liquidated (imbalance {imb:+.2f}, {state.liq_source})"
+        if imb is not None and imb < -SQUEEZE_IMBALANCE:
+            return PerpRegime.SQUEEZE_LONG, -imb, f"shorts liquidated (imbalance {imb:+.2f}, {state.liq_source})"
+        if state.vol_percentile is not None and state.vol_percentile > 0.8:
+            return PerpRegime.HIGH_VOLATILITY, state.vol_percentile, f"vol percentile {state.vol_percentile:.2f} > 0.8"
+        bars = market.bars.get(state.symbol)
+        if bars is None or len(bars) <= TREND_WINDOW_H or state.price is None:
+            return None, 0.0, "fewer than 73 hourly bars"
+        move = state.price / float(bars.close[-TREND_WINDOW_H - 1]) - 1.0
+        if move > TREND_MOVE_PCT / 100:
+            return PerpRegime.TRENDING_UP, min(1.0, move / 0.10), f"72 h move {move * 100:+.1f}%"
+        if move < -TREND_MOVE_PCT / 100:
+            return PerpRegime.TRENDING_DOWN, min(1.0, -move / 0.10), f"72 h move {move * 100:+.1f}%"
+        return PerpRegime.RANGING, 1.0 - abs(move) / (TREND_MOVE_PCT / 100), f"72 h move {move * 100:+.1f}%"
+
+
+#: the labeller every perp consumer uses; #21 replaces it (``set_regime_labeller``)
+_LABELLER = RuleRegimeLabeller()
+
+
+def set_regime_labeller(labeller) -> None:
+    global _LABELLER
+    _LABELLER = labeller
+
+
+def perp_regime(market: MarketSnapshot, symbol: str) -> tuple[PerpRegime | None, float, str]:
+    return _LABELLER.label(perp_state(market, symbol), market)
