@@ -91,6 +91,9 @@ def session_summary(engine) -> dict:
         "closed_trades": len(engine.closed_trades), "per_strategy": per_strategy, "exit_reasons": exit_reasons,
         "fees_usd": getattr(engine.broker, "fees_paid", None),
         "sizing_bound_by": engine.risk.binding_counts(),
+        # what each plugin that keeps notes says about its session (why it had no trades, stood down, ...)
+        "plugin_notes": {s.name: s.report_notes() for s in engine.strategies
+                         if callable(getattr(s, "report_notes", None))},
     })
 
 

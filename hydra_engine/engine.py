@@ -13,6 +13,8 @@ is filled by cycle *t+1*.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -330,6 +332,8 @@ class Engine:
                                     view_of.contributors if view_of else ())
 
     def _decide(self, p: TradeProposal, market: MarketSnapshot, view: PortfolioView, ctx: GateContext) -> dict:
+        if p.extended_hours:
+            ctx = dataclasses.replace(ctx, extended_hours=True)
         gated = self.gate.for_symbol(ctx, p.symbol, p.side)
         v = gated.verdict
         if v.state is not GateState.ALLOW:

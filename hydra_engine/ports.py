@@ -90,6 +90,10 @@ class MarketSnapshot:
     # margin changes, AI launches... filled from the event feeds a plugin's ``DataNeed("events", kind)``
     # asked for (hydra_engine/data/event_feeds.py); a tuple, shared between cycles while nothing new is known
     events: tuple[Event, ...] = ()
+    # intraday candles (15-minute, extended hours included) of the symbols a plugin asked for with
+    # ``DataNeed("intraday", symbol)`` (issue #18); ``intraday_missing`` says why a symbol has none
+    intraday: Mapping[str, BarSeries] = field(default_factory=dict)
+    intraday_missing: Mapping[str, str] = field(default_factory=dict)
 
     def events_of(self, kind: str, subject: str | None = None) -> tuple[Event, ...]:
         """The known events of ``kind`` (and ``subject``, when given), in ``happened_at`` order; this
@@ -267,6 +271,7 @@ class VenueCapabilities:
     fee_currency: str = "USD"                # what fees are charged in (USD, USDT)
     fees_in_received_asset: frozenset[AssetClass] = frozenset()   # Alpaca crypto: fee taken from the coins bought
     marks_from_engine: bool = False          # a simulated venue is told each cycle's prices (update_marks)
+    extended_hours_limit: bool = False       # takes DAY limit orders flagged extended_hours (equities)
 
 
 @runtime_checkable

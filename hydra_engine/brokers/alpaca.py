@@ -163,7 +163,7 @@ class AlpacaBroker:
         name="alpaca",
         native_trailing_stops=True,   # equities: Alpaca holds a percent trail between HYDRA's cycles
         brackets=True,                # equities: market entry with take-profit and stop-loss legs
-        fractional_equities=True, short_equities=True, short_crypto=False,
+        fractional_equities=True, short_equities=True, short_crypto=False, extended_hours_limit=True,
         # crypto: the fee is taken from the asset received (coins on a buy, dollars on a sell; NOTES §1.6) and
         # is on no order -- the engine measures a buy's fee from the position and keeps sub-minimum dust apart
         fees_in_received_asset=frozenset({AssetClass.CRYPTO}))
@@ -360,6 +360,8 @@ class AlpacaBroker:
         if t is OrderType.MARKET:
             return MarketOrderRequest(**common)
         if t is OrderType.LIMIT:
+            if order.extended_hours:   # Alpaca: extended hours only on DAY limit orders (issue #18)
+                return LimitOrderRequest(limit_price=float(order.limit_price), extended_hours=True, **common)
             return LimitOrderRequest(limit_price=float(order.limit_price), **common)
         if t is OrderType.STOP:
             return StopOrderRequest(stop_price=float(order.stop_price), **common)
