@@ -33,6 +33,7 @@ class PointSource:
     column: str
     publish_lag: timedelta
     positive: bool = False   # open interest cannot be zero or negative; funding can be negative
+    optional: bool = False   # a user-supplied series: a missing file leaves it out (the plugin says so)
 
 
 BAR_SOURCES: dict[str, BarSource] = {
@@ -52,6 +53,10 @@ POINT_SOURCES: list[PointSource] = [
     PointSource("funding_rate", "ETH/USD", "crypto_perp/binance_usdm/funding/ETHUSDT_funding_8h.parquet", "funding_rate", timedelta(0)),
     PointSource("open_interest", "BTC/USD", "crypto_perp/bybit_linear/open_interest/BTCUSDT_oi_1h.parquet", "open_interest", timedelta(0), True),
     PointSource("open_interest", "ETH/USD", "crypto_perp/bybit_linear/open_interest/ETHUSDT_oi_1h.parquet", "open_interest", timedelta(0), True),
+    # issue #18: the Shanghai gold premium (USD/oz over London) no source we have carries; a user may supply
+    # it as CSV ``known_at`` (ISO 8601 UTC: when the value was published), ``premium_usd_oz`` (README)
+    PointSource("shanghai_premium", "GLD", "metals/shanghai_premium/shanghai_premium.csv", "premium_usd_oz",
+                timedelta(0), optional=True),
 ]
 
 
@@ -109,6 +114,14 @@ def read_bars(path, source: BarSource) -> pd.DataFrame:
 
 def read_points(path, source: PointSource) -> pd.DataFrame:
     """Uniform frame: known_at (UTC, timestamp + publish lag), value."""
+    if str(path).endswith(".csv"):   # a user-supplied series: known_at, <column>
+        raw = pd.read_csv(path)
+        for col in ("known_at", source.column):
+            if col not in raw.columns:
+                raise ValueError(f"{path}: column {col!r} missing (have {list(raw.columns)})")
+        known = pd.to_datetime(raw["known_at"], utc=True, format="ISO8601")
+        return pd.DataFrame({"known_at": known + source.publish_lag,
+                             "value": pd.to_numeric(raw[source.column], errors="coerce").to_numpy(dtype=float)})
     raw = read_parquet(path)
     if source.column not in raw.columns:
         raise ValueError(f"{path}: column {source.column!r} missing (have {list(raw.columns)})")

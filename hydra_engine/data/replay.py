@@ -229,7 +229,7 @@ class ReplayMarketData:
             self._stale_after[symbol] = crypto_stale_after_s if src.interval < timedelta(days=1) else equity_stale_after_s
         self._points: dict[tuple[str, str], _Points] = {}
         for src in point_sources if point_sources is not None else POINT_SOURCES:
-            if src.symbol not in wanted:
+            if src.symbol not in wanted or (src.optional and not (self.folder / src.path).is_file()):
                 continue
             frame = self._read(src.path, read_points, src)
             bad = ~np.isfinite(frame["value"].to_numpy()) | ((frame["value"] <= 0).to_numpy() & src.positive)
