@@ -427,7 +427,9 @@ class AlpacaBroker:
         if notional_usd is not None:   # up to 9 decimals on the wire (spec: notional); HYDRA deals in cents
             notional_usd = Decimal(notional_usd).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
         order = validate_and_round(order, spec, notional_usd=notional_usd)
-        if spec.asset_class is AssetClass.EQUITY and not self.is_market_open(order.symbol, self._now()):
+        # an extended-hours DAY limit entry (issue #18) is what Alpaca takes while the regular session is closed
+        if (spec.asset_class is AssetClass.EQUITY and not order.extended_hours
+                and not self.is_market_open(order.symbol, self._now())):
             raise MarketClosed(f"{order.symbol} {order.client_order_id}: the US equity market is closed",
                                symbol=order.symbol, client_order_id=order.client_order_id)
         existing = self._known.get(order.client_order_id)
