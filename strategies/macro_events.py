@@ -137,6 +137,9 @@ class MacroEventScalper(Strategy):
     data_needs = (DataNeed("events", "macro_release"), *(DataNeed("intraday", s) for s in DEFAULT_SYMBOLS),
                   *(DataNeed("bars", s) for s in DEFAULT_SYMBOLS))
     Params = MacroEventParams
+    # the plugin contract test's span (start, end, cut): the default span holds no release; this one holds
+    # the FOMC of 2024-01-31 and the NFP of 2024-02-02 before the cut, the CPI of 2024-02-13 after it
+    contract_span = ("2024-01-25", "2024-02-16", "2024-02-06T00:00:00Z")
 
     def __init__(self, params: Mapping | None = None) -> None:
         super().__init__(params)

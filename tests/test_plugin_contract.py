@@ -141,8 +141,24 @@ class Watch:
                     self.breaches.append(f"{name}.propose: expected_holding {item.expected_holding} is not positive")
 
 
+def span_of(name: str) -> tuple[str, str, pd.Timestamp]:
+    """(start, end, cut) of a plugin's contract run: the default span, or the plugin's ``contract_span``
+    (start, end, cut) when the default holds none of its events (a macro release, a margin change)."""
+    span = getattr(STRATEGIES.get(name), "contract_span", None)
+    return (START, END, CUT) if span is None else (span[0], span[1], pd.Timestamp(span[2]))
+
+
+def universe_of(name: str) -> tuple[str, ...]:
+    """The default universe plus the plugin's equity assets (GLD, SLV...), so it sees the bars it trades."""
+    from hydra_engine.brokers.capabilities import DEFAULT_ASSET_SPECS
+    extra = [s for s in getattr(STRATEGIES.get(name), "assets", ()) if s in DEFAULT_ASSET_SPECS and "/" not in s]
+    return tuple(dict.fromkeys(("BTC/USD", "ETH/USD", "SPY", *extra)))
+
+
 def run_plugin(folder: Path, data_dir: Path, name: str, extra=None) -> tuple[dict, Watch | None, object]:
-    settings = make_settings(folder, data_dir=data_dir, start=START, end=END, strategies={"enabled": [name]})
+    start, end, _ = span_of(name)
+    settings = make_settings(folder, data_dir=data_dir, start=start, end=end, symbols=universe_of(name),
+                             strategies={"enabled": [name]})
     session = build_sim_session(settings)
     engine = session.engine
     [plugin] = engine.strategies
@@ -163,12 +179,17 @@ def upto(doc: dict, cut: pd.Timestamp) -> list[dict]:
 def contract_runs(data_dirs, tmp_path_factory):
     """name -> (real run, its watch, scrambled run): each plugin alone in the engine, once per data set."""
     real, scrambled = data_dirs
+    by_cut = {CUT: scrambled}
     out = {}
     for name in STRATEGIES:
+        cut = span_of(name)[2]
+        if cut not in by_cut:   # a plugin's own cut: the data scrambled after it, at the same path depth
+            by_cut[cut] = tmp_path_factory.mktemp("contract_cut") / "scrambled" / "data"
+            perturbed_copy(SHIPPED_DATA, by_cut[cut], cut)
         # the same log and database folder for both runs: the configurations then differ only in the data
         folder = tmp_path_factory.mktemp(f"run_{name}")
         a, watch, _ = run_plugin(folder, real, name)
-        b, _, _ = run_plugin(folder, scrambled, name)
+        b, _, _ = run_plugin(folder, by_cut[cut], name)
         out[name] = (a, watch, b)
     return out
 
@@ -176,12 +197,13 @@ def contract_runs(data_dirs, tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_plugin_does_not_read_the_future(contract_runs, name):
     real, watch, scrambled = contract_runs[name]
-    before_real, before_scrambled = upto(real, CUT), upto(scrambled, CUT)
+    start, end, cut = span_of(name)
+    before_real, before_scrambled = upto(real, cut), upto(scrambled, cut)
     assert len(before_real) > 100
-    assert watch.signals, f"{name} produced no signal over {START}..{END}: the look-ahead check would be vacuous"
-    assert any(c["signals"] for c in before_real), f"{name}: no signal before {CUT}: nothing compared"
+    assert watch.signals, f"{name} produced no signal over {start}..{end}: the look-ahead check would be vacuous"
+    assert any(c["signals"] for c in before_real), f"{name}: no signal before {cut}: nothing compared"
     for a, b in zip(before_real, before_scrambled, strict=True):
-        assert a == b, f"{name}: cycle {a['cycle']} ({a['ts']}) differs once the data after {CUT} is scrambled"
+        assert a == b, f"{name}: cycle {a['cycle']} ({a['ts']}) differs once the data after {cut} is scrambled"
     # the scrambled future is really different (else the comparison above proves nothing)
     assert real["cycle_details"][-1]["prices"] != scrambled["cycle_details"][-1]["prices"]
 
