@@ -62,6 +62,27 @@ def build_regime_refitter(settings: Settings, *, history_dir: Path, log_dir: Pat
 REPLAY_MODES = ("sim", "backtest")
 
 
+def plugin_gate_rules(strategies) -> list:
+    """The entry-gate rules the enabled plugins provide (an optional ``gate_rules()`` method)."""
+    return [rule for s in strategies if callable(getattr(s, "gate_rules", None)) for rule in s.gate_rules()]
+
+
+def intraday_symbols(strategies) -> list[str]:
+    """The symbols whose intraday candles the plugins ask for (``DataNeed("intraday", symbol)``)."""
+    return list(dict.fromkeys(n.symbol for s in strategies for n in s.data_needs if n.kind == "intraday"))
+
+
+def plugin_ticks(strategies, event_feeds, market) -> None:
+    """Extra replay clock ticks the plugins ask for around their events (``cycle_times(events, start, end)``):
+    cycles only, never data (a snapshot still shows only what has closed and what is known)."""
+    wanting = [s for s in strategies if callable(getattr(s, "cycle_times", None))]
+    if not wanting:
+        return
+    events = [e for f in event_feeds for e in getattr(f, "all_events", ())]
+    for s in wanting:
+        market.add_ticks(s.cycle_times(events, market.start, market.end))
+
+
 def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,
                metadata: dict, store_batch: int, history_dir: Path | None = None, persist: bool = True,
                gate_rules: list | None = None, modifiers: list | None = None,
@@ -85,6 +106,8 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
         "broker": "sim" if mode in REPLAY_MODES else "alpaca", "data": "replay" if mode in REPLAY_MODES else "alpaca",
         "symbols": settings.universe.symbols, "strategies": [s.name for s in strategies],
         "starting_equity_usd": str(starting_equity), **metadata})
+    # a plugin may provide entry-gate rules (the macro scalper's pre-release window): `gate_rules()`
+    gate_rules = [*(gate_rules or ()), *plugin_gate_rules(strategies)]
     engine = Engine(settings, market=market, broker=broker, strategies=strategies,
                     regime_detector=build_regime_detector(settings), aggregator=SignalAggregator(),
                     weights=StrategyWeights([s.name for s in strategies]), risk=risk or RiskManager(settings.risk),
@@ -109,7 +132,9 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
                               history_bars=settings.engine.history_bars, start=data_cfg.start, end=data_cfg.end,
                               crypto_stale_after_s=data_cfg.crypto_stale_after_s,
                               equity_stale_after_s=data_cfg.equity_stale_after_s,
-                              regime_history_days=regime_history_days(settings), event_feeds=event_feeds)
+                              regime_history_days=regime_history_days(settings), event_feeds=event_feeds,
+                              intraday=intraday_symbols(strategies))
+    plugin_ticks(strategies, event_feeds, market)
     ticks = market.timeline()
     if not ticks:
         raise ValueError(f"no data between {data_cfg.start} and {data_cfg.end} in {folder}")

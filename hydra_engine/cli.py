@@ -45,6 +45,11 @@ def _print_summary(summary: dict) -> None:
     for name, s in summary["per_strategy"].items():
         win = 100 * s["wins"] / s["trades"] if s["trades"] else 0
         print(f"  {name:<24} {s['trades']:>4} trades  win {win:5.1f}%  P&L {fmt_usd(Decimal(s['pnl_usd']))}")
+    for name, notes in (summary.get("plugin_notes") or {}).items():
+        traded = summary["per_strategy"].get(name, {}).get("trades", 0)
+        print(f"  {name}: {traded} closed trades" + ("" if notes else "; no notes"))
+        for line in notes[:3] + (["..."] if len(notes) > 6 else []) + notes[max(3, len(notes) - 3):]:
+            print(f"    {line}")
     if summary["exit_reasons"]:
         print("exit reasons      " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["exit_reasons"].items())))
     if summary["open_positions"]:

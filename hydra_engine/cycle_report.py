@@ -92,6 +92,9 @@ def session_summary(engine) -> dict:
         "fees_usd": getattr(engine.broker, "fees_paid", None),
         "sizing_bound_by": engine.risk.binding_counts(),
         **({"faults": dict(engine.faults)} if getattr(engine, "faults", None) else {}),
+        # what each plugin that keeps notes says about its session (why it had no trades, stood down, ...)
+        "plugin_notes": {s.name: s.report_notes() for s in engine.strategies
+                         if callable(getattr(s, "report_notes", None))},
     })
 
 

@@ -206,6 +206,10 @@ class TradeProposal:
     trailing_stop_pct: float | None = None  # trail this many percent behind the high-water mark
     trailing_atr_mult: float | None = None  # trail this many ATRs behind it (both set: the tighter wins)
     leverage: float = 1.0                   # perps only: the leverage the plugin asks for (risk may lower it)
+    # an equity entry before the 09:30 open (an 08:30 release): sent as a DAY limit order with
+    # extended_hours, at ``limit_price`` (a marketable limit the plugin sets); filled only pre-market in sim
+    extended_hours: bool = False
+    limit_price: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.leverage) and self.leverage >= 1.0):
@@ -222,6 +226,10 @@ class TradeProposal:
                              f"{self.target_price} / {self.entry_price} / {self.stop_price}")
         if not (0.0 <= self.confidence <= 1.0):
             raise ValueError(f"TradeProposal.confidence must be in [0, 1], got {self.confidence!r}")
+        if self.extended_hours and not (self.limit_price is not None and math.isfinite(self.limit_price)
+                                        and self.limit_price > 0):
+            raise ValueError(f"TradeProposal.limit_price must be a positive price for an extended-hours entry, "
+                             f"got {self.limit_price!r}")
 
     @property
     def reward_risk(self) -> float:
@@ -282,6 +290,7 @@ class Order:
     reject_reason: str = ""
     legs: tuple["Order", ...] = ()  # a placed bracket's take-profit and stop-loss orders (as the broker named them)
     reduce_only: bool = False       # may only reduce a position (perp exits); refused where the venue cannot honour it
+    extended_hours: bool = False    # Alpaca: a DAY limit order that may fill outside 09:30-16:00 (pre-market entries)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ is filled by cycle *t+1*.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -353,6 +355,8 @@ class Engine:
 
     def _decide(self, p: TradeProposal, market: MarketSnapshot, view: PortfolioView,
                 ctx: GateContext) -> tuple[dict, TradeProposal]:
+        if p.extended_hours:
+            ctx = dataclasses.replace(ctx, extended_hours=True)
         gated = self.gate.for_symbol(ctx, p.symbol, p.side)
         v = gated.verdict
         if v.state is not GateState.ALLOW:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
 from .book import Book, PendingPlan
 from .domain import (AssetClass, Order, OrderStatus, OrderType, Position, RegimeReading, TimeInForce, TradeProposal,
@@ -33,7 +33,7 @@ def order_dict(o: Order) -> dict:
             "filled_qty": j(o.filled_qty), "filled_avg_price": j(o.filled_avg_price), "reject_reason": o.reject_reason,
             "limit_price": j(o.limit_price), "stop_price": j(o.stop_price), "trail_percent": j(o.trail_percent),
             "take_profit_price": j(o.take_profit_price), "stop_loss_price": j(o.stop_loss_price),
-            "reduce_only": o.reduce_only}
+            "reduce_only": o.reduce_only, "extended_hours": o.extended_hours}
 
 class Executor:
     def __init__(self, broker: Broker, book: Book, *, session_id: str, stats):
@@ -101,6 +101,9 @@ class Executor:
 
     def enter(self, p: TradeProposal, qty: Decimal, now: datetime, report: dict, regime: RegimeReading,
               contributors: tuple = ()) -> None:
+        if p.extended_hours:
+            self._enter_extended(p, qty, now, report, regime, contributors)
+            return
         bracket = self._bracket_entry(p, qty)
         if bracket:   # Alpaca brackets take whole shares: round down (never more risk than approved)
             qty = qty.to_integral_value(rounding=ROUND_DOWN)
@@ -129,6 +132,28 @@ class Executor:
             report["errors"].append(f"{p.symbol}: leverage {p.leverage:g}x not set ({exc}); entry not sent")
             return False
         return True
+
+    def _enter_extended(self, p: TradeProposal, qty: Decimal, now: datetime, report: dict, regime: RegimeReading,
+                        contributors: tuple) -> None:
+        """An equity entry outside regular hours (issue #18): Alpaca takes only a DAY limit order with
+        ``extended_hours`` there, in whole shares and without bracket legs (the engine watches the stop and
+        target). A venue that does not declare ``extended_hours_limit`` is not sent one."""
+        asset = self.broker.asset(p.symbol)
+        if not self.broker.capabilities_for(p.symbol).extended_hours_limit or asset.asset_class is not AssetClass.EQUITY:
+            report["errors"].append(f"{p.strategy} {p.symbol}: extended-hours entry not sent: the venue takes no "
+                                    "extended-hours limit order for it")
+            return
+        qty = qty.to_integral_value(rounding=ROUND_DOWN)
+        if qty < 1:
+            report["notes"].append(f"{p.strategy} {p.symbol}: extended-hours entry not sent: under one whole share")
+            return
+        limit = asset.round_price(to_decimal(p.limit_price), ROUND_CEILING if p.side.sign > 0 else ROUND_FLOOR)
+        order = Order(self.next_coid(p.strategy, p.symbol), p.symbol, p.side, qty, OrderType.LIMIT, TimeInForce.DAY,
+                      now, p.strategy, purpose="entry", limit_price=limit, extended_hours=True)
+        sent = self.submit(order, report)
+        if sent:
+            self.book.track_entry(order.client_order_id, PendingPlan(p, regime.regime.value, regime.confidence,
+                                                                     contributors, bracket=False, held_before=None))
 
     def _bracket_entry(self, p: TradeProposal, qty: Decimal) -> bool:
         """Issue #3: on a broker that holds brackets (Alpaca), an equity entry of at least one whole share

@@ -44,6 +44,7 @@ class GateContext:
     cycle: int = 0
     positions: Mapping[str, float] = field(default_factory=dict)
     market_open: object = None     # callable(symbol) -> bool, or None when unknown
+    extended_hours: bool = False   # the proposal asked is an extended-hours limit entry (04:00-20:00 New York)
 
 
 @runtime_checkable

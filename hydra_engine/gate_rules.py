@@ -102,6 +102,14 @@ class RegimeUnknownRule:
         return _restrict(self.name, f"regime unknown ({ctx.regime.details.get('why', '')}): entries restricted")
 
 
+def in_extended_session(now) -> bool:
+    """04:00-20:00 New York on a weekday: when Alpaca takes extended-hours equity orders (holidays are
+    refused by the venue itself)."""
+    from zoneinfo import ZoneInfo
+    local = now.astimezone(ZoneInfo("America/New_York"))
+    return local.weekday() < 5 and 4 <= local.hour < 20
+
+
 class MarketClosedRule:
     """No entries while the symbol's venue is closed."""
 
@@ -111,5 +119,7 @@ class MarketClosedRule:
         self.broker = broker
 
     def check(self, ctx: GateContext, symbol: str, side=None) -> GateVerdict | None:
+        if getattr(ctx, "extended_hours", False) and in_extended_session(ctx.now):
+            return None   # an extended-hours limit entry (issue #18) may go in before the 09:30 open
         return None if self.broker.is_market_open(symbol, ctx.now) else _restrict(self.name,
                                                                                    f"market closed for {symbol}")

@@ -90,6 +90,10 @@ class MarketSnapshot:
     # margin changes, AI launches... filled from the event feeds a plugin's ``DataNeed("events", kind)``
     # asked for (hydra_engine/data/event_feeds.py); a tuple, shared between cycles while nothing new is known
     events: tuple[Event, ...] = ()
+    # intraday candles (15-minute, extended hours included) of the symbols a plugin asked for with
+    # ``DataNeed("intraday", symbol)`` (issue #18); ``intraday_missing`` says why a symbol has none
+    intraday: Mapping[str, BarSeries] = field(default_factory=dict)
+    intraday_missing: Mapping[str, str] = field(default_factory=dict)
 
     def events_of(self, kind: str, subject: str | None = None) -> tuple[Event, ...]:
         """The known events of ``kind`` (and ``subject``, when given), in ``happened_at`` order; this
@@ -270,6 +274,7 @@ class VenueCapabilities:
     # perps: ``settle_funding(now) -> [FundingPayment]`` and ``venue_exit_reason(client_order_id)`` (a
     # venue-made close, e.g. "liquidation"), read by the engine each cycle
     settles_funding: bool = False
+    extended_hours_limit: bool = False       # takes DAY limit orders flagged extended_hours (equities)
 
 
 @runtime_checkable

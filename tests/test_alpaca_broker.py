@@ -385,3 +385,17 @@ def test_build_alpaca_factory(fake, monkeypatch):
     assert isinstance(broker, AlpacaBroker) and broker.paper and "BTC/USD" in data.crypto
     with pytest.raises(ConfigError, match="keys missing"):
         AlpacaBroker(make_keys("", ""), session_id="S1", clock=fake.now)
+
+
+def test_extended_hours_limit_reaches_alpaca_with_the_flag_while_the_market_is_closed(fake, double):
+    """Issue #18: a pre-market equity entry is a DAY limit order with extended_hours=true, and it is sent
+    while the regular session is closed (a plain order is still refused then)."""
+    double.market_open = False
+    broker = make_broker(fake)
+    order = broker.submit(mk(fake, otype=OrderType.LIMIT, limit_price=Decimal("386.24"), extended_hours=True))
+    body = sent(double)
+    assert {k: body[k] for k in ("type", "time_in_force", "limit_price", "extended_hours")} == {
+        "type": "limit", "time_in_force": "day", "limit_price": "386.24", "extended_hours": True}
+    assert order.status is OrderStatus.ACCEPTED
+    with pytest.raises(MarketClosed):
+        broker.submit(mk(fake, otype=OrderType.LIMIT, limit_price=Decimal("386.24")))

@@ -56,6 +56,13 @@ def perturbed_copy(src: Path, dst: Path, cut: pd.Timestamp, seed: int = 7) -> No
             df.to_parquet(path)
     for path in dst.rglob("*.csv.gz"):
         df = pd.read_csv(path)
+        if "timestamp" in df.columns:   # 1-minute bars (New York wall clock, bar start): known a minute later
+            known = (pd.to_datetime(df["timestamp"]) + pd.Timedelta(minutes=1)).dt.tz_localize("America/New_York")
+            after = (known.dt.tz_convert("UTC") > cut).to_numpy()
+            for col in ("open", "high", "low", "close"):
+                df.loc[after, col] = df.loc[after, col] * rng.uniform(0.5, 1.5, after.sum())
+            df.to_csv(path, index=False)
+            continue
         day = pd.to_datetime(df["Date"].str[:10])
         closes = (day + pd.Timedelta(hours=16)).dt.tz_localize("America/New_York").dt.tz_convert("UTC")
         after = (closes > cut).to_numpy()

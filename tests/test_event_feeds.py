@@ -241,9 +241,19 @@ def test_event_feeds_for_reads_the_plugins_data_needs():
 
 
 def test_live_needs_a_live_builder():
-    """No live client exists yet: a live session that needs the kind is refused, not run without events."""
-    with pytest.raises(EventKindError, match=r"'macro_release' has no live feed yet"):
-        build_event_feeds([DataNeed("events", "macro_release")], SHIPPED_DATA, live=True)
+    """A kind without a live client is refused in a live session, not run without events (macro_release and
+    cme_margin have live builders since issue #18; ai_launch has none yet)."""
+    with pytest.raises(EventKindError, match=r"'ai_launch' has no live feed yet"):
+        build_event_feeds([DataNeed("events", "ai_launch")], SHIPPED_DATA, live=True)
+
+
+def test_live_macro_feed_without_fred_key_is_the_shipped_calendar_plus_the_fomc_schedule(monkeypatch, caplog):
+    from datetime import datetime, timezone
+    monkeypatch.delenv("FRED_API_KEY", raising=False)
+    (feed,) = build_event_feeds([DataNeed("events", "macro_release")], SHIPPED_DATA, live=True)
+    assert "FRED_API_KEY not set" in caplog.text and "2025-07-30" in caplog.text   # the calendar's end, warned
+    later = [e for e in feed.events(datetime(2026, 12, 31, tzinfo=timezone.utc)) if e.happened_at.year == 2026]
+    assert later and all(e.subject == "FOMC" for e in later)   # from the user-extendable schedule file
 
 
 def test_a_factory_serving_several_kinds_is_built_once():

@@ -149,11 +149,26 @@ class Watch:
                     self.breaches.append(f"{name}.propose: expected_holding {item.expected_holding} is not positive")
 
 
-def run_plugin(folder: Path, data_dir: Path, name: str, extra=None, start: str = START,
-               end: str = END) -> tuple[dict, Watch | None, object]:
+def span_of(name: str) -> tuple[str, str, pd.Timestamp]:
+    """(start, end, cut) of a plugin's contract run: the default span, or the plugin's ``contract_span``
+    (start, end, cut) when the default holds none of its events (a macro release, a margin change)."""
+    span = getattr(STRATEGIES.get(name), "contract_span", None)
+    return SPANS.get(name, (START, END, CUT)) if span is None else (span[0], span[1], pd.Timestamp(span[2]))
+
+
+def universe_of(name: str) -> tuple[str, ...]:
+    """The default universe plus the plugin's equity assets (GLD, SLV...), so it sees the bars it trades."""
+    from hydra_engine.brokers.capabilities import DEFAULT_ASSET_SPECS
+    extra = [s for s in getattr(STRATEGIES.get(name), "assets", ()) if s in DEFAULT_ASSET_SPECS and "/" not in s]
+    return tuple(dict.fromkeys(("BTC/USD", "ETH/USD", "SPY", *extra)))
+
+
+def run_plugin(folder: Path, data_dir: Path, name: str, extra=None) -> tuple[dict, Watch | None, object]:
+    start, end, _ = span_of(name)
     # a perp plugin (issue #20) runs with the perp module on: its symbols are replayed only then
     perps = {"perps": {"enabled": True}} if set(STRATEGIES[name].assets) & set(PERP_SYMBOLS) else {}
-    settings = make_settings(folder, data_dir=data_dir, start=start, end=end, strategies={"enabled": [name]}, **perps)
+    settings = make_settings(folder, data_dir=data_dir, start=start, end=end, symbols=universe_of(name),
+                             strategies={"enabled": [name]}, **perps)
     session = build_sim_session(settings)
     engine = session.engine
     [plugin] = engine.strategies
@@ -173,20 +188,18 @@ def upto(doc: dict, cut: pd.Timestamp) -> list[dict]:
 @pytest.fixture(scope="module")
 def contract_runs(data_dirs, tmp_path_factory):
     """name -> (real run, its watch, scrambled run): each plugin alone in the engine, once per data set."""
-    dirs = {CUT: data_dirs}
+    real, scrambled = data_dirs
+    by_cut = {CUT: scrambled}
     out = {}
     for name in STRATEGIES:
-        start, end, cut = span(name)
-        if cut not in dirs:   # the same layout, scrambled after this plugin's cut
-            root = tmp_path_factory.mktemp(f"contract_{name}")
-            dirs[cut] = (root / "real" / "data", root / "scrambled" / "data")
-            shutil.copytree(SHIPPED_DATA, dirs[cut][0])
-            perturbed_copy(SHIPPED_DATA, dirs[cut][1], cut)
-        real, scrambled = dirs[cut]
+        cut = span_of(name)[2]
+        if cut not in by_cut:   # a plugin's own cut: the data scrambled after it, at the same path depth
+            by_cut[cut] = tmp_path_factory.mktemp("contract_cut") / "scrambled" / "data"
+            perturbed_copy(SHIPPED_DATA, by_cut[cut], cut)
         # the same log and database folder for both runs: the configurations then differ only in the data
         folder = tmp_path_factory.mktemp(f"run_{name}")
-        a, watch, _ = run_plugin(folder, real, name, start=start, end=end)
-        b, _, _ = run_plugin(folder, scrambled, name, start=start, end=end)
+        a, watch, _ = run_plugin(folder, real, name)
+        b, _, _ = run_plugin(folder, by_cut[cut], name)
         out[name] = (a, watch, b)
     return out
 
@@ -194,7 +207,7 @@ def contract_runs(data_dirs, tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_plugin_does_not_read_the_future(contract_runs, name):
     real, watch, scrambled = contract_runs[name]
-    start, end, cut = span(name)
+    start, end, cut = span_of(name)
     before_real, before_scrambled = upto(real, cut), upto(scrambled, cut)
     assert len(before_real) > 100
     assert watch.signals, f"{name} produced no signal over {start}..{end}: the look-ahead check would be vacuous"

@@ -166,7 +166,7 @@ class AlpacaBroker:
         name="alpaca",
         native_trailing_stops=True,   # equities: Alpaca holds a percent trail between HYDRA's cycles
         brackets=True,                # equities: market entry with take-profit and stop-loss legs
-        fractional_equities=True, short_equities=True, short_crypto=False,
+        fractional_equities=True, short_equities=True, short_crypto=False, extended_hours_limit=True,
         # crypto: the fee is taken from the asset received (coins on a buy, dollars on a sell; NOTES §1.6) and
         # is on no order -- the engine measures a buy's fee from the position and keeps sub-minimum dust apart
         fees_in_received_asset=frozenset({AssetClass.CRYPTO}))
@@ -382,6 +382,8 @@ class AlpacaBroker:
         if t is OrderType.MARKET:
             return MarketOrderRequest(**common)
         if t is OrderType.LIMIT:
+            if order.extended_hours:   # Alpaca: extended hours only on DAY limit orders (issue #18)
+                return LimitOrderRequest(limit_price=float(order.limit_price), extended_hours=True, **common)
             return LimitOrderRequest(limit_price=float(order.limit_price), **common)
         if t is OrderType.STOP:
             return StopOrderRequest(stop_price=float(order.stop_price), **common)
@@ -460,7 +462,8 @@ class AlpacaBroker:
         if notional_usd is not None:   # up to 9 decimals on the wire (spec: notional); HYDRA deals in cents
             notional_usd = Decimal(notional_usd).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
         order = validate_and_round(order, spec, notional_usd=notional_usd)
-        if (not queue_if_closed and spec.asset_class is AssetClass.EQUITY
+        # an extended-hours DAY limit entry (issue #18) is what Alpaca takes while the regular session is closed
+        if (not queue_if_closed and spec.asset_class is AssetClass.EQUITY and not order.extended_hours
                 and not self.is_market_open(order.symbol, self._now())):
             raise MarketClosed(f"{order.symbol} {order.client_order_id}: the US equity market is closed",
                                symbol=order.symbol, client_order_id=order.client_order_id)

@@ -49,7 +49,7 @@ class SimulatedBroker:
     name = "sim"
     # Alpaca's rules without the venue-held orders: stops, targets and trails are watched by the engine
     capabilities = VenueCapabilities(name="sim", fractional_equities=True, short_equities=True,
-                                     marks_from_engine=True)
+                                     marks_from_engine=True, extended_hours_limit=True)
 
     def capabilities_for(self, symbol: str) -> VenueCapabilities:
         return self.capabilities
@@ -158,7 +158,13 @@ class SimulatedBroker:
         ctx = {"symbol": order.symbol, "client_order_id": order.client_order_id}
         if not spec.tradable or spec.asset_class is AssetClass.INDEX:
             raise InvalidOrder(f"{order.symbol} is not tradable", **ctx)
-        if order.order_type is not OrderType.MARKET:
+        if order.extended_hours:   # issue #18: Alpaca's extended-hours rule, filled against pre-market bars only
+            if (order.order_type is not OrderType.LIMIT or order.time_in_force is not TimeInForce.DAY
+                    or spec.asset_class is not AssetClass.EQUITY or order.limit_price is None):
+                raise InvalidOrder("extended_hours needs an equity DAY limit order with a limit price", **ctx)
+            if not hasattr(self.market, "premarket_bars"):
+                raise InvalidOrder("extended-hours orders need market data with intraday bars (replay)", **ctx)
+        elif order.order_type is not OrderType.MARKET:
             raise InvalidOrder(f"the simulated broker fills market orders only, got {order.order_type.value}", **ctx)
         if spec.order_types and order.order_type not in spec.order_types:
             raise InvalidOrder(f"{order.order_type.value} orders are not accepted for {order.symbol}", **ctx)
@@ -228,6 +234,9 @@ class SimulatedBroker:
         signal_close = self.fill_model == "signal_close"
         for coid in list(self._working):
             order = self._orders[coid]
+            if order.extended_hours:
+                self._poll_extended(order, now, fills)
+                continue
             if signal_close:
                 nxt = self.market.bar_close_at(order.symbol, order.created_at) if order.created_at <= now else None
             else:
@@ -248,11 +257,35 @@ class SimulatedBroker:
                 fills.append(fill)
         return fills
 
-    def _fill(self, order: Order, ts: datetime, open_price: Decimal) -> Fill | None:
+    def _poll_extended(self, order: Order, now: datetime, fills: list[Fill]) -> None:
+        """An extended-hours limit entry fills only against pre-market candles (04:00-09:30 New York) of the
+        day it was sent: at the first candle whose range reaches the limit, at its open when that is better
+        than the limit, else at the limit (slippage never past the limit). Not reached by the 09:30 open:
+        it expires (stricter than Alpaca, whose DAY order would also work through the regular session)."""
+        bars, over = self.market.premarket_bars(order.symbol, order.created_at, now)
+        limit, sign = order.limit_price, order.side.sign
+        for ts, o, h, low in bars:
+            if (low <= float(limit)) if sign > 0 else (h >= float(limit)):
+                best = to_decimal(o)
+                price = min(best, limit) if sign > 0 else max(best, limit)
+                self._working.remove(order.client_order_id)
+                fill = self._fill(order, ts, price, cap=limit)
+                if fill is not None:
+                    fills.append(fill)
+                return
+        if over:
+            self._working.remove(order.client_order_id)
+            order.status = OrderStatus.EXPIRED
+            order.reject_reason = (f"extended-hours limit {limit} not reached in the pre-market of "
+                                   f"{order.created_at:%Y-%m-%d}; the simulation fills these only before 09:30 New York")
+
+    def _fill(self, order: Order, ts: datetime, open_price: Decimal, cap: Decimal | None = None) -> Fill | None:
         spec = self.assets[order.symbol]
         sign = order.side.sign
         # round to the tick against the trader too, so rounding never gives slippage back
         price = spec.round_price(open_price * (1 + sign * self.slippage), ROUND_CEILING if sign > 0 else ROUND_FLOOR)
+        if cap is not None:   # a limit order never fills past its limit
+            price = min(price, cap) if sign > 0 else max(price, cap)
         notional = order.qty * price
         fee = notional * self.fee_rate
         if self.fee_quantum is not None:

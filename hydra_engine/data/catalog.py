@@ -35,6 +35,7 @@ class PointSource:
     publish_lag: timedelta
     positive: bool = False   # open interest cannot be zero or negative; funding can be negative
     reader: str = "indexed"  # "indexed": datetime index + column | "kline_taker": taker-buy share of a kline file
+    optional: bool = False   # a user-supplied series: a missing file leaves it out (the plugin says so)
 
 
 BAR_SOURCES: dict[str, BarSource] = {
@@ -54,6 +55,10 @@ POINT_SOURCES: list[PointSource] = [
     PointSource("funding_rate", "ETH/USD", "crypto_perp/binance_usdm/funding/ETHUSDT_funding_8h.parquet", "funding_rate", timedelta(0)),
     PointSource("open_interest", "BTC/USD", "crypto_perp/bybit_linear/open_interest/BTCUSDT_oi_1h.parquet", "open_interest", timedelta(0), True),
     PointSource("open_interest", "ETH/USD", "crypto_perp/bybit_linear/open_interest/ETHUSDT_oi_1h.parquet", "open_interest", timedelta(0), True),
+    # issue #18: the Shanghai gold premium (USD/oz over London) no source we have carries; a user may supply
+    # it as CSV ``known_at`` (ISO 8601 UTC: when the value was published), ``premium_usd_oz`` (README)
+    PointSource("shanghai_premium", "GLD", "metals/shanghai_premium/shanghai_premium.csv", "premium_usd_oz",
+                timedelta(0), optional=True),
 ]
 
 # The perpetual-futures module (issue #20) trades the perps under their Binance names. Hourly perp klines
@@ -133,8 +138,84 @@ def read_points(path, source: PointSource) -> pd.DataFrame:
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(vol > 0, raw["taker_buy_base"].to_numpy(dtype=float) / vol, np.nan)
         return pd.DataFrame({"known_at": pd.to_datetime(raw["ts"], utc=True) + source.publish_lag, "value": share})
+    if str(path).endswith(".csv"):   # a user-supplied series: known_at, <column>
+        raw = pd.read_csv(path)
+        for col in ("known_at", source.column):
+            if col not in raw.columns:
+                raise ValueError(f"{path}: column {col!r} missing (have {list(raw.columns)})")
+        known = pd.to_datetime(raw["known_at"], utc=True, format="ISO8601")
+        return pd.DataFrame({"known_at": known + source.publish_lag,
+                             "value": pd.to_numeric(raw[source.column], errors="coerce").to_numpy(dtype=float)})
     raw = read_parquet(path)
     if source.column not in raw.columns:
         raise ValueError(f"{path}: column {source.column!r} missing (have {list(raw.columns)})")
     ts = pd.to_datetime(raw.index, utc=True)
     return pd.DataFrame({"known_at": ts + source.publish_lag, "value": raw[source.column].to_numpy(dtype=float)})
+
+
+# --------------------------------------------------------------------------- intraday bars (issue #18)
+@dataclass(frozen=True)
+class IntradaySource:
+    """One-minute bars of an equity, served as ``minutes``-minute candles in ``MarketSnapshot.intraday``
+    (the macro-event scalper's 15-minute candles, extended hours included). ``folder`` holds monthly files
+    ``YYYY_MM_<SYM>_1M.csv.gz`` (``alphavantage_monthly``: ``timestamp,open,high,low,close,volume``,
+    naive New York wall clock, bar start, newest row first), or one file (``tlt_1m``: ``Date`` as
+    ``M/D/YYYY H:MM`` New York, regular hours only). These bars never drive the daily series: the symbol's
+    daily bars stay its price and regime input."""
+
+    symbol: str
+    path: str
+    reader: str              # "alphavantage_monthly" | "tlt_1m"
+    minutes: int = 15
+
+
+INTRADAY_SOURCES: dict[str, IntradaySource] = {
+    "SPY": IntradaySource("SPY", "equities/intraday_1m/spy_2015_2025_alphavantage_like", "alphavantage_monthly"),
+    "TLT": IntradaySource("TLT", "equities/intraday_1m/tlt_2019-10_2020-06/TLT_1m.csv.gz", "tlt_1m"),
+}
+
+
+def read_intraday(root, source: IntradaySource, start=None, end=None) -> pd.DataFrame:
+    """Uniform frame of ``source.minutes``-minute candles: open_time, close_time (UTC), OHLCV, ascending.
+    ``start``/``end`` (dates) limit which monthly files are read (a month before ``start`` is kept for the
+    typical-range look-back). An empty frame when no file covers the span (the caller says so)."""
+    from pathlib import Path
+    path = Path(root) / source.path
+    frames = []
+    if source.reader == "alphavantage_monthly":
+        if not path.is_dir():
+            return _empty_intraday()
+        for f in sorted(path.glob(f"*_{source.symbol}_1M.csv*")):
+            y, m = (int(x) for x in f.name.split("_")[:2])
+            month = pd.Timestamp(year=y, month=m, day=1)
+            if start is not None and month + pd.offsets.MonthEnd(1) < pd.Timestamp(start) - pd.Timedelta(days=45):
+                continue
+            if end is not None and month > pd.Timestamp(end):
+                continue
+            frames.append(pd.read_csv(f))
+        if not frames:
+            return _empty_intraday()
+        raw = pd.concat(frames, ignore_index=True)
+        wall = pd.to_datetime(raw["timestamp"], format="%Y-%m-%d %H:%M:%S")
+    elif source.reader == "tlt_1m":
+        if not path.is_file():
+            return _empty_intraday()
+        raw = pd.read_csv(path).rename(columns=str.lower)
+        wall = pd.to_datetime(raw["date"], format="%m/%d/%Y %H:%M", errors="coerce")   # spreadsheet artefacts: dropped
+    else:  # pragma: no cover - guarded by the catalog itself
+        raise ValueError(f"unknown intraday reader {source.reader!r}")
+    frame = pd.DataFrame({"wall": wall, **{c: _numeric(raw[c]) for c in ("open", "high", "low", "close", "volume")}})
+    frame = frame.dropna().sort_values("wall", kind="stable").drop_duplicates("wall", keep="last")
+    bucket = frame["wall"].dt.floor(f"{source.minutes}min")
+    agg = frame.groupby(bucket, sort=True).agg(open=("open", "first"), high=("high", "max"), low=("low", "min"),
+                                               close=("close", "last"), volume=("volume", "sum"))
+    opens = agg.index.tz_localize(NY, ambiguous="NaT", nonexistent="NaT")
+    agg = agg[~opens.isna()]
+    opens = opens[~opens.isna()].tz_convert("UTC")
+    return pd.DataFrame({"open_time": opens, "close_time": opens + pd.Timedelta(minutes=source.minutes),
+                         **{c: agg[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close", "volume")}})
+
+
+def _empty_intraday() -> pd.DataFrame:
+    return pd.DataFrame({"open_time": pd.to_datetime([], utc=True), "close_time": pd.to_datetime([], utc=True),
+                         **{c: [] for c in ("open", "high", "low", "close", "volume")}})

@@ -177,10 +177,86 @@ def macro_calendar_feed(data_dir: Path) -> ReplayEventFeed:
                            stale_after=timedelta(days=40))
 
 
+OPERATOR_MARGINS_FILE = "events/cme_margins/operator_margin_notices.csv"   # `hydra events add-margin` writes it
+FOMC_SCHEDULE_FILE = "events/macro_calendar/fomc_schedule.csv"             # user-extendable FOMC dates
+
+
 def cme_margins_feed(data_dir: Path) -> ReplayEventFeed:
+    """The shipped margin history plus the operator-maintained notices (same columns; optional file)."""
     path = Path(data_dir) / CME_MARGINS_FILE
+    events = read_cme_margins(path)
+    operator = Path(data_dir) / OPERATOR_MARGINS_FILE
+    if operator.is_file():
+        events += read_cme_margins(operator)
     # no cadence (and known multi-year gaps): an end of file cannot be told from a quiet spell
-    return ReplayEventFeed("cme_margins", ("cme_margin",), read_cme_margins(path), path=path)
+    return ReplayEventFeed("cme_margins", ("cme_margin",), events, path=path)
+
+
+def read_fomc_schedule(path: Path) -> list[Event]:
+    """``macro_release`` FOMC events from the user-extendable schedule: columns ``date`` (YYYY-MM-DD),
+    ``time_et`` (HH:MM New York, the statement), ``note``; known 7 days ahead like the shipped calendar."""
+    import csv
+    from datetime import datetime as _dt
+    from .event_files import MACRO_LEAD, NEW_YORK, EventDataError
+    from ..domain import UTC
+    out = []
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        for line, row in enumerate(csv.DictReader(fh), start=2):
+            try:
+                local = _dt.strptime(f"{row['date'].strip()} {row['time_et'].strip()}", "%Y-%m-%d %H:%M")
+            except (ValueError, KeyError, AttributeError):
+                raise EventDataError(f"{path}, line {line}, field 'date'/'time_et': expected YYYY-MM-DD and HH:MM "
+                                     f"(value {row.get('date')!r} {row.get('time_et')!r})") from None
+            happened = local.replace(tzinfo=NEW_YORK).astimezone(UTC)
+            out.append(Event("macro_release", "FOMC", happened, happened - MACRO_LEAD,
+                             {"event": "FOMC_DECISION", "known_rule": "scheduled_7d", "note": (row.get("note") or "").strip(),
+                              "datetime_et": f"{local:%Y-%m-%d %H:%M}"}, source=str(path)))
+    return out
+
+
+def macro_live_feed(data_dir: Path) -> EventFeed:
+    """Live ``macro_release``: the shipped calendar plus the FOMC schedule file (releases after the calendar's
+    end), and FRED's CPI/NFP release dates when ``FRED_API_KEY`` is set. Without the key the shipped files
+    are used and their end date is warned about (the feed's health says so once it has passed)."""
+    import logging
+    from ..adapters.fred import FredClient, FredReleaseFeed, api_key_from_env
+    shipped = macro_calendar_feed(data_dir)
+    last = shipped.last_happened_at
+    extra = []
+    schedule = Path(data_dir) / FOMC_SCHEDULE_FILE
+    if schedule.is_file():
+        extra = [e for e in read_fomc_schedule(schedule) if last is None or e.happened_at > last]
+    files = ReplayEventFeed("macro_calendar", ("macro_release",), [*shipped._by_known, *extra],
+                            path=shipped.path, stale_after=timedelta(days=40))
+    key = api_key_from_env()
+    if not key:
+        logging.getLogger(__name__).warning(
+            "FRED_API_KEY not set: macro releases from the shipped calendar (CPI/NFP end %s) and %s; "
+            "set FRED_API_KEY for later CPI/NFP dates", f"{last:%Y-%m-%d}" if last else "?", FOMC_SCHEDULE_FILE)
+        return files
+    fred = FredReleaseFeed(FredClient(api_key=key))
+    return _UnionFeed("macro_calendar+fred", ("macro_release",), (files, fred))
+
+
+class _UnionFeed:
+    """Several feeds of one kind as one: events de-duplicated by (subject, happened_at), the first feed wins."""
+
+    def __init__(self, name: str, kinds: tuple[str, ...], feeds: Sequence[EventFeed]):
+        self.name, self.kinds, self.feeds = name, kinds, tuple(feeds)
+
+    def events(self, now: datetime) -> tuple[Event, ...]:
+        seen, out = set(), []
+        for f in self.feeds:
+            for e in f.events(now):
+                key = (e.subject, e.happened_at)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(e)
+        return tuple(sorted(out, key=_order))
+
+    def health(self, now: datetime) -> tuple[bool, str]:
+        states = [f.health(now) for f in self.feeds]
+        return any(ok for ok, _ in states), "; ".join(why for _, why in states)
 
 
 def ai_launches_feed(data_dir: Path) -> ReplayEventFeed:
@@ -210,8 +286,10 @@ def register_event_feed(factory: EventFeedFactory) -> EventFeedFactory:
     return factory
 
 
-register_event_feed(EventFeedFactory(("macro_release",), replay=macro_calendar_feed))
-register_event_feed(EventFeedFactory(("cme_margin",), replay=cme_margins_feed))
+register_event_feed(EventFeedFactory(("macro_release",), replay=macro_calendar_feed, live=macro_live_feed))
+# live CME margins: the same files (CME publishes no machine-readable feed); the operator adds notices with
+# `hydra events add-margin`, and a paper session reads them at start
+register_event_feed(EventFeedFactory(("cme_margin",), replay=cme_margins_feed, live=cme_margins_feed))
 register_event_feed(EventFeedFactory(("ai_launch",), replay=ai_launches_feed))
 
 

@@ -12,7 +12,8 @@ import math
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -22,7 +23,8 @@ import pandas as pd
 from ..domain import UTC, require_utc
 from ..events import EventFeed
 from ..ports import BarSeries, MarketSnapshot, PointSeries
-from .catalog import BAR_SOURCES, POINT_SOURCES, BarSource, PointSource, read_bars, read_points
+from .catalog import (BAR_SOURCES, INTRADAY_SOURCES, POINT_SOURCES, BarSource, IntradaySource, PointSource,
+                      read_bars, read_intraday, read_points)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class _Bars:
 
 
 NEVER = np.iinfo(np.int64).max
+INTRADAY_KEEP = 64 * 35     # 15-minute candles kept in a snapshot: ~35 days of 04:00-20:00 sessions
+NEW_YORK = ZoneInfo("America/New_York")
+from .intraday import _Intraday  # noqa: E402  (the 15-minute candles of issue #18)
 
 
 @dataclass
@@ -158,7 +163,8 @@ class ReplayMarketData:
                  crypto_stale_after_s: int = 7500, equity_stale_after_s: int = 4 * 86400,
                  bar_sources: dict[str, BarSource] | None = None,
                  point_sources: list[PointSource] | None = None, regime_history_days: dict[str, int] | None = None,
-                 event_feeds: Sequence[EventFeed] = ()):
+                 event_feeds: Sequence[EventFeed] = (), intraday: Sequence[str] = (),
+                 intraday_sources: dict[str, IntradaySource] | None = None):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataFolderError(f"replay data folder not found: {self.folder}")
@@ -181,7 +187,7 @@ class ReplayMarketData:
             self._stale_after[symbol] = crypto_stale_after_s if src.interval < timedelta(days=1) else equity_stale_after_s
         self._points: dict[tuple[str, str], _Points] = {}
         for src in point_sources if point_sources is not None else POINT_SOURCES:
-            if src.symbol not in wanted:
+            if src.symbol not in wanted or (src.optional and not (self.folder / src.path).is_file()):
                 continue
             frame = self._read(src.path, read_points, src)
             bad = ~np.isfinite(frame["value"].to_numpy()) | ((frame["value"] <= 0).to_numpy() & src.positive)
@@ -202,6 +208,11 @@ class ReplayMarketData:
                              if s in self._bars and self._bars[s].interval_s < 86_400
                              and math.ceil(days * 86_400 / self._bars[s].interval_s) > history_bars}
         self._regime_cache: dict[str, tuple[int, int, BarSeries]] = {}
+        self._intraday: dict[str, _Intraday] = {}
+        self.intraday_missing: dict[str, str] = {}
+        self._extra_ticks = np.empty(0, dtype=np.int64)
+        self._load_intraday(intraday, intraday_sources if intraday_sources is not None else INTRADAY_SOURCES,
+                            start, end)
         self.start = datetime.combine(start, datetime.min.time(), UTC) if start else None
         self.end = datetime.combine(end, datetime.min.time(), UTC) if end else None
         # dated events (build_event_feeds in data/event_feeds.py): without feeds the snapshot pays one
@@ -306,6 +317,8 @@ class ReplayMarketData:
             i = int(p.ts.searchsorted(now_s, "right"))
             j = i - n if i > n else 0
             snap.series[key] = PointSeries(p.kind, p.symbol, p.ts[j:i], p.values[j:i])
+        if self._intraday or self.intraday_missing:
+            self._intraday_into(snap, now_s)
         if self._events is not None:
             snap.events = self._events(now, snap.feed_problems)
             for name, limit_s in self._event_limits:
@@ -343,6 +356,12 @@ class ReplayMarketData:
         if b is None:
             return None
         k = int(b.open_ts.searchsorted(int(after.timestamp()), "left"))   # ndarray method: no dispatch wrapper
+        ib = self._intraday.get(symbol) if self._intraday else None
+        if ib is not None:   # a regular-session candle that opens before the next daily bar fills first
+            got = ib.next_regular(int(after.timestamp()), int(now.timestamp()),
+                                  int(b.open_ts[k]) if k < len(b.open_ts) else NEVER)
+            if got is not None:
+                return got if got != "wait" else None
         if k < len(b.open_ts) and b.close_ts[k] <= int(now.timestamp()):
             return datetime.fromtimestamp(int(b.open_ts[k]), UTC), float(b.o[k])
         return None
@@ -358,13 +377,84 @@ class ReplayMarketData:
             return None
         return datetime.fromtimestamp(int(b.close_ts[k]), UTC), float(b.c[k])
 
+    # ------------------------------------------------------------------ intraday candles (issue #18)
+    def _load_intraday(self, symbols, sources, start, end) -> None:
+        for symbol in dict.fromkeys(symbols):
+            src = sources.get(symbol)
+            if src is None:
+                self.intraday_missing[symbol] = f"no intraday source for {symbol} in the data catalog"
+                continue
+            try:
+                frame = read_intraday(self.folder, src, start, end)
+            except Exception as exc:   # a corrupt file names itself
+                raise DataFolderError(f"cannot read intraday bars {self.folder / src.path}: {exc}") from exc
+            if not len(frame):
+                self.intraday_missing[symbol] = (f"no intraday bars for {symbol} in {self.folder / src.path} "
+                                                 f"for {start or 'the start'} .. {end or 'the end'}")
+                continue
+            self._intraday[symbol] = _Intraday.from_frame(symbol, frame)
+
+    def _intraday_into(self, snap: MarketSnapshot, now_s: int) -> None:
+        spans = {}
+        for symbol, ib in self._intraday.items():
+            i = int(ib.close_ts.searchsorted(now_s, "right"))
+            if i:
+                spans[symbol] = (i - INTRADAY_KEEP if i > INTRADAY_KEEP else 0, i)
+        snap.intraday = _LazyBars(self._intraday_series, spans)
+        for symbol, (_, i) in spans.items():   # a candle newer than the daily bar is the symbol's price now
+            ib, daily = self._intraday[symbol], self._bars.get(symbol)
+            if daily is None or symbol not in snap.closes:
+                continue
+            d = int(daily.close_ts.searchsorted(now_s, "right"))
+            if d and int(ib.close_ts[i - 1]) > int(daily.close_ts[d - 1]):
+                snap.closes[symbol] = float(ib.c[i - 1])
+        missing = dict(self.intraday_missing)
+        for symbol, ib in self._intraday.items():
+            if symbol not in spans or now_s - int(ib.close_ts[spans[symbol][1] - 1]) > 5 * 86_400:
+                missing[symbol] = (f"no intraday bars for {symbol} near {datetime.fromtimestamp(now_s, UTC):%Y-%m-%d}; "
+                                   f"the file covers {ib.first_day} .. {ib.last_day}")
+        snap.intraday_missing = missing
+
+    def _intraday_series(self, symbol: str, j: int, i: int) -> BarSeries:
+        b = self._intraday[symbol]
+        return BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
+
+    def intraday_history(self, symbol: str) -> BarSeries | None:
+        """Every intraday candle of ``symbol`` (future ones included): studies and ``prepare`` only."""
+        b = self._intraday.get(symbol)
+        return None if b is None else self._intraday_series(symbol, 0, len(b.open_ts))
+
+    def add_ticks(self, times: Sequence[datetime]) -> None:
+        """Extra clock ticks (a plugin's event windows: 15-minute closes around a release), merged into
+        :meth:`timeline`. Ticks add cycles, never data: a snapshot still shows only what has closed."""
+        extra = np.array(sorted({int(t.timestamp()) for t in times}), dtype=np.int64)
+        self._extra_ticks = np.union1d(self._extra_ticks, extra)
+
+    def premarket_bars(self, symbol: str, after: datetime, now: datetime) -> tuple[list[tuple], bool]:
+        """The pre-market candles (04:00-09:30 New York) of the New York day of ``after`` that open at or after
+        ``after`` and have closed by ``now``, as (open time, open, high, low); and whether that pre-market is
+        over (``now`` at or past 09:30 that day). An extended-hours limit entry fills against these only."""
+        b = self._intraday.get(symbol)
+        after_s, now_s = int(after.timestamp()), int(now.timestamp())
+        local = after.astimezone(NEW_YORK)
+        bell_s = int(datetime.combine(local.date(), time(9, 30), NEW_YORK).timestamp())
+        over = now_s >= bell_s
+        if b is None:
+            return [], over
+        k = int(b.open_ts.searchsorted(after_s, "left"))
+        out = []
+        while k < len(b.open_ts) and b.open_ts[k] < bell_s and b.close_ts[k] <= now_s:
+            out.append((datetime.fromtimestamp(int(b.open_ts[k]), UTC), float(b.o[k]), float(b.h[k]), float(b.l[k])))
+            k += 1
+        return out, over
+
     # ------------------------------------------------------------------ the simulated clock's steps
     def timeline(self) -> list[datetime]:
         """Every moment a traded symbol's bar closes, within [start, end): the simulated clock's ticks (a
         data-only series, e.g. VIX at 16:15 New York, is read by the next tick, not given its own)."""
         traded = [c.close_ts for c in self._clocks if not set(c.symbols) <= self._data_only] or \
             [c.close_ts for c in self._clocks]
-        closes = np.unique(np.concatenate(traded))   # a clock's symbols share them
+        closes = np.unique(np.concatenate([*traded, self._extra_ticks]))   # a clock's symbols share them
         if self.start:
             closes = closes[closes >= int(self.start.timestamp())]
         if self.end:
