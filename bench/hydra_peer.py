@@ -72,7 +72,7 @@ class AllInSleeveRisk:
     def on_equity(self, equity_usd, now):
         return None
 
-    def on_market(self, regime, vol_pct, now, regime_break=None):
+    def on_market(self, regime, vol_pct, now, regime_break=None, market=None):
         return None
 
     def blocked(self, now):
