@@ -102,6 +102,12 @@ class Engine:
         self.faults: dict[str, float] = {}               # broker retries, 429s, waits: the summary's "faults"
         self.startup_orders: list[dict] = []             # recorded by the next cycle: orders resolved at start-up
                                                          # (sent by a killed process) and a kill's closing orders
+        # issue #16: the paper session's checks that belong inside a cycle, each (engine, report, trades, now):
+        # after the cycle's fill poll (reconciliation, so a fill just booked is never a mismatch) and at its
+        # end, before it is recorded (faults and slow cycles of *this* cycle; the final cycle's fills)
+        self.after_fills_hooks: list = []
+        self.cycle_end_hooks: list = []
+        self.final_cycle = False                         # set by the driver: the session ends after this cycle
         self._update_marks = broker.update_marks if broker.capabilities.marks_from_engine else None
         history = getattr(market, "history", None)       # replay data: plugins may pre-compute (causally)
         if history is not None:
@@ -144,7 +150,15 @@ class Engine:
             if last:
                 report.setdefault("equity_usd", last.get("equity_usd"))
                 report.setdefault("cash_usd", last.get("cash_usd"))
+        self._run_hooks(self.cycle_end_hooks, report, trades, now)
         self._finish_cycle(report, trades, now)
+
+    def _run_hooks(self, hooks: list, report: dict, trades: list[dict], now: datetime) -> None:
+        for hook in hooks:
+            try:
+                hook(self, report, trades, now)
+            except BrokerError as exc:   # a check the broker could not answer: said, and the cycle goes on
+                report["errors"].append(f"{getattr(hook, '__name__', 'hook')}: {type(exc).__name__}: {exc}")
 
     @property
     def last_report(self) -> dict | None:
@@ -156,6 +170,7 @@ class Engine:
 
     def _cycle(self, now: datetime, report: dict, trades: list[dict]) -> None:
         self._book_fills(now, report, trades)             # executions since the last cycle
+        self._run_hooks(self.after_fills_hooks, report, trades, now)
         for t in trades:                                  # 9. ADAPT weights before this cycle ranks by them
             self.weights.update(closed_trade_from_dict(t))
         for pos in self.book.settle_orders(now, report):  # entries done: the venue may trail them now
@@ -202,15 +217,22 @@ class Engine:
         if self.startup_orders:
             report["orders"] += self.startup_orders
             self.startup_orders = []
+        self.poll_and_book_fills(now, report, trades)
+
+    def poll_and_book_fills(self, now: datetime, report: dict, trades: list[dict]) -> int:
+        """Poll the broker's fills and book them into ``report`` (and ``trades``); returns how many."""
         self.book.fills_known_at = now
+        n = 0
         try:
             for fill in self.broker.poll_fills(now):
                 report["fills"].append(to_jsonable(fill))
+                n += 1
                 trade = self.book.apply_fill(fill, report)
                 if trade:
                     trades.append(trade)
         except BrokerError as exc:
             report["errors"].append(f"poll_fills: {type(exc).__name__}: {exc}")
+        return n
 
     def _observe(self, now: datetime, report: dict) -> MarketSnapshot:
         market = self.market.snapshot(now)

@@ -290,7 +290,7 @@ def run_paper(cfg: Path, monkeypatch, double, *, cycles: int, steer=None, args=(
         hook = session.before_cycle
 
         def before(engine, t):
-            double.now = datetime.now(UTC)
+            double.now = t          # the engine's clock: the wall clock, or the one --clock-start set
             for o in list(double._all_orders()):
                 if o["status"] in ("accepted", "pending_new", "new") and o["type"] == "market" \
                         and (double.market_open or o["asset_class"] == "crypto"):   # queued equities wait
