@@ -485,11 +485,15 @@ def kill(settings: Settings, reason: str = "manual kill", *, live: bool = False)
         # issue #16: a running engine that read the kill first may have sent its own kill exit after the
         # cancel above; this kill's close of that symbol is then refused (the shares are held by that exit),
         # but the position is being closed: said as such, not as NOT DONE
-        elsewhere = _exits_already_working(broker, [s for s in result.failures if s != "*"])
+        elsewhere = {**result.already_closing,
+                     **_exits_already_working(broker, [s for s in result.failures if s != "*"])}
         for symbol, coid in sorted(elsewhere.items()):
             print(f"  already closing {symbol}: HYDRA's exit {coid} (sent by the running engine) is working; "
                   "this kill's own close was not needed")
-        not_done = {s: why for s, why in result.failures.items() if s not in elsewhere}
+        flat = _no_longer_held(broker, [s for s in result.failures if s != "*" and s not in elsewhere])
+        for symbol in flat:     # e.g. that exit filled while the kill confirmed its cancel
+            print(f"  already closed {symbol}: the broker holds no position ({result.failures[symbol]})")
+        not_done = {s: why for s, why in result.failures.items() if s not in elsewhere and s not in flat}
         for symbol, why in not_done.items():
             print(f"  NOT DONE: {why if symbol == '*' else f'close {symbol}: {why}'}")
         if result.cancel_failures or not_done:
@@ -517,6 +521,16 @@ def _exits_already_working(broker, symbols: list[str]) -> dict[str, str]:
         if o.symbol in symbols and o.order_type is OrderType.MARKET and is_hydra_order_id(o.client_order_id):
             found.setdefault(o.symbol, o.client_order_id)
     return found
+
+
+def _no_longer_held(broker, symbols: list[str]) -> list[str]:
+    if not symbols:
+        return []
+    try:
+        held = broker.positions()
+    except BrokerError:
+        return []
+    return [s for s in symbols if s not in held or not held[s].qty]
 
 
 def _record_kill(store: Store, kill_id: str, reason: str, now: datetime, result) -> None:
