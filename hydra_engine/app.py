@@ -188,7 +188,11 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
         bar = tqdm(total=total, unit="cycle", desc="HYDRA sim", file=sys.stderr, mininterval=0.5,
                    dynamic_ncols=True)
 
+    ran = [0]
+
     def tick(now: datetime) -> bool:
+        ran[0] += 1
+        engine.final_cycle = max_cycles is not None and ran[0] >= max_cycles   # issue #16: it books its fills
         if session.before_cycle is not None:
             session.before_cycle(engine, now)
         report = engine.run_cycle(now)

@@ -175,6 +175,27 @@ class Book:
         self.track_exit(fill.client_order_id, "liquidation")
         return self.apply_fill(fill, report)
 
+    def apply_venue_events(self, payments, fills, venue_reason, report: dict, trades: list[dict]) -> int:
+        """Book a cycle's funding payments and fills in time order (a settlement at T is paid by what was
+        held just before T); a close the venue made itself (``venue_reason(coid) == "liquidation"``) is
+        booked with the venue's reason. Closed trades go to ``trades``; returns how many fills were booked."""
+        events = sorted([(p.ts, 0, i, p) for i, p in enumerate(payments)]
+                        + [(f.ts, 1, i, f) for i, f in enumerate(fills)], key=lambda e: e[:3]) if payments else \
+            [(None, 1, 0, f) for f in fills]
+        n = 0
+        for _, kind, _, item in events:
+            if kind == 0:
+                if self.apply_funding(item):
+                    report.setdefault("funding", []).append(to_jsonable(item))
+                continue
+            report["fills"].append(to_jsonable(item))
+            n += 1
+            reason = venue_reason(item.client_order_id) if venue_reason is not None else None
+            trade = self.apply_liquidation(item, report) if reason == "liquidation" else self.apply_fill(item, report)
+            if trade:
+                trades.append(trade)
+        return n
+
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict:
         return {"entry_sources": self.entry_sources,

@@ -40,7 +40,8 @@ def _print_summary(summary: dict) -> None:
     if summary.get("faults"):   # issue #16: retries and rate-limit waits, where an operator looks
         f = summary["faults"]
         print(f"faults            {int(f.get('retries', 0))} retried broker calls, {int(f.get('rate_limited', 0))} "
-              f"rate-limit answers (429), {f.get('waited_s', 0):.1f} s waited")
+              f"rate-limit answers (429), {f.get('waited_s', 0):.1f} s waited, {int(f.get('slow_cycles', 0))} cycles "
+              f"slower than the interval, {int(f.get('late_cycles', 0))} started late")
     print(f"closed trades     {summary['closed_trades']}")
     for name, s in summary["per_strategy"].items():
         win = 100 * s["wins"] / s["trades"] if s["trades"] else 0
@@ -69,7 +70,15 @@ def cmd_run(args) -> int:
                   + ", ".join(missing), file=sys.stderr)
             return EXIT_ERROR
         from .paper import build_paper_session  # imported only when trading on Alpaca
-        session = build_paper_session(settings, live=args.live, adopt=args.adopt)
+        if args.clock_start is not None and args.live:
+            print("error: --clock-start is a test and dry-run setting: refused with --live", file=sys.stderr)
+            return EXIT_USAGE
+        session = build_paper_session(settings, live=args.live, adopt=args.adopt,
+                                      **({"clock_start": args.clock_start} if args.clock_start else {}))
+    elif args.clock_start is not None:
+        print("error: --clock-start applies to --mode paper (a simulation runs on its data's own clock)",
+              file=sys.stderr)
+        return EXIT_USAGE
     else:
         from .app import build_sim_session
         alpaca = [f"{k}.kind = \"alpaca\"" for k in ("broker", "data") if getattr(settings, k).kind == "alpaca"]
@@ -124,6 +133,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def utc_time(text: str):
+    """argparse type of ``--clock-start``: an ISO 8601 time with its UTC offset (``2025-06-24T20:43:00Z``)."""
+    from datetime import datetime, timezone
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2025-06-24T20:43:00Z)") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (write e.g. 2025-06-24T20:43:00Z)")
+    return value.astimezone(timezone.utc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hydra", description="HYDRA regime-adaptive trading engine. "
                                      "With no command: run the offline simulation on the shipped real data.")
@@ -138,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("--live", action="store_true", help="trade real money (also needs HYDRA_ENABLE_LIVE_TRADING)")
     run.add_argument("--adopt", action="store_true", help="adopt the broker's positions/orders on a reconciliation mismatch")
+    run.add_argument("--clock-start", type=utc_time, default=None, metavar="TIME",
+                     help="tests and dry runs against a simulated broker only (refused with --live): the paper "
+                          "engine's clock starts at TIME (ISO 8601 with offset) instead of now")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="show kill state, last cycle and positions from the store",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
@@ -44,6 +45,16 @@ class LiveClock:
 
     def now(self) -> datetime:
         return self._now_fn()
+
+    def start_at(self, start: datetime) -> None:
+        """Issue #16, for tests and dry runs only (``run --mode paper --clock-start``, refused with
+        ``--live``): this clock's time begins at ``start`` and advances with the wall clock, so the engine
+        can be driven against a simulated broker whose market time is not the wall clock (e.g. 16:43 New
+        York). The broker and data adapters take their "now" from this clock."""
+        start = require_utc(start, "clock start")
+        t0 = time.monotonic()
+        self._now_fn = lambda: start + timedelta(seconds=time.monotonic() - t0)
+        self.started_at = start
 
     def run(self, on_tick: Callable[[datetime], bool | None], max_ticks: int | None = None) -> int:
         """Run cycles on a blocking APScheduler until ``max_ticks`` cycles ran or ``on_tick`` says stop."""

@@ -104,6 +104,12 @@ class Engine:
         self.faults: dict[str, float] = {}               # broker retries, 429s, waits: the summary's "faults"
         self.startup_orders: list[dict] = []             # recorded by the next cycle: orders resolved at start-up
                                                          # (sent by a killed process) and a kill's closing orders
+        # issue #16: the paper session's checks that belong inside a cycle, each (engine, report, trades, now):
+        # after the cycle's fill poll (reconciliation, so a fill just booked is never a mismatch) and at its
+        # end, before it is recorded (faults and slow cycles of *this* cycle; the final cycle's fills)
+        self.after_fills_hooks: list = []
+        self.cycle_end_hooks: list = []
+        self.final_cycle = False                         # set by the driver: the session ends after this cycle
         self._update_marks = broker.update_marks if broker.capabilities.marks_from_engine else None
         history = getattr(market, "history", None)       # replay data: plugins may pre-compute (causally)
         if history is not None:
@@ -146,7 +152,15 @@ class Engine:
             if last:
                 report.setdefault("equity_usd", last.get("equity_usd"))
                 report.setdefault("cash_usd", last.get("cash_usd"))
+        self._run_hooks(self.cycle_end_hooks, report, trades, now)
         self._finish_cycle(report, trades, now)
+
+    def _run_hooks(self, hooks: list, report: dict, trades: list[dict], now: datetime) -> None:
+        for hook in hooks:
+            try:
+                hook(self, report, trades, now)
+            except BrokerError as exc:   # a check the broker could not answer: said, and the cycle goes on
+                report["errors"].append(f"{getattr(hook, '__name__', 'hook')}: {type(exc).__name__}: {exc}")
 
     @property
     def last_report(self) -> dict | None:
@@ -158,6 +172,7 @@ class Engine:
 
     def _cycle(self, now: datetime, report: dict, trades: list[dict]) -> None:
         self._book_fills(now, report, trades)             # executions since the last cycle
+        self._run_hooks(self.after_fills_hooks, report, trades, now)
         for t in trades:                                  # 9. ADAPT weights before this cycle ranks by them
             self.weights.update(closed_trade_from_dict(t))
         for pos in self.book.settle_orders(now, report):  # entries done: the venue may trail them now
@@ -204,30 +219,22 @@ class Engine:
         if self.startup_orders:
             report["orders"] += self.startup_orders
             self.startup_orders = []
+        self.poll_and_book_fills(now, report, trades)
+
+    def poll_and_book_fills(self, now: datetime, report: dict, trades: list[dict]) -> int:
+        """Poll the broker's fills and book them into ``report`` (and ``trades``); returns how many."""
         self.book.fills_known_at = now
+        n = 0
         try:
-            # a perp venue settles funding too: payments and fills are booked in time order (a settlement
-            # at T is paid by what was held just before T), a venue-made close with the venue's reason
+            # a perp venue settles funding too: the book takes payments and fills in time order
             perp = self.broker.capabilities.settles_funding
             payments = self.broker.settle_funding(now) if perp else ()
             fills = self.broker.poll_fills(now)
-            events = sorted([(p.ts, 0, i, p) for i, p in enumerate(payments)]
-                            + [(f.ts, 1, i, f) for i, f in enumerate(fills)], key=lambda e: e[:3]) if payments else \
-                [(None, 1, 0, f) for f in fills]
-            venue_reason = self.broker.venue_exit_reason if perp else None
-            for _, kind, _, item in events:
-                if kind == 0:
-                    if self.book.apply_funding(item):
-                        report.setdefault("funding", []).append(to_jsonable(item))
-                    continue
-                report["fills"].append(to_jsonable(item))
-                reason = venue_reason(item.client_order_id) if venue_reason is not None else None
-                trade = (self.book.apply_liquidation(item, report) if reason == "liquidation"
-                         else self.book.apply_fill(item, report))
-                if trade:
-                    trades.append(trade)
+            n = self.book.apply_venue_events(payments, fills, self.broker.venue_exit_reason if perp else None,
+                                             report, trades)
         except BrokerError as exc:
             report["errors"].append(f"poll_fills: {type(exc).__name__}: {exc}")
+        return n
 
     def _observe(self, now: datetime, report: dict) -> MarketSnapshot:
         market = self.market.snapshot(now)

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -21,9 +22,9 @@ from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
 from .data.event_feeds import event_feeds_for
 from .data.feeds import MarketDataWithFeeds
 from .plugins import build_strategies
-from .domain import UTC, Order, OrderStatus
+from .domain import UTC, Order, OrderStatus, OrderType
 from .executor import order_dict
-from .orderids import kill_order_id, new_kill_id
+from .orderids import is_hydra_order_id, kill_order_id, new_kill_id
 from .restart import adopt_protective_orders, recognise_own_orders, resolve_submitting
 from .book import closed_trade_from_dict
 from .regime_features import regime_history_days
@@ -35,6 +36,8 @@ from .tradelog import last_logged_fills, to_jsonable
 log = logging.getLogger(__name__)
 CONTROL_KEY = "control"
 RECONCILE_EVERY = 30
+FINAL_FILL_POLLS = 8          # the last cycle's market orders: polled up to 8 times, 0.25 s apart
+FINAL_FILL_POLL_S = 0.25
 
 
 class LiveTradingRefused(ValueError):
@@ -53,18 +56,27 @@ def require_live_opt_in(settings: Settings, live: bool) -> None:
 
 
 def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool = False, clock=None,
-                        binance_client=None) -> Session:
+                        binance_client=None, clock_start: datetime | None = None) -> Session:
+    """``clock_start`` (issue #16; tests and dry runs only, refused with ``live``): the engine's clock
+    starts at that time instead of the wall clock's, and so do the broker's and the data adapter's."""
     from signals.binance import BASE_URL as BINANCE_URL, BinanceFuturesClient
     from signals.derivatives_feed import BinanceDerivativesFeed
     from .brokers.alpaca import build_alpaca
 
     require_live_opt_in(settings, live)
+    if clock_start is not None and (live or not settings.broker.paper):
+        raise LiveTradingRefused("--clock-start is a test and dry-run setting: refused for a live account "
+                                 "(a live session runs on the wall clock only)")
     keys = AlpacaKeys()
-    started = datetime.now(UTC)
+    wall = datetime.now(UTC)
     # to the millisecond: a restart within the same second must not continue the earlier process's session
-    # (its cycle numbers start again at 1)
-    session_id = f"{'live' if live else 'paper'}-{utc_stamp(started)[:-1]}{started.microsecond // 1000:03d}Z"
+    # (its cycle numbers start again at 1). From the wall clock also in a dry run: two dry runs from the
+    # same --clock-start are two sessions, whose client order ids must differ
+    session_id = f"{'live' if live else 'paper'}-{utc_stamp(wall)[:-1]}{wall.microsecond // 1000:03d}Z"
     clock = clock or LiveClock(settings.engine.cycle_interval_s)
+    if clock_start is not None:
+        clock.start_at(clock_start)
+    started = clock.now()
     log_dir = settings.resolve_path(settings.engine.log_dir)
     broker, alpaca_data = build_alpaca(settings, keys, session_id, clock, live=live,
                                        capability_cache=log_dir / "alpaca_capabilities.json",
@@ -82,7 +94,8 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         strategies, settings.resolve_path(settings.data.replay_dir), live=True))
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
-        log_dir=log_dir, metadata={"trading_url": broker.trading_url if hasattr(broker, "trading_url") else None},
+        log_dir=log_dir, metadata={"trading_url": broker.trading_url if hasattr(broker, "trading_url") else None,
+                                   **({"dry_run_clock_start": clock_start.isoformat()} if clock_start else {})},
         store_batch=1)
     watch_key = f"fill_watch:{engine.mode}"
     try:
@@ -161,44 +174,64 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     suspect: list[str] = []          # the symbols the last check disagreed about: checked again next cycle
     retry: list[int] = []            # the cycle whose check the broker could not answer
     mismatch: list[str] = []         # why the last reconciliation halted entries (empty: it did not)
+    unreadable: list[str] = []       # why the kill/resume switch halts entries (empty: it does not)
 
     limiter = getattr(broker, "limiter", None)
     seen_faults = {"retries": 0, "rate_limited": 0, "waited_s": 0.0}
+    interval_s = getattr(clock, "interval_s", None)
+    timing = {"started": 0.0, "last_tick": None}
 
-    def report_faults(eng) -> None:
-        """Issue #16: retries, 429s and rate-limit waits since the last cycle go to the cycle's notes and
-        to the console at WARNING with counts, and add up in the summary's "faults" line."""
+    def fault_note(eng, when: str) -> str | None:
+        """The broker's retries, 429s and rate-limit waits since the last call, counted into the
+        summary's faults and said at WARNING; None when there were none."""
         if limiter is None:
-            return
+            return None
         now_counts = {"retries": limiter.retries, "rate_limited": limiter.rate_limited, "waited_s": limiter.slept_s}
         delta = {k: now_counts[k] - seen_faults[k] for k in now_counts}
         seen_faults.update(now_counts)
-        if delta["retries"] or delta["rate_limited"] or delta["waited_s"] >= 1.0:
-            for k, v in delta.items():
-                eng.faults[k] = eng.faults.get(k, 0) + v
-            msg = (f"broker faults since the last cycle: {delta['retries']} retried call(s), {delta['rate_limited']} "
-                   f"rate-limit answer(s) (429), {delta['waited_s']:.1f} s waited")
-            log.warning(msg)
-            eng.startup_notes.append(msg)
+        if not (delta["retries"] or delta["rate_limited"] or delta["waited_s"] >= 1.0):
+            return None
+        for k, v in delta.items():
+            eng.faults[k] = eng.faults.get(k, 0) + v
+        msg = (f"broker faults {when}: {delta['retries']} retried call(s), {delta['rate_limited']} rate-limit "
+               f"answer(s) (429), {delta['waited_s']:.1f} s waited")
+        log.warning(msg)
+        return msg
+
+    def halt(eng) -> None:           # either reason halts entries; exits, fills and reconciliation go on
+        eng.halted = "; ".join([*unreadable, *mismatch]) or None
 
     def before_cycle(eng, now):
-        report_faults(eng)
-        unreadable = control.apply(eng, now)
+        timing["started"] = time.monotonic()
+        last, timing["last_tick"] = timing["last_tick"], now
+        if last is not None and interval_s and (now - last).total_seconds() > 2 * interval_s:
+            # the loop fell behind (APScheduler coalesces the runs it missed): said in this cycle
+            late = (now - last).total_seconds()
+            eng.faults["late_cycles"] = eng.faults.get("late_cycles", 0) + 1
+            msg = f"the loop fell behind: {late:.1f} s since the last cycle began (interval {interval_s} s)"
+            log.warning(msg)
+            eng.startup_notes.append(msg)
+        why = control.apply(eng, now)
+        unreadable[:] = [why] if why else []
         if hasattr(broker, "fills_watched_since"):   # issue #7: where the next process resumes watching
             store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, now)
+        halt(eng)
+
+    def reconcile_after_fills(eng, report, trades, now):
+        """Issue #16: the running check comes after the cycle's fill poll, so an order of the last cycle
+        that filled since is booked before the books are compared (it ran before the poll, and trading
+        the same symbol in consecutive cycles made that fill look like the same mismatch twice: entries
+        halted for a cycle). A disagreement must still be seen twice in a row before entries halt."""
         if eng.cycle and (eng.cycle % RECONCILE_EVERY == 0 or suspect or retry):
             try:
                 check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
                                   broker.open_orders(), known_symbols=settings.universe.symbols, dust=dust)
             except BrokerError as exc:    # the cycle itself still runs (fills, exits); the check, next cycle
                 log.warning("reconciliation skipped this cycle: %s", exc)
+                report["notes"].append(f"reconciliation skipped this cycle: {exc}")
                 retry[:] = [eng.cycle]
             else:
                 retry.clear()
-                # this runs before the cycle's fill poll: a fill since the last poll looks like a mismatch
-                # once. Halt entries only when the next check, with that fill booked, still disagrees about
-                # the same symbol, whatever its numbers or order ids (a disagreement about another symbol --
-                # the next fill -- starts the count afresh)
                 if check.ok:
                     suspect.clear()
                     mismatch.clear()
@@ -206,9 +239,54 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
                     if check.subjects & set(suspect):
                         mismatch[:] = ["reconciliation mismatch: " + "; ".join(check.mismatches)]
                     suspect[:] = sorted(check.subjects)
-        # either reason halts entries; exits, fills and reconciliation go on
-        eng.halted = "; ".join([*([unreadable] if unreadable else []), *mismatch]) or None
+        halt(eng)
 
+    def report_faults(eng, report, trades, now) -> None:
+        """Issue #16: retries, 429s and rate-limit waits of this cycle go to its notes and to the console at
+        WARNING with counts, and add up in the summary's "faults" line; so does a cycle slower than the
+        interval (the next one starts late)."""
+        msg = fault_note(eng, f"in cycle {eng.cycle}")
+        if msg:
+            report["notes"].append(msg)
+        took = time.monotonic() - timing["started"]
+        if interval_s and took > interval_s:
+            eng.faults["slow_cycles"] = eng.faults.get("slow_cycles", 0) + 1
+            msg = (f"degraded cycle time: cycle {eng.cycle} took {took:.1f} s, longer than its {interval_s} s "
+                   "interval (the next cycle starts late)")
+            log.warning(msg)
+            report["notes"].append(msg)
+
+    def book_final_fills(eng, report, trades, now) -> None:
+        """Issue #16: a session ended by --cycles books the fills of its last cycle's market orders before it
+        exits (they were left for the next start). It waits, bounded, for those that can fill now (an
+        equity order queued for the open cannot), and says which are still working."""
+        if not eng.final_cycle:
+            return
+        sent = {o["client_order_id"]: o for o in report["orders"]
+                if o.get("order_type") == "market" and o.get("status") not in ("rejected", "canceled", "filled")}
+        if not sent:
+            return
+        sleep = getattr(broker, "_sleep", time.sleep)     # the adapter's injected sleep (tests: none)
+        waiting: list = []
+        booked = len(trades)
+        for attempt in range(FINAL_FILL_POLLS):
+            if attempt:
+                sleep(FINAL_FILL_POLL_S)
+            eng.poll_and_book_fills(now, report, trades)
+            working = [o for o in broker.open_orders() if o.client_order_id in sent]
+            waiting = [o for o in working if broker.is_market_open(o.symbol, now)]
+            if not waiting:
+                break
+        for t in trades[booked:]:         # what the next cycle's step 9 would have learnt
+            eng.weights.update(closed_trade_from_dict(t))
+        if waiting:
+            report["notes"].append("still working when the session ended: " + ", ".join(
+                o.client_order_id for o in waiting) + "; their fills are booked at the next start")
+
+    if (said := fault_note(engine, "at start-up")):
+        engine.startup_notes.append(said)
+    engine.after_fills_hooks.append(reconcile_after_fills)
+    engine.cycle_end_hooks += [book_final_fills, report_faults]
     return Session(engine, clock, session_log, store, before_cycle=before_cycle)
 
 
@@ -404,9 +482,21 @@ def kill(settings: Settings, reason: str = "manual kill", *, live: bool = False)
         # "*" is the whole call failing (its reason names it: "cancel all orders: ..."); else one order or symbol
         for order_id, why in result.cancel_failures.items():
             print(f"  NOT DONE: {why if order_id == '*' else f'cancel order {order_id}: {why}'}")
-        for symbol, why in result.failures.items():
+        # issue #16: a running engine that read the kill first may have sent its own kill exit after the
+        # cancel above; this kill's close of that symbol is then refused (the shares are held by that exit),
+        # but the position is being closed: said as such, not as NOT DONE
+        elsewhere = {**result.already_closing,
+                     **_exits_already_working(broker, [s for s in result.failures if s != "*"])}
+        for symbol, coid in sorted(elsewhere.items()):
+            print(f"  already closing {symbol}: HYDRA's exit {coid} (sent by the running engine) is working; "
+                  "this kill's own close was not needed")
+        flat = _no_longer_held(broker, [s for s in result.failures if s != "*" and s not in elsewhere])
+        for symbol in flat:     # e.g. that exit filled while the kill confirmed its cancel
+            print(f"  already closed {symbol}: the broker holds no position ({result.failures[symbol]})")
+        not_done = {s: why for s, why in result.failures.items() if s not in elsewhere and s not in flat}
+        for symbol, why in not_done.items():
             print(f"  NOT DONE: {why if symbol == '*' else f'close {symbol}: {why}'}")
-        if not result.ok:
+        if result.cancel_failures or not_done:
             problems.append("the broker did not cancel or close everything (above)")
         if store is not None:
             try:
@@ -416,6 +506,31 @@ def kill(settings: Settings, reason: str = "manual kill", *, live: bool = False)
     for problem in problems:
         print(f"  PROBLEM: {problem}")
     return 1 if problems else 0
+
+
+def _exits_already_working(broker, symbols: list[str]) -> dict[str, str]:
+    """symbol -> the working HYDRA market order (an engine's exit, an earlier kill's close) on it."""
+    if not symbols:
+        return {}
+    try:
+        working = broker.open_orders()
+    except BrokerError:
+        return {}
+    found: dict[str, str] = {}
+    for o in working:
+        if o.symbol in symbols and o.order_type is OrderType.MARKET and is_hydra_order_id(o.client_order_id):
+            found.setdefault(o.symbol, o.client_order_id)
+    return found
+
+
+def _no_longer_held(broker, symbols: list[str]) -> list[str]:
+    if not symbols:
+        return []
+    try:
+        held = broker.positions()
+    except BrokerError:
+        return []
+    return [s for s in symbols if s not in held or not held[s].qty]
 
 
 def _record_kill(store: Store, kill_id: str, reason: str, now: datetime, result) -> None:

@@ -21,6 +21,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -290,7 +291,7 @@ def run_paper(cfg: Path, monkeypatch, double, *, cycles: int, steer=None, args=(
         hook = session.before_cycle
 
         def before(engine, t):
-            double.now = datetime.now(UTC)
+            double.now = t          # the engine's clock: the wall clock, or the one --clock-start set
             for o in list(double._all_orders()):
                 if o["status"] in ("accepted", "pending_new", "new") and o["type"] == "market" \
                         and (double.market_open or o["asset_class"] == "crypto"):   # queued equities wait
@@ -542,6 +543,11 @@ def test_broker_failures_keep_the_loop_running_and_trade_nothing_twice(tmp_path,
             double.fail("GET", r"/v2/account$", times=12, status=502, body="Bad Gateway")
         elif cycle == 5:  # accepted but answered 500: looked up by client_order_id, never sent twice
             double.fail("GET", r"/v2/clock$", times=2, status=500, body="")
+        elif cycle == 6:  # a cycle slower than its 1 s interval (the market data takes 1.2 s to answer)
+            snapshot = engine.market.snapshot
+            engine.market.snapshot = lambda now: (time.sleep(1.2), snapshot(now))[1]
+        elif cycle == 7:
+            del engine.market.snapshot
 
     code = run_paper(cfg, monkeypatch, double, cycles=7, steer=steer)
     out, err = capsys.readouterr()
@@ -549,13 +555,19 @@ def test_broker_failures_keep_the_loop_running_and_trade_nothing_twice(tmp_path,
     doc = session_doc(tmp_path)
     cycles = doc["cycle_details"]
     assert [c["cycle"] for c in cycles] == [1, 2, 3, 4, 5, 6, 7]          # every cycle completed
-    # issue #16: the 429 storm and the retried 5xx are visible: in the next cycle's notes, at WARNING with
-    # counts, and in the summary's faults line
-    fault_notes = [n for c in cycles for n in c["notes"] if n.startswith("broker faults since the last cycle")]
-    assert any("rate-limit answer(s) (429)" in n and not n.split(", ")[1].startswith("0 ") for n in fault_notes), \
-        fault_notes
-    assert "broker faults since the last cycle:" in caplog.text and "retried call(s)" in caplog.text
-    assert "\nfaults            " in out and "retried broker calls" in out, out
+    # issue #16: the 429 storm and the retried 5xx are visible: in the notes of the cycle they happened in,
+    # at WARNING with counts, and in the summary's faults line; so is a cycle slower than its interval
+    fault_notes = {c["cycle"]: [n for n in c["notes"] if n.startswith("broker faults in cycle")] for c in cycles}
+    assert any("broker faults in cycle 1: " in n and "rate-limit answer(s) (429)" in n
+               and not n.split(", ")[1].startswith("0 ") for n in fault_notes[1]), fault_notes
+    assert any("broker faults in cycle 4: " in n and not n.split(": ", 1)[1].startswith("0 ")
+               for n in fault_notes[4]), fault_notes                    # the 502 storm's retries, in cycle 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(w.startswith("broker faults in cycle 1: ") and "retried call(s)" in w for w in warnings), warnings
+    slow = [n for n in cycles[5]["notes"] if n.startswith("degraded cycle time: cycle 6 took ")]
+    assert slow and "longer than its 1 s interval" in slow[0], cycles[5]["notes"]
+    assert any(w.startswith("degraded cycle time: cycle 6 took ") for w in warnings), warnings
+    assert "\nfaults            " in out and "retried broker calls" in out and "slower than the interval" in out, out
     per_cycle = posts_by_cycle(double, marks)
 
     # refusals: said so in the cycle's errors, and nothing more was sent for that proposal in that cycle

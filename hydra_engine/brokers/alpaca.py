@@ -41,7 +41,7 @@ from ..domain import UTC, AssetClass, Fill, Order, OrderStatus, OrderType, Side,
 from ..ports import (Account, AssetSpec, AuthError, BrokerError, BrokerPosition, HeldQuantity, InsufficientBuyingPower,
                      InvalidOrder, InvalidTimeInForce, MarketClosed, OrderNotFound, RateLimited, ShortNotAllowed,
                      UnknownOrderOutcome, VenueCapabilities, WashTradeRejected)
-from ..orderids import is_kill_order_id, strategy_of
+from ..orderids import is_hydra_order_id, is_kill_order_id, strategy_of
 from .capabilities import load_capabilities, normalise_symbol, validate_and_round
 from .ratelimit import RateLimiter, install
 
@@ -152,6 +152,9 @@ class FlattenReport:
     failures: dict[str, str] = field(default_factory=dict)            # symbol (or "*": the call) -> reason
     queued: list[str] = field(default_factory=list)                   # symbols whose close waits for the open
     sent: dict[str, Order] = field(default_factory=dict)              # symbol -> HYDRA's own closing order
+    # symbol -> a HYDRA market order already closing it (a running engine's kill exit sent after the cancel
+    # above): left working, and no second close is sent
+    already_closing: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -639,8 +642,18 @@ class AlpacaBroker:
             report.failures["*"] = f"{type(exc).__name__}: close all positions: {exc}"
             return
         now = self._now()
+        try:   # issue #16: an engine that read the kill first may have sent its own exit since the cancel
+            closing = {o.symbol: o for o in self.open_orders() if o.order_type is OrderType.MARKET
+                       and is_hydra_order_id(o.client_order_id) and not is_kill_order_id(o.client_order_id)}
+        except BrokerError:
+            closing = {}
         for symbol, pos in sorted(held.items()):
+            o = closing.get(symbol)
             try:
+                if o is not None and o.side is (Side.SELL if pos.qty > 0 else Side.BUY) \
+                        and o.qty + self.asset(symbol).min_order_size >= abs(pos.qty):   # all of it, up to dust
+                    report.already_closing[symbol] = o.client_order_id
+                    continue
                 crypto = self.asset(symbol).asset_class is AssetClass.CRYPTO
                 order = Order(close_id(symbol), symbol, Side.SELL if pos.qty > 0 else Side.BUY, abs(pos.qty),
                               OrderType.MARKET, TimeInForce.GTC if crypto else TimeInForce.DAY, now, "kill",
