@@ -321,8 +321,9 @@ def kill(settings: Settings, reason: str = "manual kill") -> int:
     except Exception as exc:  # noqa: BLE001 -- locked, read-only, full or damaged: flatten all the same
         problems.append(f"kill state NOT saved, a running HYDRA will not see it: {type(exc).__name__}: {exc}")
     broker = _alpaca_broker(settings, "kill")
-    if broker is None:
-        print("nothing to flatten at a broker")
+    if broker is None:   # not "nothing to flatten": nobody was asked, whatever Alpaca holds is still there
+        print("NO BROKER CONTACTED: without Alpaca keys no order was canceled and no position closed at Alpaca")
+        problems.append("the broker was not contacted (set the Alpaca keys and run `kill` again to flatten)")
     else:
         result = broker.flatten_all()
         print(f"canceled {len(result.canceled_order_ids)} orders, closing {len(result.closing_orders)} positions")
