@@ -53,6 +53,13 @@ def _print_summary(summary: dict) -> None:
 def cmd_run(args) -> int:
     settings = load_settings(args.config)
     mode = args.mode
+    if settings.logs.retention_days:   # [logs] retention: old session logs go before a new one starts
+        from .commands.logs import prune
+        gone = prune(settings.resolve_path(settings.engine.log_dir), days=settings.logs.retention_days,
+                     keep_last=settings.logs.keep_last)
+        if gone:
+            print(f"note: pruned {len(gone)} session log(s) older than {settings.logs.retention_days} days",
+                  file=sys.stderr)
     if mode == "paper":
         missing = AlpacaKeys().missing()
         if missing:
