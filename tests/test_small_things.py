@@ -112,3 +112,19 @@ def test_the_weights_report_does_not_cut_strategy_names(tmp_path, capsys):
     out = capsys.readouterr().out
     header = next(ln for ln in out.splitlines() if ln.startswith("time"))
     assert long_name in header.split() and "sma_crossover" in header.split()
+
+
+def test_a_run_applies_the_retention_when_it_starts(tmp_path, monkeypatch, capsys):
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    now = datetime.now(UTC)
+    _session(log_dir, "20200101T000000Z", 400, now)
+    _session(log_dir, "20200201T000000Z", 1, now)
+    cfg = tmp_path / "hydra.toml"
+    cfg.write_text(f'[engine]\nlog_dir = "{log_dir}"\nregime_detector = "trend_vol_rule"\n'
+                   f'[storage]\nurl = "sqlite:///{tmp_path / "h.db"}"\n[logs]\nretention_days = 30\nkeep_last = 1\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(cfg), "run", "--cycles", "2", "--no-progress"]) == 0
+    assert "pruned 1 session log(s) older than 30 days" in capsys.readouterr().err
+    names = {p.name for p in log_dir.iterdir()}
+    assert "session-20200101T000000Z.json" not in names and "session-20200201T000000Z.json" in names
