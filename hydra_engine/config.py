@@ -268,6 +268,7 @@ def _variables_for(loc: tuple) -> list[str]:
 PROJECT_VARIABLES = {
     "HYDRA_ENABLE_LIVE_TRADING": "the live-trading opt-in (live_trading_opt_in)",
     "HYDRA_NOTIFY_URLS": "apprise URLs for notifications (notify.py; they hold tokens: never logged)",
+    "HYDRA_CHROMIUM": "the Chromium binary the dashboard's browser test drives (tests)",
     "HYDRA_BINANCE_URL": "another Binance endpoint for the derivatives feed (paper.py; the fault tests)",
     "HYDRA_SHARED_DATA": "the shared real-data folder (train, tests)",
     "HYDRA_BENCH_PEERS": "the peer benchmark folder (tests)",
