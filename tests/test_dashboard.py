@@ -138,3 +138,22 @@ def test_the_dashboard_in_headless_chromium(served, recorded):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_a_running_sessions_page_reloads_itself_and_is_marked_running(served, recorded):
+    """A session whose document has no end yet (a paper session running): its page refreshes, the index
+    says running. The copy shares the recorded journal."""
+    import json
+    _, app = served
+    doc = json.loads(recorded["log"].read_text())
+    doc["session"]["ended_at"] = None
+    doc["session"]["session_id"] = "paper-running-copy"
+    copy = recorded["log"].with_name("session-99990101T000000Z.json")
+    copy.write_text(json.dumps(doc))
+    try:
+        c = app.test_client()
+        assert "paper-running-copy</a></td><td>sim</td>" in c.get("/").get_data(as_text=True)
+        page = c.get(f"/session/{copy.name}").get_data(as_text=True)
+        assert "<meta http-equiv='refresh' content='10'>" in page and "id='running'" in page
+    finally:
+        copy.unlink()

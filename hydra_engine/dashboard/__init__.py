@@ -27,6 +27,7 @@ def create_app(log_dir: Path, *, store_url: str, root: Path, refresh_s: int = 10
 
     app = Flask("hydra_dashboard")
     cache = SessionCache()
+    rendered: dict = {}
     log_dir = Path(log_dir).resolve()
 
     @app.get("/plotly.min.js")
@@ -56,6 +57,7 @@ def create_app(log_dir: Path, *, store_url: str, root: Path, refresh_s: int = 10
         if log_dir not in path.parents or not path.name.startswith("session-") or path.suffix != ".json" \
                 or not path.is_file():
             abort(404)
+        version = cache.version(path)   # taken first: a page built from newer files is only re-built later
         try:
             doc = cache.get(path)
         except (OSError, ValueError) as exc:
@@ -76,23 +78,37 @@ def create_app(log_dir: Path, *, store_url: str, root: Path, refresh_s: int = 10
                 + (f" · return {summary['return_pct']:+.2f}%" if summary.get("return_pct") is not None else "")
                 + f"</p><p id='kill' class='{'killed' if kill.get('killed') else 'armed'}'>kill switch: "
                 f"{html.escape(kill['text'])}</p>")
-        parts = [head, "<h2>Equity and drawdown</h2>", plots.figure_html(plots.equity_figure(doc), "equity-chart")]
-        parts.append(_positions_html(doc, store, fmt_usd))
-        prices = plots.price_frame(doc)
-        symbols = plots.traded_symbols(doc)
-        if symbols:
-            parts.append("<h2>Prices and trades</h2>")
-            for sym in symbols:
-                parts.append(plots.figure_html(plots.price_figure(doc, sym, prices),
-                                               f"price-{sym.replace('/', '-')}"))
-        parts.append(_trades_html(doc))
-        parts.append(veto_table(doc.get("cycle_details", []), summary).html().replace("<table>", "<table id='vetoes'>", 1))
-        parts.append(_decisions_html(doc))
-        parts.append("<h2>Strategy weights</h2>" + plots.figure_html(plots.weights_figure(doc), "weights-chart"))
-        parts.append(_modifiers_html(doc))
-        return _page(s.get("session_id", "session"), "".join(parts), refresh_s if running else None)
+        parts = [head, _positions_html(doc, store, fmt_usd)]
+        hit = rendered.get(path)
+        if hit and hit[0] == version:   # the charts and tables of files that have not changed since
+            return _page(s.get("session_id", "session"), "".join(parts + hit[1]), refresh_s if running else None)
+        heavy = _heavy_parts(doc, summary)
+        rendered[path] = (version, heavy)
+        while len(rendered) > 4:
+            rendered.pop(next(iter(rendered)))
+        return _page(s.get("session_id", "session"), "".join(parts + heavy), refresh_s if running else None)
 
     return app
+
+
+def _heavy_parts(doc: dict, summary: dict) -> list[str]:
+    """Everything of a session page that comes from its log alone (cached while the files do not change)."""
+    from .. import plots
+    from ..review import veto_table
+    parts = ["<h2>Equity and drawdown</h2>", plots.figure_html(plots.equity_figure(doc), "equity-chart")]
+    prices = plots.price_frame(doc)
+    symbols = plots.traded_symbols(doc)
+    if symbols:
+        parts.append("<h2>Prices and trades</h2>")
+        for sym in symbols:
+            parts.append(plots.figure_html(plots.price_figure(doc, sym, prices),
+                                           f"price-{sym.replace('/', '-')}"))
+    parts.append(_trades_html(doc))
+    parts.append(veto_table(doc.get("cycle_details", []), summary).html().replace("<table>", "<table id='vetoes'>", 1))
+    parts.append(_decisions_html(doc))
+    parts.append("<h2>Strategy weights</h2>" + plots.figure_html(plots.weights_figure(doc), "weights-chart"))
+    parts.append(_modifiers_html(doc))
+    return parts
 
 
 def _positions_html(doc: dict, store: dict, fmt_usd) -> str:

@@ -50,14 +50,12 @@ class SessionCache:
         self.size = size
         self._docs: dict[Path, tuple[tuple, dict]] = {}
 
+    def version(self, path: Path) -> tuple:
+        """What identifies the files' current content (their modification times)."""
+        return self._key(path)
+
     def get(self, path: Path) -> dict:
-        journal = None
-        try:
-            head = json.loads(path.read_text(encoding="utf-8"))
-            journal = path.parent / head.get("journal", "")
-        except (OSError, ValueError):
-            pass
-        key = (path.stat().st_mtime_ns, journal.stat().st_mtime_ns if journal and journal.is_file() else None)
+        key = self._key(path)
         hit = self._docs.get(path)
         if hit and hit[0] == key:
             return hit[1]
@@ -66,6 +64,16 @@ class SessionCache:
         while len(self._docs) > self.size:
             self._docs.pop(next(iter(self._docs)))
         return doc
+
+    @staticmethod
+    def _key(path: Path) -> tuple:
+        journal = None
+        try:
+            head = json.loads(path.read_text(encoding="utf-8"))
+            journal = path.parent / head.get("journal", "")
+        except (OSError, ValueError):
+            pass
+        return (path.stat().st_mtime_ns, journal.stat().st_mtime_ns if journal and journal.is_file() else None)
 
 
 def read_store_state(url: str, root: Path) -> dict:
