@@ -182,11 +182,9 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
               + (f" for {max_cycles} cycles" if max_cycles else " until Ctrl-C"), file=sys.stderr)
     if max_cycles is not None and total is not None:
         total = min(total, max_cycles)
-    bar = None
-    if progress and isinstance(session.clock, SimulatedClock):
-        from tqdm import tqdm
-        bar = tqdm(total=total, unit="cycle", desc="HYDRA sim", file=sys.stderr, mininterval=0.5,
-                   dynamic_ncols=True)
+    # the live view on a terminal, one line per cycle otherwise, notifications (hydra_engine/live_view.py)
+    from .live_view import watchers_for
+    watchers = watchers_for(session, progress=progress, total=total)
 
     ran = [0]
 
@@ -196,19 +194,20 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
         if session.before_cycle is not None:
             session.before_cycle(engine, now)
         report = engine.run_cycle(now)
-        if bar is not None:
-            bar.update(1)
-            if engine.cycle % 200 == 0:
-                bar.set_postfix_str(f"{now:%Y-%m-%d} equity ${float(report['equity_usd']):,.0f} "
-                                    f"trades {len(engine.closed_trades)}")
+        for w in watchers:
+            w.on_cycle(engine, report, now)
         return True
 
     try:
+        for w in watchers:
+            w.start()
         session.clock.run(tick, max_ticks=max_cycles)
+    except KeyboardInterrupt:   # Ctrl-C in a replay ends it as the live clock's does: cleanly, with the summary
+        log.info("session stopped by the user after %d cycles", engine.cycle)
     finally:
-        if bar is not None:
-            bar.close()
         summary = engine.summary()
+        for w in watchers:
+            w.stop(summary)
         if session.session_log is not None:
             session.session_log.close(datetime.now(UTC), summary)
         if session.store is not None:

@@ -63,6 +63,13 @@ def _print_summary(summary: dict) -> None:
 def cmd_run(args) -> int:
     settings = load_settings(args.config)
     mode = args.mode
+    if settings.logs.retention_days:   # [logs] retention: old session logs go before a new one starts
+        from .commands.logs import prune
+        gone = prune(settings.resolve_path(settings.engine.log_dir), days=settings.logs.retention_days,
+                     keep_last=settings.logs.keep_last)
+        if gone:
+            print(f"note: pruned {len(gone)} session log(s) older than {settings.logs.retention_days} days",
+                  file=sys.stderr)
     if mode == "paper":
         missing = AlpacaKeys().missing()
         if missing:
@@ -180,11 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def bare_command_argv(argv: list[str]) -> list[str]:
+    """``hydra --no-progress`` / ``hydra --cycles 5`` mean ``hydra run …``: the global options (``-v``) stay
+    before ``run``, everything else (``--config`` included, which ``run`` accepts too) goes after it.
+    ``--help`` alone keeps the program's help."""
+    if argv and all(a in ("-h", "--help") for a in argv):
+        return [*argv, "run"]
+    global_opts = [a for a in argv if a in ("-v", "--verbose")]
+    return [*global_opts, "run", *[a for a in argv if a not in ("-v", "--verbose")]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a in parser._subparsers._group_actions[0].choices for a in argv):
-        argv = [*argv, "run"]  # no command: the offline simulation
+        argv = bare_command_argv(argv)   # no command: the offline simulation, with run's options
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

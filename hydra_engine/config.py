@@ -171,6 +171,30 @@ class PerpsConfig(_Section):
         return v
 
 
+class LogsConfig(_Section):
+    """Session-log retention (``hydra logs prune``; also applied when a ``run`` starts)."""
+    retention_days: int = Field(0, ge=0, le=36500, description="delete session logs older than N days; 0 keeps all")
+    keep_last: int = Field(20, ge=1, description="the newest N sessions are always kept, whatever their age")
+
+
+NOTIFY_EVENTS = ("fill", "exit", "kill", "error", "daily_summary")
+
+
+class NotifyConfig(_Section):
+    """Notifications (apprise). The service URLs hold tokens: they come from ``HYDRA_NOTIFY_URLS`` in the
+    environment or ``.env`` only, never from this file."""
+    events: list[str] = Field(default_factory=lambda: list(NOTIFY_EVENTS), description="what is sent")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="per-message timeout of the sending thread")
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, v: list[str]) -> list[str]:
+        unknown = [e for e in v if e not in NOTIFY_EVENTS]
+        if unknown:
+            raise ValueError(f"unknown event(s) {unknown}; known: {list(NOTIFY_EVENTS)}")
+        return v
+
+
 class Settings(BaseSettings):
     """The whole configuration. Env overrides use ``HYDRA_SECTION__KEY`` (e.g. ``HYDRA_BROKER__KIND``)."""
 
@@ -187,6 +211,8 @@ class Settings(BaseSettings):
     storage: StorageConfig = StorageConfig()
     modifiers: ModifiersConfig = ModifiersConfig()
     perps: PerpsConfig = PerpsConfig()
+    logs: LogsConfig = LogsConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     _toml_path: Path | None = None
 
@@ -209,6 +235,8 @@ class Settings(BaseSettings):
             data.pop("modifiers")   # none enabled: the hash of a config that predates modifiers is unchanged
         if not data["perps"]["enabled"]:   # a disabled module changes no decision: old ids stay valid
             data.pop("perps")
+        data.pop("logs", None)     # retention and notifications change no decision
+        data.pop("notify", None)
         payload = json.dumps(data, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -283,6 +311,8 @@ def _variables_for(loc: tuple) -> list[str]:
 # does not know (HYDRA_BROKER_FEE_BPS, one underscore), so load_settings refuses those by name.
 PROJECT_VARIABLES = {
     "HYDRA_ENABLE_LIVE_TRADING": "the live-trading opt-in (live_trading_opt_in)",
+    "HYDRA_NOTIFY_URLS": "apprise URLs for notifications (notify.py; they hold tokens: never logged)",
+    "HYDRA_CHROMIUM": "the Chromium binary the dashboard's browser test drives (tests)",
     "HYDRA_BINANCE_URL": "another Binance endpoint for the derivatives feed (paper.py; the fault tests)",
     "HYDRA_SHARED_DATA": "the shared real-data folder (train, tests)",
     "HYDRA_BENCH_PEERS": "the peer benchmark folder (tests)",
@@ -425,13 +455,29 @@ def _format_errors(err: ValidationError, source: str, file_data: dict) -> str:
             where = f"{origin} ({', '.join(variables)})"
         expected = e["msg"]
         if e["type"] == "extra_forbidden":
-            expected = "no such setting (check the spelling against hydra.toml)"
+            nearest = _nearest_setting(loc)
+            expected = (f"no such setting; did you mean '{nearest}'?" if nearest
+                        else "no such setting (check the spelling against hydra.toml)")
             if _names_a_secret(key, value):
                 expected = f"no such setting; {_KEYS_HINT}"
         # a key we do not know may hold anything, a secret too: its value is never shown
         shown = "***" if e["type"] == "extra_forbidden" or _names_a_secret(key, value) else repr(value)
         lines.append(f"{where}: key '{key}' = {shown}: {expected}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _nearest_setting(loc: tuple) -> str | None:
+    """The valid key nearest to an unknown one (``engine.cycle_intervl_s`` -> ``engine.cycle_interval_s``),
+    as unknown ``HYDRA_*`` variables get: a section's keys, or the section names at the top level."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    match = difflib.get_close_matches(str(loc[-1]).lower(), list(model.model_fields), n=1, cutoff=0.6) if loc else []
+    return ".".join([*map(str, loc[:-1]), match[0]]) if match else None
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

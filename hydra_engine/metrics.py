@@ -12,10 +12,18 @@ Conventions (why they are what they are):
   session's symbols include crypto or the curve has returns on weekend days (crypto cycles every calendar
   day, even in a span without a weekend), 252 when it has returns on exchange days only (an equity-only
   book) -- 365 there would read ~257 returns a year as 1.4 years' worth.
-* **Formulas follow empyrical** (zero risk-free rate; sample std, ddof=1; Sortino's downside
-  deviation is the root-mean-square of the negative part over *all* days; CAGR uses
-  ``n_days / periods_per_year`` years; CVaR 95 % averages the worst ``floor((n-1)·5 %)+1`` days) so the
-  numbers match the reference library to 1e-9 and a reader can look the definitions up there.
+* **The return metrics are empyrical-reloaded's** (``empyrical.cum_returns_final``, ``annual_return``,
+  ``annual_volatility``, ``sharpe_ratio``, ``downside_risk``, ``sortino_ratio``,
+  ``conditional_value_at_risk``), whose definitions are HYDRA's conventions: zero risk-free rate; sample
+  std, ddof=1; Sortino's downside deviation is the root-mean-square of the negative part over *all* days;
+  CAGR uses ``n_days / periods_per_year`` years; CVaR 95 % averages the worst ``floor((n-1)·5 %)+1`` days.
+  HYDRA's own code stays where the definitions differ: (1) returns with *no dispersion* (a flat book)
+  have a volatility of exactly 0 and undefined ratios here, where float residue (~1e-18) in the library's
+  std would print a Sharpe in the quadrillions; (2) the daily :func:`max_drawdown` counts the opening
+  capital as a peak, so a loss on the first day is a drawdown (empyrical starts its running peak at the
+  first day's close and misses it); (3) the headline drawdown and Calmar use the every-cycle curve
+  (below), which no daily-returns library sees; (4) ``cvar`` rounds ``1 − level`` to 12 places first
+  (``1 - 0.95`` is 0.05000000000000004 in binary, which moves the cut-off on some lengths).
 * **Maximum drawdown in** :func:`compute_all` is measured on the full-resolution equity curve (every
   cycle), the same curve the risk layer's drawdown kill switch watches; on a one-point-per-day curve it
   equals the daily figure, with intraday points it can only be deeper. Calmar uses that figure.
@@ -29,6 +37,7 @@ from collections import Counter
 from decimal import Decimal
 from typing import Iterable
 
+import empyrical as ep
 import numpy as np
 import pandas as pd
 
@@ -88,14 +97,14 @@ def daily_returns(equity: pd.Series) -> pd.Series:
 
 # ---------------------------------------------------------------- return metrics (empyrical-compatible)
 def total_return(returns: pd.Series) -> float:
-    return float(np.prod(1.0 + np.asarray(returns, float)) - 1.0) if len(returns) else float("nan")
+    return float(ep.cum_returns_final(np.asarray(returns, float))) if len(returns) else float("nan")
 
 
 def cagr(returns: pd.Series, periods_per_year: float = DEFAULT_PERIODS_PER_YEAR) -> float:
     """Compound annual growth: (1 + total) ** (periods_per_year / n_days) − 1."""
     if len(returns) < 1:
         return float("nan")
-    return float((1.0 + total_return(returns)) ** (periods_per_year / len(returns)) - 1.0)
+    return float(ep.annual_return(np.asarray(returns, float), annualization=periods_per_year))
 
 
 def _std(r: np.ndarray) -> float:
@@ -105,7 +114,9 @@ def _std(r: np.ndarray) -> float:
 
 def annual_volatility(returns: pd.Series, periods_per_year: float = DEFAULT_PERIODS_PER_YEAR) -> float:
     r = np.asarray(returns, float)
-    return _std(r) * math.sqrt(periods_per_year) if len(r) >= 2 else float("nan")
+    if len(r) < 2:
+        return float("nan")
+    return 0.0 if _std(r) == 0.0 else float(ep.annual_volatility(r, annualization=periods_per_year))
 
 
 def _ratio(num: float, den: float) -> float:
@@ -118,14 +129,16 @@ def sharpe_ratio(returns: pd.Series, periods_per_year: float = DEFAULT_PERIODS_P
     r = np.asarray(returns, float)
     if len(r) < 2:
         return float("nan")
-    return _ratio(r.mean(), _std(r)) * math.sqrt(periods_per_year)
+    if _std(r) == 0.0:   # no dispersion: undefined (nan, or ±inf for a constant non-zero return)
+        return _ratio(r.mean(), 0.0) * math.sqrt(periods_per_year)
+    return float(ep.sharpe_ratio(r, annualization=periods_per_year))
 
 
 def downside_risk(returns: pd.Series, periods_per_year: float = DEFAULT_PERIODS_PER_YEAR) -> float:
     r = np.asarray(returns, float)
     if len(r) < 1:
         return float("nan")
-    return float(np.sqrt(np.mean(np.minimum(r, 0.0) ** 2)) * math.sqrt(periods_per_year))
+    return float(ep.downside_risk(r, annualization=periods_per_year))
 
 
 def sortino_ratio(returns: pd.Series, periods_per_year: float = DEFAULT_PERIODS_PER_YEAR) -> float:
@@ -133,7 +146,10 @@ def sortino_ratio(returns: pd.Series, periods_per_year: float = DEFAULT_PERIODS_
     r = np.asarray(returns, float)
     if len(r) < 2:
         return float("nan")
-    return _ratio(r.mean() * periods_per_year, downside_risk(r, periods_per_year))
+    down = downside_risk(r, periods_per_year)
+    if down == 0.0:   # no losing day: +inf (or nan when flat), as the ratio says
+        return _ratio(r.mean() * periods_per_year, down)
+    return float(ep.sortino_ratio(r, annualization=periods_per_year))
 
 
 def max_drawdown(returns: pd.Series) -> float:
@@ -161,8 +177,8 @@ def cvar(returns: pd.Series, level: float = 0.95) -> float:
     r = r[~np.isnan(r)]
     if len(r) == 0:
         return float("nan")
-    k = int((len(r) - 1) * round(1.0 - level, 12))  # round: 1 - 0.95 is 0.05000000000000004 in binary
-    return float(np.mean(np.partition(r, k)[: k + 1]))
+    # round: 1 - 0.95 is 0.05000000000000004 in binary
+    return float(ep.conditional_value_at_risk(r, cutoff=round(1.0 - level, 12)))
 
 
 # ---------------------------------------------------------------- drawdown on the full curve

@@ -465,8 +465,9 @@ def kill(settings: Settings, reason: str = "manual kill", *, live: bool = False)
     except LiveTradingRefused as exc:   # the switch is set (entries stay blocked); the account is not touched
         print(f"error: {exc}; nothing was canceled or closed", file=sys.stderr)
         return 2
-    if broker is None:
-        print("nothing to flatten at a broker")
+    if broker is None:   # not "nothing to flatten": nobody was asked, whatever Alpaca holds is still there
+        print("NO BROKER CONTACTED: without Alpaca keys no order was canceled and no position closed at Alpaca")
+        problems.append("the broker was not contacted (set the Alpaca keys and run `kill` again to flatten)")
     else:
         def write_ahead(order: Order) -> None:   # on record before it is sent (a kill can be killed too)
             if store is not None:

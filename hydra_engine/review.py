@@ -270,7 +270,9 @@ def review_session(log_path: str | Path, out_dir: str | Path | None = None,
     report = write_html(review, charts, out / "report.html")
     metrics_json = out / "metrics.json"
     metrics_json.write_text(json.dumps(review.metrics, indent=1), encoding="utf-8")
-    return review, [*charts, report, metrics_json]
+    from .tearsheet import write_tearsheet   # the interactive one; the PNGs above stay for scripts
+    tearsheet = write_tearsheet(doc, out / "tearsheet.html", periods_per_year, source=str(log_path))
+    return review, [*charts, report, metrics_json, tearsheet]
 
 
 __all__ = ["Review", "Table", "LogError", "load_log", "build_review", "review_session", "write_charts", "write_html", "veto_table",

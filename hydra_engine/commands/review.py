@@ -24,8 +24,8 @@ def periods_per_year(text: str) -> float:
 def register(subparsers) -> None:
     p = subparsers.add_parser("review", help="review a session log: metrics tables, charts and an HTML report",
                               description="Review one session log (logs/session-*.json). Prints the tables and "
-                              "writes equity/drawdown, per-regime and per-strategy PNGs, report.html and "
-                              "metrics.json into --out (default: <log stem>-review/ next to the log).")
+                              "writes equity/drawdown, per-regime and per-strategy PNGs, report.html, "
+                              "metrics.json and the interactive tearsheet.html into --out (default: <log stem>-review/ next to the log).")
     p.add_argument("log", help="path to a session-*.json trade log")
     p.add_argument("--out", default=None, help="output folder (default: next to the log)")
     p.add_argument("--periods-per-year", type=periods_per_year, default=None,

@@ -130,14 +130,16 @@ def _report(w, n: int, log: Path, out_dir: str | None) -> int:
     names = w.strategies
     print(f"strategy weights from {log} ({n} closed trades; floor {w.floor:g}, cap {w.cap:g}, "
           f"half-life {w.halflife_trades:g} trades)")
-    print(f"{'strategy':<26}{'trades':>7}{'win (ewm)':>11}{'avg R (ewm)':>13}{'weight':>9}")
+    nw = max([26, *(len(s) + 2 for s in names)])
+    print(f"{'strategy':<{nw}}{'trades':>7}{'win (ewm)':>11}{'avg R (ewm)':>13}{'weight':>9}")
     for s in names:
         st = w.stats[s]
-        print(f"{s:<26}{st['trades']:>7}{st['win_rate']:>11.1%}{st['avg_r']:>+13.3f}{w.weight(s):>9.3f}")
+        print(f"{s:<{nw}}{st['trades']:>7}{st['win_rate']:>11.1%}{st['avg_r']:>+13.3f}{w.weight(s):>9.3f}")
     print(f"\nhistory ({len(w.history)} points{', last ' + str(SHOWN_ROWS) if len(w.history) > SHOWN_ROWS else ''})")
-    print(f"{'time':<22}" + "".join(f"{s[:14]:>15}" for s in names))
+    widths = {s: max(15, len(s) + 2) for s in names}   # a strategy's full name, never cut
+    print(f"{'time':<22}" + "".join(f"{s:>{widths[s]}}" for s in names))
     for t, h in w.history[-SHOWN_ROWS:]:
-        print(f"{str(t)[:21]:<22}" + "".join(f"{h.get(s, 0.0):>15.3f}" for s in names))
+        print(f"{str(t)[:21]:<22}" + "".join(f"{h.get(s, 0.0):>{widths[s]}.3f}" for s in names))
     out = Path(out_dir) if out_dir else log.with_name(log.stem + "-weights")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "weights_history.csv", "w", newline="", encoding="utf-8") as fh:
