@@ -22,6 +22,7 @@ from .data.event_feeds import event_feeds_for
 from .data.replay import ReplayMarketData
 from .domain import UTC
 from .engine import Engine
+from .llm.wiring import replay_llm
 from .plugins import build_strategies, discover_all
 from .positions import PositionManager
 from .regime import TrendVolRule, load_detector
@@ -42,6 +43,7 @@ class Session:
     session_log: SessionLog | None     # None (and store None): persistence off
     store: Store | None
     before_cycle: Callable[[Engine, datetime], None] | None = None   # e.g. paper: kill control, reconcile
+    on_close: Callable[[], None] | None = None    # e.g. paper: stop the LLM analyst's thread
 
 
 def build_regime_detector(settings: Settings):
@@ -119,13 +121,15 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
     broker = SimulatedBroker(market, DEFAULT_ASSET_SPECS, starting_cash_usd=settings.broker.starting_cash_usd,
                              fee_bps=settings.broker.fee_bps, slippage_bps=settings.broker.slippage_bps)
     session_id = f"{mode}-{settings.config_hash()[:8]}-{utc_stamp(ticks[0])[:8]}{shortened}"
+    llm = replay_llm(settings, ticks[0], ticks[-1])   # the recorded verdicts, or none: never a client
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode=mode,
         log_dir=log_dir or settings.resolve_path(settings.engine.log_dir),
         metadata={"data_folder": str(folder), "data_start": ticks[0], "data_end": ticks[-1],
                   "fee_bps": settings.broker.fee_bps, "slippage_bps": settings.broker.slippage_bps,
-                  "data_quality": {k: v for k, v in vars(market.quality).items() if v}},
-        store_batch=500, history_dir=folder, persist=persist)
+                  "data_quality": {k: v for k, v in vars(market.quality).items() if v}, **llm.metadata},
+        store_batch=500, history_dir=folder, persist=persist, gate_rules=llm.gate_rules)
+    llm.attach(engine)
     replaced = store.forget_session(session_id) if store else 0  # ids are deterministic: a re-run replaces
     if replaced:
         log.info("replacing the %d stored cycles of an earlier run of %s", replaced, session_id)
@@ -163,6 +167,8 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
     finally:
         if bar is not None:
             bar.close()
+        if session.on_close is not None:
+            session.on_close()
         summary = engine.summary()
         if session.session_log is not None:
             session.session_log.close(datetime.now(UTC), summary)
