@@ -254,3 +254,51 @@ def test_verdict_trace_reports_each_outcome_once_as_it_becomes_known():
     report = {}
     trace(t0 + timedelta(minutes=130), None, report)
     assert [v["call_id"] for v in report["llm_verdicts"]] == ["c125"]
+
+
+# ------------------------------------------------------------------ review
+def test_review_reports_blocks_with_their_returns_and_the_agreement(recorded, tmp_path):
+    from hydra_engine.llm.review import agreement, blocked_trades
+    from hydra_engine.review import build_review
+    from hydra_engine.tradelog import load_session
+    _, db, _ = recorded
+    s = llm_settings(tmp_path, db)
+    summary = run_session(build_sim_session(s, log_dir=tmp_path / "r"), progress=False)
+    doc = load_session(summary["log"])
+    review = build_review(doc)
+    titles = [t.title for t in review.tables]
+    assert "LLM news gate: blocked entries (what they would have returned)" in titles
+    blocks = blocked_trades(doc["cycle_details"])
+    assert blocks and all(b["symbol"] == "BTC/USD" and b["side"] == "buy" for b in blocks)
+    assert all(b["return"] is not None and b["ended"] in ("stop", "target", "time", "end of log") for b in blocks)
+    agr = agreement(doc["cycle_details"])
+    assert agr["measured"] > 0 and 0 <= agr["agreement"] <= 1 and review.metrics["llm"]["agreement"] == agr
+    # every measured BTC verdict is bearish: its agreement is exactly the share of down moves
+    btc = agr["per_symbol"]["BTC/USD"]["agreement"]
+    assert 0 <= btc <= 1
+    assert any("model trained later" in n for n in review.notes)
+
+
+def test_review_states_agreement_unmeasured_without_records(tmp_path):
+    from hydra_engine.review import build_review
+    from hydra_engine.tradelog import load_session
+    s = llm_settings(tmp_path, tmp_path / "empty.db")
+    summary = run_session(build_sim_session(s, log_dir=tmp_path / "n"), progress=False)
+    review = build_review(load_session(summary["log"]))
+    assert any(NO_RECORDS in n and "unmeasured" in n for n in review.notes)
+    [agr] = [t for t in review.tables if t.title.startswith("LLM agreement")]
+    assert agr.rows == [] and agr.note.startswith("unmeasured")
+
+
+def test_agreement_is_computed_against_the_move_that_followed():
+    from hydra_engine.llm.review import agreement
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+    closes = [100, 101, 102, 103, 104, 105, 104, 103, 102, 101, 100]       # up for 5 h, then down
+    details = [{"ts": (t0 + timedelta(hours=h)).isoformat(), "prices": {"BTC/USD": p}} for h, p in enumerate(closes)]
+    details[0]["llm_verdicts"] = [{"symbol": "BTC/USD", "made_at": t0.isoformat(), "action": "bullish"}]
+    details[5]["llm_verdicts"] = [{"symbol": "BTC/USD", "made_at": (t0 + timedelta(hours=5)).isoformat(),
+                                   "action": "bullish"},
+                                  {"symbol": "BTC/USD", "made_at": (t0 + timedelta(hours=5)).isoformat(),
+                                   "action": "hold"}]
+    agr = agreement(details, horizon_h=4)
+    assert (agr["verdicts"], agr["measured"], agr["agreement"], agr["base_rate_up"]) == (3, 2, 0.5, 0.5)
