@@ -224,7 +224,7 @@ def test_paper_wiring_polls_the_analyst_off_the_loop_and_traces_its_verdicts(tmp
         wiring.runner._running.result(timeout=30)
         later = now + timedelta(minutes=1)
         hook(later, MarketSnapshot(now=later, events=(news,)), report)
-        assert [(v["symbol"], v.get("action")) for v in report["llm_verdicts"]] == [("BTC/USD", "bearish"),
+        assert [(v["symbol"], v.get("action")) for v in report["llm_verdicts"].jsonable()] == [("BTC/USD", "bearish"),
                                                                                     ("ETH/USD", None)]
         verdict_now = wiring.gate.check(GateContext(later, None, None), "BTC/USD", "buy")
         assert verdict_now.state is GateState.RESTRICT and "LLM bearish" in verdict_now.reason
@@ -243,17 +243,18 @@ def test_verdict_trace_reports_each_outcome_once_as_it_becomes_known():
                             outcome=SymbolVerdict(symbol=symbol, action=Action.HOLD, confidence=Confidence.LOW,
                                                   reason="r"))
     book = VerdictBook([out(0), out(30), out(90)])
-    trace = VerdictTrace(book)
-    seen = []
-    for m in (10, 60, 60, 120):
-        report: dict = {}
-        trace(t0 + timedelta(minutes=m), None, report)
-        seen.append([v["call_id"] for v in report.get("llm_verdicts", [])])
-    assert seen == [["c0"], ["c30"], [], ["c90"]]
+    for trace in (VerdictTrace(book, fixed=True), VerdictTrace(book)):      # replay and live
+        seen = []
+        for m in (10, 60, 60, 120):
+            report: dict = {}
+            trace(t0 + timedelta(minutes=m), None, report)
+            traced = report.get("llm_verdicts", [])
+            seen.append([v["call_id"] for v in (traced.jsonable() if hasattr(traced, "jsonable") else traced)])
+        assert seen == [["c0"], ["c30"], [], ["c90"]]
     book.add([out(125)])                       # a live add replaces the tuple: only the new one is reported
     report = {}
     trace(t0 + timedelta(minutes=130), None, report)
-    assert [v["call_id"] for v in report["llm_verdicts"]] == ["c125"]
+    assert [v["call_id"] for v in report["llm_verdicts"].jsonable()] == ["c125"]
 
 
 # ------------------------------------------------------------------ review

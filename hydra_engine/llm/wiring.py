@@ -27,7 +27,7 @@ from typing import Mapping
 from ..strategy import DataNeed
 from .book import VerdictBook
 from .gate_rule import NO_RECORDS, LlmNewsGate
-from .record import VerdictRecorder, stamp
+from .record import VerdictRecorder
 from .schema import SymbolVerdict, TimedOutcome
 
 NEWS_NEED = DataNeed("events", "news")
@@ -62,7 +62,9 @@ def key_environ(env_file: str | Path = ".env") -> dict[str, str]:
 
 
 def outcome_json(o: TimedOutcome) -> dict:
-    base = {"symbol": o.symbol, "made_at": stamp(o.made_at), "call_id": o.call_id}
+    # made_at is UTC (TimedOutcome checks it): the record's fixed-width stamp without stamp()'s re-checks
+    made = o.made_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    base = {"symbol": o.symbol, "made_at": made, "call_id": o.call_id}
     if isinstance(o.outcome, SymbolVerdict):
         return {**base, "action": o.outcome.action.value, "confidence": o.outcome.confidence.value,
                 "reason": o.outcome.reason}
@@ -75,20 +77,43 @@ def fingerprint(outcomes: list[TimedOutcome]) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+class VerdictNotes(list):
+    """The outcomes a cycle reports, turned into JSON only when the report is formatted
+    (``cycle_report.format_report``): a cycle whose report nobody reads pays nothing for them."""
+
+    def jsonable(self) -> list[dict]:
+        return [outcome_json(o) for o in self]
+
+
 class VerdictTrace:
     """A cycle hook (``Engine.cycle_hooks``): puts the outcomes that became known since the last cycle
     (``made_at <= now``, each once) into ``report["llm_verdicts"]``; with a runner, first asks it to
-    start a scan when one is due. Per cycle: a bisect per watched symbol, nothing else."""
+    start a scan when one is due. Replay (``fixed``: the book never changes): one bisect a cycle over
+    every outcome's time; live: a bisect per watched symbol."""
 
     name = "llm_news"
 
-    def __init__(self, book: VerdictBook, runner=None):
+    def __init__(self, book: VerdictBook, runner=None, *, fixed: bool = False):
         self.book = book
         self.runner = runner
         # symbol -> (the history tuple last seen, how many of it were reported, the last reported outcome)
         self._seen: dict[str, tuple[tuple, int, TimedOutcome | None]] = {}
+        self._fixed: list[TimedOutcome] | None = None
+        if fixed:
+            self._fixed = sorted((o for s in book.symbols() for o in book.history(s)),
+                                 key=lambda o: (o.made_at, o.symbol))
+            self._fixed_s = [o.made_at.timestamp() for o in self._fixed]
+            # formatted once here, as the rows are read: a cycle then reports a slice of them
+            self._fixed_json = [outcome_json(o) for o in self._fixed]
+            self._done = 0
 
     def __call__(self, now: datetime, market, report: dict) -> None:
+        if self._fixed is not None:
+            end = bisect_right(self._fixed_s, now.timestamp())
+            if end > self._done:
+                report["llm_verdicts"] = self._fixed_json[self._done:end]
+                self._done = end
+            return
         if self.runner is not None:
             self.runner.poll(now, market.events_of("news"))
         new: list[TimedOutcome] = []
@@ -100,7 +125,7 @@ class VerdictTrace:
                 new += history[start:end]
                 self._seen[symbol] = (history, end, history[end - 1])
         if new:
-            report["llm_verdicts"] = [outcome_json(o) for o in sorted(new, key=lambda o: (o.made_at, o.symbol))]
+            report["llm_verdicts"] = VerdictNotes(sorted(new, key=lambda o: (o.made_at, o.symbol)))
 
     def _start(self, symbol: str, history: tuple) -> int:
         seen, reported, last = self._seen.get(symbol, ((), 0, None))
@@ -154,7 +179,7 @@ def replay_llm(settings, start: datetime, end: datetime) -> LlmWiring:
     else:
         notes = [f"llm_news: replaying {len(outcomes)} recorded outcome(s), {verdicts} verdict(s), for this span "
                  f"(sha256 {meta['llm']['verdicts_sha256'][:12]})"]
-    return LlmWiring([gate], [VerdictTrace(gate.book)], meta, notes, gate=gate)
+    return LlmWiring([gate], [VerdictTrace(gate.book, fixed=True)], meta, notes, gate=gate)
 
 
 def paper_llm(settings, *, environ: Mapping[str, str] | None = None, now: datetime | None = None,
