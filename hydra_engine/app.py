@@ -22,6 +22,7 @@ from .data.event_feeds import event_feeds_for
 from .data.replay import ReplayMarketData
 from .domain import UTC
 from .engine import Engine
+from .llm.wiring import replay_llm
 from .plugins import build_modifiers, build_strategies, discover_all
 from .positions import PositionManager
 from .regime import TrendVolRule, load_detector
@@ -42,6 +43,7 @@ class Session:
     session_log: SessionLog | None     # None (and store None): persistence off
     store: Store | None
     before_cycle: Callable[[Engine, datetime], None] | None = None   # e.g. paper: kill control, reconcile
+    on_close: Callable[[], None] | None = None    # e.g. paper: stop the LLM analyst's thread
 
 
 def build_regime_detector(settings: Settings):
@@ -160,13 +162,17 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
         venues_meta = {"venues": {"sim": "alpaca-like simulated broker", "perp": "simulated Binance USD-M"},
                        "perp_symbols": perps,
                        "perp_starting_balance_usdt": settings.perps.starting_balance_usdt}
+    llm = replay_llm(settings, ticks[0], ticks[-1])   # the recorded verdicts, or none: never a client
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode=mode,
         log_dir=log_dir or settings.resolve_path(settings.engine.log_dir),
         metadata={"data_folder": str(folder), "data_start": ticks[0], "data_end": ticks[-1],
                   "fee_bps": settings.broker.fee_bps, "slippage_bps": settings.broker.slippage_bps,
-                  "data_quality": {k: v for k, v in vars(market.quality).items() if v}, **venues_meta},
-        store_batch=500, history_dir=folder, persist=persist, **extra)
+                  "data_quality": {k: v for k, v in vars(market.quality).items() if v}, **venues_meta,
+                  **llm.metadata},
+        store_batch=500, history_dir=folder, persist=persist,
+        **{**extra, "gate_rules": [*extra.get("gate_rules", []), *llm.gate_rules]})
+    llm.attach(engine)
     replaced = store.forget_session(session_id) if store else 0  # ids are deterministic: a re-run replaces
     if replaced:
         log.info("replacing the %d stored cycles of an earlier run of %s", replaced, session_id)
@@ -205,6 +211,8 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
     except KeyboardInterrupt:   # Ctrl-C in a replay ends it as the live clock's does: cleanly, with the summary
         log.info("session stopped by the user after %d cycles", engine.cycle)
     finally:
+        if session.on_close is not None:
+            session.on_close()
         summary = engine.summary()
         for w in watchers:
             w.stop(summary)

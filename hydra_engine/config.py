@@ -24,6 +24,8 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Val
                       field_validator, model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from .llm.schema import LlmSettings
+
 _log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "hydra.toml"
@@ -213,6 +215,7 @@ class Settings(BaseSettings):
     perps: PerpsConfig = PerpsConfig()
     logs: LogsConfig = LogsConfig()
     notify: NotifyConfig = NotifyConfig()
+    llm: LlmSettings = LlmSettings()        # the LLM news gate (issue #22); off by default, needs no key
 
     _toml_path: Path | None = None
 
@@ -237,6 +240,12 @@ class Settings(BaseSettings):
             data.pop("perps")
         data.pop("logs", None)     # retention and notifications change no decision
         data.pop("notify", None)
+        # the LLM gate counts only when enabled (off, no [llm] value can change a decision, and every
+        # existing configuration keeps its hash); where its verdicts are stored does not count, as storage
+        if self.llm.enabled:
+            data["llm"].pop("verdicts_url", None)
+        else:
+            data.pop("llm", None)
         payload = json.dumps(data, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -276,7 +285,7 @@ def _lookup(data: dict, loc: tuple) -> tuple[bool, Any]:
 
 _SECRET_NAME = re.compile(r"key|secret|token|password", re.IGNORECASE)
 _KEYS_HINT = ("API keys are not settings: set ALPACA_API_KEY and ALPACA_SECRET_KEY (or APCA_API_KEY_ID and "
-              "APCA_API_SECRET_KEY) in the environment or .env")
+              "APCA_API_SECRET_KEY), and ANTHROPIC_API_KEY for the LLM news gate, in the environment or .env")
 
 
 def _names_a_secret(key: str, value: Any) -> bool:

@@ -43,6 +43,9 @@ def format_report(report: dict) -> None:
     ISO time, prices rounded to 8 places (non-finite ones dropped), a copy of the regime reading, weights
     rounded to 6 places, equity and cash to the cent."""
     report["ts"] = to_jsonable(report["ts"])
+    traced = report.get("llm_verdicts")           # the LLM gate's trace (llm/wiring.py), formatted only when read
+    if traced is not None and hasattr(traced, "jsonable"):
+        report["llm_verdicts"] = traced.jsonable()
     if "prices" in report:
         report["prices"] = {s: round(p, 8) for s, p in report["prices"].items() if math.isfinite(p)}
     if "regime" in report:

@@ -92,6 +92,9 @@ class Engine:
         self.gate = default_gate(settings, self)
         for rule in gate_rules or ():
             self.gate.add(rule)
+        # called once a cycle right after OBSERVE as ``hook(now, snapshot, report)`` (e.g. the LLM analyst's
+        # scan trigger and verdict trace); one that raises is recorded in the cycle's errors and skipped
+        self.cycle_hooks: list = []
         self.regime = RegimeReading(Regime.UNKNOWN, 0.0, "none", _EPOCH, {"why": "not detected yet"})
         self._regime_json: tuple = (None, None)          # (reading, its to_jsonable form): the cycle log's copy
         self._gating: tuple = (None, [], [])             # (reading, strategies run, strategies gated)
@@ -178,6 +181,12 @@ class Engine:
         for pos in self.book.settle_orders(now, report):  # entries done: the venue may trail them now
             self.executor.protect(pos, now, report)
         market = self._observe(now, report)               # 1. OBSERVE
+        for hook in self.cycle_hooks:
+            try:
+                hook(now, market, report)
+            except Exception as exc:  # noqa: BLE001 -- a side task must not stop the cycle
+                report["errors"].append(f"cycle hook {getattr(hook, 'name', type(hook).__name__)}: "
+                                        f"{type(exc).__name__}: {exc}")
         self._detect_regime(market, now, report)          # 2. DETECT REGIME
         ctx = GateContext(now, market, self.regime, self.cycle, {}, None)
         book_verdict = self.gate.for_book(ctx)

@@ -21,6 +21,7 @@ from .clock import LiveClock
 from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
 from .data.event_feeds import event_feeds_for
 from .data.feeds import MarketDataWithFeeds
+from .llm.wiring import paper_llm
 from .plugins import build_strategies
 from .domain import UTC, Order, OrderStatus, OrderType
 from .executor import order_dict
@@ -90,13 +91,16 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         feed = BinanceDerivativesFeed(binance_client or BinanceFuturesClient(base_url=binance_url), crypto)
         feeds["binance"] = TrustedSeriesOnly(feed)
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
+    llm = paper_llm(settings, now=started)   # issue #22: live gate + analyst off the hot path (off: nothing)
     market = MarketDataWithFeeds(alpaca_data, feeds, event_feeds=event_feeds_for(
-        strategies, settings.resolve_path(settings.data.replay_dir), live=True))
+        strategies, settings.resolve_path(settings.data.replay_dir), live=True, extra_needs=llm.event_needs))
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
         log_dir=log_dir, metadata={"trading_url": broker.trading_url if hasattr(broker, "trading_url") else None,
-                                   **({"dry_run_clock_start": clock_start.isoformat()} if clock_start else {})},
-        store_batch=1)
+                                   **({"dry_run_clock_start": clock_start.isoformat()} if clock_start else {}),
+                                   **llm.metadata},
+        store_batch=1, gate_rules=llm.gate_rules)
+    llm.attach(engine)
     watch_key = f"fill_watch:{engine.mode}"
     try:
         previous = store.load_state(engine.state_key)
@@ -287,7 +291,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         engine.startup_notes.append(said)
     engine.after_fills_hooks.append(reconcile_after_fills)
     engine.cycle_end_hooks += [book_final_fills, report_faults]
-    return Session(engine, clock, session_log, store, before_cycle=before_cycle)
+    return Session(engine, clock, session_log, store, before_cycle=before_cycle, on_close=llm.close)
 
 
 def resume_fill_watch(broker, store: Store, started: datetime, watch_key: str = "fill_watch:paper") -> None:

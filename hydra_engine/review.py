@@ -157,6 +157,12 @@ def build_review(doc: dict, periods_per_year: float | None = None, source: str =
                             [[k, str(v["trades"]), fmt_pct(v["win_rate"], 1), fmt_usd(v["pnl_usd"]),
                               fmt_num(v["avg_r"])] for k, v in m["exit_reasons"].items()]))
     tables.append(veto_table(doc.get("cycle_details", []), doc.get("summary")))
+    from .llm.review import llm_review   # the LLM gate's blocks and agreement, when the session ran it
+    llm_tables, llm_notes, llm_metrics = llm_review(doc)
+    tables += llm_tables
+    notes += llm_notes
+    if llm_metrics:
+        m["llm"] = llm_metrics
     return Review(f"HYDRA session review: {s.get('session_id', '?')}", header, m, tables, notes)
 
 

@@ -8,6 +8,8 @@ headline files in shared/data/news (issue #22). Contract: shared/contracts/NOTES
   CryptoCompare mixes coins and topics in its pipe-separated ``categories``: upper-case codes are coins,
   except the topic codes in ``_CC_TOPIC_CODES``; the rest (``Market``, ``Trading``) stay categories.
   CryptoPanic's ``currencies`` tags are noisy (NOTES-2 2.6): they are passed on, never trusted more.
+  The untagged 2024 replay file (``crypto_headlines_*``) is tagged by the coins its title names as whole
+  words (:func:`coins_named`); a headline naming none stays ``market``.
 * **De-duplication** (:class:`NewsDeduper`, shareable between feeds): by (provider, id), then by the
   canonical URL (host lower-cased without ``www.``, ``utm_*``/``mtm_*`` parameters, fragment and
   trailing slash dropped), then by the normalised title when it has at least 4 words (shorter ones,
@@ -115,6 +117,16 @@ def news_events(item: NewsItem, known_at: datetime | None = None, happened_at: d
     return [Event(kind="news", subject=s, happened_at=happened_at or item.published_at,
                   known_at=known_at or item.published_at, payload=payload, source=item.provider)
             for s in (item.symbols or ("market",))]
+
+
+_COIN_WORDS = {"bitcoin": "BTC", "bitcoins": "BTC", "btc": "BTC", "ethereum": "ETH", "ether": "ETH", "eth": "ETH"}
+
+
+def coins_named(title: str) -> tuple[str, ...]:
+    """The coin codes a headline names as whole words ("bitcoin", "BTC", "ether"...), in a fixed order;
+    for replay files that carry no tags (a word inside another, "tether" or "bitcoinist", does not count)."""
+    words = set(re.findall(r"[a-z]+", title.lower()))
+    return tuple(sorted({code for word, code in _COIN_WORDS.items() if word in words}))
 
 
 def _summary(text: object) -> str:
@@ -286,8 +298,9 @@ def _replay_row(name: str, row: dict) -> tuple[str, str, str, str, datetime, str
     def stamp(fmt: str, value: str) -> datetime:
         return datetime.strptime(value.strip(), fmt).replace(tzinfo=UTC)   # UTC where provenance says none
     try:
-        if name.startswith("crypto_headlines_"):
-            return row["headline"], "", row["description"], "", stamp("%Y-%m-%d %H:%M:%S", row["date"]), "second", ()
+        if name.startswith("crypto_headlines_"):   # untagged: the coins its (lower-cased) title names
+            return (row["headline"], "", row["description"], "", stamp("%Y-%m-%d %H:%M:%S", row["date"]), "second",
+                    coins_named(row["headline"]))
         if name.startswith("cryptocompare_format_"):
             return (row["title"], row["url"], row["body"], row["source"],
                     stamp("%Y-%m-%d %H:%M:%S", row["published_on"]), "second", ())

@@ -309,6 +309,20 @@ def _live_launches_feed(data_dir: Path) -> EventFeed:
 register_event_feed(EventFeedFactory(("ai_model_launch",), replay=curated_launches_feed, live=_live_launches_feed))
 
 
+def _news_replay(data_dir: Path) -> EventFeed:
+    from ..adapters.news_feeds import news_replay_feed   # imported when built: the adapters import requests
+    return news_replay_feed(data_dir)
+
+
+def _news_live(data_dir: Path) -> EventFeed:
+    from ..adapters.news_feeds import news_live_feed
+    return news_live_feed(data_dir)
+
+
+# headlines for the LLM news analyst (issue #22): the shipped files in replay, CryptoCompare + CryptoPanic live
+register_event_feed(EventFeedFactory(("news",), replay=_news_replay, live=_news_live))
+
+
 def event_kinds_needed(needs: Iterable) -> list[str]:
     """The event kinds named by ``DataNeed("events", kind)`` entries, first-seen order, once each."""
     return list(dict.fromkeys(n.symbol for n in needs if n.kind == "events"))
@@ -345,13 +359,15 @@ def build_event_feeds(needs: Iterable, data_dir: str | Path, *, live: bool = Fal
 
 
 def event_feeds_for(strategies: Iterable, data_dir: str | Path, *, live: bool = False,
-                    registry: Mapping[str, EventFeedFactory] | None = None) -> list[EventFeed]:
+                    registry: Mapping[str, EventFeedFactory] | None = None,
+                    extra_needs: Iterable = ()) -> list[EventFeed]:
     """What the composition root calls: the feeds for every ``DataNeed("events", kind)`` of the enabled
-    plugins (objects with ``name`` and ``data_needs``). A refused kind names the plugins that need it."""
+    plugins (objects with ``name`` and ``data_needs``) and ``extra_needs`` (the engine's own: the LLM
+    analyst's ``news``). A refused kind names the plugins that need it."""
     strategies = list(strategies)
     try:
-        return build_event_feeds([n for s in strategies for n in s.data_needs], data_dir, live=live,
-                                 registry=registry)
+        return build_event_feeds([*(n for s in strategies for n in s.data_needs), *extra_needs], data_dir,
+                                 live=live, registry=registry)
     except EventKindError as exc:
         wanted = {k: [s.name for s in strategies if any(n.kind == "events" and n.symbol == k for n in s.data_needs)]
                   for k in event_kinds_needed(n for s in strategies for n in s.data_needs)}

@@ -66,6 +66,11 @@ class VerdictBook:
         j = bisect_right(verdicts, now, key=lambda o: o.made_at)
         return Lookup(verdicts[j - 1] if j else None, all_[i - 1] if i else None)
 
+    def history(self, symbol: str) -> tuple[TimedOutcome, ...]:
+        """Every outcome kept for ``symbol``, oldest first (an immutable tuple: replaced, never changed)."""
+        entry = self._by_symbol.get(symbol)
+        return entry[0] if entry is not None else ()
+
     def symbols(self) -> list[str]:
         return sorted(self._by_symbol)
 

@@ -6,14 +6,18 @@ model specification's table to the newest verdict per symbol.
 | bullish | allow            | RESTRICT           |
 | bearish | RESTRICT         | allow              |
 | hold    | RESTRICT         | RESTRICT           |
-| exit    | RESTRICT (+ an exit request when ``llm.exit_requests_enabled``) | RESTRICT |
+| exit    | RESTRICT; BLOCK when ``llm.exit_requests_enabled`` | the same |
 
 A verdict older than ``llm.verdict_max_age_minutes`` counts as none. With none, ``llm.no_verdict_means``
 decides: ``allow`` (the specification's default) or ``hold`` (no new entries on that symbol). A failed
 scan does not erase a verdict still within its age: the newest *valid* verdict applies, and the failure
-is named in the trace only when there is none. RESTRICT, not BLOCK: the rule refuses entries on one
-symbol; flattening is asked for separately, through :meth:`LlmNewsGate.exit_requests`, and only when
-enabled, because what BLOCK does for a symbol-scope rule is the engine's to define.
+is named in the trace only when there is none.
+
+Exit verdicts become exits only when ``llm.exit_requests_enabled``: the rule is then ``can_block`` and
+answers BLOCK for a symbol whose current verdict is ``exit``, and the engine's one flatten path
+(``EntryGate.flatten``, asked about every held symbol each cycle) closes the position with exit reason
+``gate:llm_news``. No second exit channel exists for the LLM. Otherwise (the default) an exit verdict
+only refuses entries, like hold. :meth:`LlmNewsGate.exit_requests` lists the same symbols, for reports.
 
 ``check`` reads the verdict book (a dict lookup and a bisect over a few entries), never the network: the
 analyst fills the book on its own thread (live), or the book is the recorded verdicts (replay).
@@ -62,6 +66,8 @@ class LlmNewsGate:
         # allows, whatever no_verdict_means says (hold would turn a missing record into a backtest
         # without trades, which is a finding about the record, not about the strategy)
         self.no_records = replay and len(book) == 0
+        # asked by EntryGate.flatten about every held symbol only when exit verdicts may close positions
+        self.can_block = settings.exit_requests_enabled
 
     @classmethod
     def live(cls, settings: LlmSettings) -> "LlmNewsGate":
@@ -91,8 +97,9 @@ class LlmNewsGate:
         said = f"LLM {v.action.value} ({v.confidence.value}, {current.made_at:%Y-%m-%d %H:%M}Z): {v.reason}"
         direction = _direction(side)
         if v.action is Action.EXIT:
-            asks = "; exit requested" if self.settings.exit_requests_enabled else ""
-            return GateVerdict(GateState.RESTRICT, self.name, f"{said} -- blocks entries{asks}")
+            if self.settings.exit_requests_enabled:
+                return GateVerdict(GateState.BLOCK, self.name, f"{said} -- blocks entries; exit requested (closes the position)")
+            return GateVerdict(GateState.RESTRICT, self.name, f"{said} -- blocks entries")
         if v.action is Action.HOLD:
             return GateVerdict(GateState.RESTRICT, self.name, f"{said} -- blocks entries")
         if v.action is Action.BEARISH and direction == "long":
@@ -125,7 +132,8 @@ class LlmNewsGate:
 
     def exit_requests(self, now: datetime) -> list[ExitRequest]:
         """The watched symbols whose current verdict is ``exit``, when ``llm.exit_requests_enabled``;
-        otherwise none. For the engine to turn into closing orders (not wired yet: see the report)."""
+        otherwise none. The engine closes them through ``EntryGate.flatten`` (``check`` answers BLOCK for
+        them); this list is the same answer for reports and tests."""
         if not self.settings.exit_requests_enabled or self.no_records:
             return []
         out = []

@@ -153,7 +153,7 @@ class TimedOutcome(BaseModel):
 
 
 class LlmSettings(BaseModel):
-    """The ``[llm]`` section (proposed for ``hydra_engine/config.py``; see the report of issue #22).
+    """The ``[llm]`` section of ``hydra.toml`` (``Settings.llm``; it behaves as ``config._Section``).
 
     The API key is not a setting: ``ANTHROPIC_API_KEY`` from the environment only."""
 
@@ -176,6 +176,10 @@ class LlmSettings(BaseModel):
     summary_max_chars: int = Field(300, ge=0, le=2000)
     input_usd_per_mtok: float = Field(3.0, ge=0, description="price per million input tokens")
     output_usd_per_mtok: float = Field(15.0, ge=0, description="price per million output tokens")
+    # where every call and verdict is recorded (paper, `hydra llm record`) and replayed from (backtest, sim):
+    # its own database, so a backtest (which writes its store into --out) still finds the recorded verdicts
+    verdicts_url: str = Field("sqlite:///logs/llm_verdicts.db", min_length=1,
+                              description="SQLAlchemy URL; a relative sqlite path is under the project")
 
     @field_validator("*", mode="before")
     @classmethod
