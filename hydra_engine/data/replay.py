@@ -22,6 +22,7 @@ import pandas as pd
 from ..domain import UTC, require_utc
 from ..events import EventFeed
 from ..ports import BarSeries, MarketSnapshot, PointSeries
+from .fine_bars import FineBars
 from .catalog import BAR_SOURCES, POINT_SOURCES, BarSource, PointSource, read_bars, read_points
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class ReplayMarketData:
                  crypto_stale_after_s: int = 7500, equity_stale_after_s: int = 4 * 86400,
                  bar_sources: dict[str, BarSource] | None = None,
                  point_sources: list[PointSource] | None = None, regime_history_days: dict[str, int] | None = None,
-                 event_feeds: Sequence[EventFeed] = ()):
+                 event_feeds: Sequence[EventFeed] = (), fine_bars: bool = True):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataFolderError(f"replay data folder not found: {self.folder}")
@@ -191,6 +192,8 @@ class ReplayMarketData:
             frame = frame.drop_duplicates("known_at", keep="last")
             self._points[(src.kind, src.symbol)] = _Points(src.kind, src.symbol, _epoch_s(frame["known_at"]),
                                                            frame["value"].to_numpy(dtype=float))
+        # finer bars (BTC 5-minute, SPY 1-minute) for the position manager's intrabar exits, read on first use
+        self._fine = FineBars(self.folder, symbols) if fine_bars else None
         self._clocks = self._group_clocks()
         # the snapshot fills its dicts clock by clock; when that is not the symbol order (clocks interleave)
         # it re-orders them, so reports list symbols in the same order whatever the grouping
@@ -295,6 +298,8 @@ class ReplayMarketData:
             newest_ts = {s: newest_ts[s] for s in order if s in newest_ts}
             closes = {s: closes[s] for s in order if s in closes}
         snap = MarketSnapshot(now, _LazyBars(self._series, spans), {}, stale, {}, newest_ts, closes)
+        if self._fine:
+            snap.fine_path = self._fine.path
         if self._regime_bars:
             longer = {}
             for symbol, keep in self._regime_bars.items():
@@ -357,6 +362,18 @@ class ReplayMarketData:
         if k < 0:
             return None
         return datetime.fromtimestamp(int(b.close_ts[k]), UTC), float(b.c[k])
+
+    def bar_at(self, symbol: str, at: datetime) -> tuple[datetime, datetime, float, float, float, float] | None:
+        """The last bar of ``symbol`` closed at or before ``at``: (open time, close time, open, high, low,
+        close); None before the first. The simulated broker fills an intrabar stop or target exit in it."""
+        b = self._bars.get(symbol)
+        if b is None:
+            return None
+        k = int(b.close_ts.searchsorted(int(at.timestamp()), "right")) - 1
+        if k < 0:
+            return None
+        return (datetime.fromtimestamp(int(b.open_ts[k]), UTC), datetime.fromtimestamp(int(b.close_ts[k]), UTC),
+                float(b.o[k]), float(b.h[k]), float(b.l[k]), float(b.c[k]))
 
     # ------------------------------------------------------------------ the simulated clock's steps
     def timeline(self) -> list[datetime]:
