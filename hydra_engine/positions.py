@@ -192,24 +192,20 @@ class PositionManager:
         opened_s = pos.opened_at.timestamp()
         seen = self._scanned.get(symbol)
         after = seen[1] if seen is not None and seen[0] == opened_s else -math.inf
-        now_s = now.timestamp()
         ts = bars.ts
         k = int(np.searchsorted(ts, max(opened_s, after + 1) if after > -math.inf else opened_s, "left"))
         if after == -math.inf:
             # first sight of this position: only its newest closed bar. In a replay that is the bar it was
             # filled in; after a restart, the older bars are summed up in the restored stop and high-water
             # mark, and walking them again would set the ratcheted stop against lows that came before it
-            newest = int(np.searchsorted(ts, now.timestamp() - bars.interval_s, "right")) - 1
-            k = max(k, newest)
+            k = max(k, len(ts) - 1)
         long = pos.qty > 0
         hwm = pos.high_water_mark or float(pos.avg_entry_price)
         stop, target = pos.stop_price, pos.target_price
         trail, mult = pos.trailing_stop_pct, pos.trailing_atr_mult
         fine = getattr(market, "fine_path", None)
         for j in range(k, len(ts)):
-            open_s = int(ts[j])
-            if open_s + bars.interval_s > now_s:
-                break
+            open_s = int(ts[j])   # a snapshot holds closed bars only (a daily bar's interval is not its session)
             o, h, lo, c = (float(bars.open[j]), float(bars.high[j]), float(bars.low[j]), float(bars.close[j]))
             if not all(0 < v < math.inf for v in (o, h, lo, c)):
                 continue
@@ -219,7 +215,7 @@ class PositionManager:
             # finer bars, where the data has them, decide an undecidable bar and say whether a stop or
             # target touched in it was touched continuously or jumped through (a finer bar's open beyond it)
             if fine is not None and (step.ambiguous or (step.event and not step.gapped)):
-                path = fine(symbol, open_s, open_s + bars.interval_s, (o, h, lo, c))
+                path = fine(symbol, open_s, min(open_s + bars.interval_s, int(now.timestamp())), (o, h, lo, c))
                 if path:
                     step = walk_path(long, path, stop, target, hwm, trail, mult, atr)
                     self.fine_resolutions += 1

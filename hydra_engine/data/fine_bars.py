@@ -65,7 +65,7 @@ class FineBars:
         try:
             if src.reader == "binance_klines":
                 raw = read_parquet(self.folder / src.path, columns=["ts", "open", "high", "low", "close"])
-                ts = pd.to_datetime(raw["ts"], utc=True).astype("int64").to_numpy() // 1_000_000_000
+                ts = pd.to_datetime(raw["ts"], utc=True).astype("datetime64[ns, UTC]").astype("int64").to_numpy() // 1_000_000_000
                 arrays = (ts, *(raw[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close")))
             else:
                 path = self.folder / src.path / f"{key}_{src.symbol}_1M.csv.gz"
@@ -73,8 +73,10 @@ class FineBars:
                     raw = pd.read_csv(path)
                     local = pd.to_datetime(raw["timestamp"])
                     ts = local.dt.tz_localize(NY, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
-                    keep = ts.notna().to_numpy()
-                    ts = ts[keep].astype("int64").to_numpy() // 1_000_000_000
+                    minute = (local.dt.hour * 60 + local.dt.minute).to_numpy()
+                    # the regular session only: a resting stop does not trade pre- or post-market
+                    keep = ts.notna().to_numpy() & (minute >= 9 * 60 + 30) & (minute < 16 * 60)
+                    ts = ts[keep].astype("datetime64[ns, UTC]").astype("int64").to_numpy() // 1_000_000_000
                     order = np.argsort(ts, kind="stable")   # the files are newest first
                     arrays = (ts[order], *(raw.loc[keep, c].to_numpy(dtype=float)[order]
                                            for c in ("open", "high", "low", "close")))
