@@ -173,9 +173,14 @@ class ReplayMarketData:
             raise DataFolderError(f"no replay source for symbols {unknown}; known: {sorted(sources)}")
         self._bars: dict[str, _Bars] = {}
         self._stale_after: dict[str, int] = {}
+        self.bar_source_notes: dict[str, str] = {}     # symbol -> which files (spliced daily sources, #17)
+        self.source_notes: list[str] = []               # sources left out, and why
         for symbol in wanted:
             src = sources[symbol]
-            frame, bad = clean_bars(self._read(src.path, read_bars, src), symbol, self.quality)
+            raw = self._read(src.path, read_bars, src)
+            self.bar_source_notes[symbol] = raw.attrs.get("source_note") or src.path
+            self.source_notes += raw.attrs.get("source_notes") or []
+            frame, bad = clean_bars(raw, symbol, self.quality)
             self._bars[symbol] = _Bars(
                 symbol, int(src.interval.total_seconds()), _epoch_s(frame["open_time"]), _epoch_s(frame["close_time"]),
                 *(frame[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close", "volume")), bad)
@@ -220,7 +225,7 @@ class ReplayMarketData:
 
     def _read(self, rel: str, reader, src):
         path = self.folder / rel
-        if not path.is_file():
+        if not path.exists():
             raise DataFolderError(f"replay data file missing: {path} (needed for {src.symbol})")
         try:
             return reader(path, src)
