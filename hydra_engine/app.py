@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from . import __version__
 from .aggregator import SignalAggregator
 from .brokers.capabilities import DEFAULT_ASSET_SPECS
 from .brokers.sim import SimulatedBroker
+from .run_notes import FoldedWarnings
 from .clock import LiveClock, SimulatedClock
 from .config import Settings, utc_stamp
 from .data.event_feeds import event_feeds_for
@@ -146,12 +148,19 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
         from tqdm import tqdm
         bar = tqdm(total=total, unit="cycle", desc="HYDRA sim", file=sys.stderr, mininterval=0.5,
                    dynamic_ncols=True)
+    folded = FoldedWarnings(lambda: engine.cycle)   # library warnings become notes, not raw log lines (#17)
 
     def tick(now: datetime) -> bool:
         if session.before_cycle is not None:
             session.before_cycle(engine, now)
+        t_cycle = time.perf_counter()
         report = engine.run_cycle(now)
-        if bar is not None:
+        if bar is not None and engine.cycle == 1 and total and total > 1:
+            # the first cycle carries one-off work (the regime refit on the history before the span): the
+            # ETA restarts after it, so it measures the cycles still to come (issue #17)
+            bar.reset(total=total - 1)
+            bar.set_description(f"HYDRA sim (first cycle {time.perf_counter() - t_cycle:.1f} s)")
+        elif bar is not None:
             bar.update(1)
             if engine.cycle % 200 == 0:
                 bar.set_postfix_str(f"{now:%Y-%m-%d} equity ${float(report['equity_usd']):,.0f} "
@@ -159,11 +168,14 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
         return True
 
     try:
-        session.clock.run(tick, max_ticks=max_cycles)
+        with folded:
+            session.clock.run(tick, max_ticks=max_cycles)
     finally:
         if bar is not None:
             bar.close()
         summary = engine.summary()
+        if folded.seen:
+            summary["library_notes"] = folded.notes()
         if session.session_log is not None:
             session.session_log.close(datetime.now(UTC), summary)
         if session.store is not None:

@@ -365,6 +365,7 @@ def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, 
         result["notes"].append(f"kill switch {k['rule']} fired {k['at']}: {k['reason']}; entries blocked "
                                f"{'until ' + str(k['resumed_at']) + ' (' + str(k['resumed_by']) + ')' if k.get('resumed_at') else 'to the end'}"
                                f", {100 * k['share_of_span_blocked']:.0f}% of the span ({kill_policy})")
+    result["notes"] += summary.get("library_notes") or []   # hmmlearn / refit warnings, folded (#17)
     if result["regime_stale_cycles"]:
         result["notes"].append(f"{result['regime_stale_cycles']} cycles from {result['regime_stale_from']} read the "
                                f"regime UNKNOWN because its inputs were stale (older than "

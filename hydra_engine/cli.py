@@ -50,6 +50,8 @@ def _print_summary(summary: dict) -> None:
         k = summary["kill"]
         print(f"kill              {k['rule']} at {k['at']}: {k['reason']} "
               f"({'resumed ' + k['resumed_at'] if k.get('resumed_at') else 'entries blocked until `resume`'})")
+    for note in summary.get("library_notes") or ():
+        print(f"note: {note}")
     if summary["open_positions"]:
         print("open positions    " + ", ".join(f"{k} {v}" for k, v in summary["open_positions"].items()))
     print(f"trade log         {summary['log']}")

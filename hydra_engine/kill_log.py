@@ -27,7 +27,9 @@ class KillLog:
 
     def step(self, engine, now: datetime, report: dict) -> None:
         """Once a cycle, after the kill switches ran and before the entry gate reads them."""
-        s = engine.risk.state
+        s = getattr(engine.risk, "state", None)
+        if s is None or not hasattr(s, "killed"):   # a risk layer without a kill state (benchmark stand-ins)
+            return
         if s.killed and self._open is None:
             self._open = {"rule": s.kill_rule, "reason": s.kill_reason, "at": s.killed_at or now,
                           "resumed_at": None, "resumed_by": None}

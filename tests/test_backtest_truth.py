@@ -125,3 +125,18 @@ def test_missing_data_is_said_before_the_run(tmp_path, shared_data):
     assert any(n.startswith(note) for n in res["notes"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert any(n.startswith(note) for n in metrics["notes"]) and metrics["coverage"]["rows"]
+
+
+def test_library_warnings_become_notes():
+    import logging
+
+    from hydra_engine.run_notes import FoldedWarnings
+    cycle = [3]
+    with FoldedWarnings(lambda: cycle[0]) as folded:
+        for v in (-1.5, -1.25):
+            logging.getLogger("hmmlearn.base").warning(f"Model is not converging.  Current: {v}")
+        cycle[0] = 9
+        logging.getLogger("hydra_engine.regime_refit").warning("regime refit at %s failed: %s", "2021-01-01", "x")
+    assert folded.notes() == ["hmmlearn: Model is not converging.  Current: -1.5 (x2, first at cycle 3)",
+                              "hydra_engine.regime_refit: regime refit at 2021-01-01 failed: x (first at cycle 9)"]
+    assert logging.getLogger("hmmlearn").propagate      # restored after the run
