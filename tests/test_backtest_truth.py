@@ -140,3 +140,16 @@ def test_library_warnings_become_notes():
     assert folded.notes() == ["hmmlearn: Model is not converging.  Current: -1.5 (x2, first at cycle 3)",
                               "hydra_engine.regime_refit: regime refit at 2021-01-01 failed: x (first at cycle 9)"]
     assert logging.getLogger("hmmlearn").propagate      # restored after the run
+
+
+def test_review_names_refused_rows_stale_regime_and_kills():
+    from hydra_engine.review import build_review
+    doc = {"session": {"session_id": "x", "data_quality": {"dropped_bad_price": {"ETH/USD": 3}}},
+           "summary": {"regime_stale_cycles": 5, "regime_stale_from": "2025-01-05T00:00:00Z",
+                       "kills": [{"rule": "manual", "at": "2024-03-04T00:00:00Z", "reason": "r", "resumed_at": None}]},
+           "cycles": [{"ts": "2024-03-01T00:00:00Z", "equity_usd": "100"}, {"ts": "2024-03-02T00:00:00Z", "equity_usd": "100"}],
+           "trades": [], "fills": []}
+    notes = build_review(doc).notes
+    assert "note: refused data rows: dropped bad price: ETH/USD 3" in notes
+    assert any("5 cycles from 2025-01-05" in n for n in notes)
+    assert any(n.startswith("note: kill switch manual fired 2024-03-04") and "never resumed" in n for n in notes)
