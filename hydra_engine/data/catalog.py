@@ -104,9 +104,9 @@ def read_bars(path, source: BarSource) -> pd.DataFrame:
         frame = pd.DataFrame({"open_time": opens, "close_time": closes, "open": close, "high": close,
                               "low": close, "close": close, "volume": 0.0})
     elif source.reader in ("merged_equity", "merged_vix"):
-        from .equity_sources import EQUITY_SOURCES, VIX_SOURCES, splice
+        from .equity_sources import EQUITY_SOURCES, VIX_SOURCES, splice_cached
         folder = Path(path).parents[len(Path(source.path).parts) - 1]
-        spliced = splice(source.symbol, folder, EQUITY_SOURCES if source.reader == "merged_equity" else VIX_SOURCES)
+        spliced = splice_cached(source.symbol, folder, EQUITY_SOURCES if source.reader == "merged_equity" else VIX_SOURCES)
         if spliced is None:
             raise FileNotFoundError(f"no daily source for {source.symbol} under {path}")
         m = spliced.frame

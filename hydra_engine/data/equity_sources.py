@@ -27,6 +27,7 @@ layout is read without code changes.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,3 +187,26 @@ def splice(symbol: str, folder: Path, sources: tuple[DailySource, ...]) -> Splic
 def _used(src: DailySource, part: pd.DataFrame, ratio: float) -> dict:
     return {"source": src.name, "from": part.index[0].date().isoformat(), "to": part.index[-1].date().isoformat(),
             "rows": int(len(part)), "scale": round(ratio, 8), "close_only": src.close_only}
+
+
+def _stamp(folder: Path, symbol: str, sources: tuple[DailySource, ...]) -> tuple:
+    out = []
+    for src in sources:
+        p = folder / src.path.format(symbol=symbol)
+        try:
+            st = p.stat()
+            out.append((src.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((src.name, None, None))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _splice_once(symbol: str, folder: str, sources: tuple[DailySource, ...], stamp: tuple) -> Spliced | None:
+    return splice(symbol, Path(folder), sources)
+
+
+def splice_cached(symbol: str, folder: Path, sources: tuple[DailySource, ...]) -> Spliced | None:
+    """:func:`splice`, read once per process while the files are unchanged (a backtest opens the folder
+    twice: to check the span, then to run). Callers must not modify the frame."""
+    return _splice_once(symbol, str(Path(folder).resolve()), sources, _stamp(Path(folder), symbol, sources))
