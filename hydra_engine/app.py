@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from . import __version__
 from .aggregator import SignalAggregator
 from .brokers.capabilities import DEFAULT_ASSET_SPECS
 from .brokers.sim import SimulatedBroker
+from .run_notes import FoldedWarnings
 from .clock import LiveClock, SimulatedClock
 from .config import Settings, utc_stamp
 from .data.event_feeds import event_feeds_for
@@ -192,6 +194,7 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
     from .live_view import watchers_for
     watchers = watchers_for(session, progress=progress, total=total)
 
+    folded = FoldedWarnings(lambda: engine.cycle)   # library warnings become notes, not raw log lines (#17)
     ran = [0]
 
     def tick(now: datetime) -> bool:
@@ -207,13 +210,16 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
     try:
         for w in watchers:
             w.start()
-        session.clock.run(tick, max_ticks=max_cycles)
+        with folded:
+            session.clock.run(tick, max_ticks=max_cycles)
     except KeyboardInterrupt:   # Ctrl-C in a replay ends it as the live clock's does: cleanly, with the summary
         log.info("session stopped by the user after %d cycles", engine.cycle)
     finally:
         if session.on_close is not None:
             session.on_close()
         summary = engine.summary()
+        if folded.seen:
+            summary["library_notes"] = folded.notes()
         for w in watchers:
             w.stop(summary)
         if session.session_log is not None:

@@ -170,13 +170,17 @@ def _defer_snapshots(log) -> None:
     log.close = close
 
 
-def run_hydra(settings: Settings, data_dir: Path, out: Path, *, progress: bool = True, detector=None) -> tuple[dict, list]:
-    """Run the engine over ``settings``' span; return the loaded session document and the clock's ticks."""
+def run_hydra(settings: Settings, data_dir: Path, out: Path, *, progress: bool = True, detector=None,
+              before_run=None) -> tuple[dict, list]:
+    """Run the engine over ``settings``' span; return the loaded session document and the clock's ticks.
+    ``before_run(session)`` is called once the session is built, before its first cycle."""
     from .app import build_sim_session, run_session
     session = build_sim_session(settings, mode="backtest", data_dir=data_dir, log_dir=out)
     _defer_snapshots(session.session_log)
     if detector is not None:
         session.engine.regime_detector = detector
+    if before_run is not None:
+        before_run(session)
     initial = ((getattr(session.engine.regime_detector, "params", None) or {}).get("training") or {})
     ticks = list(session.clock.ticks)
     summary = run_session(session, progress=progress)
@@ -229,7 +233,9 @@ def comparison_row(name: str, doc: dict, m: dict) -> dict:
 
 def _fmt(v, kind: str) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
+        return "n/a" if kind != "str" else ""
+    if kind == "str":
+        return str(v)
     return {"pct": f"{100 * v:+.2f}%", "num": f"{v:.2f}", "int": f"{int(v)}", "usd": f"{v:,.2f}"}[kind]
 
 
@@ -270,14 +276,48 @@ def plot_equity(curves: dict[str, pd.Series], path: Path, title: str) -> Path:
     return path
 
 
+def kill_rows(summary: dict, first: datetime, last: datetime) -> list[dict]:
+    """The run's kills with the share of [first, last] each blocked entries (until its resume or the end)."""
+    rows = []
+    span = (last - first).total_seconds()
+    for k in summary.get("kills") or ():
+        at = datetime.fromisoformat(str(k["at"]).replace("Z", "+00:00"))
+        until = datetime.fromisoformat(str(k["resumed_at"]).replace("Z", "+00:00")) if k.get("resumed_at") else last
+        rows.append({**k, "share_of_span_blocked": round(max(0.0, (until - max(at, first)).total_seconds()) / span, 4)
+                     if span > 0 else 0.0})
+    return rows
+
+
+def exit_r(doc: dict) -> dict[str, dict]:
+    """Per exit reason: trades and mean R multiple (the stop exits' average R is the intrabar rule's check)."""
+    out: dict[str, dict] = {}
+    for t in doc.get("trades", []):
+        e = out.setdefault(t["exit_reason"], {"trades": 0, "r_sum": 0.0})
+        e["trades"] += 1
+        e["r_sum"] += float(t.get("r_multiple") or 0.0)
+    return {k: {"trades": v["trades"], "mean_r": round(v["r_sum"] / v["trades"], 4)} for k, v in sorted(out.items())}
+
+
 def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, out: Path,
-                 progress: bool = True, baselines: bool = True) -> dict:
-    """HYDRA and the baselines over [start, end); writes the results folder and returns its metrics."""
+                 progress: bool = True, baselines: bool = True, say=None) -> dict:
+    """HYDRA and the baselines over [start, end); writes the results folder and returns its metrics.
+    ``say(text)`` (e.g. ``print``) hears the coverage table and its notes before the first cycle."""
     data_notes = check_span(settings, data_dir, start, end)
     out.mkdir(parents=True, exist_ok=True)
     s = backtest_settings(settings, data_dir, start, end, out)
+    coverage: dict = {}
+
+    def announce(session) -> None:   # issue #17: every gap said before the run, not found in the JSON after
+        from .coverage import coverage_report, format_coverage
+        coverage.update(coverage_report(session.engine.market, session.engine.strategies, _utc_midnight(start),
+                                        _utc_midnight(end)))
+        if say is not None:
+            say(format_coverage(coverage))
+            for note in coverage["notes"]:
+                say(f"note: {note}")
+
     t0 = time.perf_counter()
-    doc, ticks = run_hydra(s, data_dir, out, progress=progress)
+    doc, ticks = run_hydra(s, data_dir, out, progress=progress, before_run=announce)
     t_hydra = time.perf_counter() - t0
     docs = {"hydra": doc}
     if baselines:
@@ -303,13 +343,33 @@ def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, 
     plot_equity(curves, out / "equity.png", f"HYDRA vs baselines, {start} .. {end} (fees {s.broker.fee_bps} bps, "
                                             f"slippage {s.broker.slippage_bps} bps)")
     regime_share = metrics["hydra"].get("regime_time", {})
-    table = write_table(rows, out / "comparison", [(f"regime:{r}", f"{r} ({100 * regime_share.get(r, 0):.0f}% of time)", "pct")
-                                                   for r in labels])
+    summary = doc.get("summary") or {}
+    kills = kill_rows(summary, ticks[0], ticks[-1]) if ticks else []
+    kill_policy = (f"auto-resume after {s.truth.backtest_auto_resume_days:g} days"
+                   if s.truth.backtest_auto_resume_days > 0 else "no auto-resume (entries wait for `resume`, as in paper)")
+    rows[0]["kills"] = ("; ".join(f"{k['rule']} {str(k['at'])[:10]}, {100 * k['share_of_span_blocked']:.0f}% blocked"
+                                  for k in kills) or "none")
+    table = write_table(rows, out / "comparison", [("kills", "kills (share of span blocked)", "str"),
+                                                   *((f"regime:{r}", f"{r} ({100 * regime_share.get(r, 0):.0f}% of time)", "pct")
+                                                     for r in labels)])
     result = {"start": str(start), "end": str(end), "data_dir": str(data_dir), "cycles": len(ticks),
               "session_log": Path(doc["log_path"]).name,
               "hydra_runtime_s": round(t_hydra, 1), "total_runtime_s": round(time.perf_counter() - t0, 1),
               "fee_bps": s.broker.fee_bps, "slippage_bps": s.broker.slippage_bps,
-              "regime_model": doc["regime_model"], "notes": data_notes, "metrics": metrics, "regime_returns": by_regime, "comparison": rows, "comparison_md": table}
+              "regime_model": doc["regime_model"], "notes": data_notes + coverage.get("notes", []),
+              "coverage": coverage, "kills": kills, "kill_policy": kill_policy,
+              "regime_stale_cycles": int(summary.get("regime_stale_cycles") or 0),
+              "regime_stale_from": summary.get("regime_stale_from"), "exit_r": exit_r(doc),
+              "metrics": metrics, "regime_returns": by_regime, "comparison": rows, "comparison_md": table}
+    for k in kills:   # issue #17: a kill is said, with what it cost
+        result["notes"].append(f"kill switch {k['rule']} fired {k['at']}: {k['reason']}; entries blocked "
+                               f"{'until ' + str(k['resumed_at']) + ' (' + str(k['resumed_by']) + ')' if k.get('resumed_at') else 'to the end'}"
+                               f", {100 * k['share_of_span_blocked']:.0f}% of the span ({kill_policy})")
+    result["notes"] += summary.get("library_notes") or []   # hmmlearn / refit warnings, folded (#17)
+    if result["regime_stale_cycles"]:
+        result["notes"].append(f"{result['regime_stale_cycles']} cycles from {result['regime_stale_from']} read the "
+                               f"regime UNKNOWN because its inputs were stale (older than "
+                               f"{s.truth.regime_max_age_days:g} days): no entries on them")
     trained_to = doc["regime_model"]["initial_trained_to"]
     if trained_to and trained_to >= str(start):  # say it: the regime labels were fitted on the test span
         result["notes"].append(f"regime model {doc['regime_model']['detector']} was fitted on data up to {trained_to}, "

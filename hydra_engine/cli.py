@@ -53,6 +53,15 @@ def _print_summary(summary: dict) -> None:
             print(f"    {line}")
     if summary["exit_reasons"]:
         print("exit reasons      " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["exit_reasons"].items())))
+    if summary.get("regime_stale_cycles"):
+        print(f"stale regime      {summary['regime_stale_cycles']} cycles UNKNOWN from "
+              f"{summary['regime_stale_from']}: regime inputs stale (no entries)")
+    if summary.get("kill"):
+        k = summary["kill"]
+        print(f"kill              {k['rule']} at {k['at']}: {k['reason']} "
+              f"({'resumed ' + k['resumed_at'] if k.get('resumed_at') else 'entries blocked until `resume`'})")
+    for note in summary.get("library_notes") or ():
+        print(f"note: {note}")
     if summary["open_positions"]:
         print("open positions    " + ", ".join(f"{k} {v}" for k, v in summary["open_positions"].items()))
     print(f"trade log         {summary['log']}")

@@ -197,6 +197,14 @@ class NotifyConfig(_Section):
         return v
 
 
+class TruthConfig(_Section):
+    """Issue #17: what a run may not pass over in silence."""
+    regime_max_age_days: float = Field(4.0, gt=0, le=365, description="a regime reading whose inputs end more "
+                                       "than this many days before now is UNKNOWN (stale): no entries")
+    backtest_auto_resume_days: float = Field(0.0, ge=0, le=3650, description="backtests only: resume a kill "
+                                             "this many days after it fired (0: never, as in paper)")
+
+
 class Settings(BaseSettings):
     """The whole configuration. Env overrides use ``HYDRA_SECTION__KEY`` (e.g. ``HYDRA_BROKER__KIND``)."""
 
@@ -216,6 +224,7 @@ class Settings(BaseSettings):
     logs: LogsConfig = LogsConfig()
     notify: NotifyConfig = NotifyConfig()
     llm: LlmSettings = LlmSettings()        # the LLM news gate (issue #22); off by default, needs no key
+    truth: TruthConfig = TruthConfig()
 
     _toml_path: Path | None = None
 

@@ -32,6 +32,8 @@ from .plugin_kinds import SignalContext, apply_modifiers
 from .positions import ExitInstruction, PositionManager
 from .regime import TrendVolRule
 from .regime_refit import refit_step
+from .kill_log import KillLog
+from .regime_freshness import freshen, is_stale
 from .risk import PortfolioView, RiskManager
 from .strategy import ExitRequest, Strategy, StrategyContext
 from .tradelog import SessionLog, to_jsonable
@@ -72,6 +74,9 @@ class Engine:
         self.regime_detector = regime_detector
         self.regime_refitter = regime_refitter           # None: the model changes only by `hydra train`
         self.regime_refits: list[dict] = []
+        self.kill_log = KillLog(settings.truth.backtest_auto_resume_days, enabled=mode == "backtest")
+        self.regime_stale_cycles = 0                     # cycles whose regime was UNKNOWN for stale inputs (#17)
+        self.regime_stale_since: datetime | None = None  # the first such cycle
         self.aggregator = aggregator
         self.weights = weights
         self.risk = risk
@@ -188,6 +193,7 @@ class Engine:
                 report["errors"].append(f"cycle hook {getattr(hook, 'name', type(hook).__name__)}: "
                                         f"{type(exc).__name__}: {exc}")
         self._detect_regime(market, now, report)          # 2. DETECT REGIME
+        self.kill_log.step(self, now, report)             # kills recorded; a backtest's auto-resume (#17)
         ctx = GateContext(now, market, self.regime, self.cycle, {}, None)
         book_verdict = self.gate.for_book(ctx)
         if book_verdict.verdict.state is not GateState.ALLOW:
@@ -271,6 +277,23 @@ class Engine:
                 self.regime = RegimeReading(Regime.UNKNOWN, 0.0, getattr(self.regime_detector, "name", "?"), now,
                                             {"why": f"detector failed: {exc}"})
                 report["errors"].append(f"regime: {exc}")
+        # issue #17: a reading on inputs older than truth.regime_max_age_days is UNKNOWN, with the reason
+        max_age = self.settings.truth.regime_max_age_days
+        fresh = freshen(self.regime, now, max_age)
+        if fresh is not self.regime and not is_stale(self.regime):
+            # too old between two scheduled detections: ask the detector again before calling it stale (a
+            # daily model re-reads only when a new day closed, so this is cheap and rare)
+            try:
+                fresh = freshen(self.regime_detector.detect(market), now, max_age)
+            except Exception as exc:
+                report["errors"].append(f"regime: {exc}")
+        if fresh is not self.regime and not (is_stale(fresh) and is_stale(self.regime)
+                                             and fresh.details["stale_since"] == self.regime.details["stale_since"]):
+            self.regime = fresh
+        if is_stale(self.regime):
+            self.regime_stale_cycles += 1
+            if self.regime_stale_since is None:
+                self.regime_stale_since = now
         if self._regime_json[0] is not self.regime:   # converted once per reading, not once per cycle
             self._regime_json = (self.regime, to_jsonable(self.regime))
         report["regime"] = self._regime_json[1]   # copied by format_report
@@ -499,4 +522,12 @@ class Engine:
                 self.regime_detector = refitted
 
     def summary(self) -> dict:
-        return session_summary(self)
+        summary = session_summary(self)
+        if self.regime_stale_cycles:   # issue #17: said in the run summary, not only per cycle
+            summary["regime_stale_cycles"] = self.regime_stale_cycles
+            summary["regime_stale_from"] = to_jsonable(self.regime_stale_since)
+        if self.kill_log.entries:      # the latest kill, for the console; the backtest reports them all
+            summary["kill"] = self.kill_log.as_json()[-1]
+            summary["kills"] = self.kill_log.as_json()
+            summary["kill_policy"] = self.kill_log.policy
+        return summary

@@ -212,9 +212,14 @@ class Executor:
             # down to its increment): asking for more is refused with "insufficient balance" and the stop
             # never executes; coins bought by hand beyond the dust are not HYDRA's to sell
             qty = min(abs(held), abs(pos.qty) + dust)
+        # a market order everywhere; a stop or target seen inside a closed bar also carries the level it
+        # triggered at, which a venue that replays bars fills in that bar (SimulatedBroker) and others ignore
+        level = to_decimal(ex.fill_price) if ex.fill_price is not None else None
         order = Order(self.next_coid(pos.strategy, ex.symbol), ex.symbol, pos.side.opposite(), qty,
                       OrderType.MARKET, self.tif(ex.symbol), now, pos.strategy, purpose="exit",
-                      reduce_only=self.broker.capabilities_for(ex.symbol).reduce_only)
+                      reduce_only=self.broker.capabilities_for(ex.symbol).reduce_only,
+                      stop_price=level if ex.fill_kind == "stop" else None,
+                      limit_price=level if ex.fill_kind == "limit" else None)
         report["exits"].append({"symbol": ex.symbol, "reason": ex.reason, "trigger_price": ex.trigger_price,
                                 "detail": ex.detail, "client_order_id": order.client_order_id})
         if queue:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -94,6 +94,10 @@ class MarketSnapshot:
     # ``DataNeed("intraday", symbol)`` (issue #18); ``intraday_missing`` says why a symbol has none
     intraday: Mapping[str, BarSeries] = field(default_factory=dict)
     intraday_missing: Mapping[str, str] = field(default_factory=dict)
+    # finer bars inside a closed coarse bar (issue #17): fine_path(symbol, open_s, close_s, (o, h, l, c)) ->
+    # [(o, h, l, c), ...] in time order, or None where the data has none; the position manager walks them
+    # to decide a bar whose extremes' order matters. None: no finer data at all
+    fine_path: Callable | None = None
 
     def events_of(self, kind: str, subject: str | None = None) -> tuple[Event, ...]:
         """The known events of ``kind`` (and ``subject``, when given), in ``happened_at`` order; this

@@ -3,8 +3,21 @@ time limit, and flattens everything on a kill. It only decides; the engine turns
 :class:`ExitInstruction` into an order and records ``reason`` as the trade's exit reason.
 
 Seeds: strategy bible, the loop's step 8 "MANAGE — stop/target/trailing stop"; layer specifications,
-"Kill Switches" (immediate flattening). Checks run on the last close each cycle, identically in
-backtest, simulation and paper trading.
+"Kill Switches" (immediate flattening). Checks run identically in backtest, simulation and paper trading.
+
+Exits inside the bar (issue #17). Each bar that closed since the last check (and opened at or after the
+entry) is walked as a resting stop and target order would see it: the open first (a bar that *opens*
+beyond the stop exits at that open: the gap), then the adverse extreme against the stop in force at the
+open and the favourable extreme against the target (both touched in one bar: the stop, the pessimistic
+reading), then the trail ratchets on the favourable extreme (the high for a long), and a close beyond the
+ratcheted stop exits at that stop (the close certainly came after the high). A low beyond the ratcheted
+stop with the close back inside is undecidable from one bar: no exit, unless finer bars of the symbol
+(``MarketSnapshot.fine_path``: BTC 5-minute, SPY 1-minute) replay the path, which is also asked when the
+stop and target share a bar. The exit carries the level it triggered at (``fill_price``: the stop, the
+target, or the open when gapped) and the simulated broker fills it there, in the bar that triggered it; a
+venue that does not know it (Alpaca) sends a market order, as before. Without bars the last close decides
+and the exit fills at the next open. A close-only series (open = high = low = close) reduces to
+close-to-close: a close beyond the stop exits at that close.
 
 Trailing stops ratchet: the high-water mark (highest close since entry; lowest for shorts) only
 improves, and the stop only moves toward the price, never away. A position may trail by a percentage
@@ -32,8 +45,12 @@ EXIT_REASONS = ("kill", "stop", "trailing_stop", "target", "time", "strategy")
 class ExitInstruction:
     symbol: str
     reason: str          # one of EXIT_REASONS: the trade's exit_reason
-    trigger_price: float  # the close that triggered it (NaN for a kill without a usable price)
+    trigger_price: float  # the price that triggered it (NaN for a kill without a usable price)
     detail: str = ""
+    # the level a resting order would have filled at inside the bar that triggered it (the stop, the target,
+    # or the bar's open when it gapped through); None: a market exit at the next price
+    fill_price: float | None = None
+    fill_kind: str = ""   # "stop" (adverse: a stop order) or "limit" (the target) when fill_price is set
 
 
 def average_true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int = 14) -> float | None:
@@ -68,9 +85,66 @@ def uses_native_trailing(asset: AssetSpec, trailing_stop_pct: float | None) -> b
             and (not asset.order_types or OrderType.TRAILING_STOP in asset.order_types))
 
 
+@dataclass(slots=True)
+class BarStep:
+    """What one bar did to a position: an exit (``event`` "stop"/"target", at ``fill``) or none, the stop
+    and high-water mark after it, and whether one bar could not tell the order of its extremes."""
+    event: str | None
+    fill: float | None
+    stop: float
+    hwm: float
+    ambiguous: bool = False
+    gapped: bool = False
+
+
+def bar_step(long: bool, o: float, h: float, lo: float, c: float, stop: float, target: float, hwm: float,
+             trail_pct: float | None, atr_mult: float | None, atr: float | None) -> BarStep:
+    """Walk one bar as resting orders see it (module docstring): open, extremes, ratchet, close."""
+    def stop_hit(x: float) -> bool:
+        return x <= stop if long else x >= stop
+
+    def target_hit(x: float) -> bool:
+        return x >= target if long else x <= target
+
+    fav, adv = (h, lo) if long else (lo, h)
+    if stop_hit(o):
+        return BarStep("stop", o, stop, hwm, gapped=True)
+    if target_hit(o):
+        return BarStep("target", o, stop, hwm, gapped=True)
+    s_hit, t_hit = stop_hit(adv), target_hit(fav)
+    if s_hit:   # with the target also touched: the pessimistic reading, unless finer bars say otherwise
+        return BarStep("stop", stop, stop, hwm, ambiguous=t_hit)
+    if t_hit:
+        return BarStep("target", target, stop, hwm)
+    hwm = max(hwm, fav) if long else min(hwm, fav)
+    ambiguous = False
+    if trail_pct or atr_mult:
+        cand = trailing_candidate(long, hwm, trail_pct, atr_mult, atr)
+        if cand is not None:
+            new = max(stop, cand) if long else min(stop, cand)
+            if new != stop:
+                stop = new
+                if stop_hit(c):      # the close came after the high: it crossed the ratcheted stop
+                    return BarStep("stop", stop, stop, hwm)
+                ambiguous = stop_hit(adv)   # the low before or after the high? one bar cannot say
+    return BarStep(None, None, stop, hwm, ambiguous)
+
+
+def walk_path(long: bool, path, stop: float, target: float, hwm: float, trail_pct, atr_mult, atr) -> BarStep:
+    """:func:`bar_step` over consecutive bars (a finer path); the first exit ends it."""
+    step = BarStep(None, None, stop, hwm)
+    for o, h, lo, c in path:
+        step = bar_step(long, o, h, lo, c, step.stop, target, step.hwm, trail_pct, atr_mult, atr)
+        if step.event:
+            return step
+    return BarStep(None, None, step.stop, step.hwm)
+
+
 class PositionManager:
     def __init__(self, atr_period: int = 14):
         self.atr_period = atr_period
+        self._scanned: dict[str, tuple[float, int]] = {}   # symbol -> (opened_at s, newest bar open s walked)
+        self.fine_resolutions = 0                          # bars a finer path decided (reported by backtests)
 
     def _atr(self, bars: BarSeries | None) -> float | None:
         if bars is None:
@@ -79,13 +153,14 @@ class PositionManager:
 
     @staticmethod
     def restore_high_water(pos: Position, bars: BarSeries | None, now: datetime) -> None:
-        """Rebuild an unset (0) high-water mark from the closes since entry, else the entry price."""
+        """Rebuild an unset (0) high-water mark from the highs (lows for a short) of the bars held
+        through since entry, else the entry price."""
         entry, long = float(pos.avg_entry_price), pos.qty > 0
         hwm = entry
         if bars is not None and len(bars):
             closes_at = bars.ts + bars.interval_s
             mask = (closes_at > pos.opened_at.timestamp()) & (closes_at <= now.timestamp())
-            seen = bars.close[mask]
+            seen = (bars.high if long else bars.low)[mask & (bars.ts >= pos.opened_at.timestamp())]
             seen = seen[np.isfinite(seen) & (seen > 0)]
             if len(seen):
                 hwm = max(entry, float(seen.max())) if long else min(entry, float(seen.min()))
@@ -105,6 +180,68 @@ class PositionManager:
         new = max(pos.stop_price, cand) if long else min(pos.stop_price, cand)
         moved, pos.stop_price = new != pos.stop_price, new
         return moved
+
+    def scan_bars(self, symbol: str, pos: Position, market: MarketSnapshot, now: datetime,
+                  atr: float | None) -> ExitInstruction | None:
+        """Walk the bars of ``symbol`` that closed since the last walk and opened at or after the entry
+        (module docstring); ratchet the position's trail and high-water mark as they go. Returns the exit
+        one of them triggered, with its fill level, or None."""
+        bars = market.bars.get(symbol)
+        if bars is None or not len(bars):
+            return None
+        opened_s = pos.opened_at.timestamp()
+        seen = self._scanned.get(symbol)
+        after = seen[1] if seen is not None and seen[0] == opened_s else -math.inf
+        ts = bars.ts
+        k = int(np.searchsorted(ts, max(opened_s, after + 1) if after > -math.inf else opened_s, "left"))
+        if after == -math.inf:
+            # first sight of this position: only its newest closed bar. In a replay that is the bar it was
+            # filled in; after a restart, the older bars are summed up in the restored stop and high-water
+            # mark, and walking them again would set the ratcheted stop against lows that came before it
+            k = max(k, len(ts) - 1)
+        long = pos.qty > 0
+        hwm = pos.high_water_mark or float(pos.avg_entry_price)
+        stop, target = pos.stop_price, pos.target_price
+        trail, mult = pos.trailing_stop_pct, pos.trailing_atr_mult
+        fine = getattr(market, "fine_path", None)
+        for j in range(k, len(ts)):
+            open_s = int(ts[j])   # a snapshot holds closed bars only (a daily bar's interval is not its session)
+            o, h, lo, c = (float(bars.open[j]), float(bars.high[j]), float(bars.low[j]), float(bars.close[j]))
+            if not all(0 < v < math.inf for v in (o, h, lo, c)):
+                continue
+            self._scanned[symbol] = (opened_s, open_s)
+            step = bar_step(long, o, h, lo, c, stop, target, hwm, trail, mult, atr)
+            resolved = ""
+            # finer bars, where the data has them, decide an undecidable bar and say whether a stop or
+            # target touched in it was touched continuously or jumped through (a finer bar's open beyond it)
+            if fine is not None and (step.ambiguous or (step.event and not step.gapped)):
+                path = fine(symbol, open_s, min(open_s + bars.interval_s, int(now.timestamp())), (o, h, lo, c))
+                if path:
+                    step = walk_path(long, path, stop, target, hwm, trail, mult, atr)
+                    self.fine_resolutions += 1
+                    resolved = f" (resolved on {len(path)} finer bars)"
+            if step.event is None:
+                stop, hwm = step.stop, step.hwm
+                continue
+            pos.high_water_mark = step.hwm
+            moved = step.stop != pos.initial_stop_price
+            pos.stop_price = step.stop
+            when = datetime.fromtimestamp(open_s, now.tzinfo)
+            if step.event == "target":
+                return ExitInstruction(symbol, "target", step.fill, (
+                    f"bar {when:%Y-%m-%d %H:%M} {'opened at' if step.gapped else 'reached'} {step.fill:g}, "
+                    f"target {target:g}{resolved}"), fill_price=step.fill, fill_kind="limit")
+            reason = "trailing_stop" if moved else "stop"
+            how = (f"opened at {step.fill:g} beyond" if step.gapped else
+                   f"{'low' if long else 'high'} {(lo if long else h):g} crossed")
+            both = " (target also touched: the stop, pessimistically)" if step.ambiguous and not resolved else ""
+            return ExitInstruction(symbol, reason, step.fill, (
+                f"bar {when:%Y-%m-%d %H:%M} {how} {'trailing ' if moved else ''}stop {step.stop:g} "
+                f"(high-water {step.hwm:g}){both}{resolved}"), fill_price=step.fill, fill_kind="stop")
+        if (pos.trailing_stop_pct or pos.trailing_atr_mult) and stop != pos.stop_price:
+            pos.stop_price = stop
+        pos.high_water_mark = hwm
+        return None
 
     def manage(self, positions: dict[str, Position], market: MarketSnapshot, now: datetime,
                kill: bool = False, native_stops: Collection[str] = ()) -> list[ExitInstruction]:
@@ -129,9 +266,15 @@ class PositionManager:
                 pos.initial_stop_price = pos.stop_price
             if pos.high_water_mark <= 0:
                 self.restore_high_water(pos, market.bars.get(symbol), now)
-            # the bar history is read only when a rule needs it (a snapshot may build it on demand)
-            self.update_high_water(pos, price, self._atr(market.bars.get(symbol)) if pos.trailing_atr_mult else None)
             long = qty > 0
+            atr = self._atr(market.bars.get(symbol)) if pos.trailing_atr_mult else None
+            if symbol not in native_stops:   # a broker-held trail is the broker's to trigger
+                inside = self.scan_bars(symbol, pos, market, now, atr)
+                if inside is not None:
+                    exits.append(inside)
+                    continue
+            # the bar history is read only when a rule needs it (a snapshot may build it on demand)
+            self.update_high_water(pos, price, atr)
             moved = pos.stop_price != pos.initial_stop_price
             # a broker-held trail protects only from its own level: until the trail passes the plan's fixed
             # stop (the mirror has not moved), the fixed stop is the tighter one and is enforced here

@@ -119,6 +119,17 @@ def build_review(doc: dict, periods_per_year: float | None = None, source: str =
               f"annualised   {m['periods_per_year']:g} periods per year{how}, daily returns, zero risk-free rate"]
     header = [h for h in header if h]
     notes = []
+    quality = s.get("data_quality") or {}
+    if quality:   # issue #17: rows the replay refused are said here too, not only kept in the JSON
+        notes.append("note: refused data rows: " + "; ".join(
+            f"{k.replace('_', ' ')}: " + ", ".join(f"{sym} {n}" for sym, n in v.items()) for k, v in quality.items()))
+    summ = doc.get("summary") or {}
+    if summ.get("regime_stale_cycles"):
+        notes.append(f"note: {summ['regime_stale_cycles']} cycles from {summ.get('regime_stale_from')} read the regime "
+                     "UNKNOWN: its inputs were stale (no entries)")
+    for k in summ.get("kills") or ():
+        notes.append(f"note: kill switch {k['rule']} fired {k['at']}: {k['reason']}; "
+                     + (f"resumed {k['resumed_at']} ({k['resumed_by']})" if k.get("resumed_at") else "never resumed"))
     if doc.get("recovered_from_journal"):
         notes.append(f"note: {doc['recovered_from_journal']} cycles were recovered from the journal (crash?)")
     dd_span = (f"peak {m['max_drawdown_peak']} -> trough {m['max_drawdown_trough']} -> "

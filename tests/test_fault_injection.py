@@ -711,6 +711,9 @@ def test_a_held_position_waits_for_a_good_price_then_exits(tmp_path, kind):
         k.loc[(k["ts"] >= bad[0]) & (k["ts"] <= bad[1]), ["open", "high", "low", "close"]] = value
         return k
     params = {"max_holding_hours": 3.0, "exit_score": -1.0}   # only the time limit (or a stop) may close it
+    # issue #17: stops now trigger on the bar's low -- the 23:00 hour dipped to 32,521, through the default
+    # 2 % stop (the close rule did not see it) -- so the stops are set out of reach: the time limit decides
+    params.update(stop_pct=5.0, trailing_stop_pct=6.0)
     clean, _ = replay(tmp_path, ROOT / "data", "clean-3h", **params)
     first = clean["trades"][0]
     assert first["entry_time"].startswith("2023-10-23T23") and first["exit_reason"] == "time"

@@ -93,10 +93,11 @@ def test_atr_trail_uses_the_symbols_true_range():
     now = T0 + timedelta(hours=1)
     pm.manage(book, market(now, {"SPY": closes + [110.0]}, spread=1.0), now)
     atr = average_true_range(*(np.array(closes + [110.0]) + d for d in (1.0, -1.0, 0.0)))
-    assert math.isclose(p.stop_price, 110.0 - 3.0 * atr)
+    # the trail ratchets on the bar's high (111), not its close (issue #17: exits inside the bar)
+    assert math.isclose(p.stop_price, 111.0 - 3.0 * atr)
     both = long_pos(trailing_atr_mult=3.0, trailing_stop_pct=1.0)   # the tighter trail wins
     pm.manage({"SPY": both}, market(now, {"SPY": closes + [110.0]}, spread=1.0), now)
-    assert math.isclose(both.stop_price, 110.0 * 0.99)
+    assert math.isclose(both.stop_price, 111.0 * 0.99)
 
 
 def test_time_exit_and_priority():
@@ -164,8 +165,13 @@ def test_stops_only_tighten_and_exits_match_the_rules(short, trail, atr_mult, re
         before = pos.stop_price
         exits = pm.manage({"SPY": pos}, market(now, {"SPY": closes}, spread=0.5), now)
         assert (pos.stop_price >= before) if not short else (pos.stop_price <= before)
-        crossed = px <= pos.stop_price if not short else px >= pos.stop_price
-        hit = px >= pos.target_price if not short else px <= pos.target_price
+        # issue #17, exits inside the bar (open = close here, high/low 0.5 away): the adverse extreme against
+        # the stop in force at the bar's open, the favourable one against the target, then the close
+        # against the stop the bar's favourable extreme ratcheted (pos.stop_price keeps the level that fired)
+        adverse, favourable = (px - 0.5, px + 0.5) if not short else (px + 0.5, px - 0.5)
+        crossed = (adverse <= before or px <= pos.stop_price) if not short else \
+            (adverse >= before or px >= pos.stop_price)
+        hit = favourable >= pos.target_price if not short else favourable <= pos.target_price
         timed = now - pos.opened_at >= pos.max_holding
         assert bool(exits) == (crossed or hit or timed)
         if exits:
@@ -193,7 +199,13 @@ def reference_manage(pm: PositionManager, positions, market, now, kill=False, na
             pos.initial_stop_price = pos.stop_price
         if pos.high_water_mark <= 0:
             pm.restore_high_water(pos, market.bars.get(symbol), now)
-        pm.update_high_water(pos, price, pm._atr(market.bars.get(symbol)) if pos.trailing_atr_mult else None)
+        atr = pm._atr(market.bars.get(symbol)) if pos.trailing_atr_mult else None
+        if symbol not in native_stops:   # issue #17: the bars walked first, as manage does
+            inside = pm.scan_bars(symbol, pos, market, now, atr)
+            if inside is not None:
+                exits.append((symbol, inside.reason, inside.trigger_price))
+                continue
+        pm.update_high_water(pos, price, atr)
         long = pos.qty > 0
         if symbol not in native_stops and ((long and price <= pos.stop_price) or (not long and price >= pos.stop_price)):
             exits.append((symbol, "trailing_stop" if pos.stop_price != pos.initial_stop_price else "stop", price))
@@ -218,7 +230,7 @@ def test_manage_fast_path_writes_what_update_high_water_writes(short, trail, atr
     if initial_stop is not None:   # 0: not yet set, manage sets it from the stop
         base = replace(base, initial_stop_price=initial_stop)
     fast, ref = replace(base), replace(base)
-    pm, closes, px = PositionManager(atr_period=5), [100.0], 100.0
+    pm, pm_ref, closes, px = PositionManager(atr_period=5), PositionManager(atr_period=5), [100.0], 100.0
     for i, m in enumerate(moves, 1):
         shown = px * (1 + m) if isinstance(m, float) else float(m)   # a bad price is served as is
         if math.isfinite(shown) and shown > 0:
@@ -234,7 +246,7 @@ def test_manage_fast_path_writes_what_update_high_water_writes(short, trail, atr
                                                   snap.bars["SPY"].low, snap.bars["SPY"].close)),
                 snap.bars["SPY"].volume)})
         got = [(e.symbol, e.reason, e.trigger_price) for e in pm.manage({"SPY": fast}, snap, now)]
-        want = reference_manage(pm, {"SPY": ref}, snap, now)
+        want = reference_manage(pm_ref, {"SPY": ref}, snap, now)
         assert repr(got) == repr(want)        # repr: NaN trigger prices compare equal
         assert fast == ref, f"cycle {i}: {fast} != {ref}"
         if got:

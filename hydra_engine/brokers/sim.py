@@ -17,6 +17,13 @@ Fill models (``fill_model``):
   HYDRA can be compared with those engines on their own convention. The fill is still delivered by the
   next ``poll_fills`` (the next cycle), with the same slippage, fee, rounding and buying-power rules.
 
+Exits triggered inside a bar (issue #17): an exit order (``purpose="exit"``, market) that carries the level
+its stop (``stop_price``) or target (``limit_price``) triggered at inside a closed bar fills at that level,
+moved by the same slippage, at the close time of that bar -- the last bar closed when the order was sent,
+whose low..high must hold the level (else, and on market data that cannot say, the next open as any
+market order). The position manager computed the level from the bar (the stop, the target, or the bar's
+open when it gapped through); see ``positions.py``.
+
 ``fee_quantum`` rounds each fee (half-up) to that many dollars (default $0.000001); ``None`` keeps the
 exact Decimal product (benchmarks reproducing a float reference).
 """
@@ -239,6 +246,9 @@ class SimulatedBroker:
                 continue
             if signal_close:
                 nxt = self.market.bar_close_at(order.symbol, order.created_at) if order.created_at <= now else None
+            elif order.purpose == "exit" and (order.stop_price is not None or order.limit_price is not None) and \
+                    (inside := self._triggered_in_bar(order)) is not None:
+                nxt = inside
             else:
                 nxt = self.market.next_bar_open(order.symbol, order.created_at, now)
             if nxt is None:
@@ -251,7 +261,7 @@ class SimulatedBroker:
                         self._working.remove(coid)
                 continue
             ts, open_price = nxt
-            fill = self._fill(order, ts, to_decimal(open_price))
+            fill = self._fill(order, ts, open_price if isinstance(open_price, Decimal) else to_decimal(open_price))
             self._working.remove(coid)
             if fill is not None:
                 fills.append(fill)
@@ -278,6 +288,21 @@ class SimulatedBroker:
             order.status = OrderStatus.EXPIRED
             order.reject_reason = (f"extended-hours limit {limit} not reached in the pre-market of "
                                    f"{order.created_at:%Y-%m-%d}; the simulation fills these only before 09:30 New York")
+
+    def _triggered_in_bar(self, order: Order) -> tuple[datetime, Decimal] | None:
+        """(close time, level) of the bar an intrabar stop/target exit triggered in, or None."""
+        bar_at = getattr(self.market, "bar_at", None)
+        if bar_at is None:
+            return None
+        bar = bar_at(order.symbol, order.created_at)
+        if bar is None:
+            return None
+        _, closed, _, high, low, _ = bar
+        level = order.stop_price if order.stop_price is not None else order.limit_price
+        tol = Decimal("1e-9") * level
+        if not (Decimal(str(low)) - tol <= level <= Decimal(str(high)) + tol):
+            return None
+        return closed, level
 
     def _fill(self, order: Order, ts: datetime, open_price: Decimal, cap: Decimal | None = None) -> Fill | None:
         spec = self.assets[order.symbol]

@@ -50,13 +50,17 @@ def handle(args) -> int:
             print(f"results in {out}: walk_forward.json, walk_forward.csv/.md, walk_forward_equity.csv/.png, window-*/")
             return EXIT_OK
         res = run_backtest(settings, data_dir=data_dir, start=start, end=end, out=out,
-                           progress=not args.no_progress, baselines=not args.no_baselines)
+                           progress=not args.no_progress, baselines=not args.no_baselines, say=print)
     except BacktestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"\n=== HYDRA backtest {res['start']} .. {res['end']} ({res['cycles']} cycles, fees {res['fee_bps']} bps, "
           f"slippage {res['slippage_bps']} bps) ===")
     print(res["comparison_md"])
+    stop_r = res.get("exit_r", {})
+    if stop_r:
+        print("exits (trades, mean R): " + ", ".join(f"{k} {v['trades']} ({v['mean_r']:+.2f} R)" for k, v in stop_r.items()))
+    print(f"kills: {res.get('kill_policy')}")
     for note in res["notes"]:
         print(f"note: {note}")
     print(f"runtime: HYDRA {res['hydra_runtime_s']} s, total {res['total_runtime_s']} s")

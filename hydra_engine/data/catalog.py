@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,9 +42,9 @@ class PointSource:
 BAR_SOURCES: dict[str, BarSource] = {
     "BTC/USD": BarSource("BTC/USD", "crypto_perp/binance_usdm/klines/BTCUSDT_1h.parquet", timedelta(hours=1), "binance_klines"),
     "ETH/USD": BarSource("ETH/USD", "crypto_perp/binance_usdm/klines/ETHUSDT_1h_from_1m.parquet", timedelta(hours=1), "binance_klines"),
-    **{s: BarSource(s, f"equities/daily/iex_like_spooky_course/{s}.csv.gz", timedelta(days=1), "daily_ohlc_ny")
-       for s in EQUITY_SYMBOLS},
-    "VIX": BarSource("VIX", "equities/daily/vix/vix_close_daily_2020_2025.csv", timedelta(days=1), "daily_close_ny"),
+    # issue #17: every daily source of the folder, spliced per symbol (data/equity_sources.py)
+    **{s: BarSource(s, "equities/daily", timedelta(days=1), "merged_equity") for s in EQUITY_SYMBOLS},
+    "VIX": BarSource("VIX", "equities/daily", timedelta(days=1), "merged_vix"),
 }
 
 # Bybit's hourly open interest stamped t is the open interest AT t (the price move of a >5 % drop sits
@@ -125,6 +126,22 @@ def read_bars(path, source: BarSource) -> pd.DataFrame:
         close = pd.to_numeric(raw.iloc[:, 1], errors="coerce")
         frame = pd.DataFrame({"open_time": opens, "close_time": closes, "open": close, "high": close,
                               "low": close, "close": close, "volume": 0.0})
+    elif source.reader in ("merged_equity", "merged_vix"):
+        from .equity_sources import EQUITY_SOURCES, VIX_SOURCES, splice_cached
+        folder = Path(path).parents[len(Path(source.path).parts) - 1]
+        spliced = splice_cached(source.symbol, folder, EQUITY_SOURCES if source.reader == "merged_equity" else VIX_SOURCES)
+        if spliced is None:
+            raise FileNotFoundError(f"no daily source for {source.symbol} under {path}")
+        m = spliced.frame
+        # the VIX close is set at 16:15 New York (Cboe), a quarter hour after the stocks'
+        close_at = pd.Timedelta(hours=16, minutes=15 if source.reader == "merged_vix" else 0)
+        opens, closes = _daily_session_times(pd.Series(m.index.strftime("%Y-%m-%d")), close=close_at)
+        frame = pd.DataFrame({"open_time": opens.to_numpy(), "close_time": closes.to_numpy(),
+                              **{c: m[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close", "volume")}})
+        frame.attrs["source_note"] = spliced.describe()
+        frame.attrs["source_notes"] = spliced.notes
+        frame.attrs["sources_used"] = spliced.used
+        frame.attrs["close_only_days"] = int(m["close_only"].sum())
     else:  # pragma: no cover - guarded by the catalog itself
         raise ValueError(f"unknown reader {source.reader!r} for {path}")
     return frame

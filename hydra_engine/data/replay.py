@@ -25,6 +25,7 @@ from ..events import EventFeed
 from ..ports import BarSeries, MarketSnapshot, PointSeries
 from .catalog import (BAR_SOURCES, INTRADAY_SOURCES, POINT_SOURCES, BarSource, IntradaySource, PointSource,
                       read_bars, read_intraday, read_points)
+from .fine_bars import FineBars
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class ReplayMarketData:
                  bar_sources: dict[str, BarSource] | None = None,
                  point_sources: list[PointSource] | None = None, regime_history_days: dict[str, int] | None = None,
                  event_feeds: Sequence[EventFeed] = (), intraday: Sequence[str] = (),
-                 intraday_sources: dict[str, IntradaySource] | None = None):
+                 intraday_sources: dict[str, IntradaySource] | None = None, fine_bars: bool = True):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataFolderError(f"replay data folder not found: {self.folder}")
@@ -178,9 +179,14 @@ class ReplayMarketData:
             raise DataFolderError(f"no replay source for symbols {unknown}; known: {sorted(sources)}")
         self._bars: dict[str, _Bars] = {}
         self._stale_after: dict[str, int] = {}
+        self.bar_source_notes: dict[str, str] = {}     # symbol -> which files (spliced daily sources, #17)
+        self.source_notes: list[str] = []               # sources left out, and why
         for symbol in wanted:
             src = sources[symbol]
-            frame, bad = clean_bars(self._read(src.path, read_bars, src), symbol, self.quality)
+            raw = self._read(src.path, read_bars, src)
+            self.bar_source_notes[symbol] = raw.attrs.get("source_note") or src.path
+            self.source_notes += raw.attrs.get("source_notes") or []
+            frame, bad = clean_bars(raw, symbol, self.quality)
             self._bars[symbol] = _Bars(
                 symbol, int(src.interval.total_seconds()), _epoch_s(frame["open_time"]), _epoch_s(frame["close_time"]),
                 *(frame[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close", "volume")), bad)
@@ -197,6 +203,8 @@ class ReplayMarketData:
             frame = frame.drop_duplicates("known_at", keep="last")
             self._points[(src.kind, src.symbol)] = _Points(src.kind, src.symbol, _epoch_s(frame["known_at"]),
                                                            frame["value"].to_numpy(dtype=float))
+        # finer bars (BTC 5-minute, SPY 1-minute) for the position manager's intrabar exits, read on first use
+        self._fine = FineBars(self.folder, symbols) if fine_bars else None
         self._clocks = self._group_clocks()
         # the snapshot fills its dicts clock by clock; when that is not the symbol order (clocks interleave)
         # it re-orders them, so reports list symbols in the same order whatever the grouping
@@ -228,7 +236,7 @@ class ReplayMarketData:
 
     def _read(self, rel: str, reader, src):
         path = self.folder / rel
-        if not path.is_file():
+        if not path.exists():
             raise DataFolderError(f"replay data file missing: {path} (needed for {src.symbol})")
         try:
             return reader(path, src)
@@ -306,6 +314,8 @@ class ReplayMarketData:
             newest_ts = {s: newest_ts[s] for s in order if s in newest_ts}
             closes = {s: closes[s] for s in order if s in closes}
         snap = MarketSnapshot(now, _LazyBars(self._series, spans), {}, stale, {}, newest_ts, closes)
+        if self._fine:
+            snap.fine_path = self._fine.path
         if self._regime_bars:
             longer = {}
             for symbol, keep in self._regime_bars.items():
@@ -447,6 +457,18 @@ class ReplayMarketData:
             out.append((datetime.fromtimestamp(int(b.open_ts[k]), UTC), float(b.o[k]), float(b.h[k]), float(b.l[k])))
             k += 1
         return out, over
+
+    def bar_at(self, symbol: str, at: datetime) -> tuple[datetime, datetime, float, float, float, float] | None:
+        """The last bar of ``symbol`` closed at or before ``at``: (open time, close time, open, high, low,
+        close); None before the first. The simulated broker fills an intrabar stop or target exit in it."""
+        b = self._bars.get(symbol)
+        if b is None:
+            return None
+        k = int(b.close_ts.searchsorted(int(at.timestamp()), "right")) - 1
+        if k < 0:
+            return None
+        return (datetime.fromtimestamp(int(b.open_ts[k]), UTC), datetime.fromtimestamp(int(b.close_ts[k]), UTC),
+                float(b.o[k]), float(b.h[k]), float(b.l[k]), float(b.c[k]))
 
     # ------------------------------------------------------------------ the simulated clock's steps
     def timeline(self) -> list[datetime]:

@@ -1,0 +1,86 @@
+"""Every gap said at the start (issue #17): a coverage table before a backtest or replay runs.
+
+Per symbol and data kind (bars, funding, open interest, and the plugins' event feeds): the part of the
+requested span the data covers, and for each enabled strategy the inputs it loses. A strategy none of whose
+symbols has bar data in the span gets a ``note:``; the same table and notes go to ``metrics.json``. Rows the
+replay refused (bad prices, duplicates, out-of-order rows, a stray leading fragment) are counted here too,
+so they reach the console and not only the session JSON.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+
+from .domain import UTC
+
+
+def _iso(s: float | None) -> str | None:
+    return None if s is None else datetime.fromtimestamp(int(s), UTC).strftime("%Y-%m-%d")
+
+
+def _row(symbol: str, kind: str, times: np.ndarray, a: float, b: float, source: str = "", **extra) -> dict:
+    inside = times[(times >= a) & (times < b)] if len(times) else times
+    first, last = (float(inside[0]), float(inside[-1])) if len(inside) else (None, None)
+    share = 0.0 if first is None else min(1.0, max(0.0, (last - first) / (b - a))) if b > a else 0.0
+    # the share of the span between the first and the last value inside it; "from"/"to" say where it sits
+    status = "none" if first is None else ("full" if (first - a) < 5 * 86400 and (b - last) < 5 * 86400 else "partial")
+    return {"symbol": symbol, "kind": kind, "from": _iso(first), "to": _iso(last), "share": round(share, 4),
+            "status": status, "values": int(len(inside)), "source": source, **extra}
+
+
+def coverage_report(market, strategies, start: datetime, end: datetime) -> dict:
+    """The coverage of ``market`` (a ReplayMarketData) over [start, end) for ``strategies``."""
+    a, b = start.timestamp(), end.timestamp()
+    rows: list[dict] = []
+    index: dict[tuple[str, str], dict] = {}
+    sources = getattr(market, "bar_source_notes", {}) or {}
+    for symbol, bars in market._bars.items():
+        r = _row(symbol, "bars", bars.close_ts, a, b, sources.get(symbol, ""))
+        rows.append(r)
+        index[("bars", symbol)] = r
+    for (kind, symbol), p in market._points.items():
+        r = _row(symbol, kind, p.ts, a, b)
+        rows.append(r)
+        index[(kind, symbol)] = r
+    for feed in getattr(market, "event_feeds", ()):
+        times = np.array(sorted(e.happened_at.timestamp() for e in feed.all_events), dtype=float) \
+            if hasattr(feed, "all_events") else np.array([], dtype=float)
+        r = _row(feed.name, "events", times, a, b)
+        rows.append(r)
+        for kind in feed.kinds:
+            index[("events", kind)] = r
+    losses: dict[str, list[str]] = {}
+    notes: list[str] = []
+    for strat in strategies:
+        lost = []
+        for need in strat.data_needs:
+            r = index.get((need.kind, need.symbol))
+            if r is None:
+                lost.append(f"{need.kind} {need.symbol}: not in the data")
+            elif r["status"] != "full":
+                lost.append(f"{need.kind} {need.symbol}: " + ("none in the span" if r["status"] == "none"
+                                                              else f"only {r['from']} .. {r['to']}"))
+        losses[strat.name] = lost
+        bar_symbols = [n.symbol for n in strat.data_needs if n.kind == "bars"] or list(getattr(strat, "assets", ()))
+        if bar_symbols and all((index.get(("bars", s)) or {}).get("status", "none") == "none" for s in bar_symbols):
+            notes.append(f"strategy {strat.name}: none of its symbols ({', '.join(bar_symbols)}) has bar data in "
+                         f"{_iso(a)} .. {_iso(b)}: it cannot trade in this span")
+    quality = {k: v for k, v in vars(market.quality).items() if v}
+    dropped = sum(sum(v.values()) for v in quality.values())
+    if dropped:
+        notes.append("refused rows: " + "; ".join(f"{k.replace('_', ' ')}: " + ", ".join(f"{s} {n}" for s, n in v.items())
+                                                  for k, v in quality.items()))
+    return {"span": [_iso(a), _iso(b)], "rows": rows, "strategy_losses": losses, "notes": notes,
+            "data_quality": quality}
+
+
+def format_coverage(rep: dict) -> str:
+    lines = [f"data coverage {rep['span'][0]} .. {rep['span'][1]} (end exclusive):",
+             f"  {'symbol':<26} {'kind':<14} {'from':<10} {'to':<10} {'span':>6}  source"]
+    for r in rep["rows"]:
+        lines.append(f"  {r['symbol']:<26} {r['kind']:<14} {r['from'] or '-':<10} {r['to'] or '-':<10} "
+                     f"{100 * r['share']:>5.0f}%  {r['source']}{'' if r['status'] == 'full' else '  <- ' + r['status']}")
+    for name, lost in rep["strategy_losses"].items():
+        lines.append(f"  strategy {name}: " + ("all inputs cover the span" if not lost else "loses " + "; ".join(lost)))
+    return "\n".join(lines)
