@@ -50,8 +50,9 @@ def test_shipped_hydra_toml_loads_with_its_documented_values():
     assert s.broker.kind == "sim" and s.broker.fee_bps == 10.0 and s.broker.slippage_bps == 5.0
     assert s.data.kind == "replay" and s.data.start == date(2024, 1, 1) and s.data.end == date(2024, 7, 1)
     assert s.universe.symbols[:3] == ["BTC/USD", "ETH/USD", "SPY"] and len(s.universe.symbols) == 15
-    assert s.strategies.enabled == ["liquidation_cascade", "ai_disruption", "cross_asset", "funding_squeeze",
-                                    "liquidation_reversal", "oi_divergence", "crowding_fade", "funding_carry"]
+    assert s.strategies.enabled == ["liquidation_cascade", "macro_events", "metals_margin", "ai_disruption",
+                                    "cross_asset", "funding_squeeze", "liquidation_reversal", "oi_divergence",
+                                    "crowding_fade", "funding_carry"]   # every strategy the mission names (#18-#20)
     assert s.modifiers.enabled == ["cross_asset"]   # #19 ships the graph modifier on
     assert s.perps.enabled and s.perps.symbols == ["BTCUSDT", "ETHUSDT"] and s.perps.starting_balance_usdt == 10000.0
     assert s.strategies.params["liquidation_cascade"]["stop_pct"] == 2.0

@@ -132,11 +132,17 @@ def test_every_kind_has_its_group_and_version():
 
 def test_builtins_are_found_without_entry_points_and_declare_the_current_version(fake_entry_points):
     found = discover_all()
-    assert found["strategies"] == {"liquidation_cascade": LiquidationCascadeHunter, "sma_crossover": SmaCrossover}
+    # the project's own plugins are found with no entry point at all (the strategies the mission names and
+    # the benchmark's SMA crossover; the cross-asset graph is also a signal modifier)
+    assert {"liquidation_cascade": LiquidationCascadeHunter, "sma_crossover": SmaCrossover}.items() <= found["strategies"].items()
+    assert {"macro_events", "metals_margin", "ai_disruption", "cross_asset", "funding_squeeze", "liquidation_reversal",
+            "oi_divergence", "crowding_fade", "funding_carry"} <= set(found["strategies"])
     assert found["regime_detectors"] == {"trend_vol_rule": TrendVolRule, "hmm_regime": HMMRegimeDetector}
-    assert found["modifiers"] == found["scorers"] == found["gates"] == {}
-    for cls in (LiquidationCascadeHunter, SmaCrossover):
-        assert cls.interface_version == Strategy.INTERFACE_VERSION
+    assert "cross_asset" in found["modifiers"]
+    for cls in found["strategies"].values():
+        assert cls.interface_version == Strategy.INTERFACE_VERSION, cls
+    for cls in found["modifiers"].values():
+        assert cls.interface_version == SignalModifier.INTERFACE_VERSION, cls
     for cls in (TrendVolRule, HMMRegimeDetector):
         assert cls.interface_version == REGIME_DETECTOR_INTERFACE_VERSION
     # a class-level declaration on the dataclass detector, not a constructor field
