@@ -282,6 +282,7 @@ class BinanceUsdmBroker:
             except ValueError:
                 wait = 120.0 if status == 418 else 60.0
             until = now + timedelta(seconds=max(wait, 1.0))
+        until = max(until, now + timedelta(seconds=1))
         self._blocked_until = max(until, self._blocked_until or until)
         log.warning("Binance HTTP %s: no call until %s", status, self._blocked_until.isoformat())
 
