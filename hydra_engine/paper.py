@@ -73,23 +73,39 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # issue #7: the Binance base URL is overridable (HYDRA_BINANCE_URL), so the multi-process fault tests can
     # point the feed at a loopback server exactly as APCA_API_BASE_URL / APCA_API_DATA_URL do for Alpaca
     binance_url = os.environ.get("HYDRA_BINANCE_URL", "").strip() or BINANCE_URL
+    perps = settings.perps.symbols if settings.perps.enabled else []
+    crypto.update({s: s for s in perps})   # issue #20: the perp symbols' funding and open interest, same feed
+    binance_client = binance_client or BinanceFuturesClient(base_url=binance_url)
     feeds = {}
     if crypto:  # Binance funding/OI only matter for crypto symbols
-        feed = BinanceDerivativesFeed(binance_client or BinanceFuturesClient(base_url=binance_url), crypto)
+        feed = BinanceDerivativesFeed(binance_client, crypto)
         feeds["binance"] = TrustedSeriesOnly(feed)
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
     market = MarketDataWithFeeds(alpaca_data, feeds, event_feeds=event_feeds_for(
         strategies, settings.resolve_path(settings.data.replay_dir), live=True))
+    alpaca, perp, extra, venues_meta = broker, None, {}, {}
+    if perps:   # issue #20: the perp account (simulated on live public data, or the Binance demo) beside Alpaca
+        from .perp.live import build_live_perp_module
+        perp = build_live_perp_module(settings, market=market, main_broker=broker, client=binance_client,
+                                      live=live, log_dir=log_dir)
+        broker, market = perp.router, perp.market
+        extra = {"gate_rules": perp.gate_rules, **perp.risk_kwargs}
+        venues_meta = {"venues": {"alpaca": "Alpaca", "perp": perp.venue_label}, "perp_symbols": perps}
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
-        log_dir=log_dir, metadata={"trading_url": broker.trading_url if hasattr(broker, "trading_url") else None},
-        store_batch=1)
+        log_dir=log_dir, metadata={"trading_url": alpaca.trading_url if hasattr(alpaca, "trading_url") else None,
+                                   **venues_meta},
+        store_batch=1, **extra)
     watch_key = f"fill_watch:{engine.mode}"
     try:
         previous = store.load_state(engine.state_key)
         if previous:
             engine.restore(previous)
-        resume_fill_watch(broker, store, started, watch_key)
+        if perp is not None:   # the simulated perp account is saved inside the engine's state
+            from .perp.live import keep_venue_state, restore_venue_state
+            restore_venue_state(previous, perp.venue)
+            keep_venue_state(engine, perp.venue)
+        resume_fill_watch(alpaca, store, started, watch_key)
     except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
         # what HYDRA holds and manages comes from this state: trading without it would be a guess
         session_log.close(datetime.now(UTC), {"refused": f"stored state unreadable: {exc}"})
@@ -133,8 +149,9 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     working = broker.open_orders()
     recorded = recognise_own_orders(engine, broker, working)
     dust = {s: engine.dust_below(s) for s in settings.universe.symbols}
+    known = [*settings.universe.symbols, *perps]
     report = reconcile(broker.positions(), working, engine.positions, recorded, now=started,
-                       known_symbols=settings.universe.symbols, dust=dust)
+                       known_symbols=known, dust=dust)
     if not report.ok:
         text = "; ".join(report.mismatches)
         if not adopt:
@@ -162,7 +179,9 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     retry: list[int] = []            # the cycle whose check the broker could not answer
     mismatch: list[str] = []         # why the last reconciliation halted entries (empty: it did not)
 
-    limiter = getattr(broker, "limiter", None)
+    limiter = getattr(alpaca, "limiter", None)
+    # a real perp account (the Binance demo) is checked every cycle; Alpaca alone every RECONCILE_EVERY
+    every = 1 if perps and settings.perps.execution != "sim" else RECONCILE_EVERY
     seen_faults = {"retries": 0, "rate_limited": 0, "waited_s": 0.0}
 
     def report_faults(eng) -> None:
@@ -184,12 +203,12 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     def before_cycle(eng, now):
         report_faults(eng)
         unreadable = control.apply(eng, now)
-        if hasattr(broker, "fills_watched_since"):   # issue #7: where the next process resumes watching
-            store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, now)
-        if eng.cycle and (eng.cycle % RECONCILE_EVERY == 0 or suspect or retry):
+        if hasattr(alpaca, "fills_watched_since"):   # issue #7: where the next process resumes watching
+            store.save_state(watch_key, {"since": alpaca.fills_watched_since.isoformat()}, now)
+        if eng.cycle and (eng.cycle % every == 0 or suspect or retry):
             try:
                 check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
-                                  broker.open_orders(), known_symbols=settings.universe.symbols, dust=dust)
+                                  broker.open_orders(), known_symbols=known, dust=dust)
             except BrokerError as exc:    # the cycle itself still runs (fills, exits); the check, next cycle
                 log.warning("reconciliation skipped this cycle: %s", exc)
                 retry[:] = [eng.cycle]
