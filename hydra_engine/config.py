@@ -291,6 +291,7 @@ def _variables_for(loc: tuple) -> list[str]:
 PROJECT_VARIABLES = {
     "HYDRA_ENABLE_LIVE_TRADING": "the live-trading opt-in (live_trading_opt_in)",
     "HYDRA_BINANCE_URL": "another Binance endpoint for the derivatives feed (paper.py; the fault tests)",
+    "HYDRA_BINANCE_TRADE_URL": "another Binance USD-M trading endpoint for perps.execution binance_* (tests)",
     "HYDRA_SHARED_DATA": "the shared real-data folder (train, tests)",
     "HYDRA_BENCH_PEERS": "the peer benchmark folder (tests)",
     "HYDRA_CONTRACTS": "the recorded Alpaca contracts (tests)",

@@ -20,6 +20,7 @@ from .clock import LiveClock
 from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
 from .data.event_feeds import event_feeds_for
 from .data.feeds import MarketDataWithFeeds
+from .perp.live import paper_perps
 from .plugins import build_strategies
 from .domain import UTC, Order, OrderStatus
 from .executor import order_dict
@@ -73,8 +74,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # issue #7: the Binance base URL is overridable (HYDRA_BINANCE_URL), so the multi-process fault tests can
     # point the feed at a loopback server exactly as APCA_API_BASE_URL / APCA_API_DATA_URL do for Alpaca
     binance_url = os.environ.get("HYDRA_BINANCE_URL", "").strip() or BINANCE_URL
-    perps = settings.perps.symbols if settings.perps.enabled else []
-    crypto.update({s: s for s in perps})   # issue #20: the perp symbols' funding and open interest, same feed
+    crypto.update({s: s for s in settings.perps.symbols} if settings.perps.enabled else {})   # #20: perps' funding/OI
     binance_client = binance_client or BinanceFuturesClient(base_url=binance_url)
     feeds = {}
     if crypto:  # Binance funding/OI only matter for crypto symbols
@@ -83,28 +83,19 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
     market = MarketDataWithFeeds(alpaca_data, feeds, event_feeds=event_feeds_for(
         strategies, settings.resolve_path(settings.data.replay_dir), live=True))
-    alpaca, perp, extra, venues_meta = broker, None, {}, {}
-    if perps:   # issue #20: the perp account (simulated on live public data, or the Binance demo) beside Alpaca
-        from .perp.live import build_live_perp_module
-        perp = build_live_perp_module(settings, market=market, main_broker=broker, client=binance_client,
-                                      live=live, log_dir=log_dir)
-        broker, market = perp.router, perp.market
-        extra = {"gate_rules": perp.gate_rules, **perp.risk_kwargs}
-        venues_meta = {"venues": {"alpaca": "Alpaca", "perp": perp.venue_label}, "perp_symbols": perps}
+    # issue #20: perps.enabled puts the perp account (simulated on live data, or Binance's demo) beside Alpaca
+    perp = paper_perps(settings, market=market, main_broker=broker, client=binance_client, live=live, log_dir=log_dir)
+    alpaca, broker, market = broker, perp.broker, perp.market
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
         log_dir=log_dir, metadata={"trading_url": alpaca.trading_url if hasattr(alpaca, "trading_url") else None,
-                                   **venues_meta},
-        store_batch=1, **extra)
+                                   **perp.meta}, store_batch=1, **perp.core_kwargs)
     watch_key = f"fill_watch:{engine.mode}"
     try:
         previous = store.load_state(engine.state_key)
         if previous:
             engine.restore(previous)
-        if perp is not None:   # the simulated perp account is saved inside the engine's state
-            from .perp.live import keep_venue_state, restore_venue_state
-            restore_venue_state(previous, perp.venue)
-            keep_venue_state(engine, perp.venue)
+        perp.keep_state(previous, engine)   # the simulated perp account lives inside the engine's state
         resume_fill_watch(alpaca, store, started, watch_key)
     except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
         # what HYDRA holds and manages comes from this state: trading without it would be a guess
@@ -149,9 +140,8 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     working = broker.open_orders()
     recorded = recognise_own_orders(engine, broker, working)
     dust = {s: engine.dust_below(s) for s in settings.universe.symbols}
-    known = [*settings.universe.symbols, *perps]
     report = reconcile(broker.positions(), working, engine.positions, recorded, now=started,
-                       known_symbols=known, dust=dust)
+                       known_symbols=[*settings.universe.symbols, *perp.symbols], dust=dust)
     if not report.ok:
         text = "; ".join(report.mismatches)
         if not adopt:
@@ -180,8 +170,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     mismatch: list[str] = []         # why the last reconciliation halted entries (empty: it did not)
 
     limiter = getattr(alpaca, "limiter", None)
-    # a real perp account (the Binance demo) is checked every cycle; Alpaca alone every RECONCILE_EVERY
-    every = 1 if perps and settings.perps.execution != "sim" else RECONCILE_EVERY
+    every, known = perp.reconcile_every or RECONCILE_EVERY, [*settings.universe.symbols, *perp.symbols]
     seen_faults = {"retries": 0, "rate_limited": 0, "waited_s": 0.0}
 
     def report_faults(eng) -> None:

@@ -232,3 +232,33 @@ def restore_venue_state(previous: dict | None, venue, key: str = "perp_venue") -
         venue.load_state(previous[key])
         return True
     return False
+
+
+@dataclass
+class PaperPerps:
+    """What ``paper.py`` wires: the engine's broker and market (the router and the perp-aware market when
+    ``perps.enabled``, else Alpaca's own), ``build_core``'s extra arguments and header, and how often
+    to reconcile (every cycle for a Binance account)."""
+
+    broker: object
+    market: object
+    symbols: list = field(default_factory=list)
+    core_kwargs: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    venue: object = None
+    reconcile_every: int | None = None
+
+    def keep_state(self, previous: dict | None, engine) -> None:
+        if self.venue is not None:
+            restore_venue_state(previous, self.venue)
+            keep_venue_state(engine, self.venue)
+
+
+def paper_perps(settings, *, market, main_broker, client, live: bool, log_dir: Path) -> PaperPerps:
+    if not settings.perps.enabled:
+        return PaperPerps(main_broker, market)
+    w = build_live_perp_module(settings, market=market, main_broker=main_broker, client=client, live=live,
+                               log_dir=log_dir)
+    return PaperPerps(w.router, w.market, list(settings.perps.symbols), {"gate_rules": w.gate_rules, **w.risk_kwargs},
+                      {"venues": {"alpaca": "Alpaca", "perp": w.venue_label}, "perp_symbols": list(settings.perps.symbols)},
+                      w.venue, None if settings.perps.execution == "sim" else 1)
