@@ -372,7 +372,8 @@ class Book:
                             r_multiple=round(float(pnl / risk_usd), 6) if risk_usd > 0 else 0.0,
                             regime_at_entry=pos.regime_at_entry, exit_reason=reason,
                             regime_confidence_at_entry=round(pos.regime_confidence_at_entry, 6),
-                            funding_usd=str(pos.funding_usd.quantize(Decimal("0.000001"))) if pos.funding_usd else "0")
+                            funding_usd=str(pos.funding_usd.quantize(Decimal("0.000001"))) if pos.funding_usd else "0",
+                            venue=self.broker.venue_name(pos.symbol) if hasattr(self.broker, "venue_name") else "")
         self.listener.on_trade_closed(trade, self._known(fill))
         won = pnl > 0
         for source, score in self.entry_sources.pop(fill.symbol, []):

@@ -161,6 +161,11 @@ class PerpsConfig(_Section):
     maker_fee_bps: float = Field(2.0, ge=0, le=100)
     slippage_bps: float = Field(5.0, ge=0, le=500)
     kill_switches: bool = Field(True, description="the perp kill switches join the risk lists")
+    # paper/live sessions only (backtest and sim always simulate): "sim" = the simulated account marked with
+    # live public Binance prices and funding; "binance_demo" = the Binance USD-M demo account (needs
+    # BINANCE_API_KEY/BINANCE_API_SECRET); "binance_live" = the real exchange, which also needs --live and
+    # HYDRA_ENABLE_LIVE_TRADING (the same three-part opt-in as Alpaca's)
+    execution: Literal["sim", "binance_demo", "binance_live"] = "sim"
 
     @field_validator("symbols")
     @classmethod
@@ -247,6 +252,8 @@ class Settings(BaseSettings):
             data.pop("modifiers")   # none enabled: the hash of a config that predates modifiers is unchanged
         if not data["perps"]["enabled"]:   # a disabled module changes no decision: old ids stay valid
             data.pop("perps")
+        elif data["perps"].get("execution") == "sim":
+            data["perps"].pop("execution")   # the default: hashes made before the setting existed stay valid
         data.pop("logs", None)     # retention and notifications change no decision
         data.pop("notify", None)
         # the LLM gate counts only when enabled (off, no [llm] value can change a decision, and every
@@ -332,6 +339,7 @@ PROJECT_VARIABLES = {
     "HYDRA_NOTIFY_URLS": "apprise URLs for notifications (notify.py; they hold tokens: never logged)",
     "HYDRA_CHROMIUM": "the Chromium binary the dashboard's browser test drives (tests)",
     "HYDRA_BINANCE_URL": "another Binance endpoint for the derivatives feed (paper.py; the fault tests)",
+    "HYDRA_BINANCE_TRADE_URL": "another Binance USD-M trading endpoint for perps.execution binance_* (tests)",
     "HYDRA_SHARED_DATA": "the shared real-data folder (train, tests)",
     "HYDRA_BENCH_PEERS": "the peer benchmark folder (tests)",
     "HYDRA_CONTRACTS": "the recorded Alpaca contracts (tests)",

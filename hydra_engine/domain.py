@@ -291,6 +291,7 @@ class Order:
     legs: tuple["Order", ...] = ()  # a placed bracket's take-profit and stop-loss orders (as the broker named them)
     reduce_only: bool = False       # may only reduce a position (perp exits); refused where the venue cannot honour it
     extended_hours: bool = False    # Alpaca: a DAY limit order that may fill outside 09:30-16:00 (pre-market entries)
+    venue: str = ""                 # the venue a VenueRouter sent it to ("" = the session's one broker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +381,9 @@ class ClosedTrade:
     regime_confidence_at_entry: float = 0.0
     # perpetual-futures funding over the trade, USD, signed: + received, - paid; "0" for every non-perp trade
     funding_usd: str = "0"
+    # the venue of the trade's symbol when the session spans venues (VenueRouter: "alpaca"/"sim", "perp"); ""
+    # for a one-venue session
+    venue: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ def order_dict(o: Order) -> dict:
             "filled_qty": j(o.filled_qty), "filled_avg_price": j(o.filled_avg_price), "reject_reason": o.reject_reason,
             "limit_price": j(o.limit_price), "stop_price": j(o.stop_price), "trail_percent": j(o.trail_percent),
             "take_profit_price": j(o.take_profit_price), "stop_loss_price": j(o.stop_loss_price),
-            "reduce_only": o.reduce_only, "extended_hours": o.extended_hours}
+            "reduce_only": o.reduce_only, "extended_hours": o.extended_hours, "venue": o.venue}
 
 class Executor:
     def __init__(self, broker: Broker, book: Book, *, session_id: str, stats):

@@ -22,6 +22,7 @@ from .config import AlpacaKeys, Settings, live_trading_opt_in, utc_stamp
 from .data.event_feeds import event_feeds_for
 from .data.feeds import MarketDataWithFeeds
 from .llm.wiring import paper_llm
+from .perp.live import paper_perps
 from .plugins import build_strategies
 from .domain import UTC, Order, OrderStatus, OrderType
 from .executor import order_dict
@@ -86,27 +87,35 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     # issue #7: the Binance base URL is overridable (HYDRA_BINANCE_URL), so the multi-process fault tests can
     # point the feed at a loopback server exactly as APCA_API_BASE_URL / APCA_API_DATA_URL do for Alpaca
     binance_url = os.environ.get("HYDRA_BINANCE_URL", "").strip() or BINANCE_URL
+    crypto.update({s: s for s in settings.perps.symbols} if settings.perps.enabled else {})   # #20: perps' funding/OI
+    binance_client = binance_client or BinanceFuturesClient(base_url=binance_url)
     feeds = {}
     if crypto:  # Binance funding/OI only matter for crypto symbols
-        feed = BinanceDerivativesFeed(binance_client or BinanceFuturesClient(base_url=binance_url), crypto)
+        feed = BinanceDerivativesFeed(binance_client, crypto)
         feeds["binance"] = TrustedSeriesOnly(feed)
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
     llm = paper_llm(settings, now=started)   # issue #22: live gate + analyst off the hot path (off: nothing)
     market = MarketDataWithFeeds(alpaca_data, feeds, event_feeds=event_feeds_for(
         strategies, settings.resolve_path(settings.data.replay_dir), live=True, extra_needs=llm.event_needs))
+    # issue #20: perps.enabled puts the perp account (simulated on live data, or Binance's demo) beside Alpaca
+    perp = paper_perps(settings, market=market, main_broker=broker, client=binance_client, live=live, log_dir=log_dir)
+    alpaca, broker, market = broker, perp.broker, perp.market
+    core_kwargs = dict(perp.core_kwargs)
+    core_kwargs["gate_rules"] = [*core_kwargs.get("gate_rules", []), *llm.gate_rules]
     engine, session_log, store = build_core(
         settings, market=market, broker=broker, session_id=session_id, mode="live" if live else "paper",
-        log_dir=log_dir, metadata={"trading_url": broker.trading_url if hasattr(broker, "trading_url") else None,
+        log_dir=log_dir, metadata={"trading_url": alpaca.trading_url if hasattr(alpaca, "trading_url") else None,
                                    **({"dry_run_clock_start": clock_start.isoformat()} if clock_start else {}),
-                                   **llm.metadata},
-        store_batch=1, gate_rules=llm.gate_rules)
+                                   **llm.metadata, **perp.meta},
+        store_batch=1, **core_kwargs)
     llm.attach(engine)
     watch_key = f"fill_watch:{engine.mode}"
     try:
         previous = store.load_state(engine.state_key)
         if previous:
             engine.restore(previous)
-        resume_fill_watch(broker, store, started, watch_key)
+        perp.keep_state(previous, engine)   # the simulated perp account lives inside the engine's state
+        resume_fill_watch(alpaca, store, started, watch_key)
     except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
         # what HYDRA holds and manages comes from this state: trading without it would be a guess
         session_log.close(datetime.now(UTC), {"refused": f"stored state unreadable: {exc}"})
@@ -151,7 +160,7 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     recorded = recognise_own_orders(engine, broker, working)
     dust = {s: engine.dust_below(s) for s in settings.universe.symbols}
     report = reconcile(broker.positions(), working, engine.positions, recorded, now=started,
-                       known_symbols=settings.universe.symbols, dust=dust)
+                       known_symbols=[*settings.universe.symbols, *perp.symbols], dust=dust)
     if not report.ok:
         text = "; ".join(report.mismatches)
         if not adopt:
@@ -180,7 +189,8 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     mismatch: list[str] = []         # why the last reconciliation halted entries (empty: it did not)
     unreadable: list[str] = []       # why the kill/resume switch halts entries (empty: it does not)
 
-    limiter = getattr(broker, "limiter", None)
+    limiter = getattr(alpaca, "limiter", None)
+    every, known = perp.reconcile_every or RECONCILE_EVERY, [*settings.universe.symbols, *perp.symbols]
     seen_faults = {"retries": 0, "rate_limited": 0, "waited_s": 0.0}
     interval_s = getattr(clock, "interval_s", None)
     timing = {"started": 0.0, "last_tick": None}
@@ -217,8 +227,8 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
             eng.startup_notes.append(msg)
         why = control.apply(eng, now)
         unreadable[:] = [why] if why else []
-        if hasattr(broker, "fills_watched_since"):   # issue #7: where the next process resumes watching
-            store.save_state(watch_key, {"since": broker.fills_watched_since.isoformat()}, now)
+        if hasattr(alpaca, "fills_watched_since"):   # issue #7: where the next process resumes watching
+            store.save_state(watch_key, {"since": alpaca.fills_watched_since.isoformat()}, now)
         halt(eng)
 
     def reconcile_after_fills(eng, report, trades, now):
@@ -226,10 +236,10 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         that filled since is booked before the books are compared (it ran before the poll, and trading
         the same symbol in consecutive cycles made that fill look like the same mismatch twice: entries
         halted for a cycle). A disagreement must still be seen twice in a row before entries halt."""
-        if eng.cycle and (eng.cycle % RECONCILE_EVERY == 0 or suspect or retry):
+        if eng.cycle and (eng.cycle % every == 0 or suspect or retry):
             try:
                 check = reconcile(broker.positions(), broker.open_orders(), eng.positions,
-                                  broker.open_orders(), known_symbols=settings.universe.symbols, dust=dust)
+                                  broker.open_orders(), known_symbols=known, dust=dust)
             except BrokerError as exc:    # the cycle itself still runs (fills, exits); the check, next cycle
                 log.warning("reconciliation skipped this cycle: %s", exc)
                 report["notes"].append(f"reconciliation skipped this cycle: {exc}")

@@ -80,6 +80,7 @@ class VenueRouter:
     def submit(self, order: Order) -> Order:
         name = self.venue_name(order.symbol)
         self._order_venue[order.client_order_id] = name
+        order.venue = name   # recorded on the order (the session log's orders[] and the closed trade)
         return self.venues[name].submit(order)
 
     def _venue_of_order(self, client_order_id: str) -> list[Broker]:

@@ -120,6 +120,22 @@ class OpenInterestPoint:
     timestamp: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Kline:
+    """One candle: open/close time (UTC; ``close_time`` is Binance's closeTime + 1 ms) and prices in USDT."""
+
+    open_time: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    close_time: datetime
+
+
+KLINE_INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
+
+
 # --------------------------------------------------------------------------- budget
 @dataclass(frozen=True, slots=True)
 class BinanceLimits:
@@ -202,6 +218,29 @@ class BinanceFuturesClient:
                      "openInterestHist")
         out = [_oi_point(row, f"openInterestHist[{i}]") for i, row in enumerate(rows)]
         return sorted(out, key=lambda p: p.timestamp)   # doc examples are not sorted
+
+    def klines(self, symbol: str, interval: str = "1h", limit: int = 500, start: datetime | None = None,
+               end: datetime | None = None) -> list[Kline]:
+        """GET /fapi/v1/klines (weight 1/2/5/10 by ``limit``), oldest first. The newest row may be the bar
+        still forming: callers keep only bars whose ``close_time`` has passed."""
+        if interval not in KLINE_INTERVALS:
+            raise ValueError(f"interval must be one of {', '.join(KLINE_INTERVALS)}, got {interval!r}")
+        limit = _limit(limit, 1500)
+        weight = 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+        params = {"symbol": binance_symbol(symbol), "interval": interval, "limit": limit, **_range(start, end)}
+        rows = _rows(self._get("/fapi/v1/klines", params, weight=weight), "klines")
+        out = []
+        for i, r in enumerate(rows):
+            where = f"klines[{i}]"
+            if not isinstance(r, list) or len(r) < 7:
+                raise BinanceDataError(f"{where}: expected a 12-element array, got {r!r:.80}", "klines")
+            try:
+                out.append(Kline(datetime.fromtimestamp(int(r[0]) / 1000, UTC), float(r[1]), float(r[2]),
+                                 float(r[3]), float(r[4]), float(r[5]),
+                                 datetime.fromtimestamp((int(r[6]) + 1) / 1000, UTC)))
+            except (TypeError, ValueError) as exc:
+                raise BinanceDataError(f"{where}: {exc}", "klines") from None
+        return sorted(out, key=lambda k: k.open_time)
 
     @property
     def used_weight_1m(self) -> int:

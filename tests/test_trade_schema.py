@@ -47,7 +47,8 @@ def test_the_restored_and_the_new_field_are_there():
     names = [f.name for f in dataclasses.fields(ClosedTrade)]
     assert {"regime_confidence_at_entry", "funding_usd"} <= set(names) <= set(TradeRow.model_fields)
     assert ClosedTrade.__dataclass_fields__["funding_usd"].default == "0"   # every non-perp trade
-    assert set(ADDABLE_TRADE_COLUMNS) == {"regime_confidence_at_entry", "funding_usd"}
+    assert ClosedTrade.__dataclass_fields__["venue"].default == ""          # a one-venue session (issue #20)
+    assert set(ADDABLE_TRADE_COLUMNS) == {"regime_confidence_at_entry", "funding_usd", "venue"}
 
 
 def test_a_closed_trade_round_trips_through_the_store_field_for_field(tmp_path):
@@ -77,7 +78,7 @@ def test_a_database_from_before_the_new_fields_gets_their_columns_and_keeps_its_
                                     "exit_reason")])
     with caplog.at_level(logging.WARNING, logger="hydra_engine.store"):
         store = Store(f"sqlite:///{db}")
-    assert "added trades column(s) regime_confidence_at_entry, funding_usd" in caplog.text
+    assert "added trades column(s) regime_confidence_at_entry, funding_usd, venue" in caplog.text
     [before] = store.trades("old")
     # stored before the fields existed: not recorded, and said so (NULL), never a made-up 0
     assert before.regime_confidence_at_entry is None and before.funding_usd is None
@@ -92,7 +93,7 @@ def test_a_trades_table_lacking_more_than_the_new_fields_is_refused_untouched(tm
     db = tmp_path / "foreign.db"
     with sqlite3.connect(db) as c:
         c.execute("create table trades (id integer primary key, session_id varchar, strategy varchar)")
-    with pytest.raises(StoreError, match=r"its tables are not HYDRA's \(table trades lacks symbol, side, .*funding_usd\)"):
+    with pytest.raises(StoreError, match=r"its tables are not HYDRA's \(table trades lacks symbol, side, .*funding_usd, venue\)"):
         Store(f"sqlite:///{db}")
     with sqlite3.connect(db) as c:
         assert [r[1] for r in c.execute("pragma table_info(trades)")] == ["id", "session_id", "strategy"]

@@ -332,7 +332,8 @@ def test_real_run_journal_matches_the_document(real_run):
 
 ORDER_FIELDS = ("client_order_id", "symbol", "side", "qty", "order_type", "time_in_force", "created_at", "strategy",
                 "purpose", "status", "broker_order_id", "filled_qty", "filled_avg_price", "reject_reason",
-                "limit_price", "stop_price", "trail_percent", "take_profit_price", "stop_loss_price", "reduce_only")
+                "limit_price", "stop_price", "trail_percent", "take_profit_price", "stop_loss_price", "reduce_only",
+                "extended_hours", "venue")
 
 
 def test_real_run_log_has_the_documented_order_fields(real_run):
