@@ -1,0 +1,95 @@
+"""Configuration sections added with the strategy families and the tools around them (signal modifiers,
+perpetual futures, log retention, notifications, backtest truth), and ``_Section``, the base every
+section shares. ``config.py`` assembles them into :class:`~hydra_engine.config.Settings`."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode would read `fee_bps = true` as 1.0; a number must be written as one
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError("expected a number, not true/false")
+        return v
+
+
+class ModifiersConfig(_Section):
+    """Signal modifiers (plugin kind ``modifiers``) run on every cycle's signals, in this order."""
+
+    enabled: list[str] = Field(default_factory=list)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+PERP_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT")
+
+
+class PerpsConfig(_Section):
+    """The perpetual-futures module (issue #20): a simulated Binance USD-M account beside the Alpaca
+    book (``hydra_engine/perp/``). Off unless ``enabled``; ``hydra.toml`` turns it on."""
+
+    enabled: bool = False
+    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"],
+                               description="USDT-margined perpetuals (Binance names)")
+    starting_balance_usdt: float = Field(10_000.0, gt=0, description="the perp account's USDT wallet")
+    base_leverage: float = Field(5.0, ge=1, le=20, description="layer spec BASE_LEVERAGE")
+    max_leverage: int = Field(10, ge=1, le=20, description="leverage cap (also below each bracket's cap)")
+    liquidation_buffer: float = Field(0.5, gt=0, le=0.9,
+                                      description="a stop may use at most this share of the distance to liquidation")
+    taker_fee_bps: float = Field(5.0, ge=0, le=100)
+    maker_fee_bps: float = Field(2.0, ge=0, le=100)
+    slippage_bps: float = Field(5.0, ge=0, le=500)
+    kill_switches: bool = Field(True, description="the perp kill switches join the risk lists")
+    # paper/live sessions only (backtest and sim always simulate): "sim" = the simulated account marked with
+    # live public Binance prices and funding; "binance_demo" = the Binance USD-M demo account (needs
+    # BINANCE_API_KEY/BINANCE_API_SECRET); "binance_live" = the real exchange, which also needs --live and
+    # HYDRA_ENABLE_LIVE_TRADING (the same three-part opt-in as Alpaca's)
+    execution: Literal["sim", "binance_demo", "binance_live"] = "sim"
+
+    @field_validator("symbols")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in PERP_SYMBOLS]
+        if unknown:
+            raise ValueError(f"perps.symbols {unknown} are not supported; known: {list(PERP_SYMBOLS)}")
+        if not v:
+            raise ValueError("perps.symbols is empty")
+        return v
+
+
+class LogsConfig(_Section):
+    """Session-log retention (``hydra logs prune``; also applied when a ``run`` starts)."""
+    retention_days: int = Field(0, ge=0, le=36500, description="delete session logs older than N days; 0 keeps all")
+    keep_last: int = Field(20, ge=1, description="the newest N sessions are always kept, whatever their age")
+
+
+NOTIFY_EVENTS = ("fill", "exit", "kill", "error", "daily_summary")
+
+
+class NotifyConfig(_Section):
+    """Notifications (apprise). The service URLs hold tokens: they come from ``HYDRA_NOTIFY_URLS`` in the
+    environment or ``.env`` only, never from this file."""
+    events: list[str] = Field(default_factory=lambda: list(NOTIFY_EVENTS), description="what is sent")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="per-message timeout of the sending thread")
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, v: list[str]) -> list[str]:
+        unknown = [e for e in v if e not in NOTIFY_EVENTS]
+        if unknown:
+            raise ValueError(f"unknown event(s) {unknown}; known: {list(NOTIFY_EVENTS)}")
+        return v
+
+
+class TruthConfig(_Section):
+    """Issue #17: what a run may not pass over in silence."""
+    regime_max_age_days: float = Field(4.0, gt=0, le=365, description="a regime reading whose inputs end more "
+                                       "than this many days before now is UNKNOWN (stale): no entries")
+    backtest_auto_resume_days: float = Field(0.0, ge=0, le=3650, description="backtests only: resume a kill "
+                                             "this many days after it fired (0: never, as in paper)")
