@@ -186,19 +186,25 @@ def run_hydra(settings: Settings, data_dir: Path, out: Path, *, progress: bool =
     summary = run_session(session, progress=progress)
     doc = load_session(summary["log"])
     doc["log_path"] = summary["log"]
-    det = session.engine.regime_detector
+    doc["regime_model"] = regime_model_record(session.engine, initial, ticks)
+    return doc, ticks
+
+
+def regime_model_record(engine, initial: dict, ticks: list) -> dict:
+    """Which regime model a finished run used (``initial``: the starting model's training span); the
+    sweep's persistence-off runs (:mod:`hydra_engine.sweep`) record the same."""
+    det = engine.regime_detector
     trained = ((getattr(det, "params", None) or {}).get("training") or {})
-    refits = session.engine.regime_refits
+    refits = engine.regime_refits
     # the starting model's readings were used unless a refit replaced it at the very first cycle -- with
     # a fresh fit, or, when that fit failed, with an unfitted model (regime UNKNOWN) because the loaded
     # one was fitted on days of this span
     replaced_at_start = (bool(refits) and refits[0]["at"] == ticks[0].isoformat()
                          and (refits[0]["ok"] or refits[0].get("set_aside", False)))
-    doc["regime_model"] = {"detector": getattr(det, "name", type(det).__name__),
-                           "trained_from": trained.get("start"), "trained_to": trained.get("end"),
-                           "initial_trained_to": None if replaced_at_start else initial.get("end"),
-                           "refits": refits}
-    return doc, ticks
+    return {"detector": getattr(det, "name", type(det).__name__),
+            "trained_from": trained.get("start"), "trained_to": trained.get("end"),
+            "initial_trained_to": None if replaced_at_start else initial.get("end"),
+            "refits": refits}
 
 
 def regime_returns(equity: pd.Series, regimes: pd.Series) -> dict[str, float]:
@@ -408,33 +414,41 @@ def fit_regime_detector(data_dir: Path, window: Window, seed: int = 0):
 
 
 def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: date, spec: str, out: Path,
-                     progress: bool = True) -> dict:
-    """Fit on each train window, run HYDRA on its test window; per-window and stitched OOS metrics."""
+                     progress: bool = True, workers: int | None = 0, scheduler: str | None = None) -> dict:
+    """Fit on each train window, run HYDRA on its test window; per-window and stitched OOS metrics.
+
+    Each window is a task of the sweep machinery (:mod:`hydra_engine.sweep`): ``workers=0`` runs them one
+    after another in this process, ``workers=N`` on a dask LocalCluster, ``scheduler`` on an existing cluster
+    (whose workers run persistence off: the windows' session logs are then not written)."""
+    from .sweep import make_tasks, open_executor, run_tasks
     windows = walk_forward_windows(start, end, spec)
     notes = check_span(settings, data_dir, start, end, windows)   # every window has data before any runs
     out.mkdir(parents=True, exist_ok=True)
     rows, per_window, stitched, all_trades, all_fills, in_sample = [], [], [], [], [], []
     scale = float(settings.broker.starting_cash_usd)
-    for w in windows:
-        wdir = out / f"window-{w.index:02d}"
-        wdir.mkdir(exist_ok=True)
-        detector, note = fit_regime_detector(data_dir, w)
-        s = backtest_settings(settings, data_dir, w.test_start, w.test_end, wdir)
-        if detector is not None:   # the window keeps the model of its train span: no in-loop refit
-            s = s.model_copy(update={"engine": s.engine.model_copy(update={"regime_refit_days": 0})})
-        elif s.engine.regime_refit_days > 0:
-            note += f", refitted in the loop every {s.engine.regime_refit_days} days on the data before each cycle"
-        doc, _ = run_hydra(s, data_dir, wdir, progress=progress, detector=detector)
+    wdirs = [None if scheduler else (out / f"window-{w.index:02d}").resolve() for w in windows]
+    tasks = make_tasks(settings, [{}], data_dir=data_dir.resolve(), start=start, end=end, windows=windows,
+                       keep_doc=True, log_dirs=wdirs)
+    executor = open_executor(workers=workers, scheduler=scheduler)
+    try:
+        results = run_tasks(tasks, executor, progress=progress, desc="walk-forward windows")
+    finally:
+        executor.close()
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:   # a combined out-of-sample result needs every window
+        raise RuntimeError(f"walk-forward window #{failed[0]['window']} failed: {failed[0]['error']}\n"
+                           f"{failed[0].get('traceback', '')}")
+    for w, res in zip(windows, results):
+        detector, note, doc, m = res["detector"], res["regime_note"], res["doc"], res["metrics"]
         trained_to = doc["regime_model"]["initial_trained_to"]
         if trained_to and trained_to >= str(w.test_start):   # e.g. the fit failed: the configured model ran
             note += f"; IN-SAMPLE: that model was fitted on data up to {trained_to}, overlapping this test window"
             in_sample.append(w.index)
-        m = M.compute_all(on_sim_clock(doc))
         name = f"#{w.index} {w.test_start}..{w.test_end}"
         rows.append(comparison_row(name, doc, m))
         per_window.append({"window": w.index, "train": [str(w.train_start), str(w.train_end)],
                            "test": [str(w.test_start), str(w.test_end)], "regime_model": note,
-                           "detector": getattr(detector, "name", None) or "configured", "metrics": m})
+                           "detector": detector, "metrics": m})
         eq = curve(doc)   # chain: each window starts where the previous one ended
         start_eq = float(doc["session"]["starting_equity_usd"])
         stitched.append(eq / start_eq * scale)

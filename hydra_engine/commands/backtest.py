@@ -22,6 +22,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="results folder (default: <engine.log_dir>/backtest-<UTC stamp>/)")
     p.add_argument("--walk-forward", default=None, metavar="TRAIN:TEST",
                    help="rolling windows, e.g. 365d:90d or 12m:3m: fit the regime model on TRAIN, test on TEST")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="walk-forward: run the windows on a dask LocalCluster of N worker processes (0: one after "
+                   "another in this process, the default)")
+    p.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
+                   help="walk-forward: run the windows on an existing dask cluster (see README, parameter sweeps)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines (HYDRA only)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=handle)
@@ -30,6 +35,7 @@ def register(subparsers) -> None:
 def handle(args) -> int:
     from ..backtest import BacktestError, default_out_dir, parse_date, run_backtest, run_walk_forward
     from ..config import load_settings
+    from ..sweep import SweepError
     settings = load_settings(args.config)
     try:
         start, end = parse_date(args.start, "--start"), parse_date(args.end, "--end")
@@ -39,7 +45,8 @@ def handle(args) -> int:
         out = Path(args.out) if args.out else default_out_dir(settings.resolve_path(settings.engine.log_dir))
         if args.walk_forward:
             res = run_walk_forward(settings, data_dir=data_dir, start=start, end=end, spec=args.walk_forward,
-                                   out=out, progress=not args.no_progress)
+                                   out=out, progress=not args.no_progress, workers=args.workers,
+                                   scheduler=args.scheduler)
             print(f"\n=== HYDRA walk-forward {args.walk_forward}: {len(res['windows'])} windows, {res['label']} ===")
             for w in res["windows"]:
                 print(f"window {w['window']}: train {w['train'][0]}..{w['train'][1]}  test {w['test'][0]}..{w['test'][1]}"
@@ -51,7 +58,7 @@ def handle(args) -> int:
             return EXIT_OK
         res = run_backtest(settings, data_dir=data_dir, start=start, end=end, out=out,
                            progress=not args.no_progress, baselines=not args.no_baselines, say=print)
-    except BacktestError as exc:
+    except (BacktestError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"\n=== HYDRA backtest {res['start']} .. {res['end']} ({res['cycles']} cycles, fees {res['fee_bps']} bps, "
