@@ -32,13 +32,8 @@ Why it is built this way:
 from __future__ import annotations
 
 import copy
-import csv
-import html
-import itertools
 import json
-import math
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -47,177 +42,15 @@ import traceback
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from .config import Settings
+from .sweep_outputs import (METRICS, _full_name, _write_csv, combine_windows, flat_row, read_done,  # noqa: F401
+                            stitch, write_heatmap, write_results)
+from .sweep_params import (SweepError, check_configuration, grid, make_tasks, parse_param,  # noqa: F401
+                           random_configs, settings_with, sweep_hash)
 
 # the columns of the results table, after the parameters: comparison_row's metrics
-METRICS = ["total_return", "cagr", "max_drawdown", "sharpe", "sortino", "calmar", "cvar_95", "exposure",
-           "trades", "fills", "fees_usd", "final_equity_usd"]
-
-
-class SweepError(ValueError):
-    """A bad sweep argument; the message names the argument, the value and what is allowed."""
-
-
-# ================================================================== parameters
-def _literal(text: str) -> Any:
-    """``3`` → 3, ``2.5`` → 2.5, ``true`` → True, ``"x"``/``x`` → "x", ``[1,2]`` (JSON) → [1, 2]."""
-    text = text.strip()
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _range(text: str, name: str) -> list:
-    """``LOW:HIGH:STEP`` → LOW, LOW+STEP, ... up to HIGH inclusive (ints stay ints)."""
-    parts = [_literal(p) for p in text.split(":")]
-    if len(parts) != 3 or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts):
-        raise SweepError(f"--param {name}={text!r}: a range is LOW:HIGH:STEP with three numbers")
-    low, high, step = parts
-    if step <= 0 or high < low:
-        raise SweepError(f"--param {name}={text!r}: STEP must be > 0 and HIGH >= LOW")
-    n = int(math.floor((high - low) / step + 1e-9)) + 1
-    if n > 10_000:
-        raise SweepError(f"--param {name}={text!r} gives {n} values (at most 10,000)")
-    if all(isinstance(p, int) for p in parts):
-        return [low + k * step for k in range(n)]
-    decimals = max(len(repr(float(p)).split(".")[1]) for p in parts)
-    return [round(low + k * step, decimals) for k in range(n)]
-
-
-def parse_param(spec: str, sections: Iterable[str] = ()) -> tuple[str, dict]:
-    """``NAME=V1,V2,...`` (values), ``NAME=LOW:HIGH:STEP`` (a grid range) or ``NAME=LOW..HIGH`` (a continuous
-    range, random search only). NAME is a dotted settings path (``risk.max_position_pct``) or
-    ``PLUGIN.KEY``, short for ``strategies.params.PLUGIN.KEY``. Returns (full path, {"values": [...]} or
-    {"low": x, "high": y})."""
-    if "=" not in spec:
-        raise SweepError(f"--param {spec!r} must be NAME=VALUES, e.g. risk.max_position_pct=1,2,3 or "
-                         "liquidation_cascade.stop_pct=1.0:3.0:0.5")
-    name, text = (s.strip() for s in spec.split("=", 1))
-    parts = name.split(".")
-    if len(parts) < 2 or not all(parts):
-        raise SweepError(f"--param {name!r}: NAME is SECTION.KEY (e.g. risk.max_position_pct) or PLUGIN.KEY "
-                         "(e.g. liquidation_cascade.stop_pct)")
-    sections = set(sections) or set(Settings.model_fields)
-    if parts[0] not in sections:
-        parts = ["strategies", "params", *parts]
-    full = ".".join(parts)
-    if not text:
-        raise SweepError(f"--param {name}: no values")
-    if ".." in text and ":" not in text:
-        low, high = (_literal(p) for p in text.split("..", 1))
-        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in (low, high)) or high < low:
-            raise SweepError(f"--param {name}={text!r}: a continuous range is LOW..HIGH with LOW <= HIGH")
-        return full, {"low": low, "high": high}
-    if ":" in text and not text.startswith(("[", "{", '"')):
-        return full, {"values": _range(text, name)}
-    return full, {"values": [_literal(v) for v in text.split(",")]}
-
-
-def grid(params: dict[str, dict]) -> list[dict]:
-    """Every combination of the parameters' values, in the order given (the last parameter varies fastest)."""
-    for name, p in params.items():
-        if "values" not in p:
-            raise SweepError(f"--param {name}: a LOW..HIGH range needs --search random (a grid needs values)")
-    names = list(params)
-    return [dict(zip(names, combo)) for combo in itertools.product(*(params[n]["values"] for n in names))]
-
-
-def random_configs(params: dict[str, dict], samples: int, seed: int) -> list[dict]:
-    """``samples`` draws (seeded): a value list is drawn from uniformly, a LOW..HIGH range uniformly (whole
-    numbers when both ends are whole). Duplicated draws are kept once."""
-    if samples < 1:
-        raise SweepError(f"--samples {samples} must be >= 1")
-    rng = random.Random(seed)
-    out, seen = [], set()
-    for _ in range(samples):
-        draw = {}
-        for name, p in params.items():
-            if "values" in p:
-                draw[name] = rng.choice(p["values"])
-            elif isinstance(p["low"], int) and isinstance(p["high"], int):
-                draw[name] = rng.randint(p["low"], p["high"])
-            else:
-                draw[name] = round(rng.uniform(p["low"], p["high"]), 6)
-        key = json.dumps(draw, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(draw)
-    return out
-
-
-def settings_with(settings: Settings, overrides: dict[str, Any]) -> Settings:
-    """The settings with each dotted path replaced, validated as a whole (so a bad value is refused with
-    the field's own message). A path must exist, except below ``strategies.params.PLUGIN`` (a plugin's
-    parameters are its own: the plugin refuses an unknown one when it is built)."""
-    from pydantic import ValidationError
-    data = settings.model_dump(mode="json")
-    for path, value in overrides.items():
-        node, parts = data, path.split(".")
-        for k, part in enumerate(parts[:-1]):
-            if part not in node:
-                if parts[:2] == ["strategies", "params"] and k >= 2:
-                    node[part] = {}
-                else:
-                    raise SweepError(f"--param {path}: {'.'.join(parts[:k + 1])} is not a setting")
-            node = node[part]
-            if not isinstance(node, dict):
-                raise SweepError(f"--param {path}: {'.'.join(parts[:k + 1])} is a value, not a section")
-        if parts[-1] not in node and parts[:2] != ["strategies", "params"]:
-            raise SweepError(f"--param {path}: {parts[-1]!r} is not a key of [{'.'.join(parts[:-1])}] "
-                             f"(keys: {', '.join(sorted(node))})")
-        node[parts[-1]] = value
-    try:
-        out = Settings.model_validate(data)
-    except ValidationError as exc:
-        raise SweepError(f"configuration {overrides}: {exc}") from None
-    object.__setattr__(out, "_toml_path", getattr(settings, "_toml_path", None))
-    return out
-
-
-def check_configuration(settings: Settings, overrides: dict) -> None:
-    """Refuse, before anything runs, what a run would refuse at its start: unknown plugins or plugin
-    parameters, and risk limits looser than the hard ones."""
-    from .plugins import PluginError, build_strategies
-    from .risk import RiskConfigError, RiskManager
-    try:
-        build_strategies(settings.strategies.enabled, settings.strategies.params)
-        RiskManager(settings.risk)
-    except (PluginError, RiskConfigError, ValueError, TypeError) as exc:
-        raise SweepError(f"configuration {overrides}: {exc}") from None
-
-
-def sweep_hash(settings: Settings) -> str:
-    """The configuration's hash as every session log records it (``Settings.config_hash``)."""
-    return settings.config_hash()
-
-
-# ================================================================== tasks
-def make_tasks(settings: Settings, configs: list[dict], *, data_dir: Path, start: date, end: date,
-               windows: list | None = None, seed: int = 0, keep_doc: bool = False,
-               log_dirs: list[Path | None] | None = None) -> list[dict]:
-    """One task per configuration (× walk-forward window). Every configuration is validated here."""
-    tasks = []
-    for cfg_index, overrides in enumerate(configs):
-        s = settings_with(settings, overrides)
-        check_configuration(s, overrides)
-        # the span is part of the hash a session log records: hash the configuration over the whole sweep span
-        spanned = s.model_copy(update={"data": s.data.model_copy(update={"start": start, "end": end})})
-        config_hash = sweep_hash(spanned)
-        spans = ([(None, None, start, end)] if not windows else
-                 [(w.index, (str(w.train_start), str(w.train_end)), w.test_start, w.test_end) for w in windows])
-        for k, (index, train, a, b) in enumerate(spans):
-            key = f"{config_hash}-{'span' if index is None else f'w{index:02d}'}-{a}-{b}-s{seed}"
-            tasks.append({"key": key, "config_index": cfg_index, "config": s.model_dump(mode="json"),
-                          "config_hash": config_hash, "params": dict(overrides), "data_dir": str(data_dir),
-                          "sweep_span": [str(start), str(end)], "start": str(a), "end": str(b), "window": index,
-                          "train": train, "seed": seed, "keep_doc": keep_doc,
-                          "log_dir": str(log_dirs[k]) if log_dirs and log_dirs[k] is not None else None})
-    return tasks
 
 
 class MemoryLog:
@@ -487,34 +320,6 @@ def run_tasks(tasks: list[dict], executor, *, progress: bool = True, desc: str =
 
 
 # ================================================================== the sweep
-def flat_row(res: dict, params: list[str]) -> dict:
-    """A results-table row: identity, parameters, metrics, status."""
-    row = {"key": res["key"], "config_index": res["config_index"], "config_hash": res["config_hash"],
-           "seed": res["seed"], "window": res["window"], "start": res["start"], "end": res["end"]}
-    row.update({p: res["params"].get(p) for p in params})
-    row.update({k: (res.get("metrics_row") or {}).get(k) for k in METRICS})
-    row.update({"cycles": res.get("cycles"), "status": res["status"], "error": res.get("error"),
-                "runtime_s": res.get("runtime_s"), "worker": res.get("worker")})
-    return row
-
-
-def read_done(path: Path) -> dict[str, dict]:
-    """The finished tasks of an earlier run of this sweep (``results.jsonl``): key → its last result."""
-    done: dict[str, dict] = {}
-    if not path.is_file():
-        return done
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            res = json.loads(line)
-        except json.JSONDecodeError:
-            # only a torn last line can come from an interrupted sweep; that task simply runs again
-            continue
-        done[res["key"]] = res
-    return done
-
-
 def run_sweep(settings: Settings, *, data_dir: Path, start: date, end: date, params: dict[str, dict],
               out: Path, search: str = "grid", samples: int = 20, seed: int = 0, walk_forward: str | None = None,
               workers: int | None = None, scheduler: str | None = None, wait_workers: int = 0,
@@ -591,135 +396,6 @@ def run_sweep(settings: Settings, *, data_dir: Path, start: date, end: date, par
             "executor": executor.name if executor else "none (every task was already done)",
             "workers": getattr(executor, "workers", 0), "rows": rows, "combined": combined, "notes": notes,
             "heatmap": str(out / "heatmap.html") if heatmap else None}
-
-
-def _full_name(name: str, names: list[str]) -> str:
-    if name in names:
-        return name
-    matches = [n for n in names if n.endswith("." + name) or n == f"strategies.params.{name}"]
-    if len(matches) != 1:
-        raise SweepError(f"--heatmap {name!r} is not one of the swept parameters ({', '.join(names)})")
-    return matches[0]
-
-
-def combine_windows(settings: Settings, results: list[dict], names: list[str]) -> list[dict]:
-    """Per configuration, its walk-forward windows stitched into one out-of-sample run (as
-    ``hydra backtest --walk-forward`` does); a configuration with a failed window has no combined row."""
-    from . import metrics as M
-    from .backtest import comparison_row
-    by_config: dict[int, list[dict]] = {}
-    for r in results:
-        by_config.setdefault(r["config_index"], []).append(r)
-    rows = []
-    for index, rs in sorted(by_config.items()):
-        rs = sorted(rs, key=lambda r: r["window"])
-        base = {"config_index": index, "config_hash": rs[0]["config_hash"], "seed": rs[0]["seed"],
-                "windows": len(rs), **{p: rs[0]["params"].get(p) for p in names}}
-        if any(r["status"] != "ok" or "_doc" not in r for r in rs):
-            bad = [r for r in rs if r["status"] != "ok"]
-            rows.append({**base, "status": "failed" if bad else "not recombined (resumed without documents)",
-                         "error": bad[0]["error"] if bad else None})
-            continue
-        doc = stitch([r["_doc"] for r in rs], settings)
-        m = M.compute_all(doc)
-        row = comparison_row("combined", doc, m)
-        in_sample = [r["window"] for r in rs if r.get("initial_trained_to") and r["initial_trained_to"] >= r["start"]]
-        rows.append({**base, **{k: row.get(k) for k in METRICS}, "status": "ok",
-                     "label": "out of sample" if not in_sample else f"regimes in-sample in window(s) {in_sample}"})
-    return rows
-
-
-def stitch(docs: list[dict], settings: Settings) -> dict:
-    """Walk-forward test windows chained into one document: each window's equity is scaled to start where
-    the previous one ended."""
-    scale = float(settings.broker.starting_cash_usd)
-    cycles, trades, fills, fees = [], [], [], 0.0
-    for doc in docs:
-        start_eq = float(doc["session"]["starting_equity_usd"])
-        last = scale
-        for c in doc["cycles"]:
-            last = float(c["equity_usd"]) / start_eq * scale
-            cycles.append({"ts": c["ts"], "equity_usd": last, "regime": c.get("regime")})
-        scale = last
-        trades += doc.get("trades", [])
-        fills += doc.get("fills", [])
-        fees += float((doc.get("summary") or {}).get("fees_usd") or 0.0)
-    return {"session": {"started_at": cycles[0]["ts"] if cycles else None,
-                        "ended_at": cycles[-1]["ts"] if cycles else None,
-                        "starting_equity_usd": str(settings.broker.starting_cash_usd),
-                        "symbols": list(settings.universe.symbols)},
-            "cycles": cycles, "trades": trades, "fills": fills, "summary": {"fees_usd": fees}}
-
-
-# ================================================================== outputs
-def _write_csv(rows: list[dict], path: Path) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def write_results(rows: list[dict], out: Path) -> None:
-    """``results.csv`` and ``results.parquet`` (same rows)."""
-    import pandas as pd
-    _write_csv(rows, out / "results.csv")
-    frame = pd.DataFrame(rows)
-    for col in frame.columns:   # parameters may mix types across rows (1, 1.5): parquet needs one per column
-        if frame[col].dtype == object:
-            frame[col] = frame[col].map(lambda v: v if v is None or isinstance(v, str) else json.dumps(v))
-    frame.to_parquet(out / "results.parquet", index=False)
-
-
-def _colour(v: float | None, lo: float, hi: float) -> str:
-    if v is None or not math.isfinite(v):
-        return "#eeeeee"
-    x = 0.5 if hi <= lo else (v - lo) / (hi - lo)
-    r, g = int(230 - 130 * x), int(110 + 120 * x)   # red (low) → green (high)
-    return f"rgb({r},{g},120)"
-
-
-def write_heatmap(rows: list[dict], x: str, y: str, metric: str, path: Path, *, title: str = "HYDRA sweep") -> Path:
-    """A self-contained HTML table: ``metric`` over parameters ``x`` (columns) and ``y`` (rows), the mean
-    over every other parameter's values and window (the count is in each cell's tooltip)."""
-    cells: dict[tuple, list[float]] = {}
-    for r in rows:
-        v = r.get(metric)
-        if r.get("status") != "ok" or v is None or (isinstance(v, float) and not math.isfinite(v)):
-            continue
-        cells.setdefault((json.dumps(r.get(y)), json.dumps(r.get(x))), []).append(float(v))
-    xs = sorted({k[1] for k in cells}, key=_sort_key)
-    ys = sorted({k[0] for k in cells}, key=_sort_key)
-    means = {k: sum(v) / len(v) for k, v in cells.items()}
-    lo, hi = (min(means.values()), max(means.values())) if means else (0.0, 0.0)
-    short = lambda n: n.replace("strategies.params.", "")   # noqa: E731
-    head = "".join(f"<th>{html.escape(v)}</th>" for v in xs)
-    body = []
-    for yv in ys:
-        tds = []
-        for xv in xs:
-            m = means.get((yv, xv))
-            n = len(cells.get((yv, xv), ()))
-            text = "n/a" if m is None else f"{m:.4g}"
-            tds.append(f'<td style="background:{_colour(m, lo, hi)}" title="mean of {n} run(s)">{text}</td>')
-        body.append(f"<tr><th>{html.escape(yv)}</th>{''.join(tds)}</tr>")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{border:1px solid #999;padding:4px 8px;
-text-align:right}} caption{{font-weight:bold;margin:6px}}</style></head><body>
-<table><caption>{html.escape(title)}: {html.escape(metric)} (mean over the other parameters and windows)</caption>
-<tr><th>{html.escape(short(y))} \\ {html.escape(short(x))}</th>{head}</tr>
-{''.join(body)}</table></body></html>
-"""
-    path.write_text(page, encoding="utf-8")
-    return path
-
-
-def _sort_key(text: str):
-    try:
-        v = json.loads(text)
-        return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, text)
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return (1, 0.0, text)
 
 
 __all__ = ["SweepError", "MemoryLog", "parse_param", "grid", "random_configs", "settings_with", "make_tasks",
