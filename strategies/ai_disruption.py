@@ -115,6 +115,13 @@ class AiDisruption(Strategy):
     assets = SYMBOLS
     data_needs = (*(DataNeed("bars", s) for s in SYMBOLS), DataNeed("events", LAUNCH_KIND))
     Params = AiDisruptionParams
+    # the plugin contract (tests/test_plugin_contract.py) over the Llama 3.1 405B shock (IGV confirmed it on
+    # 2024-07-24; dips bought on day 10, 2024-08-06, time exit day 11). Its regimes are the bible's
+    # (TRENDING_DOWN, HIGH_VOL, RECOVERY): the shipped HMM reads TRENDING_UP or MEAN_REVERTING through all
+    # three 2024 shocks (README "Evidence"), the trend/volatility rule reads TRENDING_DOWN from 2024-08-02,
+    # so the contract runs it under that detector, re-read every cycle
+    contract_span = ("2024-03-01", "2024-08-20", "2024-08-09T00:00:00Z")
+    contract_settings = {"engine": {"regime_detector": "trend_vol_rule", "regime_refresh_cycles": 1}}
 
     def __init__(self, params: Mapping | None = None) -> None:
         super().__init__(params)

@@ -46,6 +46,9 @@ class CrossAssetTLT(Strategy):
     assets = (TRADED,)
     data_needs = tuple(DataNeed("bars", s) for s in (TRADED, *WATCHED))
     Params = CrossAssetParams
+    # the plugin contract (tests/test_plugin_contract.py) over the April 2024 risk-off (confirmed at the
+    # 2024-04-12 close: HYG, SPY down, VIX up over three sessions), the TLT buy before the cut
+    contract_span = ("2024-04-01", "2024-04-26", "2024-04-16T00:00:00Z")
 
     def __init__(self, params: Mapping | None = None) -> None:
         super().__init__(params)

@@ -51,3 +51,64 @@ def test_a_malformed_notice_is_refused_naming_the_field_and_nothing_is_written(t
         err = capsys.readouterr().err
         assert "notice refused" in err and field in err, (change, err)
     assert not (folder / OPERATOR_MARGINS_FILE).exists()
+
+
+# --------------------------------------------------------------------------- ai-launch add (issue #19)
+def _launch_args(folder, **change):
+    base = {"--id": "claude-4", "--model": "Claude 4", "--organization": "Anthropic", "--announced": "2024-12-17",
+            "--source": "https://www.anthropic.com/news/x", "--source-ref": "press release"}
+    base.update(change)
+    return ["events", "ai-launch", "add", "--data", str(folder)] + [x for kv in base.items() for x in kv]
+
+
+def test_ai_launch_add_derives_the_first_session_and_the_feed_serves_it(tmp_path, capsys):
+    from hydra_engine.data.ai_launch_list import CURATED_LAUNCHES_FILE, read_launch_list
+    folder = _data(tmp_path)
+    shutil.copytree(SHIPPED_DATA / "equities" / "daily", folder / "equities" / "daily")   # SPY's sessions
+    before = read_launch_list(folder / CURATED_LAUNCHES_FILE)
+    # a Friday-evening launch (Pacific): its first session is the Monday after
+    assert main(_launch_args(folder, **{"--id": "friday-model", "--announced": "2024-12-20"})) == 0
+    out = capsys.readouterr().out
+    assert "first US session 2024-12-23" in out, out
+    after = {e.subject: e for e in read_launch_list(folder / CURATED_LAUNCHES_FILE)}
+    assert len(after) == len(before) + 1 and after["friday-model"].payload["first_us_session"] == "2024-12-23"
+    # an explicit time (an SDK tag before the close) reacts the same day
+    assert main(_launch_args(folder, **{"--id": "noon-model", "--announced": "2024-12-18",
+                                        "--announced-at": "2024-12-18T12:00:00-05:00"})) == 0
+    assert "first US session 2024-12-18" in capsys.readouterr().out
+    # the feed the plugin reads sees the new launches
+    from hydra_engine.data.event_feeds import build_event_feeds
+    from hydra_engine.strategy import DataNeed
+    from datetime import datetime, timezone
+    [feed] = build_event_feeds([DataNeed("events", "ai_model_launch")], folder)
+    subjects = {e.subject for e in feed.events(datetime(2024, 12, 31, tzinfo=timezone.utc))}
+    assert {"friday-model", "noon-model"} <= subjects
+
+
+def test_ai_launch_add_refuses_a_bad_field_naming_it_and_writes_nothing(tmp_path, capsys):
+    from hydra_engine.data.ai_launch_list import CURATED_LAUNCHES_FILE
+    folder = _data(tmp_path)
+    path = folder / CURATED_LAUNCHES_FILE
+    original = path.read_bytes()
+    cases = [({"--id": "Claude 4", "--first-session": "2024-12-18"}, "field 'launch_id'", "--id"),
+             ({"--id": "claude-3", "--first-session": "2024-12-18"}, "duplicate of line", "--id"),
+             ({"--announced": "2024-13-01", "--first-session": "2024-12-18"}, "field 'announced_date'", "--announced"),
+             ({"--first-session": "2024-12-16"}, "closes before the launch was public", "--first-session"),
+             ({"--first-session": "2024-12-21"}, "weekend day", "--first-session"),
+             ({"--announced-at": "2024-12-17T10:00:00", "--first-session": "2024-12-18"}, "needs its UTC offset",
+              "--announced-at"),
+             ({"--model": " ", "--first-session": "2024-12-18"}, "field 'model': must not be empty", "--model"),
+             # no SPY sessions in this folder and none given: the operator must say which session
+             ({"--announced": "2024-12-17"}, "field 'first-session': required", None)]
+    for change, why, option in cases:
+        assert main(_launch_args(folder, **change)) == 3, change
+        err = capsys.readouterr().err
+        assert "launch refused" in err and why in err, (change, err)
+        if option:
+            assert f"({option})" in err, (change, err)
+    assert path.read_bytes() == original
+    # a folder without its own list is not given one by a refused launch
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert main(_launch_args(bare, **{"--id": "BAD"})) == 3
+    assert not (bare / CURATED_LAUNCHES_FILE).exists()

@@ -157,9 +157,12 @@ def span_of(name: str) -> tuple[str, str, pd.Timestamp]:
 
 
 def universe_of(name: str) -> tuple[str, ...]:
-    """The default universe plus the plugin's equity assets (GLD, SLV...), so it sees the bars it trades."""
+    """The default universe plus the plugin's equity assets (GLD, SLV...) and the equity bars it watches
+    (``DataNeed("bars", "HYG")``), so it sees the bars it trades and the ones its rule reads."""
     from hydra_engine.brokers.capabilities import DEFAULT_ASSET_SPECS
-    extra = [s for s in getattr(STRATEGIES.get(name), "assets", ()) if s in DEFAULT_ASSET_SPECS and "/" not in s]
+    plugin = STRATEGIES.get(name)
+    wanted = [*getattr(plugin, "assets", ()), *(n.symbol for n in getattr(plugin, "data_needs", ()) if n.kind == "bars")]
+    extra = [s for s in wanted if s in DEFAULT_ASSET_SPECS and "/" not in s]
     return tuple(dict.fromkeys(("BTC/USD", "ETH/USD", "SPY", *extra)))
 
 
@@ -167,8 +170,12 @@ def run_plugin(folder: Path, data_dir: Path, name: str, extra=None) -> tuple[dic
     start, end, _ = span_of(name)
     # a perp plugin (issue #20) runs with the perp module on: its symbols are replayed only then
     perps = {"perps": {"enabled": True}} if set(STRATEGIES[name].assets) & set(PERP_SYMBOLS) else {}
+    # a plugin gated to regimes the default detector never reads over its events may name the project's other
+    # shipped settings it is checked under (``contract_settings``, e.g. the trend/volatility rule): the same
+    # assertions, in a configuration the engine supports
+    own = dict(getattr(STRATEGIES[name], "contract_settings", None) or {})
     settings = make_settings(folder, data_dir=data_dir, start=start, end=end, symbols=universe_of(name),
-                             strategies={"enabled": [name]}, **perps)
+                             strategies={"enabled": [name]}, **perps, **own)
     session = build_sim_session(settings)
     engine = session.engine
     [plugin] = engine.strategies

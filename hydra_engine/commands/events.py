@@ -1,17 +1,24 @@
-"""``hydra events list|add-margin``: the dated events the plugins see, and the operator's CME margin notices.
+"""``hydra events list|add-margin|ai-launch add``: the dated events the plugins see, the operator's CME margin
+notices and the curated AI model-launch list.
 
 ``list`` prints the events of the data folder's feeds (``--kind macro_release|cme_margin|ai_launch``,
 ``--since``/``--until`` dates). ``add-margin`` appends one COMEX margin notice to
 ``events/cme_margins/operator_margin_notices.csv`` in the data folder (read with the shipped history by the
 ``cme_margin`` feed, offline and on paper) after validating it with the same reader: a malformed notice is
-refused with the field it got wrong, and nothing is written.
+refused with the field it got wrong, and nothing is written. ``ai-launch add`` appends one model launch to
+the data folder's curated list (``events/ai_launches/model_launches_curated.csv``; a folder without its own
+copy gets one, the shipped list plus the new row) after :func:`validate_launch_rows` accepted it together
+with the rows already there: a bad field (a slug, a date, a first session before the launch was public, a
+duplicate id) is refused with the line and field named, and nothing is written.
 """
 from __future__ import annotations
 
 import csv
+import re
+import shutil
 import sys
 import tempfile
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from . import config_option
@@ -48,6 +55,22 @@ def register(subparsers) -> None:
     add.add_argument("--source-date", default="", help="YYYY-MM-DD the notice was published (default: today)")
     add.add_argument("--data", default=None, help="data folder (default: data.replay_dir)")
     add.set_defaults(func=handle_add)
+    ai = sub.add_parser("ai-launch", help="the curated AI model-launch list (strategy 4)", parents=[config_option()])
+    ai_sub = ai.add_subparsers(dest="ai_cmd", required=True)
+    la = ai_sub.add_parser("add", help="append a model launch to the curated list (validated)",
+                           parents=[config_option()])
+    la.add_argument("--id", required=True, help="launch_id: a lower-case slug (e.g. claude-4-opus)")
+    la.add_argument("--model", required=True, help="the model's public name")
+    la.add_argument("--organization", required=True, help="who launched it (OpenAI, Anthropic...)")
+    la.add_argument("--announced", required=True, help="YYYY-MM-DD the launch was public")
+    la.add_argument("--announced-at", default="", help="ISO time with UTC offset when known (an SDK tag's time)")
+    la.add_argument("--first-session", default="", help="YYYY-MM-DD first US session that could react (default: "
+                    "from the data folder's SPY sessions; required beyond them)")
+    la.add_argument("--source", required=True, help="where the launch is documented (URL or file)")
+    la.add_argument("--source-ref", required=True, help="the line/entry in that source")
+    la.add_argument("--note", default="", help="free text")
+    la.add_argument("--data", default=None, help="data folder (default: data.replay_dir)")
+    la.set_defaults(func=handle_ai_launch_add)
 
 
 def _folder(args) -> Path:
@@ -163,4 +186,82 @@ def handle_add(args) -> int:
         w.writerow(row)
     print(f"added: {event.subject} margin {event.payload['direction']} {event.payload['pct_change']}% effective "
           f"{event.happened_at:%Y-%m-%d %H:%M}Z (known {event.known_at:%Y-%m-%d %H:%M}Z) -> {path}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- ai-launch add
+_LAUNCH_FIELDS = {"launch_id": "id", "model": "model", "organization": "organization",
+                  "announced_date": "announced", "announced_at_utc": "announced-at",
+                  "first_us_session": "first-session", "source": "source", "source_ref": "source-ref", "note": "note"}
+
+
+def _sessions(folder: Path) -> list[date]:
+    """The US session dates of the data folder's SPY daily bars (empty when it has none)."""
+    from ..data.replay import ReplayMarketData
+    try:
+        spy = ReplayMarketData(folder, ["SPY"]).history("SPY")
+    except Exception:   # no equity data in this folder: the operator gives the session
+        return []
+    if spy is None or not len(spy):
+        return []
+    from ..data.event_files import NEW_YORK
+    return sorted({datetime.fromtimestamp(int(t) + 6 * 3600, NEW_YORK).date() for t in spy.ts.tolist()})
+
+
+def launch_row(args, folder: Path) -> dict:
+    """The CSV row of an ``ai-launch add``; the first session derived from the folder's sessions when not
+    given (ValueError names the field when it cannot be)."""
+    from ..data.ai_launch_list import COLUMNS as LAUNCH_COLUMNS, first_session_after, known_at
+    row = {c: "" for c in LAUNCH_COLUMNS}
+    row.update(launch_id=args.id.strip(), model=args.model.strip(), organization=args.organization.strip(),
+               announced_date=args.announced.strip(), announced_at_utc=(args.announced_at or "").strip(),
+               first_us_session=(args.first_session or "").strip(), source=args.source.strip(),
+               source_ref=args.source_ref.strip(), note=(args.note or "").strip())
+    if not row["first_us_session"]:
+        try:
+            public = known_at(row)
+        except ValueError:
+            raise ValueError(f"field 'announced': expected YYYY-MM-DD, got {args.announced!r}"
+                             if not row["announced_at_utc"] else
+                             f"field 'announced-at': expected an ISO time with offset, got {args.announced_at!r}") from None
+        sessions = _sessions(folder)
+        first = first_session_after(public, sessions)
+        if first is None:
+            last = sessions[-1].isoformat() if sessions else "none"
+            raise ValueError(f"field 'first-session': required: the data folder's sessions (last {last}) do not "
+                             f"reach the launch ({public:%Y-%m-%d %H:%M}Z)")
+        row["first_us_session"] = first.isoformat()
+    return row
+
+
+def handle_ai_launch_add(args) -> int:
+    from ..data.ai_launch_list import CURATED_LAUNCHES_FILE, append_launch, launch_list_path
+    from ..data.event_files import EventDataError
+    folder = _folder(args)
+    try:
+        row = launch_row(args, folder)
+    except ValueError as exc:
+        print(f"error: launch refused: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    path = folder / CURATED_LAUNCHES_FILE
+    source = launch_list_path(folder)
+    with tempfile.TemporaryDirectory() as tmp:   # validated against the rows already there; written only if clean
+        probe = Path(tmp) / "list.csv"
+        if source.is_file():
+            shutil.copyfile(source, probe)
+        try:
+            problems = append_launch(probe, row)
+        except EventDataError as exc:
+            print(f"error: launch refused: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        if problems:
+            for p in problems:   # name the command-line option beside the CSV column
+                m = re.search(r"field '(\w+)'", p)
+                hint = f" (--{_LAUNCH_FIELDS[m.group(1)]})" if m and m.group(1) in _LAUNCH_FIELDS else ""
+                print(f"error: launch refused: {p}{hint}", file=sys.stderr)
+            return EXIT_INVALID
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(probe, path)
+    print(f"added: {row['launch_id']} ({row['model']}, {row['organization']}) announced {row['announced_date']}, "
+          f"first US session {row['first_us_session']} -> {path}")
     return EXIT_OK
