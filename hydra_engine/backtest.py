@@ -308,13 +308,9 @@ def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, 
     coverage: dict = {}
 
     def announce(session) -> None:   # issue #17: every gap said before the run, not found in the JSON after
-        from .coverage import coverage_report, format_coverage
-        coverage.update(coverage_report(session.engine.market, session.engine.strategies, _utc_midnight(start),
-                                        _utc_midnight(end)))
-        if say is not None:
-            say(format_coverage(coverage))
-            for note in coverage["notes"]:
-                say(f"note: {note}")
+        from .coverage import announce as said
+        coverage.update(said(session.engine.market, session.engine.strategies, _utc_midnight(start),
+                             _utc_midnight(end), say))
 
     t0 = time.perf_counter()
     doc, ticks = run_hydra(s, data_dir, out, progress=progress, before_run=announce)
@@ -408,11 +404,19 @@ def fit_regime_detector(data_dir: Path, window: Window, seed: int = 0):
 
 
 def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: date, spec: str, out: Path,
-                     progress: bool = True) -> dict:
-    """Fit on each train window, run HYDRA on its test window; per-window and stitched OOS metrics."""
+                     progress: bool = True, say=None) -> dict:
+    """Fit on each train window, run HYDRA on its test window; per-window and stitched OOS metrics.
+    ``say(text)`` hears the coverage table of all the test windows together, once, before the first runs."""
     windows = walk_forward_windows(start, end, spec)
     notes = check_span(settings, data_dir, start, end, windows)   # every window has data before any runs
     out.mkdir(parents=True, exist_ok=True)
+    coverage: dict = {}
+
+    def announce(session) -> None:   # issue #17: once, for the span the windows replay (train spans only fit)
+        if not coverage:
+            from .coverage import announce as said
+            coverage.update(said(session.engine.market, session.engine.strategies,
+                                 _utc_midnight(windows[0].test_start), _utc_midnight(windows[-1].test_end), say))
     rows, per_window, stitched, all_trades, all_fills, in_sample = [], [], [], [], [], []
     scale = float(settings.broker.starting_cash_usd)
     for w in windows:
@@ -424,7 +428,7 @@ def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: da
             s = s.model_copy(update={"engine": s.engine.model_copy(update={"regime_refit_days": 0})})
         elif s.engine.regime_refit_days > 0:
             note += f", refitted in the loop every {s.engine.regime_refit_days} days on the data before each cycle"
-        doc, _ = run_hydra(s, data_dir, wdir, progress=progress, detector=detector)
+        doc, _ = run_hydra(s, data_dir, wdir, progress=progress, detector=detector, before_run=announce)
         trained_to = doc["regime_model"]["initial_trained_to"]
         if trained_to and trained_to >= str(w.test_start):   # e.g. the fit failed: the configured model ran
             note += f"; IN-SAMPLE: that model was fitted on data up to {trained_to}, overlapping this test window"
@@ -461,7 +465,8 @@ def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: da
     table = write_table(rows, out / "walk_forward")
     combined_eq.rename("equity_usd").rename_axis("ts").to_csv(out / "walk_forward_equity.csv")
     plot_equity({"hydra": combined_eq}, out / "walk_forward_equity.png", f"HYDRA walk-forward {spec}, {label}")
-    result = {"spec": spec, "start": str(start), "end": str(end), "label": label, "notes": notes,
+    result = {"spec": spec, "start": str(start), "end": str(end), "label": label,
+              "notes": notes + coverage.get("notes", []), "coverage": coverage,
               "windows": per_window, "combined": cm, "table": rows}
     (out / "walk_forward.json").write_text(json.dumps(M.json_safe(result), indent=1), encoding="utf-8")
     result["table_md"] = table

@@ -39,7 +39,7 @@ def handle(args) -> int:
         out = Path(args.out) if args.out else default_out_dir(settings.resolve_path(settings.engine.log_dir))
         if args.walk_forward:
             res = run_walk_forward(settings, data_dir=data_dir, start=start, end=end, spec=args.walk_forward,
-                                   out=out, progress=not args.no_progress)
+                                   out=out, progress=not args.no_progress, say=print)
             print(f"\n=== HYDRA walk-forward {args.walk_forward}: {len(res['windows'])} windows, {res['label']} ===")
             for w in res["windows"]:
                 print(f"window {w['window']}: train {w['train'][0]}..{w['train'][1]}  test {w['test'][0]}..{w['test'][1]}"
