@@ -132,7 +132,10 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
     folder = data_dir or settings.resolve_path(data_cfg.replay_dir)
     event_feeds = event_feeds_for(strategies, folder)   # what the plugins' data needs name; a bad file fails here
     perps = settings.perps.symbols if settings.perps.enabled else []   # the perp module's symbols (#20)
-    market = ReplayMarketData(folder, [*settings.universe.symbols, *perps], data_only=settings.universe.data_only,
+    from .data.macro_daily import macro_needs
+    macro = macro_needs(strategies, folder)   # VIX3M, FRED rates ... only when a plugin declares them (#17)
+    market = ReplayMarketData(folder, [*settings.universe.symbols, *perps],
+                              data_only=[*settings.universe.data_only, *macro.bars], series_needs=macro.series,
                               history_bars=settings.engine.history_bars, start=data_cfg.start, end=data_cfg.end,
                               crypto_stale_after_s=data_cfg.crypto_stale_after_s,
                               equity_stale_after_s=data_cfg.equity_stale_after_s,

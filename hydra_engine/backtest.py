@@ -314,13 +314,9 @@ def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, 
     coverage: dict = {}
 
     def announce(session) -> None:   # issue #17: every gap said before the run, not found in the JSON after
-        from .coverage import coverage_report, format_coverage
-        coverage.update(coverage_report(session.engine.market, session.engine.strategies, _utc_midnight(start),
-                                        _utc_midnight(end)))
-        if say is not None:
-            say(format_coverage(coverage))
-            for note in coverage["notes"]:
-                say(f"note: {note}")
+        from .coverage import announce as said
+        coverage.update(said(session.engine.market, session.engine.strategies, _utc_midnight(start),
+                             _utc_midnight(end), say))
 
     t0 = time.perf_counter()
     doc, ticks = run_hydra(s, data_dir, out, progress=progress, before_run=announce)
@@ -414,16 +410,27 @@ def fit_regime_detector(data_dir: Path, window: Window, seed: int = 0):
 
 
 def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: date, spec: str, out: Path,
-                     progress: bool = True, workers: int | None = 0, scheduler: str | None = None) -> dict:
+                     progress: bool = True, workers: int | None = 0, scheduler: str | None = None,
+                     say=None) -> dict:
     """Fit on each train window, run HYDRA on its test window; per-window and stitched OOS metrics.
 
     Each window is a task of the sweep machinery (:mod:`hydra_engine.sweep`): ``workers=0`` runs them one
     after another in this process, ``workers=N`` on a dask LocalCluster, ``scheduler`` on an existing cluster
-    (whose workers run persistence off: the windows' session logs are then not written)."""
+    (whose workers run persistence off: the windows' session logs are then not written). ``say(text)``
+    hears the coverage table of all the test windows together, once, before the first runs."""
     from .sweep import make_tasks, open_executor, run_tasks
     windows = walk_forward_windows(start, end, spec)
     notes = check_span(settings, data_dir, start, end, windows)   # every window has data before any runs
     out.mkdir(parents=True, exist_ok=True)
+    coverage: dict = {}
+
+    if say is not None:   # issue #17: once, for the span the windows replay (train spans only fit)
+        from .app import build_sim_session
+        from .coverage import announce as said
+        span = build_sim_session(backtest_settings(settings, data_dir, windows[0].test_start, windows[-1].test_end,
+                                                   out), mode="backtest", data_dir=data_dir, log_dir=out, persist=False)
+        coverage.update(said(span.engine.market, span.engine.strategies, _utc_midnight(windows[0].test_start),
+                             _utc_midnight(windows[-1].test_end), say))
     rows, per_window, stitched, all_trades, all_fills, in_sample = [], [], [], [], [], []
     scale = float(settings.broker.starting_cash_usd)
     wdirs = [None if scheduler else (out / f"window-{w.index:02d}").resolve() for w in windows]
@@ -475,7 +482,8 @@ def run_walk_forward(settings: Settings, *, data_dir: Path, start: date, end: da
     table = write_table(rows, out / "walk_forward")
     combined_eq.rename("equity_usd").rename_axis("ts").to_csv(out / "walk_forward_equity.csv")
     plot_equity({"hydra": combined_eq}, out / "walk_forward_equity.png", f"HYDRA walk-forward {spec}, {label}")
-    result = {"spec": spec, "start": str(start), "end": str(end), "label": label, "notes": notes,
+    result = {"spec": spec, "start": str(start), "end": str(end), "label": label,
+              "notes": notes + coverage.get("notes", []), "coverage": coverage,
               "windows": per_window, "combined": cm, "table": rows}
     (out / "walk_forward.json").write_text(json.dumps(M.json_safe(result), indent=1), encoding="utf-8")
     result["table_md"] = table

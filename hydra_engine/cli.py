@@ -69,6 +69,21 @@ def _print_summary(summary: dict) -> None:
     print(f"database          {summary['database']}")
 
 
+def _say_coverage(session) -> None:
+    """Issue #17: a replay says, before its first cycle, what its data covers (on stdout, with the run's
+    other output; stderr stays for errors). A reader already gone does not stop the run: the summary's
+    write meets the closed pipe after the session is closed, and main() ends quietly then."""
+    from .coverage import announce, tick_span
+    start, end = tick_span(session.clock.ticks)
+
+    def say(text: str) -> None:
+        try:
+            print(text)
+        except BrokenPipeError:
+            pass
+    announce(session.engine.market, session.engine.strategies, start, end, say)
+
+
 def cmd_run(args) -> int:
     settings = load_settings(args.config)
     mode = args.mode
@@ -102,6 +117,7 @@ def cmd_run(args) -> int:
             print(f"note: {' and '.join(alpaca)} {'apply' if len(alpaca) > 1 else 'applies'} to --mode paper "
                   "(and status); this --mode sim run uses the simulated broker on replayed data", file=sys.stderr)
         session = build_sim_session(settings, max_cycles=args.cycles)
+        _say_coverage(session)
     from .app import run_session
     summary = run_session(session, max_cycles=args.cycles, progress=not args.no_progress)
     _print_summary(summary)

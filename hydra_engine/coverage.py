@@ -8,7 +8,7 @@ so they reach the console and not only the session JSON.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -84,3 +84,20 @@ def format_coverage(rep: dict) -> str:
     for name, lost in rep["strategy_losses"].items():
         lines.append(f"  strategy {name}: " + ("all inputs cover the span" if not lost else "loses " + "; ".join(lost)))
     return "\n".join(lines)
+
+
+def tick_span(ticks) -> tuple[datetime, datetime]:
+    """The days a run's clock covers: midnight (UTC) of its first tick to midnight after its last."""
+    first, last = ticks[0].astimezone(UTC), ticks[-1].astimezone(UTC)
+    day = lambda t: datetime(t.year, t.month, t.day, tzinfo=UTC)   # noqa: E731
+    return day(first), day(last) + timedelta(days=1)
+
+
+def announce(market, strategies, start: datetime, end: datetime, say=None) -> dict:
+    """The coverage report over [start, end); ``say(text)`` (e.g. ``print``) hears the table and its notes."""
+    rep = coverage_report(market, strategies, start, end)
+    if say is not None:
+        say(format_coverage(rep))
+        for note in rep["notes"]:
+            say(f"note: {note}")
+    return rep

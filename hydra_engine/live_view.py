@@ -137,6 +137,69 @@ def capture(engine, report: dict, *, total: int | None = None, interval_s: int |
         halted=engine.halted, closed_trades=len(engine.closed_trades))
 
 
+# ---------------------------------------------------------------- rate and ETA of a replay
+class Pace:
+    """Cycles a second and the time left of a replay, measured from the END of its first cycle.
+
+    The first cycle carries one-off work -- the regime refit on the history before the span, the plugins'
+    pre-computation, caches filling -- that can take longer than thousands of later cycles; a rate counted
+    from the start would promise hours for a run of a minute (issue #17: progress that tells the truth from
+    the first second). Until a second cycle has ended there is no rate, and the view says what the first
+    cycle took instead. ``clock`` is injectable for tests."""
+
+    def __init__(self, total: int | None, clock=time.monotonic):
+        self.total, self._clock = total, clock
+        self.started: float | None = None
+        self.first_cycle_s: float | None = None   # the first cycle's wall time, one-off work included
+        self._base: tuple[int, float] | None = None   # (cycles seen, time) at the end of the first cycle
+        self._seen = 0
+        self._last: float | None = None
+
+    def start(self) -> None:
+        self.started = self._clock()
+
+    def on_cycle(self) -> None:
+        t = self._clock()
+        self._seen += 1
+        if self._base is None:
+            self.first_cycle_s = t - (self.started if self.started is not None else t)
+            self._base = (self._seen, t)
+        self._last = t
+
+    def rate(self) -> float | None:
+        """Cycles a second since the first cycle ended (None before a second cycle has)."""
+        if self._base is None or self._seen <= self._base[0] or self._last is None or self._last <= self._base[1]:
+            return None
+        return (self._seen - self._base[0]) / (self._last - self._base[1])
+
+    def eta_s(self) -> float | None:
+        r = self.rate()
+        if r is None or self.total is None:
+            return None
+        return max(0, self.total - self._seen) / r
+
+    def fields(self) -> dict:
+        """What a frame carries (``Frame.extra``): rate, ETA and the first cycle's one-off time."""
+        return {"rate_cycles_s": self.rate(), "eta_s": self.eta_s(), "first_cycle_s": self.first_cycle_s}
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def pace_text(extra: dict) -> str | None:
+    """``1,234 cycles/s, ETA 1m05s`` -- or, before a rate exists, what the first cycle's one-off work took."""
+    if extra.get("rate_cycles_s") is not None:
+        text = f"{extra['rate_cycles_s']:,.0f} cycles/s"
+        if extra.get("eta_s") is not None:
+            text += f", ETA {_duration(extra['eta_s'])}"
+        return text
+    if extra.get("first_cycle_s") is not None:
+        return f"first cycle (one-off setup, e.g. the regime refit) took {extra['first_cycle_s']:.1f} s; ETA after the next"
+    return None
+
+
 # ---------------------------------------------------------------- formatting shared by both views
 def _usd(x) -> str:
     if x is None:
@@ -166,6 +229,9 @@ def line(frame: Frame) -> str:
     if frame.exposure_pct is not None:
         parts.append(f"exp {frame.exposure_pct:.1f}%")
     parts.append(f"pos {len(frame.positions)}")
+    paced = pace_text(frame.extra)
+    if paced:
+        parts.append(f"[{paced}]")
     if frame.decisions:
         parts.append("decisions [" + "; ".join(_decision_text(d) for d in frame.decisions) + "]")
     if frame.orders:
@@ -196,6 +262,9 @@ def render(frame: Frame):
     for _ in range(3):
         head.add_column(ratio=1)
     progress = f"cycle {frame.cycle}" + (f" / {frame.total_cycles}" if frame.total_cycles else "")
+    paced = pace_text(frame.extra)
+    if paced:
+        progress += f"  ({paced})"
     nxt = frame.seconds_to_next()
     when = f"next cycle in {nxt:.0f} s" if nxt is not None else f"at {frame.ts}"
     state = Text("KILLED: " + frame.kill, style="bold red") if frame.kill else (
@@ -304,18 +373,23 @@ class LiveView(Watcher):
         self._live = None
         self._last = 0.0
         self.frames = 0
+        self.pace = Pace(total) if self.replay else None
 
     @property
     def frame(self) -> Frame | None:
         return self._ticking.frame
 
     def start(self) -> None:
+        if self.pace is not None:
+            self.pace.start()
         from rich.live import Live
         self._live = Live(self._ticking, console=self.console, refresh_per_second=4, transient=False,
                           redirect_stdout=False, redirect_stderr=False)
         self._live.start()
 
     def on_cycle(self, engine, report: dict, now: datetime) -> None:
+        if self.pace is not None:
+            self.pace.on_cycle()   # every cycle, drawn or not
         t = time.monotonic()
         last = self.total is not None and engine.cycle >= self.total
         busy = bool(report.get("orders") or report.get("fills") or report.get("exits") or report.get("errors"))
@@ -324,6 +398,8 @@ class LiveView(Watcher):
         self._last = t
         self._ticking.frame = capture(engine, report, total=self.total,
                                       interval_s=None if self.replay else self.interval_s)
+        if self.pace is not None:
+            self._ticking.frame.extra.update(self.pace.fields())
         self.frames += 1
         if self._live is not None:
             self._live.refresh()
@@ -342,8 +418,15 @@ class LineView(Watcher):
         self.replay = mode in REPLAY_MODES
         self.heartbeat, self.total = heartbeat, total
         self.lines = 0
+        self.pace = Pace(total) if self.replay else None
+
+    def start(self) -> None:
+        if self.pace is not None:
+            self.pace.start()
 
     def on_cycle(self, engine, report: dict, now: datetime) -> None:
+        if self.pace is not None:
+            self.pace.on_cycle()
         if self.replay:
             busy = (report.get("orders") or report.get("fills") or report.get("exits") or report.get("errors")
                     or report.get("mode") == "killed")
@@ -351,7 +434,10 @@ class LineView(Watcher):
                     or (self.total is not None and engine.cycle >= self.total)):
                 return
         try:
-            print(line(capture(engine, report)), file=self.stream, flush=True)
+            frame = capture(engine, report)
+            if self.pace is not None:
+                frame.extra.update(self.pace.fields())
+            print(line(frame), file=self.stream, flush=True)
             self.lines += 1
         except BrokenPipeError:
             # the reader went away: the session goes on (a position must still be managed); main() ends quietly
@@ -413,5 +499,5 @@ def watchers_for(session, *, progress: bool, total: int | None, stream=None) -> 
     return [Guarded(w) for w in out]
 
 
-__all__ = ["Frame", "PositionRow", "capture", "line", "render", "LiveView", "LineView", "Guarded", "Watcher",
+__all__ = ["Frame", "PositionRow", "Pace", "pace_text", "capture", "line", "render", "LiveView", "LineView", "Guarded", "Watcher",
            "watchers_for"]

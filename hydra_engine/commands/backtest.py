@@ -46,7 +46,7 @@ def handle(args) -> int:
         if args.walk_forward:
             res = run_walk_forward(settings, data_dir=data_dir, start=start, end=end, spec=args.walk_forward,
                                    out=out, progress=not args.no_progress, workers=args.workers,
-                                   scheduler=args.scheduler)
+                                   scheduler=args.scheduler, say=print)
             print(f"\n=== HYDRA walk-forward {args.walk_forward}: {len(res['windows'])} windows, {res['label']} ===")
             for w in res["windows"]:
                 print(f"window {w['window']}: train {w['train'][0]}..{w['train'][1]}  test {w['test'][0]}..{w['test'][1]}"

@@ -142,6 +142,9 @@ def read_bars(path, source: BarSource) -> pd.DataFrame:
         frame.attrs["source_notes"] = spliced.notes
         frame.attrs["sources_used"] = spliced.used
         frame.attrs["close_only_days"] = int(m["close_only"].sum())
+    elif source.reader == "cboe_daily":   # VIX3M, VIX9D, VVIX when a plugin asks (data/macro_daily.py)
+        from .macro_daily import read_cboe_bars
+        frame = read_cboe_bars(path, source)
     else:  # pragma: no cover - guarded by the catalog itself
         raise ValueError(f"unknown reader {source.reader!r} for {path}")
     return frame
@@ -149,6 +152,9 @@ def read_bars(path, source: BarSource) -> pd.DataFrame:
 
 def read_points(path, source: PointSource) -> pd.DataFrame:
     """Uniform frame: known_at (UTC, timestamp + publish lag), value."""
+    if source.reader == "fred_daily":   # FRED daily rates when a plugin asks (data/macro_daily.py)
+        from .macro_daily import read_fred_points
+        return read_fred_points(path, source)
     if source.reader == "kline_taker":   # taker-buy share of the bar's volume, known at the bar's close
         raw = read_parquet(path, columns=["ts", "taker_buy_base", "volume_base"])
         vol = raw["volume_base"].to_numpy(dtype=float)
@@ -236,3 +242,10 @@ def read_intraday(root, source: IntradaySource, start=None, end=None) -> pd.Data
 def _empty_intraday() -> pd.DataFrame:
     return pd.DataFrame({"open_time": pd.to_datetime([], utc=True), "close_time": pd.to_datetime([], utc=True),
                          **{c: [] for c in ("open", "high", "low", "close", "volume")}})
+
+
+# issue #17: the daily macro series (Cboe VIX3M/VIX9D/VVIX bars, FRED rates), read only when a plugin declares them
+from .macro_daily import MACRO_BAR_SOURCES, MACRO_POINT_SOURCES  # noqa: E402
+
+BAR_SOURCES.update(MACRO_BAR_SOURCES)
+POINT_SOURCES += MACRO_POINT_SOURCES

@@ -165,7 +165,8 @@ class ReplayMarketData:
                  bar_sources: dict[str, BarSource] | None = None,
                  point_sources: list[PointSource] | None = None, regime_history_days: dict[str, int] | None = None,
                  event_feeds: Sequence[EventFeed] = (), intraday: Sequence[str] = (),
-                 intraday_sources: dict[str, IntradaySource] | None = None, fine_bars: bool = True):
+                 intraday_sources: dict[str, IntradaySource] | None = None, fine_bars: bool = True,
+                 series_needs: Sequence[tuple[str, str]] = ()):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataFolderError(f"replay data folder not found: {self.folder}")
@@ -193,7 +194,9 @@ class ReplayMarketData:
             self._stale_after[symbol] = crypto_stale_after_s if src.interval < timedelta(days=1) else equity_stale_after_s
         self._points: dict[tuple[str, str], _Points] = {}
         for src in point_sources if point_sources is not None else POINT_SOURCES:
-            if src.symbol not in wanted or (src.optional and not (self.folder / src.path).is_file()):
+            # a point series of a traded or data-only symbol, or one a plugin declared (FRED rates, #17)
+            if (src.symbol not in wanted and (src.kind, src.symbol) not in series_needs) or \
+                    (src.optional and not (self.folder / src.path).is_file()):
                 continue
             frame = self._read(src.path, read_points, src)
             bad = ~np.isfinite(frame["value"].to_numpy()) | ((frame["value"] <= 0).to_numpy() & src.positive)
