@@ -272,18 +272,20 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
                      vol_annual, vol_pct, liq_long, liq_short, source, velocity, tuple(problems))
 
 
-_CACHE: dict[tuple[str, datetime, int], PerpState] = {}
+_CACHE: dict[tuple[str, datetime, int], tuple[MarketSnapshot, PerpState]] = {}
 
 
 def perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
     """:func:`compute_perp_state`, once per (symbol, time, snapshot) for all the consumers of a cycle."""
     key = (symbol, market.now, id(market))
     hit = _CACHE.get(key)
-    if hit is None:
+    # the entry keeps its snapshot alive: an id is unique only while its object lives, and a new snapshot
+    # at the same time reusing a freed one's id must never be served the old snapshot's state
+    if hit is None or hit[0] is not market:
         if len(_CACHE) > 64:
             _CACHE.clear()
-        hit = _CACHE[key] = compute_perp_state(market, symbol)
-    return hit
+        hit = _CACHE[key] = (market, compute_perp_state(market, symbol))
+    return hit[1]
 
 
 class RuleRegimeLabeller:
