@@ -171,6 +171,24 @@ class PerpsConfig(_Section):
         return v
 
 
+class ScorersConfig(_Section):
+    """Signal scorers (plugin kind ``scorers``, issue #21): each signal's probability of paying its costs;
+    it replaces the proposing plugin's confidence in ranking and Kelly sizing, and a proposal whose score
+    is below ``threshold`` is refused (rule ``ml_score_below_threshold``). Off unless enabled."""
+
+    enabled: list[str] = Field(default_factory=list)
+    threshold: float = Field(0.45, ge=0.0, le=1.0, description="the specification's ML_SCORE_THRESHOLD")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class RegimeModelConfig(_Section):
+    """The trained perp regime classifier (issue #21): ``classifier`` uses models/regime_classifier.json
+    when it is installed (else the rule labeller, said at start-up); ``rule`` keeps the rule labeller."""
+
+    perp_labeller: Literal["classifier", "rule"] = "classifier"
+    model_path: str = "models/regime_classifier.json"
+
+
 class Settings(BaseSettings):
     """The whole configuration. Env overrides use ``HYDRA_SECTION__KEY`` (e.g. ``HYDRA_BROKER__KIND``)."""
 
@@ -187,6 +205,8 @@ class Settings(BaseSettings):
     storage: StorageConfig = StorageConfig()
     modifiers: ModifiersConfig = ModifiersConfig()
     perps: PerpsConfig = PerpsConfig()
+    scorers: ScorersConfig = ScorersConfig()
+    regime_model: RegimeModelConfig = RegimeModelConfig()
 
     _toml_path: Path | None = None
 
