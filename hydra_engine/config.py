@@ -183,9 +183,10 @@ class ScorersConfig(_Section):
 
 class RegimeModelConfig(_Section):
     """The trained perp regime classifier (issue #21): ``classifier`` uses models/regime_classifier.json
-    when it is installed (else the rule labeller, said at start-up); ``rule`` keeps the rule labeller."""
+    when it is installed (else the rule labeller, logged at start-up); ``rule`` (the default) keeps the
+    rule labeller."""
 
-    perp_labeller: Literal["classifier", "rule"] = "classifier"
+    perp_labeller: Literal["classifier", "rule"] = "rule"
     model_path: str = "models/regime_classifier.json"
 
 

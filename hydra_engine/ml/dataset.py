@@ -112,13 +112,14 @@ class RegimeSet:
     symbols: list[str]
 
 
-def regime_rows(data_dir: Path, symbols: list[str], start: date, end: date, *, step_h: int = 1,
-                progress: bool = True) -> RegimeSet:
+def regime_rows(data_dir: Path | None, symbols: list[str], start: date, end: date, *, step_h: int = 1,
+                progress: bool = True, market=None) -> RegimeSet:
     """Features at each hour t, the regime of (t-24h, t] and the regime of (t, t+24h], for t in [start, end)
     with t + 24 h <= end (labels never read past ``end``)."""
     from ..data.replay import ReplayMarketData
     # history: from 30 days before start (warm-up of the features), bars up to end only
-    market = ReplayMarketData(data_dir, symbols, history_bars=500, start=start - timedelta(days=30), end=end)
+    if market is None:
+        market = ReplayMarketData(data_dir, symbols, history_bars=500, start=start - timedelta(days=30), end=end)
     ticks = [x for x in market.timeline() if x.minute == 0]
     start_dt = datetime.combine(start, datetime.min.time(), UTC)
     end_dt = datetime.combine(end, datetime.min.time(), UTC)
@@ -131,7 +132,7 @@ def regime_rows(data_dir: Path, symbols: list[str], start: date, end: date, *, s
     for i, now in enumerate(ticks):
         if bar is not None:
             bar.update(1)
-        if now < start_dt or (now.hour % step_h):
+        if now < start_dt or now >= end_dt or (now.hour % step_h):
             continue
         snap = market.snapshot(now)
         for s in symbols:
