@@ -40,6 +40,7 @@ class MLSignalScorer(SignalScorer):
         self.last_inputs: dict | None = None
         self.model = model
         self.missing: str | None = None
+        self._seen: dict = {}
         if model is None:
             path = Path(self.params.model_path)
             path = path if path.is_absolute() else PROJECT_ROOT / path
@@ -55,11 +56,21 @@ class MLSignalScorer(SignalScorer):
         if self.model is None:
             self.abstain_reason = f"no model installed ({self.missing})"
             return None
-        base = scorer_features(signal, ctx.market, ctx.now)
-        if self.params.record_inputs:
-            self.last_inputs = {k: round(v, 6) for k, v in base.items() if not math.isnan(v)}
-        p, why, di = self.model.predict(base, signal.source)
-        if self.params.record_inputs and math.isfinite(di):
-            self.last_inputs["dissimilarity"] = round(di, 4)
+        # a signal re-emitted unchanged on later cycles is the same opinion: scored once, when first seen
+        # (as training keeps it once, with the features of its first cycle)
+        key = (signal.source, signal.symbol, signal.created_at, signal.score, signal.confidence)
+        hit = self._seen.get(key)
+        if hit is None:
+            base = scorer_features(signal, ctx.market, ctx.now)
+            p, why, di = self.model.predict(base, signal.source)
+            inputs = {k: round(v, 6) for k, v in base.items() if not math.isnan(v)} if self.params.record_inputs else None
+            if inputs is not None and math.isfinite(di):
+                inputs["dissimilarity"] = round(di, 4)
+            if len(self._seen) > 20_000:
+                self._seen.clear()
+            hit = self._seen[key] = (p, why, inputs, ctx.now)
+        p, why, inputs, first = hit
+        if inputs is not None:
+            self.last_inputs = inputs if first == ctx.now else {"scored_at": first.isoformat()}
         self.abstain_reason = None if p is not None else why
         return p

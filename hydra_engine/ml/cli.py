@@ -42,7 +42,7 @@ def handle_ml(args, data_dir: Path) -> int:
             from .dataset import regime_rows
             symbols = [s for s in settings.perps.symbols if s in ("BTCUSDT", "ETHUSDT")] or ["BTCUSDT", "ETHUSDT"]
             print(f"regime classifier: hourly perp windows of {symbols} over {start} .. {end} of {data_dir}", file=sys.stderr)
-            rs = regime_rows(data_dir, symbols, start, end)
+            rs = regime_rows(data_dir, symbols, start, end, step_h=2)   # every 2nd hour: the 24 h windows overlap anyway
             model, meta, card = T.train_classifier(rs, seed=args.seed, span=(start, end), data_dir=data_dir)
             out = Path(args.out) if args.out else out_dir / "regime_classifier.json"
             card["data"]["train_seconds"] = round(time.perf_counter() - t0, 1)

@@ -59,7 +59,9 @@ class ClassifierRegimeLabeller:
         return np.asarray(self.booster.inplace_predict(X), dtype=float).reshape(len(X), -1)
 
     def label(self, state, market) -> tuple[PerpRegime | None, float, str]:
-        key = (state.symbol, market.now, id(market))
+        # one forecast per closed bar: its inputs are hourly (bars, open interest; funding every 8 h), so
+        # the cycles between two bar closes (live: 59 of 60) reuse it
+        key = (state.symbol, market.newest_bar_ts(state.symbol))
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -72,7 +74,7 @@ class ClassifierRegimeLabeller:
             p = self.predict_proba(row[None, :])[0]
             k = int(np.argmax(p))
             out = (self.classes[k], float(p[k]), f"classifier: next-24h {self.classes[k].value} p={p[k]:.2f}")
-        if len(self._cache) > 64:
+        if len(self._cache) > 256:
             self._cache.clear()
         self._cache[key] = out
         return out

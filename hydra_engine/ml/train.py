@@ -22,7 +22,7 @@ from .validation import binary_metrics, mean_std, multiclass_metrics, purged_spl
 
 THREADS = 2
 SCORER_PARAMS = dict(iterations=300, learning_rate=0.05, depth=6, l2_leaf_reg=3)
-CLASSIFIER_PARAMS = dict(max_depth=6, eta=0.1, min_child_weight=50, rounds=150)
+CLASSIFIER_PARAMS = dict(max_depth=5, eta=0.15, min_child_weight=50, rounds=80)
 EMBARGO_S = 24 * 3600
 
 
