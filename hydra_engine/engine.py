@@ -28,7 +28,7 @@ from .gate import EntryGate, GateContext, GateState
 from .gate_rules import (HaltRule, MarketClosedRule, ObservationRule, OnePositionRule, RegimeUnknownRule,
                          RiskBlockRule, StaleDataRule)
 from .ports import Broker, BrokerError, MarketData, MarketSnapshot
-from .plugin_kinds import SignalContext, apply_modifiers, score_signals
+from .plugin_kinds import SignalContext, apply_modifiers, below_threshold, score_signals, with_scores
 from .positions import ExitInstruction, PositionManager
 from .regime import TrendVolRule
 from .regime_refit import refit_step
@@ -78,7 +78,7 @@ class Engine:
         self.position_manager = position_manager
         self.modifiers = list(modifiers or ())          # signal modifiers (e.g. the cross-asset graph), in order
         self.scorers = list(scorers or ())              # signal scorers (the ML meta-label model), issue #21
-        self._ml: dict = {}                             # (strategy, symbol) -> (probability, scorer): this cycle's
+        self._ml: dict = {}                             # this cycle's (strategy, symbol) -> (probability, scorer)
         self.session_id = session_id
         self.mode = mode
         self.session_log = session_log                   # None and store None: persistence off (sweep workers)
@@ -284,7 +284,7 @@ class Engine:
         """3. Each plugin's signals (a plugin that raises stands down for this cycle), then aggregation."""
         held_by = self._held_by()
         signals: list[Signal] = []
-        owners: list[str] = []   # the plugin of each signal (a scorer's probability goes to its proposals)
+        owners: list[str] = []   # the plugin of each signal (its score goes to that plugin's proposals)
         for strat in self.strategies:
             ctx = StrategyContext(now, market, self.regime, held_by.get(strat.name, {}))
             try:
@@ -297,9 +297,9 @@ class Engine:
                                              report["errors"])
             report["modifiers"] = trace
         report["signals"] = [to_jsonable(s) for s in signals]
-        if self.scorers:   # each signal's ml_score, or the reason it abstained (the cycle report's "ml_scores")
-            self._ml, report["ml_scores"] = score_signals(self.scorers, signals, owners,
-                                                          SignalContext(now, market, self.regime), report["errors"])
+        if self.scorers:   # each signal's ml_score, or why it abstained (the report's "ml_scores")
+            self._ml, report["ml_scores"] = score_signals(self.scorers, signals, owners, SignalContext(
+                now, market, self.regime), report["errors"])
         combined = self.aggregator.combine(signals, now)
         report["aggregated"] = {s: {"score": round(c.score, 6), "confidence": round(c.confidence, 6),
                                     "contributors": list(c.contributors)} for s, c in combined.items()}
@@ -328,13 +328,9 @@ class Engine:
         return proposals, exit_requests
 
     def _rank(self, proposals: list[TradeProposal], report: dict) -> list[TradeProposal]:
-        """5. By expected value = confidence × reward:risk × strategy weight (stable: ties keep plugin order).
-        Where a scorer scored the proposing plugin's signals on the symbol, its calibrated probability
-        replaces the confidence (ranking and Kelly sizing read it); where it abstained, nothing changes."""
-        ml = self._ml if self.scorers else {}
-        if ml:
-            proposals = [dataclasses.replace(p, confidence=ml[(p.strategy, p.symbol)][0])
-                         if (p.strategy, p.symbol) in ml else p for p in proposals]
+        """5. By expected value = confidence × reward:risk × strategy weight (stable: ties keep plugin order);
+        a scorer's probability replaces the confidence where it scored (``with_scores``)."""
+        proposals = with_scores(proposals, ml := self._ml if self.scorers else {})
         scored = [(p, _ranked_rr(p), self.weights.weight(p.strategy)) for p in proposals]
         scored.sort(key=lambda e: -e[0].confidence * e[1] * e[2])
         for p, rr, w in scored:
@@ -342,8 +338,7 @@ class Engine:
                 "strategy", "symbol", "side", "entry_price", "stop_price", "target_price", "confidence",
                 "expected_holding", "thesis")}), "reward_risk": round(rr, 6), "weight": round(w, 6),
                 "expected_value": round(p.confidence * rr * w, 6),
-                **({"ml_score": round(ml[(p.strategy, p.symbol)][0], 6), "scorer": ml[(p.strategy, p.symbol)][1]}
-                   if (p.strategy, p.symbol) in ml else {})})
+                **({"ml_score": round(m[0], 6), "scorer": m[1]} if (m := ml.get((p.strategy, p.symbol))) else {})})
         self.stats.proposals += len(scored)
         return [p for p, _, _ in scored]
 
@@ -372,12 +367,10 @@ class Engine:
                 ctx: GateContext) -> tuple[dict, TradeProposal]:
         if p.extended_hours:
             ctx = dataclasses.replace(ctx, extended_hours=True)
-        ml = self._ml.get((p.strategy, p.symbol)) if self.scorers else None
-        threshold = self.settings.scorers.threshold
-        if ml is not None and ml[0] < threshold:   # the scorer's verdict: too unlikely to pay its costs
-            self.stats.veto("ml_score_below_threshold")
-            return refused(p.strategy, p.symbol, "scorer", "ml_score_below_threshold",
-                           f"{ml[1]}: P(profitable after costs) {ml[0]:.3f} < threshold {threshold:.2f}", _ALLOW), p
+        low = below_threshold(p, self._ml, self.settings.scorers.threshold) if self.scorers else None
+        if low:   # the scorer's verdict: too unlikely to pay its costs
+            self.stats.veto(low[0])
+            return refused(p.strategy, p.symbol, "scorer", *low, _ALLOW), p
         gated = self.gate.for_symbol(ctx, p.symbol, p.side)
         v = gated.verdict
         if v.state is not GateState.ALLOW:

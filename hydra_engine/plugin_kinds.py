@@ -202,3 +202,21 @@ def score_signals(scorers: Sequence[SignalScorer], signals: Sequence[Signal], ow
         trace.append(entry)
     scores = {k: (sum(p for p, _ in v) / len(v), v[0][1]) for k, v in per.items()}
     return scores, trace
+
+
+def with_scores(proposals: Sequence, ml: dict) -> list:
+    """The proposals with the scorer's probability as confidence where it scored the proposing plugin's
+    signals on the symbol (ranking and Kelly sizing read it); the others unchanged."""
+    if not ml:
+        return list(proposals)
+    return [dataclasses.replace(p, confidence=ml[(p.strategy, p.symbol)][0]) if (p.strategy, p.symbol) in ml else p
+            for p in proposals]
+
+
+def below_threshold(p, ml: dict, threshold: float) -> tuple[str, str] | None:
+    """(rule, reason) when the proposal's score is below ``threshold``; None when it passes or was not scored."""
+    got = ml.get((p.strategy, p.symbol))
+    if got is None or got[0] >= threshold:
+        return None
+    return ("ml_score_below_threshold",
+            f"{got[1]}: P(profitable after costs) {got[0]:.3f} < threshold {threshold:.2f}")
