@@ -25,7 +25,7 @@ from .data.replay import ReplayMarketData
 from .domain import UTC
 from .engine import Engine
 from .llm.wiring import replay_llm
-from .plugins import build_modifiers, build_strategies, discover_all
+from .plugins import build_modifiers, build_scorers, build_strategies, discover_all
 from .positions import PositionManager
 from .regime import TrendVolRule, load_detector
 from .regime_features import regime_history_days
@@ -66,6 +66,16 @@ def build_regime_refitter(settings: Settings, *, history_dir: Path, log_dir: Pat
 REPLAY_MODES = ("sim", "backtest")
 
 
+def install_regime_labeller(settings: Settings) -> str:
+    """Install the perp regime labeller every perp consumer reads (``perp.stats.set_regime_labeller``):
+    the trained XGBoost classifier when ``[regime_model] perp_labeller = "classifier"`` and its file
+    exists, else the rule labeller. Returns the installed labeller's name (logged)."""
+    from .ml.regime_classifier import labeller_for
+    labeller = labeller_for(settings)
+    log.info("perp regime labeller: %s", labeller.name)
+    return labeller.name
+
+
 def plugin_gate_rules(strategies) -> list:
     """The entry-gate rules the enabled plugins provide (an optional ``gate_rules()`` method)."""
     return [rule for s in strategies if callable(getattr(s, "gate_rules", None)) for rule in s.gate_rules()]
@@ -89,7 +99,7 @@ def plugin_ticks(strategies, event_feeds, market) -> None:
 
 def build_core(settings: Settings, *, market, broker, session_id: str, mode: str, log_dir: Path,
                metadata: dict, store_batch: int, history_dir: Path | None = None, persist: bool = True,
-               gate_rules: list | None = None, modifiers: list | None = None,
+               gate_rules: list | None = None, modifiers: list | None = None, scorers: list | None = None,
                risk: RiskManager | None = None) -> tuple[Engine, SessionLog | None, Store | None]:
     """The one composition root every mode goes through (paper, backtest, sim; sweep workers next).
     ``persist=False`` builds no store and no session log (a parallel sweep worker keeps its results in
@@ -98,6 +108,9 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
     if modifiers is None:   # the configured ones ([modifiers] enabled); a caller's list replaces them
         modifiers = build_modifiers(settings.modifiers.enabled, settings.modifiers.params)
+    if scorers is None:     # the configured ones ([scorers] enabled); a caller's list replaces them
+        scorers = build_scorers(settings.scorers.enabled, settings.scorers.params)
+    install_regime_labeller(settings)   # the trained perp regime classifier when installed, else the rule
     started = datetime.now(UTC)
     # the session's return is measured from what the account holds now: a paper account is rarely at the
     # configured starting cash (the simulated broker is built with it)
@@ -119,7 +132,7 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
                     session_log=session_log, store=store, store_batch=store_batch,
                     regime_refitter=build_regime_refitter(
                         settings, history_dir=history_dir or settings.resolve_path(settings.data.replay_dir),
-                        log_dir=log_dir), gate_rules=gate_rules, modifiers=modifiers)
+                        log_dir=log_dir), gate_rules=gate_rules, modifiers=modifiers, scorers=scorers)
     engine.starting_equity_usd = starting_equity
     return engine, session_log, store
 

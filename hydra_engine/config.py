@@ -124,6 +124,25 @@ class StorageConfig(_Section):
     url: str = "sqlite:///logs/hydra.db"
 
 
+class ScorersConfig(_Section):
+    """Signal scorers (plugin kind ``scorers``, issue #21): each signal's probability of paying its costs;
+    it replaces the proposing plugin's confidence in ranking and Kelly sizing, and a proposal whose score
+    is below ``threshold`` is refused (rule ``ml_score_below_threshold``). Off unless enabled."""
+
+    enabled: list[str] = Field(default_factory=list)
+    threshold: float = Field(0.45, ge=0.0, le=1.0, description="the specification's ML_SCORE_THRESHOLD")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class RegimeModelConfig(_Section):
+    """The trained perp regime classifier (issue #21): ``classifier`` uses models/regime_classifier.json
+    when it is installed (else the rule labeller, logged at start-up); ``rule`` (the default) keeps the
+    rule labeller."""
+
+    perp_labeller: Literal["classifier", "rule"] = "rule"
+    model_path: str = "models/regime_classifier.json"
+
+
 class Settings(BaseSettings):
     """The whole configuration. Env overrides use ``HYDRA_SECTION__KEY`` (e.g. ``HYDRA_BROKER__KIND``)."""
 
@@ -144,6 +163,8 @@ class Settings(BaseSettings):
     notify: NotifyConfig = NotifyConfig()
     llm: LlmSettings = LlmSettings()        # the LLM news gate (issue #22); off by default, needs no key
     truth: TruthConfig = TruthConfig()
+    scorers: ScorersConfig = ScorersConfig()
+    regime_model: RegimeModelConfig = RegimeModelConfig()
 
     _toml_path: Path | None = None
 
@@ -168,6 +189,10 @@ class Settings(BaseSettings):
             data.pop("perps")
         elif data["perps"].get("execution") == "sim":
             data["perps"].pop("execution")   # the default: hashes made before the setting existed stay valid
+        if not data["scorers"]["enabled"]:   # no scorer: its threshold changes no decision
+            data.pop("scorers")
+        if data["regime_model"]["perp_labeller"] == "rule":   # the rule labeller reads no model file
+            data.pop("regime_model")
         data.pop("logs", None)     # retention and notifications change no decision
         data.pop("notify", None)
         # the LLM gate counts only when enabled (off, no [llm] value can change a decision, and every

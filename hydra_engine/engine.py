@@ -29,7 +29,7 @@ from .gate import EntryGate, GateContext, GateState
 from .gate_rules import (HaltRule, MarketClosedRule, ObservationRule, OnePositionRule, RegimeUnknownRule,
                          RiskBlockRule, StaleDataRule)
 from .ports import Broker, BrokerError, MarketData, MarketSnapshot
-from .plugin_kinds import SignalContext, apply_modifiers
+from .plugin_kinds import SignalContext, apply_modifiers, below_threshold, score_signals, with_scores
 from .positions import ExitInstruction, PositionManager
 from .regime import TrendVolRule
 from .regime_refit import refit_step
@@ -67,7 +67,7 @@ class Engine(EngineState):
                  regime_detector, aggregator, weights, risk: RiskManager, position_manager: PositionManager,
                  session_id: str, mode: str, session_log: SessionLog | None = None, store=None,
                  store_batch: int = 1, regime_refitter=None, gate_rules: list | None = None,
-                 modifiers: list | None = None):
+                 modifiers: list | None = None, scorers: list | None = None):
         self.settings = settings
         self.market = market
         self.broker = broker
@@ -83,6 +83,8 @@ class Engine(EngineState):
         self.risk = risk
         self.position_manager = position_manager
         self.modifiers = list(modifiers or ())          # signal modifiers (e.g. the cross-asset graph), in order
+        self.scorers = list(scorers or ())              # signal scorers (the ML meta-label model), issue #21
+        self._ml: dict = {}                             # this cycle's (strategy, symbol) -> (probability, scorer)
         self.session_id = session_id
         self.mode = mode
         self.session_log = session_log                   # None and store None: persistence off (sweep workers)
@@ -322,10 +324,12 @@ class Engine(EngineState):
         """3. Each plugin's signals (a plugin that raises stands down for this cycle), then aggregation."""
         held_by = self._held_by()
         signals: list[Signal] = []
+        owners: list[str] = []   # the plugin of each signal (its score goes to that plugin's proposals)
         for strat in self.strategies:
             ctx = StrategyContext(now, market, self.regime, held_by.get(strat.name, {}))
             try:
                 signals.extend(strat.generate_signals(ctx))
+                owners += [strat.name] * (len(signals) - len(owners))
             except Exception as exc:  # one plugin's failure stands that plugin down, not the engine
                 report["errors"].append(f"{strat.name}.generate_signals: {type(exc).__name__}: {exc}")
         if self.modifiers:   # each scaling is recorded with the reason (the edge) that caused it
@@ -333,6 +337,9 @@ class Engine(EngineState):
                                              report["errors"])
             report["modifiers"] = trace
         report["signals"] = [to_jsonable(s) for s in signals]
+        if self.scorers:   # each signal's ml_score, or why it abstained (the report's "ml_scores")
+            self._ml, report["ml_scores"] = score_signals(self.scorers, signals, owners, SignalContext(
+                now, market, self.regime), report["errors"])
         combined = self.aggregator.combine(signals, now)
         report["aggregated"] = {s: {"score": round(c.score, 6), "confidence": round(c.confidence, 6),
                                     "contributors": list(c.contributors)} for s, c in combined.items()}
@@ -361,14 +368,17 @@ class Engine(EngineState):
         return proposals, exit_requests
 
     def _rank(self, proposals: list[TradeProposal], report: dict) -> list[TradeProposal]:
-        """5. By expected value = confidence × reward:risk × strategy weight (stable: ties keep plugin order)."""
+        """5. By expected value = confidence × reward:risk × strategy weight (stable: ties keep plugin order);
+        a scorer's probability replaces the confidence where it scored (``with_scores``)."""
+        proposals = with_scores(proposals, ml := self._ml if self.scorers else {})
         scored = [(p, _ranked_rr(p), self.weights.weight(p.strategy)) for p in proposals]
         scored.sort(key=lambda e: -e[0].confidence * e[1] * e[2])
         for p, rr, w in scored:
             report["proposals"].append({**to_jsonable({k: getattr(p, k) for k in (
                 "strategy", "symbol", "side", "entry_price", "stop_price", "target_price", "confidence",
                 "expected_holding", "thesis")}), "reward_risk": round(rr, 6), "weight": round(w, 6),
-                "expected_value": round(p.confidence * rr * w, 6)})
+                "expected_value": round(p.confidence * rr * w, 6),
+                **({"ml_score": round(m[0], 6), "scorer": m[1]} if (m := ml.get((p.strategy, p.symbol))) else {})})
         self.stats.proposals += len(scored)
         return [p for p, _, _ in scored]
 
@@ -397,6 +407,10 @@ class Engine(EngineState):
                 ctx: GateContext) -> tuple[dict, TradeProposal]:
         if p.extended_hours:
             ctx = dataclasses.replace(ctx, extended_hours=True)
+        low = below_threshold(p, self._ml, self.settings.scorers.threshold) if self.scorers else None
+        if low:   # the scorer's verdict: too unlikely to pay its costs
+            self.stats.veto(low[0])
+            return refused(p.strategy, p.symbol, "scorer", *low, _ALLOW), p
         gated = self.gate.for_symbol(ctx, p.symbol, p.side)
         v = gated.verdict
         if v.state is not GateState.ALLOW:

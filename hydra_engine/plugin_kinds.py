@@ -171,3 +171,52 @@ def guarded_score(scorer: SignalScorer, signal: Signal, ctx: SignalContext, erro
                       "in [0, 1] or None; ignored")
         return None
     return float(value)
+
+
+def score_signals(scorers: Sequence[SignalScorer], signals: Sequence[Signal], owners: Sequence[str],
+                  ctx: SignalContext, errors: list[str]) -> tuple[dict[tuple[str, str], tuple[float, str]], list[dict]]:
+    """Run the scorers over a cycle's signals (``owners[i]``: the plugin that emitted ``signals[i]``).
+    The first scorer that answers a probability scores the signal; one that abstains may say why in an
+    optional ``abstain_reason`` attribute, and may expose the inputs it read as ``last_inputs`` (a dict),
+    both recorded. Returns ``{(plugin, symbol): (mean probability of its scored signals, scorer)}`` —
+    what ranking, Kelly sizing and the threshold rule read — and the trace (the report's
+    ``ml_scores``: one entry per signal with ``ml_score`` or ``abstain``)."""
+    per: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    trace: list[dict] = []
+    for sig, owner in zip(signals, owners):
+        entry: dict = {"strategy": owner, "symbol": sig.symbol, "source": sig.source, "ml_score": None}
+        reasons = []
+        for sc in scorers:
+            name = getattr(sc, "name", type(sc).__name__)
+            p = guarded_score(sc, sig, ctx, errors)
+            inputs = getattr(sc, "last_inputs", None)
+            if isinstance(inputs, dict) and inputs:
+                entry["inputs"] = inputs
+            if p is not None:
+                entry.update(scorer=name, ml_score=round(p, 6))
+                per.setdefault((owner, sig.symbol), []).append((p, name))
+                break
+            reasons.append(f"{name}: {getattr(sc, 'abstain_reason', None) or 'abstained'}")
+        if entry["ml_score"] is None:
+            entry["abstain"] = "; ".join(reasons)
+        trace.append(entry)
+    scores = {k: (sum(p for p, _ in v) / len(v), v[0][1]) for k, v in per.items()}
+    return scores, trace
+
+
+def with_scores(proposals: Sequence, ml: dict) -> list:
+    """The proposals with the scorer's probability as confidence where it scored the proposing plugin's
+    signals on the symbol (ranking and Kelly sizing read it); the others unchanged."""
+    if not ml:
+        return list(proposals)
+    return [dataclasses.replace(p, confidence=ml[(p.strategy, p.symbol)][0]) if (p.strategy, p.symbol) in ml else p
+            for p in proposals]
+
+
+def below_threshold(p, ml: dict, threshold: float) -> tuple[str, str] | None:
+    """(rule, reason) when the proposal's score is below ``threshold``; None when it passes or was not scored."""
+    got = ml.get((p.strategy, p.symbol))
+    if got is None or got[0] >= threshold:
+        return None
+    return ("ml_score_below_threshold",
+            f"{got[1]}: P(profitable after costs) {got[0]:.3f} < threshold {threshold:.2f}")

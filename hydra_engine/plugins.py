@@ -189,3 +189,20 @@ def build_modifiers(enabled: list[str], params: Mapping[str, Mapping]) -> list[S
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors())
             raise PluginError(f"modifiers.params.{name}: {problems}") from None
     return out
+
+
+def build_scorers(enabled: list[str], params: Mapping[str, Mapping]) -> list[SignalScorer]:
+    """The enabled signal scorers (``[scorers] enabled`` in hydra.toml), in order, with their params."""
+    plugins = discover("scorers")
+    unknown = [n for n in [*enabled, *params] if n not in plugins]
+    if unknown:
+        raise PluginError(f"unknown signal scorer {', '.join(map(repr, unknown))} in scorers.enabled/params; "
+                          f"available: {', '.join(sorted(plugins)) or 'none'}")
+    out = []
+    for name in enabled:
+        try:
+            out.append(plugins[name](params.get(name, {})))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors())
+            raise PluginError(f"scorers.params.{name}: {problems}") from None
+    return out

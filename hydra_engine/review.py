@@ -174,7 +174,22 @@ def build_review(doc: dict, periods_per_year: float | None = None, source: str =
     notes += llm_notes
     if llm_metrics:
         m["llm"] = llm_metrics
+    ml = _ml_table(doc, notes)   # the signal scorer's live predictions against outcomes (issue #21)
+    if ml is not None:
+        tables.append(ml)
     return Review(f"HYDRA session review: {s.get('session_id', '?')}", header, m, tables, notes)
+
+
+def _ml_table(doc: dict, notes: list[str]) -> Table | None:
+    from .ml.monitor import monitor, scored_outcomes
+    pairs = scored_outcomes(doc.get("cycle_details", []), doc.get("trades", []))
+    if not pairs:
+        return None
+    mon = monitor(pairs)
+    notes.extend(f"ML scorer alert: {a}" for a in mon["alerts"])
+    return Table("Signal scorer: predictions vs outcomes (last scored trades)", ["bucket", "trades", "observed win rate"],
+                 [[b["bucket"], str(b["n"]), fmt_pct(b["observed"], 1)] for b in mon["buckets"]],
+                 f"rolling accuracy {fmt_pct(mon['accuracy'], 1)} over {mon['window']} of {mon['scored_trades']} scored trades")
 
 
 # ---------------------------------------------------------------- charts and HTML

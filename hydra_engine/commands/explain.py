@@ -170,6 +170,13 @@ def explain_cycle(detail: dict, symbol: str | None = None, session: dict | None 
         for m in mods:
             lines.append(f"  {m.get('modifier', '?')}: {m.get('symbol', '?')} {m.get('source', '?')} "
                          f"x{_f(m.get('factor'), 3)}  {m.get('reason', '')}")
+    scores = [e for e in detail.get("ml_scores") or [] if isinstance(e, dict) and (not symbol or e.get("symbol") == symbol)]
+    if scores:   # the signal scorer (issue #21): each signal's probability, or why it abstained
+        lines += ["", "SCORERS  P(signal pays its costs); replaces the plugin's confidence where it scores"]
+        for e in scores:
+            what = (f"ml_score {_f(e.get('ml_score'), 3)} ({e.get('scorer', '?')})" if e.get("ml_score") is not None
+                    else f"abstained: {e.get('abstain', '')}")
+            lines.append(f"  {e.get('strategy', '?')}: {e.get('symbol', '?')} {e.get('source', '?')}  {what}")
     run, gated = detail.get("strategies_run") or [], detail.get("strategies_gated") or []
     lines += ["", f"STRATEGIES run: {', '.join(run) or 'none'}"
               + (f"; gated out by regime: {', '.join(gated)}" if gated else "")]

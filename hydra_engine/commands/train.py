@@ -57,7 +57,11 @@ def register(subparsers) -> None:
                               description="Fit the HMM regime detector on the daily cross-asset features of a "
                               "data folder and save models/regime_hmm.json plus its model card.",
                               parents=[config_option()])
-    p.add_argument("--component", choices=["regime"], default="regime", help="what to train (default: regime)")
+    p.add_argument("--component", choices=["regime", "signal_scorer", "regime_classifier"], default="regime",
+                   help="what to train (default: regime, the HMM): signal_scorer (CatBoost, issue #21) and "
+                   "regime_classifier (XGBoost perp regimes) write to the log folder unless --install")
+    p.add_argument("--install", action="store_true", help="signal_scorer/regime_classifier: also replace the "
+                   "shipped model in models/ (default: only the log folder's copy)")
     p.add_argument("--data", default=None, help="data folder in the shared-data layout (default: the shared "
                    "data if present, else data.replay_dir from the config)")
     p.add_argument("--start", type=_day, default=None, help="first training day YYYY-MM-DD (default: all history)")
@@ -82,6 +86,9 @@ def _data_dir(args) -> Path:
 
 
 def handle(args) -> int:
+    if args.component in ("signal_scorer", "regime_classifier"):
+        from ..ml.cli import handle_ml
+        return handle_ml(args, _data_dir(args))
     import pandas as pd
 
     from ..regime import DAYS_PER_STATE, DEFAULT_MODEL_PATH, REGIMES, HMMRegimeDetector

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Cycle latency with both trained models loaded (issue #21) against the same run without them, in one
+invocation: Engine.run_cycle timed with perf_counter over the shipped replay (no session log, no store:
+compute only), the shipped hydra.toml, first with no scorer and the rule perp labeller, then with the
+signal scorer enabled and the perp regime classifier installed.
+
+  python bench/ml_latency.py [--scorer models/signal_scorer.cbm] [--classifier models/regime_classifier.json] [--cycles N]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's hydra_engine, not an installed one
+from _common import ROOT, emit, pct, stamp  # noqa: E402
+
+from hydra_engine.app import build_sim_session  # noqa: E402
+from hydra_engine.config import load_settings  # noqa: E402
+
+
+def run(tmp: Path, cycles: int | None, scorer: Path | None, classifier: Path | None) -> dict:
+    s = load_settings(ROOT / "hydra.toml")
+    rm = s.regime_model.model_copy(update={"perp_labeller": "classifier" if classifier else "rule",
+                                           **({"model_path": str(classifier)} if classifier else {})})
+    sc = s.scorers.model_copy(update={"enabled": ["ml_signal_scorer"] if scorer else [],
+                                      "params": {"ml_signal_scorer": {"model_path": str(scorer)}} if scorer else {}})
+    s = s.model_copy(update={"engine": s.engine.model_copy(update={"log_dir": str(tmp)}), "regime_model": rm,
+                             "scorers": sc, "storage": s.storage.model_copy(update={"url": f"sqlite:///{tmp}/h.db"})})
+    session = build_sim_session(s, data_dir=ROOT / "data", log_dir=tmp)
+    session.engine.session_log = None
+    session.engine.store = None
+    engine, ticks = session.engine, session.clock.ticks[:cycles]
+    gc.collect()
+    samples = []
+    pc = time.perf_counter_ns
+    for now in ticks:
+        a = pc()
+        engine.run_cycle(now)
+        samples.append(pc() - a)
+    return {**pct(samples), "scorers": [x.name for x in engine.scorers], "closed_trades": len(engine.closed_trades)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scorer", default=str(ROOT / "models" / "signal_scorer.cbm"))
+    ap.add_argument("--classifier", default=str(ROOT / "models" / "regime_classifier.json"))
+    ap.add_argument("--cycles", type=int, default=None)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hydra-ml-bench-") as tmp:
+        off = run(Path(tmp) / "off", a.cycles, None, None)
+        on = run(Path(tmp) / "on", a.cycles, Path(a.scorer), Path(a.classifier))
+    for name, r in (("models off", off), ("models on", on)):
+        print(f"{name:<11} {r['n']} cycles  p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}"
+              f"  p99.9 {r['p99.9_ms']:.3f}  trades {r['closed_trades']}")
+        emit({"bench": "ml_cycle_latency", "variant": name, **stamp(), **r})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

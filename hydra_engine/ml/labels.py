@@ -1,0 +1,131 @@
+"""The labels, as the ML specification defines them.
+
+* Signal scorer: 1 when the signal's trade would have paid — the return in the signal's direction from
+  the close known at the signal to the close at the end of its holding period, after the round-trip
+  cost of its venue — else 0 (:func:`signal_outcome`). The holding period is the signal's own half-life
+  (how long its author says it matters), clamped to [1 h, 10 days]. The label window is
+  ``[t, t + holding]``: cross-validation purges every training row whose window reaches a test row.
+* Regime classifier: the perp regime of the *next* window ``(t, t + REGIME_WINDOW]`` by the
+  specification's ``label_regime`` rule (:func:`regime_label`), so the model forecasts rather than
+  restates; the naive baseline is the same rule on the window that just ended (``(t - W, t]``).
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from ..perp.stats import PerpRegime, _flush
+
+MIN_HOLDING = timedelta(hours=1)
+MAX_HOLDING = timedelta(days=10)
+REGIME_WINDOW_H = 24
+#: the specification's label_regime thresholds
+CASCADE_VELOCITY = 0.05
+SQUEEZE_FUNDING = 0.001
+SQUEEZE_OI = 0.02
+TREND_SUM = 0.02
+VOL_PERCENTILE = 95.0
+#: class order of the classifier (the specification's Regime enum values 0..6)
+CLASSES: tuple[PerpRegime, ...] = (PerpRegime.TRENDING_UP, PerpRegime.TRENDING_DOWN, PerpRegime.RANGING,
+                                   PerpRegime.HIGH_VOLATILITY, PerpRegime.CASCADE_RISK, PerpRegime.SQUEEZE_LONG,
+                                   PerpRegime.SQUEEZE_SHORT)
+CLASS_INDEX = {r: i for i, r in enumerate(CLASSES)}
+
+
+def holding_period(half_life: timedelta) -> timedelta:
+    return max(MIN_HOLDING, min(MAX_HOLDING, half_life))
+
+
+def signal_outcome(close_at, symbol: str, direction: float, t: datetime, holding: timedelta,
+                   cost_frac: float, data_end: datetime) -> tuple[float, float] | None:
+    """(net return, label) of a signal at ``t``: ``close_at(symbol, at) -> (close time, close) | None``
+    (the replay's ``bar_close_at``). None when the holding period runs past ``data_end`` or no price is
+    known at ``t``: an unlabelled signal is dropped, never guessed."""
+    end = t + holding
+    if end > data_end or direction == 0:
+        return None
+    entry, exit_ = close_at(symbol, t), close_at(symbol, end)
+    if entry is None or exit_ is None or exit_[0] <= entry[0] or not entry[1] > 0:
+        return None
+    gross = direction * (exit_[1] / entry[1] - 1.0)
+    net = gross - cost_frac
+    return net, 1.0 if net > 0 else 0.0
+
+
+def _window(bars, lo_s: int, hi_s: int) -> np.ndarray:
+    closed = bars.ts + bars.interval_s
+    return np.asarray(bars.close[(closed > lo_s) & (closed <= hi_s)], dtype=float)
+
+
+def regime_label(market, symbol: str, start: datetime, hours: int = REGIME_WINDOW_H) -> PerpRegime | None:
+    """The specification's ``label_regime`` on the window ``(start, start + hours]`` of ``symbol``, read
+    from ``market`` — a snapshot taken at (or after) the window's end; nothing later is read.
+
+    returns: hourly log returns in the window (from the close at ``start``); volatility: their standard
+    deviation, annualised; funding: mean of the settlements published in the window (else the last one
+    before); oi_delta: open interest at the end over the start; liq_velocity: the largest hourly
+    liquidation velocity in the window (the perp module's open-interest-flush proxy in history);
+    "volatility_95th_percentile": of the 24 h realised volatility over the bars visible before the
+    window (at most the snapshot's history), so it is known at ``start``."""
+    bars = market.bars.get(symbol)
+    if bars is None or len(bars) < 3 * hours:
+        return None
+    t0 = int(start.timestamp())
+    t1 = t0 + hours * 3600
+    closed = bars.ts + bars.interval_s
+    if closed[-1] < t1:
+        return None
+    k0 = int(np.searchsorted(closed, t0, side="right")) - 1
+    if k0 < 2 * hours:
+        return None
+    win = _window(bars, t0, t1)
+    if len(win) < hours // 2:
+        return None
+    path = np.concatenate(([float(bars.close[k0])], win))
+    r = np.diff(np.log(path))
+    vol = float(np.std(r) * math.sqrt(365 * 24))
+    past = np.diff(np.log(np.asarray(bars.close[:k0 + 1], dtype=float)))
+    c1, c2 = np.concatenate(([0.0], np.cumsum(past))), np.concatenate(([0.0], np.cumsum(past * past)))
+    n = hours
+    m = (c1[n:] - c1[:-n]) / n
+    hist = np.sqrt(np.maximum((c2[n:] - c2[:-n]) / n - m * m, 0.0)) * math.sqrt(365 * 24)
+    vol95 = float(np.percentile(hist, VOL_PERCENTILE)) if len(hist) >= hours else math.inf
+    fs = market.point_series("funding_rate", symbol)
+    funding = math.nan
+    if fs is not None and len(fs):
+        inside = fs.values[(fs.ts > t0) & (fs.ts <= t1)]
+        before = fs.values[fs.ts <= t0]
+        funding = float(np.mean(inside)) if len(inside) else (float(before[-1]) if len(before) else math.nan)
+    oi = market.point_series("open_interest", symbol)
+    oi_delta, liq_velocity = math.nan, 0.0
+    taker = market.point_series("taker_buy_ratio", symbol)
+    if oi is not None and len(oi):
+        a, b = _oi_at(oi, t0), _oi_at(oi, t1)
+        if a and b:
+            oi_delta = b / a - 1.0
+        liq_velocity = max(sum(_flush(oi, bars, taker, t0 + h * 3600)) for h in range(1, hours + 1))
+    mean = float(np.mean(r))
+    if liq_velocity > CASCADE_VELOCITY:
+        return PerpRegime.CASCADE_RISK
+    if funding > SQUEEZE_FUNDING and oi_delta > SQUEEZE_OI and mean < 0:
+        return PerpRegime.SQUEEZE_SHORT
+    if funding < -SQUEEZE_FUNDING and oi_delta > SQUEEZE_OI and mean > 0:
+        return PerpRegime.SQUEEZE_LONG
+    if vol > vol95:
+        return PerpRegime.HIGH_VOLATILITY
+    trend = float(np.sum(r))
+    if trend > TREND_SUM:
+        return PerpRegime.TRENDING_UP
+    if trend < -TREND_SUM:
+        return PerpRegime.TRENDING_DOWN
+    return PerpRegime.RANGING
+
+
+def _oi_at(oi, t: int) -> float | None:
+    k = int(np.searchsorted(oi.ts, t, side="right")) - 1
+    if k < 0 or t - int(oi.ts[k]) > 7200:
+        return None
+    v = float(oi.values[k])
+    return v if math.isfinite(v) and v > 0 else None
