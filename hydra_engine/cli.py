@@ -46,6 +46,10 @@ def _print_summary(summary: dict) -> None:
     for name, s in summary["per_strategy"].items():
         win = 100 * s["wins"] / s["trades"] if s["trades"] else 0
         print(f"  {name:<24} {s['trades']:>4} trades  win {win:5.1f}%  P&L {fmt_usd(Decimal(s['pnl_usd']))}")
+    for name, a in (summary.get("activity") or {}).items():   # every enabled strategy is accounted for
+        if name not in summary["per_strategy"]:
+            print(f"  {name:<24}    0 trades  (signals {a['signals']}, proposals {a['proposals']}, "
+                  f"kept out by its regimes in {a['regime_gated_cycles']} awake cycles)")
     for name, notes in (summary.get("plugin_notes") or {}).items():
         traded = summary["per_strategy"].get(name, {}).get("trades", 0)
         print(f"  {name}: {traded} closed trades" + ("" if notes else "; no notes"))

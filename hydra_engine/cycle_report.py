@@ -24,6 +24,14 @@ class RunStats:
     rejected: int = 0
     errors: int = 0
     quiet_cycles: int = 0      # cycles in which no plugin woke: steps 3-7 skipped (the quiet-bar fast path)
+    # per strategy: signals produced, proposals made, awake cycles its regime gate kept it out of trading
+    activity: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def act(self, strategy: str, key: str, n: int = 1) -> None:
+        a = self.activity.get(strategy)
+        if a is None:
+            a = self.activity[strategy] = {"signals": 0, "proposals": 0, "regime_gated_cycles": 0}
+        a[key] += n
 
     def veto(self, rule: str, n: int = 1) -> None:
         self.vetoes[rule] = self.vetoes.get(rule, 0) + n
@@ -92,6 +100,9 @@ def session_summary(engine) -> dict:
         "proposals": stats.proposals, "approved": stats.approved, "vetoes_by_rule": stats.vetoes,
         "orders": stats.orders, "orders_refused": stats.rejected, "errors": stats.errors,
         "closed_trades": len(engine.closed_trades), "per_strategy": per_strategy, "exit_reasons": exit_reasons,
+        # every enabled strategy, traded or not: what it did (a summary that shows each one at work)
+        "activity": {s.name: stats.activity.get(s.name, {"signals": 0, "proposals": 0, "regime_gated_cycles": 0})
+                     for s in engine.strategies},
         "fees_usd": getattr(engine.broker, "fees_paid", None),
         "sizing_bound_by": engine.risk.binding_counts(),
         **({"faults": dict(engine.faults)} if getattr(engine, "faults", None) else {}),

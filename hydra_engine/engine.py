@@ -328,7 +328,10 @@ class Engine(EngineState):
         for strat in self.strategies:
             ctx = StrategyContext(now, market, self.regime, held_by.get(strat.name, {}))
             try:
-                signals.extend(strat.generate_signals(ctx))
+                produced = strat.generate_signals(ctx)
+                signals.extend(produced)
+                if produced:
+                    self.stats.act(strat.name, "signals", len(produced))
                 owners += [strat.name] * (len(signals) - len(owners))
             except Exception as exc:  # one plugin's failure stands that plugin down, not the engine
                 report["errors"].append(f"{strat.name}.generate_signals: {type(exc).__name__}: {exc}")
@@ -362,9 +365,13 @@ class Engine(EngineState):
             exit_requests.extend(i for i in items if isinstance(i, ExitRequest))
             if strat.trades_in(self.regime.regime):
                 report["strategies_run"].append(strat.name)
-                proposals.extend(i for i in items if isinstance(i, TradeProposal))
+                mine = [i for i in items if isinstance(i, TradeProposal)]
+                proposals.extend(mine)
+                if mine:
+                    self.stats.act(strat.name, "proposals", len(mine))
             else:
                 report["strategies_gated"].append(strat.name)
+                self.stats.act(strat.name, "regime_gated_cycles")
         return proposals, exit_requests
 
     def _rank(self, proposals: list[TradeProposal], report: dict) -> list[TradeProposal]:
