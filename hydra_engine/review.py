@@ -174,6 +174,10 @@ def build_review(doc: dict, periods_per_year: float | None = None, source: str =
     notes += llm_notes
     if llm_metrics:
         m["llm"] = llm_metrics
+    from .perp.review import perp_review   # per perp primitive: R, funding, liquidations (#20)
+    perp_tables, perp_metrics = perp_review(doc)
+    tables += perp_tables
+    m.update(perp_metrics)
     return Review(f"HYDRA session review: {s.get('session_id', '?')}", header, m, tables, notes)
 
 
