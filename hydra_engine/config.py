@@ -161,6 +161,14 @@ class PerpsConfig(_Section):
     maker_fee_bps: float = Field(2.0, ge=0, le=100)
     slippage_bps: float = Field(5.0, ge=0, le=500)
     kill_switches: bool = Field(True, description="the perp kill switches join the risk lists")
+    # execution (issue #20 (g), hydra_engine/perp/execution.py); off: market entries and reduce-only market exits
+    post_only_entries: bool = Field(False, description="entries as post-only limits at the touch, canceled after the timeout")
+    post_only_exits: bool = Field(False, description="non-stop exits as reduce-only post-only limits, market after the timeout")
+    post_only_timeout_minutes: float = Field(60.0, gt=0, le=1440, description="how long a post-only order works")
+    twap_volume_share: float = Field(0.0, ge=0, le=1,
+                                     description="slice an order above this share of recent bar volume (0: never)")
+    twap_slices: int = Field(4, ge=2, le=100, description="child orders of a TWAP, one per bar")
+    twap_volume_bars: int = Field(24, ge=1, le=1000, description="bars whose mean volume is 'recent volume'")
 
     @field_validator("symbols")
     @classmethod
@@ -171,6 +179,10 @@ class PerpsConfig(_Section):
         if not v:
             raise ValueError("perps.symbols is empty")
         return v
+
+
+PERP_EXECUTION_FIELDS = ("post_only_entries", "post_only_exits", "post_only_timeout_minutes", "twap_volume_share",
+                         "twap_slices", "twap_volume_bars")
 
 
 class LogsConfig(_Section):
@@ -247,6 +259,9 @@ class Settings(BaseSettings):
             data.pop("modifiers")   # none enabled: the hash of a config that predates modifiers is unchanged
         if not data["perps"]["enabled"]:   # a disabled module changes no decision: old ids stay valid
             data.pop("perps")
+        elif not (self.perps.post_only_entries or self.perps.post_only_exits or self.perps.twap_volume_share > 0):
+            for k in PERP_EXECUTION_FIELDS:   # perp execution off: market orders, the hash perps had before it
+                data["perps"].pop(k, None)
         data.pop("logs", None)     # retention and notifications change no decision
         data.pop("notify", None)
         # the LLM gate counts only when enabled (off, no [llm] value can change a decision, and every

@@ -82,7 +82,11 @@ def build_perp_module(settings, *, market, folder: Path, main_broker, main_venue
     brackets = load_brackets()
     venue = build_perp_venue(settings, market=market, folder=folder, start=start, end=end, brackets=brackets)
     instruments = perp_instruments(settings, brackets)
-    router = VenueRouter({main_venue: main_broker, PERP_VENUE: venue}, instruments, default=main_venue)
+    worked = venue
+    if p.post_only_entries or p.post_only_exits or p.twap_volume_share > 0:   # issue #20 (g)
+        from .execution import ExecutionConfig, PerpExecution
+        worked = PerpExecution(venue, ExecutionConfig.from_settings(p))
+    router = VenueRouter({main_venue: main_broker, PERP_VENUE: worked}, instruments, default=main_venue)
     rules = [*perp_gate_rules(p.symbols)]
     if p.kill_switches:
         rules.append(PerpKillRule(p.symbols))
