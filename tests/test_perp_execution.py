@@ -203,3 +203,35 @@ def test_twap_slices_an_order_above_the_volume_share_into_one_market_child_per_b
     small.update_marks({SYM: frame.close[k - 1]}, t0)
     small.submit(market_order("sm", Side.BUY, "0.01", t0))
     assert small.child_orders == [] and small.venue.get_order("sm") is not None   # below the share: as is
+
+
+def test_the_engine_trades_perps_post_only_and_books_every_fill_once(tmp_path):
+    """Post-only entries and exits (market fallback) in the engine, Jan-Feb 2024 on the shipped data: fills
+    come back under the executor's order ids, the book's P&L is the venue's, maker fees where limits filled."""
+    from hydra_engine.app import build_sim_session, run_session
+
+    from .conftest import make_settings
+    names = ["funding_squeeze", "liquidation_reversal", "oi_divergence", "crowding_fade", "funding_carry"]
+    settings = make_settings(tmp_path, start="2024-01-01", end="2024-03-01", strategies={"enabled": names},
+                             perps={"enabled": True, "post_only_entries": True, "post_only_exits": True,
+                                    "post_only_timeout_minutes": 120})
+    session = build_sim_session(settings, persist=False)
+    run_session(session, progress=False)
+    engine = session.engine
+    ex = engine.broker.venues["perp"]
+    assert isinstance(ex, PerpExecution)
+    kinds = {(c["type"], c["status"]) for c in ex.child_orders}
+    assert ("limit", "sent") in kinds                                  # post-only children went out
+    canceled = [a for a in ex._algos.values() if a.parent.status is OrderStatus.CANCELED]
+    perp_trades = [t for t in engine.closed_trades if t["symbol"].endswith("USDT")]
+    assert perp_trades and len(perp_trades) == len(ex.closed_trades)
+    book = sum(Decimal(t["pnl_usd"]) for t in perp_trades)
+    assert abs(book - sum(t.pnl_usdt for t in ex.closed_trades)) < Decimal("0.0001") * len(perp_trades)
+    limit_fills = [o for o in ex._orders.values() if o.order_type is OrderType.LIMIT and o.status is OrderStatus.FILLED]
+    assert limit_fills                                                  # some entries or exits filled as maker
+    # every executor order id the book waited on was one the layer knows as a parent (no child id leaked)
+    assert all(c in ex._algos or c.startswith("liquidation-") or ex.venue.get_order(c) is not None
+               for c in {**engine.book.plans, **engine.book.exit_reasons})
+    assert not engine.book.plans and not engine.positions              # every entry ended, nothing left open
+    print(f"post-only: {len(ex._algos)} parents, {len(canceled)} entries canceled at the timeout, "
+          f"{len(limit_fills)} maker fills, {len(perp_trades)} trades, P&L {book:.2f}")
