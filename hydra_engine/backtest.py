@@ -328,6 +328,12 @@ def run_backtest(settings: Settings, *, data_dir: Path, start: date, end: date, 
             docs[name] = run_baseline(cls(), s, data_dir, ticks=ticks, progress=progress)
             (out / "baselines" / f"{name}.json").write_text(
                 json.dumps({k: v for k, v in docs[name].items() if k != "cycles"}, indent=1), encoding="utf-8")
+        if s.perps.enabled:   # issue #20: the perp benchmarks, on the same simulated USD-M venue and ticks
+            from .perp.baselines import PERP_BASELINES, run_perp_baseline
+            for name, cls in PERP_BASELINES.items():
+                docs[name] = run_perp_baseline(cls(), s, data_dir, ticks=ticks, progress=progress)
+                (out / "baselines" / f"{name}.json").write_text(
+                    json.dumps({k: v for k, v in docs[name].items() if k != "cycles"}, indent=1), encoding="utf-8")
     metrics = {"hydra": M.compute_all(on_sim_clock(doc))}
     # every row annualised alike: HYDRA's book decides (its universe's crypto trades every calendar day)
     metrics.update({name: M.compute_all(on_sim_clock(d), metrics["hydra"]["periods_per_year"])

@@ -23,7 +23,7 @@ from dotenv import dotenv_values
 from pydantic import (AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from .config_sections import (NOTIFY_EVENTS, PERP_SYMBOLS, LogsConfig, ModifiersConfig,  # noqa: F401
+from .config_sections import (NOTIFY_EVENTS, PERP_EXECUTION_FIELDS, PERP_SYMBOLS, LogsConfig, ModifiersConfig,  # noqa: F401
                               NotifyConfig, PerpsConfig, TruthConfig, _Section)
 from .llm.schema import LlmSettings
 
@@ -189,6 +189,10 @@ class Settings(BaseSettings):
             data.pop("perps")
         elif data["perps"].get("execution") == "sim":
             data["perps"].pop("execution")   # the default: hashes made before the setting existed stay valid
+        if data.get("perps") and not (self.perps.post_only_entries or self.perps.post_only_exits
+                                      or self.perps.twap_volume_share > 0):
+            for k in PERP_EXECUTION_FIELDS:   # perp execution off: market orders, the hash perps had before it
+                data["perps"].pop(k, None)
         if not data["scorers"]["enabled"]:   # no scorer: its threshold changes no decision
             data.pop("scorers")
         if data["regime_model"]["perp_labeller"] == "rule":   # the rule labeller reads no model file

@@ -46,6 +46,14 @@ class PerpsConfig(_Section):
     maker_fee_bps: float = Field(2.0, ge=0, le=100)
     slippage_bps: float = Field(5.0, ge=0, le=500)
     kill_switches: bool = Field(True, description="the perp kill switches join the risk lists")
+    # execution (issue #20 (g), hydra_engine/perp/execution.py); off: market entries and reduce-only market exits
+    post_only_entries: bool = Field(False, description="entries as post-only limits at the touch, canceled after the timeout")
+    post_only_exits: bool = Field(False, description="non-stop exits as reduce-only post-only limits, market after the timeout")
+    post_only_timeout_minutes: float = Field(60.0, gt=0, le=1440, description="how long a post-only order works")
+    twap_volume_share: float = Field(0.0, ge=0, le=1,
+                                     description="slice an order above this share of recent bar volume (0: never)")
+    twap_slices: int = Field(4, ge=2, le=100, description="child orders of a TWAP, one per bar")
+    twap_volume_bars: int = Field(24, ge=1, le=1000, description="bars whose mean volume is 'recent volume'")
     # paper/live sessions only (backtest and sim always simulate): "sim" = the simulated account marked with
     # live public Binance prices and funding; "binance_demo" = the Binance USD-M demo account (needs
     # BINANCE_API_KEY/BINANCE_API_SECRET); "binance_live" = the real exchange, which also needs --live and
@@ -61,6 +69,10 @@ class PerpsConfig(_Section):
         if not v:
             raise ValueError("perps.symbols is empty")
         return v
+
+
+PERP_EXECUTION_FIELDS = ("post_only_entries", "post_only_exits", "post_only_timeout_minutes", "twap_volume_share",
+                         "twap_slices", "twap_volume_bars")
 
 
 class LogsConfig(_Section):

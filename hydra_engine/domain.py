@@ -120,6 +120,7 @@ class TimeInForce(str, enum.Enum):
     FOK = "fok"
     OPG = "opg"
     CLS = "cls"
+    GTX = "gtx"   # Binance USD-M post-only ("good till crossing"): refused where it would take liquidity
 
 
 class OrderStatus(str, enum.Enum):

@@ -177,6 +177,10 @@ def build_review(doc: dict, periods_per_year: float | None = None, source: str =
     ml = _ml_table(doc, notes)   # the signal scorer's live predictions against outcomes (issue #21)
     if ml is not None:
         tables.append(ml)
+    from .perp.review import perp_review   # per perp primitive: R, funding, liquidations (#20)
+    perp_tables, perp_metrics = perp_review(doc)
+    tables += perp_tables
+    m.update(perp_metrics)
     return Review(f"HYDRA session review: {s.get('session_id', '?')}", header, m, tables, notes)
 
 

@@ -22,8 +22,9 @@ FEE_QUANTUM_USDT = Decimal("0.00000001")   # Binance reports commissions with 8 
 MAKER_FEE_BPS = Decimal("2")               # VIP 0 maker 0.0200 % (unverified here, see the module docstring)
 TAKER_FEE_BPS = Decimal("5")               # VIP 0 taker 0.0500 %
 MIN_NOTIONAL_USDT = Decimal("5")           # the −4164 message's value; real minimums vary per symbol
-PERP_TIF = frozenset({TimeInForce.GTC, TimeInForce.IOC})
+PERP_TIF = frozenset({TimeInForce.GTC, TimeInForce.IOC, TimeInForce.GTX})   # GTX: post-only limits
 LIQUIDATION = "liquidation"
+POST_ONLY_CROSS = "Due to the order could not be executed as maker, the Post Only order will be rejected (Binance -5022)"
 BAR_OPEN_PEEK = timedelta(days=1)         # longer than any bar the venue is fed
 
 
@@ -31,7 +32,7 @@ def perp_spec(symbol: str, *, qty_step: str, tick: str) -> AssetSpec:
     step = Decimal(qty_step)
     return AssetSpec(symbol, AssetClass.CRYPTO, tradable=True, shortable=True, fractionable=True,
                      qty_increment=step, price_increment=Decimal(tick), min_order_size=step,
-                     order_types=frozenset({OrderType.MARKET}), time_in_force=PERP_TIF)
+                     order_types=frozenset({OrderType.MARKET, OrderType.LIMIT}), time_in_force=PERP_TIF)
 
 
 #: LOT_SIZE step and PRICE_FILTER tick as commonly published for these contracts. UNVERIFIED offline:

@@ -7,10 +7,15 @@ Units. Collateral, margin, fees, funding and P&L are USDT (``*_usdt``); HYDRA's 
 (``Account``, ``Fill.fee_usd``, ``FundingPayment.amount_usd``) carry the same numbers, taking 1 USDT = 1 USD.
 Quantities are base coin, signed on positions (+ long, − short). Prices are USDT per coin. All Decimal.
 
-Orders. Market orders only: they fill at the open of the first bar that opens at or after the order's
+Orders. Market orders fill at the open of the first bar that opens at or after the order's
 ``created_at`` (the replay ``MarketData.next_bar_open`` contract), moved against the trader by
-``slippage_bps`` and rounded to the tick against the trader, and pay the taker fee. Limit orders (post-only
-at the touch with a timeout, maker fee) are a later item of issue #20 and are refused with InvalidOrder.
+``slippage_bps`` and rounded to the tick against the trader, and pay the taker fee. Limit orders are
+post-only (time in force GTX, Binance's "good till crossing"): refused at submit when the limit crosses the
+current mark, rejected (-5022) when the open of the bar they arrive in (the first bar opening at or after
+``created_at``) crosses it, else they rest and fill at the limit price, maker fee, no slippage, in the first
+bar from the arrival bar on that trades *through* the limit (low below a buy, high above a sell; a touch
+does not fill: the queue is unknown), stamped at that bar's open. They work until filled or canceled
+(the timeout is the client's: :mod:`.execution`). Stop and other order types are refused.
 An order may not be dated before the venue's clock (the last time it was advanced to).
 
 Margin. Isolated margin, one position per symbol (one-way mode, ``positionSide`` BOTH). Opening posts
@@ -50,7 +55,8 @@ What is simulated, and what is not
   at least as often as Binance would); the insurance-fund clearance (Binance keeps what is left of the
   isolated margin on liquidation; here the remainder after the fee goes back to the balance, which is
   optimistic by about the maintenance margin); ADL; partial liquidation of large positions; order-book
-  depth; limit, stop and post-only orders; funding-rate caps and predicted rates.
+  depth and queue position (a post-only limit fills only when a bar trades through it); stop orders;
+  funding-rate caps and predicted rates.
 * Unverified defaults (confirm against ``GET /fapi/v1/exchangeInfo`` and the fee schedule): maker 2 bps,
   taker 5 bps (VIP 0), the tick/step sizes in :data:`DEFAULT_PERP_SPECS`, and a 5 USDT minimum notional for
   every symbol (the −4164 template; Binance's real minimums differ per symbol).
@@ -76,7 +82,7 @@ from .funding import FundingSchedule, settle
 from .margin import LeverageBrackets, liquidation_price, load_brackets, maintenance_margin_usdt
 
 from .records import (  # noqa: F401  (re-exported: the venue's public names)
-    ZERO, BPS, FEE_QUANTUM_USDT, DEFAULT_PERP_SPECS, MAKER_FEE_BPS, TAKER_FEE_BPS, MIN_NOTIONAL_USDT, PERP_TIF, LIQUIDATION, BAR_OPEN_PEEK, perp_spec, ReduceOnlyRejected, LeverageNotAllowed, PerpPosition, ClosedPerpTrade, FundingRecord, _Clock)
+    ZERO, BPS, FEE_QUANTUM_USDT, POST_ONLY_CROSS, DEFAULT_PERP_SPECS, MAKER_FEE_BPS, TAKER_FEE_BPS, MIN_NOTIONAL_USDT, PERP_TIF, LIQUIDATION, BAR_OPEN_PEEK, perp_spec, ReduceOnlyRejected, LeverageNotAllowed, PerpPosition, ClosedPerpTrade, FundingRecord, _Clock)
 
 
 class SimulatedPerpVenue:
@@ -239,9 +245,13 @@ class SimulatedPerpVenue:
         if self._now is not None and order.created_at < self._now:
             raise InvalidOrder(f"order dated {order.created_at:%Y-%m-%d %H:%M:%S}Z is before the venue's clock "
                                f"{self._now:%Y-%m-%d %H:%M:%S}Z; funding already settled there", **ctx)
-        if order.order_type is not OrderType.MARKET:
-            raise InvalidOrder(f"the simulated perp venue fills market orders only, got {order.order_type.value} "
-                               "(post-only limits are a later item)", **ctx)
+        if order.order_type is OrderType.LIMIT:
+            self._check_post_only(order, spec, ctx)
+        elif order.order_type is not OrderType.MARKET:
+            raise InvalidOrder(f"the simulated perp venue takes market and post-only limit orders, got "
+                               f"{order.order_type.value}", **ctx)
+        elif order.time_in_force is TimeInForce.GTX:
+            raise InvalidTimeInForce("GTX (post-only) applies to limit orders only", **ctx)
         if order.time_in_force not in spec.time_in_force:
             raise InvalidTimeInForce(f"time_in_force {order.time_in_force.value} is not accepted for {order.symbol}; "
                                      f"allowed: {sorted(t.value for t in spec.time_in_force)}", **ctx)
@@ -274,6 +284,44 @@ class SimulatedPerpVenue:
         self._orders[coid] = accepted
         self._working.append(coid)
         return accepted
+
+    def _check_post_only(self, order: Order, spec: AssetSpec, ctx: dict) -> None:
+        """A limit order must be post-only (GTX) with a price on the tick that does not cross the mark."""
+        if order.time_in_force is not TimeInForce.GTX:
+            raise InvalidTimeInForce(f"limit orders on the simulated perp venue are post-only: time_in_force must be "
+                                     f"gtx, got {order.time_in_force.value}", **ctx)
+        price = order.limit_price
+        if price is None or not price.is_finite() or price <= 0 or spec.round_price(price) != price:
+            raise InvalidOrder(f"limit_price {price} must be positive and a multiple of {spec.price_increment}", **ctx)
+        mark = self._marks.get(order.symbol)
+        if mark is not None and self._crosses(order, mark):
+            raise InvalidOrder(f"{POST_ONLY_CROSS}: {order.side.value} limit {price} against the mark {mark}", **ctx)
+
+    @staticmethod
+    def _crosses(order: Order, price: Decimal) -> bool:
+        """Would a post-only order at ``order.limit_price`` take liquidity when the market trades at ``price``."""
+        return price < order.limit_price if order.side is Side.BUY else price > order.limit_price
+
+    def _limit_event(self, order: Order, now: datetime):
+        """When and how a working post-only order ends by ``now``: ``None`` if its arrival bar has not
+        closed (wait), ``()`` if it rests, ``(ts, "reject")`` if the arrival bar's open crosses it (it would
+        have been a taker: Binance -5022), ``(ts, "fill")`` at the open time of the first bar, from the
+        arrival bar on, that trades *through* the limit (low below a buy, high above a sell; a touch is not
+        enough: the queue ahead of the order is unknown)."""
+        nxt = self.market.next_bar_open(order.symbol, order.created_at, now)
+        if nxt is None:
+            return None
+        arrival, open_price = nxt
+        if self._crosses(order, to_decimal(open_price)):
+            return (arrival, "reject")
+        if self.bars is None:
+            return ()
+        limit = float(order.limit_price)
+        buy = order.side is Side.BUY
+        for b in self.bars.bars_between(order.symbol, arrival, now):
+            if (b.low < limit) if buy else (b.high > limit):
+                return (b.open_time, "fill")
+        return ()
 
     def _check_reduce_only(self, order: Order, held_qty: Decimal, ctx: dict) -> None:
         if held_qty == 0 or held_qty * order.side.sign > 0 or order.qty > abs(held_qty):
@@ -346,6 +394,13 @@ class SimulatedPerpVenue:
             fills: list[tuple[datetime, str, float]] = []
             for coid in self._working:
                 o = self._orders[coid]
+                if o.order_type is OrderType.LIMIT:
+                    ev = self._limit_event(o, now)
+                    if ev is None:
+                        horizon = min(horizon, o.created_at)
+                    elif ev:
+                        fills.append((ev[0], coid, ev[1]))
+                    continue
                 nxt = self.market.next_bar_open(o.symbol, o.created_at, now)
                 if nxt is None:
                     horizon = min(horizon, o.created_at)
@@ -375,7 +430,11 @@ class SimulatedPerpVenue:
                 self._settle(key, payload, now)
                 self._clock.funding_through = ts
             elif kind == 1:
-                self._fill(self._orders[key], ts, payload)
+                order = self._orders[key]
+                if payload == "reject":
+                    order.status, order.reject_reason = OrderStatus.REJECTED, POST_ONLY_CROSS
+                else:
+                    self._fill(order, ts, None if payload == "fill" else payload)
                 self._working.remove(key)
                 self._raise_funding_cursor(ts)
             else:
@@ -415,11 +474,17 @@ class SimulatedPerpVenue:
         fee = notional * rate
         return fee.quantize(self.fee_quantum, rounding=ROUND_HALF_UP) if self.fee_quantum is not None else fee
 
-    def _fill(self, order: Order, ts: datetime, open_price: float) -> None:
+    def _fill(self, order: Order, ts: datetime, open_price: float | None) -> None:
+        """A market order at ``open_price`` (slippage against the trader, taker fee); a post-only limit
+        (``open_price`` None) at its limit price, maker fee, no slippage."""
         spec = self.assets[order.symbol]
         sign = order.side.sign
-        price = spec.round_price(to_decimal(open_price) * (1 + sign * self.slippage),
-                                 ROUND_CEILING if sign > 0 else ROUND_FLOOR)
+        if open_price is None:
+            price, rate = order.limit_price, self.maker_fee_rate
+        else:
+            price = spec.round_price(to_decimal(open_price) * (1 + sign * self.slippage),
+                                     ROUND_CEILING if sign > 0 else ROUND_FLOOR)
+            rate = self.taker_fee_rate
         pos = self._positions.get(order.symbol)
         held = pos.qty if pos else ZERO
         if order.reduce_only and (held == 0 or held * sign > 0 or order.qty > abs(held)):
@@ -440,11 +505,11 @@ class SimulatedPerpVenue:
                 return
         fee_total = ZERO
         if closing:
-            fee = self._fee(closing * price, self.taker_fee_rate)
+            fee = self._fee(closing * price, rate)
             self._close(order.symbol, closing, price, fee, ts, "order", order.client_order_id)
             fee_total += fee
         if opening:
-            fee = self._fee(opening * price, self.taker_fee_rate)
+            fee = self._fee(opening * price, rate)
             self._open(order.symbol, sign * opening, price, fee, ts)
             fee_total += fee
         order.status, order.filled_qty, order.filled_avg_price = OrderStatus.FILLED, order.qty, price

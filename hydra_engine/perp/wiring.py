@@ -55,26 +55,38 @@ def perp_risk_manager(settings, brackets) -> RiskManager:
                                                               max_leverage=p.max_leverage),))
 
 
-def build_perp_module(settings, *, market, folder: Path, main_broker, main_venue: str = "alpaca",
-                      start: datetime | None = None, end: datetime | None = None) -> PerpModule:
-    """The simulated perp account over the replay ``market`` (fills at the next bar's open, liquidation on
-    the bars' highs and lows from the kline files, funding at the real settlements under ``folder``)."""
+def build_perp_venue(settings, *, market, folder: Path, start: datetime | None = None, end: datetime | None = None,
+                     brackets=None) -> SimulatedPerpVenue:
+    """The simulated USD-M account of ``[perps]`` over ``market`` (also used alone by the perp benchmarks)."""
     p = settings.perps
-    brackets = load_brackets()
-    from .. data.catalog import BAR_SOURCES
+    brackets = brackets if brackets is not None else load_brackets()
+    from ..data.catalog import BAR_SOURCES
     usdm = Path(folder) / USDM_DIR
     funding = {s: load_funding_history(s, usdm) for s in p.symbols}
     # the wick bars: a day before the span (a fill's own bar) to the end
     lo = start - timedelta(days=1) if start else None
     bars = PerpBars.from_parquet({s: Path(folder) / BAR_SOURCES[s].path for s in p.symbols}, timedelta(hours=1),
                                  start=lo, end=end)
-    venue = SimulatedPerpVenue(market, funding, starting_balance_usdt=Decimal(repr(p.starting_balance_usdt)),
-                               bars=bars, brackets={s: brackets[s] for s in p.symbols},
-                               assets={s: DEFAULT_PERP_SPECS[s] for s in p.symbols},
-                               taker_fee_bps=Decimal(repr(p.taker_fee_bps)), maker_fee_bps=Decimal(repr(p.maker_fee_bps)),
-                               slippage_bps=Decimal(repr(p.slippage_bps)))
+    return SimulatedPerpVenue(market, funding, starting_balance_usdt=Decimal(repr(p.starting_balance_usdt)),
+                              bars=bars, brackets={s: brackets[s] for s in p.symbols},
+                              assets={s: DEFAULT_PERP_SPECS[s] for s in p.symbols},
+                              taker_fee_bps=Decimal(repr(p.taker_fee_bps)), maker_fee_bps=Decimal(repr(p.maker_fee_bps)),
+                              slippage_bps=Decimal(repr(p.slippage_bps)))
+
+
+def build_perp_module(settings, *, market, folder: Path, main_broker, main_venue: str = "alpaca",
+                      start: datetime | None = None, end: datetime | None = None) -> PerpModule:
+    """The simulated perp account over the replay ``market`` (fills at the next bar's open, liquidation on
+    the bars' highs and lows from the kline files, funding at the real settlements under ``folder``)."""
+    p = settings.perps
+    brackets = load_brackets()
+    venue = build_perp_venue(settings, market=market, folder=folder, start=start, end=end, brackets=brackets)
     instruments = perp_instruments(settings, brackets)
-    router = VenueRouter({main_venue: main_broker, PERP_VENUE: venue}, instruments, default=main_venue)
+    worked = venue
+    if p.post_only_entries or p.post_only_exits or p.twap_volume_share > 0:   # issue #20 (g)
+        from .execution import ExecutionConfig, PerpExecution
+        worked = PerpExecution(venue, ExecutionConfig.from_settings(p))
+    router = VenueRouter({main_venue: main_broker, PERP_VENUE: worked}, instruments, default=main_venue)
     rules = [*perp_gate_rules(p.symbols)]
     if p.kill_switches:
         rules.append(PerpKillRule(p.symbols))
