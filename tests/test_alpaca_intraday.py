@@ -124,3 +124,30 @@ def test_old_candles_are_named_missing():
         data.set_intraday(["AAPL"])
         snap = data.snapshot(datetime(2022, 1, 20, tzinfo=UTC))
     assert "over 5 days ago" in snap.intraday_missing["AAPL"] and len(snap.intraday["AAPL"]) == 1
+
+
+def test_a_paper_session_serves_the_candles_its_plugins_ask_for(tmp_path, monkeypatch, shared_data):
+    """The composition: `build_paper_session` hands the enabled plugins' DataNeed("intraday", ...) symbols to
+    the Alpaca data adapter (the scalper no longer stands down on paper for want of a feed)."""
+    from hydra_engine.paper import build_paper_session
+    from tests.alpaca_double import API_KEY, SECRET_KEY
+    from tests.conftest import make_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("APCA_API_KEY_ID", API_KEY)
+    monkeypatch.setenv("APCA_API_SECRET_KEY", SECRET_KEY)
+    for var in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "APCA_API_BASE_URL", "APCA_API_DATA_URL"):
+        monkeypatch.delenv(var, raising=False)
+    settings = make_settings(tmp_path, data_dir=shared_data, symbols=("SPY", "GLD"), data_only=(),
+                             engine={"regime_detector": "trend_vol_rule"}, broker={"kind": "alpaca"},
+                             data={"kind": "alpaca"},
+                             strategies={"enabled": ["macro_events"],
+                                         "params": {"macro_events": {"symbols": ["SPY", "GLD"]}}})
+    with AlpacaDouble():
+        session = build_paper_session(settings)
+        try:
+            data = session.engine.market.base
+            assert isinstance(data, AlpacaMarketData) and data.intraday.symbols == ["SPY", "GLD"]
+        finally:
+            if getattr(session, "session_log", None):
+                session.session_log.close(datetime.now(UTC), {})
