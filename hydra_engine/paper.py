@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 
-from .app import Session, build_core, build_regime_detector  # noqa: F401  (re-exported for tests)
+from .app import Session, build_core, build_regime_detector, intraday_symbols  # noqa: F401  (re-exported for tests)
 from .clock import LiveClock
 from .config import AlpacaKeys, Settings, utc_stamp
 from .data.event_feeds import event_feeds_for
@@ -81,6 +81,8 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
         feed = BinanceDerivativesFeed(binance_client, crypto)
         feeds["binance"] = TrustedSeriesOnly(feed)
     strategies = build_strategies(settings.strategies.enabled, settings.strategies.params)
+    # issue #18: the plugins' 15-minute candles (the macro scalper's) from Alpaca 1-minute bars, as the replay serves them
+    alpaca_data.set_intraday(intraday_symbols(strategies))
     llm = paper_llm(settings, now=started)   # issue #22: live gate + analyst off the hot path (off: nothing)
     market = MarketDataWithFeeds(alpaca_data, feeds, event_feeds=event_feeds_for(
         strategies, settings.resolve_path(settings.data.replay_dir), live=True, extra_needs=llm.event_needs))

@@ -5,6 +5,11 @@ Edge: CPI, the Employment Situation (NFP) and FOMC decisions are scheduled volat
 * **Pre-event.** From ``pre_event_hours`` before a release until its first 15-minute candle has closed,
   new entries by any strategy on this plugin's assets are restricted through the entry gate
   (:class:`MacroEventWindowRule`, provided by :meth:`MacroEventScalper.gate_rules`): volatility is coming.
+  With ``shrink_before_release = true`` the same rule also closes what is held on those assets (any
+  strategy's position) from the window's start until the release: it BLOCKs the held symbol when the gate's
+  ``flatten`` asks (``can_block``), and the engine exits it. Off by default: closing other strategies'
+  positions is a cross-strategy decision an operator opts into, and an equity exit decided before an 08:30
+  release fills only at the 09:30 open (no pre-market market orders), i.e. after the release.
 * **Post-event.** Once the first 15-minute candle from the release has closed, trade in its direction when
   its move (|close - open|) is at least ``move_threshold`` times the symbol's typical 15-minute range at
   that time of day (median high-low of the same candle over the last ``range_lookback_days`` sessions);
@@ -52,6 +57,8 @@ class MacroEventParams(StrategyParams):
     stop_buffer_bps: float = Field(2.0, ge=0, description="stop this far beyond the candle's opposite extreme")
     limit_offset_bps: float = Field(10.0, ge=0, description="extended-hours limit: this far through the candle close")
     exit_before_close_minutes: int = Field(15, ge=0, le=120)
+    shrink_before_release: bool = Field(False, description="close positions held on the event's assets (any "
+                                        "strategy) from pre_event_hours before a release until the release")
     min_notional_usd: float = Field(500.0, ge=0)
     max_notional_usd: float = Field(5000.0, gt=0)
 
@@ -105,14 +112,18 @@ class _Releases:
 
 class MacroEventWindowRule:
     """Gate rule: no new entries on the scalper's assets from ``pre_event_hours`` before a release until its
-    first 15-minute candle has closed (RESTRICT: exits go on)."""
+    first 15-minute candle has closed (RESTRICT: exits go on). With ``shrink`` it is a blocking rule
+    (``can_block``): asked by the gate's ``flatten`` about a held symbol (no side) before the release itself,
+    it BLOCKs, so the engine closes that position; entries still get the RESTRICT."""
 
     name, scope, layer = "macro_event_window", "symbol", "strategy"
     interface_version = 1
 
-    def __init__(self, symbols: Iterable[str], types: tuple[str, ...], pre_event_hours: float):
+    def __init__(self, symbols: Iterable[str], types: tuple[str, ...], pre_event_hours: float,
+                 shrink: bool = False):
         self.symbols = frozenset(symbols)
         self.pre_s = pre_event_hours * 3600
+        self.can_block = bool(shrink)
         self._releases = _Releases(types)
 
     def check(self, ctx, symbol: str | None = None, side=None) -> GateVerdict | None:
@@ -123,6 +134,10 @@ class MacroEventWindowRule:
         if not hits:
             return None
         e = hits[0]
+        if self.can_block and side is None and ctx.now < e.happened_at:   # the gate's flatten: a held symbol
+            return GateVerdict(GateState.BLOCK, self.name,
+                               f"{e.subject} release {_ny(e.happened_at):%Y-%m-%d %H:%M} New York: shrinking exposure "
+                               f"before it (shrink_before_release): {symbol} closed")
         until = _candle_start(e.happened_at) + CANDLE
         return GateVerdict(GateState.RESTRICT, self.name,
                            f"{e.subject} release {_ny(e.happened_at):%Y-%m-%d %H:%M} New York: volatility expected; "
@@ -159,16 +174,23 @@ class MacroEventScalper(Strategy):
 
     # ------------------------------------------------------------------ wiring hooks
     def gate_rules(self) -> list:
-        return [MacroEventWindowRule(self.params.symbols, self.params.event_types, self.params.pre_event_hours)]
+        p = self.params
+        return [MacroEventWindowRule(p.symbols, p.event_types, p.pre_event_hours, shrink=p.shrink_before_release)]
 
     def cycle_times(self, events: Iterable, start: datetime | None = None, end: datetime | None = None) -> list[datetime]:
         """The clock ticks the plugin needs on a replay: every 15-minute close from the release's first
         candle to the 16:00 close of that day (stop, target and session-end exits are watched on them).
-        Ticks add cycles, never data."""
+        With ``shrink_before_release`` also the window's start and 15 minutes later, so held positions are
+        closed before the release even on a daily-bar universe. Ticks add cycles, never data."""
         out: list[datetime] = []
+        pre = timedelta(hours=self.params.pre_event_hours)
         for e in events:
             if e.kind != "macro_release" or e.subject not in self.params.event_types:
                 continue
+            if self.params.shrink_before_release:
+                w = e.happened_at - pre
+                if not ((start and e.happened_at < start) or (end and w > end)):
+                    out += [w, w + CANDLE]
             t, stop = _candle_start(e.happened_at) + CANDLE, _session_end(e.happened_at)
             if (start and stop < start) or (end and t > end):
                 continue

@@ -122,6 +122,23 @@ class AlpacaMarketData:
             self._bars[s] = BarBuffer(s, interval, max(history_bars, math.ceil(days * 86_400 / interval)))
         self._quotes: dict[str, BarBuffer] = {}          # quote mids: ts + (mid, bid, ask, spread_bps, 0)
         self._errors: dict[str, str] = {}
+        self._key_secret, self._url_override, self._timeout_s = (key, secret), url_override, timeout_s
+        self.intraday = None                             # AlpacaIntradayCandles once a plugin asks (issue #18)
+
+    def set_intraday(self, symbols: Iterable[str], **kw) -> None:
+        """Serve ``MarketSnapshot.intraday`` for ``symbols`` (the plugins' ``DataNeed("intraday", ...)``):
+        15-minute candles from Alpaca 1-minute bars, as the replay serves them. No symbols: none served."""
+        from .alpaca_intraday import AlpacaIntradayCandles
+        symbols = list(dict.fromkeys(symbols))
+        if not symbols:
+            self.intraday = None
+            return
+        if self._stock_client is None and any("/" not in s for s in symbols):
+            key, secret = self._key_secret
+            self._stock_client = install(StockHistoricalDataClient(key, secret, url_override=self._url_override),
+                                         self.limiter, timeout_s=self._timeout_s)
+        self.intraday = AlpacaIntradayCandles(symbols, stock_client=self._stock_client,
+                                              crypto_client=self._crypto_client, feed=self.feed, guard=self._guard, **kw)
 
     def __repr__(self) -> str:
         return f"AlpacaMarketData(crypto={self.crypto}, equities={self.equities}, feed={self.feed.value!r})"
@@ -160,7 +177,7 @@ class AlpacaMarketData:
         return now - timedelta(seconds=span * (1.5 if span >= 86400 * 30 else 1.05))  # weekends, holidays
 
     # ------------------------------------------------------------------ fetching
-    def _guard(self, what: str, symbols: list[str], call: Callable[[], Any]) -> Any:
+    def _guard(self, what: str, symbols: list[str], call: Callable[[], Any], errors: dict | None = None) -> Any:
         try:
             return call()
         except (APIError, requests.RequestException, ValidationError, ValueError, TypeError, AttributeError,
@@ -168,7 +185,7 @@ class AlpacaMarketData:
             reason = _redact(f"{what} failed: {type(exc).__name__}: {str(exc)[:200]}", self._secrets)
             log.warning(reason)
             for s in symbols:
-                self._errors[s] = reason
+                (self._errors if errors is None else errors)[s] = reason
             return None
 
     def _fetch_bars(self, kind: str, symbols: list[str], now: datetime) -> None:
@@ -231,6 +248,9 @@ class AlpacaMarketData:
                 snap.stale[symbol] = reason
         for symbol in self.data_only:
             snap.stale[symbol] = f"no Alpaca feed for data-only series {symbol}"
+        if self.intraday is not None:
+            self.intraday.refresh(now)
+            self.intraday.into(snap, now)
         return snap
 
     def _staleness(self, symbol: str, kind: str, now: datetime) -> str | None:
