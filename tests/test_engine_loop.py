@@ -68,6 +68,8 @@ def perturbed_copy(src: Path, dst: Path, cut: pd.Timestamp, seed: int = 7) -> No
         after = (closes > cut).to_numpy()
         for col in ("Open", "High", "Low", "Close"):
             df.loc[after, col] = df.loc[after, col] * rng.uniform(0.5, 1.5, after.sum())
+        if "Adj Close" in df.columns:   # the replay prices on the adjusted basis (adj / close): scramble it too
+            df.loc[after, "Adj Close"] = df.loc[after, "Adj Close"] * rng.uniform(0.5, 1.5, after.sum())
         df.to_csv(path, index=False)
 
 
