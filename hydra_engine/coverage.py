@@ -43,6 +43,10 @@ def coverage_report(market, strategies, start: datetime, end: datetime) -> dict:
         r = _row(symbol, kind, p.ts, a, b)
         rows.append(r)
         index[(kind, symbol)] = r
+    for symbol, ib in (getattr(market, "_intraday", None) or {}).items():   # 15-minute candles (issue #18)
+        r = _row(symbol, "intraday", ib.close_ts, a, b)
+        rows.append(r)
+        index[("intraday", symbol)] = r
     for feed in getattr(market, "event_feeds", ()):
         times = np.array(sorted(e.happened_at.timestamp() for e in feed.all_events), dtype=float) \
             if hasattr(feed, "all_events") else np.array([], dtype=float)
