@@ -164,14 +164,7 @@ def build_strategies(enabled: list[str], params: Mapping[str, Mapping]) -> list[
     if stray:
         raise PluginError(f"strategies.params has a section for unknown strategy {stray}; "
                           f"available plugins: {', '.join(sorted(plugins))}")
-    out = []
-    for name in enabled:
-        try:
-            out.append(plugins[name](params.get(name, {})))
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors())
-            raise PluginError(f"strategies.params.{name}: {problems}") from None
-    return out
+    return _instantiate(plugins, enabled, params, "strategies")
 
 
 def build_modifiers(enabled: list[str], params: Mapping[str, Mapping]) -> list[SignalModifier]:
@@ -181,14 +174,7 @@ def build_modifiers(enabled: list[str], params: Mapping[str, Mapping]) -> list[S
     if unknown:
         raise PluginError(f"unknown signal modifier {', '.join(map(repr, unknown))} in modifiers.enabled/params; "
                           f"available: {', '.join(sorted(plugins)) or 'none'}")
-    out = []
-    for name in enabled:
-        try:
-            out.append(plugins[name](params.get(name, {})))
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors())
-            raise PluginError(f"modifiers.params.{name}: {problems}") from None
-    return out
+    return _instantiate(plugins, enabled, params, "modifiers")
 
 
 def build_scorers(enabled: list[str], params: Mapping[str, Mapping]) -> list[SignalScorer]:
@@ -198,11 +184,16 @@ def build_scorers(enabled: list[str], params: Mapping[str, Mapping]) -> list[Sig
     if unknown:
         raise PluginError(f"unknown signal scorer {', '.join(map(repr, unknown))} in scorers.enabled/params; "
                           f"available: {', '.join(sorted(plugins)) or 'none'}")
+    return _instantiate(plugins, enabled, params, "scorers")
+
+
+def _instantiate(plugins: Mapping[str, type], enabled: list[str], params: Mapping[str, Mapping], section: str) -> list:
+    """The enabled plugins, in order, each with its params; bad params name ``<section>.params.<plugin>``."""
     out = []
     for name in enabled:
         try:
             out.append(plugins[name](params.get(name, {})))
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors())
-            raise PluginError(f"scorers.params.{name}: {problems}") from None
+            raise PluginError(f"{section}.params.{name}: {problems}") from None
     return out
