@@ -163,8 +163,11 @@ def _defer_snapshots(log) -> None:
 
     The document holds every cycle so far, so rewriting it on each change is quadratic: profiled, it was
     half of a six-month backtest's time and dominates five years. Decisions do not change, and crash
-    safety is kept by the fsynced journal, from which ``load_session`` rebuilds the document."""
+    safety is kept by the journal, from which ``load_session`` rebuilds the document."""
     log.write_snapshot = lambda: None                 # instance attribute shadows the method
+    # the journal is flushed every cycle and fsynced every 500: a backtest is a deterministic replay, so one
+    # that dies with its machine is run again; paper and live keep fsyncing every cycle (tradelog.SessionLog)
+    log.fsync_every = 500
 
     def close(ended_at, summary):
         del log.write_snapshot
