@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import requests
 
+from hydra_engine.adapters.http import retry_after_s
 from hydra_engine.domain import UTC, require_utc
 
 BASE_URL = "https://fapi.binance.com"
@@ -325,7 +326,7 @@ class BinanceFuturesClient:
             self._used_weight = max(self._used_weight, used)
 
     def _back_off(self, resp: requests.Response, path: str) -> BinanceRateLimited:
-        wait = _retry_after(resp) or self.limits.default_retry_after_s
+        wait = retry_after_s(resp) or self.limits.default_retry_after_s
         with self._lock:
             self._backoff_until = max(self._backoff_until, self._clock() + wait)
         code, msg = _error_body(resp)
@@ -337,7 +338,7 @@ class BinanceFuturesClient:
         now = self._clock()
         stated = re.search(r"banned until (\d{12,14})", msg or "")
         until = (int(stated.group(1)) / 1000 if stated
-                 else now + (_retry_after(resp) or self.limits.default_ban_s))
+                 else now + (retry_after_s(resp) or self.limits.default_ban_s))
         with self._lock:
             self._banned_until = max(self._banned_until, until, now + 1)
         until_dt = datetime.fromtimestamp(self._banned_until, UTC)
@@ -379,14 +380,6 @@ def _range(start: datetime | None, end: datetime | None) -> dict[str, int]:
     if start is not None and end is not None and start > end:
         raise ValueError(f"start {start.isoformat()} is after end {end.isoformat()}")
     return out
-
-
-def _retry_after(resp: requests.Response) -> float | None:
-    try:
-        value = float(resp.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    return value if value > 0 else None
 
 
 def _json(resp: requests.Response, path: str) -> Any:

@@ -41,7 +41,7 @@ from hydra_engine.domain import UTC
 from hydra_engine.events import Event
 
 from .http import (AuthError, DataError, PollingFeed, RateLimited, RequestError, get_with_retries, json_body,
-                   redact, utc_now)
+                   redact, retry_after_s, utc_now)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class FredClient:
                                 max_retries=self.max_retries, backoff_s=self.backoff_s, sleep=self._sleep,
                                 secrets=secrets)
         if resp.status_code in (423, 429):   # the 429 body is undocumented: match on the status only
-            wait = _retry_after(resp) or self.default_retry_after_s
+            wait = retry_after_s(resp) or self.default_retry_after_s
             raise RateLimited(endpoint, f"HTTP {resp.status_code} (FRED throttled this key)",
                               until=self._clock() + timedelta(seconds=wait))
         if resp.status_code != 200:
@@ -240,14 +240,6 @@ def _date(row: object, endpoint: str, field: str) -> date:
         return date.fromisoformat(raw)
     except (TypeError, ValueError):
         raise DataError(endpoint, f"field '{field}' must be a YYYY-MM-DD date, got {raw!r}", field=field) from None
-
-
-def _retry_after(resp: requests.Response) -> float | None:
-    try:
-        value = float(resp.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    return value if value > 0 else None
 
 
 def _error_message(resp: requests.Response, secrets: tuple) -> str:

@@ -222,3 +222,12 @@ class PollingFeed:
 
     def _poll(self, poll_time: datetime) -> Iterable[Event]:   # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def retry_after_s(resp: requests.Response) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (a positive number), else None."""
+    try:
+        value = float(resp.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
