@@ -169,22 +169,21 @@ def build_strategies(enabled: list[str], params: Mapping[str, Mapping]) -> list[
 
 def build_modifiers(enabled: list[str], params: Mapping[str, Mapping]) -> list[SignalModifier]:
     """The enabled signal modifiers (``[modifiers] enabled`` in hydra.toml), in order, with their params."""
-    plugins = discover("modifiers")
-    unknown = [n for n in [*enabled, *params] if n not in plugins]
-    if unknown:
-        raise PluginError(f"unknown signal modifier {', '.join(map(repr, unknown))} in modifiers.enabled/params; "
-                          f"available: {', '.join(sorted(plugins)) or 'none'}")
-    return _instantiate(plugins, enabled, params, "modifiers")
+    return _build_kind("modifiers", "signal modifier", enabled, params)
 
 
 def build_scorers(enabled: list[str], params: Mapping[str, Mapping]) -> list[SignalScorer]:
     """The enabled signal scorers (``[scorers] enabled`` in hydra.toml), in order, with their params."""
-    plugins = discover("scorers")
+    return _build_kind("scorers", "signal scorer", enabled, params)
+
+
+def _build_kind(kind: str, noun: str, enabled: list[str], params: Mapping[str, Mapping]) -> list:
+    plugins = discover(kind)
     unknown = [n for n in [*enabled, *params] if n not in plugins]
     if unknown:
-        raise PluginError(f"unknown signal scorer {', '.join(map(repr, unknown))} in scorers.enabled/params; "
+        raise PluginError(f"unknown {noun} {', '.join(map(repr, unknown))} in {kind}.enabled/params; "
                           f"available: {', '.join(sorted(plugins)) or 'none'}")
-    return _instantiate(plugins, enabled, params, "scorers")
+    return _instantiate(plugins, enabled, params, kind)
 
 
 def _instantiate(plugins: Mapping[str, type], enabled: list[str], params: Mapping[str, Mapping], section: str) -> list:
