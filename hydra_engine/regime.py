@@ -26,7 +26,7 @@ import pandas as pd
 
 from .config import PROJECT_ROOT
 from .domain import Regime, RegimeReading
-from .ports import MarketSnapshot
+from .ports import BarSeries, MarketSnapshot
 from .regime_features import ASSETS, FEATURES, VIX_SYMBOL, daily_close_arrays_from_snapshot, feature_matrix
 
 # Which features the model uses. TLT/GLD volatility are left out: they mostly repeat the SPY/HYG/VIX
@@ -76,13 +76,13 @@ class TrendVolRule:
         for symbol in self.reference_symbols:
             bars = market.bars.get(symbol)
             if bars is not None and len(bars) >= 3 * self.lookback + 1:
-                return self._classify(symbol, bars.close, market.now)
+                return self._classify(symbol, bars, market.now)
         return RegimeReading(Regime.UNKNOWN, 0.0, self.name, market.now,
                              {"why": f"fewer than {3 * self.lookback + 1} bars on {self.reference_symbols}"})
 
-    def _classify(self, symbol: str, close: np.ndarray, now: datetime) -> RegimeReading:
+    def _classify(self, symbol: str, bars: BarSeries, now: datetime) -> RegimeReading:
         with np.errstate(divide="ignore", invalid="ignore"):
-            rets = np.diff(np.log(close))
+            rets = np.diff(np.log(bars.close))
         rets = rets[np.isfinite(rets)]
         n = self.lookback
         if len(rets) < 3 * n:
@@ -100,8 +100,10 @@ class TrendVolRule:
         else:
             regime = Regime.MEAN_REVERTING
             conf = 1.0 - abs(ret_n) / 0.02
+        # as_of_day: the day its inputs end, so that a stalled feed reads UNKNOWN (regime_freshness, #17)
         details = {"symbol": symbol, "return_20": round(ret_n, 6), "vol_20": round(vol_now, 6),
-                   "vol_percentile": round(pct, 4)}
+                   "vol_percentile": round(pct, 4),
+                   "as_of_day": datetime.fromtimestamp(int(bars.ts[-1]), timezone.utc).date().isoformat()}
         return RegimeReading(regime, round(max(0.0, min(1.0, conf)), 4), self.name, now, details)
 
 
