@@ -7,6 +7,7 @@ open orders, fills -- is the sum over venues. Each venue keeps its own rules (``
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Mapping
@@ -62,7 +63,9 @@ class VenueRouter:
         return [o for v in self.venues.values() for o in v.open_orders()]
 
     def poll_fills(self, now: datetime) -> list[Fill]:
-        fills = [f for v in self.venues.values() for f in v.poll_fills(now)]
+        # each fill names the venue it came from, by the name its order carries (issue #20)
+        fills = [f if f.venue == name else replace(f, venue=name)
+                 for name, v in self.venues.items() for f in v.poll_fills(now)]
         return sorted(fills, key=lambda f: f.ts)   # stable: one venue's own order is kept on ties
 
     def update_marks(self, prices: dict[str, float]) -> None:

@@ -430,7 +430,7 @@ class BinanceUsdmBroker(UsdmTransport):
                         symbol, t["id"], fee, t.get("commissionAsset"))
             fee = Decimal(0)
         return Fill(self._hydra_id(bid), symbol, Side(t["side"].lower()), _dec(t["qty"]), _dec(t["price"]), abs(fee),
-                    _from_ms(t["time"]), f"binance-{symbol}-{t['id']}")
+                    _from_ms(t["time"]), f"binance-{symbol}-{t['id']}", venue="perp")
 
     def venue_exit_reason(self, client_order_id: str) -> str | None:
         """``liquidation`` for a close Binance made itself (its ``autoclose-`` / ``adl_autoclose`` ids)."""
