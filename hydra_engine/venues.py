@@ -118,6 +118,14 @@ class VenueRouter:
         payments = [p for v in self.venues.values() if v.capabilities.settles_funding for p in v.settle_funding(now)]
         return sorted(payments, key=lambda p: p.ts)
 
+    def adopt_orders(self, client_order_ids) -> None:
+        """HYDRA orders another process sent (a `kill`'s closes): each venue that maps ids learns them."""
+        ids = list(client_order_ids)
+        for venue in self.venues.values():
+            adopt = getattr(venue, "adopt_orders", None)
+            if adopt is not None:
+                adopt(ids)
+
     def venue_exit_reason(self, client_order_id: str) -> str | None:
         """Why a venue closed a position on its own (``liquidation``), for an order it made."""
         for venue in self.venues.values():

@@ -199,6 +199,16 @@ class BinanceUsdmBroker(UsdmTransport):
         m = _HYDRA_ID.match(coid or "")
         return m.group("symbol") if m and m.group("symbol") in self.symbols else None
 
+    def adopt_orders(self, client_order_ids: Iterable[str]) -> None:
+        """Orders another HYDRA process sent on this account under HYDRA ids (a `kill`'s closes, issue #20):
+        known from now on (their fills carry the HYDRA id; reconciliation looks them up by id)."""
+        new = {binance_client_id(c): c for c in client_order_ids if self._symbol_of(c) in self.symbols}
+        for bid, coid in new.items():
+            self._ids.setdefault(bid, {"coid": coid, "symbol": self._symbol_of(coid), "kind": "order",
+                                       "status": "submitting"})
+        if new:
+            self._save_state()
+
     # ------------------------------------------------------------------ orders
     def submit(self, order: Order) -> Order:
         spec = self.asset(order.symbol)
