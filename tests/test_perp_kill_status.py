@@ -212,7 +212,7 @@ def test_kill_with_the_simulated_perp_account_says_what_happens_to_it(env, tmp_p
     usdm = UsdmDouble()
     code, out, err = run(cfg, "kill", usdm=usdm, capsys=capsys)
     assert code == 0, out + err
-    assert "not traded by this command" in out and "closes them in its first cycle" in out
+    assert "not traded by this command" in out and "sends their closes in its first cycle" in out
     assert "saved account holds: BTCUSDT 0.010" in out and not usdm.requests
     assert "perp (simulated USD-M paper account): HANDED TO THE ENGINE (not flat yet: the kill is recorded and " \
            "the engine closes BTCUSDT" in out
@@ -221,3 +221,48 @@ def test_kill_with_the_simulated_perp_account_says_what_happens_to_it(env, tmp_p
     assert saved["risk"]["killed"] is True and saved["perp_venue"]["positions"]["BTCUSDT"]["qty"] == "0.010"
     code, out, err = run(cfg, "status", "--broker", usdm=usdm, capsys=capsys)
     assert code == 0 and "BTCUSDT 0.010 @ 30,000.00 (5x)" in out
+
+
+def test_a_restart_after_a_kill_closes_the_saved_simulated_perp_position_never_resurrects_it(tmp_path):
+    """What the sim kill message says, checked on the engine: a perp position held in the saved account (real
+    BTC bars and funding, Jan 2024), the kill written into the saved state by `set_control` as `kill` does; a
+    new engine restored from that state sends the close in its first cycle (filled at the next bar's open)
+    and books it with exit reason kill; the restored account ends flat."""
+    from hydra_engine.app import build_sim_session
+    from hydra_engine.control import Control, set_control
+
+    from .conftest import make_settings
+    names = ["funding_squeeze", "liquidation_reversal", "oi_divergence", "crowding_fade", "funding_carry"]
+    settings = make_settings(tmp_path, start="2024-01-01", end="2024-03-01", perps={"enabled": True},
+                             strategies={"enabled": names})
+    first = build_sim_session(settings, persist=False)
+    ticks = list(first.clock.ticks)
+    for i, now in enumerate(ticks):
+        first.engine.run_cycle(now)
+        if any(s.endswith("USDT") for s in first.engine.positions):
+            break
+    held = {s: p.qty for s, p in first.engine.positions.items() if s.endswith("USDT")}
+    assert held, "no perp position opened in the window"
+    store = Store(f"sqlite:///{tmp_path / 'saved.db'}")
+    store.save_state("engine:paper", {**first.engine.state(), "perp_venue": first.engine.broker.venues["perp"].to_state()},
+                     now)
+    set_control(store, "killed", "manual kill", now, kill_id="kill-20240101T000000000Z")   # what `kill` writes
+    saved = store.load_state("engine:paper")
+    assert saved["perp_venue"]["positions"] and saved["risk"]["killed"] is True
+
+    restarted = build_sim_session(settings, persist=False)      # the next start: restored as paper.py does
+    restarted.engine.restore(saved)
+    venue = restarted.engine.broker.venues["perp"]
+    venue.load_state(saved["perp_venue"])
+    assert {s: p.qty for s, p in restarted.engine.positions.items()} == held       # restored, not lost
+    control = Control(store)
+    first_cycle = restarted.engine.run_cycle
+    control.apply(restarted.engine, ticks[i + 1])
+    report = first_cycle(ticks[i + 1])
+    assert {(o["symbol"], o["purpose"], o["reduce_only"]) for o in report["orders"]} == {(s, "exit", True) for s in held}
+    for now in ticks[i + 2:i + 4]:
+        control.apply(restarted.engine, now)
+        restarted.engine.run_cycle(now)
+    assert not restarted.engine.positions and not venue.to_state()["positions"]
+    assert [(t["symbol"], t["exit_reason"], t["venue"]) for t in restarted.engine.closed_trades] == \
+        [(s, "kill", "perp") for s in held]

@@ -13,8 +13,8 @@ the Alpaca half when ``[perps] enabled``.
     engine's): no other process can trade it. The command records the kill (as for Alpaca); a running engine
     reads it within one cycle and closes every perp position (exit reason ``kill``); with no engine running
     the saved account keeps its positions until the next start, whose engine restores the kill with the
-    state and closes them in its first cycle, at that cycle's prices. The command says this, and lists what
-    the saved account holds.
+    state and sends their closes in its first cycle (checked by a test: never resurrected). The command says
+    this, and lists what the saved account holds.
 """
 from __future__ import annotations
 
@@ -162,8 +162,8 @@ def _kill_sim(store, kill_saved: bool) -> VenueOutcome:
     print(f"{venue}: not traded by this command -- the account lives inside the engine (saved with its state).")
     print("  A running engine reads this kill within one cycle and closes every perp position (exit reason kill).")
     print("  With no engine running, the saved account keeps its positions until the next `run --mode paper`:")
-    print("  that engine restores the kill with its state and closes them in its first cycle, at that cycle's")
-    print("  prices (funding settled and liquidation checked for the time between, as the account catches up).")
+    print("  that engine restores the kill with its state and sends their closes in its first cycle (filled at the")
+    print("  next bar's open; funding settled and liquidation checked for the time between, as the account catches up).")
     print("  A `resume` before that start clears the kill: the positions are then kept and managed as before.")
     try:
         saved = _saved_sim_accounts(store)
