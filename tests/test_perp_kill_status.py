@@ -12,7 +12,13 @@ from decimal import Decimal
 
 import pytest
 
-from hydra_engine.adapters.binance_usdm import DEMO_URL, LIVE_URL, BinanceKeys, BinanceUsdmBroker, binance_client_id
+from hydra_engine.adapters.binance_usdm import (
+    DEMO_URL,
+    LIVE_URL,
+    BinanceKeys,
+    BinanceUsdmBroker,
+    binance_client_id,
+)
 from hydra_engine.adapters.binance_usdm_kill import flatten_usdm
 from hydra_engine.cli import main
 from hydra_engine.domain import make_client_order_id

@@ -11,7 +11,12 @@ from dataclasses import replace
 
 from ..config import ConfigError
 from ..perp.margin import load_brackets
-from ..perp.specs import bracket_differences, load_shipped_specs, venue_brackets, venue_specs
+from ..perp.specs import (
+    bracket_differences,
+    load_shipped_specs,
+    venue_brackets,
+    venue_specs,
+)
 from ..ports import BrokerError
 
 log = logging.getLogger(__name__)

@@ -135,8 +135,8 @@ def _record(store, kill_id: str, now: datetime, rep) -> None:
     """The closes' outcomes in the orders table and in the kill switch's state (merged with Alpaca's), so
     the running engine (or the next start) books their fills as exits with reason ``kill``."""
     from ..control import CONTROL_KEY
-    from ..executor import order_dict
     from ..domain import OrderStatus
+    from ..executor import order_dict
     rows = [order_dict(o) for o in rep.sent.values()]
     rows += [{"client_order_id": coid, "status": OrderStatus.REJECTED.value, "reject_reason": rep.failures[s]}
              for s, coid in rep.closing_orders.items() if s in rep.failures and "outcome unknown" not in rep.failures[s]]
