@@ -81,3 +81,14 @@ def test_a_database_from_before_fills_named_their_venue_gets_the_column(tmp_path
                        "price": "42000", "fee_usd": "0.21", "ts": "2024-01-03T15:00:00Z", "venue": "perp"}], [], None)
     [after] = store.fills("new")
     assert after.venue == "perp"
+
+
+def test_explain_names_a_fills_venue(both_venues, capsys):
+    from hydra_engine.cli import main
+    _, doc = both_venues
+    perp_fill = next(f for f in doc["fills"] if f["venue"] == "perp")
+    cycle = next(c["cycle"] for c in doc["cycle_details"] if any(f["fill_id"] == perp_fill["fill_id"]
+                                                                 for f in c.get("fills", [])))
+    assert main(["explain", doc["log_path"], "--cycle", str(cycle)]) == 0
+    out = capsys.readouterr().out
+    assert f"order {perp_fill['client_order_id']}  venue perp" in out
