@@ -154,6 +154,19 @@ def test_a_rerun_of_kill_recognises_its_own_unknown_close_and_never_sends_it_twi
     assert usdm.bad_signatures == 0
 
 
+def test_kill_closes_in_the_venues_own_step_size_not_the_shipped_one(env, tmp_path, capsys):
+    from .binance_usdm_double import exchange_info_row
+    cfg = _config(tmp_path, "binance_demo")
+    usdm = UsdmDouble()
+    usdm.exchange_info["symbols"] = [exchange_info_row("BTCUSDT"), exchange_info_row("ETHUSDT", step="0.0001")]
+    usdm._new_order({"symbol": "ETHUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.5005",
+                     "newClientOrderId": binance_client_id(_engine_id("ETHUSDT", 1))})    # not a 0.001 multiple
+    code, out, _ = run(cfg, "kill", usdm=usdm, capsys=capsys)
+    assert code == 0 and usdm.positions == {}, out
+    assert usdm.calls("POST", "/fapi/v1/order")[-1]["quantity"] == "0.5005"
+    assert "ETHUSDT exchangeInfo differs" in out and "step_size 0.001 -> 0.0001" in out
+
+
 def test_kill_without_binance_keys_says_no_binance_contact_and_fails(env, tmp_path, capsys):
     env.delenv("BINANCE_API_KEY")
     env.delenv("BINANCE_API_SECRET")

@@ -2,7 +2,8 @@
 operator's controls, on the same adapter (:class:`~.binance_usdm.BinanceUsdmBroker`) the engine trades with.
 
 The kill, per account:
-  1. a reconciliation first: every order an earlier `kill` sent (their ids are in the kill's own id file,
+  0. the venue's exchangeInfo, so each position is closed in the venue's own step size;
+  1. a reconciliation: every order an earlier `kill` sent (their ids are in the kill's own id file,
      ``binance_usdm_<execution>.kill.json`` beside the engine's) whose outcome was not known is looked up by
      its id -- never sent again: a re-run of `kill` recognises its own orders;
   2. every working order on the perp symbols is canceled, plain orders (resting entries, exits) and
@@ -24,7 +25,9 @@ from pathlib import Path
 
 from ..domain import UTC, Order, OrderType, Side, TimeInForce
 from ..orderids import KILL_STRATEGY, is_kill_order_id, kill_order_id
+from ..config import ConfigError
 from ..ports import BrokerError, UnknownOrderOutcome
+from .binance_usdm_specs import read_venue_specs
 from .binance_usdm_http import _dec
 
 KILL_STATE_SUFFIX = ".kill.json"
@@ -67,6 +70,15 @@ def flatten_usdm(broker, kill_id: str, *, now: datetime | None = None, on_submit
     rep = UsdmKillReport()
     try:
         broker.sync_time()
+    except BrokerError as exc:
+        rep.failures["*"] = f"read the account: {exc}"
+        return rep
+    try:   # the venue's step sizes: a position is closed in its own increments, not the shipped ones
+        rep.notes += read_venue_specs(broker)
+    except (BrokerError, ConfigError) as exc:
+        rep.notes.append(f"the venue's specs not read ({exc}); the shipped ones are used")
+    broker.refused.clear()                # a kill closes whatever is held, TRADING or not: Binance answers
+    try:
         rec = broker.reconcile()          # resolves an earlier kill's unknown closes by their ids
     except BrokerError as exc:
         rep.failures["*"] = f"read the account: {exc}"
