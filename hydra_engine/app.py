@@ -173,11 +173,11 @@ def build_sim_session(settings: Settings, *, mode: str = "sim", data_dir: Path |
     if perps:   # the simulated USD-M account beside the simulated Alpaca book, one router, one session
         from .perp.wiring import build_perp_module, replay_span
         start, end = replay_span(market)
-        module = build_perp_module(settings, market=market, folder=folder, main_broker=broker, main_venue="sim",
+        module = build_perp_module(settings, market=market, folder=folder, main_broker=broker, main_venue="alpaca",
                                    start=start, end=end)
         broker = module.router
         extra = {"gate_rules": module.gate_rules, **module.risk_kwargs}
-        venues_meta = {"venues": {"sim": "alpaca-like simulated broker", "perp": "simulated Binance USD-M"},
+        venues_meta = {"venues": {"alpaca": "simulated Alpaca broker", "perp": "simulated Binance USD-M"},
                        "perp_symbols": perps,
                        "perp_starting_balance_usdt": settings.perps.starting_balance_usdt}
     llm = replay_llm(settings, ticks[0], ticks[-1])   # the recorded verdicts, or none: never a client

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show kill state, last cycle and positions from the store",
                             parents=[config_option()])
-    status.add_argument("--broker", action="store_true", help="also ask Alpaca for account, positions and orders")
+    status.add_argument("--broker", action="store_true", help="also ask Alpaca (and the perp venue when [perps] is on) for account, positions and orders")
     status.add_argument("--live", action="store_true",
                         help="read a live account (needs broker.paper = false and HYDRA_ENABLE_LIVE_TRADING too)")
     status.set_defaults(func=cmd_status)

@@ -53,6 +53,9 @@ class Control:
         for coid in new:
             engine.book.track_exit(coid, "kill")
             self.kill_orders_seen.add(coid)
+        adopt = getattr(engine.broker, "adopt_orders", None)   # a venue that maps ids (Binance) learns the kill's
+        if adopt is not None:
+            adopt(new)
         rows = {o.client_order_id: o for o in self.store.orders(state.get("kill_id"))}
         engine.startup_orders += [{k: getattr(rows[c], k) for k in type(rows[c]).model_fields if k != "session_id"}
                                   for c in new if c in rows]
@@ -130,6 +133,48 @@ def kill(settings: Settings, reason: str = "manual kill", *, live: bool = False)
     except Exception as exc:  # noqa: BLE001 -- locked, read-only, full or damaged: flatten all the same
         problems.append(f"kill state NOT saved, a running HYDRA will not see it: {type(exc).__name__}: {exc}")
         store = None
+    before = len(problems)
+    if settings.perps.enabled:
+        print("alpaca:")
+    code = _kill_alpaca(settings, kill_id, reason, now, store, problems, live=live)
+    venues = _kill_perps(settings, kill_id, now, store, problems, live=live,
+                         alpaca_ok=code == 0 and len(problems) == before)
+    if venues:    # more than one venue: each says whether it is flat (issue #20)
+        print("per venue:")
+        for outcome in venues:
+            print(outcome.line())
+    for problem in problems:
+        print(f"  PROBLEM: {problem}")
+    return code if code else 1 if problems else 0
+
+
+def _kill_perps(settings, kill_id: str, now: datetime, store, problems: list[str], *, live: bool,
+                alpaca_ok: bool) -> list:
+    """The perp venue's part (issue #20; :mod:`hydra_engine.perp.control`); [] when ``[perps]`` is off."""
+    if not settings.perps.enabled:
+        return []
+    from .perp.control import VenueOutcome, kill_perps
+
+    def write_ahead(order: Order) -> None:
+        if store is not None:
+            try:
+                store.record_orders(kill_id, [{**order_dict(order), "status": "submitting"}])
+            except Exception as exc:  # noqa: BLE001 -- the close matters more than its record
+                problems.append(f"order {order.client_order_id} not recorded: {type(exc).__name__}: {exc}")
+    try:
+        perp = kill_perps(settings, kill_id, now, live=live, store=store, kill_saved=store is not None,
+                          write_ahead=write_ahead)
+    except Exception as exc:  # noqa: BLE001 -- never a traceback mid-kill: said, and NOT DONE
+        perp = VenueOutcome("perp", False, f"{type(exc).__name__}: {exc}")
+        print(f"  NOT DONE: perp venue: {type(exc).__name__}: {exc}")
+    if not perp.done:
+        problems.append(f"the {perp.venue} venue is not flat (above)")
+    return [VenueOutcome("alpaca", alpaca_ok, "every order canceled, every position closed or closing" if alpaca_ok
+                         else "see the Alpaca lines above"), perp]
+
+
+def _kill_alpaca(settings, kill_id: str, reason: str, now: datetime, store, problems: list[str], *,
+                 live: bool) -> int:
     try:
         broker = _alpaca_broker(settings, "kill", live=live)
     except LiveTradingRefused as exc:   # the switch is set (entries stay blocked); the account is not touched
@@ -174,9 +219,7 @@ def kill(settings: Settings, reason: str = "manual kill", *, live: bool = False)
                 _record_kill(store, kill_id, reason, now, result)
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"the kill's orders NOT recorded: {type(exc).__name__}: {exc}")
-    for problem in problems:
-        print(f"  PROBLEM: {problem}")
-    return 1 if problems else 0
+    return 0
 
 
 def _exits_already_working(broker, symbols: list[str]) -> dict[str, str]:
@@ -252,6 +295,20 @@ def _alpaca_broker(settings: Settings, purpose: str, *, live: bool = False):
 
 
 def print_broker_status(settings: Settings, *, live: bool = False) -> int:
+    """Each configured venue's account, positions and working orders: Alpaca, then the perp venue when
+    ``[perps]`` is on (issue #20). The exit status is the worst of them."""
+    code = _print_alpaca_status(settings, live=live)
+    if settings.perps.enabled:
+        from .perp.control import print_perp_status
+        try:
+            code = max(code, print_perp_status(settings, live=live))
+        except Exception as exc:  # noqa: BLE001 -- a status is never a traceback
+            print(f"error: the perp venue could not be read ({type(exc).__name__}: {exc})", file=sys.stderr)
+            code = max(code, 1)
+    return code
+
+
+def _print_alpaca_status(settings: Settings, *, live: bool = False) -> int:
     try:
         broker = _alpaca_broker(settings, "status", live=live)
     except LiveTradingRefused as exc:

@@ -307,6 +307,9 @@ class Fill:
     fee_usd: Decimal
     ts: datetime
     fill_id: str
+    # the venue that executed it (issue #20): "alpaca" (Alpaca, and the simulated Alpaca book), "perp" (the perp
+    # venue: the simulated USD-M account or the Binance USD-M account) -- the names orders carry (VenueRouter)
+    venue: str = ""
 
 
 @dataclass(slots=True)

@@ -149,7 +149,8 @@ def build_paper_session(settings: Settings, *, live: bool = False, adopt: bool =
     recorded = recognise_own_orders(engine, broker, working)
     dust = {s: engine.dust_below(s) for s in settings.universe.symbols}
     report = reconcile(broker.positions(), working, engine.positions, recorded, now=started,
-                       known_symbols=[*settings.universe.symbols, *perp.symbols], dust=dust)
+                       known_symbols=[*settings.universe.symbols, *perp.symbols], dust=dust,
+                       venue_of=getattr(broker, "venue_name", None))
     if not report.ok:
         text = "; ".join(report.mismatches)
         if not adopt:

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from .brokers.capabilities import normalise_symbol
 from .domain import Fill, Order, Position, Side, require_utc
@@ -48,11 +48,14 @@ def _as_map(positions: Mapping[str, Position] | Iterable[Position]) -> dict[str,
 def reconcile(broker_positions: Mapping[str, BrokerPosition], broker_open_orders: Iterable[Order],
               local_positions: Mapping[str, Position] | Iterable[Position], local_open_orders: Iterable[Order],
               *, now: datetime | None = None, known_symbols: Iterable[str] = (),
-              dust: Mapping[str, Decimal] | None = None) -> ReconcileReport:
+              dust: Mapping[str, Decimal] | None = None,
+              venue_of: Callable[[str], str] | None = None) -> ReconcileReport:
     """Compare broker and local books (quantities signed: + long, - short). Adoptable fills are
     produced only when ``now`` (their timestamp) is given. ``dust`` maps a symbol to the holding below
     which no order can trade it (Alpaca takes crypto fees out of the coins bought, so a round trip leaves
-    up to one increment behind): a broker holding that differs from the local one by less is no mismatch."""
+    up to one increment behind): a broker holding that differs from the local one by less is no mismatch.
+    ``venue_of`` names a symbol's venue for the adoptable fills (a VenueRouter's ``venue_name``); without
+    it they name ``alpaca``, the one broker of a session without a router."""
     local = {s: p for s, p in _as_map(local_positions).items() if p.qty != 0}
     known = set(known_symbols) | set(local)
     dust = dust or {}
@@ -71,7 +74,8 @@ def reconcile(broker_positions: Mapping[str, BrokerPosition], broker_open_orders
         if now is not None:
             report.adoptable_fills.append(Fill(f"reconcile-{symbol}", symbol, Side.BUY if delta > 0 else Side.SELL,
                                                abs(delta), price, ZERO, require_utc(now, "now"),
-                                               f"reconcile-{symbol}-{now.isoformat()}"))
+                                               f"reconcile-{symbol}-{now.isoformat()}",
+                                               venue=venue_of(symbol) if venue_of else "alpaca"))
 
     for symbol in sorted(broker.keys() | local.keys()):
         b, l = broker.get(symbol), local.get(symbol)

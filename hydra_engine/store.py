@@ -56,6 +56,12 @@ class FillRow(SQLModel, table=True):
     price: str
     fee_usd: str
     ts: str
+    # the venue that executed it (issue #20); NULL in rows stored before the column existed ("not recorded")
+    venue: Optional[str] = Field(default=None, nullable=True)
+
+
+# columns a database made before them may lack, per table: the migration adds them (nullable, NULL)
+ADDABLE_FILL_COLUMNS = ("venue",)
 
 
 def _trade_row_namespace(ns: dict) -> None:
@@ -148,9 +154,10 @@ class Store:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             SQLModel.metadata.create_all(self.engine)
             missing = self._missing_columns()
-            if missing and all(table == "trades" and set(cols) <= set(ADDABLE_TRADE_COLUMNS)
-                               for table, cols in missing):
-                self._add_trade_columns(missing[0][1])
+            addable = {"trades": set(ADDABLE_TRADE_COLUMNS), "fills": set(ADDABLE_FILL_COLUMNS)}
+            if missing and all(set(cols) <= addable.get(table, set()) for table, cols in missing):
+                for table, cols in missing:
+                    self._add_trade_columns(cols, table)
                 missing = self._missing_columns()
         except (SQLAlchemyError, ModuleNotFoundError) as exc:
             # checked here, at start-up: found by the first cycle with an order, it stopped a run mid-session
@@ -173,19 +180,19 @@ class Store:
                 out.append((table.name, lacking))
         return out
 
-    def _add_trade_columns(self, columns: list[str]) -> None:
+    def _add_trade_columns(self, columns: list[str], table_name: str = "trades") -> None:
         """The one migration: a HYDRA database from before a closed-trade field existed gets its column,
         nullable, its earlier rows NULL ("not recorded"). Only defaulted ClosedTrade fields qualify and only
         when nothing else is missing (checked by the caller): a table lacking anything more is not
         HYDRA's and is refused untouched. Adding a nullable column loses nothing and is one statement,
         in one transaction, so a failure leaves the database as it was."""
-        table = TradeRow.__table__
+        table = (TradeRow if table_name == "trades" else FillRow).__table__   # fills: Fill.venue (issue #20)
         with self.engine.begin() as conn:
             for name in columns:
                 col_type = table.columns[name].type.compile(dialect=self.engine.dialect)
-                conn.exec_driver_sql(f'ALTER TABLE trades ADD COLUMN "{name}" {col_type}')
-        _log.warning("storage %s: added trades column(s) %s (closed-trade fields newer than this database; "
-                     "its earlier trades hold NULL there)", _shown(self.url), ", ".join(columns))
+                conn.exec_driver_sql(f'ALTER TABLE {table_name} ADD COLUMN "{name}" {col_type}')
+        _log.warning("storage %s: added %s column(s) %s (fields newer than this database; its earlier rows "
+                     "hold NULL there)", _shown(self.url), table_name, ", ".join(columns))
 
     def save_cycle(self, session_id: str, report: dict, orders: list[dict], fills: list[dict],
                    trades: list[dict], state: dict[str, Any] | None, *, force: bool = False,

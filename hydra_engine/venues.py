@@ -7,6 +7,7 @@ open orders, fills -- is the sum over venues. Each venue keeps its own rules (``
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Mapping
@@ -62,7 +63,9 @@ class VenueRouter:
         return [o for v in self.venues.values() for o in v.open_orders()]
 
     def poll_fills(self, now: datetime) -> list[Fill]:
-        fills = [f for v in self.venues.values() for f in v.poll_fills(now)]
+        # each fill names the venue it came from, by the name its order carries (issue #20)
+        fills = [f if f.venue == name else replace(f, venue=name)
+                 for name, v in self.venues.items() for f in v.poll_fills(now)]
         return sorted(fills, key=lambda f: f.ts)   # stable: one venue's own order is kept on ties
 
     def update_marks(self, prices: dict[str, float]) -> None:
@@ -114,6 +117,14 @@ class VenueRouter:
         """Every venue's funding settlements up to ``now`` (each paid once), oldest first."""
         payments = [p for v in self.venues.values() if v.capabilities.settles_funding for p in v.settle_funding(now)]
         return sorted(payments, key=lambda p: p.ts)
+
+    def adopt_orders(self, client_order_ids) -> None:
+        """HYDRA orders another process sent (a `kill`'s closes): each venue that maps ids learns them."""
+        ids = list(client_order_ids)
+        for venue in self.venues.values():
+            adopt = getattr(venue, "adopt_orders", None)
+            if adopt is not None:
+                adopt(ids)
 
     def venue_exit_reason(self, client_order_id: str) -> str | None:
         """Why a venue closed a position on its own (``liquidation``), for an order it made."""

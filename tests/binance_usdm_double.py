@@ -37,6 +37,41 @@ def example(name: str):
     return json.loads((EXAMPLES / name).read_text())
 
 
+def _filters(tick, min_price, max_price, step, max_qty, market_max, notional) -> list[dict]:
+    return [{"filterType": "PRICE_FILTER", "minPrice": min_price, "maxPrice": max_price, "tickSize": tick},
+            {"filterType": "LOT_SIZE", "stepSize": step, "minQty": step, "maxQty": max_qty},
+            {"filterType": "MARKET_LOT_SIZE", "stepSize": step, "minQty": step, "maxQty": market_max},
+            {"filterType": "MAX_NUM_ORDERS", "limit": "200"}, {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": "10"},
+            {"filterType": "MIN_NOTIONAL", "notional": notional},
+            {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500", "multiplierDecimal": "4"}]
+
+
+def exchange_info_row(symbol: str, **filters) -> dict:
+    """A ``GET /fapi/v1/exchangeInfo`` symbol row in Binance's schema. BTCUSDT/ETHUSDT default to the values of
+    the rows recorded in ccxt/ccxt ts/src/test/static/markets/binance.json @0dca8ac (the source named in
+    hydra_engine/perp/specs.json); no exchangeInfo example is in shared/contracts."""
+    recorded = {"BTCUSDT": ("0.10", "556.80", "4529764", "0.001", "1000", "120", "5"),
+                "ETHUSDT": ("0.01", "39.86", "306177", "0.001", "10000", "2000", "5")}
+    keys = ("tick", "min_price", "max_price", "step", "max_qty", "market_max", "notional")
+    values = {**dict(zip(keys, recorded.get(symbol, ("0.01", "0.01", "100000", "0.01", "100000", "10000", "5")))),
+              **filters}
+    return {"symbol": symbol, "pair": symbol, "contractType": "PERPETUAL", "status": "TRADING",
+            "baseAsset": symbol[:-4], "quoteAsset": "USDT", "marginAsset": "USDT", "pricePrecision": 2,
+            "quantityPrecision": 3, "filters": _filters(**values),
+            "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
+                           "TRAILING_STOP_MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"]}
+
+
+def leverage_bracket_rows(symbols) -> list[dict]:
+    """``GET /fapi/v1/leverageBracket`` rows in Binance's schema from the shipped table (perp/brackets.json,
+    itself Binance rows as stored by freqtrade); no leverageBracket example is in shared/contracts."""
+    raw = json.loads((Path(__file__).resolve().parents[1] / "hydra_engine" / "perp" / "brackets.json").read_text())
+    return [{"symbol": s, "notionalCoef": 1.0, "brackets": [
+        {"bracket": b["bracket"], "initialLeverage": b["max_leverage"], "notionalCap": int(Decimal(b["notional_cap_usdt"])),
+         "notionalFloor": int(Decimal(b["notional_floor_usdt"])), "maintMarginRatio": float(b["maint_margin_rate"]),
+         "cum": float(b["maint_amount_usdt"])} for b in raw["symbols"][s]]} for s in symbols if s in raw["symbols"]]
+
+
 class UsdmDouble:
     def __init__(self, *, marks: dict[str, str] | None = None, skew_ms: int = 0, hourly: dict[str, list[float]] | None = None):
         self.marks = {s: Decimal(v) for s, v in (marks or {"BTCUSDT": "30000.0", "ETHUSDT": "1800.00"}).items()}
@@ -57,6 +92,8 @@ class UsdmDouble:
         self._next_trade = 700000
         self.hourly = hourly or {}                 # symbol -> hourly closes (oldest first), re-stamped to now
         self.funding_rows: dict[str, list[dict]] = {}
+        self.exchange_info = {"timezone": "UTC", "serverTime": 0, "symbols": [exchange_info_row(s) for s in self.marks]}
+        self.leverage_brackets = leverage_bracket_rows(list(self.marks))
 
     # ------------------------------------------------------------------ steering
     def fail(self, method: str, path: str, status: int, body, *, times: int = 1, after: bool = False,
@@ -112,6 +149,11 @@ class UsdmDouble:
         key = (method, path)
         if key == ("GET", "/fapi/v1/time"):
             return 200, {"serverTime": self.server_ms()}
+        if key == ("GET", "/fapi/v1/exchangeInfo"):
+            return 200, {**self.exchange_info, "serverTime": self.server_ms()}
+        if key == ("GET", "/fapi/v1/leverageBracket"):
+            rows = [r for r in self.leverage_brackets if r["symbol"] == p.get("symbol", r["symbol"])]
+            return 200, rows if "symbol" not in p else rows[0]
         if key == ("GET", "/fapi/v1/positionSide/dual"):
             return 200, {"dualSidePosition": self.hedge_mode}
         if key == ("POST", "/fapi/v1/marginType"):
@@ -300,7 +342,7 @@ class UsdmDouble:
             mock.add_callback(method, re.compile(re.escape(base) + r"/.*"), callback=cb)
 
 
-PUBLIC = {"/fapi/v1/time", "/fapi/v1/klines", "/fapi/v1/premiumIndex", "/fapi/v1/fundingRate", "/fapi/v1/openInterest"}
+PUBLIC = {"/fapi/v1/time", "/fapi/v1/exchangeInfo", "/fapi/v1/klines", "/fapi/v1/premiumIndex", "/fapi/v1/fundingRate", "/fapi/v1/openInterest"}
 
 
 class _Err(Exception):

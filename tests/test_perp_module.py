@@ -158,7 +158,7 @@ def test_the_perp_module_runs_in_the_engine_and_books_funding_and_pnl_once(tmp_p
     assert len(perp_trades) == len(venue.closed_trades)
     # every trade names its venue (issue #20); so does every order the router sent
     assert {t["venue"] for t in perp_trades} == {"perp"}
-    assert {t["venue"] for t in engine.closed_trades if not t["symbol"].endswith("USDT")} <= {"sim"}
+    assert {t["venue"] for t in engine.closed_trades if not t["symbol"].endswith("USDT")} <= {"alpaca"}
     assert all(o.venue == "perp" for o in venue._orders.values() if not o.client_order_id.startswith("liquidation-"))
     # the book's P&L of each trade is the venue's (price P&L - fees + funding), and funding is counted once
     book = sum(Decimal(t["pnl_usd"]) for t in perp_trades)

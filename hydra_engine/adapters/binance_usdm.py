@@ -95,6 +95,8 @@ class BinanceUsdmBroker(UsdmTransport):
         self._income_seen: set[str] = set()
         self._positions_seen: dict[str, Decimal] = {}
         self.last_reconciliation: UsdmReconciliation | None = None
+        # the venue's specs, read at start (binance_usdm_specs): refused symbols, brackets, minimum notionals
+        self.refused, self.brackets, self.min_notional_usdt, self.spec_notes = {}, {}, {}, []
         self._load_state()
 
     def __repr__(self) -> str:
@@ -130,13 +132,16 @@ class BinanceUsdmBroker(UsdmTransport):
         """Clock offset, one-way mode check, ISOLATED margin and the leverage per symbol, then a
         reconciliation of positions and orders (what the account holds now)."""
         self.sync_time()
+        from .binance_usdm_specs import read_venue_specs
+        self.spec_notes = read_venue_specs(self)        # the venue's tick/step/brackets; untradable refused
         mode = self._get("/fapi/v1/positionSide/dual", {})
         if str(mode.get("dualSidePosition")).lower() == "true":
             raise ConfigError("the Binance account is in hedge mode; HYDRA trades one-way mode only "
                               "(POST /fapi/v1/positionSide/dual dualSidePosition=false, with no open position)")
-        for s in self.symbols:
+        for s in [s for s in self.symbols if s not in self.refused]:
             self.set_margin_type(s, "ISOLATED")
-            self.set_leverage(s, int((leverage or {}).get(s, 1)))
+            cap = self.brackets[s].max_leverage if s in self.brackets else 125
+            self.set_leverage(s, min(int((leverage or {}).get(s, 1)), cap))
         return self.reconcile()
 
     def set_margin_type(self, symbol: str, margin_type: str = "ISOLATED") -> None:
@@ -179,6 +184,8 @@ class BinanceUsdmBroker(UsdmTransport):
         return out
 
     def asset(self, symbol: str) -> AssetSpec:
+        if symbol in self.refused:
+            raise InvalidOrder(self.refused[symbol], symbol=symbol)
         try:
             return self._assets[symbol]
         except KeyError:
@@ -198,6 +205,16 @@ class BinanceUsdmBroker(UsdmTransport):
             return rec["symbol"]
         m = _HYDRA_ID.match(coid or "")
         return m.group("symbol") if m and m.group("symbol") in self.symbols else None
+
+    def adopt_orders(self, client_order_ids: Iterable[str]) -> None:
+        """Orders another HYDRA process sent on this account under HYDRA ids (a `kill`'s closes, issue #20):
+        known from now on (their fills carry the HYDRA id; reconciliation looks them up by id)."""
+        new = {binance_client_id(c): c for c in client_order_ids if self._symbol_of(c) in self.symbols}
+        for bid, coid in new.items():
+            self._ids.setdefault(bid, {"coid": coid, "symbol": self._symbol_of(coid), "kind": "order",
+                                       "status": "submitting"})
+        if new:
+            self._save_state()
 
     # ------------------------------------------------------------------ orders
     def submit(self, order: Order) -> Order:
@@ -430,7 +447,7 @@ class BinanceUsdmBroker(UsdmTransport):
                         symbol, t["id"], fee, t.get("commissionAsset"))
             fee = Decimal(0)
         return Fill(self._hydra_id(bid), symbol, Side(t["side"].lower()), _dec(t["qty"]), _dec(t["price"]), abs(fee),
-                    _from_ms(t["time"]), f"binance-{symbol}-{t['id']}")
+                    _from_ms(t["time"]), f"binance-{symbol}-{t['id']}", venue="perp")
 
     def venue_exit_reason(self, client_order_id: str) -> str | None:
         """``liquidation`` for a close Binance made itself (its ``autoclose-`` / ``adl_autoclose`` ids)."""
@@ -466,9 +483,7 @@ class BinanceUsdmBroker(UsdmTransport):
             self._save_state()
         return out
 
-    @property
-    def fees_paid(self) -> Decimal:
-        return Decimal(0)   # fees are on the fills (``fee_usd``); the engine sums them there
+    fees_paid = property(lambda self: Decimal(0))   # fees are on the fills (``fee_usd``); the engine sums them
 
 
 def build_binance_usdm(settings, *, live: bool = False, state_path: Path | None = None,

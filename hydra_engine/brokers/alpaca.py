@@ -597,7 +597,7 @@ class AlpacaBroker:
         return Fill(client_order_id=o.client_order_id, symbol=normalise_symbol(o.symbol, getattr(o.asset_class, "value", None)),
                     side=Side(o.side.value),
                     qty=total - before, price=price, fee_usd=Decimal(0),
-                    ts=_utc(o.filled_at or o.updated_at), fill_id=f"{oid}:{total}")
+                    ts=_utc(o.filled_at or o.updated_at), fill_id=f"{oid}:{total}", venue="alpaca")
 
     # ------------------------------------------------------------------ kill switch
     def flatten_all(self, close_id: Callable[[str], str] | None = None,

@@ -49,6 +49,7 @@ FILL_MODELS = ("next_open", "signal_close")
 # sent after its symbol's last bar opened can never fill, and it expires a day after it was sent. Before,
 # it stayed working for ever and blocked whoever waited on it (e.g. the baselines' rebalancing).
 DAY_ORDER_EXPIRES_AFTER = timedelta(days=1)
+FILL_VENUE = "alpaca"   # the venue its fills name (issue #20): it is the simulated Alpaca book
 _order_values = attrgetter(*(f.name for f in fields(Order)))   # every field of an Order, in order, as a tuple
 
 
@@ -338,7 +339,8 @@ class SimulatedBroker:
         self._version += 1
         order.status, order.filled_qty, order.filled_avg_price = OrderStatus.FILLED, order.qty, price
         self._fill_seq += 1
-        return Fill(order.client_order_id, order.symbol, order.side, order.qty, price, fee, ts, f"simfill-{self._fill_seq}")
+        return Fill(order.client_order_id, order.symbol, order.side, order.qty, price, fee, ts, f"simfill-{self._fill_seq}",
+                    venue=FILL_VENUE)
 
     # ------------------------------------------------------------------ restart support
     def to_state(self) -> dict:

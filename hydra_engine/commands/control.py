@@ -6,7 +6,8 @@ from . import config_option
 
 
 def register(sub) -> None:
-    k = sub.add_parser("kill", help="cancel all orders, close all positions (Alpaca) and block entries until `resume`",
+    k = sub.add_parser("kill", help="cancel all orders, close all positions (Alpaca, and the perp venue when [perps] is on) "
+                            "and block entries until `resume`",
                        parents=[config_option()])
     k.add_argument("--reason", default="manual kill", help="recorded with the kill state")
     k.add_argument("--live", action="store_true",

@@ -218,7 +218,8 @@ def explain_cycle(detail: dict, symbol: str | None = None, session: dict | None 
         f"  id {o.get('client_order_id')}" + (f"  reject: {o['reject_reason']}" if o.get("reject_reason") else "")))
     section("FILLS", "fills", lambda f: (
         f"{str(f.get('side', '')).upper()} {f.get('qty')} {f.get('symbol')} @ {_f(f.get('price'), 4)}  "
-        f"fee ${_f(f.get('fee_usd'))}  at {f.get('ts')}  order {f.get('client_order_id')}"))
+        f"fee ${_f(f.get('fee_usd'))}  at {f.get('ts')}  order {f.get('client_order_id')}"
+        + (f"  venue {f['venue']}" if f.get("venue") else "")))
     section("EXITS", "exits", lambda e: (
         f"{e.get('symbol')} {e.get('reason')} triggered at {_f(e.get('trigger_price'), 4)}: {e.get('detail', '')}"))
     section("CLOSED TRADES", "trades", lambda t: (

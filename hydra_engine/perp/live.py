@@ -205,6 +205,7 @@ def build_live_perp_module(settings, *, market, main_broker, client, live: bool 
         venue = build_binance_usdm(settings, live=want_live, state_path=log_dir / f"binance_usdm_{p.execution}.json",
                                    keys=binance_keys or BinanceKeys(), session=binance_session)
         venue.start({s: max(1, min(int(p.base_leverage), p.max_leverage)) for s in p.symbols})
+        brackets = {**brackets, **venue.brackets}     # the venue's own leverage brackets (read at start)
         label = f"Binance USD-M {'LIVE' if want_live else 'demo'} account ({venue.base_url})"
     instruments = perp_instruments(settings, brackets)
     router = VenueRouter({"alpaca": main_broker, PERP_VENUE: venue}, instruments, default="alpaca")
@@ -249,6 +250,7 @@ class PaperPerps:
     reconcile_every: int | None = None
 
     def keep_state(self, previous: dict | None, engine) -> None:
+        engine.startup_notes += [f"perp venue specs: {n}" for n in getattr(self.venue, "spec_notes", [])]
         if self.venue is not None:
             restore_venue_state(previous, self.venue)
             keep_venue_state(engine, self.venue)

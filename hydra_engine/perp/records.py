@@ -35,14 +35,15 @@ def perp_spec(symbol: str, *, qty_step: str, tick: str) -> AssetSpec:
                      order_types=frozenset({OrderType.MARKET, OrderType.LIMIT}), time_in_force=PERP_TIF)
 
 
-#: LOT_SIZE step and PRICE_FILTER tick as commonly published for these contracts. UNVERIFIED offline:
-#: no exchangeInfo example is in shared/contracts; pass your own specs to the venue when it matters.
-DEFAULT_PERP_SPECS: dict[str, AssetSpec] = {
-    "BTCUSDT": perp_spec("BTCUSDT", qty_step="0.001", tick="0.1"),
-    "ETHUSDT": perp_spec("ETHUSDT", qty_step="0.001", tick="0.01"),
-    "SOLUSDT": perp_spec("SOLUSDT", qty_step="1", tick="0.01"),
-    "BNBUSDT": perp_spec("BNBUSDT", qty_step="0.01", tick="0.01"),
-}
+def _shipped() -> dict[str, AssetSpec]:
+    from .specs import load_shipped_specs
+    return {s: perp_spec(s, qty_step=str(p.step_size), tick=str(p.tick_size)) for s, p in load_shipped_specs().items()}
+
+
+#: LOT_SIZE step and PRICE_FILTER tick from ``specs.json``, which names its source: BTCUSDT and ETHUSDT from a
+#: recorded Binance exchangeInfo row, SOLUSDT and BNBUSDT unverified (no recorded row). A Binance account's
+#: adapter replaces them with the venue's own at start-up (:mod:`hydra_engine.adapters.binance_usdm_specs`).
+DEFAULT_PERP_SPECS: dict[str, AssetSpec] = _shipped()
 
 
 class ReduceOnlyRejected(InvalidOrder):

@@ -46,19 +46,41 @@ def primitive_stats(doc: dict) -> dict[str, dict]:
     return out
 
 
+def venue_fill_stats(doc: dict) -> dict[str, dict]:
+    """Per venue named on the fills (``Fill.venue``, issue #20): fills, fees and traded notional in USD (USDT
+    read as USD). A fill logged before fills named their venue counts under ``(not recorded)``."""
+    out: dict[str, dict] = {}
+    for f in doc.get("fills", []):
+        v = out.setdefault(str(f.get("venue") or "(not recorded)"), {"fills": 0, "fees_usd": ZERO, "notional_usd": ZERO})
+        v["fills"] += 1
+        v["fees_usd"] += Decimal(str(f.get("fee_usd") or 0))
+        v["notional_usd"] += Decimal(str(f.get("qty") or 0)) * Decimal(str(f.get("price") or 0))
+    return {k: {"fills": v["fills"], "fees_usd": float(v["fees_usd"]), "notional_usd": float(v["notional_usd"])}
+            for k, v in sorted(out.items())}
+
+
 def perp_review(doc: dict):
-    """(tables, metrics) for ``review.build_review``; nothing when the session traded no perpetual."""
+    """(tables, metrics) for ``review.build_review``: the fills per venue when the session spans venues
+    (the header names them, or the fills name more than one), and the per-primitive table when it traded a
+    perpetual; nothing for a one-venue session without perps."""
     from ..review import Table, fmt_num, fmt_pct, fmt_usd
+    tables, metrics = [], {}
+    venues = venue_fill_stats(doc)
+    if venues and (len(venues) > 1 or (doc.get("session") or {}).get("venues")):
+        tables.append(Table("Fills per venue", ["venue", "fills", "fees", "notional"],
+                            [[k, str(v["fills"]), fmt_usd(v["fees_usd"]), fmt_usd(v["notional_usd"])]
+                             for k, v in venues.items()], "each fill names the venue that executed it"))
+        metrics["fills_per_venue"] = M.json_safe(venues)
     stats = primitive_stats(doc)
     if not stats:
-        return [], {}
+        return tables, metrics
     rows = [[k, str(v["trades"]), fmt_pct(v["win_rate"], 1), fmt_usd(v["pnl_usd"]), fmt_num(v["avg_r"]),
              fmt_usd(v["funding_received_usd"]), fmt_usd(v["funding_paid_usd"]), fmt_usd(v["funding_net_usd"]),
              str(v["liquidations"])] for k, v in stats.items()]
     table = Table("Perpetuals per primitive", ["strategy", "trades", "win rate", "P&L", "avg R", "funding received",
                                                "funding paid", "funding net", "liquidations"], rows,
                   "closed perp trades only; funding is already inside P&L; liquidation = exit reason 'liquidation'")
-    return [table], {"perp_primitives": M.json_safe(stats)}
+    return [*tables, table], {**metrics, "perp_primitives": M.json_safe(stats)}
 
 
-__all__ = ["perp_symbols", "primitive_stats", "perp_review"]
+__all__ = ["perp_symbols", "primitive_stats", "perp_review", "venue_fill_stats"]

@@ -81,6 +81,8 @@ from .bars import BarRangeSource
 from .funding import FundingSchedule, settle
 from .margin import LeverageBrackets, liquidation_price, load_brackets, maintenance_margin_usdt
 
+PERP_FILL_VENUE = "perp"   # the venue its fills name: the router's name for the perp venue (wiring.PERP_VENUE)
+
 from .records import (  # noqa: F401  (re-exported: the venue's public names)
     ZERO, BPS, FEE_QUANTUM_USDT, POST_ONLY_CROSS, DEFAULT_PERP_SPECS, MAKER_FEE_BPS, TAKER_FEE_BPS, MIN_NOTIONAL_USDT, PERP_TIF, LIQUIDATION, BAR_OPEN_PEEK, perp_spec, ReduceOnlyRejected, LeverageNotAllowed, PerpPosition, ClosedPerpTrade, FundingRecord, _Clock)
 
@@ -589,7 +591,8 @@ class SimulatedPerpVenue:
     def _emit(self, coid: str, symbol: str, side: Side, qty: Decimal, price: Decimal, fee: Decimal,
               ts: datetime) -> None:
         self._fill_seq += 1
-        self._ready.append(Fill(coid, symbol, side, qty, price, fee, ts, f"perpfill-{self._fill_seq}"))
+        self._ready.append(Fill(coid, symbol, side, qty, price, fee, ts, f"perpfill-{self._fill_seq}",
+                                venue=PERP_FILL_VENUE))
 
     # ------------------------------------------------------------------ helpers
     def _brackets(self, symbol: str) -> LeverageBrackets:
