@@ -134,6 +134,9 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
                         settings, history_dir=history_dir or settings.resolve_path(settings.data.replay_dir),
                         log_dir=log_dir), gate_rules=gate_rules, modifiers=modifiers, scorers=scorers)
     engine.starting_equity_usd = starting_equity
+    from .ml.loop import attach_ml_loop   # issue #21: live monitoring and scheduled retraining of the models
+    attach_ml_loop(engine, settings, mode=mode, data_dir=history_dir or settings.resolve_path(settings.data.replay_dir),
+                   log_dir=log_dir)
     return engine, session_log, store
 
 

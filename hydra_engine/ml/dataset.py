@@ -58,6 +58,7 @@ class SignalSet:
     y: np.ndarray
     net: np.ndarray                 # net return after costs
     meta: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)   # the replay's session summary (a backtest's figures)
 
 
 def replay_settings(settings, data_dir: Path, start: date, end: date):
@@ -67,10 +68,14 @@ def replay_settings(settings, data_dir: Path, start: date, end: date):
     return settings.model_copy(update={"data": d, "engine": e, "scorers": sc})
 
 
-def collect_signals(settings, data_dir: Path, start: date, end: date, *, progress: bool = True) -> SignalSet:
+def collect_signals(settings, data_dir: Path, start: date, end: date, *, progress: bool = True,
+                    labeller=None) -> SignalSet:
     from ..app import build_sim_session, run_session
     s = replay_settings(settings, data_dir, start, end)
     session = build_sim_session(s, mode="backtest", data_dir=data_dir, persist=False)
+    if labeller is not None:   # a retrain inside a session: the perp labeller that session uses, not the file's
+        from ..perp.stats import set_regime_labeller
+        set_regime_labeller(labeller)
     recorder = RecordingScorer()
     session.engine.scorers = [recorder]
     summary = run_session(session, progress=progress)
@@ -99,7 +104,7 @@ def collect_signals(settings, data_dir: Path, start: date, end: date, *, progres
                      [rows[i]["symbol"] for i in order], np.asarray(y)[order], np.asarray(net)[order],
                      {"signals_recorded": len(recorder.rows), "signals_labelled": len(rows),
                       "replay_cycles": summary.get("cycles"), "strategies": list(s.strategies.enabled),
-                      "cost_round_trip_perp": cost_perp, "cost_round_trip_other": cost_spot})
+                      "cost_round_trip_perp": cost_perp, "cost_round_trip_other": cost_spot}, summary)
 
 
 @dataclass
