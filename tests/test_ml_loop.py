@@ -244,3 +244,37 @@ def test_a_retrained_scorer_cannot_see_data_after_the_retraining_time(tmp_path, 
     X = rng.normal(size=(200, len(clean.names)))
     assert np.array_equal(clean.calibrated(X), dirty.calibrated(X))
     assert clean.meta["calibration"] == dirty.meta["calibration"]
+
+
+def test_the_classifier_is_retrained_in_the_loop_installed_as_the_labeller_and_monitored(tmp_path, monkeypatch):
+    from hydra_engine.app import build_sim_session
+    from hydra_engine.perp.stats import PerpRegime
+    calls: list[date] = []
+
+    class Forecaster:
+        booster = object()
+
+        def __init__(self, end):
+            self.meta = {"trained": {"end": end.isoformat()}}
+
+        def label(self, state, market):
+            return PerpRegime.RANGING, 0.6, "classifier: next-24h RANGING p=0.60"
+
+    def fake(settings, data_dir, start, end, **kw):
+        calls.append(end)
+        return Forecaster(end), {"holdout": {"metrics": {"accuracy": 0.5}}, "data": {"span": f"{start} .. {end}"}}, None
+    monkeypatch.setattr(L, "retrain_classifier", fake)
+    s = make_settings(tmp_path, start="2024-01-01", end="2024-01-20", perps={"enabled": True},
+                      strategies={"enabled": ["oi_divergence"]}, observation_cycles=5,
+                      regime_model={"perp_labeller": "classifier", "model_path": str(tmp_path / "none.json"),
+                                    "retrain_every_days": 7})
+    session = build_sim_session(s, mode="backtest")
+    assert getattr(perp_stats._LABELLER, "booster", None) is None     # no model file: the rule labels
+    reports = [session.engine.run_cycle(now) for now in session.clock.ticks]
+    assert calls == [date(2024, 1, 1), date(2024, 1, 8), date(2024, 1, 15)]
+    assert isinstance(perp_stats._LABELLER, Forecaster) and perp_stats._LABELLER.meta["trained"]["end"] == "2024-01-15"
+    resolved = [e for r in reports for e in r.get("ml_regime_monitor", [])]
+    assert resolved and all(e["forecast"] == "RANGING" for e in resolved)
+    summary = session.engine.summary()
+    assert summary["ml_regime_monitor"]["resolved"] == len(resolved)
+    assert [r["ok"] for r in summary["ml_regime_retrains"]] == [True, True, True]
