@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_the_classifier_monitor_compares_forecasts_with_the_rule_label_of_the_cl
     m = _market()
     t0 = datetime(2024, 2, 1, tzinfo=UTC)
     reports = []
-    for h in range(0, 60):
+    for h in range(60):
         now = t0 + timedelta(hours=h)
         r = _report()
         mon(now, m.snapshot(now), r)
@@ -109,7 +110,7 @@ def test_the_session_log_and_summary_carry_the_scorer_monitoring(tmp_path):
     scorer = session.engine.scorers[0]
     scorer.model = _FixedModel(0.8)
     summary = run_session(session, progress=False)
-    lines = [json.loads(x) for x in open(summary["journal"])]
+    lines = [json.loads(x) for x in Path(summary["journal"]).read_text().splitlines()]
     records = [e for c in lines for e in (c.get("ml_monitor") or [])]
     assert summary["closed_trades"] > 0 and records
     assert len(records) == summary["ml_scorer_monitor"]["scored_trades"]
@@ -224,8 +225,8 @@ def test_in_a_backtest_the_scorer_is_retrained_in_the_loop_and_its_scores_change
 def test_a_retrained_scorer_cannot_see_data_after_the_retraining_time(tmp_path, monkeypatch):
     """The real pipeline (a replay, labels, CV, CatBoost, calibration): scrambling every bar and published
     point after the retraining time leaves the retrained model's predictions identical."""
-    from hydra_engine.data import replay as R
     from hydra_engine.config import PROJECT_ROOT, load_settings
+    from hydra_engine.data import replay as R
     cut = datetime(2024, 2, 15, tzinfo=UTC)
     settings = load_settings(PROJECT_ROOT / "hydra.toml")   # every shipped plugin: enough signals of both outcomes
     clean, _, _ = L.retrain_scorer(settings, SHIPPED_DATA, date(2024, 1, 1), cut.date(), seed=3)

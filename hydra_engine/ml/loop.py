@@ -29,10 +29,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 from .monitor import monitor as rolling_figures
 
@@ -153,8 +153,8 @@ def retrain_scorer(settings, data_dir: Path, start: date, end: date, *, seed: in
                    save_dir: Path | None = None, labeller=None):
     """The ``train --component signal_scorer --start START --end END`` pipeline: a replay of every enabled
     plugin over [start, end) of ``data_dir``, labelled never past ``end``; returns (ScorerModel, card, path)."""
-    from . import train as T
     from ..perp import stats as perp_stats
+    from . import train as T
     from .dataset import collect_signals
     from .scorer_model import ScorerModel
     outer = perp_stats._LABELLER
@@ -379,4 +379,4 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
 
 
 __all__ = ["ClassifierMonitor", "ModelRetrainer", "ScorerMonitor", "attach_ml_loop", "retrain_classifier",
-           "retrain_scorer", "tempfile"]
+           "retrain_scorer"]
