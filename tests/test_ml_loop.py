@@ -279,3 +279,30 @@ def test_the_classifier_is_retrained_in_the_loop_installed_as_the_labeller_and_m
     summary = session.engine.summary()
     assert summary["ml_regime_monitor"]["resolved"] == len(resolved)
     assert [r["ok"] for r in summary["ml_regime_retrains"]] == [True, True, True]
+
+
+def test_a_failed_retrain_of_a_future_trained_scorer_falls_back_to_no_scorer(tmp_path, monkeypatch):
+    """Both ways: the scorer set aside abstains on every signal, with the reason, and every decision is the
+    one the engine makes without a scorer; the schedule tries again the next day, not every cycle."""
+    from hydra_engine.app import build_sim_session
+    calls: list[date] = []
+
+    def failing(settings, data_dir, start, end, **kw):
+        calls.append(end)
+        raise ValueError("no labelled signals")
+    monkeypatch.setattr(L, "retrain_scorer", failing)
+    on = build_sim_session(_scorer_settings(tmp_path / "on", retrain_every_days=7), mode="backtest")
+    on.engine.scorers[0].model = _DatedModel(0.9, date(2025, 1, 1))
+    with_failed = [on.engine.run_cycle(now) for now in on.clock.ticks]
+    off = build_sim_session(make_settings(tmp_path / "off", start="2024-01-01", end="2024-02-01",
+                                          perps={"enabled": True},
+                                          strategies={"enabled": ["oi_divergence", "liquidation_reversal"]},
+                                          observation_cycles=5), mode="backtest")
+    without = [off.engine.run_cycle(now) for now in off.clock.ticks]
+    scored = [e for r in with_failed for e in r.get("ml_scores", [])]
+    assert scored and all(e["ml_score"] is None and "retrain failed (ValueError: no labelled signals)" in e["abstain"]
+                          for e in scored)
+    key = lambda rs: [(d["strategy"], d["symbol"], d["approved"], d["rule"]) for r in rs for d in r["decisions"]]  # noqa: E731
+    assert key(with_failed) == key(without)
+    assert calls == [date(2024, 1, 1) + timedelta(days=k) for k in range(31)]   # once a day
+    assert "set aside" in with_failed[0]["notes"][-1] or any("set aside" in n for n in with_failed[0]["notes"])
