@@ -302,7 +302,7 @@ def test_a_failed_retrain_of_a_future_trained_scorer_falls_back_to_no_scorer(tmp
     scored = [e for r in with_failed for e in r.get("ml_scores", [])]
     assert scored and all(e["ml_score"] is None and "retrain failed (ValueError: no labelled signals)" in e["abstain"]
                           for e in scored)
-    key = lambda rs: [(d["strategy"], d["symbol"], d["approved"], d["rule"]) for r in rs for d in r["decisions"]]  # noqa: E731
+    key = lambda rs: [(d["strategy"], d["symbol"], d["approved"], d["rule"]) for r in rs for d in r["decisions"]]
     assert key(with_failed) == key(without)
     assert calls == [date(2024, 1, 1) + timedelta(days=k) for k in range(31)]   # once a day
     assert "set aside" in with_failed[0]["notes"][-1] or any("set aside" in n for n in with_failed[0]["notes"])
