@@ -118,6 +118,7 @@ class Engine(EngineState, RegimeStep):
         self.after_fills_hooks: list = []
         self.cycle_end_hooks: list = []
         self.summary_sections: dict = {}                 # name -> callable: extra sections of the summary
+        self.state_sections: dict = {}                   # name -> object with to_state()/load_state(): resumable
         self.final_cycle = False                         # set by the driver: the session ends after this cycle
         self._update_marks = broker.update_marks if broker.capabilities.marks_from_engine else None
         history = getattr(market, "history", None)       # replay data: plugins may pre-compute (causally)

@@ -306,3 +306,33 @@ def test_a_failed_retrain_of_a_future_trained_scorer_falls_back_to_no_scorer(tmp
     assert key(with_failed) == key(without)
     assert calls == [date(2024, 1, 1) + timedelta(days=k) for k in range(31)]   # once a day
     assert "set aside" in with_failed[0]["notes"][-1] or any("set aside" in n for n in with_failed[0]["notes"])
+
+
+def test_a_restart_resumes_on_the_retrained_model_and_the_schedule(tmp_path, monkeypatch):
+    from hydra_engine.app import build_sim_session
+
+    from .test_ml_models import _tiny_scorer_model
+    tiny, path = _tiny_scorer_model(tmp_path)
+
+    def fake(settings, data_dir, start, end, **kw):
+        return tiny, {"holdout": {"metrics": {"accuracy": 0.5}}, "data": {"span": f"{start} .. {end}"}}, path
+    monkeypatch.setattr(L, "retrain_scorer", fake)
+    s = _scorer_settings(tmp_path, retrain_every_days=7)
+    first = build_sim_session(s, mode="backtest")
+    for now in first.clock.ticks[:30]:
+        first.engine.run_cycle(now)
+    state = first.engine.state()
+    assert state["sections"]["ml_scorer_retrain"] == {"last_attempt": first.clock.ticks[0].isoformat(),
+                                                      "model_path": str(path)}
+    second = build_sim_session(s, mode="backtest")
+    scorer = second.engine.scorers[0]
+    assert scorer.model is None                        # the configured file is absent
+    second.engine.restore(json.loads(json.dumps(state)))
+    assert scorer.model is not None and scorer.model.meta == tiny.meta
+    rt = second.engine.state_sections["ml_scorer_retrain"]
+    assert rt.last_attempt == first.clock.ticks[0] and rt.due(first.clock.ticks[29]) is None   # not retrained again
+    # a state naming a file that is gone: no crash, retrained when due
+    third = build_sim_session(s, mode="backtest")
+    third.engine.restore({"sections": {"ml_scorer_retrain": {"last_attempt": state["sections"]["ml_scorer_retrain"]
+                                                             ["last_attempt"], "model_path": str(tmp_path / "gone.cbm")}}})
+    assert third.engine.scorers[0].model is None and third.engine.state_sections["ml_scorer_retrain"].last_attempt is None

@@ -200,8 +200,8 @@ def trained_end(meta: dict | None) -> date | None:
 class ModelRetrainer:
     """The schedule, the training call and the swap, for one model.
 
-    ``current()`` -> the model in use (None: none loaded); ``train(end)`` -> (model, card) trained on data
-    strictly before the day ``end``; ``install(model)`` puts it in use; ``set_aside()`` stops using a
+    ``current()`` -> the model in use (None: none loaded); ``train(end)`` -> (model, card[, saved file])
+    trained on data strictly before the day ``end``; ``install(model)`` puts it in use; ``set_aside()`` stops using a
     model trained on the future. ``background``: train on a thread (paper), else in the cycle (backtest)."""
 
     component: str
@@ -211,7 +211,9 @@ class ModelRetrainer:
     install: Callable[[object], None]
     set_aside: Callable[[str], None]
     background: bool = False
+    load: Callable[[str], object] | None = None   # a saved model file -> the model (restart: resume on it)
     last_attempt: datetime | None = None
+    model_path: str | None = None                 # the file of the retrained model in use, if saved
     history: list[dict] = field(default_factory=list)
     _thread: threading.Thread | None = None
     _ready: tuple | None = None
@@ -259,8 +261,10 @@ class ModelRetrainer:
         started = time.perf_counter()
         rec = {"component": self.component, "at": now.isoformat(), "why": why, "data_before": now.date().isoformat()}
         try:
-            model, card = self.train(now.date())
+            model, card, *saved = self.train(now.date())
             rec.update(ok=True, headline=headline(card))
+            if saved and saved[0] is not None:
+                rec["model_path"] = str(saved[0])
             result = (model, rec)
         except Exception as exc:  # noqa: BLE001 -- a failed retrain keeps the old model, it never stops the loop
             log.warning("%s retrain at %s failed: %s (keeping the current model)", self.component, now, exc)
@@ -291,6 +295,7 @@ class ModelRetrainer:
                 report["notes"].append(f"{self.component} retrain failed ({rec['error']}): keeping the current model")
             return
         self.install(model)
+        self.model_path = rec.get("model_path")
         h = rec["headline"]
         figs = ", ".join(f"{k} {h[k]}" for k in ("accuracy", "precision", "recall", "roc_auc", "precision_macro",
                                                   "recall_macro") if h.get(k) is not None)
@@ -305,6 +310,27 @@ class ModelRetrainer:
 
     def summary(self) -> list[dict]:
         return list(self.history)
+
+    # restart safety (the engine's resumable state, ``Engine.state_sections``) ----------------------
+    def to_state(self) -> dict:
+        return {"last_attempt": self.last_attempt.isoformat() if self.last_attempt else None,
+                "model_path": self.model_path}
+
+    def load_state(self, state: dict) -> None:
+        """Resume the schedule, and on the retrained model the last session ended with if its file is there."""
+        if state.get("last_attempt"):
+            self.last_attempt = datetime.fromisoformat(state["last_attempt"])
+        path = state.get("model_path")
+        if not path or self.load is None:
+            return
+        try:
+            model = self.load(path)
+        except Exception as exc:  # noqa: BLE001 -- a bad file must not stop a restart: retrain instead
+            log.warning("retrained %s %s cannot be loaded (%s): retraining when due", self.component, path, exc)
+            self.last_attempt = None
+            return
+        self.install(model)
+        self.model_path = path
 
 
 # =========================================================================== wiring
@@ -332,9 +358,12 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
             def train_scorer_fn(end: date):
                 if end <= start:
                     raise ValueError(f"no training data: [scorers] retrain_start {start} is not before {end}")
-                m, card, _ = retrain_scorer(settings, data_dir, start, end, seed=settings.scorers.retrain_seed,
-                                            save_dir=save_dir)
-                return m, card
+                return retrain_scorer(settings, data_dir, start, end, seed=settings.scorers.retrain_seed,
+                                      save_dir=save_dir)
+
+            def load_scorer(path: str):
+                from .scorer_model import ScorerModel
+                return ScorerModel.load(Path(path))
 
             def aside(why: str):
                 scorer.model, scorer.missing = None, why
@@ -345,9 +374,10 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
                 scorer._seen.clear()   # a cached score belongs to the model that made it
 
             rt = ModelRetrainer("signal_scorer", timedelta(days=days), lambda: scorer.model, train_scorer_fn,
-                                install, aside, background=background)
+                                install, aside, background=background, load=load_scorer)
             engine.cycle_hooks.append(rt)
             sections["ml_scorer_retrains"] = rt.summary
+            engine.state_sections["ml_scorer_retrain"] = rt
             attached.append(rt)
     if settings.regime_model.perp_labeller == "classifier" and settings.perps.enabled:
         from ..perp import stats as perp_stats
@@ -361,9 +391,12 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
             start = settings.regime_model.retrain_start
 
             def train_cls_fn(end: date):
-                lab, card, _ = retrain_classifier(settings, data_dir, start, end, seed=settings.regime_model.retrain_seed,
-                                                  save_dir=save_dir)
-                return lab, card
+                return retrain_classifier(settings, data_dir, start, end, seed=settings.regime_model.retrain_seed,
+                                          save_dir=save_dir)
+
+            def load_classifier(path: str):
+                from .regime_classifier import ClassifierRegimeLabeller
+                return ClassifierRegimeLabeller.load(Path(path))
 
             def current():
                 lab = perp_stats._LABELLER
@@ -371,9 +404,11 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
 
             rt = ModelRetrainer("regime_classifier", timedelta(days=days), current, train_cls_fn,
                                 perp_stats.set_regime_labeller,
-                                lambda why: perp_stats.set_regime_labeller(RuleRegimeLabeller()), background=background)
+                                lambda why: perp_stats.set_regime_labeller(RuleRegimeLabeller()), background=background,
+                                load=load_classifier)
             engine.cycle_hooks.append(rt)
             sections["ml_regime_retrains"] = rt.summary
+            engine.state_sections["ml_regime_retrain"] = rt
             attached.append(rt)
     return attached
 
