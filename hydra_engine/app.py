@@ -110,7 +110,9 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
         modifiers = build_modifiers(settings.modifiers.enabled, settings.modifiers.params)
     if scorers is None:     # the configured ones ([scorers] enabled); a caller's list replaces them
         scorers = build_scorers(settings.scorers.enabled, settings.scorers.params)
-    install_regime_labeller(settings)   # the trained perp regime classifier when installed, else the rule
+    from .ml.loop import in_training_replay
+    if not in_training_replay():   # a retrain's own replay reads the labeller of the session running it (#21)
+        install_regime_labeller(settings)   # the trained perp regime classifier when installed, else the rule
     started = datetime.now(UTC)
     # the session's return is measured from what the account holds now: a paper account is rarely at the
     # configured starting cash (the simulated broker is built with it)

@@ -229,7 +229,10 @@ def test_a_retrained_scorer_cannot_see_data_after_the_retraining_time(tmp_path, 
     from hydra_engine.data import replay as R
     cut = datetime(2024, 2, 15, tzinfo=UTC)
     settings = load_settings(PROJECT_ROOT / "hydra.toml")   # every shipped plugin: enough signals of both outcomes
+    mine = perp_stats.RuleRegimeLabeller()
+    perp_stats.set_regime_labeller(mine)
     clean, _, _ = L.retrain_scorer(settings, SHIPPED_DATA, date(2024, 1, 1), cut.date(), seed=3)
+    assert perp_stats._LABELLER is mine and not L.in_training_replay()   # the session's labeller, untouched
     real_close = _market().snapshot(cut + timedelta(days=5)).closes[SYM]
     real_init = R.ReplayMarketData.__init__
 

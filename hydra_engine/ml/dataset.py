@@ -68,14 +68,10 @@ def replay_settings(settings, data_dir: Path, start: date, end: date):
     return settings.model_copy(update={"data": d, "engine": e, "scorers": sc})
 
 
-def collect_signals(settings, data_dir: Path, start: date, end: date, *, progress: bool = True,
-                    labeller=None) -> SignalSet:
+def collect_signals(settings, data_dir: Path, start: date, end: date, *, progress: bool = True) -> SignalSet:
     from ..app import build_sim_session, run_session
     s = replay_settings(settings, data_dir, start, end)
     session = build_sim_session(s, mode="backtest", data_dir=data_dir, persist=False)
-    if labeller is not None:   # a retrain inside a session: the perp labeller that session uses, not the file's
-        from ..perp.stats import set_regime_labeller
-        set_regime_labeller(labeller)
     recorder = RecordingScorer()
     session.engine.scorers = [recorder]
     summary = run_session(session, progress=progress)

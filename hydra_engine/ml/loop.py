@@ -150,20 +150,19 @@ def headline(card: dict) -> dict:
 
 
 def retrain_scorer(settings, data_dir: Path, start: date, end: date, *, seed: int = 7,
-                   save_dir: Path | None = None, labeller=None):
+                   save_dir: Path | None = None):
     """The ``train --component signal_scorer --start START --end END`` pipeline: a replay of every enabled
     plugin over [start, end) of ``data_dir``, labelled never past ``end``; returns (ScorerModel, card, path)."""
-    from ..perp import stats as perp_stats
     from . import train as T
     from .dataset import collect_signals
     from .scorer_model import ScorerModel
-    outer = perp_stats._LABELLER
+    # the replay attaches no loop of its own and leaves the process's perp labeller alone: it reads the one
+    # the running session uses (the flag is per thread: a paper session's own cycles are unaffected)
     _TRAINING.active = True
     try:
-        ds = collect_signals(settings, data_dir, start, end, progress=False, labeller=labeller or outer)
+        ds = collect_signals(settings, data_dir, start, end, progress=False)
     finally:
         _TRAINING.active = False
-        perp_stats.set_regime_labeller(outer)   # the replay's composition root installs its own
     model, meta, card = T.train_scorer(ds, seed=seed, threshold=settings.scorers.threshold, span=(start, end),
                                        data_dir=data_dir)
     path = None
