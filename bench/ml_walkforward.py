@@ -1,23 +1,31 @@
 #!/usr/bin/env python3
 """Walk-forward evidence for the signal scorer (issue #21): the shipped configuration backtested over each
-window with the scorer on and off, the scorer retrained per window on the signals before it.
+window with the scorer off (the control) and on, the scorer retrained per window on data strictly before it.
 
-  python bench/ml_walkforward.py [--data ../shared/data] [--start 2021-01-01] [--windows 2023,2024] [--seed 7]
+  python bench/ml_walkforward.py [--data ../shared/data] [--start 2021-01-01] [--windows 2023-01-01,2024-01-01,2025-01-01]
 
-One replay of every enabled plugin over [start, last window's end) records the signals and their
-features (the training replay of ``train --component signal_scorer``); for a window starting at W the
-scorer is trained on the signals whose label window ends before W (purged: nothing known at or after W),
-then the window is backtested twice — scorer off (today's behaviour) and on (threshold 0.45). Writes
-``bench/out/ml_walkforward.json`` and prints the table the README quotes.
+For each window [lo, hi) (consecutive dates of ``--windows``):
+
+* **on**: a backtest of [lo, hi) with ``[scorers] enabled = ["ml_signal_scorer"]`` and
+  ``retrain_every_days`` longer than the window. The shipped model was trained on data up to 2025, after
+  ``lo``, so the engine's in-loop retrainer (``hydra_engine/ml/loop.py``) retrains it at the first cycle by
+  the ``train`` pipeline with ``--start START --end lo`` (a replay of every enabled plugin over
+  [START, lo), labels never past ``lo``), then scores the window with it (threshold 0.45);
+* **off**: the same backtest with no scorer in effect: a recording scorer sits in the slot and abstains on
+  every signal (decisions identical to no scorer, ``tests/test_ml_models.py``), which gives the window's
+  signals labelled by their realised net return (labels never past ``hi``);
+* **signals**: the retrained model's calibrated probability on the window's labelled signals (never seen in
+  training): accuracy, precision, recall at 0.45 against the seed's targets, and "take every signal".
+
+Writes ``bench/out/ml_walkforward.json`` and prints one JSON row per window.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import tempfile
 import time
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -27,69 +35,80 @@ sys.path.insert(0, str(ROOT))
 
 from hydra_engine.app import build_sim_session, run_session  # noqa: E402
 from hydra_engine.config import load_settings  # noqa: E402
-from hydra_engine.domain import UTC  # noqa: E402
 from hydra_engine.ml import train as T  # noqa: E402
-from hydra_engine.ml.dataset import SignalSet, collect_signals, replay_settings  # noqa: E402
-from hydra_engine.ml.scorer_model import ScorerModel  # noqa: E402
-from signals.ml_scorer import MLSignalScorer  # noqa: E402
+from hydra_engine.ml.dataset import collect_signals, replay_settings  # noqa: E402
+from hydra_engine.ml.validation import binary_metrics  # noqa: E402
 
 
-def subset(ds: SignalSet, keep: np.ndarray) -> SignalSet:
-    return SignalSet(ds.t[keep], ds.label_end[keep], ds.X_base[keep], [s for s, k in zip(ds.sources, keep) if k],
-                     [s for s, k in zip(ds.symbols, keep) if k], ds.y[keep], ds.net[keep], ds.meta)
-
-
-def backtest(settings, data: Path, lo: date, hi: date, scorer) -> dict:
-    s = replay_settings(settings, data, lo, hi)
-    session = build_sim_session(s, mode="backtest", data_dir=data, persist=False)
-    if scorer is not None:
-        session.engine.scorers = [scorer]
-    summ = run_session(session, progress=False)
+def figures(summ: dict) -> dict:
     vetoes = summ.get("vetoes_by_rule", {}) or {}
     wins = sum(v.get("wins", 0) for v in (summ.get("per_strategy") or {}).values())
     n = summ.get("closed_trades") or 0
     return {"return_pct": summ.get("return_pct"), "final_equity_usd": summ.get("final_equity_usd"),
-            "trades": n, "win_rate": round(wins / n, 4) if n else None,
-            "ml_refused": vetoes.get("ml_score_below_threshold", 0)}
+            "trades": n, "win_rate": round(wins / n, 4) if n else None, "fees_usd": summ.get("fees_usd"),
+            "ml_refused": vetoes.get("ml_score_below_threshold", 0),
+            "monitor": summ.get("ml_scorer_monitor"), "retrains": summ.get("ml_scorer_retrains")}
+
+
+def backtest_on(settings, data: Path, lo: date, hi: date, start: date, seed: int):
+    s = replay_settings(settings, data, lo, hi)
+    sc = s.scorers.model_copy(update={"enabled": ["ml_signal_scorer"], "retrain_every_days": (hi - lo).days + 1,
+                                      "retrain_start": start, "retrain_seed": seed})
+    s = s.model_copy(update={"scorers": sc})
+    session = build_sim_session(s, mode="backtest", data_dir=data, persist=False)
+    summ = run_session(session, progress=False)
+    scorer = next(x for x in session.engine.scorers if x.name == "ml_signal_scorer")
+    return summ, scorer.model
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--start", default="2021-01-01")
-    ap.add_argument("--windows", default="2023,2024")
+    ap.add_argument("--start", default="2021-01-01", help="first day of every window's training replay")
+    ap.add_argument("--windows", default="2023-01-01,2024-01-01,2025-01-01", help="window bounds, ascending")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "ml_walkforward.json"))
     a = ap.parse_args()
     data = Path(a.data)
     settings = load_settings(ROOT / "hydra.toml")
-    years = [int(y) for y in a.windows.split(",")]
-    start, end = date.fromisoformat(a.start), date(years[-1] + 1, 1, 1)
+    bounds = [date.fromisoformat(x) for x in a.windows.split(",")]
+    start = date.fromisoformat(a.start)
     t0 = time.perf_counter()
-    ds = collect_signals(settings, data, start, end, progress=False)
-    print(f"signals: {len(ds.y)} labelled over {start} .. {end} in {time.perf_counter() - t0:.0f} s", flush=True)
     rows = []
-    for y in years:
-        lo, hi = date(y, 1, 1), date(y + 1, 1, 1)
-        cut = datetime(y, 1, 1, tzinfo=UTC).timestamp()
-        train = subset(ds, ds.label_end < cut)
-        test = (ds.t >= cut) & (ds.t < datetime(y + 1, 1, 1, tzinfo=UTC).timestamp())
-        model, meta, card = T.train_scorer(train, seed=a.seed, span=(start, lo), data_dir=data)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = T.save_scorer(model, meta, card, Path(tmp) / "signal_scorer.cbm")
-            sm = ScorerModel.load(path)
-            # signal-level: the window's signals, every one vs those the scorer takes (the model never saw them)
-            X, _ = T.scorer_matrix(ds.X_base[test], [s for s, k in zip(ds.sources, test) if k], meta["sources"])
-            p = sm.calibrated(X)
-            sel = T._selection(ds.net[test], p, settings.scorers.threshold)
-            off = backtest(settings, data, lo, hi, None)
-            on = backtest(settings, data, lo, hi, MLSignalScorer(model=sm))
-        rows.append({"window": f"{lo} .. {hi}", "train_rows": int(len(train.y)), "cv_auc": card["data"]["cv_summary"]["roc_auc"],
-                     "signals": sel, "backtest_off": off, "backtest_on": on})
+    thr = settings.scorers.threshold
+    for lo, hi in zip(bounds, bounds[1:]):
+        t1 = time.perf_counter()
+        on_summ, model = backtest_on(settings, data, lo, hi, start, a.seed)
+        t_on = time.perf_counter() - t1
+        retr = on_summ.get("ml_scorer_retrains") or []
+        if model is None or not retr or not retr[0].get("ok"):
+            print(f"window {lo}..{hi}: the retrain failed: {retr}", flush=True)
+        trained_end = (getattr(model, "meta", None) or {}).get("trained", {}).get("end")
+        assert model is None or date.fromisoformat(trained_end) <= lo, "trained past the window start"
+        t2 = time.perf_counter()
+        ds = collect_signals(settings, data, lo, hi, progress=False)       # the control backtest
+        t_off = time.perf_counter() - t2
+        sig: dict = {"n": int(len(ds.y))}
+        if model is not None and len(ds.y):
+            X, _ = T.scorer_matrix(ds.X_base, ds.sources, model.meta["sources"])
+            known = np.array([s in model.sources for s in ds.sources])
+            p = model.calibrated(X)
+            sig = {"scored_sources_share": round(float(known.mean()), 4),
+                   "metrics": {k: v for k, v in binary_metrics(p, ds.y, thr).items() if k != "calibration"},
+                   "calibration": binary_metrics(p, ds.y, thr)["calibration"],
+                   "take_all": {"accuracy": round(float(ds.y.mean()), 4), "precision": round(float(ds.y.mean()), 4),
+                                "recall": 1.0},
+                   "selection": T._selection(ds.net, p, thr)}
+        rows.append({"window": f"{lo} .. {hi} (end exclusive)", "train_span": f"{start} .. {lo} (end exclusive)",
+                     "model_trained_end": trained_end, "retrain": retr, "signals": sig,
+                     "backtest_off": figures(ds.summary), "backtest_on": figures(on_summ),
+                     "seconds": {"on_incl_retrain": round(t_on, 1), "off": round(t_off, 1)}})
         print(json.dumps(rows[-1], default=str), flush=True)
-    out = ROOT / "bench" / "out" / "ml_walkforward.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"data": str(data), "seed": a.seed, "windows": rows,
-                               "wall_s": round(time.perf_counter() - t0, 1)}, indent=1, default=str))
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"data": str(data), "seed": a.seed, "start": str(start), "windows": rows,
+                               "threshold": thr, "wall_s": round(time.perf_counter() - t0, 1)},
+                              indent=1, default=str))
     print(f"wrote {out} ({time.perf_counter() - t0:.0f} s)")
     return 0
 

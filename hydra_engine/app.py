@@ -110,7 +110,9 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
         modifiers = build_modifiers(settings.modifiers.enabled, settings.modifiers.params)
     if scorers is None:     # the configured ones ([scorers] enabled); a caller's list replaces them
         scorers = build_scorers(settings.scorers.enabled, settings.scorers.params)
-    install_regime_labeller(settings)   # the trained perp regime classifier when installed, else the rule
+    from .ml.loop import in_training_replay
+    if not in_training_replay():   # a retrain's own replay reads the labeller of the session running it (#21)
+        install_regime_labeller(settings)   # the trained perp regime classifier when installed, else the rule
     started = datetime.now(UTC)
     # the session's return is measured from what the account holds now: a paper account is rarely at the
     # configured starting cash (the simulated broker is built with it)
@@ -134,6 +136,9 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
                         settings, history_dir=history_dir or settings.resolve_path(settings.data.replay_dir),
                         log_dir=log_dir), gate_rules=gate_rules, modifiers=modifiers, scorers=scorers)
     engine.starting_equity_usd = starting_equity
+    from .ml.loop import attach_ml_loop   # issue #21: live monitoring and scheduled retraining of the models
+    attach_ml_loop(engine, settings, mode=mode, data_dir=history_dir or settings.resolve_path(settings.data.replay_dir),
+                   log_dir=log_dir)
     return engine, session_log, store
 
 

@@ -132,6 +132,12 @@ class ScorersConfig(_Section):
     enabled: list[str] = Field(default_factory=list)
     threshold: float = Field(0.45, ge=0.0, le=1.0, description="the specification's ML_SCORE_THRESHOLD")
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # scheduled retraining and monitoring (hydra_engine/ml/loop.py): 0 = the model changes only by `train`
+    retrain_every_days: int = Field(0, ge=0, le=3650, description="retrain ml_signal_scorer every N days on the "
+                                    "data before the cycle (paper: on a background thread; backtest: per window)")
+    retrain_start: date = Field(date(2021, 1, 1), description="first day of a retrain's training replay")
+    retrain_seed: int = 7
+    monitor_window: int = Field(50, ge=1, description="scored trades in the rolling accuracy/calibration")
 
 
 class RegimeModelConfig(_Section):
@@ -141,6 +147,11 @@ class RegimeModelConfig(_Section):
 
     perp_labeller: Literal["classifier", "rule"] = "rule"
     model_path: str = "models/regime_classifier.json"
+    retrain_every_days: int = Field(0, ge=0, le=3650, description="retrain the classifier every N days on the "
+                                    "data before the cycle (0 = only by `train`)")
+    retrain_start: date = Field(date(2021, 1, 1), description="first day of a retrain's training rows")
+    retrain_seed: int = 7
+    monitor_window: int = Field(50, ge=1, description="resolved forecasts in the rolling accuracy")
 
 
 class Settings(BaseSettings):
@@ -193,6 +204,11 @@ class Settings(BaseSettings):
                                       or self.perps.twap_volume_share > 0):
             for k in PERP_EXECUTION_FIELDS:   # perp execution off: market orders, the hash perps had before it
                 data["perps"].pop(k, None)
+        for sec in ("scorers", "regime_model"):   # retraining off (the default): hashes made before it stay valid
+            if data[sec]["retrain_every_days"] == 0:
+                for k in ("retrain_every_days", "retrain_start", "retrain_seed"):
+                    data[sec].pop(k)
+            data[sec].pop("monitor_window")   # monitoring changes no decision
         if not data["scorers"]["enabled"]:   # no scorer: its threshold changes no decision
             data.pop("scorers")
         if data["regime_model"]["perp_labeller"] == "rule":   # the rule labeller reads no model file

@@ -117,6 +117,8 @@ class Engine(EngineState, RegimeStep):
         # end, before it is recorded (faults and slow cycles of *this* cycle; the final cycle's fills)
         self.after_fills_hooks: list = []
         self.cycle_end_hooks: list = []
+        self.summary_sections: dict = {}                 # name -> callable: extra sections of the summary
+        self.state_sections: dict = {}                   # name -> object with to_state()/load_state(): resumable
         self.final_cycle = False                         # set by the driver: the session ends after this cycle
         self._update_marks = broker.update_marks if broker.capabilities.marks_from_engine else None
         history = getattr(market, "history", None)       # replay data: plugins may pre-compute (causally)
@@ -436,4 +438,6 @@ class Engine(EngineState, RegimeStep):
             summary["kill"] = self.kill_log.as_json()[-1]
             summary["kills"] = self.kill_log.as_json()
             summary["kill_policy"] = self.kill_log.policy
+        for name, section in self.summary_sections.items():   # e.g. the ML monitors (#21)
+            summary[name] = to_jsonable(section())
         return summary

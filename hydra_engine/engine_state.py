@@ -46,7 +46,9 @@ class EngineState:
         return {"engine": {"cycle": self.cycle, "order_seq": self.executor.order_seq, "session_id": self.session_id},
                 "risk": self.risk.to_state(), "weights": self.weights.to_state(),
                 "aggregator": self.aggregator.to_state(), **self.book.to_state(),
-                **({"regime_refit": self.regime_refitter.to_state()} if self.regime_refitter else {})}
+                **({"regime_refit": self.regime_refitter.to_state()} if self.regime_refitter else {}),
+                **({"sections": {k: v.to_state() for k, v in sections.items()}}
+                   if (sections := getattr(self, "state_sections", None)) else {})}
 
     @property
     def state_key(self) -> str:
@@ -67,3 +69,6 @@ class EngineState:
             refitted = self.regime_refitter.load_state(state["regime_refit"])
             if refitted is not None:   # resume on the model the last refit produced
                 self.regime_detector = refitted
+        for name, section in getattr(self, "state_sections", {}).items():   # e.g. the ML retrainers (#21)
+            if state.get("sections", {}).get(name):
+                section.load_state(state["sections"][name])

@@ -58,6 +58,7 @@ class SignalSet:
     y: np.ndarray
     net: np.ndarray                 # net return after costs
     meta: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)   # the replay's session summary (a backtest's figures)
 
 
 def replay_settings(settings, data_dir: Path, start: date, end: date):
@@ -99,7 +100,7 @@ def collect_signals(settings, data_dir: Path, start: date, end: date, *, progres
                      [rows[i]["symbol"] for i in order], np.asarray(y)[order], np.asarray(net)[order],
                      {"signals_recorded": len(recorder.rows), "signals_labelled": len(rows),
                       "replay_cycles": summary.get("cycles"), "strategies": list(s.strategies.enabled),
-                      "cost_round_trip_perp": cost_perp, "cost_round_trip_other": cost_spot})
+                      "cost_round_trip_perp": cost_perp, "cost_round_trip_other": cost_spot}, summary)
 
 
 @dataclass
