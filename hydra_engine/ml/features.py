@@ -76,7 +76,7 @@ def _close_at(bars: BarSeries, t: int) -> float:
     return float(bars.close[k]) if k >= 0 else NAN
 
 
-def _ret_over(bars: BarSeries, now_s: int, seconds: int) -> float:
+def _ret_over(bars: BarSeries, seconds: int) -> float:
     """Return over the last ``seconds``; NaN when the bars are coarser than that (hourly bars hold no
     5-minute return) or the history is too short."""
     if bars.interval_s > seconds or not len(bars):
@@ -127,6 +127,53 @@ def _f(value) -> float:
 
 
 # --------------------------------------------------------------------------- the signal scorer's features
+#: (id(snapshot), now, symbol, block) -> (snapshot, values): the features of a snapshot and symbol that
+#: do not depend on the signal, computed once for every signal of a cycle on that symbol (the entry keeps its
+#: snapshot alive, so an id reused by a later snapshot never hits; snapshots are never mutated)
+_BLOCKS: dict[tuple, tuple] = {}
+
+
+def _block(market: MarketSnapshot, symbol: str, kind: str, compute) -> dict[str, float]:
+    key = (id(market), market.now, symbol, kind)
+    hit = _BLOCKS.get(key)
+    if hit is None or hit[0] is not market:
+        if len(_BLOCKS) > 64:
+            _BLOCKS.clear()
+        hit = _BLOCKS[key] = (market, compute(market, symbol))
+    return hit[1]
+
+
+def _price_block(market: MarketSnapshot, symbol: str) -> dict[str, float]:
+    """The price features of ``symbol``'s bars (nothing of the signal's, nothing of ``now`` but its bars)."""
+    out: dict[str, float] = {}
+    bars = market.bars.get(symbol)
+    if bars is None or len(bars) < 2:
+        return out
+    close = np.asarray(bars.close, dtype=float)
+    out["bar_interval_h"] = bars.interval_s / HOUR_S
+    for name, secs in (("return_1m", 60), ("return_5m", 300), ("return_15m", 900), ("return_1h", 3600)):
+        out[name] = _ret_over(bars, secs)
+    # minute volatility needs minute bars: the replay's finest are hourly, so these stay NaN there
+    if bars.interval_s <= 60 and len(close) > 60:
+        r = np.diff(np.log(close[-61:]))
+        out["volatility_5m"] = float(np.std(r[-5:]) * math.sqrt(365 * 24 * 60))
+        out["volatility_1h"] = float(np.std(r) * math.sqrt(365 * 24 * 60))
+    out["price_vs_sma_20"] = _sma_gap(close, 20)
+    out["price_vs_sma_50"] = _sma_gap(close, 50)
+    out["rsi_14"] = _rsi(close)
+    out["atr_14"] = _atr_norm(bars)
+    out["return_1bar"] = float(close[-1] / close[-2] - 1.0)
+    out["return_5bar"] = float(close[-1] / close[-6] - 1.0) if len(close) > 5 else NAN
+    return out
+
+
+def _perp_block(market: MarketSnapshot, perp: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if perp in market.bars:
+        _perp_features(out, market, perp)
+    return out
+
+
 def scorer_features(signal, market: MarketSnapshot, now: datetime) -> dict[str, float]:
     """The base features of ``signal`` at ``now`` (the source one-hot is added by :func:`vectorise`)."""
     now_s = int(now.timestamp())
@@ -134,26 +181,10 @@ def scorer_features(signal, market: MarketSnapshot, now: datetime) -> dict[str, 
     out["signal_direction"] = 1.0 if signal.score > 0 else -1.0 if signal.score < 0 else 0.0
     out["signal_confidence"] = float(signal.confidence)
     out["signal_strength"] = abs(float(signal.score))
-    bars = market.bars.get(signal.symbol)
-    if bars is not None and len(bars) >= 2:
-        close = np.asarray(bars.close, dtype=float)
-        out["bar_interval_h"] = bars.interval_s / HOUR_S
-        for name, secs in (("return_1m", 60), ("return_5m", 300), ("return_15m", 900), ("return_1h", 3600)):
-            out[name] = _ret_over(bars, now_s, secs)
-        # minute volatility needs minute bars: the replay's finest are hourly, so these stay NaN there
-        if bars.interval_s <= 60 and len(close) > 60:
-            r = np.diff(np.log(close[-61:]))
-            out["volatility_5m"] = float(np.std(r[-5:]) * math.sqrt(365 * 24 * 60))
-            out["volatility_1h"] = float(np.std(r) * math.sqrt(365 * 24 * 60))
-        out["price_vs_sma_20"] = _sma_gap(close, 20)
-        out["price_vs_sma_50"] = _sma_gap(close, 50)
-        out["rsi_14"] = _rsi(close)
-        out["atr_14"] = _atr_norm(bars)
-        out["return_1bar"] = float(close[-1] / close[-2] - 1.0)
-        out["return_5bar"] = float(close[-1] / close[-6] - 1.0) if len(close) > 5 else NAN
+    out.update(_block(market, signal.symbol, "price", _price_block))
     perp = PERP_OF.get(signal.symbol)
-    if perp is not None and perp in market.bars:
-        _perp_features(out, market, perp, now_s)
+    if perp is not None:
+        out.update(_block(market, perp, "perp", _perp_block))
     hour = now.hour + now.minute / 60
     out["hour_of_day_sin"], out["hour_of_day_cos"] = math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24)
     dow = now.weekday()
@@ -165,7 +196,7 @@ def scorer_features(signal, market: MarketSnapshot, now: datetime) -> dict[str, 
     return out
 
 
-def _perp_features(out: dict, market: MarketSnapshot, perp: str, now_s: int) -> None:
+def _perp_features(out: dict, market: MarketSnapshot, perp: str) -> None:
     st = perp_state(market, perp)
     out["funding_rate"] = _f(st.funding)
     out["funding_rate_zscore"] = _f(st.funding_z)
@@ -256,7 +287,7 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
     now_s = int(market.now.timestamp())
     close = np.asarray(bars.close, dtype=float)
     for name, hours in (("return_1h", 1), ("return_4h", 4), ("return_24h", 24)):
-        out[name] = _ret_over(bars, now_s, hours * HOUR_S)
+        out[name] = _ret_over(bars, hours * HOUR_S)
     for n in (20, 50):
         sma_now, sma_prev = np.mean(close[-n:]), np.mean(close[-n - 5:-5])
         out[f"sma_{n}_slope"] = float(sma_now / sma_prev - 1.0)
