@@ -112,6 +112,77 @@ def test_features_and_predictions_match_the_pins_captured_before_the_speed_work(
         assert (math.isnan(gd) and math.isnan(wd)) or abs(gd - wd) <= 1e-12, what
 
 
+
+# --------------------------------------------------------------------------- the fast paths against their definitions
+def _scorer():
+    from hydra_engine.ml.scorer_model import ScorerModel
+    return ScorerModel.load(ROOT / "models" / "signal_scorer.cbm")
+
+
+def _hard_rows(sm, seed: int = 0) -> np.ndarray:
+    """Training-like rows (the DI reference un-standardised), near-duplicates of them, far and NaN-heavy rows,
+    huge values and infinities."""
+    d, n = sm.di, len(sm.names)
+    rng = np.random.default_rng(seed)
+    base = np.full((len(d.reference), n), np.nan)
+    base[:, d.columns] = d.reference * d.std + d.mean
+    noisy = rng.normal(0, 3, (1500, n))
+    noisy[rng.random(noisy.shape) < 0.3] = np.nan
+    rows = np.vstack([base[::3], base[::7] * (1 + rng.normal(0, 1e-9, (len(base[::7]), n))),
+                      base[::5] * (1 + rng.normal(0, 0.1, (len(base[::5]), n))), noisy,
+                      rng.normal(0, 1e6, (100, n)), rng.normal(0, 1e40, (20, n))])
+    rows[5, d.columns[0]], rows[6, d.columns[1]] = np.inf, -np.inf
+    return rows
+
+
+def test_the_tree_evaluator_is_catboost_bit_for_bit_and_catboost_answers_where_it_is_not(monkeypatch):
+    from hydra_engine.ml import scorer_model
+    sm = _scorer()
+    assert sm.trees is not None and sm.fast_path_note == "exact tree evaluator"
+    X = _hard_rows(sm)
+    with np.errstate(all="ignore"):
+        want = sm.model.predict(X, prediction_type="Probability", thread_count=1)[:, 1]
+    got = np.array([sm.raw(x[None, :])[0] for x in X])
+    assert np.array_equal(got, want)
+    # an evaluator that is off by one ulp anywhere on the load-time check rows is not used
+    real = scorer_model.ObliviousTrees.probability
+    monkeypatch.setattr(scorer_model.ObliviousTrees, "probability",
+                        lambda self, row: np.nextafter(real(self, row), 2.0))
+    off = _scorer()
+    assert off.trees is None and "differed" in off.fast_path_note
+    assert np.array_equal(off.raw(X[:1]), want[:1])
+
+
+def test_the_pruned_dissimilarity_is_the_direct_sum_bit_for_bit():
+    sm = _scorer()
+    X = _hard_rows(sm, seed=1)
+    with np.errstate(all="ignore"):
+        want = np.array([sm.di.di_reference(x) for x in X])
+    got = np.array([sm.di.di(x) for x in X])
+    assert np.array_equal(got, want)
+    assert np.isinf(got[5]) and (got[:500] < sm.di.threshold).mean() > 0.9   # the reference rows are familiar
+
+
+def test_the_row_by_index_is_vectorise():
+    from hydra_engine.ml.features import vectorise
+    sm = _scorer()
+    for r in json.loads(PINS.read_text())["scorer"][:60]:
+        base = dict(zip(SCORER_BASE_FEATURES, [_dec(x) for x in r["features"]]))
+        for src in (r["source"], "risk_state", "never_seen"):
+            assert np.array_equal(sm.row(base, src), vectorise(base, src, sm.names), equal_nan=True)
+
+
+def test_mean_and_std_are_numpys_bit_for_bit():
+    from hydra_engine.ml.features import _mean, _std
+    rng = np.random.default_rng(0)
+    for n in [*range(1, 120), 168, 476, 500]:
+        for scale in (1e-6, 1.0, 3e4, 1e9):
+            x = rng.normal(5, 1, n) * scale
+            for v in (x, x[::2], np.log1p(np.abs(x))):
+                assert _mean(v) == np.mean(v) and _std(v) == np.std(v), (n, scale)
+    assert _mean(np.arange(5)) == np.mean(np.arange(5))          # other dtypes: numpy's own
+
+
 if __name__ == "__main__":
     if "--write" not in sys.argv:
         raise SystemExit("python -m tests.test_ml_pins --write  (overwrites tests/fixtures/ml_pins.json)")

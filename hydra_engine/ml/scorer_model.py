@@ -48,6 +48,7 @@ class DissimilarityIndex:
     threshold: float
     _ref_sq: np.ndarray | None = field(default=None, repr=False, compare=False)
     _ref_norm: float = field(default=0.0, repr=False, compare=False)
+    _ref_m2: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def fit(cls, X: np.ndarray, seed: int, n_ref: int = 1500, quantile: float = 99.5) -> "DissimilarityIndex":
@@ -69,7 +70,12 @@ class DissimilarityIndex:
         return cls(cols, mean, std, ref, mean_nn, float(np.percentile(di, quantile)))
 
     def di(self, row: np.ndarray) -> float:
-        z = np.nan_to_num((row[self.columns] - self.mean) / self.std)
+        z = (row[self.columns] - self.mean) / self.std
+        nan = np.isnan(z)
+        if nan.any():
+            z[nan] = 0.0
+        if np.isinf(z).any():   # as np.nan_to_num: infinities to the largest finite values
+            z = np.nan_to_num(z)
         return float(np.sqrt(self._nearest_sq(z)) / self.mean_nn)
 
     def di_reference(self, row: np.ndarray) -> float:
@@ -87,10 +93,16 @@ class DissimilarityIndex:
         if self._ref_sq is None:
             self._ref_sq = np.einsum("ij,ij->i", ref, ref)
             self._ref_norm = float(np.sqrt(np.max(self._ref_sq))) if len(ref) else 0.0
+            self._ref_m2 = -2.0 * ref     # exact: a power of two
+        z_sq = float(np.abs(z).max()) if len(z) else 0.0
+        if not z_sq < 1e100:   # huge inputs (an infinity clipped by nan_to_num): no bound, the direct way
+            with np.errstate(over="ignore", invalid="ignore"):
+                return float(np.min(np.sum((ref - z) ** 2, axis=1)))
         z_sq = float(z @ z)
-        approx = self._ref_sq - 2.0 * (ref @ z)
+        approx = self._ref_m2 @ z
+        approx += self._ref_sq
         margin = 1e-9 * (self._ref_norm + math.sqrt(z_sq)) ** 2 + 1e-300
-        cand = np.flatnonzero(approx <= float(approx.min()) + 2.0 * margin)
+        cand = np.flatnonzero(approx <= approx.min() + 2.0 * margin)
         return float(np.min(np.sum((ref[cand] - z) ** 2, axis=1)))
 
     def to_json(self) -> dict:
@@ -149,9 +161,11 @@ class ObliviousTrees:
         self.border = np.array([sp["border"] for sp in splits], dtype=np.float32)
         self.nan_true = np.array([ff[sp["float_feature_index"]]["nan_value_treatment"] == "AsTrue"
                                   for sp in splits], dtype=bool)
+        self.any_nan_true = bool(self.nan_true.any())
         self.n_features = len(ff)
+        if depth > 8:
+            raise ValueError("trees deeper than 8")
         self.depth = depth
-        self.weights = (1 << np.arange(depth)).astype(np.intp)
         self.offset = np.arange(len(trees), dtype=np.intp) << depth
         self.leaves = np.array([v for t in trees for v in t["leaf_values"]], dtype=float)
         scale, bias = doc["scale_and_bias"]
@@ -169,16 +183,15 @@ class ObliviousTrees:
             return cls(json.loads(path.read_text()))
 
     def raw(self, row: np.ndarray) -> float:
-        v = row.astype(np.float32)[self.feature]
-        bits = v > self.border
-        nan = np.isnan(v)
-        if nan.any():
-            bits[nan] = self.nan_true[nan]
-        idx = bits.reshape(-1, self.depth) @ self.weights
-        total = 0.0
-        for x in self.leaves[self.offset + idx].tolist():   # in tree order, as CatBoost sums them
-            total += x
-        return self.scale * total + self.bias
+        with np.errstate(over="ignore"):   # beyond float32: +-inf, as CatBoost's own cast
+            bits = row.astype(np.float32)[self.feature] > self.border   # NaN > border: False
+        if self.any_nan_true:
+            nan = np.isnan(row[self.feature])
+            if nan.any():
+                bits[nan] = self.nan_true[nan]
+        idx = np.packbits(bits.reshape(-1, self.depth), axis=1, bitorder="little")[:, 0]
+        # the leaves summed tree after tree, as CatBoost does: an accumulation is sequential by definition
+        return self.scale * float(np.add.accumulate(self.leaves[self.offset + idx])[-1]) + self.bias
 
     def probability(self, row: np.ndarray) -> float:
         return 1.0 / (1.0 + math.exp(-self.raw(row)))
