@@ -2,7 +2,9 @@
 """Cycle latency with both trained models loaded (issue #21) against the same run without them, in one
 invocation: Engine.run_cycle timed with perf_counter over the shipped replay (no session log, no store:
 compute only), the shipped hydra.toml, first with no scorer and the rule perp labeller, then with the
-signal scorer enabled and the perp regime classifier installed.
+signal scorer enabled and the perp regime classifier installed. Each variant also prints a digest of what
+the models decided (every cycle's ``ml_scores`` and the closed trades): a speed change must leave it equal.
+Before/after on a shared machine: ``bench/ml_latency_ab.py``.
 
   python bench/ml_latency.py [--scorer models/signal_scorer.cbm] [--classifier models/regime_classifier.json] [--cycles N]
 """
