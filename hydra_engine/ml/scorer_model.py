@@ -94,8 +94,8 @@ class DissimilarityIndex:
             self._ref_sq = np.einsum("ij,ij->i", ref, ref)
             self._ref_norm = float(np.sqrt(np.max(self._ref_sq))) if len(ref) else 0.0
             self._ref_m2 = -2.0 * ref     # exact: a power of two
-        z_sq = float(np.abs(z).max()) if len(z) else 0.0
-        if not z_sq < 1e100:   # huge inputs (an infinity clipped by nan_to_num): no bound, the direct way
+        zmax = float(np.abs(z).max()) if len(z) else 0.0
+        if not zmax < 1e100:   # huge inputs (an infinity clipped by nan_to_num): no bound, the direct way
             with np.errstate(over="ignore", invalid="ignore"):
                 return float(np.min(np.sum((ref - z) ** 2, axis=1)))
         z_sq = float(z @ z)
@@ -128,8 +128,9 @@ def _nn(A: np.ndarray, B: np.ndarray, exclude_self: bool = False) -> np.ndarray:
 
 
 class ObliviousTrees:
-    """CatBoost's own prediction of ONE row, without CatBoost's per-call ``Pool`` (about 0.2 ms of the
-    0.25 ms a single-row ``predict`` takes): the same oblivious trees read from the model's JSON export,
+    """CatBoost's own prediction of ONE row, without the ``Pool`` CatBoost builds on every call (most of
+    what a single-row ``predict`` costs; ~50 us against ~650 us on the loaded machine, bench/RESULTS.md
+    section 10): the same oblivious trees read from the model's JSON export,
     evaluated the way CatBoost's C++ evaluator does, so the probability is bit-identical:
 
     * each feature cast to float32 (CatBoost's input type) and compared ``value > border`` with the
@@ -228,8 +229,8 @@ class ScorerModel:
             log.info("signal scorer: %s", self.fast_path_note)
 
     def _check_rows(self) -> np.ndarray:
-        """Rows like the training data (the dissimilarity reference, un-standardised), each copied with the
-        uncovered columns missing, jittered, and at the split borders' float32 neighbours."""
+        """Rows like the training data (500 dissimilarity reference rows, un-standardised, the columns it
+        does not cover missing) and a jittered copy of them with a fifth of the values missing."""
         d = self.di
         ref = d.reference[:500]
         rows = np.full((len(ref), len(self.names)), np.nan)
