@@ -2,7 +2,9 @@
 """Cycle latency with both trained models loaded (issue #21) against the same run without them, in one
 invocation: Engine.run_cycle timed with perf_counter over the shipped replay (no session log, no store:
 compute only), the shipped hydra.toml, first with no scorer and the rule perp labeller, then with the
-signal scorer enabled and the perp regime classifier installed.
+signal scorer enabled and the perp regime classifier installed. Each variant also prints a digest of what
+the models decided (every cycle's ``ml_scores`` and the closed trades): a speed change must leave it equal.
+Before/after on a shared machine: ``bench/ml_latency_ab.py``.
 
   python bench/ml_latency.py [--scorer models/signal_scorer.cbm] [--classifier models/regime_classifier.json] [--cycles N]
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
+import json
 import sys
 import tempfile
 import time
@@ -38,11 +42,15 @@ def run(tmp: Path, cycles: int | None, scorer: Path | None, classifier: Path | N
     gc.collect()
     samples = []
     pc = time.perf_counter_ns
+    digest = hashlib.sha256()   # what the models decided: every cycle's ml_scores, then the closed trades
     for now in ticks:
         a = pc()
-        engine.run_cycle(now)
+        report = engine.run_cycle(now)
         samples.append(pc() - a)
-    return {**pct(samples), "scorers": [x.name for x in engine.scorers], "closed_trades": len(engine.closed_trades)}
+        digest.update(json.dumps(report.get("ml_scores"), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(engine.closed_trades, sort_keys=True, default=str).encode())
+    return {**pct(samples), "scorers": [x.name for x in engine.scorers], "closed_trades": len(engine.closed_trades),
+            "digest": digest.hexdigest()[:16]}
 
 
 def main() -> int:
@@ -56,7 +64,7 @@ def main() -> int:
         on = run(Path(tmp) / "on", a.cycles, Path(a.scorer), Path(a.classifier))
     for name, r in (("models off", off), ("models on", on)):
         print(f"{name:<11} {r['n']} cycles  p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}"
-              f"  p99.9 {r['p99.9_ms']:.3f}  trades {r['closed_trades']}")
+              f"  p99.9 {r['p99.9_ms']:.3f}  trades {r['closed_trades']}  digest {r['digest']}")
         emit({"bench": "ml_cycle_latency", "variant": name, **stamp(), **r})
     return 0
 

@@ -70,13 +70,34 @@ def scorer_feature_names(sources) -> list[str]:
 
 
 # --------------------------------------------------------------------------- bar helpers
+_F64 = np.dtype(np.float64)
+_add = np.add.reduce
+
+
+def _mean(x: np.ndarray):
+    """``np.mean`` of a 1-D float64 array, bit for bit (its own sum, then one division), without its
+    Python-level dispatch (a few microseconds a call, dozens of calls a feature row)."""
+    if x.dtype != _F64 or x.ndim != 1 or not len(x):
+        return np.mean(x)
+    return _add(x) / len(x)
+
+
+def _std(x: np.ndarray) -> float:
+    """``np.std`` (ddof 0) of a 1-D float64 array, bit for bit: numpy's own steps (the mean as a sum over n,
+    the squared deviations summed, over n, square root) without its dispatch."""
+    if x.dtype != _F64 or x.ndim != 1 or not len(x):
+        return float(np.std(x))
+    d = x - _add(x) / len(x)
+    return math.sqrt(_add(d * d) / len(x))
+
+
 def _close_at(bars: BarSeries, t: int) -> float:
     """Close of the newest bar closed at or before epoch ``t``; NaN before the first."""
-    k = int(np.searchsorted(bars.ts + bars.interval_s, t, side="right")) - 1
+    k = int(np.searchsorted(bars.ts, t - bars.interval_s, side="right")) - 1   # ts + interval <= t, integers
     return float(bars.close[k]) if k >= 0 else NAN
 
 
-def _ret_over(bars: BarSeries, now_s: int, seconds: int) -> float:
+def _ret_over(bars: BarSeries, seconds: int) -> float:
     """Return over the last ``seconds``; NaN when the bars are coarser than that (hourly bars hold no
     5-minute return) or the history is too short."""
     if bars.interval_s > seconds or not len(bars):
@@ -89,14 +110,14 @@ def _ret_over(bars: BarSeries, now_s: int, seconds: int) -> float:
 def _sma_gap(close: np.ndarray, n: int) -> float:
     if len(close) < n:
         return NAN
-    return float(close[-1] / np.mean(close[-n:]) - 1.0)
+    return float(close[-1] / _mean(close[-n:]) - 1.0)
 
 
 def _rsi(close: np.ndarray, n: int = 14) -> float:
     if len(close) <= n:
         return NAN
     d = np.diff(close[-(n + 1):])
-    gain, loss = float(np.sum(d[d > 0])) / n, float(-np.sum(d[d < 0])) / n
+    gain, loss = float(_add(d[d > 0])) / n, float(-_add(d[d < 0])) / n
     if loss == 0:
         return 100.0 if gain > 0 else 50.0
     return 100.0 - 100.0 / (1.0 + gain / loss)
@@ -111,7 +132,7 @@ def _true_range(bars: BarSeries, n: int) -> np.ndarray:
 def _atr_norm(bars: BarSeries, n: int = 14) -> float:
     if len(bars) <= n:
         return NAN
-    return float(np.mean(_true_range(bars, n)) / bars.close[-1])
+    return float(_mean(_true_range(bars, n)) / bars.close[-1])
 
 
 def _series_last(market: MarketSnapshot, kind: str, symbol: str, now_s: int, max_age_s: int) -> float:
@@ -127,6 +148,53 @@ def _f(value) -> float:
 
 
 # --------------------------------------------------------------------------- the signal scorer's features
+#: (id(snapshot), now, symbol, block) -> (snapshot, values): the features of a snapshot and symbol that
+#: do not depend on the signal, computed once for every signal of a cycle on that symbol (the entry keeps its
+#: snapshot alive, so an id reused by a later snapshot never hits; snapshots are never mutated)
+_BLOCKS: dict[tuple, tuple] = {}
+
+
+def _block(market: MarketSnapshot, symbol: str, kind: str, compute) -> dict[str, float]:
+    key = (id(market), market.now, symbol, kind)
+    hit = _BLOCKS.get(key)
+    if hit is None or hit[0] is not market:
+        if len(_BLOCKS) > 64:
+            _BLOCKS.clear()
+        hit = _BLOCKS[key] = (market, compute(market, symbol))
+    return hit[1]
+
+
+def _price_block(market: MarketSnapshot, symbol: str) -> dict[str, float]:
+    """The price features of ``symbol``'s bars (nothing of the signal's, nothing of ``now`` but its bars)."""
+    out: dict[str, float] = {}
+    bars = market.bars.get(symbol)
+    if bars is None or len(bars) < 2:
+        return out
+    close = np.asarray(bars.close, dtype=float)
+    out["bar_interval_h"] = bars.interval_s / HOUR_S
+    for name, secs in (("return_1m", 60), ("return_5m", 300), ("return_15m", 900), ("return_1h", 3600)):
+        out[name] = _ret_over(bars, secs)
+    # minute volatility needs minute bars: the replay's finest are hourly, so these stay NaN there
+    if bars.interval_s <= 60 and len(close) > 60:
+        r = np.diff(np.log(close[-61:]))
+        out["volatility_5m"] = float(_std(r[-5:]) * math.sqrt(365 * 24 * 60))
+        out["volatility_1h"] = float(_std(r) * math.sqrt(365 * 24 * 60))
+    out["price_vs_sma_20"] = _sma_gap(close, 20)
+    out["price_vs_sma_50"] = _sma_gap(close, 50)
+    out["rsi_14"] = _rsi(close)
+    out["atr_14"] = _atr_norm(bars)
+    out["return_1bar"] = float(close[-1] / close[-2] - 1.0)
+    out["return_5bar"] = float(close[-1] / close[-6] - 1.0) if len(close) > 5 else NAN
+    return out
+
+
+def _perp_block(market: MarketSnapshot, perp: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if perp in market.bars:
+        _perp_features(out, market, perp)
+    return out
+
+
 def scorer_features(signal, market: MarketSnapshot, now: datetime) -> dict[str, float]:
     """The base features of ``signal`` at ``now`` (the source one-hot is added by :func:`vectorise`)."""
     now_s = int(now.timestamp())
@@ -134,26 +202,10 @@ def scorer_features(signal, market: MarketSnapshot, now: datetime) -> dict[str, 
     out["signal_direction"] = 1.0 if signal.score > 0 else -1.0 if signal.score < 0 else 0.0
     out["signal_confidence"] = float(signal.confidence)
     out["signal_strength"] = abs(float(signal.score))
-    bars = market.bars.get(signal.symbol)
-    if bars is not None and len(bars) >= 2:
-        close = np.asarray(bars.close, dtype=float)
-        out["bar_interval_h"] = bars.interval_s / HOUR_S
-        for name, secs in (("return_1m", 60), ("return_5m", 300), ("return_15m", 900), ("return_1h", 3600)):
-            out[name] = _ret_over(bars, now_s, secs)
-        # minute volatility needs minute bars: the replay's finest are hourly, so these stay NaN there
-        if bars.interval_s <= 60 and len(close) > 60:
-            r = np.diff(np.log(close[-61:]))
-            out["volatility_5m"] = float(np.std(r[-5:]) * math.sqrt(365 * 24 * 60))
-            out["volatility_1h"] = float(np.std(r) * math.sqrt(365 * 24 * 60))
-        out["price_vs_sma_20"] = _sma_gap(close, 20)
-        out["price_vs_sma_50"] = _sma_gap(close, 50)
-        out["rsi_14"] = _rsi(close)
-        out["atr_14"] = _atr_norm(bars)
-        out["return_1bar"] = float(close[-1] / close[-2] - 1.0)
-        out["return_5bar"] = float(close[-1] / close[-6] - 1.0) if len(close) > 5 else NAN
+    out.update(_block(market, signal.symbol, "price", _price_block))
     perp = PERP_OF.get(signal.symbol)
-    if perp is not None and perp in market.bars:
-        _perp_features(out, market, perp, now_s)
+    if perp is not None:
+        out.update(_block(market, perp, "perp", _perp_block))
     hour = now.hour + now.minute / 60
     out["hour_of_day_sin"], out["hour_of_day_cos"] = math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24)
     dow = now.weekday()
@@ -165,7 +217,7 @@ def scorer_features(signal, market: MarketSnapshot, now: datetime) -> dict[str, 
     return out
 
 
-def _perp_features(out: dict, market: MarketSnapshot, perp: str, now_s: int) -> None:
+def _perp_features(out: dict, market: MarketSnapshot, perp: str) -> None:
     st = perp_state(market, perp)
     out["funding_rate"] = _f(st.funding)
     out["funding_rate_zscore"] = _f(st.funding_z)
@@ -173,7 +225,7 @@ def _perp_features(out: dict, market: MarketSnapshot, perp: str, now_s: int) -> 
         out["funding_annualized"] = st.funding * 3 * 365
         fs = market.point_series("funding_rate", perp)
         if fs is not None and len(fs) >= 4:
-            out["funding_momentum"] = float(fs.values[-1] - np.mean(fs.values[-4:-1]))
+            out["funding_momentum"] = float(fs.values[-1] - _mean(fs.values[-4:-1]))
     out["oi_delta_pct"] = _f(st.oi_delta_1h)
     out["oi_delta_zscore"] = _oi_delta_z(market, perp)
     if st.oi_delta_24h is not None and st.price_change_24h is not None:
@@ -202,8 +254,8 @@ def _oi_delta_z(market: MarketSnapshot, perp: str, n: int = 168) -> float:
     d = d[np.isfinite(d)]
     if len(d) < 24:
         return NAN
-    sd = float(np.std(d[:-1]))
-    return float((d[-1] - np.mean(d[:-1])) / sd) if sd > 0 else 0.0
+    sd = float(_std(d[:-1]))
+    return float((d[-1] - _mean(d[:-1])) / sd) if sd > 0 else 0.0
 
 
 def vectorise(base: dict[str, float], source: str, names: list[str]) -> np.ndarray:
@@ -244,7 +296,7 @@ def _adx(bars: BarSeries, n: int = 14) -> float:
         pdi, mdi = pdm / atr, mdm / atr
         dx = np.abs(pdi - mdi) / (pdi + mdi)
     dx = dx[np.isfinite(dx)]
-    return float(np.mean(dx[-n:]) * 100) if len(dx) >= n else NAN
+    return float(_mean(dx[-n:]) * 100) if len(dx) >= n else NAN
 
 
 def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
@@ -256,9 +308,9 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
     now_s = int(market.now.timestamp())
     close = np.asarray(bars.close, dtype=float)
     for name, hours in (("return_1h", 1), ("return_4h", 4), ("return_24h", 24)):
-        out[name] = _ret_over(bars, now_s, hours * HOUR_S)
+        out[name] = _ret_over(bars, hours * HOUR_S)
     for n in (20, 50):
-        sma_now, sma_prev = np.mean(close[-n:]), np.mean(close[-n - 5:-5])
+        sma_now, sma_prev = _mean(close[-n:]), _mean(close[-n - 5:-5])
         out[f"sma_{n}_slope"] = float(sma_now / sma_prev - 1.0)
         out[f"price_vs_sma_{n}"] = _sma_gap(close, n)
     out["adx_14"] = _adx(bars)
@@ -268,15 +320,15 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
         m = (c1[24:] - c1[:-24]) / 24
         sd = np.sqrt(np.maximum((c2[24:] - c2[:-24]) / 24 - m * m, 0.0))
         out["volatility_24h"] = float(sd[-1] * math.sqrt(365 * 24))
-        s = float(np.std(sd))
-        out["volatility_zscore"] = float((sd[-1] - np.mean(sd)) / s) if s > 0 else 0.0
+        s = float(_std(sd))
+        out["volatility_zscore"] = float((sd[-1] - _mean(sd)) / s) if s > 0 else 0.0
     if len(bars) > 200:
         tr = _true_range(bars, 200) / close[-200:]
         atr = np.convolve(tr, np.ones(14) / 14, "valid")
         out["atr_14"] = float(atr[-1])
-        s = float(np.std(atr))
-        out["atr_zscore"] = float((atr[-1] - np.mean(atr)) / s) if s > 0 else 0.0
-    out["bollinger_width"] = float(4 * np.std(close[-20:]) / np.mean(close[-20:]))
+        s = float(_std(atr))
+        out["atr_zscore"] = float((atr[-1] - _mean(atr)) / s) if s > 0 else 0.0
+    out["bollinger_width"] = float(4 * _std(close[-20:]) / _mean(close[-20:]))
     st = perp_state(market, symbol)
     out["funding_rate"] = _f(st.funding)
     out["funding_zscore"] = _f(st.funding_z)
@@ -289,13 +341,13 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
     vol = np.asarray(bars.volume, dtype=float)
     if len(vol) >= 168:
         lv = np.log1p(vol[-168:])
-        s = float(np.std(lv))
-        out["volume_zscore"] = float((np.log1p(np.sum(vol[-24:]) / 24) - np.mean(lv)) / s) if s > 0 else 0.0
+        s = float(_std(lv))
+        out["volume_zscore"] = float((np.log1p(_add(vol[-24:]) / 24) - _mean(lv)) / s) if s > 0 else 0.0
     taker = market.point_series("taker_buy_ratio", symbol)
     if taker is not None and len(taker) >= 48 and now_s - int(taker.ts[-1]) <= 2 * HOUR_S:
         share = np.asarray(taker.values[-48:], dtype=float)
         v48 = vol[-48:] if len(vol) >= 48 else None
-        if v48 is not None and np.isfinite(share).all() and np.sum(v48) > 0:
+        if v48 is not None and np.isfinite(share).all() and _add(v48) > 0:
             delta = (2 * share - 1) * v48
-            out["cvd_momentum"] = float((np.sum(delta[24:]) - np.sum(delta[:24])) / np.sum(v48))
+            out["cvd_momentum"] = float((_add(delta[24:]) - _add(delta[:24])) / _add(v48))
     return out

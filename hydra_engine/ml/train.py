@@ -8,6 +8,7 @@ seed (fixed thread counts, seeded models, no wall-clock input).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -21,6 +22,12 @@ from .labels import CLASSES, REGIME_WINDOW_H
 from .validation import binary_metrics, mean_std, multiclass_metrics, purged_splits, write_card
 
 THREADS = 2
+# XGBoost's OpenMP threads spin while they wait for each other by default: on a shared 2-core machine a
+# spinning thread takes the core its partner needs, and one fit on the 34k classifier rows took 21-54 s
+# wall (12-28 s CPU) against 5-6 s (3 s CPU) with passive waiting, the model byte-identical (waiting is
+# scheduling, not arithmetic; bench/RESULTS.md section 10). Read when libgomp loads, i.e. at the first
+# ``import xgboost`` of the process; a value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 SCORER_PARAMS = dict(iterations=300, learning_rate=0.05, depth=6, l2_leaf_reg=3)
 CLASSIFIER_PARAMS = dict(max_depth=5, eta=0.15, min_child_weight=50, rounds=80)
 EMBARGO_S = 24 * 3600
