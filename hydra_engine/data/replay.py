@@ -12,6 +12,7 @@ import math
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 from pathlib import Path
@@ -317,6 +318,7 @@ class ReplayMarketData:
             newest_ts = {s: newest_ts[s] for s in order if s in newest_ts}
             closes = {s: closes[s] for s in order if s in closes}
         snap = MarketSnapshot(now, _LazyBars(self._series, spans), {}, stale, {}, newest_ts, closes)
+        snap.rows_since = partial(self._rows_since, spans)
         if self._fine:
             snap.fine_path = self._fine.path
         if self._regime_bars:
@@ -351,6 +353,25 @@ class ReplayMarketData:
         series = BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
         cache[symbol] = (i, j, series)
         return series
+
+    def _rows_since(self, spans: dict[str, tuple[int, int]], symbol: str,
+                    from_s: int) -> list[tuple[int, float, float, float, float]] | None:
+        """``MarketSnapshot.bars_since`` for a snapshot with these spans, without building a ``BarSeries``:
+        the newest bar (and the one before it) answer the common cases, a search the rest."""
+        span = spans.get(symbol)
+        if span is None:
+            return None
+        j, i = span
+        b = self._bars[symbol]
+        ts = b.open_ts
+        if ts.item(i - 1) < from_s:          # nothing opened since: a cycle between two of its bars
+            return []
+        if i - 1 == j or ts.item(i - 2) < from_s:
+            k = i - 1                        # just the newest bar: every cycle of a position held on
+        else:
+            k = j + int(ts[j:i].searchsorted(from_s, "left"))
+        o, h, lo, c = b.o, b.h, b.l, b.c
+        return [(ts.item(r), o.item(r), h.item(r), lo.item(r), c.item(r)) for r in range(k, i)]
 
     def _regime_series(self, symbol: str, j: int, i: int) -> BarSeries:
         return self._series(symbol, j, i, self._regime_cache)
