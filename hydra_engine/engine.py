@@ -101,7 +101,6 @@ class Engine(EngineState, RegimeStep):
         # scan trigger and verdict trace); one that raises is recorded in the cycle's errors and skipped
         self.cycle_hooks: list = []
         self.regime = RegimeReading(Regime.UNKNOWN, 0.0, "none", _EPOCH, {"why": "not detected yet"})
-        self._regime_json: tuple = (None, None)          # (reading, its to_jsonable form): the cycle log's copy
         self._gating: tuple = (None, [], [])             # (reading, strategies run, strategies gated)
         self._vol_pct: tuple = (None, None)              # (reading, reference vol percentile when it came)
         self._last_report: dict | None = None

@@ -16,7 +16,7 @@ from functools import partial
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ from ..ports import BarSeries, MarketSnapshot, PointSeries
 from .catalog import (BAR_SOURCES, INTRADAY_SOURCES, POINT_SOURCES, BarSource, IntradaySource, PointSource,
                       read_bars, read_intraday, read_points)
 from .fine_bars import FineBars
+from .snapshot_parts import _LazyBars, rows_since
 
 log = logging.getLogger(__name__)
 
@@ -126,35 +127,6 @@ def split_bad_prices(frame: pd.DataFrame, symbol: str, quality: DataQuality) -> 
     if (~good).any():
         quality.dropped_bad_price[symbol] = int((~good).sum())
     return frame[good], _epoch_s(frame.loc[~good, "close_time"])
-
-
-class _LazyBars(Mapping):
-    """A snapshot's ``bars``: symbol -> ``BarSeries``, each built on first access. A cycle in which no
-    plugin looks at a symbol's history (most of them) then costs no series at all."""
-
-    __slots__ = ("_build", "_spans", "_built")
-
-    def __init__(self, build, spans: dict[str, tuple[int, int]]):
-        self._build, self._spans, self._built = build, spans, {}
-
-    def __getitem__(self, symbol: str) -> BarSeries:
-        series = self._built.get(symbol)
-        if series is None:
-            j, i = self._spans[symbol]
-            series = self._built[symbol] = self._build(symbol, j, i)
-        return series
-
-    def get(self, symbol: str, default=None):
-        return self[symbol] if symbol in self._spans else default
-
-    def __contains__(self, symbol) -> bool:
-        return symbol in self._spans
-
-    def __iter__(self):
-        return iter(self._spans)
-
-    def __len__(self) -> int:
-        return len(self._spans)
 
 
 class ReplayMarketData:
@@ -354,24 +326,10 @@ class ReplayMarketData:
         cache[symbol] = (i, j, series)
         return series
 
-    def _rows_since(self, spans: dict[str, tuple[int, int]], symbol: str,
-                    from_s: int) -> list[tuple[int, float, float, float, float]] | None:
-        """``MarketSnapshot.bars_since`` for a snapshot with these spans, without building a ``BarSeries``:
-        the newest bar (and the one before it) answer the common cases, a search the rest."""
+    def _rows_since(self, spans: dict[str, tuple[int, int]], symbol: str, from_s: int):
+        """``MarketSnapshot.bars_since`` for a snapshot with these spans (see ``snapshot_parts.rows_since``)."""
         span = spans.get(symbol)
-        if span is None:
-            return None
-        j, i = span
-        b = self._bars[symbol]
-        ts = b.open_ts
-        if ts.item(i - 1) < from_s:          # nothing opened since: a cycle between two of its bars
-            return []
-        if i - 1 == j or ts.item(i - 2) < from_s:
-            k = i - 1                        # just the newest bar: every cycle of a position held on
-        else:
-            k = j + int(ts[j:i].searchsorted(from_s, "left"))
-        o, h, lo, c = b.o, b.h, b.l, b.c
-        return [(ts.item(r), o.item(r), h.item(r), lo.item(r), c.item(r)) for r in range(k, i)]
+        return None if span is None else rows_since(self._bars[symbol], span, from_s)
 
     def _regime_series(self, symbol: str, j: int, i: int) -> BarSeries:
         return self._series(symbol, j, i, self._regime_cache)
