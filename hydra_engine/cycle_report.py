@@ -38,9 +38,9 @@ class RunStats:
 
 
 def new_report(cycle: int, now: datetime) -> dict:
-    """An empty cycle report. "ts", "prices", "regime", "weights", "equity_usd" and "cash_usd" hold raw
-    values (the datetime, float prices, the RegimeReading, the Account) until :func:`format_report`
-    makes them JSON-ready -- only when something reads the report."""
+    """An empty cycle report. "ts", "signals", "fills", "prices", "regime", "weights", "equity_usd" and
+    "cash_usd" hold raw values (the datetime, Signal and Fill objects, float prices, the RegimeReading, the
+    Account) until :func:`format_report` makes them JSON-ready -- only when something reads the report."""
     return {"cycle": cycle, "ts": now, "mode": "trade", "signals": [], "aggregated": {}, "strategies_run": [],
             "strategies_gated": [], "proposals": [], "decisions": [], "orders": [], "fills": [], "exits": [],
             "errors": [], "notes": []}
@@ -54,6 +54,10 @@ def format_report(report: dict) -> None:
     traced = report.get("llm_verdicts")           # the LLM gate's trace (llm/wiring.py), formatted only when read
     if traced is not None and hasattr(traced, "jsonable"):
         report["llm_verdicts"] = traced.jsonable()
+    for key in ("signals", "fills"):   # the cycle's Signal and Fill objects (a dict: converted already)
+        items = report.get(key)
+        if items:
+            report[key] = [x if isinstance(x, dict) else to_jsonable(x) for x in items]
     if "prices" in report:
         report["prices"] = {s: round(p, 8) for s, p in report["prices"].items() if math.isfinite(p)}
     if "regime" in report:

@@ -298,7 +298,7 @@ class Engine(EngineState, RegimeStep):
             signals, trace = apply_modifiers(self.modifiers, signals, SignalContext(now, market, self.regime),
                                              report["errors"])
             report["modifiers"] = trace
-        report["signals"] = [to_jsonable(s) for s in signals]
+        report["signals"] = list(signals)   # made JSON-ready by format_report, when something reads the report
         if self.scorers:   # each signal's ml_score, or why it abstained (the report's "ml_scores")
             self._ml, report["ml_scores"] = score_signals(self.scorers, signals, owners, SignalContext(
                 now, market, self.regime), report["errors"])
