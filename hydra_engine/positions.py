@@ -189,7 +189,8 @@ class PositionManager:
         opened_s = pos.opened_at.timestamp()
         seen = self._scanned.get(symbol)
         after = seen[1] if seen is not None and seen[0] == opened_s else -math.inf
-        rows = market.bars_since(symbol, max(opened_s, after + 1) if after > -math.inf else opened_s)
+        since = max(opened_s, after + 1) if after > -math.inf else opened_s
+        rows = market.rows_since(symbol, since) if market.rows_since is not None else market.bars_since(symbol, since)
         if rows is None:
             return None
         if after == -math.inf:

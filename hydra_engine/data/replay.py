@@ -290,7 +290,7 @@ class ReplayMarketData:
             newest_ts = {s: newest_ts[s] for s in order if s in newest_ts}
             closes = {s: closes[s] for s in order if s in closes}
         snap = MarketSnapshot(now, _LazyBars(self._series, spans), {}, stale, {}, newest_ts, closes)
-        snap.rows_since = partial(self._rows_since, spans)
+        snap.rows_since = partial(rows_since, spans, self._bars)
         if self._fine:
             snap.fine_path = self._fine.path
         if self._regime_bars:
@@ -325,11 +325,6 @@ class ReplayMarketData:
         series = BarSeries(symbol, b.interval_s, b.open_ts[j:i], b.o[j:i], b.h[j:i], b.l[j:i], b.c[j:i], b.v[j:i])
         cache[symbol] = (i, j, series)
         return series
-
-    def _rows_since(self, spans: dict[str, tuple[int, int]], symbol: str, from_s: int):
-        """``MarketSnapshot.bars_since`` for a snapshot with these spans (see ``snapshot_parts.rows_since``)."""
-        span = spans.get(symbol)
-        return None if span is None else rows_since(self._bars[symbol], span, from_s)
 
     def _regime_series(self, symbol: str, j: int, i: int) -> BarSeries:
         return self._series(symbol, j, i, self._regime_cache)

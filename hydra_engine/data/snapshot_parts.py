@@ -36,11 +36,17 @@ class _LazyBars(Mapping):
         return len(self._spans)
 
 
-def rows_since(b, span: tuple[int, int], from_s: int) -> list[tuple[int, float, float, float, float]]:
-    """Bars ``span`` = (j, i) of ``b`` (a replay ``_Bars``) that open at or after ``from_s``, as (open s, open,
-    high, low, close) -- the rows ``MarketSnapshot.bars_since`` reads from a ``BarSeries``, without building
-    one. The newest bar (and the one before it) answer the common cases, a search the rest."""
+def rows_since(spans: dict[str, tuple[int, int]], bars: Mapping, symbol: str,
+               from_s: int) -> list[tuple[int, float, float, float, float]] | None:
+    """``MarketSnapshot.bars_since`` of a replay snapshot with these ``spans`` (symbol -> (j, i), rows j..i-1
+    of the replay's ``_Bars`` in ``bars``): the same (open s, open, high, low, close) rows, read straight from
+    the arrays without building a ``BarSeries``; None for a symbol without bars. The newest bar (and the one
+    before it) answer the common cases, a search the rest."""
+    span = spans.get(symbol)
+    if span is None:
+        return None
     j, i = span
+    b = bars[symbol]
     ts = b.open_ts
     if ts.item(i - 1) < from_s:          # nothing opened since: a cycle between two of its bars
         return []
