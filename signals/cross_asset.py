@@ -228,6 +228,10 @@ class GraphCache:
 
     def __post_init__(self):
         self.panel = Panel(self.params.nodes)
+        # the estimate's libraries load with the cache, i.e. when a session builds the modifier (start-up),
+        # not inside its first cycle's estimate; plugin discovery alone imports neither
+        import networkx  # noqa: F401
+        from scipy import stats  # noqa: F401
 
     def refresh(self, market: MarketSnapshot) -> nx.DiGraph | None:
         if self.panel.update(market) or self.graph is None and self.panel.axis:
