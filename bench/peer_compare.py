@@ -85,7 +85,7 @@ def one(case: str, check: bool, latency: bool, profile: str | None = None) -> di
         from pyinstrument import Profiler
         profiler = Profiler(interval=0.0002)
         profiler.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     engine, clock, _ = H.build(frames)
     del frames
     t1 = time.perf_counter()
@@ -101,13 +101,13 @@ def one(case: str, check: bool, latency: bool, profile: str | None = None) -> di
         H.run(engine, clock)
     t2 = time.perf_counter()
     trades, equity = H.results(engine)
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), time.process_time()
     if profiler:
         profiler.stop()
         Path(profile).write_text(profiler.output_text(unicode=False, color=False, show_all=False))
     r = {"engine": "HYDRA", "case": case, "fill": "signal_close", "bars": bars, "cycles": engine.stats.cycles,
          "load_s": round(t0 - t_load, 3), "setup_s": round(t1 - t0, 3), "run_s": round(t2 - t1, 3),
-         "wall_s": round(t3 - t0, 3), "bars_per_s": round(bars / (t3 - t0), 1),
+         "wall_s": round(t3 - t0, 3), "cpu_s": round(c3 - c0, 3), "bars_per_s": round(bars / (t3 - t0), 1),
          "us_per_bar": round((t3 - t0) / bars * 1e6, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
          "trades": trades, "final_equity": str(equity)}
     if gaps:

@@ -188,7 +188,7 @@ class Book:
                 if self.apply_funding(item):
                     report.setdefault("funding", []).append(to_jsonable(item))
                 continue
-            report["fills"].append(to_jsonable(item))
+            report["fills"].append(item)   # made JSON-ready by format_report, when something reads the report
             n += 1
             reason = venue_reason(item.client_order_id) if venue_reason is not None else None
             trade = self.apply_liquidation(item, report) if reason == "liquidation" else self.apply_fill(item, report)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from .domain import Order
+from .domain import Order, RegimeReading
 from .ports import ZERO, Account, BrokerError
 from .tradelog import to_jsonable
 
@@ -38,9 +38,9 @@ class RunStats:
 
 
 def new_report(cycle: int, now: datetime) -> dict:
-    """An empty cycle report. "ts", "prices", "regime", "weights", "equity_usd" and "cash_usd" hold raw
-    values (the datetime, float prices, the shared regime dict, the Account) until :func:`format_report`
-    makes them JSON-ready -- only when something reads the report."""
+    """An empty cycle report. "ts", "signals", "fills", "prices", "regime", "weights", "equity_usd" and
+    "cash_usd" hold raw values (the datetime, Signal and Fill objects, float prices, the RegimeReading, the
+    Account) until :func:`format_report` makes them JSON-ready -- only when something reads the report."""
     return {"cycle": cycle, "ts": now, "mode": "trade", "signals": [], "aggregated": {}, "strategies_run": [],
             "strategies_gated": [], "proposals": [], "decisions": [], "orders": [], "fills": [], "exits": [],
             "errors": [], "notes": []}
@@ -54,16 +54,32 @@ def format_report(report: dict) -> None:
     traced = report.get("llm_verdicts")           # the LLM gate's trace (llm/wiring.py), formatted only when read
     if traced is not None and hasattr(traced, "jsonable"):
         report["llm_verdicts"] = traced.jsonable()
+    for key in ("signals", "fills"):   # the cycle's Signal and Fill objects (a dict: converted already)
+        items = report.get(key)
+        if items:
+            report[key] = [x if isinstance(x, dict) else to_jsonable(x) for x in items]
     if "prices" in report:
         report["prices"] = {s: round(p, 8) for s, p in report["prices"].items() if math.isfinite(p)}
     if "regime" in report:
-        report["regime"] = dict(report["regime"])
+        report["regime"] = dict(_regime_json(report["regime"]))
     if "weights" in report:
         report["weights"] = {k: round(v, 6) for k, v in report["weights"].items()}
     account = report.get("equity_usd")
     if isinstance(account, Account):
         report["equity_usd"] = str(account.equity_usd.quantize(CENT))
         report["cash_usd"] = str(account.cash_usd.quantize(CENT))
+
+
+_REGIME_JSON: list = [None, None]   # the last reading converted and its JSON form: a reading spans many cycles
+
+
+def _regime_json(regime) -> dict:
+    """A cycle's regime reading as JSON (converted once per reading: readings repeat for many cycles)."""
+    if not isinstance(regime, RegimeReading):
+        return regime   # already a dict (a report built before the reading was kept raw)
+    if _REGIME_JSON[0] is not regime:
+        _REGIME_JSON[:] = [regime, to_jsonable(regime)]
+    return _REGIME_JSON[1]
 
 
 def refused(strategy: str, symbol: str, layer: str, rule: str, reason: str, gate: dict) -> dict:

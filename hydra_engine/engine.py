@@ -101,7 +101,6 @@ class Engine(EngineState, RegimeStep):
         # scan trigger and verdict trace); one that raises is recorded in the cycle's errors and skipped
         self.cycle_hooks: list = []
         self.regime = RegimeReading(Regime.UNKNOWN, 0.0, "none", _EPOCH, {"why": "not detected yet"})
-        self._regime_json: tuple = (None, None)          # (reading, its to_jsonable form): the cycle log's copy
         self._gating: tuple = (None, [], [])             # (reading, strategies run, strategies gated)
         self._vol_pct: tuple = (None, None)              # (reading, reference vol percentile when it came)
         self._last_report: dict | None = None
@@ -301,7 +300,7 @@ class Engine(EngineState, RegimeStep):
             signals, trace = apply_modifiers(self.modifiers, signals, SignalContext(now, market, self.regime),
                                              report["errors"])
             report["modifiers"] = trace
-        report["signals"] = [to_jsonable(s) for s in signals]
+        report["signals"] = list(signals)   # made JSON-ready by format_report, when something reads the report
         if self.scorers:   # each signal's ml_score, or why it abstained (the report's "ml_scores")
             self._ml, report["ml_scores"] = score_signals(self.scorers, signals, owners, SignalContext(
                 now, market, self.regime), report["errors"])

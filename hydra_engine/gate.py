@@ -67,6 +67,13 @@ class GateDecision:
     layer: str = "engine"
 
 
+_ALLOWED_BOOK = GateDecision(ALLOWED)
+
+
+def _failed(rule, exc: Exception) -> GateVerdict:
+    return GateVerdict(GateState.RESTRICT, rule.name, f"gate rule {rule.name} failed: {type(exc).__name__}: {exc}")
+
+
 class EntryGate:
     """The one answer to "may we open a position?": an ordered list of rules, asked in order; the first
     that refuses gives the verdict (so the list's order is the priority of the reasons a person reads).
@@ -91,15 +98,17 @@ class EntryGate:
         try:
             return rule.check(ctx, symbol, side)
         except Exception as exc:   # a rule that cannot answer refuses: never trade on a broken check
-            return GateVerdict(GateState.RESTRICT, rule.name, f"gate rule {rule.name} failed: "
-                                                              f"{type(exc).__name__}: {exc}")
+            return _failed(rule, exc)
 
     def for_book(self, ctx: GateContext) -> GateDecision:
-        for rule in self.book_rules:
-            verdict = self._ask(rule, ctx, None, None)
+        for rule in self.book_rules:   # asked every cycle: _ask's try inlined (one call per rule, not two)
+            try:
+                verdict = rule.check(ctx, None, None)
+            except Exception as exc:   # noqa: BLE001 -- as in _ask: a broken check refuses
+                verdict = _failed(rule, exc)
             if verdict is not None and verdict.state is not GateState.ALLOW:
                 return GateDecision(verdict, getattr(rule, "layer", "engine"))
-        return GateDecision(ALLOWED)
+        return _ALLOWED_BOOK
 
     def for_symbol(self, ctx: GateContext, symbol: str, side) -> GateDecision:
         for rule in self.symbol_rules:

@@ -98,6 +98,22 @@ class MarketSnapshot:
     # [(o, h, l, c), ...] in time order, or None where the data has none; the position manager walks them
     # to decide a bar whose extremes' order matters. None: no finer data at all
     fine_path: Callable | None = None
+    # replay data: rows_since(symbol, from_s) read straight from its arrays, the same rows as
+    # :meth:`bars_since` reads from ``bars`` (the position manager asks for every held symbol every cycle)
+    rows_since: Callable | None = None
+
+    def bars_since(self, symbol: str, from_s: int) -> list[tuple[int, float, float, float, float]] | None:
+        """The bars of ``symbol`` in ``bars`` that open at or after ``from_s`` (epoch s), oldest first, as
+        (open s, open, high, low, close); None when the symbol has no bars at all."""
+        if self.rows_since is not None:
+            return self.rows_since(symbol, from_s)
+        bars = self.bars.get(symbol)
+        if bars is None or not len(bars):
+            return None
+        ts = bars.ts
+        k = int(np.searchsorted(ts, from_s, "left"))
+        return [(int(ts[j]), float(bars.open[j]), float(bars.high[j]), float(bars.low[j]), float(bars.close[j]))
+                for j in range(k, len(ts))]
 
     def events_of(self, kind: str, subject: str | None = None) -> tuple[Event, ...]:
         """The known events of ``kind`` (and ``subject``, when given), in ``happened_at`` order; this

@@ -186,28 +186,32 @@ class PositionManager:
         """Walk the bars of ``symbol`` that closed since the last walk and opened at or after the entry
         (module docstring); ratchet the position's trail and high-water mark as they go. Returns the exit
         one of them triggered, with its fill level, or None."""
-        bars = market.bars.get(symbol)
-        if bars is None or not len(bars):
-            return None
         opened_s = pos.opened_at.timestamp()
         seen = self._scanned.get(symbol)
         after = seen[1] if seen is not None and seen[0] == opened_s else -math.inf
-        ts = bars.ts
-        k = int(np.searchsorted(ts, max(opened_s, after + 1) if after > -math.inf else opened_s, "left"))
+        since = max(opened_s, after + 1) if after > -math.inf else opened_s
+        rows = market.rows_since(symbol, since) if market.rows_since is not None else market.bars_since(symbol, since)
+        if rows is None:
+            return None
         if after == -math.inf:
             # first sight of this position: only its newest closed bar. In a replay that is the bar it was
             # filled in; after a restart, the older bars are summed up in the restored stop and high-water
             # mark, and walking them again would set the ratcheted stop against lows that came before it
-            k = max(k, len(ts) - 1)
+            rows = rows[-1:]
         long = pos.qty > 0
         hwm = pos.high_water_mark or float(pos.avg_entry_price)
         stop, target = pos.stop_price, pos.target_price
         trail, mult = pos.trailing_stop_pct, pos.trailing_atr_mult
         fine = getattr(market, "fine_path", None)
-        for j in range(k, len(ts)):
-            open_s = int(ts[j])   # a snapshot holds closed bars only (a daily bar's interval is not its session)
-            o, h, lo, c = (float(bars.open[j]), float(bars.high[j]), float(bars.low[j]), float(bars.close[j]))
-            if not all(0 < v < math.inf for v in (o, h, lo, c)):
+        for open_s, o, h, lo, c in rows:   # a snapshot holds closed bars only
+            if not (0 < o < math.inf and 0 < h < math.inf and 0 < lo < math.inf and 0 < c < math.inf):
+                continue
+            if not (trail or mult) and (stop < lo and stop < o and h < target and o < target if long else
+                                        stop > h and stop > o and lo > target and o > target):
+                # float pre-check: neither level reached at the open or the extremes, no trail to ratchet --
+                # exactly bar_step's "no event" answer, without building it (most bars of a held position)
+                self._scanned[symbol] = (opened_s, open_s)
+                hwm = max(hwm, h) if long else min(hwm, lo)
                 continue
             self._scanned[symbol] = (opened_s, open_s)
             step = bar_step(long, o, h, lo, c, stop, target, hwm, trail, mult, atr)
@@ -215,7 +219,8 @@ class PositionManager:
             # finer bars, where the data has them, decide an undecidable bar and say whether a stop or
             # target touched in it was touched continuously or jumped through (a finer bar's open beyond it)
             if fine is not None and (step.ambiguous or (step.event and not step.gapped)):
-                path = fine(symbol, open_s, min(open_s + bars.interval_s, int(now.timestamp())), (o, h, lo, c))
+                interval_s = market.bars[symbol].interval_s   # (a daily bar's interval is not its session)
+                path = fine(symbol, open_s, min(open_s + interval_s, int(now.timestamp())), (o, h, lo, c))
                 if path:
                     step = walk_path(long, path, stop, target, hwm, trail, mult, atr)
                     self.fine_resolutions += 1

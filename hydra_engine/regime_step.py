@@ -10,7 +10,6 @@ from .ports import MarketSnapshot
 from .regime import TrendVolRule
 from .regime_freshness import freshen, is_stale
 from .regime_refit import refit_step
-from .tradelog import to_jsonable
 
 _VOL_RULE = TrendVolRule()
 
@@ -45,9 +44,7 @@ class RegimeStep:
             self.regime_stale_cycles += 1
             if self.regime_stale_since is None:
                 self.regime_stale_since = now
-        if self._regime_json[0] is not self.regime:   # converted once per reading, not once per cycle
-            self._regime_json = (self.regime, to_jsonable(self.regime))
-        report["regime"] = self._regime_json[1]   # copied by format_report
+        report["regime"] = self.regime   # the reading; format_report makes it JSON-ready, once per reading
         market_kill = self.risk.on_market(self.regime, self._vol_percentile(market), now,
                                           regime_break=False if model_changed else None, market=market)
         if market_kill:

@@ -30,13 +30,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
-import networkx as nx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats
+
+if TYPE_CHECKING:   # networkx and scipy.stats are imported where used: plugin discovery imports this
+    import networkx as nx   # module for every session, and the two cost ~1.2 s of start-up (issue #24)
 
 from hydra_engine.plugin_kinds import Adjustment, Modified, SignalContext, SignalModifier, scale
 from hydra_engine.ports import MarketSnapshot
@@ -154,12 +155,14 @@ def _lag_test(x: np.ndarray, y: np.ndarray, k: int, method: str) -> tuple[float,
         both = both[np.isfinite(both).all(axis=1)]
         res = grangercausalitytests(both, maxlag=[k])
         return rho, float(res[k][0]["ssr_ftest"][1]), n
+    from scipy import stats
     t = rho * math.sqrt((n - 2) / max(1e-12, 1 - rho * rho))
     return rho, float(2 * stats.t.sf(abs(t), n - 2)), n
 
 
 def estimate_graph(rets: np.ndarray, nodes: Sequence[str], p: GraphParams, *, as_of: str = "") -> nx.DiGraph:
     """The lead-lag graph of ``rets`` (sessions x nodes), see the module docstring."""
+    import networkx as nx
     g = nx.DiGraph(as_of=as_of, method=p.method, window=len(rets), alpha=p.alpha)
     g.add_nodes_from(nodes)
     tests = []
@@ -193,6 +196,7 @@ def describe_graph(g: nx.DiGraph) -> list[str]:
 def draw_graph(g: nx.DiGraph, path) -> None:
     """A PNG of the graph: nodes, edges labelled with lag and rho (green: follows, red: moves against)."""
     import matplotlib
+    import networkx as nx
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -224,6 +228,10 @@ class GraphCache:
 
     def __post_init__(self):
         self.panel = Panel(self.params.nodes)
+        # the estimate's libraries load with the cache, i.e. when a session builds the modifier (start-up),
+        # not inside its first cycle's estimate; plugin discovery alone imports neither
+        import networkx  # noqa: F401
+        from scipy import stats  # noqa: F401
 
     def refresh(self, market: MarketSnapshot) -> nx.DiGraph | None:
         if self.panel.update(market) or self.graph is None and self.panel.axis:

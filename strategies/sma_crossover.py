@@ -107,7 +107,20 @@ class SmaCrossover(Strategy):
                 yield symbol
 
     def wants_cycle(self, market: MarketSnapshot) -> bool:
-        return next(self._waking(market), None) is not None
+        """Whether ``_waking`` yields a symbol; asked every cycle, so written out as one loop over the
+        snapshot's newest bar times (no generator, no method call per symbol)."""
+        wake_bars = self._wake_bars
+        if wake_bars is None:
+            return True
+        newest = market.newest_ts
+        for symbol in self.assets:
+            wake = wake_bars.get(symbol)
+            if wake is None:
+                return True
+            ts = newest.get(symbol)
+            if (ts if ts is not None else market.newest_bar_ts(symbol)) in wake:
+                return True
+        return False
 
     def _cross(self, close) -> int:
         """+1 when fast crossed above slow on the newest bar, -1 below, 0 otherwise."""

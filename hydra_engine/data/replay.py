@@ -12,10 +12,11 @@ import math
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ from ..ports import BarSeries, MarketSnapshot, PointSeries
 from .catalog import (BAR_SOURCES, INTRADAY_SOURCES, POINT_SOURCES, BarSource, IntradaySource, PointSource,
                       read_bars, read_intraday, read_points)
 from .fine_bars import FineBars
+from .snapshot_parts import _LazyBars, rows_since
 
 log = logging.getLogger(__name__)
 
@@ -125,35 +127,6 @@ def split_bad_prices(frame: pd.DataFrame, symbol: str, quality: DataQuality) -> 
     if (~good).any():
         quality.dropped_bad_price[symbol] = int((~good).sum())
     return frame[good], _epoch_s(frame.loc[~good, "close_time"])
-
-
-class _LazyBars(Mapping):
-    """A snapshot's ``bars``: symbol -> ``BarSeries``, each built on first access. A cycle in which no
-    plugin looks at a symbol's history (most of them) then costs no series at all."""
-
-    __slots__ = ("_build", "_spans", "_built")
-
-    def __init__(self, build, spans: dict[str, tuple[int, int]]):
-        self._build, self._spans, self._built = build, spans, {}
-
-    def __getitem__(self, symbol: str) -> BarSeries:
-        series = self._built.get(symbol)
-        if series is None:
-            j, i = self._spans[symbol]
-            series = self._built[symbol] = self._build(symbol, j, i)
-        return series
-
-    def get(self, symbol: str, default=None):
-        return self[symbol] if symbol in self._spans else default
-
-    def __contains__(self, symbol) -> bool:
-        return symbol in self._spans
-
-    def __iter__(self):
-        return iter(self._spans)
-
-    def __len__(self) -> int:
-        return len(self._spans)
 
 
 class ReplayMarketData:
@@ -317,6 +290,7 @@ class ReplayMarketData:
             newest_ts = {s: newest_ts[s] for s in order if s in newest_ts}
             closes = {s: closes[s] for s in order if s in closes}
         snap = MarketSnapshot(now, _LazyBars(self._series, spans), {}, stale, {}, newest_ts, closes)
+        snap.rows_since = partial(rows_since, spans, self._bars)
         if self._fine:
             snap.fine_path = self._fine.path
         if self._regime_bars:

@@ -130,7 +130,7 @@ def _nn(A: np.ndarray, B: np.ndarray, exclude_self: bool = False) -> np.ndarray:
 class ObliviousTrees:
     """CatBoost's own prediction of ONE row, without the ``Pool`` CatBoost builds on every call (most of
     what a single-row ``predict`` costs; ~50 us against ~650 us on the loaded machine, bench/RESULTS.md
-    section 10): the same oblivious trees read from the model's JSON export,
+    section 11): the same oblivious trees read from the model's JSON export,
     evaluated the way CatBoost's C++ evaluator does, so the probability is bit-identical:
 
     * each feature cast to float32 (CatBoost's input type) and compared ``value > border`` with the

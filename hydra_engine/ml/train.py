@@ -25,7 +25,7 @@ THREADS = 2
 # XGBoost's OpenMP threads spin while they wait for each other by default: on a shared 2-core machine a
 # spinning thread takes the core its partner needs, and one fit on the 34k classifier rows took 21-54 s
 # wall (12-28 s CPU) against 5-6 s (3 s CPU) with passive waiting, the model byte-identical (waiting is
-# scheduling, not arithmetic; bench/RESULTS.md section 10). Read when libgomp loads, i.e. at the first
+# scheduling, not arithmetic; bench/RESULTS.md section 11). Read when libgomp loads, i.e. at the first
 # ``import xgboost`` of the process; a value set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 SCORER_PARAMS = dict(iterations=300, learning_rate=0.05, depth=6, l2_leaf_reg=3)
