@@ -26,8 +26,8 @@ replay's :class:`~.dataset.SignalSet`. The paper retrain (``ModelRetrainer`` in 
   covered.
 * **Never a guess.** A signal is left out, and counted, when its holding period ends after the retraining
   time (``past_retrain_time``); when the recorded prices do not cover it (``not_covered``: no price at the
-  signal's own cycle, a hole of more than ``max_gap`` between two recorded prices of the symbol inside the
-  period, or no recorded price within ``max_gap`` before its end); when the price at its end is the same
+  signal's own cycle, no recorded price at or after its end — the recording stopped before the period
+  ended — or a hole of more than ``max_gap`` between two recorded prices of the symbol across it); when the price at its end is the same
   observation as at its start (``no_new_price``: unchanged since the entry cycle — a closed market or a
   stalled feed — as the replay label needs a later bar); a stale symbol's price (``stale_symbols``) is not
   a recorded price. Only cycles at or before the retraining time are read.
@@ -90,9 +90,15 @@ class _Timeline:
         return bisect_right(self.ts, t) - 1
 
     def covered(self, t0: int, t1: int, max_gap_s: int) -> bool:
+        """A price recorded at ``t0``, one at or after ``t1`` (the recording ran past the period's end, so the
+        newest price at or before it was the one known then), and no hole over ``max_gap_s`` between them."""
         k0, k1 = self.index_at(t0), self.index_at(t1)
-        if k0 < 0 or self.ts[k0] != t0 or t1 - self.ts[k1] > max_gap_s:
+        if k0 < 0 or self.ts[k0] != t0:
             return False
+        if self.ts[k1] != t1:
+            k1 += 1
+            if k1 >= len(self.ts):
+                return False
         return all(self.ts[k + 1] - self.ts[k] <= max_gap_s for k in range(k0, k1))
 
 
