@@ -196,7 +196,7 @@ def test_a_corrupt_line_a_bad_document_and_a_backtest_give_notes_and_no_crash(lo
     lines = j.read_text().splitlines()
     lines.insert(10, '{"cycle": 11, "ts": "2024-01-08T10:00:00Z", "prices": {"BTCUS')   # torn in the middle
     lines.insert(20, "[1, 2, 3]")
-    j.write_text("\n".join(lines) + "\n")
+    j.write_text("\n".join(lines) + "\n" + '{"cycle": 999, "ts": "2024-01-15T00:00:00Z", "pri')   # being written
     (d / "session-20990101T000000000Z.json").write_text("{not json")
     bt = json.loads((d / f"{journals[0].stem.split('.')[0]}.json").read_text())
     bt["session"]["mode"] = "backtest"
@@ -208,6 +208,7 @@ def test_a_corrupt_line_a_bad_document_and_a_backtest_give_notes_and_no_crash(lo
     assert got.counts["sessions_other_mode"] == 1 and got.counts["sessions_read"] == 2
     assert any(f"{j}: line 11 is corrupt" in n for n in got.notes)
     assert any(f"{j}: line 21 is not a cycle record" in n for n in got.notes)
+    assert any(f"{j}: line {len(lines) + 1} is incomplete (being written" in n for n in got.notes)
     assert any("session-20990101T000000000Z.json: unreadable session document" in n for n in got.notes)
     # the rest is read as before (the inserted lines held no price the labels needed)
     assert [_key(r) for r in got.rows] == [_key(r) for r in full.rows]

@@ -21,7 +21,8 @@ signal) or ``every`` days after the last attempt. The new model is trained by th
 cycle. In a backtest (replay modes) it trains in the cycle, deterministically — with
 ``retrain_every_days`` = the window length, a walk-forward retrained per window. In paper it trains on a
 background thread and the finished model is swapped in at the start of a later cycle (one reference
-assignment between cycles). A failed retrain keeps the current model and says so; a model trained on
+assignment between cycles); the paper scorer retrain also trains on the signals recorded in the log
+folder's session journals (:mod:`.recorded`), a replay never reads them. A failed retrain keeps the current model and says so; a model trained on
 this cycle's future is then set aside (the scorer abstains, the rule labeller labels).
 """
 from __future__ import annotations

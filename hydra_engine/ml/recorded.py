@@ -146,6 +146,10 @@ def _read_cycles(journal: Path, until_s: int, out: RecordedRows):
         for number, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
+            if not raw.endswith(b"\n"):   # the last line, still being written (the running session) or torn
+                out.notes.append(f"{journal}: line {number} is incomplete (being written, or torn by a crash): "
+                                 "left out")
+                continue
             try:
                 line = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
