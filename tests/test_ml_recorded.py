@@ -18,7 +18,7 @@ import pytest
 from hydra_engine.domain import UTC
 from hydra_engine.ml.features import FEATURE_SET_ID, SCORER_BASE_FEATURES
 from hydra_engine.ml.labels import holding_period
-from hydra_engine.ml.recorded import MAX_PRICE_GAP, recorded_rows
+from hydra_engine.ml.recorded import recorded_rows
 from hydra_engine.perp import stats as perp_stats
 
 from .conftest import SHIPPED_DATA, make_settings
@@ -84,12 +84,12 @@ def test_recorded_rows_carry_the_training_label_checked_by_hand_and_against_the_
     assert all(r["t"] + timedelta(seconds=0) < r["label_end"] <= UNTIL for r in rec.rows)
 
     # by hand, from the journals' prices: a perp signal of the first session whose holding period ends in the second
-    first_end = datetime.fromisoformat(_cycles(journals[0])[-1]["ts"].replace("Z", "+00:00"))
+    first_end = datetime.fromisoformat(_cycles(journals[0])[-1]["ts"])
     row = next(r for r in rec.rows if r["symbol"] == "BTCUSDT" and r["t"] <= first_end < r["label_end"])
     price = {}
     for j in journals:
         for c in _cycles(j):
-            price[datetime.fromisoformat(c["ts"].replace("Z", "+00:00"))] = c
+            price[datetime.fromisoformat(c["ts"])] = c
     sig = next(x for x in price[row["t"]]["signals"] if x["source"] == row["source"] and x["symbol"] == "BTCUSDT")
     hold = holding_period(timedelta(seconds=sig["half_life"]))
     assert row["label_end"] == row["t"] + hold
@@ -121,14 +121,14 @@ def test_rows_not_covered_by_recorded_prices_or_ending_after_the_retrain_time_ar
     assert early.counts["past_retrain_time"] == sum(1 for r in full.rows if r["t"] <= until < r["label_end"]) > 0
 
     # the recorded data ends before some holding periods do: left out as not covered, never guessed
-    last = datetime.fromisoformat(_cycles(journals[1])[-1]["ts"].replace("Z", "+00:00"))
+    last = datetime.fromisoformat(_cycles(journals[1])[-1]["ts"])
     late = recorded_rows(log_dir, s, datetime(2024, 2, 1, tzinfo=UTC))
     assert late.counts["not_covered"] >= 1 and late.counts["past_retrain_time"] == 0
     assert all(r["label_end"] <= last for r in late.rows)
     assert [_key(r) for r in late.rows] == [_key(r) for r in full.rows]
 
     # without the second session, the first session's signals that end after it are not covered
-    first_last = datetime.fromisoformat(_cycles(journals[0])[-1]["ts"].replace("Z", "+00:00"))
+    first_last = datetime.fromisoformat(_cycles(journals[0])[-1]["ts"])
     only_first = recorded_rows(_copy(log_dir, tmp_path / "first", {journals[0].name.split(".")[0]}), s, UNTIL)
     crossing = {_key(r) for r in full.rows if r["session"] == journals[0].name and r["label_end"] > first_last}
     assert crossing and {_key(r) for r in only_first.rows} == {_key(r) for r in full.rows
@@ -140,7 +140,7 @@ def test_rows_not_covered_by_recorded_prices_or_ending_after_the_retrain_time_ar
     j = holed / journals[1].name
     lo, hi = datetime(2024, 1, 11, 0, tzinfo=UTC), datetime(2024, 1, 11, 6, tzinfo=UTC)
     kept = [x for x in j.read_text().splitlines()
-            if not lo <= datetime.fromisoformat(json.loads(x)["ts"].replace("Z", "+00:00")) <= hi]
+            if not lo <= datetime.fromisoformat(json.loads(x)["ts"]) <= hi]
     j.write_text("\n".join(kept) + "\n")
     got = recorded_rows(holed, s, UNTIL)
     gone = {_key(r) for r in full.rows} - {_key(r) for r in got.rows}
@@ -219,8 +219,8 @@ def test_the_paper_retrain_trains_on_the_replay_plus_the_recorded_rows(logs, tmp
     """A paper-mode session (the replay's clock, the paper wiring: background retrain) retrains the real
     scorer pipeline on the replay rows + the rows recorded in its log folder; its card counts both."""
     from hydra_engine.app import build_sim_session
-    from hydra_engine.ml.recorded import merge
     from hydra_engine.ml.dataset import collect_signals
+    from hydra_engine.ml.recorded import merge
     root = tmp_path / "paper"
     log_dir = _copy(logs[0], root / "logs")   # the paper session's own journal goes there too
     # the paper session runs one plugin only: the other plugin's signals reach training only as recorded rows

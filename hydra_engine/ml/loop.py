@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from .monitor import monitor as rolling_figures
@@ -168,8 +168,9 @@ def retrain_scorer(settings, data_dir: Path, start: date, end: date, *, seed: in
     finally:
         _TRAINING.active = False
     if journals is not None:
+        from ..domain import UTC
         from .recorded import merge, recorded_rows
-        rec = recorded_rows(journals, settings, datetime.combine(end, datetime.min.time(), timezone.utc))
+        rec = recorded_rows(journals, settings, datetime.combine(end, datetime.min.time(), UTC))
         ds = merge(ds, rec)
     model, meta, card = T.train_scorer(ds, seed=seed, threshold=settings.scorers.threshold, span=(start, end),
                                        data_dir=data_dir)

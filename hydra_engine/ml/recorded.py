@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..domain import UTC
 from .features import FEATURE_SET_ID, SCORER_BASE_FEATURES
 from .labels import holding_period, signal_outcome
 
@@ -106,7 +107,7 @@ def _parse_time(value) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        t = datetime.fromisoformat(value)
     except ValueError:
         return None
     return t if t.tzinfo is not None else None
@@ -138,7 +139,7 @@ def _session_docs(log_dir: Path, out: RecordedRows) -> list[tuple[Path, str]]:
 def _read_cycles(journal: Path, until_s: int, out: RecordedRows):
     """The journal's cycles at or before ``until_s``: (epoch s, cycle record); damaged lines noted."""
     try:
-        fh = open(journal, "rb")
+        fh = open(journal, "rb")  # noqa: SIM115 -- opened here to report an unreadable file; closed by the with
     except OSError as exc:
         out.notes.append(f"{journal}: cannot be read ({exc.strerror or exc}): skipped")
         return
@@ -247,7 +248,7 @@ def recorded_rows(log_dir: Path, settings, until: datetime, *, max_gap: timedelt
 
         def close_at(symbol, at, line=line):   # the close known at ``at``: (first seen, price)
             k = line.index_at(int(at.timestamp()))
-            return None if k < 0 else (datetime.fromtimestamp(line.seen[k], c["t"].tzinfo), line.px[k])
+            return None if k < 0 else (datetime.fromtimestamp(line.seen[k], UTC), line.px[k])
         res = signal_outcome(close_at, sym, direction, c["t"], hold, cost_perp if sym in perps else cost_spot, until)
         if res is None:
             out.counts["no_new_price"] += 1
@@ -278,7 +279,7 @@ def merge(ds, rec: RecordedRows):
                      dtype=float).reshape(-1, nb)
     t = np.concatenate([np.asarray(ds.t, dtype=float)[keep], [r["t"].timestamp() for r in rows]])
     order = np.argsort(t, kind="stable")
-    cat = lambda a, b: np.concatenate([np.asarray(a)[keep], np.asarray(b, dtype=float)])[order]  # noqa: E731
+    cat = lambda a, b: np.concatenate([np.asarray(a)[keep], np.asarray(b, dtype=float)])[order]
     sources = [ds.sources[i] for i in keep] + [r["source"] for r in rows]
     symbols = [ds.symbols[i] for i in keep] + [r["symbol"] for r in rows]
     X = np.concatenate([np.asarray(ds.X_base, dtype=float).reshape(-1, nb)[keep], X_rec])[order]
