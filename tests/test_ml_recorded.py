@@ -196,6 +196,7 @@ def test_a_corrupt_line_a_bad_document_and_a_backtest_give_notes_and_no_crash(lo
     lines = j.read_text().splitlines()
     lines.insert(10, '{"cycle": 11, "ts": "2024-01-08T10:00:00Z", "prices": {"BTCUS')   # torn in the middle
     lines.insert(20, "[1, 2, 3]")
+    lines.insert(30, '{"cycle": 31, "ts": "2024-01-08T12:00:00Z", "prices": [1, 2]}')
     j.write_text("\n".join(lines) + "\n" + '{"cycle": 999, "ts": "2024-01-15T00:00:00Z", "pri')   # being written
     (d / "session-20990101T000000000Z.json").write_text("{not json")
     bt = json.loads((d / f"{journals[0].stem.split('.')[0]}.json").read_text())
@@ -204,10 +205,11 @@ def test_a_corrupt_line_a_bad_document_and_a_backtest_give_notes_and_no_crash(lo
     (d / "backtest-20990101T000000Z").mkdir()
     shutil.copy(d / journals[0].name, d / "backtest-20990101T000000Z" / journals[0].name)
     got = recorded_rows(d, s, UNTIL)
-    assert got.counts["corrupt_lines"] == 2 and got.counts["sessions_skipped"] == 1
+    assert got.counts["corrupt_lines"] == 3 and got.counts["sessions_skipped"] == 1
     assert got.counts["sessions_other_mode"] == 1 and got.counts["sessions_read"] == 2
     assert any(f"{j}: line 11 is corrupt" in n for n in got.notes)
     assert any(f"{j}: line 21 is not a cycle record" in n for n in got.notes)
+    assert any(f"{j}: line 31: 'prices' is a JSON list, expected a JSON object" in n for n in got.notes)
     assert any(f"{j}: line {len(lines) + 1} is incomplete (being written" in n for n in got.notes)
     assert any("session-20990101T000000000Z.json: unreadable session document" in n for n in got.notes)
     # the rest is read as before (the inserted lines held no price the labels needed)

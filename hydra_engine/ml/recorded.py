@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from ..domain import UTC
+from ..tradelog import json_kind
 from .features import FEATURE_SET_ID, SCORER_BASE_FEATURES
 from .labels import holding_period, signal_outcome
 
@@ -55,6 +56,7 @@ RECORDING_MODES = ("paper", "live", "sim")
 MAX_PRICE_GAP = timedelta(hours=2)
 NOT_FEATURES = frozenset({"dissimilarity", "feature_set", "scored_at"})
 _BASE = frozenset(SCORER_BASE_FEATURES)
+_SHAPE = (("prices", dict), ("signals", list), ("ml_scores", list), ("stale_symbols", dict))
 _REASONS = ("past_retrain_time", "not_covered", "no_new_price", "no_direction", "unmatched_signal", "duplicate")
 
 
@@ -162,6 +164,12 @@ def _read_cycles(journal: Path, until_s: int, out: RecordedRows):
                 out.notes.append(f"{journal}: line {number} is not a cycle record (no ISO-8601 'ts'): left out")
                 out.counts["corrupt_lines"] += 1
                 continue
+            bad = next((k for k, kind in _SHAPE if line.get(k) is not None and not isinstance(line[k], kind)), None)
+            if bad is not None:
+                out.notes.append(f"{journal}: line {number}: '{bad}' is {json_kind(line[bad])}, expected a JSON "
+                                 f"{'object' if dict(_SHAPE)[bad] is dict else 'list'}: left out")
+                out.counts["corrupt_lines"] += 1
+                continue
             if int(t.timestamp()) <= until_s:
                 yield int(t.timestamp()), t, line
 
@@ -220,8 +228,9 @@ def recorded_rows(log_dir: Path, settings, until: datetime, *, max_gap: timedelt
         sym, source = e.get("symbol"), e.get("source")
         try:
             score, half_life = float(sig["score"]), float(sig["half_life"])
-            created = sig.get("created_at")
-            if sig.get("symbol") != sym or sig.get("source") != source or not half_life > 0:
+            created = str(sig.get("created_at"))
+            if not isinstance(sym, str) or not isinstance(source, str) or sig.get("symbol") != sym \
+                    or sig.get("source") != source or not (math.isfinite(score) and 0 < half_life < math.inf):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             out.counts["unmatched_signal"] += 1
