@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from hydra_engine.config import PROJECT_ROOT
-from hydra_engine.ml.features import scorer_features
+from hydra_engine.ml.features import FEATURE_SET_ID, scorer_features
 from hydra_engine.plugin_kinds import SignalScorer
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ class MLSignalScorer(SignalScorer):
             inputs = {k: round(v, 6) for k, v in base.items() if not math.isnan(v)} if self.params.record_inputs else None
             if inputs is not None and math.isfinite(di):
                 inputs["dissimilarity"] = round(di, 4)
+            if inputs is not None:   # which columns these are: a later retrain uses them only if they are its own
+                inputs["feature_set"] = FEATURE_SET_ID
             if len(self._seen) > 20_000:
                 self._seen.clear()
             hit = self._seen[key] = (p, why, inputs, ctx.now)

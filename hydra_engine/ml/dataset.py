@@ -68,6 +68,14 @@ def replay_settings(settings, data_dir: Path, start: date, end: date):
     return settings.model_copy(update={"data": d, "engine": e, "scorers": sc})
 
 
+def round_trip_costs(settings) -> tuple[set[str], float, float]:
+    """(perp symbols, round-trip cost fraction on the perp venue, on the other venue): the label's costs
+    (the replay's rows and the recorded rows of :mod:`.recorded` use the same)."""
+    perps = set(settings.perps.symbols) if settings.perps.enabled else set()
+    return (perps, 2 * (settings.perps.taker_fee_bps + settings.perps.slippage_bps) / 1e4,
+            2 * (settings.broker.fee_bps + settings.broker.slippage_bps) / 1e4)
+
+
 def collect_signals(settings, data_dir: Path, start: date, end: date, *, progress: bool = True) -> SignalSet:
     from ..app import build_sim_session, run_session
     s = replay_settings(settings, data_dir, start, end)
@@ -77,9 +85,7 @@ def collect_signals(settings, data_dir: Path, start: date, end: date, *, progres
     summary = run_session(session, progress=progress)
     market = session.engine.market
     end_dt = datetime.combine(end, datetime.min.time(), UTC)
-    perps = set(s.perps.symbols) if s.perps.enabled else set()
-    cost_perp = 2 * (s.perps.taker_fee_bps + s.perps.slippage_bps) / 1e4
-    cost_spot = 2 * (s.broker.fee_bps + s.broker.slippage_bps) / 1e4
+    perps, cost_perp, cost_spot = round_trip_costs(s)
     rows, t, ends, y, net = [], [], [], [], []
     for r in recorder.rows:
         hold = holding_period(timedelta(seconds=r["half_life_s"]))

@@ -21,6 +21,7 @@ after ``now`` can reach it (tests/test_ml_models.py scrambles the future to prov
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from datetime import datetime
 
@@ -56,6 +57,8 @@ TIME = ("hour_of_day_sin", "hour_of_day_cos", "day_of_week_sin", "day_of_week_co
 EXTRA = ("signal_strength", "bar_interval_h", "return_1bar", "return_5bar")
 SCORER_BASE_FEATURES: tuple[str, ...] = (*SIGNAL_BASE, *PRICE, *FUNDING, *OI, *LIQ, *BOOK, *POSITIONING, *REGIME,
                                          *TIME, *EXTRA)
+#: the id of this feature set, recorded with every scored signal's inputs (ml/recorded.py skips rows of another)
+FEATURE_SET_ID = hashlib.sha1(",".join(SCORER_BASE_FEATURES).encode()).hexdigest()[:12]
 #: features that exist only live (or as a declared proxy) — the model card lists their coverage
 LIVE_ONLY = (*BOOK, "long_short_ratio", "liq_zscore")
 

@@ -21,7 +21,8 @@ signal) or ``every`` days after the last attempt. The new model is trained by th
 cycle. In a backtest (replay modes) it trains in the cycle, deterministically — with
 ``retrain_every_days`` = the window length, a walk-forward retrained per window. In paper it trains on a
 background thread and the finished model is swapped in at the start of a later cycle (one reference
-assignment between cycles). A failed retrain keeps the current model and says so; a model trained on
+assignment between cycles); the paper scorer retrain also trains on the signals recorded in the log
+folder's session journals (:mod:`.recorded`), a replay never reads them. A failed retrain keeps the current model and says so; a model trained on
 this cycle's future is then set aside (the scorer abstains, the rule labeller labels).
 """
 from __future__ import annotations
@@ -146,13 +147,16 @@ def headline(card: dict) -> dict:
     m = card.get("holdout", {}).get("metrics", {})
     keys = ("accuracy", "precision", "recall", "roc_auc", "precision_macro", "recall_macro", "log_loss")
     return {**{k: m[k] for k in keys if k in m}, "beats_baseline": card.get("beats_baseline"),
-            "span": card.get("data", {}).get("span"), "rows": card.get("data", {}).get("rows")}
+            "span": card.get("data", {}).get("span"), "rows": card.get("data", {}).get("rows"),
+            **({"rows_by_origin": card["data"]["rows_by_origin"]} if "rows_by_origin" in card.get("data", {}) else {})}
 
 
 def retrain_scorer(settings, data_dir: Path, start: date, end: date, *, seed: int = 7,
-                   save_dir: Path | None = None):
+                   save_dir: Path | None = None, journals: Path | None = None):
     """The ``train --component signal_scorer --start START --end END`` pipeline: a replay of every enabled
-    plugin over [start, end) of ``data_dir``, labelled never past ``end``; returns (ScorerModel, card, path)."""
+    plugin over [start, end) of ``data_dir``, labelled never past ``end``; with ``journals`` (a log folder,
+    paper) plus the signals recorded in its session journals whose holding period ended by ``end``
+    (:mod:`.recorded`). Returns (ScorerModel, card, path)."""
     from . import train as T
     from .dataset import collect_signals
     from .scorer_model import ScorerModel
@@ -163,8 +167,18 @@ def retrain_scorer(settings, data_dir: Path, start: date, end: date, *, seed: in
         ds = collect_signals(settings, data_dir, start, end, progress=False)
     finally:
         _TRAINING.active = False
+    if journals is not None:
+        from ..domain import UTC
+        from .recorded import merge, recorded_rows
+        rec = recorded_rows(journals, settings, datetime.combine(end, datetime.min.time(), UTC))
+        ds = merge(ds, rec)
     model, meta, card = T.train_scorer(ds, seed=seed, threshold=settings.scorers.threshold, span=(start, end),
                                        data_dir=data_dir)
+    if journals is not None:
+        by = ds.meta["rows_by_origin"]
+        card["summary"] += (f" Rows: {by['replay']} from the replay, {by['recorded']} recorded by the running loop "
+                            f"in {journals} ({ds.meta['recorded']['span'] or 'none'}).")
+        meta["trained"]["rows_by_origin"] = by
     path = None
     if save_dir is not None:
         path = T.save_scorer(model, meta, card, Path(save_dir) / f"signal_scorer-{end:%Y%m%d}.cbm")
@@ -298,7 +312,9 @@ class ModelRetrainer:
         h = rec["headline"]
         figs = ", ".join(f"{k} {h[k]}" for k in ("accuracy", "precision", "recall", "roc_auc", "precision_macro",
                                                   "recall_macro") if h.get(k) is not None)
-        report["notes"].append(f"{self.component} retrained on {h.get('span')} ({h.get('rows')} rows, "
+        by = h.get("rows_by_origin")
+        rows = f"{h.get('rows')} rows" + (f": {by['replay']} replay, {by['recorded']} recorded" if by else "")
+        report["notes"].append(f"{self.component} retrained on {h.get('span')} ({rows}, "
                                f"{rec['seconds']} s) because {rec['why']}: held-out tail {figs}; "
                                f"beats baseline: {h.get('beats_baseline')}")
 
@@ -345,6 +361,9 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
     scorer = next((s for s in engine.scorers if getattr(s, "name", "") == "ml_signal_scorer"), None)
     save_dir = Path(log_dir) / "models" if log_dir is not None and engine.session_log is not None else None
     background = mode not in REPLAY_MODES
+    # paper/live: the scorer's retrain also learns from what the loop recorded (ml/recorded.py); a replay
+    # (backtest, sim) never reads journals, so it stays deterministic
+    journals = Path(log_dir) if background and log_dir is not None else None
     if scorer is not None:
         mon = ScorerMonitor(settings.scorers.monitor_window)
         engine.cycle_end_hooks.append(mon)
@@ -358,7 +377,7 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
                 if end <= start:
                     raise ValueError(f"no training data: [scorers] retrain_start {start} is not before {end}")
                 return retrain_scorer(settings, data_dir, start, end, seed=settings.scorers.retrain_seed,
-                                      save_dir=save_dir)
+                                      save_dir=save_dir, journals=journals)
 
             def load_scorer(path: str):
                 from .scorer_model import ScorerModel
