@@ -110,6 +110,11 @@ def build_core(settings: Settings, *, market, broker, session_id: str, mode: str
         modifiers = build_modifiers(settings.modifiers.enabled, settings.modifiers.params)
     if scorers is None:     # the configured ones ([scorers] enabled); a caller's list replaces them
         scorers = build_scorers(settings.scorers.enabled, settings.scorers.params)
+        if (mode in ("paper", "live") and settings.scorers.record_inputs_live
+                and "ml_signal_scorer" not in settings.scorers.enabled):
+            # the live-only features (order book, long/short, liquidations) exist only now: recorded from the
+            # first day, unscored, so that a later retraining can learn from them (issue #21, ml/recorded.py)
+            scorers += build_scorers(["ml_signal_scorer"], {"ml_signal_scorer": {"record_only": True}})
     from .ml.loop import in_training_replay
     if not in_training_replay():   # a retrain's own replay reads the labeller of the session running it (#21)
         install_regime_labeller(settings)   # the trained perp regime classifier when installed, else the rule

@@ -138,6 +138,8 @@ class ScorersConfig(_Section):
     retrain_start: date = Field(date(2021, 1, 1), description="first day of a retrain's training replay")
     retrain_seed: int = 7
     monitor_window: int = Field(50, ge=1, description="scored trades in the rolling accuracy/calibration")
+    record_inputs_live: bool = Field(True, description="paper/live with ml_signal_scorer not enabled: record each "
+                                     "new signal's features in the journal anyway (no score) for later retraining")
 
 
 class RegimeModelConfig(_Section):
@@ -209,6 +211,7 @@ class Settings(BaseSettings):
                 for k in ("retrain_every_days", "retrain_start", "retrain_seed"):
                     data[sec].pop(k)
             data[sec].pop("monitor_window")   # monitoring changes no decision
+        data["scorers"].pop("record_inputs_live")   # recording features changes no decision
         if not data["scorers"]["enabled"]:   # no scorer: its threshold changes no decision
             data.pop("scorers")
         if data["regime_model"]["perp_labeller"] == "rule":   # the rule labeller reads no model file

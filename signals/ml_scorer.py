@@ -28,6 +28,9 @@ class MLScorerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model_path: str = "models/signal_scorer.cbm"
     record_inputs: bool = True     # the scored signal's features go to the cycle report (later retraining)
+    # no model, no score: only the features are recorded (paper/live with the scorer not enabled, so that a
+    # later retraining has the live-only values from the first day; see hydra_engine/ml/recorded.py)
+    record_only: bool = False
 
 
 class MLSignalScorer(SignalScorer):
@@ -41,7 +44,9 @@ class MLSignalScorer(SignalScorer):
         self.model = model
         self.missing: str | None = None
         self._seen: dict = {}
-        if model is None:
+        if self.params.record_only:
+            self.missing = "recording inputs only: the scorer is not enabled"
+        elif model is None:
             path = Path(self.params.model_path)
             path = path if path.is_absolute() else PROJECT_ROOT / path
             try:
@@ -53,6 +58,8 @@ class MLSignalScorer(SignalScorer):
 
     def score(self, signal, ctx) -> float | None:
         self.last_inputs = None
+        if self.params.record_only:
+            return self._record_only(signal, ctx)
         if self.model is None:
             self.abstain_reason = f"no model installed ({self.missing})"
             return None
@@ -76,3 +83,17 @@ class MLSignalScorer(SignalScorer):
             self.last_inputs = inputs if first == ctx.now else {"scored_at": first.isoformat()}
         self.abstain_reason = None if p is not None else why
         return p
+
+    def _record_only(self, signal, ctx) -> None:
+        """The features of a signal first seen now, for the journal; never a score."""
+        self.abstain_reason = self.missing
+        key = (signal.source, signal.symbol, signal.created_at, signal.score, signal.confidence)
+        if key in self._seen:
+            return None
+        if len(self._seen) > 20_000:
+            self._seen.clear()
+        self._seen[key] = ctx.now
+        base = scorer_features(signal, ctx.market, ctx.now)
+        self.last_inputs = {k: round(v, 6) for k, v in base.items() if not math.isnan(v)}
+        self.last_inputs["feature_set"] = FEATURE_SET_ID
+        return None
