@@ -23,8 +23,9 @@ It is not in ``strategies.enabled`` by default; ``bench/peer_compare.py`` enable
 """
 from __future__ import annotations
 
+import bisect
 import math
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Mapping
 
 import numpy as np
@@ -96,6 +97,29 @@ class SmaCrossover(Strategy):
         p = self.params
         self._wake_bars = {s: frozenset(bars.ts[possible_crosses(bars.close, p.fast, p.slow, p.tie_rel)].tolist())
                            for s, bars in history.items()}
+        self._wake_sorted = {s: sorted(w) for s, w in self._wake_bars.items()}   # for the replay promise
+
+    def horizon_next_wake(self, market: MarketSnapshot):
+        """Event-horizon replay (hydra_engine/horizon.py): the earliest time ``wants_cycle`` could be True
+        again -- one second after the next possible-cross bar opens (it is the newest closed bar only once
+        it has closed, after its open), or ``market.now`` when the newest bar already is one; None without
+        ``prepare`` (no promise: every tick)."""
+        wake_sorted = getattr(self, "_wake_sorted", None)
+        if self._wake_bars is None or wake_sorted is None:
+            return None
+        best = None
+        for symbol in self.assets:
+            wake = wake_sorted.get(symbol)
+            if wake is None:
+                return None
+            newest = market.newest_bar_ts(symbol)
+            if newest is not None and newest in self._wake_bars[symbol]:
+                return market.now
+            k = bisect.bisect_right(wake, newest) if newest is not None else 0
+            if k < len(wake):
+                t = datetime.fromtimestamp(wake[k] + 1, UTC)
+                best = t if best is None or t < best else best
+        return best if best is not None else datetime.max.replace(tzinfo=UTC) - timedelta(days=2)
 
     def _waking(self, market: MarketSnapshot):
         """The configured symbols on whose newest bar a crossover is possible (all of them without

@@ -1,0 +1,376 @@
+"""Event-horizon replay (issue #24, item 1): in a replay, jump the clock over ticks on which nothing can happen.
+
+Every component keeps deciding exactly as in a plain replay. After each cycle the driver asks every
+component for a **promise**: the earliest time at which it could next act. A component without a promise
+(no ``horizon_*`` method, or one that answers None) forces the next tick -- the default. The driver jumps
+to the first tick at or after the earliest promise; the ticks in between are **caught up exactly**
+(:func:`catch_up`): cycle counter, run statistics, regime refreshes (run for real at their cycles),
+high-water marks, the broker's marks, the fill clock, and -- when a session log or store is attached --
+every skipped cycle's report, built by the same code the quiet cycle uses and written as one journal
+*span record* (:meth:`~hydra_engine.tradelog.SessionLog.record_span`) that ``load_session`` expands.
+
+The promises (each an upper bound on "nothing can happen before"; a wrong one would change results, so
+each is computed with a margin and, when in doubt, not given):
+
+* engine: no cycle hooks, nothing recorded at start-up, not halted, the observation phase over, the last
+  cycle a clean "trade" cycle (no orders, fills, exits, notes or errors), no regime refitter, the regime
+  reading not stale, no blocking symbol rule while positions are held;
+* broker: no working order, no unreported fill, no funding to settle (a perp venue never promises);
+  the book: no plan, exit or unresolved order waiting;
+* plugins: ``Strategy.horizon_next_wake(market)`` -> the earliest time ``wants_cycle`` could be True;
+* positions (:func:`position_horizon`): the close of the first bar whose range (with the percent trail
+  ratcheted as far as the bars could take it, and a 1e-6 relative margin) could reach the stop or the
+  target, and the time limit; an ATR trail or a broker-held trail does not promise;
+* regime: the next refresh cycle unless the detector promises its label
+  (``detector.horizon_regime_until(market)``); the day the reading's inputs go stale;
+* risk: ``risk.horizon_inert`` (a risk layer whose equity, market and block checks never change state
+  or fire: the benchmark's); the shipped :class:`~hydra_engine.risk.RiskManager` does not promise yet,
+  so a run with it is visited every tick.
+
+Paper trading never uses this driver (it runs on the live clock). ``[horizon] enabled = false`` or
+``HYDRA_HORIZON=off`` turns skipping off; ``[horizon] check = true`` or ``HYDRA_HORIZON=check`` runs every
+tick and verifies each promise against what the cycles then did (:class:`HorizonBroken` on a violation).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from .cycle_report import format_report, new_report
+from .domain import UTC
+from .regime_freshness import input_day, is_stale
+
+FAR = datetime.max.replace(tzinfo=UTC) - timedelta(days=2)
+MARGIN = 1e-6          # relative margin on every price level a position promise compares with
+
+
+class HorizonBroken(RuntimeError):
+    """A promise did not hold (a bug in a component's promise): the run stops rather than go on wrong."""
+
+
+def mode_from(settings) -> str:
+    """"off", "on" or "check": the environment (HYDRA_HORIZON) over ``[horizon]``."""
+    env = os.environ.get("HYDRA_HORIZON", "").strip().lower()
+    if env in ("off", "0", "false", "no"):
+        return "off"
+    if env == "check":
+        return "check"
+    if env in ("on", "1", "true", "yes"):
+        return "on"
+    section = getattr(settings, "horizon", None)
+    if section is None:
+        return "on"
+    if not section.enabled:
+        return "off"
+    return "check" if section.check else "on"
+
+
+# ============================================================================ promises
+def _ts(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+def position_horizon(engine, now: datetime) -> datetime | None:
+    """The earliest time any open position's stop, target, percent trail or time limit could fire."""
+    positions = engine.book.positions
+    if not positions:
+        return FAR
+    bars_of = getattr(engine.market, "_bars", None)   # ReplayMarketData's arrays; other data: no promise
+    if bars_of is None:
+        return None
+    pm = engine.position_manager
+    scanned = getattr(pm, "_scanned", None)
+    if scanned is None:
+        return None
+    native = engine.book.native_stops
+    best = FAR
+    for symbol, pos in positions.items():
+        if pos.qty == 0:
+            continue
+        if symbol in native or pos.trailing_atr_mult or not pos.high_water_mark or pos.high_water_mark <= 0:
+            return None
+        b = bars_of.get(symbol)
+        seen = scanned.get(symbol)
+        opened_s = pos.opened_at.timestamp()
+        if b is None or seen is None or seen[0] != opened_s:
+            return None
+        if pos.max_holding is not None:
+            try:
+                best = min(best, pos.opened_at + pos.max_holding)
+            except OverflowError:
+                pass
+        k0 = int(np.searchsorted(b.open_ts, max(opened_s, seen[1] + 1), "left"))
+        if k0 >= len(b.open_ts):
+            continue
+        h, lo, c = b.h[k0:], b.l[k0:], b.c[k0:]
+        up, down = np.fmax(h, c), np.fmin(lo, c)      # a close outside its bar's range counts too
+        long = pos.qty > 0
+        stop, target, pct = float(pos.stop_price), float(pos.target_price), pos.trailing_stop_pct
+        if long:
+            stops = np.full(len(h), stop)
+            if pct:
+                hwm = np.fmax.accumulate(np.fmax(up, pos.high_water_mark))
+                stops = np.fmax(stops, hwm * (1 - pct / 100))
+            hit = (down <= stops * (1 + MARGIN)) | (up >= target * (1 - MARGIN))
+        else:
+            stops = np.full(len(h), stop)
+            if pct:
+                hwm = np.fmin.accumulate(np.fmin(down, pos.high_water_mark))
+                stops = np.fmin(stops, hwm * (1 + pct / 100))
+            hit = (up >= stops * (1 - MARGIN)) | (down <= target * (1 + MARGIN))
+        if not (math.isfinite(stop) and math.isfinite(target)):
+            return None
+        idx = np.flatnonzero(hit)
+        if len(idx):
+            best = min(best, _ts(int(b.close_ts[k0 + int(idx[0])])))
+    return best
+
+
+def regime_horizon(engine, now: datetime) -> tuple[datetime, int | None] | None:
+    """(time limit, last cycle that may be skipped or None): the day the reading's inputs go stale, and
+    the detector's own promise of its label -- without one, the cycle before its next scheduled refresh."""
+    reading = engine.regime
+    if is_stale(reading):
+        return None
+    best = FAR
+    day = input_day(reading)
+    if day is not None:   # freshen() turns it UNKNOWN once now.date() - day > max_age_days
+        max_age = engine.settings.truth.regime_max_age_days
+        best = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=math.floor(max_age) + 1)
+    promise = getattr(engine.regime_detector, "horizon_regime_until", None)
+    until = None
+    if promise is not None:
+        try:
+            until = promise(engine.market_now)
+        except Exception:  # noqa: BLE001 -- a broken promise promises nothing
+            until = None
+    if until is None:
+        every = engine.settings.engine.regime_refresh_cycles
+        return best, (engine.cycle // every + 1) * every - 1
+    return min(best, until), None
+
+
+def engine_quiet(engine) -> bool:
+    """The engine-level conditions for any skipping (module docstring)."""
+    if (engine.cycle_hooks or engine.after_fills_hooks or engine.cycle_end_hooks or engine.caught_up_fills
+            or engine.startup_notes or engine.startup_orders or engine.halted or engine.final_cycle
+            or engine.regime_refitter is not None):
+        return False
+    if engine.cycle < engine.settings.engine.observation_cycles:
+        return False
+    if engine.store is not None and engine.store_batch == 1:
+        return False   # every committed cycle carries the engine state (paper-like persistence)
+    if not getattr(engine.risk, "horizon_inert", False):
+        return False
+    rep = engine._last_report
+    if rep is None or rep.get("mode") != "trade" or rep["orders"] or rep["fills"] or rep["exits"] \
+            or rep["errors"] or rep["notes"] or rep.get("decisions"):
+        return False
+    broker = engine.broker
+    if broker.capabilities.settles_funding or broker.open_orders():
+        return False
+    book = engine.book
+    if book.plans or book.exit_reasons or book.unresolved:
+        return False
+    if book.positions and engine.gate._blockers:
+        return False
+    if getattr(engine, "market_now", None) is None:
+        return False
+    return True
+
+
+def horizon(engine, now: datetime) -> tuple[datetime, int | None] | None:
+    """(earliest promised time, last cycle number that may be skipped or None) after the cycle at ``now``,
+    or None when the next tick must be visited."""
+    if not engine_quiet(engine):
+        return None
+    market = engine.market_now
+    best = FAR
+    for strat in engine.strategies:
+        promise = getattr(strat, "horizon_next_wake", None)
+        if promise is None:
+            return None
+        try:
+            t = promise(market)
+        except Exception:  # noqa: BLE001
+            return None
+        if t is None or t <= now:
+            return None
+        best = min(best, t)
+    t = position_horizon(engine, now)
+    if t is None or t <= now:
+        return None
+    best = min(best, t)
+    r = regime_horizon(engine, now)
+    if r is None:
+        return None
+    t, max_cycle = r
+    if t <= now or (max_cycle is not None and max_cycle <= engine.cycle):
+        return None
+    return min(best, t), max_cycle
+
+
+# ============================================================================ catch-up
+def catch_up(engine, ticks: list[datetime]) -> None:
+    """Account for the quiet cycles at ``ticks`` exactly as running them would have."""
+    if not ticks:
+        return
+    reporting = engine.session_log is not None or engine.store is not None
+    every = engine.settings.engine.regime_refresh_cycles
+    market = engine.market
+    pm = engine.position_manager
+    positions = [(s, p) for s, p in engine.book.positions.items() if p.qty != 0]
+    label = (engine.regime.regime, engine.regime.confidence, engine.regime.detector)
+    reports: list[dict] = []
+    extreme: dict[str, float] = {}
+    first = engine.cycle + 1
+    for k, now in enumerate(ticks):
+        cycle = first + k
+        snap = None
+        report = None
+        if reporting:
+            snap = market.snapshot(now)
+            report = new_report(cycle, now)
+            prices = snap.prices()
+            if engine._update_marks is not None:
+                engine._update_marks(prices)
+            report["prices"] = prices
+            report["stale_symbols"] = dict(snap.stale)
+            for feed, why in snap.feed_problems.items():
+                report["notes"].append(f"data feed {feed} unhealthy: {why}")
+        if cycle == 1 or cycle % every == 0:   # the scheduled regime refresh: run for real
+            if snap is None:
+                snap = market.snapshot(now)
+            scratch = report if report is not None else new_report(cycle, now)
+            engine.cycle = cycle            # the detector step reads the cycle number
+            engine._detect_regime(snap, now, scratch)
+            reading = engine.regime
+            if (reading.regime, reading.confidence, reading.detector) != label or scratch["errors"] \
+                    or scratch["notes"]:
+                raise HorizonBroken(f"regime changed inside a promised span at cycle {cycle} ({now}): "
+                                    f"{label} -> {reading.regime}, {scratch['errors'] + scratch['notes']}")
+        elif report is not None:
+            report["regime"] = engine._regime_json[1]
+        if report is not None:
+            if engine._gating[0] is not engine.regime:
+                regime = engine.regime.regime
+                engine._gating = (engine.regime, [s.name for s in engine.strategies if s.trades_in(regime)],
+                                  [s.name for s in engine.strategies if not s.trades_in(regime)])
+            report["strategies_run"], report["strategies_gated"] = engine._gating[1][:], engine._gating[2][:]
+            for symbol, pos in positions:
+                price = prices.get(symbol, math.nan)
+                if 0 < price < math.inf:
+                    pm.update_high_water(pos, price, None)
+            report["weights"] = engine.weights.as_dict()
+            report["equity_usd"] = report["cash_usd"] = engine.broker.account()
+            format_report(report)
+            reports.append(report)
+    n = len(ticks)
+    engine.cycle = first + n - 1
+    engine.stats.cycles += n
+    engine.stats.quiet_cycles += n
+    engine.book.fills_known_at = ticks[-1]
+    if not reporting:
+        _lean_marks_and_high_water(engine, ticks, positions)
+    else:
+        engine._last_report, engine._unformatted = reports[-1], None
+        if engine.session_log is not None:
+            engine.session_log.record_span(reports)
+        if engine.store is not None:
+            for rep in reports:
+                engine.store.save_cycle(engine.session_id, rep, [], [], [], None, batch=engine.store_batch)
+
+
+def _lean_marks_and_high_water(engine, ticks: list[datetime], positions) -> None:
+    """Without reports: the broker's marks as the last tick left them and each position's high-water
+    mark moved by the span's extreme close (a max/min and the ratchet are order-free)."""
+    market = engine.market
+    last = market.snapshot(ticks[-1]).prices()
+    if any(not (0 < p < math.inf) for p in last.values()):   # a price missing at the end: tick by tick
+        if engine._update_marks is not None:
+            for now in ticks:
+                engine._update_marks(market.snapshot(now).prices())
+        series = [market.snapshot(now).prices() for now in ticks] if positions else []
+    else:
+        if engine._update_marks is not None:
+            engine._update_marks(last)
+        series = None
+    if not positions:
+        return
+    pm = engine.position_manager
+    bars_of = market._bars
+    secs = np.array([t.timestamp() for t in ticks]) if series is None else None
+    for symbol, pos in positions:
+        if series is not None:
+            vals = np.array([s.get(symbol, math.nan) for s in series], dtype=float)
+        else:
+            b = bars_of[symbol]
+            idx = np.searchsorted(b.close_ts, secs, "right") - 1
+            vals = np.where(idx >= 0, b.c[np.maximum(idx, 0)], math.nan)
+        vals = vals[np.isfinite(vals) & (vals > 0)]
+        if len(vals):
+            pm.update_high_water(pos, float(vals.max() if pos.qty > 0 else vals.min()), None)
+
+
+# ============================================================================ the driver
+def run(engine, clock, max_ticks: int | None = None, on_tick=None, mode: str | None = None) -> int:
+    """Drive ``engine`` over ``clock``'s ticks (a SimulatedClock), skipping what the promises allow.
+
+    ``on_tick(now)`` (optional) is called before each *visited* cycle and may return False to stop.
+    Returns the number of ticks accounted for (visited + caught up), as ``SimulatedClock.run`` does."""
+    mode = mode or mode_from(engine.settings)
+    ticks = clock.ticks[: max_ticks if max_ticks is not None else len(clock.ticks)]
+    n = len(ticks)
+    i = 0
+    advance = engine.advance
+    promised: tuple[int, int] | None = None   # check mode: (tick index the promise ends at, cycle it was given at)
+    while i < n:
+        now = ticks[i]
+        clock._now = now
+        if on_tick is not None and on_tick(now) is False:
+            return i + 1
+        quiet_before = engine.stats.quiet_cycles
+        advance(now)
+        if promised is not None and i < promised[0]:
+            _verify_quiet(engine, now, quiet_before)
+        if mode == "off" or i >= n - 2:
+            i += 1
+            continue
+        h = horizon(engine, now)
+        if h is None:
+            i += 1
+            continue
+        t, max_cycle = h
+        j = bisect.bisect_left(ticks, t, lo=i + 1)
+        if max_cycle is not None:
+            j = min(j, i + 1 + (max_cycle - engine.cycle))
+        j = min(j, n - 1)                      # the last tick is always visited
+        if j <= i + 1:
+            i += 1
+            continue
+        if mode == "check":
+            promised = (j, engine.cycle)
+            i += 1
+            continue
+        catch_up(engine, ticks[i + 1:j])
+        i = j
+    return n
+
+
+def _verify_quiet(engine, now: datetime, quiet_before: int) -> None:
+    """Check mode: a cycle inside a promised span must have been quiet."""
+    rep = engine._last_report
+    problems = []
+    if engine.stats.quiet_cycles != quiet_before + 1:
+        problems.append("a plugin woke")
+    for key in ("orders", "fills", "exits", "errors", "notes", "decisions"):
+        if rep.get(key):
+            problems.append(f"{key}: {rep[key]!r:.200}")
+    if rep.get("mode") != "trade":
+        problems.append(f"mode {rep.get('mode')}")
+    if problems:
+        raise HorizonBroken(f"cycle {engine.cycle} at {now} was promised quiet but: " + "; ".join(problems))
