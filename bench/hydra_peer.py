@@ -150,7 +150,7 @@ def build(frames: Mapping[str, pd.DataFrame | str | Path], *, fill_model: str = 
 
 def run(engine: Engine, clock: SimulatedClock, max_cycles: int | None = None) -> int:
     """Every tick accounted for; the event-horizon driver skips the ticks the promises allow (set
-    HYDRA_HORIZON=off for a plain tick-by-tick run)."""
+    HYDRA_HORIZON__ENABLED=false for a plain tick-by-tick run)."""
     return horizon.run(engine, clock, max_ticks=max_cycles)
 
 

@@ -28,14 +28,13 @@ each is computed with a margin and, when in doubt, not given):
   so a run with it is visited every tick.
 
 Paper trading never uses this driver (it runs on the live clock). ``[horizon] enabled = false`` or
-``HYDRA_HORIZON=off`` turns skipping off; ``[horizon] check = true`` or ``HYDRA_HORIZON=check`` runs every
+``HYDRA_HORIZON__ENABLED=false`` turns skipping off; ``[horizon] check = true`` (``HYDRA_HORIZON__CHECK=true``) runs every
 tick and verifies each promise against what the cycles then did (:class:`HorizonBroken` on a violation).
 """
 from __future__ import annotations
 
 import bisect
 import math
-import os
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -53,14 +52,8 @@ class HorizonBroken(RuntimeError):
 
 
 def mode_from(settings) -> str:
-    """"off", "on" or "check": the environment (HYDRA_HORIZON) over ``[horizon]``."""
-    env = os.environ.get("HYDRA_HORIZON", "").strip().lower()
-    if env in ("off", "0", "false", "no"):
-        return "off"
-    if env == "check":
-        return "check"
-    if env in ("on", "1", "true", "yes"):
-        return "on"
+    """"off", "on" or "check" from ``[horizon]`` (environment: ``HYDRA_HORIZON__ENABLED=false``,
+    ``HYDRA_HORIZON__CHECK=true``, as every setting)."""
     section = getattr(settings, "horizon", None)
     if section is None:
         return "on"
@@ -106,22 +99,27 @@ def position_horizon(engine, now: datetime) -> datetime | None:
         k0 = int(np.searchsorted(b.open_ts, max(opened_s, seen[1] + 1), "left"))
         if k0 >= len(b.open_ts):
             continue
-        h, lo, c = b.h[k0:], b.l[k0:], b.c[k0:]
-        up, down = np.fmax(h, c), np.fmin(lo, c)      # a close outside its bar's range counts too
+        o, h, lo, c = b.o[k0:], b.h[k0:], b.l[k0:], b.c[k0:]
+        up, down = np.fmax(np.fmax(h, c), o), np.fmin(np.fmin(lo, c), o)
+        # a bar the walk would skip (a non-finite price) or whose close lies outside its range: the per-cycle
+        # mark update would then move the high-water mark by itself, so such a bar ends the promise
+        with np.errstate(invalid="ignore"):
+            odd = ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)) | (c > h) | (c < lo)
         long = pos.qty > 0
         stop, target, pct = float(pos.stop_price), float(pos.target_price), pos.trailing_stop_pct
-        if long:
-            stops = np.full(len(h), stop)
-            if pct:
-                hwm = np.fmax.accumulate(np.fmax(up, pos.high_water_mark))
-                stops = np.fmax(stops, hwm * (1 - pct / 100))
-            hit = (down <= stops * (1 + MARGIN)) | (up >= target * (1 - MARGIN))
-        else:
-            stops = np.full(len(h), stop)
-            if pct:
-                hwm = np.fmin.accumulate(np.fmin(down, pos.high_water_mark))
-                stops = np.fmin(stops, hwm * (1 + pct / 100))
-            hit = (up >= stops * (1 - MARGIN)) | (down <= target * (1 + MARGIN))
+        stops = np.full(len(h), stop)
+        with np.errstate(invalid="ignore"):
+            if long:
+                if pct:
+                    hwm = np.fmax.accumulate(np.fmax(up, pos.high_water_mark))
+                    stops = np.fmax(stops, hwm * (1 - pct / 100))
+                hit = (down <= stops * (1 + MARGIN)) | (up >= target * (1 - MARGIN))
+            else:
+                if pct:
+                    hwm = np.fmin.accumulate(np.fmin(down, pos.high_water_mark))
+                    stops = np.fmin(stops, hwm * (1 + pct / 100))
+                hit = (up >= stops * (1 - MARGIN)) | (down <= target * (1 + MARGIN))
+        hit |= odd
         if not (math.isfinite(stop) and math.isfinite(target)):
             return None
         idx = np.flatnonzero(hit)
@@ -222,8 +220,6 @@ def catch_up(engine, ticks: list[datetime]) -> None:
     reporting = engine.session_log is not None or engine.store is not None
     every = engine.settings.engine.regime_refresh_cycles
     market = engine.market
-    pm = engine.position_manager
-    positions = [(s, p) for s, p in engine.book.positions.items() if p.qty != 0]
     label = (engine.regime.regime, engine.regime.confidence, engine.regime.detector)
     reports: list[dict] = []
     extreme: dict[str, float] = {}
@@ -261,10 +257,6 @@ def catch_up(engine, ticks: list[datetime]) -> None:
                 engine._gating = (engine.regime, [s.name for s in engine.strategies if s.trades_in(regime)],
                                   [s.name for s in engine.strategies if not s.trades_in(regime)])
             report["strategies_run"], report["strategies_gated"] = engine._gating[1][:], engine._gating[2][:]
-            for symbol, pos in positions:
-                price = prices.get(symbol, math.nan)
-                if 0 < price < math.inf:
-                    pm.update_high_water(pos, price, None)
             report["weights"] = engine.weights.as_dict()
             report["equity_usd"] = report["cash_usd"] = engine.broker.account()
             format_report(report)
@@ -275,7 +267,7 @@ def catch_up(engine, ticks: list[datetime]) -> None:
     engine.stats.quiet_cycles += n
     engine.book.fills_known_at = ticks[-1]
     if not reporting:
-        _lean_marks_and_high_water(engine, ticks, positions)
+        _lean_marks(engine, ticks)
     else:
         engine._last_report, engine._unformatted = reports[-1], None
         if engine.session_log is not None:
@@ -285,58 +277,51 @@ def catch_up(engine, ticks: list[datetime]) -> None:
                 engine.store.save_cycle(engine.session_id, rep, [], [], [], None, batch=engine.store_batch)
 
 
-def _lean_marks_and_high_water(engine, ticks: list[datetime], positions) -> None:
-    """Without reports: the broker's marks as the last tick left them and each position's high-water
-    mark moved by the span's extreme close (a max/min and the ratchet are order-free)."""
+def _lean_marks(engine, ticks: list[datetime]) -> None:
+    """Without reports: the broker's marks as the last tick leaves them (each symbol's latest valid price).
+    High-water marks and trails are not touched: the position manager's walk over the bars closed since
+    its last walk moves them bar by bar at the next visited cycle, as it would have tick by tick (the
+    promise guarantees no bar in between fires and every close lies inside its bar's range, so the
+    per-cycle mark update is a no-op then)."""
+    if engine._update_marks is None:
+        return
     market = engine.market
     last = market.snapshot(ticks[-1]).prices()
-    if any(not (0 < p < math.inf) for p in last.values()):   # a price missing at the end: tick by tick
-        if engine._update_marks is not None:
-            for now in ticks:
-                engine._update_marks(market.snapshot(now).prices())
-        series = [market.snapshot(now).prices() for now in ticks] if positions else []
-    else:
-        if engine._update_marks is not None:
-            engine._update_marks(last)
-        series = None
-    if not positions:
-        return
-    pm = engine.position_manager
-    bars_of = market._bars
-    secs = np.array([t.timestamp() for t in ticks]) if series is None else None
-    for symbol, pos in positions:
-        if series is not None:
-            vals = np.array([s.get(symbol, math.nan) for s in series], dtype=float)
-        else:
-            b = bars_of[symbol]
-            idx = np.searchsorted(b.close_ts, secs, "right") - 1
-            vals = np.where(idx >= 0, b.c[np.maximum(idx, 0)], math.nan)
-        vals = vals[np.isfinite(vals) & (vals > 0)]
-        if len(vals):
-            pm.update_high_water(pos, float(vals.max() if pos.qty > 0 else vals.min()), None)
+    if all(0 < p < math.inf for p in last.values()):
+        engine._update_marks(last)
+    else:   # a price missing at the end: the marks tick by tick
+        for now in ticks:
+            engine._update_marks(market.snapshot(now).prices())
 
 
 # ============================================================================ the driver
-def run(engine, clock, max_ticks: int | None = None, on_tick=None, mode: str | None = None) -> int:
+def run(engine, clock, max_ticks: int | None = None, before=None, after=None, mode: str | None = None,
+        mark_final: bool = False) -> int:
     """Drive ``engine`` over ``clock``'s ticks (a SimulatedClock), skipping what the promises allow.
 
-    ``on_tick(now)`` (optional) is called before each *visited* cycle and may return False to stop.
-    Returns the number of ticks accounted for (visited + caught up), as ``SimulatedClock.run`` does."""
+    ``before(now)`` runs before each *visited* cycle and may return False to stop; ``after(now)`` runs
+    after it. The last tick is always visited; ``mark_final`` sets ``engine.final_cycle`` on the cycle that
+    ``max_ticks`` ends the run with (as ``run_session`` does).
+    Returns the number of ticks accounted for (visited and caught up), as ``SimulatedClock.run`` does."""
     mode = mode or mode_from(engine.settings)
     ticks = clock.ticks[: max_ticks if max_ticks is not None else len(clock.ticks)]
     n = len(ticks)
     i = 0
     advance = engine.advance
-    promised: tuple[int, int] | None = None   # check mode: (tick index the promise ends at, cycle it was given at)
+    promised: tuple[int, tuple] | None = None   # check mode: (tick index the promise ends at, regime label)
     while i < n:
         now = ticks[i]
         clock._now = now
-        if on_tick is not None and on_tick(now) is False:
+        if mark_final:
+            engine.final_cycle = max_ticks is not None and i + 1 >= max_ticks
+        if before is not None and before(now) is False:
             return i + 1
         quiet_before = engine.stats.quiet_cycles
         advance(now)
+        if after is not None:
+            after(now)
         if promised is not None and i < promised[0]:
-            _verify_quiet(engine, now, quiet_before)
+            _verify_quiet(engine, now, quiet_before, promised[1])
         if mode == "off" or i >= n - 2:
             i += 1
             continue
@@ -353,7 +338,8 @@ def run(engine, clock, max_ticks: int | None = None, on_tick=None, mode: str | N
             i += 1
             continue
         if mode == "check":
-            promised = (j, engine.cycle)
+            if promised is None or i >= promised[0]:
+                promised = (j, (engine.regime.regime, engine.regime.confidence))
             i += 1
             continue
         catch_up(engine, ticks[i + 1:j])
@@ -361,10 +347,12 @@ def run(engine, clock, max_ticks: int | None = None, on_tick=None, mode: str | N
     return n
 
 
-def _verify_quiet(engine, now: datetime, quiet_before: int) -> None:
+def _verify_quiet(engine, now: datetime, quiet_before: int, label: tuple) -> None:
     """Check mode: a cycle inside a promised span must have been quiet."""
     rep = engine._last_report
     problems = []
+    if (engine.regime.regime, engine.regime.confidence) != label:
+        problems.append(f"regime {label} -> {engine.regime.regime}")
     if engine.stats.quiet_cycles != quiet_before + 1:
         problems.append("a plugin woke")
     for key in ("orders", "fills", "exits", "errors", "notes", "decisions"):
