@@ -59,6 +59,8 @@ class FixedRegime:
     def detect(self, market) -> RegimeReading:
         return RegimeReading(self.regime, 1.0, self.name, market.now, {"why": "benchmark: fixed regime"})
 
+    horizon_stateless = True   # detect() keeps no state: a replay span keeps only its last refresh
+
     def horizon_regime_until(self, market):
         """Event-horizon replay: the label never changes (each refresh is still run, stamped with its time)."""
         return datetime.max.replace(tzinfo=UTC) - timedelta(days=2)

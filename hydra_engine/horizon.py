@@ -41,6 +41,7 @@ import numpy as np
 
 from .cycle_report import format_report, new_report
 from .domain import UTC
+from .positions import PositionManager, trailing_candidate
 from .regime_freshness import input_day, is_stale
 
 FAR = datetime.max.replace(tzinfo=UTC) - timedelta(days=2)
@@ -67,8 +68,25 @@ def _ts(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
 
-def position_horizon(engine, now: datetime) -> datetime | None:
-    """The earliest time any open position's stop, target, percent trail or time limit could fire."""
+def _bars_closed(market, bars: dict[str, int]) -> datetime:
+    """A plugin's promise given as {symbol: open time (epoch s) of its next bar that could wake it}: the
+    earliest close of those bars in the replay (one second after its open where the data cannot say)."""
+    best = FAR
+    bars_of = getattr(market, "_bars", None)
+    for symbol, open_s in bars.items():
+        t = open_s + 1
+        b = bars_of.get(symbol) if bars_of is not None else None
+        if b is not None:
+            k = int(np.searchsorted(b.open_ts, open_s, "left"))
+            if k < len(b.open_ts) and int(b.open_ts[k]) == open_s:
+                t = max(t, int(b.close_ts[k]))
+        best = min(best, _ts(t))
+    return best
+
+
+def position_horizon(engine, now: datetime, limit: datetime = None) -> datetime | None:
+    """The earliest time any open position's stop, target, percent trail or time limit could fire (only
+    bars closing before ``limit``, the earliest promise so far, are looked at)."""
     positions = engine.book.positions
     if not positions:
         return FAR
@@ -76,11 +94,11 @@ def position_horizon(engine, now: datetime) -> datetime | None:
     if bars_of is None:
         return None
     pm = engine.position_manager
-    scanned = getattr(pm, "_scanned", None)
-    if scanned is None:
+    if type(pm) is not PositionManager:   # a replaced manager: its rules are its own
         return None
+    scanned = pm._scanned
     native = engine.book.native_stops
-    best = FAR
+    best = FAR if limit is None else limit
     for symbol, pos in positions.items():
         if pos.qty == 0:
             continue
@@ -97,9 +115,10 @@ def position_horizon(engine, now: datetime) -> datetime | None:
             except OverflowError:
                 pass
         k0 = int(np.searchsorted(b.open_ts, max(opened_s, seen[1] + 1), "left"))
-        if k0 >= len(b.open_ts):
+        k1 = len(b.open_ts) if best >= FAR else int(np.searchsorted(b.close_ts, best.timestamp(), "right"))
+        if k0 >= k1:
             continue
-        o, h, lo, c = b.o[k0:], b.h[k0:], b.l[k0:], b.c[k0:]
+        o, h, lo, c = b.o[k0:k1], b.h[k0:k1], b.l[k0:k1], b.c[k0:k1]
         up, down = np.fmax(np.fmax(h, c), o), np.fmin(np.fmin(lo, c), o)
         # a bar the walk would skip (a non-finite price) or whose close lies outside its range: the per-cycle
         # mark update would then move the high-water mark by itself, so such a bar ends the promise
@@ -194,12 +213,14 @@ def horizon(engine, now: datetime) -> tuple[datetime, int | None] | None:
             return None
         try:
             t = promise(market)
+            if isinstance(t, dict):
+                t = _bars_closed(engine.market, t)
         except Exception:  # noqa: BLE001
             return None
         if t is None or t <= now:
             return None
         best = min(best, t)
-    t = position_horizon(engine, now)
+    t = position_horizon(engine, now, best)
     if t is None or t <= now:
         return None
     best = min(best, t)
@@ -222,14 +243,18 @@ def catch_up(engine, ticks: list[datetime]) -> None:
     market = engine.market
     label = (engine.regime.regime, engine.regime.confidence, engine.regime.detector)
     reports: list[dict] = []
-    extreme: dict[str, float] = {}
     first = engine.cycle + 1
+    refresh = [k for k, c in enumerate(range(first, first + len(ticks))) if c == 1 or c % every == 0]
+    if not reporting and refresh and getattr(engine.regime_detector, "horizon_stateless", False):
+        refresh = refresh[-1:]   # a detector without state: only the last reading of the span is kept
+    refresh_set = set(refresh)
     for k, now in enumerate(ticks):
+        if not reporting and k not in refresh_set:
+            continue
         cycle = first + k
-        snap = None
+        snap = market.snapshot(now)
         report = None
         if reporting:
-            snap = market.snapshot(now)
             report = new_report(cycle, now)
             prices = snap.prices()
             if engine._update_marks is not None:
@@ -238,9 +263,7 @@ def catch_up(engine, ticks: list[datetime]) -> None:
             report["stale_symbols"] = dict(snap.stale)
             for feed, why in snap.feed_problems.items():
                 report["notes"].append(f"data feed {feed} unhealthy: {why}")
-        if cycle == 1 or cycle % every == 0:   # the scheduled regime refresh: run for real
-            if snap is None:
-                snap = market.snapshot(now)
+        if k in refresh_set:   # the scheduled regime refresh: run for real
             scratch = report if report is not None else new_report(cycle, now)
             engine.cycle = cycle            # the detector step reads the cycle number
             engine._detect_regime(snap, now, scratch)
@@ -266,6 +289,7 @@ def catch_up(engine, ticks: list[datetime]) -> None:
     engine.stats.cycles += n
     engine.stats.quiet_cycles += n
     engine.book.fills_known_at = ticks[-1]
+    _walk_positions(engine, ticks[-1])
     if not reporting:
         _lean_marks(engine, ticks)
     else:
@@ -275,6 +299,40 @@ def catch_up(engine, ticks: list[datetime]) -> None:
         if engine.store is not None:
             for rep in reports:
                 engine.store.save_cycle(engine.session_id, rep, [], [], [], None, batch=engine.store_batch)
+
+
+def _walk_positions(engine, last: datetime) -> None:
+    """What the position manager's bar walks (``PositionManager.scan_bars``) would have done over the bars
+    that closed in the span, in closed form: with no exit possible (the promise) a walk only raises the
+    high-water mark to the bars' extreme and ratchets the percent trail from it -- a max (min) and a
+    monotone ratchet, so one step over all the bars gives the same floats as one step per bar. The
+    per-cycle mark update after each walk is a no-op then (every close inside its bar's range)."""
+    positions = engine.book.positions
+    if not positions:
+        return
+    pm = engine.position_manager
+    bars_of = engine.market._bars
+    last_s = last.timestamp()
+    for symbol, pos in positions.items():
+        if pos.qty == 0:
+            continue
+        b = bars_of[symbol]
+        opened_s = pos.opened_at.timestamp()
+        seen = pm._scanned[symbol]
+        k0 = int(np.searchsorted(b.open_ts, max(opened_s, seen[1] + 1), "left"))
+        k1 = int(np.searchsorted(b.close_ts, last_s, "right"))
+        if k1 <= k0:
+            continue
+        long = pos.qty > 0
+        hwm = pos.high_water_mark or float(pos.avg_entry_price)
+        hwm = max(hwm, float(b.h[k0:k1].max())) if long else min(hwm, float(b.l[k0:k1].min()))
+        if pos.trailing_stop_pct:
+            cand = trailing_candidate(long, hwm, pos.trailing_stop_pct, None, None)
+            new = max(pos.stop_price, cand) if long else min(pos.stop_price, cand)
+            if new != pos.stop_price:
+                pos.stop_price = new
+        pos.high_water_mark = hwm
+        pm._scanned[symbol] = (opened_s, int(b.open_ts[k1 - 1]))
 
 
 def _lean_marks(engine, ticks: list[datetime]) -> None:

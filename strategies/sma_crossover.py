@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Mapping
 
 import numpy as np
@@ -100,14 +100,13 @@ class SmaCrossover(Strategy):
         self._wake_sorted = {s: sorted(w) for s, w in self._wake_bars.items()}   # for the replay promise
 
     def horizon_next_wake(self, market: MarketSnapshot):
-        """Event-horizon replay (hydra_engine/horizon.py): the earliest time ``wants_cycle`` could be True
-        again -- one second after the next possible-cross bar opens (it is the newest closed bar only once
-        it has closed, after its open), or ``market.now`` when the newest bar already is one; None without
-        ``prepare`` (no promise: every tick)."""
+        """Event-horizon replay (hydra_engine/horizon.py): when ``wants_cycle`` could be True again -- as
+        {symbol: open time of its next possible-cross bar} (the driver waits for that bar's close), or
+        ``market.now`` when the newest bar already is one; None without ``prepare`` (no promise)."""
         wake_sorted = getattr(self, "_wake_sorted", None)
         if self._wake_bars is None or wake_sorted is None:
             return None
-        best = None
+        out = {}
         for symbol in self.assets:
             wake = wake_sorted.get(symbol)
             if wake is None:
@@ -117,9 +116,8 @@ class SmaCrossover(Strategy):
                 return market.now
             k = bisect.bisect_right(wake, newest) if newest is not None else 0
             if k < len(wake):
-                t = datetime.fromtimestamp(wake[k] + 1, UTC)
-                best = t if best is None or t < best else best
-        return best if best is not None else datetime.max.replace(tzinfo=UTC) - timedelta(days=2)
+                out[symbol] = wake[k]
+        return out
 
     def _waking(self, market: MarketSnapshot):
         """The configured symbols on whose newest bar a crossover is possible (all of them without
