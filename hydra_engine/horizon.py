@@ -68,25 +68,39 @@ def _ts(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
 
-def _bars_closed(market, bars: dict[str, int]) -> datetime:
+def _bars_closed(market, bars: dict[str, int], nxt: datetime) -> datetime:
     """A plugin's promise given as {symbol: open time (epoch s) of its next bar that could wake it}: the
-    earliest close of those bars in the replay (one second after its open where the data cannot say)."""
-    best = FAR
+    earliest close of those bars in the replay (one second after its open where the data cannot say).
+    Bars are converted earliest open first, and only while they could still be the earliest close."""
+    best_s = FAR.timestamp()
+    nxt_s = nxt.timestamp()
     bars_of = getattr(market, "_bars", None)
-    for symbol, open_s in bars.items():
+    for open_s, symbol in sorted((o, s) for s, o in bars.items()):
+        if open_s + 1 >= best_s:
+            break
         t = open_s + 1
         b = bars_of.get(symbol) if bars_of is not None else None
         if b is not None:
-            k = int(np.searchsorted(b.open_ts, open_s, "left"))
+            k = int(b.open_ts.searchsorted(open_s, "left"))
             if k < len(b.open_ts) and int(b.open_ts[k]) == open_s:
                 t = max(t, int(b.close_ts[k]))
-        best = min(best, _ts(t))
-    return best
+        best_s = min(best_s, t)
+        if best_s <= nxt_s:
+            break
+    return FAR if best_s >= FAR.timestamp() else _ts(best_s)
 
 
-def position_horizon(engine, now: datetime, limit: datetime = None) -> datetime | None:
-    """The earliest time any open position's stop, target, percent trail or time limit could fire (only
-    bars closing before ``limit``, the earliest promise so far, are looked at)."""
+CHUNK = 512    # bars a position promise looks ahead at a time
+
+
+def position_horizon(engine, now: datetime) -> datetime | None:
+    """The earliest time any open position's stop, target, percent trail or time limit could fire.
+
+    Per position: the close of the first bar whose range could reach the stop (ratcheted by the percent
+    trail as far as the bars up to it could take it) or the target, with a ``MARGIN``; a bar with a
+    non-finite price or a close outside its range ends the promise too. Looked ahead ``CHUNK`` bars at
+    a time and kept while the position is the same object with the same levels and the promised time
+    is still ahead (the levels evolve only as the promise assumed until then)."""
     positions = engine.book.positions
     if not positions:
         return FAR
@@ -96,55 +110,69 @@ def position_horizon(engine, now: datetime, limit: datetime = None) -> datetime 
     pm = engine.position_manager
     if type(pm) is not PositionManager:   # a replaced manager: its rules are its own
         return None
+    cache = engine.__dict__.setdefault("_horizon_positions", {})
     scanned = pm._scanned
     native = engine.book.native_stops
-    best = FAR if limit is None else limit
+    now_s = now.timestamp()
+    best = FAR
     for symbol, pos in positions.items():
         if pos.qty == 0:
             continue
         if symbol in native or pos.trailing_atr_mult or not pos.high_water_mark or pos.high_water_mark <= 0:
-            return None
-        b = bars_of.get(symbol)
-        seen = scanned.get(symbol)
-        opened_s = pos.opened_at.timestamp()
-        if b is None or seen is None or seen[0] != opened_s:
             return None
         if pos.max_holding is not None:
             try:
                 best = min(best, pos.opened_at + pos.max_holding)
             except OverflowError:
                 pass
-        k0 = int(np.searchsorted(b.open_ts, max(opened_s, seen[1] + 1), "left"))
-        k1 = len(b.open_ts) if best >= FAR else int(np.searchsorted(b.close_ts, best.timestamp(), "right"))
-        if k0 >= k1:
-            continue
-        o, h, lo, c = b.o[k0:k1], b.h[k0:k1], b.l[k0:k1], b.c[k0:k1]
-        up, down = np.fmax(np.fmax(h, c), o), np.fmin(np.fmin(lo, c), o)
-        # a bar the walk would skip (a non-finite price) or whose close lies outside its range: the per-cycle
-        # mark update would then move the high-water mark by itself, so such a bar ends the promise
-        with np.errstate(invalid="ignore"):
-            odd = ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)) | (c > h) | (c < lo)
-        long = pos.qty > 0
-        stop, target, pct = float(pos.stop_price), float(pos.target_price), pos.trailing_stop_pct
-        stops = np.full(len(h), stop)
-        with np.errstate(invalid="ignore"):
-            if long:
-                if pct:
-                    hwm = np.fmax.accumulate(np.fmax(up, pos.high_water_mark))
-                    stops = np.fmax(stops, hwm * (1 - pct / 100))
-                hit = (down <= stops * (1 + MARGIN)) | (up >= target * (1 - MARGIN))
-            else:
-                if pct:
-                    hwm = np.fmin.accumulate(np.fmin(down, pos.high_water_mark))
-                    stops = np.fmin(stops, hwm * (1 + pct / 100))
-                hit = (up >= stops * (1 - MARGIN)) | (down <= target * (1 + MARGIN))
-        hit |= odd
-        if not (math.isfinite(stop) and math.isfinite(target)):
-            return None
-        idx = np.flatnonzero(hit)
-        if len(idx):
-            best = min(best, _ts(int(b.close_ts[k0 + int(idx[0])])))
+        key = (id(pos), pos.opened_at, pos.qty, pos.target_price, pos.trailing_stop_pct,
+               pos.initial_stop_price if pos.trailing_stop_pct else pos.stop_price)
+        hit = cache.get(symbol)
+        if hit is None or hit[0] != key or hit[1] <= now_s:
+            t = _first_possible_exit(pos, bars_of.get(symbol), scanned.get(symbol))
+            if t is None:
+                return None
+            cache[symbol] = hit = (key, t)
+        if hit[1] < 1 << 62:
+            best = min(best, _ts(hit[1]))
     return best
+
+
+def _first_possible_exit(pos, b, seen) -> int | None:
+    """Epoch close time of the first bar that could make ``pos`` exit (1 << 62: none in the data)."""
+    opened_s = pos.opened_at.timestamp()
+    if b is None or seen is None or seen[0] != opened_s:
+        return None
+    stop, target, pct = float(pos.stop_price), float(pos.target_price), pos.trailing_stop_pct
+    if not (math.isfinite(stop) and math.isfinite(target)):
+        return None
+    n = len(b.open_ts)
+    k0 = int(b.open_ts.searchsorted(max(opened_s, seen[1] + 1), "left"))
+    k1 = min(n, k0 + CHUNK)
+    if k0 >= k1:
+        return 1 << 62
+    o, h, lo, c = b.o[k0:k1], b.h[k0:k1], b.l[k0:k1], b.c[k0:k1]
+    with np.errstate(invalid="ignore"):
+        up, down = np.fmax(np.fmax(h, c), o), np.fmin(np.fmin(lo, c), o)
+        # a bar the walk would skip (a non-finite price) or whose close lies outside its range: the
+        # per-cycle mark update would then move the high-water mark by itself, so such a bar ends it
+        odd = ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)) | (c > h) | (c < lo)
+        stops = np.full(len(h), stop)
+        if pos.qty > 0:
+            if pct:
+                hwm = np.fmax.accumulate(np.fmax(up, pos.high_water_mark))
+                stops = np.fmax(stops, hwm * (1 - pct / 100))
+            hit = (down <= stops * (1 + MARGIN)) | (up >= target * (1 - MARGIN))
+        else:
+            if pct:
+                hwm = np.fmin.accumulate(np.fmin(down, pos.high_water_mark))
+                stops = np.fmin(stops, hwm * (1 + pct / 100))
+            hit = (up >= stops * (1 - MARGIN)) | (down <= target * (1 + MARGIN))
+    hit |= odd
+    idx = np.flatnonzero(hit)
+    if len(idx):
+        return int(b.close_ts[k0 + int(idx[0])])
+    return int(b.close_ts[k1]) if k1 < n else 1 << 62   # looked at up to bar k1 - 1: visit when k1 closes
 
 
 def regime_horizon(engine, now: datetime) -> tuple[datetime, int | None] | None:
@@ -200,9 +228,11 @@ def engine_quiet(engine) -> bool:
     return True
 
 
-def horizon(engine, now: datetime) -> tuple[datetime, int | None] | None:
+def horizon(engine, now: datetime, nxt: datetime | None = None) -> tuple[datetime, int | None] | None:
     """(earliest promised time, last cycle number that may be skipped or None) after the cycle at ``now``,
-    or None when the next tick must be visited."""
+    or None when the next tick must be visited (as soon as a promise is at or before ``nxt``, the next
+    tick: nothing could be skipped)."""
+    nxt = nxt or now
     if not engine_quiet(engine):
         return None
     market = engine.market_now
@@ -214,14 +244,14 @@ def horizon(engine, now: datetime) -> tuple[datetime, int | None] | None:
         try:
             t = promise(market)
             if isinstance(t, dict):
-                t = _bars_closed(engine.market, t)
+                t = _bars_closed(engine.market, t, nxt)
         except Exception:  # noqa: BLE001
             return None
-        if t is None or t <= now:
+        if t is None or t <= nxt:
             return None
         best = min(best, t)
-    t = position_horizon(engine, now, best)
-    if t is None or t <= now:
+    t = position_horizon(engine, now)
+    if t is None or t <= nxt:
         return None
     best = min(best, t)
     r = regime_horizon(engine, now)
@@ -319,13 +349,16 @@ def _walk_positions(engine, last: datetime) -> None:
         b = bars_of[symbol]
         opened_s = pos.opened_at.timestamp()
         seen = pm._scanned[symbol]
-        k0 = int(np.searchsorted(b.open_ts, max(opened_s, seen[1] + 1), "left"))
-        k1 = int(np.searchsorted(b.close_ts, last_s, "right"))
+        k0 = int(b.open_ts.searchsorted(max(opened_s, seen[1] + 1), "left"))
+        k1 = int(b.close_ts.searchsorted(last_s, "right"))
         if k1 <= k0:
             continue
         long = pos.qty > 0
         hwm = pos.high_water_mark or float(pos.avg_entry_price)
-        hwm = max(hwm, float(b.h[k0:k1].max())) if long else min(hwm, float(b.l[k0:k1].min()))
+        fav = (b.h if long else b.l)[k0:k1]
+        extreme = (max(fav.tolist()) if long else min(fav.tolist())) if k1 - k0 <= 16 else \
+            float(fav.max() if long else fav.min())
+        hwm = max(hwm, extreme) if long else min(hwm, extreme)
         if pos.trailing_stop_pct:
             cand = trailing_candidate(long, hwm, pos.trailing_stop_pct, None, None)
             new = max(pos.stop_price, cand) if long else min(pos.stop_price, cand)
@@ -383,7 +416,7 @@ def run(engine, clock, max_ticks: int | None = None, before=None, after=None, mo
         if mode == "off" or i >= n - 2:
             i += 1
             continue
-        h = horizon(engine, now)
+        h = horizon(engine, now, ticks[i + 1])
         if h is None:
             i += 1
             continue
