@@ -147,7 +147,7 @@ def _first_possible_exit(pos, b, seen) -> int | None:
     if not (math.isfinite(stop) and math.isfinite(target)):
         return None
     n = len(b.open_ts)
-    k0 = int(b.open_ts.searchsorted(max(opened_s, seen[1] + 1), "left"))
+    k0 = int(b.open_ts.searchsorted(math.ceil(max(opened_s, seen[1] + 1)), "left"))
     k1 = min(n, k0 + CHUNK)
     if k0 >= k1:
         return 1 << 62
@@ -342,15 +342,15 @@ def _walk_positions(engine, last: datetime) -> None:
         return
     pm = engine.position_manager
     bars_of = engine.market._bars
-    last_s = last.timestamp()
+    last_s = math.floor(last.timestamp())
     for symbol, pos in positions.items():
         if pos.qty == 0:
             continue
         b = bars_of[symbol]
         opened_s = pos.opened_at.timestamp()
         seen = pm._scanned[symbol]
-        k0 = int(b.open_ts.searchsorted(max(opened_s, seen[1] + 1), "left"))
-        k1 = int(b.close_ts.searchsorted(last_s, "right"))
+        k0 = int(b.open_ts.searchsorted(math.ceil(max(opened_s, seen[1] + 1)), "left"))
+        k1 = int(b.close_ts.searchsorted(last_s, "right"))   # ints: a float would cast the whole array
         if k1 <= k0:
             continue
         long = pos.qty > 0
