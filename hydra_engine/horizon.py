@@ -45,6 +45,7 @@ from .positions import PositionManager, trailing_candidate
 from .regime_freshness import input_day, is_stale
 
 FAR = datetime.max.replace(tzinfo=UTC) - timedelta(days=2)
+SPAN_MAX = 1000       # cycles per journal span record (the reports are held until it is written)
 MARGIN = 1e-6          # relative margin on every price level a position promise compares with
 
 
@@ -269,6 +270,10 @@ def catch_up(engine, ticks: list[datetime]) -> None:
     if not ticks:
         return
     reporting = engine.session_log is not None or engine.store is not None
+    if reporting and len(ticks) > SPAN_MAX:   # bounded memory: one span record per SPAN_MAX cycles
+        for k in range(0, len(ticks), SPAN_MAX):
+            catch_up(engine, ticks[k:k + SPAN_MAX])
+        return
     every = engine.settings.engine.regime_refresh_cycles
     market = engine.market
     label = (engine.regime.regime, engine.regime.confidence, engine.regime.detector)

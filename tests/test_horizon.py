@@ -351,3 +351,12 @@ def test_the_benchmark_reference_is_reproduced_with_skipping(hydra_peer):
     assert engine.cycle == engine.stats.cycles == 100_000
     assert engine.stats.errors == 0 and engine.stats.rejected == 0
     assert sum(calls) > 50_000   # most ticks were caught up, not run
+
+
+def test_long_spans_are_written_in_bounded_records(tmp_path, monkeypatch):
+    """A span longer than SPAN_MAX cycles is written as several span records: same journal after expansion."""
+    monkeypatch.setattr(horizon, "SPAN_MAX", 5)
+    frames = _frames(11, 400, 1, 0.0, 0.002)
+    off, on = _both(tmp_path, frames, fast=10, slow=40, refresh=10, observe=0, levels=None, detector=_Stateless())
+    _assert_same(off, on)
+    assert off["journal_lines"] > on["journal_lines"] >= 400 // 5 * 0.5
