@@ -30,6 +30,7 @@ each is computed with a margin and, when in doubt, not given):
 Paper trading never uses this driver (it runs on the live clock). ``[horizon] enabled = false`` or
 ``HYDRA_HORIZON__ENABLED=false`` turns skipping off; ``[horizon] check = true`` (``HYDRA_HORIZON__CHECK=true``) runs every
 tick and verifies each promise against what the cycles then did (:class:`HorizonBroken` on a violation).
+:func:`compare` runs a run both ways (tick by tick and skipping) and lists what differs.
 """
 from __future__ import annotations
 
@@ -458,3 +459,30 @@ def _verify_quiet(engine, now: datetime, quiet_before: int, label: tuple) -> Non
         problems.append(f"mode {rep.get('mode')}")
     if problems:
         raise HorizonBroken(f"cycle {engine.cycle} at {now} was promised quiet but: " + "; ".join(problems))
+
+
+# ============================================================================ the both-ways diff (debug)
+def outcome(engine) -> dict:
+    """What a run decided and left, JSON-ready: for comparing a run with skipping against one without."""
+    from .tradelog import to_jsonable
+    account = engine.broker.account()
+    orders = getattr(engine.broker, "_orders", None)
+    return {"cycle": engine.cycle, "stats": to_jsonable(engine.stats), "trades": engine.closed_trades,
+            "orders": [to_jsonable(o) for o in orders.values()] if orders is not None else None,
+            "equity_usd": str(account.equity_usd), "cash_usd": str(account.cash_usd),
+            "positions": {s: (str(p.qty), p.high_water_mark, p.stop_price) for s, p in engine.positions.items()},
+            "regime": to_jsonable(engine.regime), "summary": engine.summary(), "last_report": engine.last_report}
+
+
+def compare(build, max_ticks: int | None = None) -> list[str]:
+    """Debug: run ``build()`` (a fresh ``(engine, clock)`` each call, no log or store) tick by tick and
+    with skipping; return what differs (empty: identical orders, trades, equity, positions, statistics,
+    summary and last report)."""
+    runs = []
+    for mode in ("off", "on"):
+        engine, clock = build()
+        run(engine, clock, max_ticks=max_ticks, mode=mode)
+        runs.append(outcome(engine))
+    off, on = runs
+    return [f"{key}: every tick {str(off[key])[:300]} != skipping {str(on[key])[:300]}"
+            for key in off if off[key] != on[key]]

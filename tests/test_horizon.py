@@ -360,3 +360,22 @@ def test_long_spans_are_written_in_bounded_records(tmp_path, monkeypatch):
     off, on = _both(tmp_path, frames, fast=10, slow=40, refresh=10, observe=0, levels=None, detector=_Stateless())
     _assert_same(off, on)
     assert off["journal_lines"] > on["journal_lines"] >= 400 // 5 * 0.5
+
+
+def test_compare_runs_both_ways_and_names_a_difference(monkeypatch):
+    """The debug diff: empty on a correct run; a catch-up that forgets a cycle is named."""
+    frames = _frames(9, 600, 2, 0.0, 0.004)
+
+    def build():
+        return _build(frames, fast=4, slow=15, refresh=10, observe=0, levels=(0.01, 0.02, 0.5, 30.0, True),
+                      detector=_Fixed(), tmp=None, tag="x")
+
+    assert horizon.compare(build) == []
+    real = horizon.catch_up
+
+    def forgetful(engine, ticks):
+        real(engine, ticks)
+        engine.stats.quiet_cycles -= 1
+    monkeypatch.setattr(horizon, "catch_up", forgetful)
+    diff = horizon.compare(build)
+    assert diff and diff[0].startswith("stats:")
