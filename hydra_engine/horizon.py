@@ -284,13 +284,16 @@ def catch_up(engine, ticks: list[datetime]) -> None:
     if not reporting and refresh and getattr(engine.regime_detector, "horizon_stateless", False):
         refresh = refresh[-1:]   # a detector without state: only the last reading of the span is kept
     refresh_set = set(refresh)
+    last = len(ticks) - 1
+    if not reporting:   # the marks first: the last cycle's report reads the account
+        _lean_marks(engine, ticks)
     for k, now in enumerate(ticks):
-        if not reporting and k not in refresh_set:
+        if not reporting and k not in refresh_set and k != last:
             continue
         cycle = first + k
         snap = market.snapshot(now)
         report = None
-        if reporting:
+        if reporting or k == last:   # without a log or store only the last cycle's report is kept (last_report)
             report = new_report(cycle, now)
             prices = snap.prices()
             if engine._update_marks is not None:
@@ -301,11 +304,12 @@ def catch_up(engine, ticks: list[datetime]) -> None:
                 report["notes"].append(f"data feed {feed} unhealthy: {why}")
         if k in refresh_set:   # the scheduled regime refresh: run for real
             scratch = report if report is not None else new_report(cycle, now)
+            said = len(scratch["errors"]) + len(scratch["notes"])
             engine.cycle = cycle            # the detector step reads the cycle number
             engine._detect_regime(snap, now, scratch)
             reading = engine.regime
-            if (reading.regime, reading.confidence, reading.detector) != label or scratch["errors"] \
-                    or scratch["notes"]:
+            if (reading.regime, reading.confidence, reading.detector) != label \
+                    or len(scratch["errors"]) + len(scratch["notes"]) != said:
                 raise HorizonBroken(f"regime changed inside a promised span at cycle {cycle} ({now}): "
                                     f"{label} -> {reading.regime}, {scratch['errors'] + scratch['notes']}")
         elif report is not None:
@@ -318,7 +322,8 @@ def catch_up(engine, ticks: list[datetime]) -> None:
             report["strategies_run"], report["strategies_gated"] = engine._gating[1][:], engine._gating[2][:]
             report["weights"] = engine.weights.as_dict()
             report["equity_usd"] = report["cash_usd"] = engine.broker.account()
-            format_report(report)
+            if reporting:
+                format_report(report)
             reports.append(report)
     n = len(ticks)
     engine.cycle = first + n - 1
@@ -326,8 +331,8 @@ def catch_up(engine, ticks: list[datetime]) -> None:
     engine.stats.quiet_cycles += n
     engine.book.fills_known_at = ticks[-1]
     _walk_positions(engine, ticks[-1])
-    if not reporting:
-        _lean_marks(engine, ticks)
+    if not reporting:   # the last skipped cycle's report, formatted when read (as the engine's own)
+        engine._last_report = engine._unformatted = reports[-1]
     else:
         engine._last_report, engine._unformatted = reports[-1], None
         if engine.session_log is not None:

@@ -379,3 +379,28 @@ def test_compare_runs_both_ways_and_names_a_difference(monkeypatch):
     monkeypatch.setattr(horizon, "catch_up", forgetful)
     diff = horizon.compare(build)
     assert diff and diff[0].startswith("stats:")
+
+
+@pytest.mark.parametrize("tmp", [False, True])
+def test_last_report_after_a_span_is_the_skipped_cycles_own(tmp, tmp_path):
+    """After a span ``last_report`` is the last skipped cycle's report, as tick by tick (the broker-down
+    fallback and end-of-session summary read it), with and without a log."""
+    frames = _frames(4, 500, 2, 0.03, 0.003)
+    seen: dict[str, dict[int, dict]] = {"off": {}, "on": {}}
+    for mode in ("off", "on"):
+        engine, clock = _build(frames, fast=4, slow=20, refresh=7, observe=0, levels=(0.01, 0.02, 0.5, 60.0, True),
+                               detector=_Stateless(), tmp=tmp_path if tmp else None, tag=mode)
+        real = horizon.catch_up
+
+        def spy(e, t, real=real, mode=mode):
+            real(e, t)
+            seen[mode][e.cycle] = json.loads(json.dumps(e.last_report))
+        horizon.catch_up = spy
+        try:
+            horizon.run(engine, clock, mode=mode,
+                        after=lambda now, e=engine, mode=mode: seen[mode].__setitem__(e.cycle, json.loads(json.dumps(e.last_report))))
+        finally:
+            horizon.catch_up = real
+    caught = list(seen["on"])
+    assert len(seen["on"]) < len(seen["off"]) == 500
+    assert all(seen["on"][c] == seen["off"][c] for c in caught)
