@@ -38,6 +38,8 @@ from hydra_engine.clock import SimulatedClock
 from hydra_engine.config import Settings
 from hydra_engine.data.bars import BarFileMarketData
 from hydra_engine.domain import ClosedTrade, Regime, RegimeReading, RiskDecision, TradeProposal
+from hydra_engine import horizon
+from hydra_engine.domain import UTC
 from hydra_engine.engine import Engine
 from hydra_engine.plugins import build_strategies
 from hydra_engine.positions import PositionManager
@@ -57,11 +59,20 @@ class FixedRegime:
     def detect(self, market) -> RegimeReading:
         return RegimeReading(self.regime, 1.0, self.name, market.now, {"why": "benchmark: fixed regime"})
 
+    horizon_stateless = True   # detect() keeps no state: a replay span keeps only its last refresh
+
+    def horizon_regime_until(self, market):
+        """Event-horizon replay: the label never changes (each refresh is still run, stamped with its time)."""
+        return datetime.max.replace(tzinfo=UTC) - timedelta(days=2)
+
 
 class AllInSleeveRisk:
     """Benchmark risk layer: all-in per instrument sleeve, no limits (see the module docstring)."""
 
     name = "all_in_sleeve (benchmark only)"
+    # event-horizon replay: on_equity/on_market/blocked/kill_requested never change state or fire, so a
+    # quiet cycle's risk checks can be skipped (hydra_engine/horizon.py)
+    horizon_inert = True
 
     def __init__(self, symbols, sleeve_usd: Decimal = CASH, fee_bps: float = FEE_BPS):
         self.sleeves = {s: Decimal(sleeve_usd) for s in symbols}
@@ -140,7 +151,9 @@ def build(frames: Mapping[str, pd.DataFrame | str | Path], *, fill_model: str = 
 
 
 def run(engine: Engine, clock: SimulatedClock, max_cycles: int | None = None) -> int:
-    return clock.run(engine.advance, max_ticks=max_cycles)
+    """Every tick accounted for; the event-horizon driver skips the ticks the promises allow (set
+    HYDRA_HORIZON__ENABLED=false for a plain tick-by-tick run)."""
+    return horizon.run(engine, clock, max_ticks=max_cycles)
 
 
 def results(engine: Engine) -> tuple[int, Decimal]:

@@ -237,7 +237,18 @@ def run_session(session: Session, *, max_cycles: int | None = None, progress: bo
         for w in watchers:
             w.start()
         with folded:
-            session.clock.run(tick, max_ticks=max_cycles)
+            if isinstance(session.clock, SimulatedClock) and session.before_cycle is None:
+                # a replay: the event-horizon driver (hydra_engine/horizon.py) skips the ticks on which
+                # nothing can happen and catches them up exactly; watchers see the visited cycles
+                from . import horizon
+
+                def after(now: datetime) -> None:
+                    for w in watchers:
+                        w.on_cycle(engine, engine.last_report, now)
+
+                horizon.run(engine, session.clock, max_ticks=max_cycles, after=after, mark_final=True)
+            else:
+                session.clock.run(tick, max_ticks=max_cycles)
     except KeyboardInterrupt:   # Ctrl-C in a replay ends it as the live clock's does: cleanly, with the summary
         log.info("session stopped by the user after %d cycles", engine.cycle)
     finally:

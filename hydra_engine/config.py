@@ -156,6 +156,15 @@ class RegimeModelConfig(_Section):
     monitor_window: int = Field(50, ge=1, description="resolved forecasts in the rolling accuracy")
 
 
+class HorizonConfig(_Section):
+    """Event-horizon replay (issue #24, README "Event-horizon replay"): in a replay, skip the ticks on which
+    no component could act and catch them up exactly. Changes no decision (not in the config hash); paper
+    trading never skips. Environment: ``HYDRA_HORIZON__ENABLED=false``, ``HYDRA_HORIZON__CHECK=true``."""
+
+    enabled: bool = True
+    check: bool = Field(False, description="run every tick and verify each promise (debug; HorizonBroken on a violation)")
+
+
 class Settings(BaseSettings):
     """The whole configuration. Env overrides use ``HYDRA_SECTION__KEY`` (e.g. ``HYDRA_BROKER__KIND``)."""
 
@@ -178,6 +187,7 @@ class Settings(BaseSettings):
     truth: TruthConfig = TruthConfig()
     scorers: ScorersConfig = ScorersConfig()
     regime_model: RegimeModelConfig = RegimeModelConfig()
+    horizon: HorizonConfig = HorizonConfig()
 
     _toml_path: Path | None = None
 
@@ -216,6 +226,7 @@ class Settings(BaseSettings):
             data.pop("scorers")
         if data["regime_model"]["perp_labeller"] == "rule":   # the rule labeller reads no model file
             data.pop("regime_model")
+        data.pop("horizon", None)  # replay scheduling changes no decision (issue #24)
         data.pop("logs", None)     # retention and notifications change no decision
         data.pop("notify", None)
         # the LLM gate counts only when enabled (off, no [llm] value can change a decision, and every

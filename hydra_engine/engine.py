@@ -119,6 +119,7 @@ class Engine(EngineState, RegimeStep):
         self.summary_sections: dict = {}                 # name -> callable: extra sections of the summary
         self.state_sections: dict = {}                   # name -> object with to_state()/load_state(): resumable
         self.final_cycle = False                         # set by the driver: the session ends after this cycle
+        self.market_now: MarketSnapshot | None = None    # the last cycle's snapshot (horizon promises read it)
         self._update_marks = broker.update_marks if broker.capabilities.marks_from_engine else None
         history = getattr(market, "history", None)       # replay data: plugins may pre-compute (causally)
         if history is not None:
@@ -187,6 +188,7 @@ class Engine(EngineState, RegimeStep):
         for pos in self.book.settle_orders(now, report):  # entries done: the venue may trail them now
             self.executor.protect(pos, now, report)
         market = self._observe(now, report)               # 1. OBSERVE
+        self.market_now = market                          # what replay promises read (hydra_engine/horizon.py)
         for hook in self.cycle_hooks:
             try:
                 hook(now, market, report)

@@ -15,6 +15,7 @@ the document behind, so every consumer (review, explain, weights) sees the same 
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -25,7 +26,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2          # 2: the journal may hold span records (one line for a run of quiet cycles)
+READABLE_VERSIONS = (1, 2)  # version 1 logs (no span records) are read as they are
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -156,6 +158,53 @@ class SessionLog:
             self._upsert_order(order)
         self.doc["fills"].extend(report.get("fills", []))
         self.doc["trades"].extend(trades)
+        self._summarise(report)
+        self._write_line({**report, "trades": trades}, 1)
+        if changed or self._cycles_since_snapshot >= self.snapshot_every:
+            self.write_snapshot()
+
+    def record_span(self, reports: list[dict]) -> None:
+        """Append a run of quiet cycles (event-horizon replay, ``hydra_engine/horizon.py``) as ONE journal
+        line, the *span record*: ``{"cycle": first, "span": {"cycles": n, "keys": [...], "same": {...},
+        "each": {...}}}`` -- ``keys`` is the reports' key order, ``same`` the fields equal in every cycle,
+        ``each`` a list per field that varies (one value per cycle). :func:`load_session` expands it into
+        the ``n`` per-cycle records a tick-by-tick run writes (no orders, fills or trades: a span is quiet)."""
+        if not reports:
+            return
+        if len(reports) == 1:
+            self.record_cycle(reports[0], [])
+            return
+        keys = list(reports[0])
+        same, each = {}, {}
+        for key in keys:
+            if key == "cycle":
+                continue
+            values = [r[key] for r in reports]
+            first = values[0]
+            if all(v == first for v in values):
+                same[key] = first
+            else:
+                each[key] = values
+        for report in reports:
+            if list(report) != keys or report.get("orders") or report.get("fills"):
+                raise ValueError(f"cycle {report.get('cycle')}: a span record holds quiet cycles of one shape only")
+            self._summarise(report)
+        self._write_line({"cycle": reports[0]["cycle"], "span": {"cycles": len(reports), "keys": keys + ["trades"],
+                                                                  "same": {**same, "trades": []}, "each": each}},
+                         len(reports))
+        if self._cycles_since_snapshot >= self.snapshot_every:
+            self.write_snapshot()
+
+    def _write_line(self, record: dict, cycles: int) -> None:
+        self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._journal.flush()
+        self._since_fsync += cycles
+        if self._since_fsync >= self.fsync_every:
+            os.fsync(self._journal.fileno())
+            self._since_fsync = 0
+        self._cycles_since_snapshot += cycles
+
+    def _summarise(self, report: dict) -> None:
         regime = report.get("regime") or {}
         self.doc["cycles"].append({
             "cycle": report["cycle"], "ts": report["ts"], "mode": report.get("mode"),
@@ -166,15 +215,6 @@ class SessionLog:
             "orders": len(report.get("orders", [])), "fills": len(report.get("fills", [])),
             "exits": len(report.get("exits", [])), "errors": len(report.get("errors", [])),
         })
-        self._journal.write(json.dumps({**report, "trades": trades}, separators=(",", ":")) + "\n")
-        self._journal.flush()
-        self._since_fsync += 1
-        if self._since_fsync >= self.fsync_every:
-            os.fsync(self._journal.fileno())
-            self._since_fsync = 0
-        self._cycles_since_snapshot += 1
-        if changed or self._cycles_since_snapshot >= self.snapshot_every:
-            self.write_snapshot()
 
     def update_orders(self, orders: list[dict]) -> None:
         for order in orders:
@@ -278,8 +318,9 @@ def load_session(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a valid session log ({exc})") from None
     if not isinstance(doc, dict):   # valid JSON of another shape ([], null): every reader below needs an object
         raise CorruptLog(f"{path}: not a HYDRA session log: the document is {json_kind(doc)}, expected an object")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    if doc.get("schema_version") not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r}, expected {SCHEMA_VERSION} "
+                         f"(or an older {', '.join(map(str, READABLE_VERSIONS[:-1]))})")
     journal = path.parent / doc.get("journal", "")
     try:
         details = _read_journal(journal) if journal.is_file() else []
@@ -330,8 +371,31 @@ def _read_journal(journal: Path) -> list[dict]:
                                  f"{json_kind(line)}, expected an object")
             if type(line.get("cycle")) is not int:
                 raise CorruptLog(f"{journal}: line {number} is not a cycle record (no integer 'cycle')")
-            details.append(line)
+            if "span" in line:
+                details.extend(expand_span(line, f"{journal}: line {number}"))
+            else:
+                details.append(line)
     return details
+
+
+def expand_span(line: dict, where: str = "span record") -> list[dict]:
+    """The per-cycle records a span record stands for (``SessionLog.record_span``), key order included."""
+    span = line.get("span")
+    try:
+        n, keys, same, each = span["cycles"], span["keys"], span["same"], span["each"]
+        if type(n) is not int or n < 1 or any(len(v) != n for v in each.values()):
+            raise ValueError("cycle count and per-cycle lists disagree")
+        first = line["cycle"]
+        out = []
+        for k in range(n):
+            rec = {}
+            for key in keys:
+                value = first + k if key == "cycle" else (each[key][k] if key in each else same[key])
+                rec[key] = value if type(value) in (str, int, float, bool, type(None)) else copy.deepcopy(value)
+            out.append(rec)
+        return out
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise CorruptLog(f"{where}: a damaged span record ({type(exc).__name__}: {exc})") from None
 
 
 def last_logged_fills(log_dir: Path, before: Path, mode: str) -> tuple[str, set[str]]:

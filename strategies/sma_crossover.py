@@ -23,6 +23,7 @@ It is not in ``strategies.enabled`` by default; ``bench/peer_compare.py`` enable
 """
 from __future__ import annotations
 
+import bisect
 import math
 from datetime import timedelta
 from typing import Mapping
@@ -96,6 +97,27 @@ class SmaCrossover(Strategy):
         p = self.params
         self._wake_bars = {s: frozenset(bars.ts[possible_crosses(bars.close, p.fast, p.slow, p.tie_rel)].tolist())
                            for s, bars in history.items()}
+        self._wake_sorted = {s: sorted(w) for s, w in self._wake_bars.items()}   # for the replay promise
+
+    def horizon_next_wake(self, market: MarketSnapshot):
+        """Event-horizon replay (hydra_engine/horizon.py): when ``wants_cycle`` could be True again -- as
+        {symbol: open time of its next possible-cross bar} (the driver waits for that bar's close), or
+        ``market.now`` when the newest bar already is one; None without ``prepare`` (no promise)."""
+        wake_sorted = getattr(self, "_wake_sorted", None)
+        if self._wake_bars is None or wake_sorted is None:
+            return None
+        out = {}
+        for symbol in self.assets:
+            wake = wake_sorted.get(symbol)
+            if wake is None:
+                return None
+            newest = market.newest_bar_ts(symbol)
+            if newest is not None and newest in self._wake_bars[symbol]:
+                return market.now
+            k = bisect.bisect_right(wake, newest) if newest is not None else 0
+            if k < len(wake):
+                out[symbol] = wake[k]
+        return out
 
     def _waking(self, market: MarketSnapshot):
         """The configured symbols on whose newest bar a crossover is possible (all of them without

@@ -104,7 +104,7 @@ def test_paper_run_three_cycles_places_and_manages_orders(paper_env, shared_data
     assert set(doc) >= {"schema_version", "session", "orders", "fills", "trades", "cycles", "summary", "journal"}
     raw = logs[-1].read_text() + (tmp_path / "logs" / doc["journal"]).read_text()
     assert API_KEY not in raw and SECRET_KEY not in raw
-    assert json.loads(logs[-1].read_text())["schema_version"] == 1
+    assert json.loads(logs[-1].read_text())["schema_version"] == 2   # 2: span records (issue #24)
     # review and explain work on a paper-session log too
     assert main(["review", str(logs[-1]), "--out", str(tmp_path / "rev")]) == 0
     assert (tmp_path / "rev" / "report.html").is_file()
