@@ -313,7 +313,7 @@ def catch_up(engine, ticks: list[datetime]) -> None:
                 raise HorizonBroken(f"regime changed inside a promised span at cycle {cycle} ({now}): "
                                     f"{label} -> {reading.regime}, {scratch['errors'] + scratch['notes']}")
         elif report is not None:
-            report["regime"] = engine._regime_json[1]
+            report["regime"] = engine.regime   # as _detect_regime leaves it; format_report converts it
         if report is not None:
             if engine._gating[0] is not engine.regime:
                 regime = engine.regime.regime
