@@ -23,7 +23,8 @@ from dotenv import dotenv_values
 from pydantic import (AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from .config_sections import (NOTIFY_EVENTS, PERP_EXECUTION_FIELDS, PERP_SYMBOLS, LogsConfig, ModifiersConfig,  # noqa: F401
+from .config_sections import (NOTIFY_EVENTS, PERP_EXECUTION_FIELDS, PERP_SYMBOLS, HorizonConfig, LogsConfig,  # noqa: F401
+                              ModifiersConfig, RegimeModelConfig, ScorersConfig,
                               NotifyConfig, PerpsConfig, TruthConfig, _Section)
 from .llm.schema import LlmSettings
 
@@ -122,47 +123,6 @@ class DataConfig(_Section):
 
 class StorageConfig(_Section):
     url: str = "sqlite:///logs/hydra.db"
-
-
-class ScorersConfig(_Section):
-    """Signal scorers (plugin kind ``scorers``, issue #21): each signal's probability of paying its costs;
-    it replaces the proposing plugin's confidence in ranking and Kelly sizing, and a proposal whose score
-    is below ``threshold`` is refused (rule ``ml_score_below_threshold``). Off unless enabled."""
-
-    enabled: list[str] = Field(default_factory=list)
-    threshold: float = Field(0.45, ge=0.0, le=1.0, description="the specification's ML_SCORE_THRESHOLD")
-    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # scheduled retraining and monitoring (hydra_engine/ml/loop.py): 0 = the model changes only by `train`
-    retrain_every_days: int = Field(0, ge=0, le=3650, description="retrain ml_signal_scorer every N days on the "
-                                    "data before the cycle (paper: on a background thread; backtest: per window)")
-    retrain_start: date = Field(date(2021, 1, 1), description="first day of a retrain's training replay")
-    retrain_seed: int = 7
-    monitor_window: int = Field(50, ge=1, description="scored trades in the rolling accuracy/calibration")
-    record_inputs_live: bool = Field(True, description="paper/live with ml_signal_scorer not enabled: record each "
-                                     "new signal's features in the journal anyway (no score) for later retraining")
-
-
-class RegimeModelConfig(_Section):
-    """The trained perp regime classifier (issue #21): ``classifier`` uses models/regime_classifier.json
-    when it is installed (else the rule labeller, logged at start-up); ``rule`` (the default) keeps the
-    rule labeller."""
-
-    perp_labeller: Literal["classifier", "rule"] = "rule"
-    model_path: str = "models/regime_classifier.json"
-    retrain_every_days: int = Field(0, ge=0, le=3650, description="retrain the classifier every N days on the "
-                                    "data before the cycle (0 = only by `train`)")
-    retrain_start: date = Field(date(2021, 1, 1), description="first day of a retrain's training rows")
-    retrain_seed: int = 7
-    monitor_window: int = Field(50, ge=1, description="resolved forecasts in the rolling accuracy")
-
-
-class HorizonConfig(_Section):
-    """Event-horizon replay (issue #24, README "Event-horizon replay"): in a replay, skip the ticks on which
-    no component could act and catch them up exactly. Changes no decision (not in the config hash); paper
-    trading never skips. Environment: ``HYDRA_HORIZON__ENABLED=false``, ``HYDRA_HORIZON__CHECK=true``."""
-
-    enabled: bool = True
-    check: bool = Field(False, description="run every tick and verify each promise (debug; HorizonBroken on a violation)")
 
 
 class Settings(BaseSettings):
