@@ -1,0 +1,93 @@
+"""The cycle's exact fast paths (issue #21, cycle latency with both models): each is checked against the
+computation it replaces, on the shipped real data (Binance perp klines, funding, Bybit open interest) and
+the shipped regime classifier, bit for bit."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hydra_engine.domain import UTC
+from hydra_engine.ml import loop as L
+from hydra_engine.perp import stats as perp_stats
+
+ROOT = Path(__file__).resolve().parents[1]
+PERPS = ["BTCUSDT", "ETHUSDT"]
+START = datetime(2024, 1, 3, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _rule_labeller_after():
+    yield
+    perp_stats.set_regime_labeller(perp_stats.RuleRegimeLabeller())   # the labeller is process-global
+
+
+@pytest.fixture(scope="module")
+def market():
+    from hydra_engine.data.replay import ReplayMarketData
+    return ReplayMarketData(ROOT / "data", ["BTC/USD", "SPY", *PERPS], history_bars=500)
+
+
+def _classifier():
+    from hydra_engine.ml.regime_classifier import ClassifierRegimeLabeller
+    return ClassifierRegimeLabeller.load(ROOT / "models" / "regime_classifier.json")
+
+
+def test_xgboost_gives_a_row_in_a_batch_the_bits_it_gets_alone(market):
+    from hydra_engine.ml.features import REGIME_FEATURES, regime_features
+    clf = _classifier()
+    rows = []
+    for k in range(60):
+        snap = market.snapshot(START + timedelta(hours=37 * k + 5))
+        for s in PERPS:
+            f = regime_features(snap, s)
+            rows.append([f[n] for n in REGIME_FEATURES])
+    rng = np.random.default_rng(3)   # and rows off the data: scaled, with holes
+    X = np.vstack([np.array(rows, dtype=float), np.array(rows, dtype=float) * rng.uniform(0.5, 2.0, (len(rows), 1))])
+    X[rng.random(X.shape) < 0.05] = np.nan
+    single = np.vstack([clf.predict_proba(X[i:i + 1]) for i in range(len(X))])
+    for n in (2, 3, 48, 65, len(X)):
+        assert clf.predict_proba(X[:n]).tobytes() == single[:n].tobytes(), n
+    assert len(set(np.argmax(single, axis=1))) >= 2   # the rows are not all one answer
+
+
+def test_a_deferred_forecast_answers_what_label_answers_and_fills_the_same_cache(market):
+    eager, lazy = _classifier(), _classifier()
+    entries = []
+    for k in range(30):
+        snap = market.snapshot(START + timedelta(hours=k, minutes=7 * (k % 3)))
+        for s in PERPS:
+            want = eager.label(perp_stats.perp_state(snap, s), snap)
+            entries.append((lazy.forecast_later(snap, s, lambda s=s, snap=snap: perp_stats.perp_state(snap, s)), want))
+            assert set(lazy._cache) == set(eager._cache)
+    assert all(e.__class__ is not tuple and e.out is None for e, _ in entries)   # nothing predicted yet
+    got = lazy.resolve([e for e, _ in entries])
+    assert got == [w for _, w in entries] and all(w[2].startswith("classifier") for _, w in entries)
+    # a consumer reading the cache after the batch gets the same answer, without a second prediction
+    snap = market.snapshot(START + timedelta(hours=29, minutes=7 * (29 % 3)))
+    lazy.predict_proba = None
+    assert lazy.label(perp_stats.perp_state(snap, "ETHUSDT"), snap) == entries[-1][1]
+
+
+def test_the_monitor_with_deferred_predictions_records_what_the_eager_monitor_records(market):
+    class Eager:   # the same classifier without forecast_later: the monitor labels at each bar
+        def __init__(self, inner):
+            self.inner, self.booster = inner, inner.booster
+
+        def label(self, state, snap):
+            return self.inner.label(state, snap)
+
+    eager_clf, lazy_clf = Eager(_classifier()), _classifier()
+    a = L.ClassifierMonitor(PERPS, labeller_fn=lambda: eager_clf)
+    b = L.ClassifierMonitor(PERPS, labeller_fn=lambda: lazy_clf)
+    got_a, got_b = [], []
+    for h in range(80):
+        now = START + timedelta(hours=h)
+        ra, rb = {"notes": []}, {"notes": []}
+        a(now, market.snapshot(now), ra)
+        b(now, market.snapshot(now), rb)
+        got_a += ra.get("ml_regime_monitor", [])
+        got_b += rb.get("ml_regime_monitor", [])
+    assert len(got_a) >= 2 * 50 and got_a == got_b
