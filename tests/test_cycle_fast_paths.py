@@ -91,3 +91,28 @@ def test_the_monitor_with_deferred_predictions_records_what_the_eager_monitor_re
         got_a += ra.get("ml_regime_monitor", [])
         got_b += rb.get("ml_regime_monitor", [])
     assert len(got_a) >= 2 * 50 and got_a == got_b
+
+
+def _flush_both_ways(market, symbol, times):
+    snap = market.snapshot(times[-1] + timedelta(hours=2))
+    oi, bars = snap.point_series("open_interest", symbol), snap.bars[symbol]
+    taker = snap.point_series("taker_buy_ratio", symbol)
+    ts = [int(t.timestamp()) + off for t in times for off in (0, 1, -1, 1800, 3599)]   # on and beside the hour
+    return perp_stats._flush_many(oi, bars, taker, ts), [perp_stats._flush(oi, bars, taker, t) for t in ts]
+
+
+def test_the_batched_flush_proxy_equals_the_hour_by_hour_one_on_real_flushes(shared_data):
+    from datetime import date
+
+    from hydra_engine.data.replay import ReplayMarketData
+    may = ReplayMarketData(shared_data, ["BTCUSDT"], start=date(2021, 4, 1), end=date(2021, 5, 21))
+    times = [datetime(2021, 4, 20, tzinfo=UTC) + timedelta(hours=h) for h in range(30 * 24)]
+    fast, slow = _flush_both_ways(may, "BTCUSDT", times)
+    assert fast == slow
+    assert sum(f != (0.0, 0.0) for f in slow) >= 5   # the May 2021 crash has real flushes: not a vacuous check
+
+
+def test_the_batched_flush_proxy_equals_the_hour_by_hour_one_on_the_shipped_half_year(market):
+    for s in PERPS:
+        fast, slow = _flush_both_ways(market, s, [START + timedelta(hours=h) for h in range(400)])
+        assert fast == slow

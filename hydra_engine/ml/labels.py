@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from ..perp.stats import PerpRegime, _flush
+from ..perp.stats import PerpRegime, _flush_many
 
 MIN_HOLDING = timedelta(hours=1)
 MAX_HOLDING = timedelta(days=10)
@@ -105,7 +105,7 @@ def regime_label(market, symbol: str, start: datetime, hours: int = REGIME_WINDO
         a, b = _oi_at(oi, t0), _oi_at(oi, t1)
         if a and b:
             oi_delta = b / a - 1.0
-        liq_velocity = max(sum(_flush(oi, bars, taker, t0 + h * 3600)) for h in range(1, hours + 1))
+        liq_velocity = max(sum(f) for f in _flush_many(oi, bars, taker, [t0 + h * 3600 for h in range(1, hours + 1)]))
     mean = float(np.mean(r))
     if liq_velocity > CASCADE_VELOCITY:
         return PerpRegime.CASCADE_RISK
