@@ -116,3 +116,36 @@ def test_the_batched_flush_proxy_equals_the_hour_by_hour_one_on_the_shipped_half
     for s in PERPS:
         fast, slow = _flush_both_ways(market, s, [START + timedelta(hours=h) for h in range(400)])
         assert fast == slow
+
+
+def test_ai_disruption_kept_across_cycles_answers_what_a_fresh_plugin_answers():
+    """The plugin keeps each launch's IGV watch while IGV's bars are unchanged: hourly over the claude-3
+    shock (shipped data; confirmed 2024-03-05), one long-lived plugin against a fresh one per cycle."""
+    import dataclasses
+
+    from hydra_engine.data.event_feeds import build_event_feeds
+    from hydra_engine.data.replay import ReplayMarketData
+    from hydra_engine.domain import Regime
+    from hydra_engine.regime import RegimeReading
+    from hydra_engine.strategy import CombinedSignal, DataNeed, StrategyContext
+    from strategies.ai_disruption import AiDisruption
+
+    saas = ["IGV", "CRM", "SHOP", "ADBE", "MSFT", "WDAY", "LZ"]
+    m = ReplayMarketData(ROOT / "data", saas, event_feeds=build_event_feeds([DataNeed("events", "ai_model_launch")],
+                                                                               ROOT / "data"))
+    kept = AiDisruption()
+    seen = set()
+    for h in range(0, 24 * 20, 3):
+        now = datetime(2024, 2, 26, tzinfo=UTC) + timedelta(hours=h)
+        snap = m.snapshot(now)
+        ctx = StrategyContext(now, snap, RegimeReading(Regime.HIGH_VOL, 0.9, "test", now), {"LZ": -3.0, "CRM": 2.0})
+        answers = []
+        for plugin in (kept, AiDisruption()):
+            sigs = plugin.generate_signals(ctx)
+            combined = {s.symbol: CombinedSignal(s.symbol, s.score, s.confidence, ({"source": s.source, "thesis": s.thesis},))
+                        for s in sigs}
+            answers.append((plugin.wants_cycle(snap), [dataclasses.astuple(s) for s in sigs],
+                            plugin.live_shock(snap), plugin.propose(ctx, combined)))
+            seen |= {s.source for s in sigs}
+        assert answers[0] == answers[1], now
+    assert {"launch_watch", "ai_shock_impaired"} <= seen   # the span has a watched launch and a live shock
