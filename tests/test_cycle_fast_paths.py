@@ -149,3 +149,25 @@ def test_ai_disruption_kept_across_cycles_answers_what_a_fresh_plugin_answers():
             seen |= {s.source for s in sigs}
         assert answers[0] == answers[1], now
     assert {"launch_watch", "ai_shock_impaired"} <= seen   # the span has a watched launch and a live shock
+
+
+def test_perp_state_helpers_equal_numpy_and_the_definitions_they_replace(market):
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 7, 30, 90, 91, 500):
+        for scale in (1e-6, 1e-4, 1.0, 3e4):
+            x = rng.normal(size=n) * scale + rng.normal() * scale
+            assert perp_stats._mean(x) == np.mean(x) and perp_stats._std(x) == float(np.std(x)), (n, scale)
+            sd = np.abs(x)
+            assert float(np.count_nonzero(sd <= sd[-1]) / len(sd)) == float(np.mean(sd <= sd[-1]))
+    snap = market.snapshot(START + timedelta(days=40, minutes=13))
+    bars, oi = snap.bars["BTCUSDT"], snap.point_series("open_interest", "BTCUSDT")
+    closed = bars.ts + bars.interval_s
+    t_last = int(closed[-1])
+    for t in range(t_last - 30 * 3600, t_last + 4 * 3600, 1800):
+        for dt in (-1, 0, 1):
+            i = int(np.searchsorted(closed, t + dt, side="right")) - 1   # the definition before
+            want = None if i < 0 or t + dt - int(closed[i]) > 7200 else float(bars.close[i])
+            assert perp_stats._close_at(bars, t + dt) == want
+            k = int(np.searchsorted(oi.ts, t + dt, side="right")) - 1
+            v = None if k < 0 or t + dt - int(oi.ts[k]) > 7200 else float(oi.values[k])
+            assert perp_stats._value_at(oi, t + dt) == (v if v is not None and v > 0 else None)
