@@ -171,3 +171,105 @@ def test_perp_state_helpers_equal_numpy_and_the_definitions_they_replace(market)
             k = int(np.searchsorted(oi.ts, t + dt, side="right")) - 1
             v = None if k < 0 or t + dt - int(oi.ts[k]) > 7200 else float(oi.values[k])
             assert perp_stats._value_at(oi, t + dt) == (v if v is not None and v > 0 else None)
+
+
+def test_the_label_percentile_is_numpys_bit_for_bit():
+    from hydra_engine.ml.labels import _percentile
+    rng = np.random.default_rng(5)
+    for n in (2, 3, 4, 5, 20, 21, 24, 100, 451, 452, 476, 1000):
+        for pct in (95.0, 50.0, 5.0, 99.9, 0.0, 100.0, 37.3):
+            for kind in range(6):
+                x = rng.lognormal(size=n) * 10.0 ** rng.integers(-6, 3)
+                if kind == 1:
+                    x = np.round(x, 1)                       # ties
+                elif kind == 2:
+                    x[rng.integers(n)] = np.nan
+                elif kind == 3:
+                    x[rng.integers(n)] = np.inf
+                elif kind == 4:
+                    x[:] = x[0]
+                elif kind == 5:
+                    x = -x
+                with np.errstate(invalid="ignore"):   # numpy warns on inf - inf; the answer is what counts
+                    want, got = float(np.percentile(x, pct)), _percentile(x, pct)
+                assert (np.isnan(want) and np.isnan(got)) or np.float64(want).tobytes() == np.float64(got).tobytes(), \
+                    (n, pct, kind, want, got)
+
+
+def _regime_label_before(market, symbol, start, hours=24):
+    """``labels.regime_label`` as it stood before the latency work (29c0181), for comparison."""
+    import math
+
+    from hydra_engine.ml import labels as lb
+    bars = market.bars.get(symbol)
+    if bars is None or len(bars) < 3 * hours:
+        return None
+    t0 = int(start.timestamp())
+    t1 = t0 + hours * 3600
+    closed = bars.ts + bars.interval_s
+    if closed[-1] < t1:
+        return None
+    k0 = int(np.searchsorted(closed, t0, side="right")) - 1
+    if k0 < 2 * hours:
+        return None
+    win = np.asarray(bars.close[(closed > t0) & (closed <= t1)], dtype=float)
+    if len(win) < hours // 2:
+        return None
+    r = np.diff(np.log(np.concatenate(([float(bars.close[k0])], win))))
+    vol = float(np.std(r) * math.sqrt(365 * 24))
+    past = np.diff(np.log(np.asarray(bars.close[:k0 + 1], dtype=float)))
+    c1, c2 = np.concatenate(([0.0], np.cumsum(past))), np.concatenate(([0.0], np.cumsum(past * past)))
+    m = (c1[hours:] - c1[:-hours]) / hours
+    hist = np.sqrt(np.maximum((c2[hours:] - c2[:-hours]) / hours - m * m, 0.0)) * math.sqrt(365 * 24)
+    vol95 = float(np.percentile(hist, lb.VOL_PERCENTILE)) if len(hist) >= hours else math.inf
+    fs = market.point_series("funding_rate", symbol)
+    funding = math.nan
+    if fs is not None and len(fs):
+        inside = fs.values[(fs.ts > t0) & (fs.ts <= t1)]
+        before = fs.values[fs.ts <= t0]
+        funding = float(np.mean(inside)) if len(inside) else (float(before[-1]) if len(before) else math.nan)
+    oi = market.point_series("open_interest", symbol)
+    oi_delta, liq_velocity = math.nan, 0.0
+    taker = market.point_series("taker_buy_ratio", symbol)
+    if oi is not None and len(oi):
+        a, b = lb._oi_at(oi, t0), lb._oi_at(oi, t1)
+        if a and b:
+            oi_delta = b / a - 1.0
+        liq_velocity = max(sum(perp_stats._flush(oi, bars, taker, t0 + h * 3600)) for h in range(1, hours + 1))
+    return vol, vol95, funding, oi_delta, liq_velocity, float(np.mean(r)), float(np.sum(r))
+
+
+def test_regime_label_decides_on_the_values_it_computed_before(market, shared_data, monkeypatch):
+    """The label's inputs (volatility, its 95th percentile, funding, OI change, flush velocity, mean and sum
+    of returns) are captured from the fast code and compared with the code before, bit for bit."""
+    from datetime import date
+
+    from hydra_engine.data.replay import ReplayMarketData
+    from hydra_engine.ml import labels as lb
+    seen: list = []
+    real_percentile = lb._percentile
+    monkeypatch.setattr(lb, "_percentile", lambda x, p: seen.append(real_percentile(x, p)) or seen[-1])
+    may = ReplayMarketData(shared_data, ["BTCUSDT"], start=date(2021, 3, 20), end=date(2021, 5, 25))
+    cases = [(may, "BTCUSDT", datetime(2021, 4, 25, tzinfo=UTC) + timedelta(hours=7 * k)) for k in range(90)]
+    cases += [(market, s, START + timedelta(days=30, hours=5 * k)) for s in PERPS for k in range(60)]
+    labels = set()
+    for m, sym, start in cases:
+        snap = m.snapshot(start + timedelta(hours=24 + (start.hour % 3)))
+        seen.clear()
+        got = lb.regime_label(snap, sym, start)
+        want = _regime_label_before(snap, sym, start)
+        if want is None:
+            assert got is None
+            continue
+        vol, vol95, funding, oi_delta, liq, mean, trend = want
+        assert seen == [vol95], (sym, start)
+        labels.add(got)
+        # the same decision tree on the values from before must give the same label
+        expect = (lb.PerpRegime.CASCADE_RISK if liq > lb.CASCADE_VELOCITY else
+                  lb.PerpRegime.SQUEEZE_SHORT if funding > lb.SQUEEZE_FUNDING and oi_delta > lb.SQUEEZE_OI and mean < 0 else
+                  lb.PerpRegime.SQUEEZE_LONG if funding < -lb.SQUEEZE_FUNDING and oi_delta > lb.SQUEEZE_OI and mean > 0 else
+                  lb.PerpRegime.HIGH_VOLATILITY if vol > vol95 else
+                  lb.PerpRegime.TRENDING_UP if trend > lb.TREND_SUM else
+                  lb.PerpRegime.TRENDING_DOWN if trend < -lb.TREND_SUM else lb.PerpRegime.RANGING)
+        assert got is expect, (sym, start)
+    assert len(labels) >= 4   # the cases cover most of the label's branches
