@@ -273,3 +273,23 @@ def test_regime_label_decides_on_the_values_it_computed_before(market, shared_da
                   lb.PerpRegime.TRENDING_DOWN if trend < -lb.TREND_SUM else lb.PerpRegime.RANGING)
         assert got is expect, (sym, start)
     assert len(labels) >= 4   # the cases cover most of the label's branches
+
+
+def test_the_batched_flush_proxy_equals_the_hour_by_hour_one_on_hostile_open_interest(market):
+    """Open interest with drops on and beside the 2 % line, gaps, NaN, zeros, negatives and infinities."""
+    from hydra_engine.ports import PointSeries
+    snap = market.snapshot(START + timedelta(days=60))
+    bars, taker = snap.bars["BTCUSDT"], snap.point_series("taker_buy_ratio", "BTCUSDT")
+    rng = np.random.default_rng(9)
+    ts = np.sort(rng.choice(bars.ts[-400:] + 3600, size=300, replace=False)).astype(np.int64)
+    steps = rng.choice([1.0, 0.98, 0.9801, 0.97999, 0.95, 1.03, 0.5], size=len(ts))
+    vals = 1e5 * np.cumprod(steps)
+    for bad in (np.nan, 0.0, -5.0, np.inf, 1e-310):
+        vals[rng.integers(len(vals), size=6)] = bad
+    oi = PointSeries("open_interest", "BTCUSDT", ts, vals)
+    hours = [int(x) + off for x in ts for off in (0, 1, 1800, 3600, 5400)]
+    fast = perp_stats._flush_many(oi, bars, taker, hours)
+    slow = [perp_stats._flush(oi, bars, taker, t) for t in hours]
+    bad = [(h, f, s) for h, f, s in zip(hours, fast, slow) if f != s]
+    assert not bad, bad[:5]
+    assert sum(f != (0.0, 0.0) for f in slow) >= 3   # real flushes among them: not a vacuous check
