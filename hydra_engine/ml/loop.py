@@ -122,7 +122,11 @@ class ClassifierMonitor:
             regime, _, why = labeller.label(perp_state(market, s), market)
             if regime is not None and why.startswith("classifier"):
                 self.forecasts[(s, now)] = regime.value
-        due = [k for k in self.forecasts if k[1] + horizon <= now]
+        due = []   # the forecasts are kept in the order they were made (cycle time): the due ones lead
+        for k in self.forecasts:
+            if k[1] + horizon > now:
+                break
+            due.append(k)
         if any(self.forecasts[k].__class__ is not str and self.forecasts[k].out is None for k in due):
             # one batch for every forecast still waiting (the next 24 h of due ones included)
             waiting = [f for f in self.forecasts.values() if f.__class__ is not str and f.out is None]
