@@ -7,6 +7,7 @@ the models decided (every cycle's ``ml_scores`` and the closed trades): a speed 
 Before/after on a shared machine: ``bench/ml_latency_ab.py``.
 
   python bench/ml_latency.py [--scorer models/signal_scorer.cbm] [--classifier models/regime_classifier.json] [--cycles N]
+                             [--profile FILE.html]   (pyinstrument over the models-on run; its timings are not comparable)
 """
 from __future__ import annotations
 
@@ -26,11 +27,9 @@ from _common import ROOT, emit, pct, stamp  # noqa: E402
 from hydra_engine.app import build_sim_session  # noqa: E402
 from hydra_engine.config import load_settings  # noqa: E402
 
-profile_chars = 20000
-
 
 def run(tmp: Path, cycles: int | None, scorer: Path | None, classifier: Path | None,
-        profile: str | None = None) -> dict:
+        profile: str | None = None, profile_chars: int = 20000) -> dict:
     s = load_settings(ROOT / "hydra.toml")
     rm = s.regime_model.model_copy(update={"perp_labeller": "classifier" if classifier else "rule",
                                            **({"model_path": str(classifier)} if classifier else {})})
@@ -59,7 +58,7 @@ def run(tmp: Path, cycles: int | None, scorer: Path | None, classifier: Path | N
     if profiler:
         profiler.stop()
         Path(profile).write_text(profiler.output_html())
-        print(profiler.output_text(unicode=False, color=False, show_all=False)[:int(profile_chars)])
+        print(profiler.output_text(unicode=False, color=False, show_all=False)[:profile_chars])
     digest.update(json.dumps(engine.closed_trades, sort_keys=True, default=str).encode())
     return {**pct(samples), "scorers": [x.name for x in engine.scorers], "closed_trades": len(engine.closed_trades),
             "digest": digest.hexdigest()[:16]}
@@ -74,11 +73,10 @@ def main() -> int:
                     "(timings under the profiler are not comparable)")
     ap.add_argument("--profile-chars", type=int, default=20000)
     a = ap.parse_args()
-    global profile_chars
-    profile_chars = a.profile_chars
     with tempfile.TemporaryDirectory(prefix="hydra-ml-bench-") as tmp:
         off = run(Path(tmp) / "off", a.cycles, None, None)
-        on = run(Path(tmp) / "on", a.cycles, Path(a.scorer), Path(a.classifier), a.profile)
+        on = run(Path(tmp) / "on", a.cycles, Path(a.scorer), Path(a.classifier), a.profile,
+                 a.profile_chars)
     for name, r in (("models off", off), ("models on", on)):
         print(f"{name:<11} {r['n']} cycles  p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}"
               f"  p99.9 {r['p99.9_ms']:.3f}  trades {r['closed_trades']}  digest {r['digest']}")

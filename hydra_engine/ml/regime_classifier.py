@@ -62,7 +62,7 @@ class ClassifierRegimeLabeller:
         entry = self._entry(market, state.symbol, lambda: state)
         return entry if entry.__class__ is tuple else self.resolve((entry,))[0]
 
-    def forecast_later(self, market, symbol: str, state_fn) -> "tuple | Forecast":
+    def forecast_later(self, market, symbol: str, state_fn) -> tuple | Forecast:
         """What :meth:`label` would answer for ``symbol`` at this snapshot, with the model's prediction left
         for later (:meth:`resolve`): the features are computed now, from this snapshot, and the cache holds
         the entry exactly as ``label`` would have put it there. For a consumer that reads the forecast later
@@ -82,7 +82,7 @@ class ClassifierRegimeLabeller:
                 e.out = (self.classes[k], float(p[k]), f"classifier: next-24h {self.classes[k].value} p={p[k]:.2f}")
         return [e if e.__class__ is tuple else e.out for e in entries]
 
-    def _entry(self, market, symbol: str, state_fn) -> "tuple | Forecast":
+    def _entry(self, market, symbol: str, state_fn) -> tuple | Forecast:
         # one forecast per closed bar: its inputs are hourly (bars, open interest; funding every 8 h), so
         # the cycles between two bar closes (live: 59 of 60) reuse it
         key = (symbol, market.newest_bar_ts(symbol))
@@ -106,7 +106,7 @@ class Forecast:
     """A classifier forecast whose features are fixed (computed from its bar's snapshot) and whose model
     prediction may wait (``out`` is None until then); ``owner`` is the labeller whose model predicts it."""
 
-    __slots__ = ("row", "owner", "out")
+    __slots__ = ("out", "owner", "row")
 
     def __init__(self, row: np.ndarray, owner: ClassifierRegimeLabeller):
         self.row, self.owner, self.out = row, owner, None
