@@ -7,6 +7,7 @@ the models decided (every cycle's ``ml_scores`` and the closed trades): a speed 
 Before/after on a shared machine: ``bench/ml_latency_ab.py``.
 
   python bench/ml_latency.py [--scorer models/signal_scorer.cbm] [--classifier models/regime_classifier.json] [--cycles N]
+                             [--profile FILE.html]   (pyinstrument over the models-on run; its timings are not comparable)
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from hydra_engine.app import build_sim_session  # noqa: E402
 from hydra_engine.config import load_settings  # noqa: E402
 
 
-def run(tmp: Path, cycles: int | None, scorer: Path | None, classifier: Path | None) -> dict:
+def run(tmp: Path, cycles: int | None, scorer: Path | None, classifier: Path | None,
+        profile: str | None = None, profile_chars: int = 20000) -> dict:
     s = load_settings(ROOT / "hydra.toml")
     rm = s.regime_model.model_copy(update={"perp_labeller": "classifier" if classifier else "rule",
                                            **({"model_path": str(classifier)} if classifier else {})})
@@ -43,11 +45,20 @@ def run(tmp: Path, cycles: int | None, scorer: Path | None, classifier: Path | N
     samples = []
     pc = time.perf_counter_ns
     digest = hashlib.sha256()   # what the models decided: every cycle's ml_scores, then the closed trades
+    profiler = None
+    if profile:
+        from pyinstrument import Profiler
+        profiler = Profiler(interval=0.0002)
+        profiler.start()
     for now in ticks:
         a = pc()
         report = engine.run_cycle(now)
         samples.append(pc() - a)
         digest.update(json.dumps(report.get("ml_scores"), sort_keys=True, default=str).encode())
+    if profiler:
+        profiler.stop()
+        Path(profile).write_text(profiler.output_html())
+        print(profiler.output_text(unicode=False, color=False, show_all=False)[:profile_chars])
     digest.update(json.dumps(engine.closed_trades, sort_keys=True, default=str).encode())
     return {**pct(samples), "scorers": [x.name for x in engine.scorers], "closed_trades": len(engine.closed_trades),
             "digest": digest.hexdigest()[:16]}
@@ -58,10 +69,14 @@ def main() -> int:
     ap.add_argument("--scorer", default=str(ROOT / "models" / "signal_scorer.cbm"))
     ap.add_argument("--classifier", default=str(ROOT / "models" / "regime_classifier.json"))
     ap.add_argument("--cycles", type=int, default=None)
+    ap.add_argument("--profile", default=None, help="write a pyinstrument HTML profile of the models-on run "
+                    "(timings under the profiler are not comparable)")
+    ap.add_argument("--profile-chars", type=int, default=20000)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="hydra-ml-bench-") as tmp:
         off = run(Path(tmp) / "off", a.cycles, None, None)
-        on = run(Path(tmp) / "on", a.cycles, Path(a.scorer), Path(a.classifier))
+        on = run(Path(tmp) / "on", a.cycles, Path(a.scorer), Path(a.classifier), a.profile,
+                 a.profile_chars)
     for name, r in (("models off", off), ("models on", on)):
         print(f"{name:<11} {r['n']} cycles  p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}"
               f"  p99.9 {r['p99.9_ms']:.3f}  trades {r['closed_trades']}  digest {r['digest']}")

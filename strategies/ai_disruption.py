@@ -101,8 +101,10 @@ def watch(igv: BarSeries, launch: Event, p: AiDisruptionParams) -> tuple[int, fl
     return i0, z, None
 
 
-def find_shock(igv: BarSeries, launch: Event, p: AiDisruptionParams) -> Shock | None:
-    i0, z, c = watch(igv, launch, p)
+def find_shock(igv: BarSeries, launch: Event, p: AiDisruptionParams,
+               watched: tuple[int, float | None, int | None] | None = None) -> Shock | None:
+    """The confirmed shock of ``launch`` in ``igv``, or None; ``watched``: ``watch(igv, launch, p)`` if known."""
+    i0, z, c = watched if watched is not None else watch(igv, launch, p)
     if c is None:
         return None
     return Shock(launch, i0, c, z, (float(igv.close[c]) / float(igv.close[i0 - 1]) - 1) * 100, int(igv.ts[c]))
@@ -131,11 +133,32 @@ class AiDisruption(Strategy):
             raise ValueError(f"ai_disruption: impaired/quality names {unknown} are outside its assets {SYMBOLS}")
         # how long a launch can matter: its window, then dip_end sessions, in calendar days with slack
         self._horizon = timedelta(days=2 * (p.window_sessions + p.dip_end) + 10)
+        # per-cycle work that only changes when its inputs do (the cycle's snapshot; IGV's daily bars):
+        # most cycles of an hourly replay see the same IGV bars as the one before
+        self._launch_memo: tuple[MarketSnapshot, tuple[Event, ...]] | None = None
+        self._watch_memo: tuple[bytes, bytes, dict] | None = None
 
     # ------------------------------------------------------------------ what is live at this snapshot
     def _recent_launches(self, market: MarketSnapshot) -> tuple[Event, ...]:
+        memo = self._launch_memo   # wants_cycle, generate_signals, propose: one scan per snapshot
+        if memo is not None and memo[0] is market:
+            return memo[1]
         cutoff = market.now - self._horizon
-        return tuple(e for e in market.events_of(LAUNCH_KIND) if cutoff <= e.known_at <= market.now)
+        out = tuple(e for e in market.events_of(LAUNCH_KIND) if cutoff <= e.known_at <= market.now)
+        self._launch_memo = (market, out)
+        return out
+
+    def _watched(self, igv: BarSeries, launch: Event) -> tuple[int, float | None, int | None]:
+        """``watch(igv, launch, params)``, kept while IGV's bars are byte for byte the ones it was computed
+        on (watch reads only their times and closes, and the launch's ``known_at``)."""
+        ts, close = np.ascontiguousarray(igv.ts).tobytes(), np.ascontiguousarray(igv.close).tobytes()
+        memo = self._watch_memo
+        if memo is None or memo[0] != ts or memo[1] != close:
+            memo = self._watch_memo = (ts, close, {})
+        hit = memo[2].get(launch.known_at)
+        if hit is None:
+            hit = memo[2][launch.known_at] = watch(igv, launch, self.params)
+        return hit
 
     def wants_cycle(self, market: MarketSnapshot) -> bool:
         return bool(self._recent_launches(market))
@@ -147,7 +170,7 @@ class AiDisruption(Strategy):
             return None
         best = None
         for launch in self._recent_launches(market):
-            shock = find_shock(igv, launch, self.params)
+            shock = find_shock(igv, launch, self.params, self._watched(igv, launch))
             if shock is None:
                 continue
             day = len(igv) - 1 - shock.confirm + 1     # day 1 = the session after C
@@ -165,7 +188,7 @@ class AiDisruption(Strategy):
         seen_at = datetime.fromtimestamp(int(igv.ts[-1]) + igv.interval_s, market.now.tzinfo)
         seen_at = min(seen_at, market.now)
         for launch in self._recent_launches(market):
-            i0, z, c = watch(igv, launch, p)
+            i0, z, c = self._watched(igv, launch)
             if z is None or (c is None and len(igv) - i0 > p.window_sessions):
                 continue   # not watched yet, or its window closed without a shock
             if c is not None and len(igv) - 1 - c + 1 > p.dip_end + 1:

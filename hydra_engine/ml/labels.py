@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from ..perp.stats import PerpRegime, _flush
+from ..perp.stats import PerpRegime, _add, _flush_many, _mean, _std
 
 MIN_HOLDING = timedelta(hours=1)
 MAX_HOLDING = timedelta(days=10)
@@ -77,27 +77,28 @@ def regime_label(market, symbol: str, start: datetime, hours: int = REGIME_WINDO
     closed = bars.ts + bars.interval_s
     if closed[-1] < t1:
         return None
-    k0 = int(np.searchsorted(closed, t0, side="right")) - 1
+    k0 = int(closed.searchsorted(t0, "right")) - 1
     if k0 < 2 * hours:
         return None
-    win = _window(bars, t0, t1)
+    # _window(bars, t0, t1), as a slice: the close times are sorted (the searchsorted above relies on it too)
+    win = np.asarray(bars.close[k0 + 1:int(closed.searchsorted(t1, "right"))], dtype=float)
     if len(win) < hours // 2:
         return None
     path = np.concatenate(([float(bars.close[k0])], win))
     r = np.diff(np.log(path))
-    vol = float(np.std(r) * math.sqrt(365 * 24))
+    vol = float(_std(r) * math.sqrt(365 * 24))   # np.std's own steps, less its dispatch
     past = np.diff(np.log(np.asarray(bars.close[:k0 + 1], dtype=float)))
     c1, c2 = np.concatenate(([0.0], np.cumsum(past))), np.concatenate(([0.0], np.cumsum(past * past)))
     n = hours
     m = (c1[n:] - c1[:-n]) / n
     hist = np.sqrt(np.maximum((c2[n:] - c2[:-n]) / n - m * m, 0.0)) * math.sqrt(365 * 24)
-    vol95 = float(np.percentile(hist, VOL_PERCENTILE)) if len(hist) >= hours else math.inf
+    vol95 = _percentile(hist, VOL_PERCENTILE) if len(hist) >= hours else math.inf
     fs = market.point_series("funding_rate", symbol)
     funding = math.nan
     if fs is not None and len(fs):
-        inside = fs.values[(fs.ts > t0) & (fs.ts <= t1)]
-        before = fs.values[fs.ts <= t0]
-        funding = float(np.mean(inside)) if len(inside) else (float(before[-1]) if len(before) else math.nan)
+        j0, j1 = int(fs.ts.searchsorted(t0, "right")), int(fs.ts.searchsorted(t1, "right"))   # ts sorted
+        inside = fs.values[j0:j1]
+        funding = float(_mean(inside)) if len(inside) else (float(fs.values[j0 - 1]) if j0 > 0 else math.nan)
     oi = market.point_series("open_interest", symbol)
     oi_delta, liq_velocity = math.nan, 0.0
     taker = market.point_series("taker_buy_ratio", symbol)
@@ -105,8 +106,8 @@ def regime_label(market, symbol: str, start: datetime, hours: int = REGIME_WINDO
         a, b = _oi_at(oi, t0), _oi_at(oi, t1)
         if a and b:
             oi_delta = b / a - 1.0
-        liq_velocity = max(sum(_flush(oi, bars, taker, t0 + h * 3600)) for h in range(1, hours + 1))
-    mean = float(np.mean(r))
+        liq_velocity = max(sum(f) for f in _flush_many(oi, bars, taker, [t0 + h * 3600 for h in range(1, hours + 1)]))
+    mean = float(_mean(r))
     if liq_velocity > CASCADE_VELOCITY:
         return PerpRegime.CASCADE_RISK
     if funding > SQUEEZE_FUNDING and oi_delta > SQUEEZE_OI and mean < 0:
@@ -115,7 +116,7 @@ def regime_label(market, symbol: str, start: datetime, hours: int = REGIME_WINDO
         return PerpRegime.SQUEEZE_LONG
     if vol > vol95:
         return PerpRegime.HIGH_VOLATILITY
-    trend = float(np.sum(r))
+    trend = float(_add(r))
     if trend > TREND_SUM:
         return PerpRegime.TRENDING_UP
     if trend < -TREND_SUM:
@@ -123,8 +124,27 @@ def regime_label(market, symbol: str, start: datetime, hours: int = REGIME_WINDO
     return PerpRegime.RANGING
 
 
+def _percentile(x: np.ndarray, pct: float) -> float:
+    """``float(np.percentile(x, pct))`` (numpy's default "linear" method) of a 1-D float64 array, bit for
+    bit, by numpy's own steps less its generic machinery (~30 µs a call): the virtual index
+    ``(n - 1) * (pct / 100)``, the two order statistics around it by partition, numpy's ``_lerp`` between
+    them (from the upper one when the weight is >= 0.5); NaN when any value is NaN."""
+    n = len(x)
+    v = (n - 1) * (pct / 100) if n else math.nan
+    if x.dtype != np.float64 or x.ndim != 1 or n < 2 or not 0 <= v < n - 1 or type(pct) is not float:
+        return float(np.percentile(x, pct))
+    lo = math.floor(v)
+    part = np.partition(x, (lo, lo + 1))
+    if np.isnan(part).any():
+        return math.nan
+    a, b = float(part[lo]), float(part[lo + 1])
+    t = v - lo
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
+
+
 def _oi_at(oi, t: int) -> float | None:
-    k = int(np.searchsorted(oi.ts, t, side="right")) - 1
+    k = int(oi.ts.searchsorted(t, "right")) - 1
     if k < 0 or t - int(oi.ts[k]) > 7200:
         return None
     v = float(oi.values[k])

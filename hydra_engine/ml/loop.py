@@ -95,7 +95,7 @@ class ClassifierMonitor:
         self.symbols = list(symbols)
         self.window = window
         self._labeller = labeller_fn or (lambda: perp_stats._LABELLER)
-        self.forecasts: dict[tuple[str, datetime], str] = {}
+        self.forecasts: dict[tuple[str, datetime], object] = {}   # a regime value, or a Forecast to predict
         self._last_bar: dict[str, object] = {}
         self.pairs: list[tuple[str, str]] = []
         self.latest: dict | None = None
@@ -107,6 +107,7 @@ class ClassifierMonitor:
         if getattr(labeller, "booster", None) is None:   # the rule labeller is not a forecast to score
             return
         horizon = timedelta(hours=REGIME_WINDOW_H)
+        later = getattr(labeller, "forecast_later", None)
         for s in self.symbols:
             if s not in market.bars:
                 continue
@@ -114,11 +115,28 @@ class ClassifierMonitor:
             if bar is None or bar == self._last_bar.get(s):
                 continue
             self._last_bar[s] = bar
+            if later is not None:   # the features now, the model's prediction when the forecast is read
+                entry = later(market, s, lambda s=s: perp_state(market, s))
+                if entry.__class__ is not tuple:   # a tuple: the rule answered (sparse inputs), no forecast
+                    self.forecasts[(s, now)] = entry
+                continue
             regime, _, why = labeller.label(perp_state(market, s), market)
             if regime is not None and why.startswith("classifier"):
                 self.forecasts[(s, now)] = regime.value
-        for (s, t) in [k for k in self.forecasts if k[1] + horizon <= now]:
+        due = []   # the forecasts are kept in the order they were made (cycle time): the due ones lead
+        for k in self.forecasts:
+            if k[1] + horizon > now:
+                break
+            due.append(k)
+        if any(self.forecasts[k].__class__ is not str and self.forecasts[k].out is None for k in due):
+            # one batch for every forecast still waiting (the next 24 h of due ones included)
+            waiting = [f for f in self.forecasts.values() if f.__class__ is not str and f.out is None]
+            for owner in {id(f.owner): f.owner for f in waiting}.values():
+                owner.resolve([f for f in waiting if f.owner is owner])
+        for (s, t) in due:
             predicted = self.forecasts.pop((s, t))
+            if predicted.__class__ is not str:
+                predicted = predicted.out[0].value
             actual = regime_label(market, s, t)
             if actual is None:
                 continue

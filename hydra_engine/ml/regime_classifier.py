@@ -59,25 +59,57 @@ class ClassifierRegimeLabeller:
         return np.asarray(self.booster.inplace_predict(X), dtype=float).reshape(len(X), -1)
 
     def label(self, state, market) -> tuple[PerpRegime | None, float, str]:
+        entry = self._entry(market, state.symbol, lambda: state)
+        return entry if entry.__class__ is tuple else self.resolve((entry,))[0]
+
+    def forecast_later(self, market, symbol: str, state_fn) -> tuple | Forecast:
+        """What :meth:`label` would answer for ``symbol`` at this snapshot, with the model's prediction left
+        for later (:meth:`resolve`): the features are computed now, from this snapshot, and the cache holds
+        the entry exactly as ``label`` would have put it there. For a consumer that reads the forecast later
+        (the classifier monitor, 24 h on): its predictions run in one batch instead of one call per bar.
+        ``state_fn()`` gives the perp state, read only if the rule answers (inputs too sparse)."""
+        return self._entry(market, symbol, state_fn)
+
+    def resolve(self, entries) -> list[tuple[PerpRegime | None, float, str]]:
+        """The answers of ``entries`` (from :meth:`forecast_later`); the rows not yet predicted are predicted
+        in one call. XGBoost predicts each row on its own: a row in a batch gets the bits it gets alone
+        (``tests/test_ml_pins.py`` checks it on the shipped model)."""
+        todo = [e for e in entries if e.__class__ is Forecast and e.out is None]
+        if todo:
+            probs = self.predict_proba(np.vstack([e.row for e in todo]) if len(todo) > 1 else todo[0].row[None, :])
+            for e, p in zip(todo, probs):
+                k = int(np.argmax(p))
+                e.out = (self.classes[k], float(p[k]), f"classifier: next-24h {self.classes[k].value} p={p[k]:.2f}")
+        return [e if e.__class__ is tuple else e.out for e in entries]
+
+    def _entry(self, market, symbol: str, state_fn) -> tuple | Forecast:
         # one forecast per closed bar: its inputs are hourly (bars, open interest; funding every 8 h), so
         # the cycles between two bar closes (live: 59 of 60) reuse it
-        key = (state.symbol, market.newest_bar_ts(state.symbol))
+        key = (symbol, market.newest_bar_ts(symbol))
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        feats = regime_features(market, state.symbol)
+        feats = regime_features(market, symbol)
         row = np.array([feats[f] for f in self.features], dtype=float)
         if np.mean(np.isfinite(row)) < MIN_FEATURES:
-            regime, conf, why = self.fallback.label(state, market)
-            out = (regime, conf, f"rule (classifier inputs too sparse): {why}")
+            regime, conf, why = self.fallback.label(state_fn(), market)
+            out: tuple | Forecast = (regime, conf, f"rule (classifier inputs too sparse): {why}")
         else:
-            p = self.predict_proba(row[None, :])[0]
-            k = int(np.argmax(p))
-            out = (self.classes[k], float(p[k]), f"classifier: next-24h {self.classes[k].value} p={p[k]:.2f}")
+            out = Forecast(row, self)
         if len(self._cache) > 256:
             self._cache.clear()
         self._cache[key] = out
         return out
+
+
+class Forecast:
+    """A classifier forecast whose features are fixed (computed from its bar's snapshot) and whose model
+    prediction may wait (``out`` is None until then); ``owner`` is the labeller whose model predicts it."""
+
+    __slots__ = ("out", "owner", "row")
+
+    def __init__(self, row: np.ndarray, owner: ClassifierRegimeLabeller):
+        self.row, self.owner, self.out = row, owner, None
 
 
 def labeller_for(settings) -> object:
