@@ -24,8 +24,9 @@ each is computed with a margin and, when in doubt, not given):
 * regime: the next refresh cycle unless the detector promises its label
   (``detector.horizon_regime_until(market)``); the day the reading's inputs go stale;
 * risk: ``risk.horizon_inert`` (a risk layer whose equity, market and block checks never change state
-  or fire: the benchmark's); the shipped :class:`~hydra_engine.risk.RiskManager` does not promise yet,
-  so a run with it is visited every tick.
+  or fire: the benchmark's), or ``risk.horizon_until(engine, now)`` with ``risk.horizon_catch_up``: the
+  shipped :class:`~hydra_engine.risk.RiskManager` promises while the book is flat, not killed and not
+  blocked (its state over the span is caught up by its last tick's ``on_equity`` / ``on_market``).
 
 Paper trading never uses this driver (it runs on the live clock). ``[horizon] enabled = false`` or
 ``HYDRA_HORIZON__ENABLED=false`` turns skipping off; ``[horizon] check = true`` (``HYDRA_HORIZON__CHECK=true``) runs every
@@ -201,6 +202,22 @@ def regime_horizon(engine, now: datetime) -> tuple[datetime, int | None] | None:
     return min(best, until), None
 
 
+def risk_horizon(engine, now: datetime) -> datetime | None:
+    """The risk layer's promise: FAR for an inert one (``horizon_inert``: its checks never change state or
+    fire), else its ``horizon_until(engine, now)`` (a layer without one, or one that raises: no promise).
+    A non-inert layer that promises must also have ``horizon_catch_up(engine, last_tick, snapshot)``."""
+    risk = engine.risk
+    if getattr(risk, "horizon_inert", False):
+        return FAR
+    promise = getattr(risk, "horizon_until", None)
+    if promise is None or getattr(risk, "horizon_catch_up", None) is None:
+        return None
+    try:
+        return promise(engine, now)
+    except Exception:  # noqa: BLE001 -- a broken promise promises nothing
+        return None
+
+
 def engine_quiet(engine) -> bool:
     """The engine-level conditions for any skipping (module docstring)."""
     if (engine.cycle_hooks or engine.after_fills_hooks or engine.cycle_end_hooks or engine.caught_up_fills
@@ -211,8 +228,6 @@ def engine_quiet(engine) -> bool:
         return False
     if engine.store is not None and engine.store_batch == 1:
         return False   # every committed cycle carries the engine state (paper-like persistence)
-    if not getattr(engine.risk, "horizon_inert", False):
-        return False
     rep = engine._last_report
     if rep is None or rep.get("mode") != "trade" or rep["orders"] or rep["fills"] or rep["exits"] \
             or rep["errors"] or rep["notes"] or rep.get("decisions"):
@@ -256,6 +271,10 @@ def horizon(engine, now: datetime, nxt: datetime | None = None) -> tuple[datetim
     if t is None or t <= nxt:
         return None
     best = min(best, t)
+    t = risk_horizon(engine, now)
+    if t is None or t <= nxt:
+        return None
+    best = min(best, t)
     r = regime_horizon(engine, now)
     if r is None:
         return None
@@ -291,7 +310,7 @@ def catch_up(engine, ticks: list[datetime]) -> None:
         if not reporting and k not in refresh_set and k != last:
             continue
         cycle = first + k
-        snap = market.snapshot(now)
+        snap = last_snap = market.snapshot(now)
         report = None
         if reporting or k == last:   # without a log or store only the last cycle's report is kept (last_report)
             report = new_report(cycle, now)
@@ -325,6 +344,10 @@ def catch_up(engine, ticks: list[datetime]) -> None:
             if reporting:
                 format_report(report)
             reports.append(report)
+    if not getattr(engine.risk, "horizon_inert", False):   # its on_equity / on_market over the span
+        why = engine.risk.horizon_catch_up(engine, ticks[-1], last_snap)
+        if why:
+            raise HorizonBroken(f"risk kill switch fired inside a promised span ({ticks[-1]}): {why}")
     n = len(ticks)
     engine.cycle = first + n - 1
     engine.stats.cycles += n

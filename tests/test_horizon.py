@@ -30,6 +30,8 @@ from hydra_engine.data.bars import BarFileMarketData
 from hydra_engine.domain import UTC, Regime, RegimeReading, Side, TradeProposal
 from hydra_engine.engine import Engine
 from hydra_engine.positions import PositionManager
+from hydra_engine.config import RiskConfig
+from hydra_engine.risk import RiskManager
 from hydra_engine.store import CycleRow, FillRow, OrderRow, Store, TradeRow
 from hydra_engine.tradelog import SessionLog, load_session, to_jsonable
 from hydra_engine.weights import StrategyWeights
@@ -130,7 +132,7 @@ def _frames(seed: int, n: int, symbols: int, drop: float, vol: float) -> dict[st
 
 
 def _build(frames, *, fast, slow, refresh, observe, levels, detector, tmp: Path | None, tag: str,
-           short_allowed=False):
+           short_allowed=False, risk: dict | None = None):
     symbols = list(frames)
     settings = Settings(engine={"observation_cycles": observe, "regime_refresh_cycles": refresh, "history_bars": 200},
                         universe={"symbols": symbols, "data_only": []},
@@ -155,7 +157,7 @@ def _build(frames, *, fast, slow, refresh, observe, levels, detector, tmp: Path 
         log.write_snapshot = lambda: None   # the document is written once, at close (pure-Python json: slow)
         store = Store(f"sqlite:///{tmp / tag / 'h.db'}")
     engine = Engine(settings, market=market, broker=broker, strategies=[strat], regime_detector=detector,
-                    aggregator=SignalAggregator(), weights=StrategyWeights([strat.name]), risk=_InertRisk(symbols),
+                    aggregator=SignalAggregator(), weights=StrategyWeights([strat.name]), risk=_InertRisk(symbols) if risk is None else RiskManager(RiskConfig(**risk)),
                     position_manager=PositionManager(), session_id="h", mode="backtest", session_log=log,
                     store=store, store_batch=25)
     return engine, SimulatedClock(market.timeline())
@@ -404,3 +406,78 @@ def test_last_report_after_a_span_is_the_skipped_cycles_own(tmp, tmp_path):
     caught = list(seen["on"])
     assert len(seen["on"]) < len(seen["off"]) == 500
     assert all(seen["on"][c] == seen["off"][c] for c in caught)
+
+
+# ---------------------------------------------------------------- the shipped risk layer's promise
+_TIGHT = {"max_daily_loss_pct": 0.02, "max_drawdown_pct": 0.05, "max_consecutive_losses": 1,
+          "max_trades_per_day": 3, "max_position_pct": 3.0}
+
+
+def _both_risk(tmp, frames, risk, **kw):
+    results = []
+    for mode in ("off", "on"):
+        tag = f"{mode}-{len(list(tmp.iterdir())) if tmp else 0}"
+        engine, clock = _build(frames, tmp=tmp, tag=tag, risk=risk, **kw)
+        spans = []
+        real = horizon.catch_up
+        horizon.catch_up = lambda e, t: (spans.append(len(t)), real(e, t))
+        try:
+            assert horizon.run(engine, clock, mode=mode) == len(clock.ticks)
+        finally:
+            horizon.catch_up = real
+        out = _outcome(engine, tmp, tag)
+        out["risk_state"] = engine.risk.to_state()
+        out["kills"] = engine.kill_log.as_json()
+        results.append((out, spans))
+    return results[0][0], results[1][0], results[1][1]
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10_000), n=st.integers(400, 3200), symbols=st.integers(1, 3),
+       vol=st.sampled_from([0.001, 0.004]), fast=st.integers(2, 10), slow_gap=st.integers(5, 40),
+       levels=st.one_of(st.none(), st.tuples(st.sampled_from([0.002, 0.01]), st.sampled_from([0.003, 0.03]),
+                                              st.sampled_from([None, 0.5]), st.sampled_from([5.0, 1e5]),
+                                              st.booleans())),
+       tight=st.booleans(), persist=st.booleans())
+def test_risk_manager_promise_skipping_equals_every_tick(tmp_path_factory, seed, n, symbols, vol, fast, slow_gap,
+                                                         levels, tight, persist):
+    """The shipped RiskManager (risk.py) promises on a flat book: identical orders, trades, equity, journal,
+    store, risk state (day, day start, peak, trade count, cooldown, kill) and kill log, with its tight limits
+    (kills, cooldowns and the day's trade cap firing between spans) and without; runs span several days."""
+    tmp = tmp_path_factory.mktemp("hr") if persist else None
+    frames = _frames(seed, n, symbols, 0.02, vol)
+    off, on, spans = _both_risk(tmp, frames, _TIGHT if tight else {}, fast=fast, slow=fast + slow_gap,
+                                refresh=10, observe=0, levels=levels, detector=_Stateless() if seed % 2 else _Fixed())
+    _assert_same(off, on)
+    assert spans, "no span was taken with the RiskManager"
+
+
+def test_risk_manager_spans_are_taken_around_cooldowns_and_day_rolls():
+    """Not vacuous: on a seeded 3-day series cooldowns (one loss: 4 h) and the day's trade cap block entries
+    between spans, spans cross UTC midnights (day roll caught up), and the outcome is identical."""
+    frames = _frames(11, 4300, 2, 0.0, 0.003)
+    off, on, spans = _both_risk(None, frames, {"max_consecutive_losses": 1, "max_trades_per_day": 8}, fast=10,
+                                slow=40, refresh=10, observe=0, levels=(0.002, 0.003, None, 5.0, False),
+                                detector=_Fixed())
+    _assert_same(off, on)
+    assert off["stats"]["vetoes"].get("entries_blocked", 0) > 50     # cooldowns / the cap were in force
+    assert off["risk_state"]["cooldown_until"] is not None and off["risk_state"]["day"] == "2024-03-03"
+    assert len(off["trades"]) > 10 and sum(spans) > 400
+
+
+def test_risk_manager_without_promise_conditions_forces_every_tick(monkeypatch):
+    """A held position, an unknown kill switch or a kill: the RiskManager promises nothing."""
+    frames = _frames(5, 400, 1, 0.0, 0.002)
+    engine, clock = _build(frames, fast=3, slow=30, refresh=10, observe=0, levels=None, detector=_Fixed(),
+                           tmp=None, tag="x", risk={})
+    engine.risk.kill_switches.append(type("Custom", (), {"name": "custom", "on": "equity",
+                                                         "fire": lambda self, rm, eq: None})())
+    calls = []
+    monkeypatch.setattr(horizon, "catch_up", lambda *a: calls.append(a))
+    horizon.run(engine, clock, mode="on")
+    assert calls == []
+    engine, clock = _build(frames, fast=3, slow=30, refresh=10, observe=0, levels=None, detector=_Fixed(),
+                           tmp=None, tag="x", risk={})
+    engine.risk.kill("test", START)
+    horizon.run(engine, clock, mode="on")
+    assert calls == []
