@@ -13,7 +13,7 @@ The promises (each an upper bound on "nothing can happen before"; a wrong one wo
 each is computed with a margin and, when in doubt, not given):
 
 * engine: no cycle hooks, nothing recorded at start-up, not halted, the observation phase over, the last
-  cycle a clean "trade" cycle (no orders, fills, exits, notes or errors), no regime refitter, the regime
+  cycle a clean "trade" cycle (no orders, fills, exits, notes or errors), the regime
   reading not stale, no blocking symbol rule while positions are held;
 * broker: no working order, no unreported fill, no funding to settle (a perp venue never promises);
   the book: no plan, exit or unresolved order waiting;
@@ -22,7 +22,10 @@ each is computed with a margin and, when in doubt, not given):
   ratcheted as far as the bars could take it, and a 1e-6 relative margin) could reach the stop or the
   target, and the time limit; an ATR trail or a broker-held trail does not promise;
 * regime: the next refresh cycle unless the detector promises its label
-  (``detector.horizon_regime_until(market)``); the day the reading's inputs go stale;
+  (``detector.horizon_regime_until(market)``, or ``(market, data=<the replay source>)`` where the detector
+  sets ``horizon_reads_data``: the HMM detector, until its daily key can change); the day the reading's
+  inputs go stale; with a regime refitter, the earliest time a refit could be due
+  (``refitter.horizon_until(detector, now)``; without one, no skipping);
 * risk: ``risk.horizon_inert`` (a risk layer whose equity, market and block checks never change state
   or fire: the benchmark's), or ``risk.horizon_until(engine, now)`` with ``risk.horizon_catch_up``: the
   shipped :class:`~hydra_engine.risk.RiskManager` promises while the book is flat, not killed and not
@@ -189,11 +192,23 @@ def regime_horizon(engine, now: datetime) -> tuple[datetime, int | None] | None:
     if day is not None:   # freshen() turns it UNKNOWN once now.date() - day > max_age_days
         max_age = engine.settings.truth.regime_max_age_days
         best = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=math.floor(max_age) + 1)
-    promise = getattr(engine.regime_detector, "horizon_regime_until", None)
+    refitter = engine.regime_refitter
+    if refitter is not None:   # a refit replaces the detector: the span ends before it could be due
+        schedule = getattr(refitter, "horizon_until", None)
+        try:
+            due = schedule(engine.regime_detector, now) if schedule is not None else None
+        except Exception:  # noqa: BLE001 -- a broken promise promises nothing
+            due = None
+        if due is None:
+            return None
+        best = min(best, due)
+    detector = engine.regime_detector
+    promise = getattr(detector, "horizon_regime_until", None)
     until = None
     if promise is not None:
         try:
-            until = promise(engine.market_now)
+            until = (promise(engine.market_now, data=engine.market) if getattr(detector, "horizon_reads_data", False)
+                     else promise(engine.market_now))
         except Exception:  # noqa: BLE001 -- a broken promise promises nothing
             until = None
     if until is None:
@@ -221,8 +236,7 @@ def risk_horizon(engine, now: datetime) -> datetime | None:
 def engine_quiet(engine) -> bool:
     """The engine-level conditions for any skipping (module docstring)."""
     if (engine.cycle_hooks or engine.after_fills_hooks or engine.cycle_end_hooks or engine.caught_up_fills
-            or engine.startup_notes or engine.startup_orders or engine.halted or engine.final_cycle
-            or engine.regime_refitter is not None):
+            or engine.startup_notes or engine.startup_orders or engine.halted or engine.final_cycle):
         return False
     if engine.cycle < engine.settings.engine.observation_cycles:
         return False

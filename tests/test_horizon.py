@@ -10,7 +10,7 @@ store's rows. Seeded and bounded (hypothesis ``derandomize``), a few seconds.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -481,3 +481,72 @@ def test_risk_manager_without_promise_conditions_forces_every_tick(monkeypatch):
     engine.risk.kill("test", START)
     horizon.run(engine, clock, mode="on")
     assert calls == []
+
+
+# ---------------------------------------------------------------- the regime refitter's and HMM detector's promises
+def test_refitter_promise_is_the_first_time_a_refit_is_due():
+    """``refitter_until`` against ``RegimeRefitter.due`` itself, on every branch of its schedule: not due
+    anywhere before the promised time (hourly probes), due at it."""
+    from hydra_engine.horizon_promises import refitter_until
+    from hydra_engine.regime import HMMRegimeDetector
+    from hydra_engine.regime_refit import RegimeRefitter
+
+    def det(end):
+        d = HMMRegimeDetector()
+        d.params = {"training": {"end": end}}
+        return d
+    now = datetime(2024, 6, 10, 13, 30, tzinfo=UTC)
+    cases = [(None, det("2024-05-01"), 90), (now - timedelta(days=3, hours=5), det("2024-05-01"), 7),
+             (now - timedelta(hours=2), HMMRegimeDetector(), 7), (None, det("2024-06-01"), 14)]
+    for last, d, days in cases:
+        r = RegimeRefitter(every=timedelta(days=days), history_dir=None, save_dir=None, last_attempt=last)
+        until = refitter_until(r, d, now)
+        assert until is not None and until > now, (last, d.params)
+        t = now
+        while t < until:
+            assert r.due(d, t) is None, (last, t)
+            t += timedelta(hours=1)
+        assert r.due(d, until), (last, until)
+    due_now = RegimeRefitter(every=timedelta(days=90), history_dir=None, save_dir=None)
+    assert refitter_until(due_now, det("2024-07-01"), now) is None        # fitted on days after now
+    assert refitter_until(due_now, HMMRegimeDetector(), now) is None      # no model, never tried
+
+
+def _real_span(shared_data, tmp_path, start, end, mode):
+    from hydra_engine.app import build_sim_session
+    from hydra_engine.backtest import _defer_snapshots, backtest_settings
+    from hydra_engine.config import load_settings
+    s = backtest_settings(load_settings(Path(__file__).resolve().parents[1] / "hydra.toml"), shared_data,
+                          date.fromisoformat(start), date.fromisoformat(end), tmp_path / mode)
+    # the shipped configuration restricted to what promises: RiskManager, the HMM detector and its 90-day
+    # refitter; sma_crossover stands in for the shipped plugins (which do not promise yet)
+    s = s.model_copy(update={
+        "strategies": s.strategies.model_copy(update={"enabled": ["sma_crossover"], "params": {"sma_crossover": {
+            "symbols": ["BTC/USD", "ETH/USD", "SPY", "GLD"], "fast": 20, "slow": 50}}}),
+        "perps": s.perps.model_copy(update={"enabled": False}),
+        "modifiers": s.modifiers.model_copy(update={"enabled": []})})
+    session = build_sim_session(s, mode="backtest", data_dir=shared_data, log_dir=tmp_path / mode)
+    _defer_snapshots(session.session_log)
+    engine = session.engine
+    assert type(engine.risk).__name__ == "RiskManager" and engine.regime_refitter is not None
+    assert type(engine.regime_detector).__name__ == "HMMRegimeDetector"
+    spans = []
+    real = horizon.catch_up
+    horizon.catch_up = lambda e, t: (spans.append(len(t)), real(e, t))
+    try:
+        horizon.run(engine, session.clock, mode=mode)
+    finally:
+        horizon.catch_up = real
+    return horizon.outcome(engine), spans, engine
+
+
+def test_real_data_shipped_risk_regime_and_refitter_promises(shared_data, tmp_path):
+    """Two months of hourly real data (/work/shared/data), the shipped RiskManager, HMM detector and 90-day
+    refitter: ``[horizon] check`` verifies every promise, and skipping equals every tick (orders, trades,
+    equity, statistics, summary, last report); spans run past the 10-cycle regime refresh (the HMM's
+    promise) and a refit happens in the span."""
+    check, _, _ = _real_span(shared_data, tmp_path, "2024-01-01", "2024-03-01", "check")
+    off, _, _ = _real_span(shared_data, tmp_path, "2024-01-01", "2024-03-01", "off")
+    on, spans, engine = _real_span(shared_data, tmp_path, "2024-01-01", "2024-03-01", "on")
+    assert [k for k in off if off[k] != on[k]] == [] and check == off
+    assert engine.regime_refits and sum(spans) > 150 and max(spans) > 10
