@@ -17,7 +17,9 @@ each is computed with a margin and, when in doubt, not given):
   reading not stale, no blocking symbol rule while positions are held;
 * broker: no working order, no unreported fill, no funding to settle (a perp venue never promises);
   the book: no plan, exit or unresolved order waiting;
-* plugins: ``Strategy.horizon_next_wake(market)`` -> the earliest time ``wants_cycle`` could be True;
+* plugins: ``Strategy.horizon_next_wake(market)`` -> the earliest time ``wants_cycle`` could be True
+  (``(market, data=<the replay source>)`` where the plugin sets ``horizon_reads_data``: it reads the
+  arrival times of future points, e.g. liquidation_cascade's funding and open-interest points);
 * positions (:func:`position_horizon`): the close of the first bar whose range (with the percent trail
   ratcheted as far as the bars could take it, and a 1e-6 relative margin) could reach the stop or the
   target, and the time limit; an ATR trail or a broker-held trail does not promise;
@@ -273,7 +275,7 @@ def horizon(engine, now: datetime, nxt: datetime | None = None) -> tuple[datetim
         if promise is None:
             return None
         try:
-            t = promise(market)
+            t = promise(market, data=engine.market) if getattr(strat, "horizon_reads_data", False) else promise(market)
             if isinstance(t, dict):
                 t = _bars_closed(engine.market, t, nxt)
         except Exception:  # noqa: BLE001

@@ -512,7 +512,7 @@ def test_refitter_promise_is_the_first_time_a_refit_is_due():
     assert refitter_until(due_now, HMMRegimeDetector(), now) is None      # no model, never tried
 
 
-def _real_span(shared_data, tmp_path, start, end, mode):
+def _real_span(shared_data, tmp_path, start, end, mode, strategies=("sma_crossover",)):
     from hydra_engine.app import build_sim_session
     from hydra_engine.backtest import _defer_snapshots, backtest_settings
     from hydra_engine.config import load_settings
@@ -521,8 +521,9 @@ def _real_span(shared_data, tmp_path, start, end, mode):
     # the shipped configuration restricted to what promises: RiskManager, the HMM detector and its 90-day
     # refitter; sma_crossover stands in for the shipped plugins (which do not promise yet)
     s = s.model_copy(update={
-        "strategies": s.strategies.model_copy(update={"enabled": ["sma_crossover"], "params": {"sma_crossover": {
-            "symbols": ["BTC/USD", "ETH/USD", "SPY", "GLD"], "fast": 20, "slow": 50}}}),
+        "strategies": s.strategies.model_copy(update={"enabled": list(strategies), "params": {
+            **s.strategies.params, "sma_crossover": {"symbols": ["BTC/USD", "ETH/USD", "SPY", "GLD"], "fast": 20,
+                                                     "slow": 50}}}),
         "perps": s.perps.model_copy(update={"enabled": False}),
         "modifiers": s.modifiers.model_copy(update={"enabled": []})})
     session = build_sim_session(s, mode="backtest", data_dir=shared_data, log_dir=tmp_path / mode)
@@ -550,3 +551,38 @@ def test_real_data_shipped_risk_regime_and_refitter_promises(shared_data, tmp_pa
     on, spans, engine = _real_span(shared_data, tmp_path, "2024-01-01", "2024-03-01", "on")
     assert [k for k in off if off[k] != on[k]] == [] and check == off
     assert engine.regime_refits and sum(spans) > 150 and max(spans) > 10
+
+
+# ---------------------------------------------------------------- liquidation_cascade's promise
+def test_liquidation_cascade_promise_against_wants_cycle(shared_data):
+    """May 2021 (real funding and hourly open interest, the crash's cascades): at every hourly tick the
+    plugin's promise is compared with ``wants_cycle`` itself on every tick up to it -- never True before
+    the promised time -- and the promise is not vacuous (it wakes, and it promises most of the month)."""
+    from hydra_engine.data.replay import ReplayMarketData
+    from strategies.liquidation_cascade import LiquidationCascadeHunter
+    data = ReplayMarketData(shared_data, ["BTC/USD", "ETH/USD"], start=date(2021, 5, 1), end=date(2021, 6, 1))
+    plugin = LiquidationCascadeHunter({})
+    ticks = [datetime(2021, 5, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(31 * 24)]
+    wants = [plugin.wants_cycle(data.snapshot(t)) for t in ticks]
+    assert sum(wants) >= 5
+    promised = 0
+    for i, t in enumerate(ticks):
+        until = plugin.horizon_next_wake(data.snapshot(t), data=data)
+        assert until is not None
+        if wants[i]:
+            assert until <= t
+        later = [j for j in range(i + 1, len(ticks)) if ticks[j] < until]
+        assert not any(wants[j] for j in later), (t, until)
+        promised += bool(later)
+    assert promised > len(ticks) / 2
+
+
+def test_real_data_liquidation_cascade_skipping_equals_every_tick(shared_data, tmp_path):
+    """The shipped liquidation hunter with the shipped RiskManager, HMM detector and refitter on three months of
+    real data: check mode verifies every promise; skipping equals every tick; most ticks are skipped."""
+    args = ("2024-01-01", "2024-04-01")
+    check, _, _ = _real_span(shared_data, tmp_path, *args, "check", strategies=("liquidation_cascade",))
+    off, _, _ = _real_span(shared_data, tmp_path, *args, "off", strategies=("liquidation_cascade",))
+    on, spans, engine = _real_span(shared_data, tmp_path, *args, "on", strategies=("liquidation_cascade",))
+    assert [k for k in off if off[k] != on[k]] == [] and check == off
+    assert off["trades"] and sum(spans) > len(engine.market.timeline()) / 2
