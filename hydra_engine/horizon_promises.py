@@ -30,7 +30,11 @@ def _ts(epoch_s: int) -> datetime:
 def hmm_regime_until(detector, market, data) -> datetime | None:
     """The earliest time the HMM detector's daily key could change (module docstring). ``market`` is the
     cycle's snapshot, ``data`` the replay source (its ``_bars`` arrays; other sources: no promise)."""
+    from .regime import HMMRegimeDetector
     from .regime_features import ASSETS, VIX_SYMBOL
+    cls = type(detector)
+    if (cls.detect, cls._daily_key) != (HMMRegimeDetector.detect, HMMRegimeDetector._daily_key):
+        return None   # a subclass that reads otherwise: its own promise or none
     bars_of = getattr(data, "_bars", None)
     if bars_of is None or detector._cached is None:
         return None

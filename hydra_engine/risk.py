@@ -297,6 +297,10 @@ class RiskManager:
         count under its limit) and only a trade could block them (a fill, a closed loss). Any other kill
         switch, a held position, or an equity other than the one ``on_equity`` last saw: no promise.
         The skipped ticks' effect on the state is :meth:`horizon_catch_up`."""
+        cls = type(self)
+        if (cls.on_equity, cls.on_market, cls._blocked, cls._roll_day) != (
+                RiskManager.on_equity, RiskManager.on_market, RiskManager._blocked, RiskManager._roll_day):
+            return None   # a subclass that checks otherwise: its own promise or none
         s = self.state
         if s.killed or engine.book.positions or s.trades_today >= self.cfg.max_trades_per_day:
             return None

@@ -66,8 +66,9 @@ class LiquidationCascadeHunter(Strategy):
         price bars and the point's age then decide); otherwise nothing can wake the plugin before the
         next hot point of any symbol is known (its ``known_at``). None without a replay source."""
         points = getattr(data, "_points", None)
-        if points is None:
-            return None
+        cls = type(self)
+        if points is None or (cls.wants_cycle, cls._funding_signal, cls._cascade_signal) != _PROMISED:
+            return None   # a subclass or patch changed the predicate this promise is derived from
         now_s = int(market.now.timestamp())
         best = None
         for symbol in SYMBOLS:
@@ -201,3 +202,8 @@ class LiquidationCascadeHunter(Strategy):
                                      max_notional_usd=p.max_notional_usd, min_notional_usd=p.min_notional_usd,
                                      trailing_stop_pct=p.trailing_stop_pct))
         return out
+
+
+# the predicate horizon_next_wake is derived from (a subclass or patch that replaces one gets no promise)
+_PROMISED = (LiquidationCascadeHunter.wants_cycle, LiquidationCascadeHunter._funding_signal,
+             LiquidationCascadeHunter._cascade_signal)
