@@ -13,19 +13,25 @@ The promises (each an upper bound on "nothing can happen before"; a wrong one wo
 each is computed with a margin and, when in doubt, not given):
 
 * engine: no cycle hooks, nothing recorded at start-up, not halted, the observation phase over, the last
-  cycle a clean "trade" cycle (no orders, fills, exits, notes or errors), no regime refitter, the regime
+  cycle a clean "trade" cycle (no orders, fills, exits, notes or errors), the regime
   reading not stale, no blocking symbol rule while positions are held;
 * broker: no working order, no unreported fill, no funding to settle (a perp venue never promises);
   the book: no plan, exit or unresolved order waiting;
-* plugins: ``Strategy.horizon_next_wake(market)`` -> the earliest time ``wants_cycle`` could be True;
+* plugins: ``Strategy.horizon_next_wake(market)`` -> the earliest time ``wants_cycle`` could be True
+  (``(market, data=<the replay source>)`` where the plugin sets ``horizon_reads_data``: it reads the
+  arrival times of future points, e.g. liquidation_cascade's funding and open-interest points);
 * positions (:func:`position_horizon`): the close of the first bar whose range (with the percent trail
   ratcheted as far as the bars could take it, and a 1e-6 relative margin) could reach the stop or the
   target, and the time limit; an ATR trail or a broker-held trail does not promise;
 * regime: the next refresh cycle unless the detector promises its label
-  (``detector.horizon_regime_until(market)``); the day the reading's inputs go stale;
+  (``detector.horizon_regime_until(market)``, or ``(market, data=<the replay source>)`` where the detector
+  sets ``horizon_reads_data``: the HMM detector, until its daily key can change); the day the reading's
+  inputs go stale; with a regime refitter, the earliest time a refit could be due
+  (``refitter.horizon_until(detector, now)``; without one, no skipping);
 * risk: ``risk.horizon_inert`` (a risk layer whose equity, market and block checks never change state
-  or fire: the benchmark's); the shipped :class:`~hydra_engine.risk.RiskManager` does not promise yet,
-  so a run with it is visited every tick.
+  or fire: the benchmark's), or ``risk.horizon_until(engine, now)`` with ``risk.horizon_catch_up``: the
+  shipped :class:`~hydra_engine.risk.RiskManager` promises while the book is flat, not killed and not
+  blocked (its state over the span is caught up by its last tick's ``on_equity`` / ``on_market``).
 
 Paper trading never uses this driver (it runs on the live clock). ``[horizon] enabled = false`` or
 ``HYDRA_HORIZON__ENABLED=false`` turns skipping off; ``[horizon] check = true`` (``HYDRA_HORIZON__CHECK=true``) runs every
@@ -188,11 +194,23 @@ def regime_horizon(engine, now: datetime) -> tuple[datetime, int | None] | None:
     if day is not None:   # freshen() turns it UNKNOWN once now.date() - day > max_age_days
         max_age = engine.settings.truth.regime_max_age_days
         best = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=math.floor(max_age) + 1)
-    promise = getattr(engine.regime_detector, "horizon_regime_until", None)
+    refitter = engine.regime_refitter
+    if refitter is not None:   # a refit replaces the detector: the span ends before it could be due
+        schedule = getattr(refitter, "horizon_until", None)
+        try:
+            due = schedule(engine.regime_detector, now) if schedule is not None else None
+        except Exception:  # noqa: BLE001 -- a broken promise promises nothing
+            due = None
+        if due is None:
+            return None
+        best = min(best, due)
+    detector = engine.regime_detector
+    promise = getattr(detector, "horizon_regime_until", None)
     until = None
     if promise is not None:
         try:
-            until = promise(engine.market_now)
+            until = (promise(engine.market_now, data=engine.market) if getattr(detector, "horizon_reads_data", False)
+                     else promise(engine.market_now))
         except Exception:  # noqa: BLE001 -- a broken promise promises nothing
             until = None
     if until is None:
@@ -201,18 +219,31 @@ def regime_horizon(engine, now: datetime) -> tuple[datetime, int | None] | None:
     return min(best, until), None
 
 
+def risk_horizon(engine, now: datetime) -> datetime | None:
+    """The risk layer's promise: FAR for an inert one (``horizon_inert``: its checks never change state or
+    fire), else its ``horizon_until(engine, now)`` (a layer without one, or one that raises: no promise).
+    A non-inert layer that promises must also have ``horizon_catch_up(engine, last_tick, snapshot)``."""
+    risk = engine.risk
+    if getattr(risk, "horizon_inert", False):
+        return FAR
+    promise = getattr(risk, "horizon_until", None)
+    if promise is None or getattr(risk, "horizon_catch_up", None) is None:
+        return None
+    try:
+        return promise(engine, now)
+    except Exception:  # noqa: BLE001 -- a broken promise promises nothing
+        return None
+
+
 def engine_quiet(engine) -> bool:
     """The engine-level conditions for any skipping (module docstring)."""
     if (engine.cycle_hooks or engine.after_fills_hooks or engine.cycle_end_hooks or engine.caught_up_fills
-            or engine.startup_notes or engine.startup_orders or engine.halted or engine.final_cycle
-            or engine.regime_refitter is not None):
+            or engine.startup_notes or engine.startup_orders or engine.halted or engine.final_cycle):
         return False
     if engine.cycle < engine.settings.engine.observation_cycles:
         return False
     if engine.store is not None and engine.store_batch == 1:
         return False   # every committed cycle carries the engine state (paper-like persistence)
-    if not getattr(engine.risk, "horizon_inert", False):
-        return False
     rep = engine._last_report
     if rep is None or rep.get("mode") != "trade" or rep["orders"] or rep["fills"] or rep["exits"] \
             or rep["errors"] or rep["notes"] or rep.get("decisions"):
@@ -244,7 +275,7 @@ def horizon(engine, now: datetime, nxt: datetime | None = None) -> tuple[datetim
         if promise is None:
             return None
         try:
-            t = promise(market)
+            t = promise(market, data=engine.market) if getattr(strat, "horizon_reads_data", False) else promise(market)
             if isinstance(t, dict):
                 t = _bars_closed(engine.market, t, nxt)
         except Exception:  # noqa: BLE001
@@ -253,6 +284,10 @@ def horizon(engine, now: datetime, nxt: datetime | None = None) -> tuple[datetim
             return None
         best = min(best, t)
     t = position_horizon(engine, now)
+    if t is None or t <= nxt:
+        return None
+    best = min(best, t)
+    t = risk_horizon(engine, now)
     if t is None or t <= nxt:
         return None
     best = min(best, t)
@@ -291,7 +326,7 @@ def catch_up(engine, ticks: list[datetime]) -> None:
         if not reporting and k not in refresh_set and k != last:
             continue
         cycle = first + k
-        snap = market.snapshot(now)
+        snap = last_snap = market.snapshot(now)
         report = None
         if reporting or k == last:   # without a log or store only the last cycle's report is kept (last_report)
             report = new_report(cycle, now)
@@ -325,6 +360,10 @@ def catch_up(engine, ticks: list[datetime]) -> None:
             if reporting:
                 format_report(report)
             reports.append(report)
+    if not getattr(engine.risk, "horizon_inert", False):   # its on_equity / on_market over the span
+        why = engine.risk.horizon_catch_up(engine, ticks[-1], last_snap)
+        if why:
+            raise HorizonBroken(f"risk kill switch fired inside a promised span ({ticks[-1]}): {why}")
     n = len(ticks)
     engine.cycle = first + n - 1
     engine.stats.cycles += n

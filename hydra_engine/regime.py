@@ -433,6 +433,13 @@ class HMMRegimeDetector:
         self._cache_key, self._cached = key, reading
         return reading
 
+    horizon_reads_data = True   # the replay driver passes its data source (the next bars' close times)
+
+    def horizon_regime_until(self, market: MarketSnapshot, data=None):
+        """Event-horizon replay: no label change before the daily key can change (horizon_promises.py)."""
+        from .horizon_promises import hmm_regime_until
+        return hmm_regime_until(self, market, data)
+
     @staticmethod
     def _daily_key(market: MarketSnapshot) -> tuple | None:
         key = []

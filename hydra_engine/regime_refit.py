@@ -127,6 +127,11 @@ class RegimeRefitter:
                                  min_days=detector.min_days, min_features=detector.min_features,
                                  core_features=detector.core_features)
 
+    def horizon_until(self, detector, now: datetime) -> datetime | None:
+        """Event-horizon replay: the earliest time a refit could be due (horizon_promises.py)."""
+        from .horizon_promises import refitter_until
+        return refitter_until(self, detector, now)
+
     # restart safety ---------------------------------------------------------------------------
     def to_state(self) -> dict:
         return {"last_attempt": self.last_attempt.isoformat() if self.last_attempt else None,

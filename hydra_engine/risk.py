@@ -31,7 +31,7 @@ from decimal import ROUND_DOWN, Decimal
 from .config import RiskConfig
 from .domain import ClosedTrade, Position, Regime, RegimeReading, RiskDecision, Side, TradeProposal, require_utc
 from .ports import AssetClass, AssetSpec, MarketSnapshot, to_decimal
-from .risk_rules import ENTRY_RULES, KILL_SWITCHES, SIZE_MODIFIERS
+from .risk_rules import ENTRY_RULES, KILL_SWITCHES, SIZE_MODIFIERS, DailyLoss, Drawdown, ExtremeVolRegimeBreak
 from .sizing import CENT, ZERO, SizingInputs, kelly_f, size_notional
 
 HARD_LIMITS = {  # the strategy bible's table: config may lower these ceilings, never raise them
@@ -43,6 +43,9 @@ HARD_LIMITS = {  # the strategy bible's table: config may lower these ceilings, 
     "kelly_fraction": 0.5,
 }
 HARD_FLOORS = {"cooldown_hours": 4.0}  # config may lengthen the cooldown, never shorten it
+# kill switches whose firing the replay promise (``RiskManager.horizon_until``) can rule out on a flat book:
+# exact types only (a subclass may fire on anything)
+HORIZON_SWITCHES = (DailyLoss, Drawdown, ExtremeVolRegimeBreak)
 
 
 class RiskConfigError(ValueError):
@@ -281,6 +284,42 @@ class RiskManager:
     def binding_counts(self) -> dict[str, int]:
         """Approvals per binding rule in this run."""
         return dict(self._bindings)
+
+    # ------------------------------------------------------------------ event-horizon replay
+    def horizon_until(self, engine, now: datetime) -> datetime | None:
+        """Event-horizon replay (``hydra_engine/horizon.py``): the earliest time this layer could act
+        (fire a kill switch or block entries), or None for "no promise" (the next tick is visited).
+
+        Promised only on a flat book: the equity is then the constant cash, so the daily-loss and
+        drawdown switches see the same equity as at ``now`` (a day roll only rebases the day's start to
+        that same equity: a loss of 0); the regime-break switch needs a changed label (the regime promise
+        rules that out); entries are not blocked now (no kill, no running cooldown, the day's trade
+        count under its limit) and only a trade could block them (a fill, a closed loss). Any other kill
+        switch, a held position, or an equity other than the one ``on_equity`` last saw: no promise.
+        The skipped ticks' effect on the state is :meth:`horizon_catch_up`."""
+        cls = type(self)
+        if (cls.on_equity, cls.on_market, cls._blocked, cls._roll_day) != (
+                RiskManager.on_equity, RiskManager.on_market, RiskManager._blocked, RiskManager._roll_day):
+            return None   # a subclass that checks otherwise: its own promise or none
+        s = self.state
+        if s.killed or engine.book.positions or s.trades_today >= self.cfg.max_trades_per_day:
+            return None
+        if s.cooldown_until is not None and now < s.cooldown_until:
+            return None
+        if any(type(sw) not in HORIZON_SWITCHES for sw in self.kill_switches):
+            return None
+        if engine.broker.account().equity_usd != s.last_equity:
+            return None
+        return datetime.max.replace(tzinfo=now.tzinfo) - timedelta(days=2)
+
+    def horizon_catch_up(self, engine, now: datetime, market: MarketSnapshot) -> str | None:
+        """The state the skipped ticks up to ``now`` (the last one, with its snapshot ``market``) leave, as
+        running ``on_equity`` and ``on_market`` on each would: with a constant equity and regime label
+        those calls are idempotent except for the day roll, whose base is that same equity, so the last
+        tick's calls reproduce it exactly (day, day start, trade count, peak, last equity, last regime,
+        last snapshot). Returns a kill reason if one fired (the promise was wrong: the driver stops)."""
+        why = self.on_equity(engine.broker.account().equity_usd, now)
+        return why or self.on_market(engine.regime, engine._vol_percentile(market), now, market=market)
 
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> dict:

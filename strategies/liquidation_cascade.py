@@ -52,6 +52,66 @@ class LiquidationCascadeHunter(Strategy):
         values, so this is cheap); without a signal ``propose`` has nothing to act on."""
         return any(self._funding_signal(market, s) or self._cascade_signal(market, s) for s in SYMBOLS)
 
+    # ------------------------------------------------------------------ event-horizon replay
+    horizon_reads_data = True   # the replay driver passes its data source: the future points' times
+
+    def horizon_next_wake(self, market: MarketSnapshot, data=None) -> datetime | None:
+        """Event-horizon replay (hydra_engine/horizon.py): the earliest time ``wants_cycle`` could be True.
+
+        Both signals read only the newest funding / open-interest point (and, for the cascade, bars closed
+        by it); the funding signal needs |rate| above the threshold, the cascade an open-interest fall of
+        ``oi_drop_pct`` against the point one to two hours older -- properties of the point series alone
+        (:meth:`_hot_points`, computed on the whole replay series: a superset of what a snapshot's window
+        allows). While the newest point of either kind is *hot* the answer is ``market.now`` (no promise:
+        price bars and the point's age then decide); otherwise nothing can wake the plugin before the
+        next hot point of any symbol is known (its ``known_at``). None without a replay source."""
+        points = getattr(data, "_points", None)
+        cls = type(self)
+        if points is None or (cls.wants_cycle, cls._funding_signal, cls._cascade_signal) != _PROMISED:
+            return None   # a subclass or patch changed the predicate this promise is derived from
+        now_s = int(market.now.timestamp())
+        best = None
+        for symbol in SYMBOLS:
+            for kind in ("funding_rate", "open_interest"):
+                src = points.get((kind, symbol))
+                if src is None:
+                    continue       # no such series in the replay: that signal never fires
+                hot = self._hot_points(kind, symbol, src)
+                i = int(src.ts.searchsorted(now_s, "right"))       # points known by now: ts[:i]
+                if i and hot[i - 1]:
+                    return market.now
+                nxt = np.flatnonzero(hot[i:])
+                if len(nxt):
+                    t = int(src.ts[i + int(nxt[0])])
+                    best = t if best is None else min(best, t)
+        far = datetime.max.replace(tzinfo=market.now.tzinfo) - timedelta(days=2)
+        return far if best is None else datetime.fromtimestamp(best, market.now.tzinfo)
+
+    def _hot_points(self, kind: str, symbol: str, src) -> np.ndarray:
+        """Per point of the replay series: could a signal fire while it is the newest (cached per series)."""
+        cache = self.__dict__.setdefault("_horizon_hot", {})
+        key = (kind, symbol)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is src.ts:
+            return hit[1]
+        p = self.params
+        v = np.asarray(src.values, dtype=float)
+        ts = np.asarray(src.ts, dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if kind == "funding_rate":
+                hot = np.isfinite(v) & (np.abs(v) > p.funding_threshold)
+            else:   # as _cascade_signal: the newest point against the newest one at least an hour older
+                k = np.searchsorted(ts, ts - 3600, side="right") - 1
+                ok = k >= 0
+                kk = np.where(ok, k, 0)
+                prev = v[kk]
+                ok &= (ts - ts[kk] <= 7200) & (prev > 0) & (v > 0) & np.isfinite(prev) & np.isfinite(v)
+                change = np.where(ok, v / np.where(ok, prev, 1.0) - 1.0, 0.0)
+                # a 1e-9 margin: the float test below may differ from _cascade_signal's in the last bit
+                hot = ok & (change <= -p.oi_drop_pct / 100 + 1e-9)
+        cache[key] = (src.ts, hot)
+        return hot
+
     def generate_signals(self, ctx: StrategyContext) -> list[Signal]:
         out: list[Signal] = []
         for symbol in SYMBOLS:
@@ -142,3 +202,8 @@ class LiquidationCascadeHunter(Strategy):
                                      max_notional_usd=p.max_notional_usd, min_notional_usd=p.min_notional_usd,
                                      trailing_stop_pct=p.trailing_stop_pct))
         return out
+
+
+# the predicate horizon_next_wake is derived from (a subclass or patch that replaces one gets no promise)
+_PROMISED = (LiquidationCascadeHunter.wants_cycle, LiquidationCascadeHunter._funding_signal,
+             LiquidationCascadeHunter._cascade_signal)

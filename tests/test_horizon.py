@@ -10,7 +10,7 @@ store's rows. Seeded and bounded (hypothesis ``derandomize``), a few seconds.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from hydra_engine.data.bars import BarFileMarketData
 from hydra_engine.domain import UTC, Regime, RegimeReading, Side, TradeProposal
 from hydra_engine.engine import Engine
 from hydra_engine.positions import PositionManager
+from hydra_engine.config import RiskConfig
+from hydra_engine.risk import RiskManager
 from hydra_engine.store import CycleRow, FillRow, OrderRow, Store, TradeRow
 from hydra_engine.tradelog import SessionLog, load_session, to_jsonable
 from hydra_engine.weights import StrategyWeights
@@ -130,7 +132,7 @@ def _frames(seed: int, n: int, symbols: int, drop: float, vol: float) -> dict[st
 
 
 def _build(frames, *, fast, slow, refresh, observe, levels, detector, tmp: Path | None, tag: str,
-           short_allowed=False):
+           short_allowed=False, risk: dict | None = None):
     symbols = list(frames)
     settings = Settings(engine={"observation_cycles": observe, "regime_refresh_cycles": refresh, "history_bars": 200},
                         universe={"symbols": symbols, "data_only": []},
@@ -155,7 +157,7 @@ def _build(frames, *, fast, slow, refresh, observe, levels, detector, tmp: Path 
         log.write_snapshot = lambda: None   # the document is written once, at close (pure-Python json: slow)
         store = Store(f"sqlite:///{tmp / tag / 'h.db'}")
     engine = Engine(settings, market=market, broker=broker, strategies=[strat], regime_detector=detector,
-                    aggregator=SignalAggregator(), weights=StrategyWeights([strat.name]), risk=_InertRisk(symbols),
+                    aggregator=SignalAggregator(), weights=StrategyWeights([strat.name]), risk=_InertRisk(symbols) if risk is None else RiskManager(RiskConfig(**risk)),
                     position_manager=PositionManager(), session_id="h", mode="backtest", session_log=log,
                     store=store, store_batch=25)
     return engine, SimulatedClock(market.timeline())
@@ -404,3 +406,183 @@ def test_last_report_after_a_span_is_the_skipped_cycles_own(tmp, tmp_path):
     caught = list(seen["on"])
     assert len(seen["on"]) < len(seen["off"]) == 500
     assert all(seen["on"][c] == seen["off"][c] for c in caught)
+
+
+# ---------------------------------------------------------------- the shipped risk layer's promise
+_TIGHT = {"max_daily_loss_pct": 0.02, "max_drawdown_pct": 0.05, "max_consecutive_losses": 1,
+          "max_trades_per_day": 3, "max_position_pct": 3.0}
+
+
+def _both_risk(tmp, frames, risk, **kw):
+    results = []
+    for mode in ("off", "on"):
+        tag = f"{mode}-{len(list(tmp.iterdir())) if tmp else 0}"
+        engine, clock = _build(frames, tmp=tmp, tag=tag, risk=risk, **kw)
+        spans = []
+        real = horizon.catch_up
+        horizon.catch_up = lambda e, t: (spans.append(len(t)), real(e, t))
+        try:
+            assert horizon.run(engine, clock, mode=mode) == len(clock.ticks)
+        finally:
+            horizon.catch_up = real
+        out = _outcome(engine, tmp, tag)
+        out["risk_state"] = engine.risk.to_state()
+        out["kills"] = engine.kill_log.as_json()
+        results.append((out, spans))
+    return results[0][0], results[1][0], results[1][1]
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10_000), n=st.integers(400, 3200), symbols=st.integers(1, 3),
+       vol=st.sampled_from([0.001, 0.004]), fast=st.integers(2, 10), slow_gap=st.integers(5, 40),
+       levels=st.one_of(st.none(), st.tuples(st.sampled_from([0.002, 0.01]), st.sampled_from([0.003, 0.03]),
+                                              st.sampled_from([None, 0.5]), st.sampled_from([5.0, 1e5]),
+                                              st.booleans())),
+       tight=st.booleans(), persist=st.booleans())
+def test_risk_manager_promise_skipping_equals_every_tick(tmp_path_factory, seed, n, symbols, vol, fast, slow_gap,
+                                                         levels, tight, persist):
+    """The shipped RiskManager (risk.py) promises on a flat book: identical orders, trades, equity, journal,
+    store, risk state (day, day start, peak, trade count, cooldown, kill) and kill log, with its tight limits
+    (kills, cooldowns and the day's trade cap firing between spans) and without; runs span several days."""
+    tmp = tmp_path_factory.mktemp("hr") if persist else None
+    frames = _frames(seed, n, symbols, 0.02, vol)
+    off, on, spans = _both_risk(tmp, frames, _TIGHT if tight else {}, fast=fast, slow=fast + slow_gap,
+                                refresh=10, observe=0, levels=levels, detector=_Stateless() if seed % 2 else _Fixed())
+    _assert_same(off, on)
+    assert spans, "no span was taken with the RiskManager"
+
+
+def test_risk_manager_spans_are_taken_around_cooldowns_and_day_rolls():
+    """Not vacuous: on a seeded 3-day series cooldowns (one loss: 4 h) and the day's trade cap block entries
+    between spans, spans cross UTC midnights (day roll caught up), and the outcome is identical."""
+    frames = _frames(11, 4300, 2, 0.0, 0.003)
+    off, on, spans = _both_risk(None, frames, {"max_consecutive_losses": 1, "max_trades_per_day": 8}, fast=10,
+                                slow=40, refresh=10, observe=0, levels=(0.002, 0.003, None, 5.0, False),
+                                detector=_Fixed())
+    _assert_same(off, on)
+    assert off["stats"]["vetoes"].get("entries_blocked", 0) > 50     # cooldowns / the cap were in force
+    assert off["risk_state"]["cooldown_until"] is not None and off["risk_state"]["day"] == "2024-03-03"
+    assert len(off["trades"]) > 10 and sum(spans) > 400
+
+
+def test_risk_manager_without_promise_conditions_forces_every_tick(monkeypatch):
+    """A held position, an unknown kill switch or a kill: the RiskManager promises nothing."""
+    frames = _frames(5, 400, 1, 0.0, 0.002)
+    engine, clock = _build(frames, fast=3, slow=30, refresh=10, observe=0, levels=None, detector=_Fixed(),
+                           tmp=None, tag="x", risk={})
+    engine.risk.kill_switches.append(type("Custom", (), {"name": "custom", "on": "equity",
+                                                         "fire": lambda self, rm, eq: None})())
+    calls = []
+    monkeypatch.setattr(horizon, "catch_up", lambda *a: calls.append(a))
+    horizon.run(engine, clock, mode="on")
+    assert calls == []
+    engine, clock = _build(frames, fast=3, slow=30, refresh=10, observe=0, levels=None, detector=_Fixed(),
+                           tmp=None, tag="x", risk={})
+    engine.risk.kill("test", START)
+    horizon.run(engine, clock, mode="on")
+    assert calls == []
+
+
+# ---------------------------------------------------------------- the regime refitter's and HMM detector's promises
+def test_refitter_promise_is_the_first_time_a_refit_is_due():
+    """``refitter_until`` against ``RegimeRefitter.due`` itself, on every branch of its schedule: not due
+    anywhere before the promised time (hourly probes), due at it."""
+    from hydra_engine.horizon_promises import refitter_until
+    from hydra_engine.regime import HMMRegimeDetector
+    from hydra_engine.regime_refit import RegimeRefitter
+
+    def det(end):
+        d = HMMRegimeDetector()
+        d.params = {"training": {"end": end}}
+        return d
+    now = datetime(2024, 6, 10, 13, 30, tzinfo=UTC)
+    cases = [(None, det("2024-05-01"), 90), (now - timedelta(days=3, hours=5), det("2024-05-01"), 7),
+             (now - timedelta(hours=2), HMMRegimeDetector(), 7), (None, det("2024-06-01"), 14)]
+    for last, d, days in cases:
+        r = RegimeRefitter(every=timedelta(days=days), history_dir=None, save_dir=None, last_attempt=last)
+        until = refitter_until(r, d, now)
+        assert until is not None and until > now, (last, d.params)
+        t = now
+        while t < until:
+            assert r.due(d, t) is None, (last, t)
+            t += timedelta(hours=1)
+        assert r.due(d, until), (last, until)
+    due_now = RegimeRefitter(every=timedelta(days=90), history_dir=None, save_dir=None)
+    assert refitter_until(due_now, det("2024-07-01"), now) is None        # fitted on days after now
+    assert refitter_until(due_now, HMMRegimeDetector(), now) is None      # no model, never tried
+
+
+def _real_span(shared_data, tmp_path, start, end, mode, strategies=("sma_crossover",)):
+    from hydra_engine.app import build_sim_session
+    from hydra_engine.backtest import _defer_snapshots, backtest_settings
+    from hydra_engine.config import load_settings
+    s = backtest_settings(load_settings(Path(__file__).resolve().parents[1] / "hydra.toml"), shared_data,
+                          date.fromisoformat(start), date.fromisoformat(end), tmp_path / mode)
+    # the shipped configuration restricted to what promises: RiskManager, the HMM detector and its 90-day
+    # refitter; sma_crossover stands in for the shipped plugins (which do not promise yet)
+    s = s.model_copy(update={
+        "strategies": s.strategies.model_copy(update={"enabled": list(strategies), "params": {
+            **s.strategies.params, "sma_crossover": {"symbols": ["BTC/USD", "ETH/USD", "SPY", "GLD"], "fast": 20,
+                                                     "slow": 50}}}),
+        "perps": s.perps.model_copy(update={"enabled": False}),
+        "modifiers": s.modifiers.model_copy(update={"enabled": []})})
+    session = build_sim_session(s, mode="backtest", data_dir=shared_data, log_dir=tmp_path / mode)
+    _defer_snapshots(session.session_log)
+    engine = session.engine
+    assert type(engine.risk).__name__ == "RiskManager" and engine.regime_refitter is not None
+    assert type(engine.regime_detector).__name__ == "HMMRegimeDetector"
+    spans = []
+    real = horizon.catch_up
+    horizon.catch_up = lambda e, t: (spans.append(len(t)), real(e, t))
+    try:
+        horizon.run(engine, session.clock, mode=mode)
+    finally:
+        horizon.catch_up = real
+    return horizon.outcome(engine), spans, engine
+
+
+def test_real_data_shipped_risk_regime_and_refitter_promises(shared_data, tmp_path):
+    """Two months of hourly real data (/work/shared/data), the shipped RiskManager, HMM detector and 90-day
+    refitter: ``[horizon] check`` verifies every promise, and skipping equals every tick (orders, trades,
+    equity, statistics, summary, last report); spans run past the 10-cycle regime refresh (the HMM's
+    promise) and a refit happens in the span."""
+    check, _, _ = _real_span(shared_data, tmp_path, "2024-01-01", "2024-03-01", "check")
+    off, _, _ = _real_span(shared_data, tmp_path, "2024-01-01", "2024-03-01", "off")
+    on, spans, engine = _real_span(shared_data, tmp_path, "2024-01-01", "2024-03-01", "on")
+    assert [k for k in off if off[k] != on[k]] == [] and check == off
+    assert engine.regime_refits and sum(spans) > 150 and max(spans) > 10
+
+
+# ---------------------------------------------------------------- liquidation_cascade's promise
+def test_liquidation_cascade_promise_against_wants_cycle(shared_data):
+    """May 2021 (real funding and hourly open interest, the crash's cascades): at every hourly tick the
+    plugin's promise is compared with ``wants_cycle`` itself on every tick up to it -- never True before
+    the promised time -- and the promise is not vacuous (it wakes, and it promises most of the month)."""
+    from hydra_engine.data.replay import ReplayMarketData
+    from strategies.liquidation_cascade import LiquidationCascadeHunter
+    data = ReplayMarketData(shared_data, ["BTC/USD", "ETH/USD"], start=date(2021, 5, 1), end=date(2021, 6, 1))
+    plugin = LiquidationCascadeHunter({})
+    ticks = [datetime(2021, 5, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(31 * 24)]
+    wants = [plugin.wants_cycle(data.snapshot(t)) for t in ticks]
+    assert sum(wants) >= 5
+    promised = 0
+    for i, t in enumerate(ticks):
+        until = plugin.horizon_next_wake(data.snapshot(t), data=data)
+        assert until is not None
+        if wants[i]:
+            assert until <= t
+        later = [j for j in range(i + 1, len(ticks)) if ticks[j] < until]
+        assert not any(wants[j] for j in later), (t, until)
+        promised += bool(later)
+    assert promised > len(ticks) / 2
+
+
+def test_real_data_liquidation_cascade_skipping_equals_every_tick(shared_data, tmp_path):
+    """The shipped liquidation hunter with the shipped RiskManager, HMM detector and refitter on three months of
+    real data: check mode verifies every promise; skipping equals every tick; most ticks are skipped."""
+    args = ("2024-01-01", "2024-04-01")
+    check, _, _ = _real_span(shared_data, tmp_path, *args, "check", strategies=("liquidation_cascade",))
+    off, _, _ = _real_span(shared_data, tmp_path, *args, "off", strategies=("liquidation_cascade",))
+    on, spans, engine = _real_span(shared_data, tmp_path, *args, "on", strategies=("liquidation_cascade",))
+    assert [k for k in off if off[k] != on[k]] == [] and check == off
+    assert off["trades"] and sum(spans) > len(engine.market.timeline()) / 2
