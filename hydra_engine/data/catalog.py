@@ -24,7 +24,7 @@ class BarSource:
     symbol: str
     path: str
     interval: timedelta
-    reader: str          # "binance_klines" | "daily_ohlc_ny" | "daily_close_ny"
+    reader: str          # "binance_klines" | "okx_perp_1h" | "hyperliquid_perp_8h" | "daily_ohlc_ny" | ...
 
 
 @dataclass(frozen=True)
@@ -62,21 +62,31 @@ POINT_SOURCES: list[PointSource] = [
                 timedelta(0), optional=True),
 ]
 
-# The perpetual-futures module (issue #20) trades the perps under their Binance names. Hourly perp klines
-# exist in the shared data for BTCUSDT and ETHUSDT only (PROVENANCE §1.1): SOLUSDT and BNBUSDT have
-# daily perp klines only, so they are not replayed (a configured one is refused by the replay). The
-# taker-buy share of each hourly bar (``taker_buy_base / volume_base``, known at the bar's close) is the
-# order-flow input of the liquidation and crowding proxies.
+# The perpetual-futures module (issue #20) trades the perps under their Binance names. Hourly Binance perp
+# klines exist in the shared data for BTCUSDT and ETHUSDT only (PROVENANCE §1.1). The taker-buy share of
+# each hourly bar (``taker_buy_base / volume_base``, known at the bar's close) is the order-flow input of
+# the liquidation and crowding proxies.
 PERP_KLINES = {"BTCUSDT": "crypto_perp/binance_usdm/klines/BTCUSDT_1h.parquet",
                "ETHUSDT": "crypto_perp/binance_usdm/klines/ETHUSDT_1h_from_1m.parquet"}
 BAR_SOURCES.update({s: BarSource(s, path, timedelta(hours=1), "binance_klines") for s, path in PERP_KLINES.items()})
-for _s, _path in PERP_KLINES.items():
+# SOLUSDT and BNBUSDT are replayed on OTHER venues' perp prices, a declared proxy (data/perp_venues.py says
+# how each file is stamped): SOLUSDT on OKX's hourly SOL-USDT-SWAP bars from 2021-01-22 06:00 (the only
+# hourly SOL perp bars, and four years longer than Hyperliquid's), BNBUSDT on Hyperliquid's 8-hour candles
+# from 2023-02-26 16:00 (no hourly BNB perp bars exist in the data). Their funding (Binance 8 h) and open
+# interest (Bybit 1 h) are the same venues' as BTC/ETH; no taker-buy share exists for them, so the
+# primitives and features that read it give no signal for these two (the perp coverage names the gap).
+PERP_PROXY_BARS = {"SOLUSDT": BarSource("SOLUSDT", "crypto_perp/okx/okx_SOL_1h_perp_spot_funding_oi.parquet",
+                                        timedelta(hours=1), "okx_perp_1h"),
+                   "BNBUSDT": BarSource("BNBUSDT", "crypto_perp/hyperliquid/hyperliquid_BNB_1h_perp_funding.parquet",
+                                        timedelta(hours=8), "hyperliquid_perp_8h")}
+BAR_SOURCES.update(PERP_PROXY_BARS)
+for _s in [*PERP_KLINES, *PERP_PROXY_BARS]:
     POINT_SOURCES += [
         PointSource("funding_rate", _s, f"crypto_perp/binance_usdm/funding/{_s}_funding_8h.parquet", "funding_rate", timedelta(0)),
         PointSource("open_interest", _s, f"crypto_perp/bybit_linear/open_interest/{_s}_oi_1h.parquet", "open_interest", timedelta(0), True),
-        PointSource("taker_buy_ratio", _s, _path, "taker_buy_base", timedelta(hours=1), True, "kline_taker"),
     ]
-
+    if _s in PERP_KLINES:
+        POINT_SOURCES.append(PointSource("taker_buy_ratio", _s, PERP_KLINES[_s], "taker_buy_base", timedelta(hours=1), True, "kline_taker"))
 
 
 def _daily_session_times(dates: pd.Series, close: pd.Timedelta = pd.Timedelta(hours=16)) -> tuple[pd.Series, pd.Series]:
@@ -112,6 +122,9 @@ def read_bars(path, source: BarSource) -> pd.DataFrame:
         frame = pd.DataFrame({"open_time": open_time, "close_time": open_time + source.interval,
                               "open": _numeric(raw["open"]), "high": _numeric(raw["high"]), "low": _numeric(raw["low"]),
                               "close": _numeric(raw["close"]), "volume": _numeric(raw["volume_base"])})
+    elif source.reader in ("okx_perp_1h", "hyperliquid_perp_8h"):   # SOL/BNB perp proxies (data/perp_venues.py)
+        from .perp_venues import read_hyperliquid_perp_8h, read_okx_perp
+        frame = (read_okx_perp if source.reader == "okx_perp_1h" else read_hyperliquid_perp_8h)(path, source)
     elif source.reader == "daily_ohlc_ny":
         raw = pd.read_csv(path)
         opens, closes = _daily_session_times(raw["Date"])

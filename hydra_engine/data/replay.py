@@ -164,7 +164,9 @@ class ReplayMarketData:
             self._bars[symbol] = _Bars(
                 symbol, int(src.interval.total_seconds()), _epoch_s(frame["open_time"]), _epoch_s(frame["close_time"]),
                 *(frame[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close", "volume")), bad)
-            self._stale_after[symbol] = crypto_stale_after_s if src.interval < timedelta(days=1) else equity_stale_after_s
+            # a bar longer than an hour (BNBUSDT's 8-hour candles, #20) is not stale while the next one is due
+            self._stale_after[symbol] = (crypto_stale_after_s + max(0, int(src.interval.total_seconds()) - 3600)
+                                         if src.interval < timedelta(days=1) else equity_stale_after_s)
         self._points: dict[tuple[str, str], _Points] = {}
         for src in point_sources if point_sources is not None else POINT_SOURCES:
             # a point series of a traded or data-only symbol, or one a plugin declared (FRED rates, #17)

@@ -39,11 +39,13 @@ class BarRangeSource(Protocol):
 class PerpBars:
     """In-memory bars per symbol (numpy arrays of epoch seconds and floats)."""
 
-    def __init__(self, frames: Mapping[str, "pd.DataFrame"], interval: timedelta):  # noqa: F821
+    def __init__(self, frames: Mapping[str, "pd.DataFrame"], interval: timedelta,  # noqa: F821
+                 intervals: Mapping[str, timedelta] | None = None):
         self.interval = interval
-        step = int(interval.total_seconds())
         self._data: dict[str, tuple[np.ndarray, ...]] = {}
         for symbol, frame in frames.items():
+            # a symbol's own bar length where it differs (BNBUSDT: Hyperliquid 8-hour candles, issue #20)
+            step = int((intervals or {}).get(symbol, interval).total_seconds())
             ts = frame["ts"]
             if getattr(ts.dt, "tz", None) is None:
                 raise ValueError(f"{symbol}: bar times must be UTC-aware")
@@ -59,17 +61,30 @@ class PerpBars:
     def from_parquet(cls, files: Mapping[str, str | Path], interval: timedelta, *,
                      start: datetime | None = None, end: datetime | None = None) -> "PerpBars":
         """Bars from the shared kline files, optionally cut to [start, end) to keep tests small."""
+        return cls(dict(_kline_frames(files, start, end)), interval)
+
+    @classmethod
+    def from_sources(cls, folder: str | Path, sources: Mapping[str, "BarSource"], *,  # noqa: F821
+                     start: datetime | None = None, end: datetime | None = None) -> "PerpBars":
+        """Bars of catalog ``BarSource``s: Binance klines as :meth:`from_parquet` reads them, the other
+        venues' perp bars (SOLUSDT on OKX, BNBUSDT on Hyperliquid) through the catalog's readers, each
+        symbol with its own bar length."""
         import pandas as pd
 
-        frames = {}
-        for symbol, path in files.items():
-            frame = pd.read_parquet(path, columns=["ts", "open", "high", "low", "close"])
+        from ..data.catalog import read_bars
+
+        binance = {s: Path(folder) / src.path for s, src in sources.items() if src.reader == "binance_klines"}
+        frames = dict(_kline_frames(binance, start, end))
+        for symbol, src in sources.items():
+            if symbol in binance:
+                continue
+            f = read_bars(Path(folder) / src.path, src).rename(columns={"open_time": "ts"})
             if start is not None:
-                frame = frame[frame.ts >= pd.Timestamp(require_utc(start))]
+                f = f[f.ts >= pd.Timestamp(require_utc(start))]
             if end is not None:
-                frame = frame[frame.ts < pd.Timestamp(require_utc(end))]
-            frames[symbol] = frame.reset_index(drop=True)
-        return cls(frames, interval)
+                f = f[f.ts < pd.Timestamp(require_utc(end))]
+            frames[symbol] = f.reset_index(drop=True)
+        return cls(frames, timedelta(hours=1), {s: src.interval for s, src in sources.items()})
 
     def next_bar_open(self, symbol: str, after: datetime, now: datetime) -> tuple[datetime, float] | None:
         d = self._data.get(symbol)
@@ -90,6 +105,19 @@ class PerpBars:
         j = int(close_s.searchsorted(int(now.timestamp()), "right"))
         return [PriceBar(datetime.fromtimestamp(int(open_s[k]), UTC), datetime.fromtimestamp(int(close_s[k]), UTC),
                          float(o[k]), float(h[k]), float(lo[k])) for k in range(i, j)]
+
+
+def _kline_frames(files, start, end):
+    """The kline files' ``ts, open, high, low, close`` frames, cut to [start, end)."""
+    import pandas as pd
+
+    for symbol, path in files.items():
+        frame = pd.read_parquet(path, columns=["ts", "open", "high", "low", "close"])
+        if start is not None:
+            frame = frame[frame.ts >= pd.Timestamp(require_utc(start))]
+        if end is not None:
+            frame = frame[frame.ts < pd.Timestamp(require_utc(end))]
+        yield symbol, frame.reset_index(drop=True)
 
 
 def _ns_per_unit(ts) -> int:

@@ -237,6 +237,11 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
         problems.append(f"stale: {market.stale[symbol]}")
     if candles < MIN_CANDLES:
         problems.append(f"{candles} candles < {MIN_CANDLES}")
+    # BNBUSDT's bars are Hyperliquid 8-hour candles (#20): the statistics below count hourly bars, so they
+    # are not computed from them (None: each primitive then has no signal) and the state is unhealthy
+    hourly = bars is not None and bars.interval_s == 3600
+    if bars is not None and not hourly:
+        problems.append(f"bars are {bars.interval_s / 3600:g} h candles: the hourly statistics do not apply")
 
     fseries = market.point_series("funding_rate", symbol)
     f = _latest(fseries, now, FUNDING_MAX_AGE)
@@ -259,13 +264,13 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
     d24 = _oi_delta(oi, t_oi, 24) if t_oi else None
 
     change_24h = None
-    if candles > 24:
+    if hourly and candles > 24:
         c0 = float(bars.close[-25])
         change_24h = price / c0 - 1.0 if c0 > 0 else None
 
     taker = market.point_series("taker_buy_ratio", symbol)
     buy_sell = None
-    if taker is not None and len(taker) >= 24 and bars is not None and candles >= 24:
+    if hourly and taker is not None and len(taker) >= 24 and candles >= 24:
         shares = np.asarray(taker.values[-24:], dtype=float)
         vols = np.asarray(bars.volume[-24:], dtype=float)
         if now.timestamp() - int(taker.ts[-1]) <= BARS_MAX_AGE.total_seconds() and np.isfinite(shares).all():
@@ -274,7 +279,7 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
             buy_sell = buy / sell if sell > 0 else None
 
     vol_annual = vol_pct = None
-    if candles >= VOL_WINDOW * 3:
+    if hourly and candles >= VOL_WINDOW * 3:
         r = np.diff(np.log(np.asarray(bars.close, dtype=float)))
         r = r[np.isfinite(r)]
         if len(r) >= VOL_WINDOW * 2:
@@ -304,7 +309,7 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
         hour = t_now - 3600
         velocity = (float(np.sum(real_long.values[real_long.ts > hour]))
                     + float(np.sum(real_short.values[real_short.ts > hour]))) / oi_usd
-    elif oi is not None and t_oi is not None and bars is not None and candles >= 2:
+    elif hourly and oi is not None and t_oi is not None and candles >= 2:
         source = "proxy:oi_flush"
         for h, (lo, sh) in enumerate(_flush_many(oi, bars, taker, [t_oi - h * 3600 for h in range(LIQ_LOOKBACK_H)])):
             liq_long += lo

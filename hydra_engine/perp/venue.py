@@ -429,7 +429,12 @@ class SimulatedPerpVenue:
                 break
             ts, kind, key, payload = min(events, key=lambda e: (e[0], e[1]))
             if kind == 0:
-                self._settle(key, payload, now)
+                # every held symbol settling at this instant, before the cursor passes it: the cursor is
+                # shared, so settling one symbol alone skipped the others' same-time settlement (#20: seen
+                # with SOLUSDT and BNBUSDT both held; BTCUSDT and ETHUSDT held together lost ETH's too)
+                for e in events:
+                    if e[1] == 0 and e[0] == ts:
+                        self._settle(e[2], e[3], now)
                 self._clock.funding_through = ts
             elif kind == 1:
                 order = self._orders[key]

@@ -65,8 +65,7 @@ def build_perp_venue(settings, *, market, folder: Path, start: datetime | None =
     funding = {s: load_funding_history(s, usdm) for s in p.symbols}
     # the wick bars: a day before the span (a fill's own bar) to the end
     lo = start - timedelta(days=1) if start else None
-    bars = PerpBars.from_parquet({s: Path(folder) / BAR_SOURCES[s].path for s in p.symbols}, timedelta(hours=1),
-                                 start=lo, end=end)
+    bars = PerpBars.from_sources(folder, {s: BAR_SOURCES[s] for s in p.symbols}, start=lo, end=end)
     return SimulatedPerpVenue(market, funding, starting_balance_usdt=Decimal(repr(p.starting_balance_usdt)),
                               bars=bars, brackets={s: brackets[s] for s in p.symbols},
                               assets={s: DEFAULT_PERP_SPECS[s] for s in p.symbols},
