@@ -80,6 +80,11 @@ class MemoryLog:
         if report.get("decisions"):
             self.details.append({"cycle": report["cycle"], "decisions": report["decisions"]})
 
+    def record_span(self, reports: list[dict]) -> None:
+        """A run of quiet cycles caught up by the event-horizon replay: the same records, one per cycle."""
+        for report in reports:
+            self.record_cycle(report, [])
+
     def document(self, session: dict, summary: dict) -> dict:
         return {"session": session, "cycles": self.cycles, "orders": list(self.orders.values()),
                 "fills": self.fills, "trades": self.trades, "summary": summary, "cycle_details": self.details}
