@@ -60,8 +60,10 @@ def coverage_report(market, strategies, start: datetime, end: datetime) -> dict:
         lost = []
         for need in strat.data_needs:
             r = index.get((need.kind, need.symbol))
-            if r is None:
-                lost.append(f"{need.kind} {need.symbol}: not in the data")
+            if r is None:   # the catalog may know the series while this run's universe leaves it out
+                lost.append(f"{need.kind} {need.symbol}: " + ("not in this run's universe (the data has it)"
+                                                              if _catalogued(market, need.kind, need.symbol)
+                                                              else "not in the data"))
             elif r["status"] != "full":
                 lost.append(f"{need.kind} {need.symbol}: " + ("none in the span" if r["status"] == "none"
                                                               else f"only {r['from']} .. {r['to']}"))
@@ -105,3 +107,17 @@ def announce(market, strategies, start: datetime, end: datetime, say=None) -> di
         for note in rep["notes"]:
             say(f"note: {note}")
     return rep
+
+
+def _catalogued(market, kind: str, symbol: str) -> bool:
+    """Whether the data folder holds a catalogued source for this series (then a missing row means the
+    run's configuration did not load it, not that the data lacks it)."""
+    from .data.catalog import BAR_SOURCES, POINT_SOURCES
+    folder = getattr(market, "folder", None)
+    if folder is None:
+        return False
+    if kind == "bars":
+        paths = [BAR_SOURCES[symbol].path] if symbol in BAR_SOURCES else []
+    else:
+        paths = [p.path for p in POINT_SOURCES if p.kind == kind and p.symbol == symbol]
+    return any((folder / path).exists() for path in paths)

@@ -92,6 +92,17 @@ def test_funding_and_open_interest_but_no_taker_flow(shared_data):
     assert "taker_buy_ratio SOLUSDT: not in the data" in lost and "taker_buy_ratio BNBUSDT: not in the data" in lost
 
 
+def test_a_series_the_data_has_but_the_run_did_not_load_is_not_called_missing(shared_data):
+    """The shipped universe trades BTC/ETH perps; the primitives also declare SOL and BNB. The folder has
+    their bars, funding and open interest, so the coverage table says the run left them out, not the data."""
+    m = ReplayMarketData(shared_data, ["BTCUSDT"], start=date(2024, 1, 1), end=date(2024, 1, 3))
+    rep = coverage_report(m, [CrowdingFade()], datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC))
+    lost = rep["strategy_losses"]["crowding_fade"]
+    for kind in ("bars", "funding_rate", "open_interest"):
+        assert f"{kind} SOLUSDT: not in this run's universe (the data has it)" in lost, lost
+    assert "taker_buy_ratio SOLUSDT: not in the data" in lost
+
+
 @pytest.mark.parametrize("when", [datetime(2024, 1, 10, 2, tzinfo=UTC), datetime(2024, 3, 5, 17, tzinfo=UTC)])
 def test_the_primitives_stand_down_rather_than_crash(shared_data, when):
     m = ReplayMarketData(shared_data, PAIR, start=(when - timedelta(days=30)).date(), end=when.date() + timedelta(days=1))
