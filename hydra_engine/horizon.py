@@ -46,7 +46,7 @@ from datetime import datetime, timedelta
 
 from .cycle_report import format_report, new_report
 from .domain import UTC
-from .horizon_positions import FAR, _walk_positions, position_horizon
+from .horizon_positions import FAR, _ts, _walk_positions, position_horizon
 from .regime_freshness import input_day, is_stale
 
 SPAN_MAX = 1000       # cycles per journal span record (the reports are held until it is written)
@@ -68,10 +68,6 @@ def mode_from(settings) -> str:
 
 
 # ============================================================================ promises
-def _ts(epoch_s: float) -> datetime:
-    return datetime.fromtimestamp(epoch_s, UTC)
-
-
 def _bars_closed(market, bars: dict[str, int], nxt: datetime) -> datetime:
     """A plugin's promise given as {symbol: open time (epoch s) of its next bar that could wake it}: the
     earliest close of those bars in the replay (one second after its open where the data cannot say).

@@ -19,12 +19,9 @@ from datetime import date, datetime, timedelta
 import numpy as np
 
 from .domain import UTC
+from .horizon_positions import _ts
 
 LOOK = 64   # future bars examined per feature symbol (hourly crypto: a new UTC day within 24)
-
-
-def _ts(epoch_s: int) -> datetime:
-    return datetime.fromtimestamp(epoch_s, UTC)
 
 
 def hmm_regime_until(detector, market, data) -> datetime | None:

@@ -33,6 +33,11 @@ class MLScorerParams(BaseModel):
     record_only: bool = False
 
 
+def _opinion(signal) -> tuple:
+    """A signal re-emitted unchanged on later cycles is the same opinion: scored (or recorded) once."""
+    return signal.source, signal.symbol, signal.created_at, signal.score, signal.confidence
+
+
 class MLSignalScorer(SignalScorer):
     name = "ml_signal_scorer"
     interface_version = 1
@@ -65,7 +70,7 @@ class MLSignalScorer(SignalScorer):
             return None
         # a signal re-emitted unchanged on later cycles is the same opinion: scored once, when first seen
         # (as training keeps it once, with the features of its first cycle)
-        key = (signal.source, signal.symbol, signal.created_at, signal.score, signal.confidence)
+        key = _opinion(signal)
         hit = self._seen.get(key)
         if hit is None:
             base = scorer_features(signal, ctx.market, ctx.now)
@@ -87,7 +92,7 @@ class MLSignalScorer(SignalScorer):
     def _record_only(self, signal, ctx) -> None:
         """The features of a signal first seen now, for the journal; never a score."""
         self.abstain_reason = self.missing
-        key = (signal.source, signal.symbol, signal.created_at, signal.score, signal.confidence)
+        key = _opinion(signal)
         if key in self._seen:
             return None
         if len(self._seen) > 20_000:
