@@ -21,13 +21,17 @@ signal) or ``every`` days after the last attempt. The new model is trained by th
 cycle. In a backtest (replay modes) it trains in the cycle, deterministically — with
 ``retrain_every_days`` = the window length, a walk-forward retrained per window. In paper it trains on a
 background thread and the finished model is swapped in at the start of a later cycle (one reference
-assignment between cycles); the paper scorer retrain also trains on the signals recorded in the log
-folder's session journals (:mod:`.recorded`), a replay never reads them. A failed retrain keeps the current model and says so; a model trained on
-this cycle's future is then set aside (the scorer abstains, the rule labeller labels).
+assignment between cycles); in paper each retrain also trains on what the loop recorded in the log
+folder's session journals (the scorer: its scored signals, :mod:`.recorded`; the classifier: its monitor's
+resolved forecasts, :mod:`.recorded_regime`), a replay never reads them (:mod:`.retrain`). A failed
+retrain keeps the current model and says so; a model trained on this cycle's future is then set aside (the
+scorer abstains, the rule labeller labels). Both monitors' rolling figures and waiting predictions are in
+the engine's resumable state (``Engine.state_sections``): they go on across a restart.
 """
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -36,15 +40,9 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from .monitor import monitor as rolling_figures
+from .retrain import headline, in_training_replay, retrain_classifier, retrain_scorer, trained_end  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-_TRAINING = threading.local()   # set while a retrain's own replay runs: it attaches no loop of its own
-
-
-def in_training_replay() -> bool:
-    return bool(getattr(_TRAINING, "active", False))
-
 
 # =========================================================================== monitoring
 class ScorerMonitor:
@@ -84,6 +82,18 @@ class ScorerMonitor:
     def summary(self) -> dict:
         return {"scored_trades": len(self.pairs), **(self.latest or rolling_figures(self.pairs, self.window))}
 
+    # restart safety (``Engine.state_sections``): the rolling figures and the approved entries still open
+    # go on across a restart (a paper session's scored trades are few: every pair is kept)
+    def to_state(self) -> dict:
+        return {"pairs": [[p, y] for p, y in self.pairs], "latest": self.latest,
+                "pending": [[k[0], k[1], t.isoformat(), score] for k, (t, score) in self.pending.items()]}
+
+    def load_state(self, state: dict) -> None:
+        self.pairs = [(float(p), int(y)) for p, y in state.get("pairs", [])]
+        self.latest = state.get("latest")
+        for strategy, symbol, t, score in state.get("pending", []):
+            self.pending[(strategy, symbol)] = (datetime.fromisoformat(t), float(score))
+
 
 class ClassifierMonitor:
     """``cycle_hooks`` entry: the classifier's next-24 h forecasts vs the rule label of the realised window."""
@@ -97,11 +107,13 @@ class ClassifierMonitor:
         self._labeller = labeller_fn or (lambda: perp_stats._LABELLER)
         self.forecasts: dict[tuple[str, datetime], object] = {}   # a regime value, or a Forecast to predict
         self._last_bar: dict[str, object] = {}
-        self.pairs: list[tuple[str, str]] = []
+        self.pairs: list[tuple[str, str]] = []   # the last ``window`` (forecast, realised)
+        self.resolved = 0
         self.latest: dict | None = None
 
     def __call__(self, now: datetime, market, report: dict) -> None:
         from ..perp.stats import perp_state
+        from .recorded_regime import record_inputs
         from .labels import REGIME_WINDOW_H, regime_label
         labeller = self._labeller()
         if getattr(labeller, "booster", None) is None:   # the rule labeller is not a forecast to score
@@ -135,22 +147,26 @@ class ClassifierMonitor:
                 owner.resolve([f for f in waiting if f.owner is owner])
         for (s, t) in due:
             predicted = self.forecasts.pop((s, t))
-            if predicted.__class__ is not str:
+            inputs = None
+            if predicted.__class__ is not str:   # its features, recorded: a training row once labelled
+                inputs = record_inputs(predicted.owner.features, predicted.row)
                 predicted = predicted.out[0].value
             actual = regime_label(market, s, t)
             if actual is None:
                 continue
             self.pairs.append((predicted, actual.value))
-            recent = self.pairs[-self.window:]
+            self.resolved += 1
+            del self.pairs[:-self.window]
+            recent = self.pairs
             acc = sum(p == a for p, a in recent) / len(recent)
-            fig = {"resolved": len(self.pairs), "window": len(recent), "accuracy": round(acc, 4), "alerts": []}
+            fig = {"resolved": self.resolved, "window": len(recent), "accuracy": round(acc, 4), "alerts": []}
             from .monitor import ACCURACY_DROP, EXPECTED_ACCURACY, MIN_BUCKET
             if len(recent) >= MIN_BUCKET and acc < EXPECTED_ACCURACY - ACCURACY_DROP:
                 fig["alerts"].append(f"classifier accuracy {acc:.2f} over the last {len(recent)} resolved forecasts "
                                      f"is below {EXPECTED_ACCURACY - ACCURACY_DROP:.2f}: retrain (spec alert level)")
             report.setdefault("ml_regime_monitor", []).append(
                 {"symbol": s, "forecast_at": t.isoformat(), "forecast": predicted, "realised": actual.value,
-                 "correct": predicted == actual.value, **fig})
+                 "correct": predicted == actual.value, **fig, **({"inputs": inputs} if inputs else {})})
             self.latest = fig
             for alert in fig["alerts"]:
                 report["notes"].append(f"regime classifier drift: {alert}")
@@ -158,75 +174,44 @@ class ClassifierMonitor:
     def summary(self) -> dict:
         return self.latest or {"resolved": 0, "accuracy": None, "alerts": []}
 
+    # restart safety (``Engine.state_sections``): the rolling figures and the forecasts still waiting for
+    # their window go on across a restart; a waiting forecast keeps its features (its prediction is made
+    # by the model installed when it is read, as it would have been)
+    def to_state(self) -> dict:
+        waiting = []
+        for (s, t), f in self.forecasts.items():
+            if f.__class__ is str:
+                waiting.append([s, t.isoformat(), f, None])
+            else:
+                waiting.append([s, t.isoformat(), None if f.out is None else f.out[0].value,
+                                [None if math.isnan(v) else float(v) for v in f.row]])
+        return {"pairs": [list(p) for p in self.pairs], "resolved": self.resolved, "latest": self.latest,
+                "waiting": waiting, "last_bar": {s: int(b) for s, b in self._last_bar.items()}}
+
+    def load_state(self, state: dict) -> None:
+        import numpy as np
+
+        from ..perp.stats import PerpRegime
+        from .regime_classifier import Forecast
+        self.pairs = [tuple(p) for p in state.get("pairs", [])][-self.window:]
+        self.resolved = int(state.get("resolved", len(self.pairs)))
+        self.latest = state.get("latest")
+        self._last_bar.update({s: int(b) for s, b in (state.get("last_bar") or {}).items()})
+        labeller = self._labeller()
+        for s, t, predicted, row in state.get("waiting", []):
+            key = (s, datetime.fromisoformat(t))
+            if row is None:
+                if predicted is not None:
+                    self.forecasts[key] = predicted
+            elif getattr(labeller, "booster", None) is not None and len(row) == len(labeller.features):
+                f = Forecast(np.array([math.nan if v is None else v for v in row], dtype=float), labeller)
+                if predicted is not None:   # predicted before the restart: by the model in use then
+                    f.out = (PerpRegime(predicted), math.nan, "restored")
+                self.forecasts[key] = f
+        self.forecasts = dict(sorted(self.forecasts.items(), key=lambda kv: kv[0][1]))
+
 
 # =========================================================================== retraining
-def headline(card: dict) -> dict:
-    """The card's held-out tail figures and verdict, for the cycle notes."""
-    m = card.get("holdout", {}).get("metrics", {})
-    keys = ("accuracy", "precision", "recall", "roc_auc", "precision_macro", "recall_macro", "log_loss")
-    return {**{k: m[k] for k in keys if k in m}, "beats_baseline": card.get("beats_baseline"),
-            "span": card.get("data", {}).get("span"), "rows": card.get("data", {}).get("rows"),
-            **({"rows_by_origin": card["data"]["rows_by_origin"]} if "rows_by_origin" in card.get("data", {}) else {})}
-
-
-def retrain_scorer(settings, data_dir: Path, start: date, end: date, *, seed: int = 7,
-                   save_dir: Path | None = None, journals: Path | None = None):
-    """The ``train --component signal_scorer --start START --end END`` pipeline: a replay of every enabled
-    plugin over [start, end) of ``data_dir``, labelled never past ``end``; with ``journals`` (a log folder,
-    paper) plus the signals recorded in its session journals whose holding period ended by ``end``
-    (:mod:`.recorded`). Returns (ScorerModel, card, path)."""
-    from . import train as T
-    from .dataset import collect_signals
-    from .scorer_model import ScorerModel
-    # the replay attaches no loop of its own and leaves the process's perp labeller alone: it reads the one
-    # the running session uses (the flag is per thread: a paper session's own cycles are unaffected)
-    _TRAINING.active = True
-    try:
-        ds = collect_signals(settings, data_dir, start, end, progress=False)
-    finally:
-        _TRAINING.active = False
-    if journals is not None:
-        from ..domain import UTC
-        from .recorded import merge, recorded_rows
-        rec = recorded_rows(journals, settings, datetime.combine(end, datetime.min.time(), UTC))
-        ds = merge(ds, rec)
-    model, meta, card = T.train_scorer(ds, seed=seed, threshold=settings.scorers.threshold, span=(start, end),
-                                       data_dir=data_dir)
-    if journals is not None:
-        by = ds.meta["rows_by_origin"]
-        card["summary"] += (f" Rows: {by['replay']} from the replay, {by['recorded']} recorded by the running loop "
-                            f"in {journals} ({ds.meta['recorded']['span'] or 'none'}).")
-        meta["trained"]["rows_by_origin"] = by
-    path = None
-    if save_dir is not None:
-        path = T.save_scorer(model, meta, card, Path(save_dir) / f"signal_scorer-{end:%Y%m%d}.cbm")
-    return ScorerModel(model, meta), card, path
-
-
-def retrain_classifier(settings, data_dir: Path, start: date, end: date, *, seed: int = 7,
-                       save_dir: Path | None = None):
-    """``train --component regime_classifier --start START --end END``; returns (labeller, card, path)."""
-    from . import train as T
-    from .dataset import regime_rows
-    from .regime_classifier import ClassifierRegimeLabeller
-    symbols = [s for s in settings.perps.symbols if s in ("BTCUSDT", "ETHUSDT")] or ["BTCUSDT", "ETHUSDT"]
-    rs = regime_rows(data_dir, symbols, start, end, step_h=2, progress=False)
-    booster, meta, card = T.train_classifier(rs, seed=seed, span=(start, end), data_dir=data_dir)
-    path = None
-    if save_dir is not None:
-        path = T.save_classifier(booster, meta, card, Path(save_dir) / f"regime_classifier-{end:%Y%m%d}.json")
-    booster.set_param({"nthread": 1})
-    return ClassifierRegimeLabeller(booster, meta), card, path
-
-
-def trained_end(meta: dict | None) -> date | None:
-    """The (exclusive) last day of a model's training data, from its sidecar."""
-    try:
-        return date.fromisoformat(meta["trained"]["end"])
-    except (TypeError, KeyError, ValueError):
-        return None
-
-
 @dataclass
 class ModelRetrainer:
     """The schedule, the training call and the swap, for one model.
@@ -386,6 +371,7 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
         mon = ScorerMonitor(settings.scorers.monitor_window)
         engine.cycle_end_hooks.append(mon)
         sections["ml_scorer_monitor"] = mon.summary
+        engine.state_sections["ml_scorer_monitor"] = mon
         attached.append(mon)
         days = settings.scorers.retrain_every_days
         if days > 0:
@@ -421,6 +407,7 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
         cmon = ClassifierMonitor(list(settings.perps.symbols), settings.regime_model.monitor_window)
         engine.cycle_hooks.append(cmon)
         sections["ml_regime_monitor"] = cmon.summary
+        engine.state_sections["ml_regime_monitor"] = cmon
         attached.append(cmon)
         days = settings.regime_model.retrain_every_days
         if days > 0:
@@ -428,7 +415,7 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
 
             def train_cls_fn(end: date):
                 return retrain_classifier(settings, data_dir, start, end, seed=settings.regime_model.retrain_seed,
-                                          save_dir=save_dir)
+                                          save_dir=save_dir, journals=journals)
 
             def load_classifier(path: str):
                 from .regime_classifier import ClassifierRegimeLabeller
