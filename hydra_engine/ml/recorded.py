@@ -65,13 +65,14 @@ class RecordedRows:
     rows: list[dict] = field(default_factory=list)   # t, symbol, source, features, net, y, label_end, session
     notes: list[str] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
+    SPAN = "signal time .. last holding-period end"
 
     def span(self) -> str | None:
         if not self.rows:
             return None
         lo = min(r["t"] for r in self.rows)
         hi = max(r["label_end"] for r in self.rows)
-        return f"{lo.isoformat()} .. {hi.isoformat()} (signal time .. last holding-period end)"
+        return f"{lo.isoformat()} .. {hi.isoformat()} ({self.SPAN})"
 
     def summary(self) -> dict:
         return {"rows": len(self.rows), "span": self.span(), **self.counts, "notes": list(self.notes)}

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 
 from .features import REGIME_FEATURES
 from .labels import CLASS_INDEX, CLASSES, REGIME_WINDOW_H
-from .recorded import _parse_time, _read_cycles, _session_docs
+from .recorded import RecordedRows, _parse_time, _read_cycles, _session_docs
 
 #: the id of the classifier's feature list, recorded with each row's inputs
 REGIME_FEATURE_SET_ID = hashlib.sha1(",".join(REGIME_FEATURES).encode()).hexdigest()[:12]
@@ -60,21 +59,9 @@ def record_inputs(names, row) -> dict:
     return out
 
 
-@dataclass
-class RecordedRegimeRows:
-    rows: list[dict] = field(default_factory=list)   # t, symbol, features, y, y_now, label_end, session
-    notes: list[str] = field(default_factory=list)
-    counts: dict = field(default_factory=dict)
-
-    def span(self) -> str | None:
-        if not self.rows:
-            return None
-        lo = min(r["t"] for r in self.rows)
-        hi = max(r["label_end"] for r in self.rows)
-        return f"{lo.isoformat()} .. {hi.isoformat()} (forecast time .. last window end)"
-
-    def summary(self) -> dict:
-        return {"rows": len(self.rows), "span": self.span(), **self.counts, "notes": list(self.notes)}
+class RecordedRegimeRows(RecordedRows):
+    """rows: t, symbol, features, y, y_now, label_end, session."""
+    SPAN = "forecast time .. last window end"
 
 
 def recorded_regime_rows(log_dir: Path, until: datetime) -> RecordedRegimeRows:
