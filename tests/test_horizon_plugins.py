@@ -19,7 +19,7 @@ from hydra_engine.domain import UTC
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _session(shared_data, tmp_path, start, end, strategies, perps=False, mode="on", params=None):
+def _session(shared_data, tmp_path, start, end, strategies, perps=False, mode="on", params=None, engine=None):
     from hydra_engine.app import build_sim_session
     from hydra_engine.backtest import _defer_snapshots, backtest_settings
     from hydra_engine.config import load_settings
@@ -29,7 +29,8 @@ def _session(shared_data, tmp_path, start, end, strategies, perps=False, mode="o
         "strategies": s.strategies.model_copy(update={"enabled": list(strategies),
                                                       "params": {**s.strategies.params, **(params or {})}}),
         "perps": s.perps.model_copy(update={"enabled": perps}),
-        "modifiers": s.modifiers.model_copy(update={"enabled": []})})
+        "modifiers": s.modifiers.model_copy(update={"enabled": []}),
+        "engine": s.engine.model_copy(update=engine or {})})
     session = build_sim_session(s, mode="backtest", data_dir=shared_data, log_dir=tmp_path / mode)
     _defer_snapshots(session.session_log)
     return session
@@ -123,8 +124,8 @@ def test_no_replay_source_or_a_changed_predicate_promises_nothing(shared_data, t
 
 
 # ---------------------------------------------------------------- the whole engine both ways
-def _run(shared_data, tmp_path, start, end, strategies, mode, perps=False):
-    session = _session(shared_data, tmp_path, start, end, strategies, perps=perps, mode=mode)
+def _run(shared_data, tmp_path, start, end, strategies, mode, perps=False, engine=None):
+    session = _session(shared_data, tmp_path, start, end, strategies, perps=perps, mode=mode, engine=engine)
     spans = []
     real = horizon.catch_up
     horizon.catch_up = lambda e, t: (spans.append(len(t)), real(e, t))
@@ -136,21 +137,21 @@ def _run(shared_data, tmp_path, start, end, strategies, mode, perps=False):
 
 
 BOTH_WAYS = [
-    # (plugins, start, end, perps, check mode too, skipped at least (share of the ticks))
-    (("macro_events",), "2024-01-01", "2024-03-01", False, True, 0.5),
-    (("metals_margin",), "2023-01-01", "2023-04-01", False, True, 0.1),
-    (("ai_disruption",), "2023-08-01", "2023-10-15", False, True, 0.2),    # no launch 2023-07-19 .. 09-26
-    (("macro_events", "ai_disruption", "liquidation_cascade"), "2023-08-01", "2023-10-15", False, True, 0.1),
+    # (plugins, start, end, perps, check mode too, skipped at least (share of the ticks), trades at least)
+    (("macro_events",), "2024-01-01", "2024-03-01", False, True, 0.5, 3),
+    (("metals_margin",), "2023-01-01", "2023-04-01", False, True, 0.1, 3),
+    (("ai_disruption",), "2023-08-01", "2023-10-15", False, True, 0.2, 0),    # no launch 2023-07-19 .. 09-26
+    (("macro_events", "ai_disruption", "liquidation_cascade"), "2023-08-01", "2023-10-15", False, True, 0.1, 3),
     # the perp module's venue settles funding: it never promises, so these runs visit every tick (the perp
     # primitives' promises take effect once the engine lets a perp venue skip); still identical both ways
     (("funding_squeeze", "funding_carry", "crowding_fade", "liquidation_reversal", "oi_divergence"),
-     "2022-05-01", "2022-06-01", True, False, 0.0),
+     "2022-05-01", "2022-06-01", True, False, 0.0, 0),
 ]
 
 
-@pytest.mark.parametrize("strategies,start,end,perps,check,min_share", BOTH_WAYS)
+@pytest.mark.parametrize("strategies,start,end,perps,check,min_share,min_trades", BOTH_WAYS)
 def test_real_data_skipping_equals_every_tick(shared_data, tmp_path, strategies, start, end, perps, check,
-                                              min_share):
+                                              min_share, min_trades):
     off, _, n = _run(shared_data, tmp_path, start, end, strategies, "off", perps)
     on, spans, _ = _run(shared_data, tmp_path, start, end, strategies, "on", perps)
     assert [k for k in off if off[k] != on[k]] == []
@@ -158,5 +159,18 @@ def test_real_data_skipping_equals_every_tick(shared_data, tmp_path, strategies,
         checked, _, _ = _run(shared_data, tmp_path, start, end, strategies, "check", perps)
         assert checked == off
     assert sum(spans) >= min_share * n, (strategies, sum(spans), n)
+    assert len(off["trades"]) >= min_trades, (strategies, len(off["trades"]))
     if min_share == 0.0:
         assert off["stats"]["cycles"] == n
+
+
+def test_real_data_ai_disruption_trades_and_skips(shared_data, tmp_path):
+    """The Llama 3.1 405B shock (2024-07, dips bought) under the contract's trend/volatility detector (the
+    HMM reads no shock regime then), re-read every 10 cycles: trades, the launch gap of 2024-04-14 .. 04-19
+    skipped, identical both ways."""
+    args = (shared_data, tmp_path, "2024-03-15", "2024-08-20", ("ai_disruption",))
+    engine = {"regime_detector": "trend_vol_rule", "regime_refresh_cycles": 10}
+    off, _, n = _run(*args, "off", engine=engine)
+    on, spans, _ = _run(*args, "on", engine=engine)
+    assert [k for k in off if off[k] != on[k]] == []
+    assert len(off["trades"]) >= 2 and sum(spans) >= 50, (len(off["trades"]), sum(spans), n)
