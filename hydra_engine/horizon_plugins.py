@@ -17,8 +17,8 @@ Each returns a UTC datetime (``FAR``: never), or None (no promise: the driver vi
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Callable, Iterable
 
 import numpy as np
 

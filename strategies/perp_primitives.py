@@ -139,8 +139,7 @@ class _PerpPrimitive(Strategy):
                           lambda key, src: cached(self, key, src, lambda: hot(src)))
 
     def _horizon_rule(self, data):
-        """(point kind, ``hot(series) -> bool array``) or None (no promise)."""
-        return None
+        """(point kind, ``hot(series) -> bool array``) or None (no promise; every primitive here has a rule)."""
 
     def generate_signals(self, ctx: StrategyContext) -> list[Signal]:
         return [Signal(symbol=s, score=i.side.sign * i.confidence, confidence=i.confidence, source=self.name,
