@@ -163,6 +163,23 @@ class AiDisruption(Strategy):
     def wants_cycle(self, market: MarketSnapshot) -> bool:
         return bool(self._recent_launches(market))
 
+    # ------------------------------------------------------------------ event-horizon replay
+    horizon_reads_data = True   # the replay driver passes its data source: the launches not known yet
+
+    def horizon_next_wake(self, market: MarketSnapshot, data=None) -> datetime | None:
+        """Event-horizon replay (hydra_engine/horizon.py): the earliest time ``wants_cycle`` could be True.
+
+        ``wants_cycle`` is True while a launch known at most ``_horizon`` ago (40 days by default) is known:
+        each launch of the replay's event file is the window ``[known_at, known_at + _horizon]``; the promise
+        is the next launch's ``known_at`` (1 s early), none while a window holds now. None without a replay
+        source. (Launches come every few weeks from 2022 on, so it promises mostly before the first one.)"""
+        cls = type(self)
+        if (cls.wants_cycle, cls._recent_launches) != (AiDisruption.wants_cycle, AiDisruption._recent_launches):
+            return None
+        from hydra_engine.horizon_plugins import event_wake
+        horizon = self._horizon
+        return event_wake(self, market, data, LAUNCH_KIND, lambda e: (e.known_at, e.known_at + horizon))
+
     def live_shock(self, market: MarketSnapshot) -> tuple[Shock, int] | None:
         """The newest confirmed shock still inside its trading days, with today's day number."""
         igv = market.bars.get(INDEX)

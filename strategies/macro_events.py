@@ -219,6 +219,29 @@ class MacroEventScalper(Strategy):
     def wants_cycle(self, market: MarketSnapshot) -> bool:
         return bool(self._live(market))
 
+    # ------------------------------------------------------------------ event-horizon replay
+    horizon_reads_data = True   # the replay driver passes its data source: the releases not known yet
+
+    def horizon_next_wake(self, market: MarketSnapshot, data=None) -> datetime | None:
+        """Event-horizon replay (hydra_engine/horizon.py): the earliest time ``wants_cycle`` could be True.
+
+        ``_live`` holds a release of the plugin's types once it is known (``known_at``) and its first
+        15-minute candle has closed, until the 16:00 New York close of its day: each release of the replay's
+        event files is the window ``[max(known_at, candle close), session end]``; the promise is the start of
+        the first window after now (1 s early), none while a window holds now (``horizon_plugins.event_wake``).
+        None without a replay source, or for a subclass that changes the predicate."""
+        cls = type(self)
+        if (cls.wants_cycle, cls._live) != (MacroEventScalper.wants_cycle, MacroEventScalper._live):
+            return None
+        from hydra_engine.horizon_plugins import event_wake
+        types = set(self.params.event_types)
+
+        def window(e):
+            if e.subject not in types:
+                return None
+            return max(e.known_at, _candle_start(e.happened_at) + CANDLE), _session_end(e.happened_at)
+        return event_wake(self, market, data, "macro_release", window)
+
     def generate_signals(self, ctx: StrategyContext) -> list[Signal]:
         self._pending = {}
         out: list[Signal] = []

@@ -196,6 +196,47 @@ class MetalsMarginTrader(Strategy):
         z = self.ratio_z(market)
         return z is not None and abs(z) >= self.params.z_exit or bool(self._trades)
 
+    # ------------------------------------------------------------------ event-horizon replay
+    horizon_reads_data = True   # the replay driver passes its data source: future bars and margin changes
+
+    def horizon_next_wake(self, market: MarketSnapshot, data=None) -> datetime | None:
+        """Event-horizon replay (hydra_engine/horizon.py): the earliest time ``wants_cycle`` could be True.
+
+        ``wants_cycle`` is True while a trade is recorded (``_trades``: no promise then), while a known GC/SI
+        hike or cut is inside its window (each margin change of the replay's event file is the window
+        ``[max(effective, known_at), effective + window_hours]``), or while the ratio's |z| >= ``z_exit``
+        (no promise then). The z-score reads only the GLD and SLV bars of the snapshot, so it cannot change
+        before the next GLD or SLV bar closes: the promise is the earlier of that close and the start of the
+        next margin window (1 s early). The z-score is read without touching the plugin's cache (its notes
+        stay exactly as a tick-by-tick run leaves them). None without a replay source."""
+        cls = type(self)
+        if (cls.wants_cycle, cls.ratio_z) != (MetalsMarginTrader.wants_cycle, MetalsMarginTrader.ratio_z):
+            return None   # a subclass or patch changed the predicate this promise is derived from
+        if self._trades or getattr(data, "_bars", None) is None:
+            return None
+        from hydra_engine.horizon_plugins import event_wake, next_bar_close
+        window = timedelta(hours=self.params.window_hours)
+
+        def span(e):
+            if e.subject not in TARGETS or e.payload.get("direction") not in ("hike", "cut"):
+                return None
+            return max(e.happened_at, e.known_at), e.happened_at + window
+        best = event_wake(self, market, data, "cme_margin", span)
+        if best is None:
+            return None
+        saved = (self._z_key, self._z, self._z_why)
+        try:
+            z = self.ratio_z(market)
+        finally:
+            self._z_key, self._z, self._z_why = saved
+        if z is not None and abs(z) >= self.params.z_exit:
+            return None
+        for symbol in ("GLD", "SLV"):
+            t = next_bar_close(market, data, symbol)
+            if t is not None:
+                best = min(best, datetime.fromtimestamp(t, UTC))
+        return best
+
     def generate_signals(self, ctx: StrategyContext) -> list[Signal]:
         p, out = self.params, []
         window = timedelta(hours=p.window_hours)

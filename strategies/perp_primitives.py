@@ -31,9 +31,13 @@ from typing import Mapping
 
 from pydantic import Field
 
+import numpy as np
+
 from hydra_engine.domain import Regime, Side, Signal, TradeProposal
+from hydra_engine.perp import stats as _stats
 from hydra_engine.perp.governance import exits_from_eae
-from hydra_engine.perp.stats import PerpRegime, PerpState, perp_regime, perp_state
+from hydra_engine.perp.stats import (FLUSH_OI_PCT, LIQ_LOOKBACK_H, PerpRegime, PerpState, perp_regime,
+                                     perp_state)
 from hydra_engine.ports import MarketSnapshot
 from hydra_engine.strategy import CombinedSignal, DataNeed, ExitRequest, Strategy, StrategyContext, StrategyParams
 
@@ -51,6 +55,34 @@ class _Idea:
 
     def __init__(self, side: Side, confidence: float, eae: float, hours: float, thesis: str):
         self.side, self.confidence, self.eae, self.hours, self.thesis = side, confidence, eae, hours, thesis
+
+
+SLACK = 1e-9   # the promises' thresholds are widened by this much: a float test may differ in the last bit
+
+
+def _funding_above(threshold: float):
+    """The promise rule "the newest funding rate is beyond +-``threshold``" (finite, |f| > threshold)."""
+    def hot(src) -> np.ndarray:
+        v = np.asarray(src.values, dtype=float)
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(v) & (np.abs(v) > threshold - SLACK)
+    return hot
+
+
+def _oi_deltas(src, hours: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per point of an open-interest series: (defined, change) of ``stats._oi_delta(oi, ts, hours)`` -- the
+    point against the newest one at or before ``hours`` earlier, at most 2 h older than that."""
+    ts = np.asarray(src.ts, dtype=np.int64)
+    v = np.asarray(src.values, dtype=float)
+    back = ts - hours * 3600
+    k = np.searchsorted(ts, back, side="right") - 1
+    ok = k >= 0
+    kk = np.where(ok, k, 0)
+    prev = v[kk]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok &= (back - ts[kk] <= 7200) & np.isfinite(prev) & (prev > 0) & np.isfinite(v) & (v > 0)
+        change = np.where(ok, v / np.where(ok, prev, 1.0) - 1.0, 0.0)
+    return ok, change
 
 
 class _PerpPrimitive(Strategy):
@@ -80,6 +112,34 @@ class _PerpPrimitive(Strategy):
 
     def wants_cycle(self, market: MarketSnapshot) -> bool:
         return bool(self._all(market))
+
+    # ------------------------------------------------------------------ event-horizon replay
+    horizon_reads_data = True   # the replay driver passes its data source: the future points' times
+
+    def horizon_next_wake(self, market: MarketSnapshot, data=None):
+        """Event-horizon replay (hydra_engine/horizon.py): the earliest time ``wants_cycle`` could be True.
+
+        Each primitive's rule needs a condition on the newest point of one point series per symbol (the
+        subclass's :meth:`_horizon_rule`: the series kind and, per point of the whole replay series, whether
+        the condition could hold while it is the newest -- a superset, with a 1e-9 margin on every
+        threshold); the promise is the ``known_at`` of the next such point of any perp symbol, none while the
+        newest known point is one (``horizon_plugins.point_wake``). None without a replay source, for a
+        primitive without a rule, or when a subclass or patch changed the predicate."""
+        cls = type(self)
+        if (_PROMISED.get(cls) is not cls._idea or cls.wants_cycle is not _PerpPrimitive.wants_cycle
+                or cls.idea is not _PerpPrimitive.idea or cls._all is not _PerpPrimitive._all
+                or perp_state is not _stats.perp_state):
+            return None
+        rule = self._horizon_rule(data)
+        if rule is None:
+            return None
+        kind, hot = rule
+        from hydra_engine.horizon_plugins import cached, point_wake
+        return point_wake(market, data, [(kind, sym) for sym in PERP_SYMBOLS],
+                          lambda key, src: cached(self, key, src, lambda: hot(src)))
+
+    def _horizon_rule(self, data):
+        """(point kind, ``hot(series) -> bool array``) or None (no promise; every primitive here has a rule)."""
 
     def generate_signals(self, ctx: StrategyContext) -> list[Signal]:
         return [Signal(symbol=s, score=i.side.sign * i.confidence, confidence=i.confidence, source=self.name,
@@ -114,6 +174,9 @@ class _PerpPrimitive(Strategy):
 class FundingSqueeze(_PerpPrimitive):
     name = "funding_squeeze"
 
+    def _horizon_rule(self, data):   # needs |funding| > 0.05 %
+        return "funding_rate", _funding_above(0.0005)
+
     def _idea(self, st: PerpState, market: MarketSnapshot) -> _Idea | None:
         f, d = st.funding, st.oi_delta_8h
         if f is None or d is None or d <= 0 or abs(f) <= 0.0005:
@@ -127,6 +190,24 @@ class FundingSqueeze(_PerpPrimitive):
 
 class LiquidationReversal(_PerpPrimitive):
     name = "liquidation_reversal"
+
+    def _horizon_rule(self, data):
+        """Needs liquidations in the last six hours: in history the proxy, an open-interest fall of
+        ``FLUSH_OI_PCT`` in the hour at one of the newest point's six hourly times (t_oi - h h, h < 6). A
+        replay with real liquidation series (``forceOrder``): no promise."""
+        points = getattr(data, "_points", None) or {}
+        if any(k in points for sym in PERP_SYMBOLS for k in (("liquidations_long_usd", sym),
+                                                             ("liquidations_short_usd", sym))):
+            return None
+
+        def hot(src) -> np.ndarray:
+            ok, change = _oi_deltas(src, 1)
+            flush = (ok & (change <= -FLUSH_OI_PCT / 100 + SLACK)).astype(np.int64)
+            ts = np.asarray(src.ts, dtype=np.int64)
+            count = np.concatenate(([0], np.cumsum(flush)))
+            lo = np.searchsorted(ts, ts - (LIQ_LOOKBACK_H - 1) * 3600, side="left")
+            return count[1:] - count[lo] > 0      # a flush at a point in [t - 5 h, t]
+        return "open_interest", hot
 
     def _idea(self, st: PerpState, market: MarketSnapshot) -> _Idea | None:
         imb, cp = st.liq_imbalance, st.cascade_probability
@@ -143,6 +224,12 @@ class LiquidationReversal(_PerpPrimitive):
 
 class OIDivergence(_PerpPrimitive):
     name = "oi_divergence"
+
+    def _horizon_rule(self, data):   # needs open interest down more than 2 % in 24 h
+        def hot(src) -> np.ndarray:
+            ok, change = _oi_deltas(src, 24)
+            return ok & (change < -0.02 + SLACK)
+        return "open_interest", hot
 
     def _idea(self, st: PerpState, market: MarketSnapshot) -> _Idea | None:
         p, o = st.price_change_24h, st.oi_delta_24h
@@ -161,6 +248,9 @@ class CrowdingFade(_PerpPrimitive):
     name = "crowding_fade"
     PROXY_RATIO = 1.10
     PROXY_Z = 2.0
+
+    def _horizon_rule(self, data):   # both the ratio and the proxy need |funding| > 0.03 %
+        return "funding_rate", _funding_above(0.0003)
 
     def _idea(self, st: PerpState, market: MarketSnapshot) -> _Idea | None:
         f = st.funding
@@ -191,6 +281,9 @@ class CrowdingFade(_PerpPrimitive):
 class FundingCarry(_PerpPrimitive):
     name = "funding_carry"
 
+    def _horizon_rule(self, data):   # needs |funding| > 0.05 %
+        return "funding_rate", _funding_above(0.0005)
+
     def _idea(self, st: PerpState, market: MarketSnapshot) -> _Idea | None:
         f = st.funding
         if f is None or abs(f) <= 0.0005 or st.vol_regime in (None, "high", "extreme"):
@@ -201,3 +294,7 @@ class FundingCarry(_PerpPrimitive):
         side = Side.SELL if f > 0 else Side.BUY
         return _Idea(side, 0.5, 0.01, 24, f"ranging, vol {st.vol_regime}: {'short' if f > 0 else 'long'} to "
                                           f"receive funding {f * 100:+.4f}% per 8 h")
+
+
+# the rules each promise is derived from (a subclass or patch that replaces one gets no promise)
+_PROMISED = {cls: cls._idea for cls in (FundingSqueeze, LiquidationReversal, OIDivergence, CrowdingFade, FundingCarry)}
