@@ -234,12 +234,13 @@ def catch_up(engine, ticks: list[datetime]) -> None:
         refresh = refresh[-1:]   # a detector without state: only the last reading of the span is kept
     refresh_set = set(refresh)
     last = len(ticks) - 1
+    lean_snap = None
     if not reporting:   # the marks first: the last cycle's report reads the account
-        _lean_marks(engine, ticks)
+        lean_snap = _lean_marks(engine, ticks)   # the last tick's snapshot, reused below (a pure read)
     for k in range(len(ticks)) if reporting else sorted(refresh_set | {last}):
         now = ticks[k]
         cycle = first + k
-        snap = last_snap = market.snapshot(now)
+        snap = last_snap = lean_snap if k == last and lean_snap is not None else market.snapshot(now)
         report = None
         if reporting or k == last:   # without a log or store only the last cycle's report is kept (last_report)
             report = new_report(cycle, now)
@@ -294,21 +295,23 @@ def catch_up(engine, ticks: list[datetime]) -> None:
                 engine.store.save_cycle(engine.session_id, rep, [], [], [], None, batch=engine.store_batch)
 
 
-def _lean_marks(engine, ticks: list[datetime]) -> None:
+def _lean_marks(engine, ticks: list[datetime]):
     """Without reports: the broker's marks as the last tick leaves them (each symbol's latest valid price).
     High-water marks and trails are not touched: the position manager's walk over the bars closed since
     its last walk moves them bar by bar at the next visited cycle, as it would have tick by tick (the
     promise guarantees no bar in between fires and every close lies inside its bar's range, so the
-    per-cycle mark update is a no-op then)."""
+    per-cycle mark update is a no-op then). Returns the last tick's snapshot (None without marks)."""
     if engine._update_marks is None:
-        return
+        return None
     market = engine.market
-    last = market.snapshot(ticks[-1]).prices()
+    snap = market.snapshot(ticks[-1])
+    last = snap.prices()
     if all(0 < p < math.inf for p in last.values()):
         engine._update_marks(last)
     else:   # a price missing at the end: the marks tick by tick
         for now in ticks:
             engine._update_marks(market.snapshot(now).prices())
+    return snap
 
 
 # ============================================================================ the driver
