@@ -19,7 +19,10 @@ log = logging.getLogger(__name__)
 
 class SimulatedClock:
     def __init__(self, ticks: Iterable[datetime]):
-        self.ticks = [require_utc(t, "tick") for t in ticks]
+        ticks = list(ticks)
+        if any(t.__class__ is not datetime or t.tzinfo is not UTC for t in ticks):   # the cheap common case first
+            ticks = [require_utc(t, "tick") for t in ticks]
+        self.ticks = ticks
         self._now = self.ticks[0] if self.ticks else None
 
     def now(self) -> datetime:

@@ -13,7 +13,7 @@ The promises (each an upper bound on "nothing can happen before"; a wrong one wo
 each is computed with a margin and, when in doubt, not given):
 
 * engine: no cycle hooks, nothing recorded at start-up, not halted, the observation phase over, the last
-  cycle a clean "trade" cycle (no orders, fills, exits, notes or errors), the regime
+  cycle a clean "trade" cycle (no orders, exits, notes or errors; fills only once booked and settled), the regime
   reading not stale, no blocking symbol rule while positions are held;
 * broker: no working order, no unreported fill, no funding to settle (a perp venue never promises);
   the book: no plan, exit or unresolved order waiting;
@@ -152,7 +152,10 @@ def engine_quiet(engine) -> bool:
     if engine.store is not None and engine.store_batch == 1:
         return False   # every committed cycle carries the engine state (paper-like persistence)
     rep = engine._last_report
-    if rep is None or rep.get("mode") != "trade" or rep["orders"] or rep["fills"] or rep["exits"] \
+    # a cycle that only booked fills may promise (issue #24 item 2): its orders are done (no working order,
+    # below), the book waits on nothing (no plan, exit or unresolved order, below), the fills' trades have
+    # adapted the weights and reached the risk layer in that cycle, so the next cycle would be a quiet one
+    if rep is None or rep.get("mode") != "trade" or rep["orders"] or rep["exits"] \
             or rep["errors"] or rep["notes"] or rep.get("decisions"):
         return False
     broker = engine.broker
@@ -222,18 +225,22 @@ def catch_up(engine, ticks: list[datetime]) -> None:
     label = (engine.regime.regime, engine.regime.confidence, engine.regime.detector)
     reports: list[dict] = []
     first = engine.cycle + 1
-    refresh = [k for k, c in enumerate(range(first, first + len(ticks))) if c == 1 or c % every == 0]
+    # the span's refresh cycles (cycle 1 and every multiple of ``every``), by arithmetic: a span is up to
+    # the whole replay long, and a Python pass over its ticks would cost what skipping them saved
+    refresh = list(range(-first % every, len(ticks), every))
+    if first == 1 and (not refresh or refresh[0] != 0):
+        refresh.insert(0, 0)
     if not reporting and refresh and getattr(engine.regime_detector, "horizon_stateless", False):
         refresh = refresh[-1:]   # a detector without state: only the last reading of the span is kept
     refresh_set = set(refresh)
     last = len(ticks) - 1
+    lean_snap = None
     if not reporting:   # the marks first: the last cycle's report reads the account
-        _lean_marks(engine, ticks)
-    for k, now in enumerate(ticks):
-        if not reporting and k not in refresh_set and k != last:
-            continue
+        lean_snap = _lean_marks(engine, ticks)   # the last tick's snapshot, reused below (a pure read)
+    for k in range(len(ticks)) if reporting else sorted(refresh_set | {last}):
+        now = ticks[k]
         cycle = first + k
-        snap = last_snap = market.snapshot(now)
+        snap = last_snap = lean_snap if k == last and lean_snap is not None else market.snapshot(now)
         report = None
         if reporting or k == last:   # without a log or store only the last cycle's report is kept (last_report)
             report = new_report(cycle, now)
@@ -288,21 +295,23 @@ def catch_up(engine, ticks: list[datetime]) -> None:
                 engine.store.save_cycle(engine.session_id, rep, [], [], [], None, batch=engine.store_batch)
 
 
-def _lean_marks(engine, ticks: list[datetime]) -> None:
+def _lean_marks(engine, ticks: list[datetime]):
     """Without reports: the broker's marks as the last tick leaves them (each symbol's latest valid price).
     High-water marks and trails are not touched: the position manager's walk over the bars closed since
     its last walk moves them bar by bar at the next visited cycle, as it would have tick by tick (the
     promise guarantees no bar in between fires and every close lies inside its bar's range, so the
-    per-cycle mark update is a no-op then)."""
+    per-cycle mark update is a no-op then). Returns the last tick's snapshot (None without marks)."""
     if engine._update_marks is None:
-        return
+        return None
     market = engine.market
-    last = market.snapshot(ticks[-1]).prices()
+    snap = market.snapshot(ticks[-1])
+    last = snap.prices()
     if all(0 < p < math.inf for p in last.values()):
         engine._update_marks(last)
     else:   # a price missing at the end: the marks tick by tick
         for now in ticks:
             engine._update_marks(market.snapshot(now).prices())
+    return snap
 
 
 # ============================================================================ the driver

@@ -132,7 +132,7 @@ def _frames(seed: int, n: int, symbols: int, drop: float, vol: float) -> dict[st
 
 
 def _build(frames, *, fast, slow, refresh, observe, levels, detector, tmp: Path | None, tag: str,
-           short_allowed=False, risk: dict | None = None):
+           short_allowed=False, risk: dict | None = None, fill_model: str = "next_open"):
     symbols = list(frames)
     settings = Settings(engine={"observation_cycles": observe, "regime_refresh_cycles": refresh, "history_bars": 200},
                         universe={"symbols": symbols, "data_only": []},
@@ -144,7 +144,7 @@ def _build(frames, *, fast, slow, refresh, observe, levels, detector, tmp: Path 
     assets = {s: crypto_spec(s, min_order_size=Decimal(0), qty_increment=Decimal("1e-8"),
                              price_increment=Decimal("0.01")) for s in symbols}
     broker = SimulatedBroker(market, assets, starting_cash_usd=Decimal(10000 * len(symbols)), fee_bps=10.0,
-                             slippage_bps=0.0, fill_model="next_open")
+                             slippage_bps=0.0, fill_model=fill_model)
     if levels is None:
         strat = SmaCrossover({"symbols": symbols, "fast": fast, "slow": slow})
     else:
@@ -406,6 +406,73 @@ def test_last_report_after_a_span_is_the_skipped_cycles_own(tmp, tmp_path):
     caught = list(seen["on"])
     assert len(seen["on"]) < len(seen["off"]) == 500
     assert all(seen["on"][c] == seen["off"][c] for c in caught)
+
+
+# ---------------------------------------------------------------- a promise right after a cycle that booked fills
+def _both_after_fills(tmp, frames, risk, **kw):
+    """Both ways, counting (with skipping) the spans that start right after a visited cycle which booked
+    fills (issue #24 item 2: such a cycle promises once its orders are done and its book waits on nothing)."""
+    results, after_fills = [], []
+    for mode in ("off", "on"):
+        tag = f"{mode}-{len(list(tmp.iterdir())) if tmp else 0}"
+        engine, clock = _build(frames, tmp=tmp, tag=tag, risk=risk, **kw)
+        if risk is None:   # half the cash per sleeve: a loss never leaves the next all-in entry unaffordable
+            engine.risk.sleeves = {s: Decimal(5000) for s in engine.risk.sleeves}
+        real = horizon.catch_up
+
+        def spy(e, t):
+            rep = e._last_report   # the visited cycle the span follows (raw or formatted: "fills" either way)
+            after_fills.append(bool(rep["fills"]) and mode == "on")
+            assert not e.broker.open_orders() and not (e.book.plans or e.book.exit_reasons or e.book.unresolved)
+            return real(e, t)
+        horizon.catch_up = spy
+        try:
+            assert horizon.run(engine, clock, mode=mode) == len(clock.ticks)
+        finally:
+            horizon.catch_up = real
+        out = _outcome(engine, tmp, tag)
+        out["risk_state"] = engine.risk.to_state()
+        out["kills"] = engine.kill_log.as_json()
+        results.append(out)
+    return results[0], results[1], sum(after_fills)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10_000), n=st.integers(300, 2500), symbols=st.integers(1, 3),
+       drop=st.sampled_from([0.0, 0.03]), vol=st.sampled_from([0.001, 0.004, 0.01]),
+       fast=st.integers(2, 12), slow_gap=st.integers(2, 30),
+       fill_model=st.sampled_from(["signal_close", "next_open"]),
+       levels=st.one_of(st.none(), st.tuples(st.sampled_from([0.002, 0.01]), st.sampled_from([0.003, 0.03]),
+                                              st.sampled_from([None, 0.5]), st.sampled_from([3.0, 1e5]),
+                                              st.booleans())),
+       risk=st.sampled_from(["inert", "shipped", "tight"]), persist=st.booleans())
+def test_skipping_after_fill_cycles_equals_every_tick(tmp_path_factory, seed, n, symbols, drop, vol, fast,
+                                                      slow_gap, fill_model, levels, risk, persist):
+    """The promise after a cycle that booked fills (entries and exits, stops and targets, long and short,
+    both fill models, the inert and the shipped risk layer with tight limits, with and without journal and
+    store): identical orders, trades, equity, positions, statistics, reports, journal, store, risk state."""
+    tmp = tmp_path_factory.mktemp("hf") if persist else None
+    frames = _frames(seed, n, symbols, drop, vol)
+    off, on, _ = _both_after_fills(tmp, frames, None if risk == "inert" else _TIGHT if risk == "tight" else {},
+                                   fast=fast, slow=fast + slow_gap, refresh=10, observe=0, levels=levels,
+                                   detector=_Stateless() if seed % 2 else _Fixed(), fill_model=fill_model)
+    _assert_same(off, on)
+
+
+@pytest.mark.parametrize("fill_model", ["signal_close", "next_open"])
+@pytest.mark.parametrize("levels", [None, (0.01, 0.02, 0.5, 1e5, True)])
+@pytest.mark.parametrize("risk", ["inert", "shipped"])
+def test_spans_start_right_after_fill_cycles(fill_model, levels, risk):
+    """Not vacuous: on a seeded series many fill cycles are followed by a span (the settle cycle after them
+    is no longer visited: entries and exits with the inert risk layer, exits to a flat book with the shipped
+    one), and the outcome is identical tick by tick."""
+    frames = _frames(21, 3000, 1, 0.0, 0.003)
+    off, on, after_fills = _both_after_fills(None, frames, None if risk == "inert" else {}, fast=3, slow=10,
+                                             refresh=10, observe=0, levels=levels, detector=_Fixed(),
+                                             fill_model=fill_model)
+    _assert_same(off, on)
+    trades = len(off["trades"])
+    assert trades > 20 and after_fills > (trades // 2 if risk == "inert" else trades // 3)
 
 
 # ---------------------------------------------------------------- the shipped risk layer's promise

@@ -2,6 +2,7 @@
 symbol read straight from its arrays for the position manager (issue #24: a leaner event path)."""
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 from ..ports import BarSeries
@@ -53,6 +54,8 @@ def rows_since(spans: dict[str, tuple[int, int]], bars: Mapping, symbol: str,
     k = i - 1
     if k == j or ts.item(k - 1) < from_s:   # just the newest bar: every cycle of a position held on
         return [(ts.item(k), b.o.item(k), b.h.item(k), b.l.item(k), b.c.item(k))]
+    if from_s.__class__ is float and math.isfinite(from_s):
+        from_s = math.ceil(from_s)   # the same first bar (int open times), without casting the window to float
     k = j + int(ts[j:i].searchsorted(from_s, "left"))
     o, h, lo, c = b.o, b.h, b.l, b.c
     return [(ts.item(r), o.item(r), h.item(r), lo.item(r), c.item(r)) for r in range(k, i)]
