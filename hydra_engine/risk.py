@@ -307,8 +307,8 @@ class RiskManager:
         s = self.state
         if engine.book.positions:
             return None
-        if any(type(sw) not in HORIZON_SWITCHES for sw in self.kill_switches):
-            return None
+        if not s.killed and any(type(sw) not in HORIZON_SWITCHES for sw in self.kill_switches):
+            return None   # killed: on_equity / on_market return before asking any switch
         if engine.broker.account().equity_usd != s.last_equity:
             return None
         return datetime.max.replace(tzinfo=now.tzinfo) - timedelta(days=2)

@@ -579,7 +579,7 @@ def test_refitter_promise_is_the_first_time_a_refit_is_due():
     assert refitter_until(due_now, HMMRegimeDetector(), now) is None      # no model, never tried
 
 
-def _real_span(shared_data, tmp_path, start, end, mode, strategies=("sma_crossover",)):
+def _real_span(shared_data, tmp_path, start, end, mode, strategies=("sma_crossover",), perps=False):
     from hydra_engine.app import build_sim_session
     from hydra_engine.backtest import _defer_snapshots, backtest_settings
     from hydra_engine.config import load_settings
@@ -591,7 +591,7 @@ def _real_span(shared_data, tmp_path, start, end, mode, strategies=("sma_crossov
         "strategies": s.strategies.model_copy(update={"enabled": list(strategies), "params": {
             **s.strategies.params, "sma_crossover": {"symbols": ["BTC/USD", "ETH/USD", "SPY", "GLD"], "fast": 20,
                                                      "slow": 50}}}),
-        "perps": s.perps.model_copy(update={"enabled": False}),
+        "perps": s.perps.model_copy(update={"enabled": perps}),
         "modifiers": s.modifiers.model_copy(update={"enabled": []})})
     session = build_sim_session(s, mode="backtest", data_dir=shared_data, log_dir=tmp_path / mode)
     _defer_snapshots(session.session_log)
@@ -653,3 +653,26 @@ def test_real_data_liquidation_cascade_skipping_equals_every_tick(shared_data, t
     on, spans, engine = _real_span(shared_data, tmp_path, *args, "on", strategies=("liquidation_cascade",))
     assert [k for k in off if off[k] != on[k]] == [] and check == off
     assert off["trades"] and sum(spans) > len(engine.market.timeline()) / 2
+
+
+# ---------------------------------------------------------------- issue #24: the perp venue and a killed book, real data
+def test_real_data_killed_book_and_flat_perp_venue_skipping_equals_every_tick(shared_data, tmp_path):
+    """January to April 2020 on /work/shared/data with the shipped perp module on (BTCUSDT/ETHUSDT: the venue
+    settles funding), the shipped RiskManager, HMM detector and refitter and liquidation_cascade: the
+    extreme-vol regime-break kill fires on 2020-03-05 and (backtest_auto_resume_days = 0) stays. Check mode
+    verifies every promise (the flat venue's, the killed book's); skipping equals every tick (orders,
+    trades, equity, statistics, summary with the kill log, last report); most killed cycles are skipped and
+    each reports mode "killed" with the kill's reason."""
+    args = ("2020-01-01", "2020-04-01")
+    kw = {"strategies": ("liquidation_cascade",), "perps": True}
+    check, _, _ = _real_span(shared_data, tmp_path, *args, "check", **kw)
+    off, _, _ = _real_span(shared_data, tmp_path, *args, "off", **kw)
+    on, spans, engine = _real_span(shared_data, tmp_path, *args, "on", **kw)
+    assert engine.broker.capabilities.settles_funding
+    assert [k for k in off if off[k] != on[k]] == [] and check == off
+    (kill,) = on["summary"]["kills"]
+    assert kill["rule"] == "extreme_vol_regime_break" and kill["at"].startswith("2020-03-05")
+    killed_ticks = sum(1 for t in engine.market.timeline() if t.isoformat() > kill["at"])
+    assert sum(spans) > killed_ticks / 2
+    assert on["last_report"]["mode"] == "killed" and on["last_report"]["notes"] == [
+        f"kill switch (extreme_vol_regime_break): {engine.risk.state.kill_reason}"]
