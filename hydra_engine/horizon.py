@@ -212,10 +212,15 @@ def horizon(engine, now: datetime, nxt: datetime | None = None) -> tuple[datetim
         return None
     market = engine.market_now
     best = FAR
-    for strat in engine.strategies:
-        promise = getattr(strat, "horizon_next_wake", None)
-        if promise is None:
+    # the cheap promises first (the order changes nothing: every one must hold, the earliest wins)
+    for t in (venue_horizon(engine, now), kill_log_horizon(engine)):
+        if t is None or t <= nxt:
             return None
+        best = min(best, t)
+    promises = [getattr(strat, "horizon_next_wake", None) for strat in engine.strategies]
+    if None in promises:   # a plugin without a promise: no other plugin's (possibly costly) promise is asked
+        return None
+    for strat, promise in zip(engine.strategies, promises):
         try:
             t = promise(market, data=engine.market) if getattr(strat, "horizon_reads_data", False) else promise(market)
             if isinstance(t, dict):
@@ -230,14 +235,6 @@ def horizon(engine, now: datetime, nxt: datetime | None = None) -> tuple[datetim
         return None
     best = min(best, t)
     t = risk_horizon(engine, now)
-    if t is None or t <= nxt:
-        return None
-    best = min(best, t)
-    t = venue_horizon(engine, now)
-    if t is None or t <= nxt:
-        return None
-    best = min(best, t)
-    t = kill_log_horizon(engine)
     if t is None or t <= nxt:
         return None
     best = min(best, t)
