@@ -19,8 +19,8 @@ each is computed with a margin and, when in doubt, not given):
   rule while positions are held;
 * broker: no working order, no unreported fill; a venue that settles funding promises through
   ``horizon_until(now)`` (:func:`venue_horizon`; the perp venue: while it holds no position, order or fill);
-* kill log: a backtest's automatic resume (``KillLog.horizon_until``);
   the book: no plan, exit or unresolved order waiting;
+* kill log: a backtest's automatic resume (``KillLog.horizon_until``);
 * plugins: ``Strategy.horizon_next_wake(market)`` -> the earliest time ``wants_cycle`` could be True
   (``(market, data=<the replay source>)`` where the plugin sets ``horizon_reads_data``: it reads the
   arrival times of future points, e.g. liquidation_cascade's funding and open-interest points);
