@@ -198,12 +198,7 @@ class Engine(EngineState, RegimeStep):
         self._detect_regime(market, now, report)          # 2. DETECT REGIME
         self.kill_log.step(self, now, report)             # kills recorded; a backtest's auto-resume (#17)
         ctx = GateContext(now, market, self.regime, self.cycle, {}, None)
-        book_verdict = self.gate.for_book(ctx)
-        if book_verdict.verdict.state is not GateState.ALLOW:
-            report["mode"] = ("observe" if book_verdict.verdict.rule == "observe"
-                              else "killed" if self.risk.kill_requested() else "blocked")
-            if report["mode"] != "observe":
-                report["notes"].append(book_verdict.verdict.reason)
+        book_verdict = self._book_mode(ctx, report)
         # 3.-7. SIGNALS, PROPOSALS, RANK, FILTER, EXECUTE. The quiet-bar fast path: when no plugin wants
         # this cycle (Strategy.wants_cycle) none of these steps could produce anything, so they are skipped
         if self._some_plugin_wakes(market):
@@ -222,6 +217,17 @@ class Engine(EngineState, RegimeStep):
         self._manage(market, ctx, exit_requests, now, report)   # 8. MANAGE open positions
         report["weights"] = self.weights.as_dict()             # 9. the weights, adapted above
         report["equity_usd"] = report["cash_usd"] = self.broker.account()
+
+    def _book_mode(self, ctx: GateContext, report: dict):
+        """The entry gate's book verdict; a refusal sets the cycle's mode (observe, killed, blocked) and
+        says why. Also what a skipped cycle reports (``horizon.catch_up``): one code path."""
+        book_verdict = self.gate.for_book(ctx)
+        if book_verdict.verdict.state is not GateState.ALLOW:
+            report["mode"] = ("observe" if book_verdict.verdict.rule == "observe"
+                              else "killed" if self.risk.kill_requested() else "blocked")
+            if report["mode"] != "observe":
+                report["notes"].append(book_verdict.verdict.reason)
+        return book_verdict
 
     # ================================================================== steps
     def _book_fills(self, now: datetime, report: dict, trades: list[dict]) -> None:

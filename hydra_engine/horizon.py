@@ -13,10 +13,14 @@ The promises (each an upper bound on "nothing can happen before"; a wrong one wo
 each is computed with a margin and, when in doubt, not given):
 
 * engine: no cycle hooks, nothing recorded at start-up, not halted, the observation phase over, the last
-  cycle a clean "trade" cycle (no orders, exits, notes or errors; fills only once booked and settled), the regime
-  reading not stale, no blocking symbol rule while positions are held;
-* broker: no working order, no unreported fill, no funding to settle (a perp venue never promises);
+  cycle a clean "trade" cycle (no orders, exits, notes or errors; fills only once booked and settled) or a
+  clean "killed" / "blocked" cycle of a flat book without fills (its one note the gate's reason; each
+  skipped cycle's mode and note are the gate's book verdict asked at its tick, ``Engine._book_mode``), the
+  regime reading not stale, no blocking symbol rule while positions are held;
+* broker: no working order, no unreported fill; a venue that settles funding promises through
+  ``horizon_until(now)`` (:func:`venue_horizon`; the perp venue: while it holds no position, order or fill);
   the book: no plan, exit or unresolved order waiting;
+* kill log: a backtest's automatic resume (``KillLog.horizon_until``);
 * plugins: ``Strategy.horizon_next_wake(market)`` -> the earliest time ``wants_cycle`` could be True
   (``(market, data=<the replay source>)`` where the plugin sets ``horizon_reads_data``: it reads the
   arrival times of future points, e.g. liquidation_cascade's funding and open-interest points);
@@ -46,6 +50,7 @@ from datetime import datetime, timedelta
 
 from .cycle_report import format_report, new_report
 from .domain import UTC
+from .gate import GateContext
 from .horizon_positions import FAR, _ts, _walk_positions, position_horizon
 from .regime_freshness import input_day, is_stale
 
@@ -142,6 +147,28 @@ def risk_horizon(engine, now: datetime) -> datetime | None:
         return None
 
 
+def venue_horizon(engine, now: datetime) -> datetime | None:
+    """The broker's promise where it settles funding (a perp venue: funding payments and liquidations
+    happen without an order): its ``horizon_until(now)`` (the perp venue: FAR while it holds nothing);
+    a broker that settles none: FAR."""
+    broker = engine.broker
+    if not broker.capabilities.settles_funding:
+        return FAR
+    promise = getattr(broker, "horizon_until", None)
+    if promise is None:
+        return None
+    try:
+        return promise(now)
+    except Exception:  # noqa: BLE001 -- a broken promise promises nothing
+        return None
+
+
+def kill_log_horizon(engine) -> datetime | None:
+    """The kill log's promise (``KillLog.horizon_until``): a backtest's automatic resume is due."""
+    promise = getattr(engine.kill_log, "horizon_until", None)
+    return promise(engine) if promise is not None else None
+
+
 def engine_quiet(engine) -> bool:
     """The engine-level conditions for any skipping (module docstring)."""
     if (engine.cycle_hooks or engine.after_fills_hooks or engine.cycle_end_hooks or engine.caught_up_fills
@@ -155,13 +182,21 @@ def engine_quiet(engine) -> bool:
     # a cycle that only booked fills may promise (issue #24 item 2): its orders are done (no working order,
     # below), the book waits on nothing (no plan, exit or unresolved order, below), the fills' trades have
     # adapted the weights and reached the risk layer in that cycle, so the next cycle would be a quiet one
-    if rep is None or rep.get("mode") != "trade" or rep["orders"] or rep["exits"] \
-            or rep["errors"] or rep["notes"] or rep.get("decisions"):
+    if rep is None or rep["orders"] or rep["exits"] or rep["errors"] or rep.get("decisions"):
+        return False
+    mode = rep.get("mode")
+    book = engine.book
+    if mode == "trade":
+        if rep["notes"]:
+            return False
+    elif mode in ("killed", "blocked"):   # a flat book the gate refuses entries: its one note is the gate's
+        if rep["fills"] or len(rep["notes"]) != 1 or book.positions:
+            return False
+    else:
         return False
     broker = engine.broker
-    if broker.capabilities.settles_funding or broker.open_orders():
+    if broker.open_orders():
         return False
-    book = engine.book
     if book.plans or book.exit_reasons or book.unresolved:
         return False
     if book.positions and engine.gate._blockers:
@@ -180,10 +215,15 @@ def horizon(engine, now: datetime, nxt: datetime | None = None) -> tuple[datetim
         return None
     market = engine.market_now
     best = FAR
-    for strat in engine.strategies:
-        promise = getattr(strat, "horizon_next_wake", None)
-        if promise is None:
+    # the cheap promises first (the order changes nothing: every one must hold, the earliest wins)
+    for t in (venue_horizon(engine, now), kill_log_horizon(engine)):
+        if t is None or t <= nxt:
             return None
+        best = min(best, t)
+    promises = [getattr(strat, "horizon_next_wake", None) for strat in engine.strategies]
+    if None in promises:   # a plugin without a promise: no other plugin's (possibly costly) promise is asked
+        return None
+    for strat, promise in zip(engine.strategies, promises):
         try:
             t = promise(market, data=engine.market) if getattr(strat, "horizon_reads_data", False) else promise(market)
             if isinstance(t, dict):
@@ -264,6 +304,8 @@ def catch_up(engine, ticks: list[datetime]) -> None:
         elif report is not None:
             report["regime"] = engine.regime   # as _detect_regime leaves it; format_report converts it
         if report is not None:
+            # the entry gate's book verdict, as the cycle asks it: a killed or blocked flat book's mode and note
+            engine._book_mode(GateContext(now, snap, engine.regime, cycle, {}, None), report)
             if engine._gating[0] is not engine.regime:
                 regime = engine.regime.regime
                 engine._gating = (engine.regime, [s.name for s in engine.strategies if s.trades_in(regime)],
@@ -375,11 +417,16 @@ def _verify_quiet(engine, now: datetime, quiet_before: int, label: tuple) -> Non
         problems.append(f"regime {label} -> {engine.regime.regime}")
     if engine.stats.quiet_cycles != quiet_before + 1:
         problems.append("a plugin woke")
-    for key in ("orders", "fills", "exits", "errors", "notes", "decisions"):
+    for key in ("orders", "fills", "exits", "errors", "decisions"):
         if rep.get(key):
             problems.append(f"{key}: {rep[key]!r:.200}")
-    if rep.get("mode") != "trade":
-        problems.append(f"mode {rep.get('mode')}")
+    mode = rep.get("mode")
+    if mode == "trade" and rep.get("notes") or mode in ("killed", "blocked") and len(rep.get("notes", ())) != 1:
+        problems.append(f"notes: {rep.get('notes')!r:.200}")
+    if mode not in ("trade", "killed", "blocked"):
+        problems.append(f"mode {mode}")
+    elif mode != "trade" and engine.book.positions:
+        problems.append(f"mode {mode} with positions held")
     if problems:
         raise HorizonBroken(f"cycle {engine.cycle} at {now} was promised quiet but: " + "; ".join(problems))
 

@@ -45,6 +45,21 @@ class KillLog:
                                    "(truth.backtest_auto_resume_days)")
             self._open = None
 
+    def horizon_until(self, engine):
+        """Event-horizon replay (``hydra_engine/horizon.py``): the earliest time :meth:`step` could act on
+        its own -- a backtest's automatic resume (``at + auto_resume``: the first tick at or after it is
+        visited and resumes there, as tick by tick) -- FAR where none is due, or None where the log and
+        the risk state disagree (a kill not yet logged, a resume not yet logged: the next cycle records it)."""
+        from .horizon_positions import FAR
+        s = getattr(engine.risk, "state", None)
+        if s is None or not hasattr(s, "killed"):
+            return FAR
+        if bool(s.killed) != (self._open is not None):
+            return None
+        if self._open is not None and self.auto_resume is not None:
+            return self._open["at"] + self.auto_resume
+        return FAR
+
     def as_json(self, start: datetime | None = None, end: datetime | None = None) -> list[dict]:
         out = []
         for e in self.entries:

@@ -293,21 +293,22 @@ class RiskManager:
         Promised only on a flat book: the equity is then the constant cash, so the daily-loss and
         drawdown switches see the same equity as at ``now`` (a day roll only rebases the day's start to
         that same equity: a loss of 0); the regime-break switch needs a changed label (the regime promise
-        rules that out); entries are not blocked now (no kill, no running cooldown, the day's trade
-        count under its limit) and only a trade could block them (a fill, a closed loss). Any other kill
-        switch, a held position, or an equity other than the one ``on_equity`` last saw: no promise.
+        rules that out). Killed or blocked (cooldown, the day's trade count) is promised too (issue #24):
+        a kill stops the switches (``on_equity``/``on_market`` only keep the accounts then), a block only
+        changes with time (the cooldown's end, the day roll), and the skipped cycles' mode and note are
+        the gate's, asked per skipped tick (``horizon.catch_up``); a kill's automatic resume is the kill
+        log's promise (``KillLog.horizon_until``). Any other kill switch, a held position, or an equity
+        other than the one ``on_equity`` last saw: no promise.
         The skipped ticks' effect on the state is :meth:`horizon_catch_up`."""
         cls = type(self)
         if (cls.on_equity, cls.on_market, cls._blocked, cls._roll_day) != (
                 RiskManager.on_equity, RiskManager.on_market, RiskManager._blocked, RiskManager._roll_day):
             return None   # a subclass that checks otherwise: its own promise or none
         s = self.state
-        if s.killed or engine.book.positions or s.trades_today >= self.cfg.max_trades_per_day:
+        if engine.book.positions:
             return None
-        if s.cooldown_until is not None and now < s.cooldown_until:
-            return None
-        if any(type(sw) not in HORIZON_SWITCHES for sw in self.kill_switches):
-            return None
+        if not s.killed and any(type(sw) not in HORIZON_SWITCHES for sw in self.kill_switches):
+            return None   # killed: on_equity / on_market return before asking any switch
         if engine.broker.account().equity_usd != s.last_equity:
             return None
         return datetime.max.replace(tzinfo=now.tzinfo) - timedelta(days=2)

@@ -118,6 +118,20 @@ class VenueRouter:
         payments = [p for v in self.venues.values() if v.capabilities.settles_funding for p in v.settle_funding(now)]
         return sorted(payments, key=lambda p: p.ts)
 
+    def horizon_until(self, now: datetime) -> datetime | None:
+        """Event-horizon replay: the earliest promise of the venues that settle funding (each must have
+        ``horizon_until``; one without, or one that answers None: no promise)."""
+        best = None
+        for venue in self.venues.values():
+            if not venue.capabilities.settles_funding:
+                continue
+            promise = getattr(venue, "horizon_until", None)
+            t = promise(now) if promise is not None else None
+            if t is None:
+                return None
+            best = t if best is None else min(best, t)
+        return best
+
     def adopt_orders(self, client_order_ids) -> None:
         """HYDRA orders another process sent (a `kill`'s closes): each venue that maps ids learns them."""
         ids = list(client_order_ids)

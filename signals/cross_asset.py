@@ -27,6 +27,7 @@ per-cycle cost is a dictionary look-up.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -64,12 +65,14 @@ class GraphParams(BaseModel):
 
 
 # --------------------------------------------------------------------------- the panel of session closes
+@functools.lru_cache(maxsize=None)   # pure in its epoch second; Panel.update asks every session of the history
 def session_close_s(day_ts: int) -> int:
     """Epoch second of 16:00 New York on the session whose daily bar opens at ``day_ts`` (midnight NY)."""
     d = datetime.fromtimestamp(day_ts, NEW_YORK).date()
     return int(datetime(d.year, d.month, d.day, 16, tzinfo=NEW_YORK).timestamp())
 
 
+@functools.lru_cache(maxsize=None)
 def _ny_date(ts: int) -> int:
     d = datetime.fromtimestamp(ts + 6 * 3600, NEW_YORK).date()   # +6 h: a UTC-midnight stamp stays on its day
     return d.toordinal()
@@ -155,9 +158,16 @@ def _lag_test(x: np.ndarray, y: np.ndarray, k: int, method: str) -> tuple[float,
         both = both[np.isfinite(both).all(axis=1)]
         res = grangercausalitytests(both, maxlag=[k])
         return rho, float(res[k][0]["ssr_ftest"][1]), n
-    from scipy import stats
     t = rho * math.sqrt((n - 2) / max(1e-12, 1 - rho * rho))
-    return rho, float(2 * stats.t.sf(abs(t), n - 2)), n
+    return rho, float(2 * _stdtr(n - 2, -abs(t))), n
+
+
+def _stdtr(df: int, x: float) -> float:
+    """Student's t CDF at ``x``: exactly what ``scipy.stats.t.sf(-x, df)`` computes (its ``_sf`` is
+    ``special.stdtr(df, -x)``), without the distribution object's per-call argument machinery (~60 us of
+    each lag test; issue #24). ``tests/test_cross_asset_fast.py`` holds the two equal on real returns."""
+    from scipy.special import stdtr
+    return stdtr(df, x)
 
 
 def estimate_graph(rets: np.ndarray, nodes: Sequence[str], p: GraphParams, *, as_of: str = "") -> nx.DiGraph:
@@ -241,7 +251,18 @@ class GraphCache:
         return self.graph
 
     def leader_move(self, node: str, lag: int) -> float | None:
-        """The leader's return ``lag - 1`` sessions before the newest, in its standard deviations."""
+        """The leader's return ``lag - 1`` sessions before the newest, in its standard deviations (once per
+        (node, lag) and estimate: a pure function of ``rets``, which changes only with a new session)."""
+        memo = self.__dict__.get("_moves")
+        if memo is None or memo[0] is not self.rets:   # a new estimate (or rets set from outside)
+            memo = self._moves = (self.rets, {})
+        moves = memo[1]
+        key = (node, lag)
+        if key not in moves:
+            moves[key] = self._leader_move(node, lag)
+        return moves[key]
+
+    def _leader_move(self, node: str, lag: int) -> float | None:
         if self.rets is None or not len(self.rets):
             return None
         i = self.params.nodes.index(node)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from sqlmodel import Session as DbSession, select
 
 from hydra_engine import horizon
@@ -132,9 +132,11 @@ def _frames(seed: int, n: int, symbols: int, drop: float, vol: float) -> dict[st
 
 
 def _build(frames, *, fast, slow, refresh, observe, levels, detector, tmp: Path | None, tag: str,
-           short_allowed=False, risk: dict | None = None, fill_model: str = "next_open"):
+           short_allowed=False, risk: dict | None = None, fill_model: str = "next_open",
+           truth: dict | None = None):
     symbols = list(frames)
     settings = Settings(engine={"observation_cycles": observe, "regime_refresh_cycles": refresh, "history_bars": 200},
+                        **({"truth": truth} if truth else {}),
                         universe={"symbols": symbols, "data_only": []},
                         strategies={"enabled": ["sma_crossover"],
                                     "params": {"sma_crossover": {"symbols": symbols, "fast": fast, "slow": slow}}},
@@ -545,9 +547,75 @@ def test_risk_manager_without_promise_conditions_forces_every_tick(monkeypatch):
     assert calls == []
     engine, clock = _build(frames, fast=3, slow=30, refresh=10, observe=0, levels=None, detector=_Fixed(),
                            tmp=None, tag="x", risk={})
-    engine.risk.kill("test", START)
-    horizon.run(engine, clock, mode="on")
-    assert calls == []
+    engine.risk.kill("test", START)   # killed: the next cycle logs the kill, so the first promise waits for it
+    assert horizon.kill_log_horizon(engine) is None
+
+
+# ---------------------------------------------------------------- a killed or blocked flat book (issue #24)
+def _both_killed(tmp, frames, *, kill_at: int | None, truth: dict | None, risk: dict, **kw):
+    """Both ways and in check mode, with log and store when ``tmp``; the kill tripped by hand before the
+    run when ``kill_at`` (a time; None: only the run's own switches)."""
+    results = []
+    for mode in ("off", "on", "check"):
+        tag = f"{mode}-{len(list(tmp.iterdir())) if tmp else 0}"
+        engine, clock = _build(frames, tmp=tmp, tag=tag, risk=risk, truth=truth, **kw)
+        spans = []
+        real = horizon.catch_up
+        horizon.catch_up = lambda e, t: (spans.append(len(t)), real(e, t))
+        if kill_at is not None:
+            engine.risk.kill("test kill", kill_at)
+        try:
+            assert horizon.run(engine, clock, mode=mode) == len(clock.ticks)
+        finally:
+            horizon.catch_up = real
+        out = _outcome(engine, tmp, tag)
+        out["risk_state"] = engine.risk.to_state()
+        out["kills"] = engine.kill_log.as_json()
+        results.append((out, spans))
+    (off, _), (on, spans), (check, _) = results
+    return off, on, check, spans
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(seed=st.integers(0, 10_000), n=st.integers(600, 2400), symbols=st.integers(1, 2),
+       kill_at=st.sampled_from([None, START, START - timedelta(hours=1)]), resume_days=st.sampled_from([0, 0.1, 0.45]),
+       tight=st.booleans(), persist=st.booleans())
+def test_killed_or_blocked_flat_book_skipping_equals_every_tick(tmp_path_factory, seed, n, symbols, kill_at,
+                                                                 resume_days, tight, persist):
+    """A killed (by hand, or by the tight switches) or blocked (cooldown, the day's trade cap) flat book
+    promises: the skipped cycles report the gate's mode and note ("killed" + the kill reason, "blocked" +
+    the cooldown's hours left), the kill log's automatic resume is visited on its tick, and orders, trades,
+    equity, journal (span records expanded), document, store, risk state and kill log are identical tick
+    by tick, skipping, and in check mode (every promise verified)."""
+    tmp = tmp_path_factory.mktemp("hk") if persist else None
+    frames = _frames(seed, n, symbols, 0.0, 0.004)
+    off, on, check, spans = _both_killed(tmp, frames, kill_at=kill_at, truth={"backtest_auto_resume_days": resume_days},
+                                         risk=_TIGHT if tight else {}, fast=3, slow=15, refresh=10, observe=0,
+                                         levels=(0.002, 0.004, None, 5.0, False), detector=_Fixed())
+    _assert_same(off, on)
+    _assert_same(off, check)
+    if kill_at is not None:
+        assert off["kills"] and spans
+
+
+def test_killed_spans_report_the_kill_and_resume_on_time(tmp_path):
+    """Not vacuous: a kill at the start with a 0.25-day automatic resume on a 2-day series -- the killed
+    cycles are mostly skipped, every one of them (skipped or visited) reports mode "killed" with the kill
+    reason as its note in the journal, the resume happens at the same cycle both ways, and trading resumes."""
+    frames = _frames(3, 2880, 1, 0.0, 0.004)
+    off, on, check, spans = _both_killed(tmp_path, frames, kill_at=START, truth={"backtest_auto_resume_days": 0.25},
+                                         risk={}, fast=3, slow=15, refresh=10, observe=0,
+                                         levels=(0.002, 0.004, None, 5.0, False), detector=_Fixed())
+    _assert_same(off, on)
+    _assert_same(off, check)
+    killed = [c for c in on["journal"] if c["mode"] == "killed"]
+    assert len(killed) >= 300 and sum(spans) >= 300
+    assert {tuple(c["notes"]) for c in killed} == {("kill switch (manual): test kill",)}
+    (kill,) = on["kills"]
+    assert kill["resumed_by"] == "auto_resume"
+    assert datetime.fromisoformat(kill["resumed_at"]) - datetime.fromisoformat(kill["at"]) == timedelta(hours=6)
+    assert any(t["entry_time"] > kill["resumed_at"] for t in on["trades"])
 
 
 # ---------------------------------------------------------------- the regime refitter's and HMM detector's promises
@@ -579,7 +647,7 @@ def test_refitter_promise_is_the_first_time_a_refit_is_due():
     assert refitter_until(due_now, HMMRegimeDetector(), now) is None      # no model, never tried
 
 
-def _real_span(shared_data, tmp_path, start, end, mode, strategies=("sma_crossover",)):
+def _real_span(shared_data, tmp_path, start, end, mode, strategies=("sma_crossover",), perps=False):
     from hydra_engine.app import build_sim_session
     from hydra_engine.backtest import _defer_snapshots, backtest_settings
     from hydra_engine.config import load_settings
@@ -591,7 +659,7 @@ def _real_span(shared_data, tmp_path, start, end, mode, strategies=("sma_crossov
         "strategies": s.strategies.model_copy(update={"enabled": list(strategies), "params": {
             **s.strategies.params, "sma_crossover": {"symbols": ["BTC/USD", "ETH/USD", "SPY", "GLD"], "fast": 20,
                                                      "slow": 50}}}),
-        "perps": s.perps.model_copy(update={"enabled": False}),
+        "perps": s.perps.model_copy(update={"enabled": perps}),
         "modifiers": s.modifiers.model_copy(update={"enabled": []})})
     session = build_sim_session(s, mode="backtest", data_dir=shared_data, log_dir=tmp_path / mode)
     _defer_snapshots(session.session_log)
@@ -653,3 +721,26 @@ def test_real_data_liquidation_cascade_skipping_equals_every_tick(shared_data, t
     on, spans, engine = _real_span(shared_data, tmp_path, *args, "on", strategies=("liquidation_cascade",))
     assert [k for k in off if off[k] != on[k]] == [] and check == off
     assert off["trades"] and sum(spans) > len(engine.market.timeline()) / 2
+
+
+# ---------------------------------------------------------------- issue #24: the perp venue and a killed book, real data
+def test_real_data_killed_book_and_flat_perp_venue_skipping_equals_every_tick(shared_data, tmp_path):
+    """January to April 2020 on /work/shared/data with the shipped perp module on (BTCUSDT/ETHUSDT: the venue
+    settles funding), the shipped RiskManager, HMM detector and refitter and liquidation_cascade: the
+    extreme-vol regime-break kill fires on 2020-03-05 and (backtest_auto_resume_days = 0) stays. Check mode
+    verifies every promise (the flat venue's, the killed book's); skipping equals every tick (orders,
+    trades, equity, statistics, summary with the kill log, last report); most killed cycles are skipped and
+    each reports mode "killed" with the kill's reason."""
+    args = ("2020-01-01", "2020-04-01")
+    kw = {"strategies": ("liquidation_cascade",), "perps": True}
+    check, _, _ = _real_span(shared_data, tmp_path, *args, "check", **kw)
+    off, _, _ = _real_span(shared_data, tmp_path, *args, "off", **kw)
+    on, spans, engine = _real_span(shared_data, tmp_path, *args, "on", **kw)
+    assert engine.broker.capabilities.settles_funding
+    assert [k for k in off if off[k] != on[k]] == [] and check == off
+    (kill,) = on["summary"]["kills"]
+    assert kill["rule"] == "extreme_vol_regime_break" and kill["at"].startswith("2020-03-05")
+    killed_ticks = sum(1 for t in engine.market.timeline() if t.isoformat() > kill["at"])
+    assert sum(spans) > killed_ticks / 2
+    assert on["last_report"]["mode"] == "killed" and on["last_report"]["notes"] == [
+        f"kill switch (extreme_vol_regime_break): {engine.risk.state.kill_reason}"]

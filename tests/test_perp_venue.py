@@ -292,3 +292,59 @@ def test_equity_is_start_plus_price_pnl_minus_fees_plus_funding(steps, trades, l
     on_trades = sum((t.funding_usdt for t in venue.closed_trades), D(0)) + (pos.funding_usdt if pos else 0)
     assert abs(on_trades - funding_total) < D("1e-12")
     assert len({r.payment.ts for r in venue.funding_log}) == len(venue.funding_log)
+
+
+# --------------------------------------------------------------------------- event-horizon promise (issue #24)
+def _drive(venue, ticks, orders: dict, skipping: bool) -> list:
+    """Hourly ticks; ``orders``: tick -> (coid, side, qty, reduce_only), submitted at a visited tick (the
+    engine only sends orders in cycles it runs). Skipping: a tick before the venue's last promise is not
+    visited (no settle_funding / poll_fills), as the horizon driver does. Returns the visited ticks."""
+    visited, until = [], None
+    for t in ticks:
+        if skipping and until is not None and t < until and t not in orders and t != ticks[-1]:
+            continue
+        visited.append(t)
+        if t in orders:
+            coid, side, qty, ro = orders[t]
+            venue.update_marks({SYM: 61290.4}, t)
+            venue.submit(order(coid, side, qty, t, reduce_only=ro))
+        venue.settle_funding(t)
+        venue.poll_fills(t)
+        until = venue.horizon_until(t)
+    return visited
+
+
+@pytest.mark.parametrize("side", [Side.BUY, Side.SELL])
+def test_flat_venue_promise_skipping_equals_every_tick(perp_dir, btc_funding, side):
+    """Real BTCUSDT bars and funding, 2024-02-28 .. 2024-03-03 hourly: a round trip on 03-01 in the middle.
+    Driven every hour and driven skipping what ``horizon_until`` promises, the venue pays the same
+    settlements, books the same trade and ends with the same balance, positions and funding cursor; the flat
+    days before and after are skipped (every settlement there is for a symbol not held: nothing recorded),
+    and while a position or an order is held it promises nothing."""
+    start, end = datetime(2024, 2, 28, tzinfo=UTC), datetime(2024, 3, 3, tzinfo=UTC)
+    ticks = [start + k * HOUR for k in range(int((end - start) / HOUR))]
+    orders = {T_OPEN: ("open", side, "0.1", False), T_CLOSE: ("close", side.opposite(), "0.1", True)}
+    out = []
+    for skipping in (False, True):
+        venue = make_venue(real_bars(perp_dir, start, end + HOUR), btc_funding)
+        visited = _drive(venue, ticks, orders, skipping)
+        out.append((visited, [(r.payment.ts, r.payment.amount_usd) for r in venue.funding_log],
+                    [(t.pnl_usdt, t.funding_usdt) for t in venue.closed_trades], venue.account(), venue.positions(),
+                    venue._clock.funding_through, venue._now))
+    (v_off, *every), (v_on, *skip) = out
+    assert skip == every and len(every[0]) == 3 and every[1]
+    assert len(v_off) == len(ticks) and len(v_on) < len(ticks) / 2
+    held = [t for t in v_on if T_OPEN <= t <= T_CLOSE]
+    assert len(held) == int((T_CLOSE - T_OPEN) / HOUR) + 1   # every tick visited while it holds
+
+
+def test_venue_promises_nothing_while_it_holds_or_works(perp_dir, btc_funding):
+    venue = make_venue(real_bars(perp_dir, T_OPEN, T_CLOSE + 2 * HOUR), btc_funding)
+    assert venue.horizon_until(T_OPEN) is not None and venue.settle_funding(T_OPEN) == []
+    venue.update_marks({SYM: 61290.4}, T_OPEN)
+    venue.submit(order("open", Side.BUY, "0.1", T_OPEN))
+    assert venue.horizon_until(T_OPEN) is None                 # a working order
+    venue._advance(T_OPEN + HOUR)
+    assert venue.horizon_until(T_OPEN + HOUR) is None          # a fill not handed out, a position
+    venue.poll_fills(T_OPEN + HOUR)
+    assert venue.positions() and venue.horizon_until(T_OPEN + HOUR) is None

@@ -381,6 +381,19 @@ class SimulatedPerpVenue:
         self._advance(now)
         return [r.payment for r in self.funding_log[before:]]
 
+    # ------------------------------------------------------------------ event-horizon replay
+    def horizon_until(self, now: datetime) -> datetime | None:
+        """Event-horizon replay (``hydra_engine/horizon.py``, issue #24): the earliest time this venue could
+        pay or charge funding, liquidate or fill, or None for "no promise". Promised only when it holds
+        nothing: no position (a settlement for a symbol not held is a no-op that only moves the funding
+        cursor, and no bar can liquidate), no working order and no fill waiting to be handed out. Its clock
+        then catches up at the next visited cycle's ``settle_funding``/``poll_fills`` exactly as tick by tick
+        (``_advance`` over an empty book only raises the cursor to ``now``). With positions: no promise yet
+        (every bar is a liquidation check)."""
+        if self._positions or self._working or self._ready:
+            return None
+        return datetime.max.replace(tzinfo=now.tzinfo) - timedelta(days=2)
+
     # ------------------------------------------------------------------ the event loop
     def _advance(self, now: datetime) -> None:
         """Process, in time order, every settlement, fill and bar (liquidation check) up to ``now``.
