@@ -28,7 +28,7 @@ from datetime import datetime
 import numpy as np
 
 from ..ports import BarSeries, MarketSnapshot
-from ..perp.stats import PerpRegime, RuleRegimeLabeller, perp_state
+from ..perp.stats import VOL_WINDOW, PerpRegime, RuleRegimeLabeller, hourly_vol, perp_state, snapshot_memo
 
 NAN = math.nan
 HOUR_S = 3600
@@ -230,7 +230,7 @@ def _perp_features(out: dict, market: MarketSnapshot, perp: str) -> None:
         if fs is not None and len(fs) >= 4:
             out["funding_momentum"] = float(fs.values[-1] - _mean(fs.values[-4:-1]))
     out["oi_delta_pct"] = _f(st.oi_delta_1h)
-    out["oi_delta_zscore"] = _oi_delta_z(market, perp)
+    out["oi_delta_zscore"] = snapshot_memo(market, "oi_delta_z", perp, _oi_delta_z)
     if st.oi_delta_24h is not None and st.price_change_24h is not None:
         out["oi_price_divergence"] = 1.0 if st.oi_delta_24h * st.price_change_24h < 0 else 0.0
     out["liq_imbalance"] = _f(st.liq_imbalance) if st.liq_source != "none" else NAN
@@ -285,6 +285,15 @@ REGIME_FEATURES: tuple[str, ...] = (
 REGIME_LIVE_ONLY = ("volatility_5m", "volatility_1h", "long_short_ratio")
 
 
+try:   # the C function np.convolve ends in (numpy 2); np.convolve itself where it is not there
+    from numpy._core.multiarray import correlate as _correlate
+except ImportError:   # pragma: no cover - numpy 1.x
+    _correlate = None
+_ADX_KERNEL = np.ones(14) / 14
+if VOL_WINDOW != 24:   # regime_features' volatility features are 24-bar ones and read perp.stats' deviations
+    raise ImportError(f"perp.stats.VOL_WINDOW is {VOL_WINDOW}, regime_features needs the 24-bar deviations")
+
+
 def _adx(bars: BarSeries, n: int = 14) -> float:
     if len(bars) < 3 * n:
         return NAN
@@ -293,11 +302,18 @@ def _adx(bars: BarSeries, n: int = 14) -> float:
     plus = np.where((up > down) & (up > 0), up, 0.0)
     minus = np.where((down > up) & (down > 0), down, 0.0)
     tr = np.maximum(h[1:] - lo[1:], np.maximum(np.abs(h[1:] - c[:-1]), np.abs(lo[1:] - c[:-1])))
-    k = np.ones(n) / n
-    atr, pdm, mdm = (np.convolve(x, k, "valid") for x in (tr, plus, minus))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    k = _ADX_KERNEL if n == 14 else np.ones(n) / n
+    if _correlate is not None:   # np.convolve(x, k, "valid") is correlate(x, k[::-1], "valid") after checks
+        kr = k[::-1]            # that hold here (x and k 1-D, not empty, x the longer)
+        atr, pdm, mdm = _correlate(tr, kr, "valid"), _correlate(plus, kr, "valid"), _correlate(minus, kr, "valid")
+    else:
+        atr, pdm, mdm = (np.convolve(x, k, "valid") for x in (tr, plus, minus))
+    old = np.seterr(divide="ignore", invalid="ignore")   # np.errstate's effect, less its context manager
+    try:
         pdi, mdi = pdm / atr, mdm / atr
         dx = np.abs(pdi - mdi) / (pdi + mdi)
+    finally:
+        np.seterr(**old)
     dx = dx[np.isfinite(dx)]
     return float(_mean(dx[-n:]) * 100) if len(dx) >= n else NAN
 
@@ -317,11 +333,9 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
         out[f"sma_{n}_slope"] = float(sma_now / sma_prev - 1.0)
         out[f"price_vs_sma_{n}"] = _sma_gap(close, n)
     out["adx_14"] = _adx(bars)
-    r = np.diff(np.log(close))
-    if len(r) >= 24 * 4:
-        c1, c2 = np.concatenate(([0.0], np.cumsum(r))), np.concatenate(([0.0], np.cumsum(r * r)))
-        m = (c1[24:] - c1[:-24]) / 24
-        sd = np.sqrt(np.maximum((c2[24:] - c2[:-24]) / 24 - m * m, 0.0))
+    hv = hourly_vol(market, symbol)   # log returns, rolling 24-bar deviations: shared with the perp state
+    if len(hv.r) >= 24 * 4:
+        sd = hv.sd
         out["volatility_24h"] = float(sd[-1] * math.sqrt(365 * 24))
         s = float(_std(sd))
         out["volatility_zscore"] = float((sd[-1] - _mean(sd)) / s) if s > 0 else 0.0
@@ -336,7 +350,7 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
     out["funding_rate"] = _f(st.funding)
     out["funding_zscore"] = _f(st.funding_z)
     out["oi_delta_pct"] = _f(st.oi_delta_1h)
-    out["oi_zscore"] = _oi_delta_z(market, symbol)
+    out["oi_zscore"] = snapshot_memo(market, "oi_delta_z", symbol, _oi_delta_z)
     out["long_short_ratio"] = _series_last(market, "long_short_ratio", symbol, now_s, 2 * HOUR_S)
     out["liq_velocity"] = _f(st.liquidation_velocity)
     out["liq_imbalance"] = _f(st.liq_imbalance) if st.liq_imbalance is not None else (0.0 if st.liq_source != "none" else NAN)

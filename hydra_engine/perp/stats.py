@@ -279,7 +279,13 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
             buy_sell = buy / sell if sell > 0 else None
 
     vol_annual = vol_pct = None
-    if hourly and candles >= VOL_WINDOW * 3:
+    if hourly and candles >= VOL_WINDOW * 3 and (hv := hourly_vol(market, symbol)).finite:
+        # every return finite (the usual case): the snapshot's shared rolling deviations are the ones below
+        if len(hv.r) >= VOL_WINDOW * 2:
+            sd = hv.sd
+            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
+            vol_pct = float(np.count_nonzero(sd <= sd[-1]) / len(sd))
+    elif hourly and candles >= VOL_WINDOW * 3:
         r = np.diff(np.log(np.asarray(bars.close, dtype=float)))
         r = r[np.isfinite(r)]
         if len(r) >= VOL_WINDOW * 2:
@@ -318,6 +324,57 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
                 velocity = lo + sh
     return PerpState(symbol, now, price, candles, bars_age, funding, funding_z, d1, d8, d24, change_24h, buy_sell,
                      vol_annual, vol_pct, liq_long, liq_short, source, velocity, tuple(problems))
+
+
+class HourlyVol:
+    """One symbol's bar log returns and their rolling ``VOL_WINDOW``-bar standard deviation, as
+    :func:`compute_perp_state`, ``ml.features.regime_features`` and ``ml.labels.regime_label`` compute them:
+    ``r = diff(log(close))`` over the snapshot's bars (not filtered: ``finite`` says whether every one is
+    finite), ``sd[i]`` the deviation of ``r[i:i + VOL_WINDOW]`` by cumulative sums (None when fewer returns).
+    The cumulative sums run from the first return in order, so the deviations of a prefix of the bars
+    (``regime_label``'s history before its window) are the first ones of ``sd``, bit for bit."""
+
+    __slots__ = ("r", "finite", "sd")
+
+    def __init__(self, close: np.ndarray):
+        self.r = r = np.diff(np.log(close))
+        self.finite = bool(np.isfinite(r).all())
+        n = VOL_WINDOW
+        self.sd = None
+        if len(r) >= n:
+            c1, c2 = np.empty(len(r) + 1), np.empty(len(r) + 1)
+            c1[0] = c2[0] = 0.0
+            np.cumsum(r, out=c1[1:])
+            np.cumsum(r * r, out=c2[1:])
+            mean = (c1[n:] - c1[:-n]) / n
+            self.sd = np.sqrt(np.maximum((c2[n:] - c2[:-n]) / n - mean * mean, 0.0))
+
+
+#: per-snapshot values several consumers of one cycle read: (kind, symbol, time, id(snapshot)) -> (snapshot,
+#: value). The entry keeps its snapshot alive (an id is unique only while its object lives), so a later
+#: snapshot never reads an earlier one's value; nothing is carried from one snapshot to the next
+_MEMO: dict[tuple, tuple] = {}
+
+
+def snapshot_memo(market: MarketSnapshot, kind: str, symbol: str, compute):
+    """``compute(market, symbol)``, once per (kind, symbol, snapshot)."""
+    key = (kind, symbol, market.now, id(market))
+    hit = _MEMO.get(key)
+    if hit is None or hit[0] is not market:
+        if len(_MEMO) > 64:
+            _MEMO.clear()
+        hit = _MEMO[key] = (market, compute(market, symbol))
+    return hit[1]
+
+
+def _hourly_vol(market: MarketSnapshot, symbol: str) -> HourlyVol | None:
+    bars = market.bars.get(symbol)
+    return None if bars is None or len(bars) < 2 else HourlyVol(np.asarray(bars.close, dtype=float))
+
+
+def hourly_vol(market: MarketSnapshot, symbol: str) -> HourlyVol | None:
+    """:class:`HourlyVol` of ``symbol``'s bars in ``market`` (None under two bars), once per snapshot."""
+    return snapshot_memo(market, "hourly_vol", symbol, _hourly_vol)
 
 
 _CACHE: dict[tuple[str, datetime, int], tuple[MarketSnapshot, PerpState]] = {}
