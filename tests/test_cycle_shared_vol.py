@@ -106,6 +106,74 @@ def _label_arrays_before(bars, start, hours=24):
     return r, hist
 
 
+def _regime_features_before(market, symbol):
+    """ml.features.regime_features at 5a31738, its helpers from the module (unchanged) but _adx."""
+    from hydra_engine.ml.features import (
+        HOUR_S,
+        NAN,
+        REGIME_FEATURES,
+        _add,
+        _f,
+        _mean,
+        _ret_over,
+        _series_last,
+        _sma_gap,
+        _std,
+        _true_range,
+    )
+    from hydra_engine.perp.stats import perp_state
+    out: dict[str, float] = dict.fromkeys(REGIME_FEATURES, NAN)
+    bars = market.bars.get(symbol)
+    if bars is None or len(bars) < 60:
+        return out
+    now_s = int(market.now.timestamp())
+    close = np.asarray(bars.close, dtype=float)
+    for name, hours in (("return_1h", 1), ("return_4h", 4), ("return_24h", 24)):
+        out[name] = _ret_over(bars, hours * HOUR_S)
+    for n in (20, 50):
+        sma_now, sma_prev = _mean(close[-n:]), _mean(close[-n - 5:-5])
+        out[f"sma_{n}_slope"] = float(sma_now / sma_prev - 1.0)
+        out[f"price_vs_sma_{n}"] = _sma_gap(close, n)
+    out["adx_14"] = _adx_before(bars)
+    r = np.diff(np.log(close))
+    if len(r) >= 24 * 4:
+        c1, c2 = np.concatenate(([0.0], np.cumsum(r))), np.concatenate(([0.0], np.cumsum(r * r)))
+        m = (c1[24:] - c1[:-24]) / 24
+        sd = np.sqrt(np.maximum((c2[24:] - c2[:-24]) / 24 - m * m, 0.0))
+        out["volatility_24h"] = float(sd[-1] * math.sqrt(365 * 24))
+        s = float(_std(sd))
+        out["volatility_zscore"] = float((sd[-1] - _mean(sd)) / s) if s > 0 else 0.0
+    if len(bars) > 200:
+        tr = _true_range(bars, 200) / close[-200:]
+        atr = np.convolve(tr, np.ones(14) / 14, "valid")
+        out["atr_14"] = float(atr[-1])
+        s = float(_std(atr))
+        out["atr_zscore"] = float((atr[-1] - _mean(atr)) / s) if s > 0 else 0.0
+    out["bollinger_width"] = float(4 * _std(close[-20:]) / _mean(close[-20:]))
+    st = perp_state(market, symbol)
+    out["funding_rate"] = _f(st.funding)
+    out["funding_zscore"] = _f(st.funding_z)
+    out["oi_delta_pct"] = _f(st.oi_delta_1h)
+    out["oi_zscore"] = _oi_delta_z_before(market, symbol)
+    out["long_short_ratio"] = _series_last(market, "long_short_ratio", symbol, now_s, 2 * HOUR_S)
+    out["liq_velocity"] = _f(st.liquidation_velocity)
+    out["liq_imbalance"] = _f(st.liq_imbalance) if st.liq_imbalance is not None else (0.0 if st.liq_source != "none" else NAN)
+    out["cascade_probability"] = _f(st.cascade_probability)
+    vol = np.asarray(bars.volume, dtype=float)
+    if len(vol) >= 168:
+        lv = np.log1p(vol[-168:])
+        s = float(_std(lv))
+        out["volume_zscore"] = float((np.log1p(_add(vol[-24:]) / 24) - _mean(lv)) / s) if s > 0 else 0.0
+    taker = market.point_series("taker_buy_ratio", symbol)
+    if taker is not None and len(taker) >= 48 and now_s - int(taker.ts[-1]) <= 2 * HOUR_S:
+        share = np.asarray(taker.values[-48:], dtype=float)
+        v48 = vol[-48:] if len(vol) >= 48 else None
+        if v48 is not None and np.isfinite(share).all() and _add(v48) > 0:
+            delta = (2 * share - 1) * v48
+            out["cvd_momentum"] = float((_add(delta[24:]) - _add(delta[:24])) / _add(v48))
+    return out
+
+
 # ------------------------------------------------------------------ helpers
 def _same(a, b) -> bool:
     """Equal bit for bit (NaN equal to NaN), for floats, None and arrays."""
@@ -161,7 +229,7 @@ def test_adx_equals_the_convolution_code_on_real_and_flat_bars(market):
 
 
 def test_regime_features_equal_the_code_before_on_real_data(shared_data):
-    n = 0
+    n, finite = 0, set()
     for snap, s in _snapshots(shared_data):
         f = F.regime_features(snap, s)
         bars = snap.bars[s]
@@ -172,9 +240,14 @@ def test_regime_features_equal_the_code_before_on_real_data(shared_data):
         assert _same(f["volatility_24h"], vol) and _same(f["volatility_zscore"], z), (s, snap.now)
         assert _same(f["adx_14"], _adx_before(bars)), (s, snap.now)
         assert _same(f["oi_zscore"], _oi_delta_z_before(snap, s)), (s, snap.now)
+        want = _regime_features_before(snap, s)
+        assert list(f) == list(want) and all(_same(f[k], want[k]) for k in want), \
+            (s, snap.now, [k for k in want if not _same(f[k], want[k])])
+        finite.update(k for k in want if math.isfinite(want[k]))
         hv = PS.hourly_vol(snap, s)
         assert hv is PS.hourly_vol(snap, s)   # once per snapshot
     assert n >= 450
+    assert len(finite) >= len(F.REGIME_FEATURES) - len(F.REGIME_LIVE_ONLY)   # every feature the data gives was compared
 
 
 def test_perp_state_volatility_equals_the_code_before_including_returns_that_are_not_finite(shared_data, market):

@@ -94,6 +94,30 @@ def _std(x: np.ndarray) -> float:
     return math.sqrt(_add(d * d) / len(x))
 
 
+def _mean_std(x: np.ndarray) -> tuple:
+    """``(_mean(x), _std(x))``, the mean computed once (``_std`` takes its deviations from the same value)."""
+    if x.dtype != _F64 or x.ndim != 1 or not len(x):
+        return np.mean(x), float(np.std(x))
+    mu = _add(x) / len(x)
+    d = x - mu
+    return mu, math.sqrt(_add(d * d) / len(x))
+
+
+def _returns(out: dict, bars: BarSeries, close: np.ndarray) -> None:
+    """``out[return_Nh] = _ret_over(bars, N h)`` for N = 1, 4, 24, the three bar look-ups in one search."""
+    iv = bars.interval_s
+    last = float(close[-1])
+    ks = bars.ts.searchsorted(int(bars.ts[-1]) - np.array(_RET_S), "right") - 1   # _close_at's index, each
+    for name, secs, k in zip(_RET_NAMES, _RET_S, ks.tolist()):
+        if iv > secs:
+            continue
+        prev = float(close[k]) if k >= 0 else NAN
+        out[name] = last / prev - 1.0 if prev > 0 else NAN
+
+
+_RET_NAMES, _RET_S = ("return_1h", "return_4h", "return_24h"), (HOUR_S, 4 * HOUR_S, 24 * HOUR_S)
+
+
 def _close_at(bars: BarSeries, t: int) -> float:
     """Close of the newest bar closed at or before epoch ``t``; NaN before the first."""
     k = int(np.searchsorted(bars.ts, t - bars.interval_s, side="right")) - 1   # ts + interval <= t, integers
@@ -295,23 +319,30 @@ if VOL_WINDOW != 24:   # regime_features' volatility features are 24-bar ones an
 
 
 def _adx(bars: BarSeries, n: int = 14) -> float:
+    """ADX(n) over the last 3n bars: the true range and the directional moves smoothed by an n-bar mean
+    (``np.convolve(x, ones(n) / n, "valid")``), DX = |+DI - -DI| / (+DI + -DI), its last n finite values
+    averaged. The three smoothings run as one correlation of the three series laid end to end: every output
+    it keeps is the same n-term dot product over the same values, in the same order, as each series' own
+    convolution (tests/test_cycle_shared_vol.py checks it bit for bit on real data)."""
     if len(bars) < 3 * n:
         return NAN
     h, lo, c = (np.asarray(x[-3 * n:], dtype=float) for x in (bars.high, bars.low, bars.close))
-    up, down = np.diff(h), -np.diff(lo)
-    plus = np.where((up > down) & (up > 0), up, 0.0)
-    minus = np.where((down > up) & (down > 0), down, 0.0)
-    tr = np.maximum(h[1:] - lo[1:], np.maximum(np.abs(h[1:] - c[:-1]), np.abs(lo[1:] - c[:-1])))
+    up, down = h[1:] - h[:-1], -(lo[1:] - lo[:-1])   # np.diff's own subtraction
+    m = len(up)
+    x = np.zeros(3 * m + n - 1)           # [true range | +DM | -DM | n - 1 zeros: outputs never read]
+    np.maximum(h[1:] - lo[1:], np.maximum(np.abs(h[1:] - c[:-1]), np.abs(lo[1:] - c[:-1])), out=x[:m])
+    np.copyto(x[m:2 * m], up, where=(up > down) & (up > 0))    # np.where(cond, up, 0.0)
+    np.copyto(x[2 * m:3 * m], down, where=(down > up) & (down > 0))
     k = _ADX_KERNEL if n == 14 else np.ones(n) / n
     if _correlate is not None:   # np.convolve(x, k, "valid") is correlate(x, k[::-1], "valid") after checks
-        kr = k[::-1]            # that hold here (x and k 1-D, not empty, x the longer)
-        atr, pdm, mdm = _correlate(tr, kr, "valid"), _correlate(plus, kr, "valid"), _correlate(minus, kr, "valid")
+        conv = _correlate(x, k[::-1], "valid")   # that hold here (1-D, not empty, x the longer)
     else:
-        atr, pdm, mdm = (np.convolve(x, k, "valid") for x in (tr, plus, minus))
+        conv = np.convolve(x, k, "valid")
+    sm = conv.reshape(3, m)[:, :m - n + 1]   # row j: the windows wholly inside series j
     old = np.seterr(divide="ignore", invalid="ignore")   # np.errstate's effect, less its context manager
     try:
-        pdi, mdi = pdm / atr, mdm / atr
-        dx = np.abs(pdi - mdi) / (pdi + mdi)
+        di = sm[1:] / sm[0]               # +DI, -DI
+        dx = np.abs(di[0] - di[1]) / (di[0] + di[1])
     finally:
         np.seterr(**old)
     dx = dx[np.isfinite(dx)]
@@ -326,26 +357,26 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
         return out
     now_s = int(market.now.timestamp())
     close = np.asarray(bars.close, dtype=float)
-    for name, hours in (("return_1h", 1), ("return_4h", 4), ("return_24h", 24)):
-        out[name] = _ret_over(bars, hours * HOUR_S)
+    _returns(out, bars, close)
     for n in (20, 50):
         sma_now, sma_prev = _mean(close[-n:]), _mean(close[-n - 5:-5])
         out[f"sma_{n}_slope"] = float(sma_now / sma_prev - 1.0)
-        out[f"price_vs_sma_{n}"] = _sma_gap(close, n)
+        out[f"price_vs_sma_{n}"] = float(close[-1] / sma_now - 1.0)   # _sma_gap(close, n): len(close) >= 60
     out["adx_14"] = _adx(bars)
     hv = hourly_vol(market, symbol)   # log returns, rolling 24-bar deviations: shared with the perp state
     if len(hv.r) >= 24 * 4:
         sd = hv.sd
         out["volatility_24h"] = float(sd[-1] * math.sqrt(365 * 24))
-        s = float(_std(sd))
-        out["volatility_zscore"] = float((sd[-1] - _mean(sd)) / s) if s > 0 else 0.0
+        mu, s = _mean_std(sd)
+        out["volatility_zscore"] = float((sd[-1] - mu) / s) if s > 0 else 0.0
     if len(bars) > 200:
         tr = _true_range(bars, 200) / close[-200:]
-        atr = np.convolve(tr, np.ones(14) / 14, "valid")
+        atr = _correlate(tr, _ADX_KERNEL[::-1], "valid") if _correlate is not None else np.convolve(tr, _ADX_KERNEL, "valid")
         out["atr_14"] = float(atr[-1])
-        s = float(_std(atr))
-        out["atr_zscore"] = float((atr[-1] - _mean(atr)) / s) if s > 0 else 0.0
-    out["bollinger_width"] = float(4 * _std(close[-20:]) / _mean(close[-20:]))
+        mu, s = _mean_std(atr)
+        out["atr_zscore"] = float((atr[-1] - mu) / s) if s > 0 else 0.0
+    mu, s = _mean_std(close[-20:])
+    out["bollinger_width"] = float(4 * s / mu)
     st = perp_state(market, symbol)
     out["funding_rate"] = _f(st.funding)
     out["funding_zscore"] = _f(st.funding_z)
@@ -358,13 +389,13 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
     vol = np.asarray(bars.volume, dtype=float)
     if len(vol) >= 168:
         lv = np.log1p(vol[-168:])
-        s = float(_std(lv))
-        out["volume_zscore"] = float((np.log1p(_add(vol[-24:]) / 24) - _mean(lv)) / s) if s > 0 else 0.0
+        mu, s = _mean_std(lv)
+        out["volume_zscore"] = float((np.log1p(_add(vol[-24:]) / 24) - mu) / s) if s > 0 else 0.0
     taker = market.point_series("taker_buy_ratio", symbol)
     if taker is not None and len(taker) >= 48 and now_s - int(taker.ts[-1]) <= 2 * HOUR_S:
         share = np.asarray(taker.values[-48:], dtype=float)
         v48 = vol[-48:] if len(vol) >= 48 else None
-        if v48 is not None and np.isfinite(share).all() and _add(v48) > 0:
+        if v48 is not None and np.isfinite(share).all() and (v48_sum := _add(v48)) > 0:
             delta = (2 * share - 1) * v48
-            out["cvd_momentum"] = float((_add(delta[24:]) - _add(delta[:24])) / _add(v48))
+            out["cvd_momentum"] = float((_add(delta[24:]) - _add(delta[:24])) / v48_sum)
     return out

@@ -334,7 +334,7 @@ class HourlyVol:
     The cumulative sums run from the first return in order, so the deviations of a prefix of the bars
     (``regime_label``'s history before its window) are the first ones of ``sd``, bit for bit."""
 
-    __slots__ = ("r", "finite", "sd")
+    __slots__ = ("finite", "r", "sd")
 
     def __init__(self, close: np.ndarray):
         self.r = r = np.diff(np.log(close))
