@@ -304,3 +304,29 @@ def test_the_snapshot_memo_never_serves_another_snapshot(market):
     assert a is not b and not _same(a.sd, b.sd)
     assert _same(F.regime_features(snap2, "BTCUSDT")["volatility_24h"], _regime_vol_before(other.close)[0])
     assert _same(F.regime_features(snap, "BTCUSDT")["volatility_24h"], _regime_vol_before(bars.close)[0])
+
+
+def test_the_snapshot_flush_table_answers_what_flush_answers_hour_by_hour(shared_data):
+    """The perp state's 24 hours, then the realised label's window (overlapping, later, earlier), then
+    single hours: every value the table gives is _flush's own for that hour, on the May 2021 crash's real
+    flushes and on the shipped half-year; the perp state's liquidation picture is the one computed before."""
+    nonzero = 0
+    for snap, s in _snapshots(shared_data):
+        oi, bars = snap.point_series("open_interest", s), snap.bars[s]
+        taker = snap.point_series("taker_buy_ratio", s)
+        if oi is None or not len(oi):
+            continue
+        st = PS.compute_perp_state(snap, s)   # fills the table first, as in the cycle
+        t_oi = int(oi.ts[-1])
+        six = [PS._flush(oi, bars, taker, t_oi - h * 3600) for h in range(PS.LIQ_LOOKBACK_H)]
+        if st.liq_source == "proxy:oi_flush":
+            assert st.liq_long == sum(x[0] for x in six) and st.liq_short == sum(x[1] for x in six)
+            assert st.liquidation_velocity == sum(six[0])
+        t = int(snap.now.timestamp()) // 3600 * 3600
+        for ts in ([t - 24 * 3600 + h * 3600 for h in range(1, 25)], [t - 40 * 3600 + h * 1800 for h in range(60)],
+                   [t + 3600, t - 7 * 3600, t - 7 * 3600 + 1], [t_oi - h * 3600 for h in range(30)]):
+            got = PS.flush_hours(snap, s, ts)
+            want = [PS._flush(oi, bars, taker, x) for x in ts]
+            assert got == want, (s, snap.now)
+            nonzero += sum(w != (0.0, 0.0) for w in want)
+    assert nonzero >= 5   # real flushes among them: not a vacuous check

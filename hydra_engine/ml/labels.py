@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from ..perp.stats import VOL_WINDOW, PerpRegime, _add, _flush_many, _mean, _std, hourly_vol
+from ..perp.stats import VOL_WINDOW, PerpRegime, _add, _mean, _std, flush_hours, hourly_vol
 
 MIN_HOLDING = timedelta(hours=1)
 MAX_HOLDING = timedelta(days=10)
@@ -109,12 +109,12 @@ def regime_label(market, symbol: str, start: datetime, hours: int = REGIME_WINDO
         funding = float(_mean(inside)) if len(inside) else (float(fs.values[j0 - 1]) if j0 > 0 else math.nan)
     oi = market.point_series("open_interest", symbol)
     oi_delta, liq_velocity = math.nan, 0.0
-    taker = market.point_series("taker_buy_ratio", symbol)
     if oi is not None and len(oi):
         a, b = _oi_at(oi, t0), _oi_at(oi, t1)
         if a and b:
             oi_delta = b / a - 1.0
-        liq_velocity = max(sum(f) for f in _flush_many(oi, bars, taker, [t0 + h * 3600 for h in range(1, hours + 1)]))
+        # through the snapshot's flush table: the perp state of this snapshot has most often computed these hours
+        liq_velocity = max(sum(f) for f in flush_hours(market, symbol, [t0 + h * 3600 for h in range(1, hours + 1)]))
     mean = float(_mean(r))
     if liq_velocity > CASCADE_VELOCITY:
         return PerpRegime.CASCADE_RISK

@@ -317,7 +317,10 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
                     + float(np.sum(real_short.values[real_short.ts > hour]))) / oi_usd
     elif hourly and oi is not None and t_oi is not None and candles >= 2:
         source = "proxy:oi_flush"
-        for h, (lo, sh) in enumerate(_flush_many(oi, bars, taker, [t_oi - h * 3600 for h in range(LIQ_LOOKBACK_H)])):
+        # the last FLUSH_TABLE_H hours go in the snapshot's flush table (one pass costs about the same for 6
+        # hours as for 24): the realised regime label of the window that just ended reads them from there
+        hours = flush_hours(market, symbol, [t_oi - h * 3600 for h in range(FLUSH_TABLE_H)])
+        for h, (lo, sh) in enumerate(hours[:LIQ_LOOKBACK_H]):
             liq_long += lo
             liq_short += sh
             if h == 0:
@@ -365,6 +368,27 @@ def snapshot_memo(market: MarketSnapshot, kind: str, symbol: str, compute):
             _MEMO.clear()
         hit = _MEMO[key] = (market, compute(market, symbol))
     return hit[1]
+
+
+FLUSH_TABLE_H = 24   # hours the perp state puts in the flush table: ml.labels.REGIME_WINDOW_H
+
+
+def _new_table(market: MarketSnapshot, symbol: str) -> dict:
+    return {}
+
+
+def flush_hours(market: MarketSnapshot, symbol: str, ts: list[int]) -> list[tuple[float, float]]:
+    """``_flush_many(oi, bars, taker, ts)`` on ``symbol``'s open interest, bars and taker flow in ``market``,
+    through a per-snapshot table hour -> value: an hour one consumer of this snapshot asked for (the perp
+    state, the realised regime label) is not computed again; the others are computed in one pass. Each
+    hour's value is a function of the snapshot's series and that hour alone, whatever else is asked with it."""
+    table = snapshot_memo(market, "flush", symbol, _new_table)
+    todo = [t for t in ts if t not in table]
+    if todo:
+        oi = market.point_series("open_interest", symbol)
+        got = _flush_many(oi, market.bars.get(symbol), market.point_series("taker_buy_ratio", symbol), todo)
+        table.update(zip(todo, got))
+    return [table[t] for t in ts]
 
 
 def _hourly_vol(market: MarketSnapshot, symbol: str) -> HourlyVol | None:
