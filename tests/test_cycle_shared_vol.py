@@ -330,3 +330,25 @@ def test_the_snapshot_flush_table_answers_what_flush_answers_hour_by_hour(shared
             assert got == want, (s, snap.now)
             nonzero += sum(w != (0.0, 0.0) for w in want)
     assert nonzero >= 5   # real flushes among them: not a vacuous check
+
+
+def test_platt_and_the_sparse_input_test_equal_the_numpy_calls_they_replace():
+    import json
+
+    from hydra_engine.ml.scorer_model import platt
+    cal = json.loads((ROOT / "models" / "signal_scorer.meta.json").read_text())["calibration"]
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.random(20000), rng.random(200) * 1e-5, 1 - rng.random(200) * 1e-5,
+                        [0.0, 1.0, 1e-6, 1 - 1e-6, np.nextafter(1e-6, 0), np.nextafter(1 - 1e-6, 1), np.nan, -0.0, 2.0,
+                         -1.0, np.inf, -np.inf]])
+    for a, b in ((cal["a"], cal["b"]), (1.0, 0.0), (-0.3, 2.5)):
+        with np.errstate(all="ignore"):
+            want = 1.0 / (1.0 + np.exp(-(a * np.log(np.clip(x, 1e-6, 1 - 1e-6) / (1 - np.clip(x, 1e-6, 1 - 1e-6))) + b)))
+            assert platt(x, a, b).tobytes() == want.tobytes()
+            assert all(platt(x[i:i + 1], a, b).tobytes() == want[i:i + 1].tobytes() for i in range(0, len(x), 37))
+    for n in range(1, 40):
+        for k in range(n + 1):
+            row = np.zeros(n)
+            row[rng.permutation(n)[:k]] = rng.choice([np.nan, np.inf, -np.inf], size=k)
+            assert (np.count_nonzero(np.isfinite(row)) / len(row) < 0.6) == (np.mean(np.isfinite(row)) < 0.6)
+            assert np.count_nonzero(np.isfinite(row)) / len(row) == np.mean(np.isfinite(row))
