@@ -317,9 +317,11 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
                     + float(np.sum(real_short.values[real_short.ts > hour]))) / oi_usd
     elif hourly and oi is not None and t_oi is not None and candles >= 2:
         source = "proxy:oi_flush"
-        # the last FLUSH_TABLE_H hours go in the snapshot's flush table (one pass costs about the same for 6
-        # hours as for 24): the realised regime label of the window that just ended reads them from there
-        hours = flush_hours(market, symbol, [t_oi - h * 3600 for h in range(FLUSH_TABLE_H)])
+        # with a trained labeller installed (its monitor labels, each cycle, the 24 h window that just ended)
+        # the last FLUSH_TABLE_H hours go in the snapshot's flush table, in the one pass the 6 hours need:
+        # that label reads them from there. Only which hours are computed depends on it, never a value
+        span = FLUSH_TABLE_H if getattr(_LABELLER, "booster", None) is not None else LIQ_LOOKBACK_H
+        hours = flush_hours(market, symbol, [t_oi - h * 3600 for h in range(span)])
         for h, (lo, sh) in enumerate(hours[:LIQ_LOOKBACK_H]):
             liq_long += lo
             liq_short += sh
