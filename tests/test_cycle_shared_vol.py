@@ -352,3 +352,32 @@ def test_platt_and_the_sparse_input_test_equal_the_numpy_calls_they_replace():
             row[rng.permutation(n)[:k]] = rng.choice([np.nan, np.inf, -np.inf], size=k)
             assert (np.count_nonzero(np.isfinite(row)) / len(row) < 0.6) == (np.mean(np.isfinite(row)) < 0.6)
             assert np.count_nonzero(np.isfinite(row)) / len(row) == np.mean(np.isfinite(row))
+
+
+def test_with_a_trained_labeller_the_perp_state_fills_the_label_window_and_answers_the_same(market, monkeypatch):
+    """A trained labeller installed: the perp state puts the 24 hours the realised label reads in the table (the
+    same values as _flush's), and its own liquidation picture is what the rule labeller's cycles compute."""
+    from hydra_engine.ml.labels import regime_label
+
+    class Trained:   # only whether a model is installed matters to the perp state
+        booster = object()
+
+    for k in range(40):
+        snap = market.snapshot(START + timedelta(days=20, hours=11 * k))
+        for s in PERPS:
+            ruled = PS.compute_perp_state(snap, s)
+            PS._MEMO.clear()
+            monkeypatch.setattr(PS, "_LABELLER", Trained())
+            trained = PS.compute_perp_state(snap, s)
+            monkeypatch.undo()
+            assert trained == ruled
+            table = PS.snapshot_memo(snap, "flush", s, PS._new_table)
+            oi = snap.point_series("open_interest", s)
+            t_oi = int(oi.ts[-1])
+            assert sorted(table) == [t_oi - h * 3600 for h in range(PS.FLUSH_TABLE_H)][::-1]
+            taker = snap.point_series("taker_buy_ratio", s)
+            assert all(v == PS._flush(oi, snap.bars[s], taker, t) for t, v in table.items())
+            start = snap.now - timedelta(hours=24)
+            got = regime_label(snap, s, start)
+            PS._MEMO.clear()
+            assert got == regime_label(snap, s, start)   # read from the table or computed afresh: the same label
