@@ -42,8 +42,8 @@ def run(tmp: Path, cycles: int | None, scorer: Path | None, classifier: Path | N
     session.engine.store = None
     engine, ticks = session.engine, session.clock.ticks[:cycles]
     gc.collect()
-    samples = []
-    pc = time.perf_counter_ns
+    samples, cpu = [], []   # wall time, and the thread's CPU time (time descheduled by other processes excluded)
+    pc, tc = time.perf_counter_ns, time.thread_time_ns
     digest = hashlib.sha256()   # what the models decided: every cycle's ml_scores, then the closed trades
     profiler = None
     if profile:
@@ -51,16 +51,18 @@ def run(tmp: Path, cycles: int | None, scorer: Path | None, classifier: Path | N
         profiler = Profiler(interval=0.0002)
         profiler.start()
     for now in ticks:
-        a = pc()
+        c, a = tc(), pc()
         report = engine.run_cycle(now)
         samples.append(pc() - a)
+        cpu.append(tc() - c)
         digest.update(json.dumps(report.get("ml_scores"), sort_keys=True, default=str).encode())
     if profiler:
         profiler.stop()
         Path(profile).write_text(profiler.output_html())
         print(profiler.output_text(unicode=False, color=False, show_all=False)[:profile_chars])
     digest.update(json.dumps(engine.closed_trades, sort_keys=True, default=str).encode())
-    return {**pct(samples), "scorers": [x.name for x in engine.scorers], "closed_trades": len(engine.closed_trades),
+    return {**pct(samples), **{"cpu_" + k: v for k, v in pct(cpu, (50, 99)).items() if k[0] == "p"},
+            "scorers": [x.name for x in engine.scorers], "closed_trades": len(engine.closed_trades),
             "digest": digest.hexdigest()[:16]}
 
 
@@ -79,7 +81,7 @@ def main() -> int:
                  a.profile_chars)
     for name, r in (("models off", off), ("models on", on)):
         print(f"{name:<11} {r['n']} cycles  p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}"
-              f"  p99.9 {r['p99.9_ms']:.3f}  trades {r['closed_trades']}  digest {r['digest']}")
+              f"  p99.9 {r['p99.9_ms']:.3f}  cpu p50 {r['cpu_p50_ms']:.3f} p99 {r['cpu_p99_ms']:.3f}  trades {r['closed_trades']}  digest {r['digest']}")
         emit({"bench": "ml_cycle_latency", "variant": name, **stamp(), **r})
     return 0
 

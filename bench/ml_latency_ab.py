@@ -45,13 +45,15 @@ def main() -> int:
                 r["load1"] = round(load, 2)
                 runs.setdefault((label, variant), []).append(r)
                 print(f"round {k + 1} {label:<6} {variant:<10} p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  "
-                      f"p99 {r['p99_ms']:.3f}  trades {r['closed_trades']}  digest {r['digest']}  load {load:.2f}",
+                      f"p99 {r['p99_ms']:.3f}  cpu p50 {r.get('cpu_p50_ms', float('nan')):.3f} "
+                      f"p99 {r.get('cpu_p99_ms', float('nan')):.3f}  trades {r['closed_trades']}  digest {r['digest']}  load {load:.2f}",
                       flush=True)
     print("\nmedian over rounds:")
     for (label, variant), rs in runs.items():
-        med = {p: statistics.median(r[p] for r in rs) for p in ("p50_ms", "p90_ms", "p99_ms", "p99.9_ms")}
+        med = {p: statistics.median(r.get(p, float("nan")) for r in rs)
+               for p in ("p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "cpu_p50_ms", "cpu_p99_ms")}
         print(f"  {label:<6} {variant:<10} p50 {med['p50_ms']:.3f} ms  p90 {med['p90_ms']:.3f}  p99 {med['p99_ms']:.3f}"
-              f"  p99.9 {med['p99.9_ms']:.3f}  digests {sorted({r['digest'] for r in rs})}")
+              f"  p99.9 {med['p99.9_ms']:.3f}  cpu p50 {med['cpu_p50_ms']:.3f} p99 {med['cpu_p99_ms']:.3f}  digests {sorted({r['digest'] for r in rs})}")
     for variant in ("models off", "models on"):
         same = {r["digest"] for r in runs[("before", variant)]} == {r["digest"] for r in runs[("after", variant)]}
         print(f"  {variant}: same decisions before and after: {same}")

@@ -28,7 +28,7 @@ from datetime import datetime
 import numpy as np
 
 from ..ports import BarSeries, MarketSnapshot
-from ..perp.stats import PerpRegime, RuleRegimeLabeller, perp_state
+from ..perp.stats import VOL_WINDOW, PerpRegime, RuleRegimeLabeller, hourly_vol, perp_state, snapshot_memo
 
 NAN = math.nan
 HOUR_S = 3600
@@ -92,6 +92,30 @@ def _std(x: np.ndarray) -> float:
         return float(np.std(x))
     d = x - _add(x) / len(x)
     return math.sqrt(_add(d * d) / len(x))
+
+
+def _mean_std(x: np.ndarray) -> tuple:
+    """``(_mean(x), _std(x))``, the mean computed once (``_std`` takes its deviations from the same value)."""
+    if x.dtype != _F64 or x.ndim != 1 or not len(x):
+        return np.mean(x), float(np.std(x))
+    mu = _add(x) / len(x)
+    d = x - mu
+    return mu, math.sqrt(_add(d * d) / len(x))
+
+
+def _returns(out: dict, bars: BarSeries, close: np.ndarray) -> None:
+    """``out[return_Nh] = _ret_over(bars, N h)`` for N = 1, 4, 24, the three bar look-ups in one search."""
+    iv = bars.interval_s
+    last = float(close[-1])
+    ks = bars.ts.searchsorted(int(bars.ts[-1]) - np.array(_RET_S), "right") - 1   # _close_at's index, each
+    for name, secs, k in zip(_RET_NAMES, _RET_S, ks.tolist()):
+        if iv > secs:
+            continue
+        prev = float(close[k]) if k >= 0 else NAN
+        out[name] = last / prev - 1.0 if prev > 0 else NAN
+
+
+_RET_NAMES, _RET_S = ("return_1h", "return_4h", "return_24h"), (HOUR_S, 4 * HOUR_S, 24 * HOUR_S)
 
 
 def _close_at(bars: BarSeries, t: int) -> float:
@@ -230,7 +254,7 @@ def _perp_features(out: dict, market: MarketSnapshot, perp: str) -> None:
         if fs is not None and len(fs) >= 4:
             out["funding_momentum"] = float(fs.values[-1] - _mean(fs.values[-4:-1]))
     out["oi_delta_pct"] = _f(st.oi_delta_1h)
-    out["oi_delta_zscore"] = _oi_delta_z(market, perp)
+    out["oi_delta_zscore"] = snapshot_memo(market, "oi_delta_z", perp, _oi_delta_z)
     if st.oi_delta_24h is not None and st.price_change_24h is not None:
         out["oi_price_divergence"] = 1.0 if st.oi_delta_24h * st.price_change_24h < 0 else 0.0
     out["liq_imbalance"] = _f(st.liq_imbalance) if st.liq_source != "none" else NAN
@@ -285,19 +309,42 @@ REGIME_FEATURES: tuple[str, ...] = (
 REGIME_LIVE_ONLY = ("volatility_5m", "volatility_1h", "long_short_ratio")
 
 
+try:   # the C function np.convolve ends in (numpy 2); np.convolve itself where it is not there
+    from numpy._core.multiarray import correlate as _correlate
+except ImportError:   # pragma: no cover - numpy 1.x
+    _correlate = None
+_ADX_KERNEL = np.ones(14) / 14
+if VOL_WINDOW != 24:   # regime_features' volatility features are 24-bar ones and read perp.stats' deviations
+    raise ImportError(f"perp.stats.VOL_WINDOW is {VOL_WINDOW}, regime_features needs the 24-bar deviations")
+
+
 def _adx(bars: BarSeries, n: int = 14) -> float:
+    """ADX(n) over the last 3n bars: the true range and the directional moves smoothed by an n-bar mean
+    (``np.convolve(x, ones(n) / n, "valid")``), DX = |+DI - -DI| / (+DI + -DI), its last n finite values
+    averaged. The three smoothings run as one correlation of the three series laid end to end: every output
+    it keeps is the same n-term dot product over the same values, in the same order, as each series' own
+    convolution (tests/test_cycle_shared_vol.py checks it bit for bit on real data)."""
     if len(bars) < 3 * n:
         return NAN
     h, lo, c = (np.asarray(x[-3 * n:], dtype=float) for x in (bars.high, bars.low, bars.close))
-    up, down = np.diff(h), -np.diff(lo)
-    plus = np.where((up > down) & (up > 0), up, 0.0)
-    minus = np.where((down > up) & (down > 0), down, 0.0)
-    tr = np.maximum(h[1:] - lo[1:], np.maximum(np.abs(h[1:] - c[:-1]), np.abs(lo[1:] - c[:-1])))
-    k = np.ones(n) / n
-    atr, pdm, mdm = (np.convolve(x, k, "valid") for x in (tr, plus, minus))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pdi, mdi = pdm / atr, mdm / atr
-        dx = np.abs(pdi - mdi) / (pdi + mdi)
+    up, down = h[1:] - h[:-1], -(lo[1:] - lo[:-1])   # np.diff's own subtraction
+    m = len(up)
+    x = np.zeros(3 * m + n - 1)           # [true range | +DM | -DM | n - 1 zeros: outputs never read]
+    np.maximum(h[1:] - lo[1:], np.maximum(np.abs(h[1:] - c[:-1]), np.abs(lo[1:] - c[:-1])), out=x[:m])
+    np.copyto(x[m:2 * m], up, where=(up > down) & (up > 0))    # np.where(cond, up, 0.0)
+    np.copyto(x[2 * m:3 * m], down, where=(down > up) & (down > 0))
+    k = _ADX_KERNEL if n == 14 else np.ones(n) / n
+    if _correlate is not None:   # np.convolve(x, k, "valid") is correlate(x, k[::-1], "valid") after checks
+        conv = _correlate(x, k[::-1], "valid")   # that hold here (1-D, not empty, x the longer)
+    else:
+        conv = np.convolve(x, k, "valid")
+    sm = conv.reshape(3, m)[:, :m - n + 1]   # row j: the windows wholly inside series j
+    old = np.seterr(divide="ignore", invalid="ignore")   # np.errstate's effect, less its context manager
+    try:
+        di = sm[1:] / sm[0]               # +DI, -DI
+        dx = np.abs(di[0] - di[1]) / (di[0] + di[1])
+    finally:
+        np.seterr(**old)
     dx = dx[np.isfinite(dx)]
     return float(_mean(dx[-n:]) * 100) if len(dx) >= n else NAN
 
@@ -310,33 +357,31 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
         return out
     now_s = int(market.now.timestamp())
     close = np.asarray(bars.close, dtype=float)
-    for name, hours in (("return_1h", 1), ("return_4h", 4), ("return_24h", 24)):
-        out[name] = _ret_over(bars, hours * HOUR_S)
+    _returns(out, bars, close)
     for n in (20, 50):
         sma_now, sma_prev = _mean(close[-n:]), _mean(close[-n - 5:-5])
         out[f"sma_{n}_slope"] = float(sma_now / sma_prev - 1.0)
-        out[f"price_vs_sma_{n}"] = _sma_gap(close, n)
+        out[f"price_vs_sma_{n}"] = float(close[-1] / sma_now - 1.0)   # _sma_gap(close, n): len(close) >= 60
     out["adx_14"] = _adx(bars)
-    r = np.diff(np.log(close))
-    if len(r) >= 24 * 4:
-        c1, c2 = np.concatenate(([0.0], np.cumsum(r))), np.concatenate(([0.0], np.cumsum(r * r)))
-        m = (c1[24:] - c1[:-24]) / 24
-        sd = np.sqrt(np.maximum((c2[24:] - c2[:-24]) / 24 - m * m, 0.0))
+    hv = hourly_vol(market, symbol)   # log returns, rolling 24-bar deviations: shared with the perp state
+    if len(hv.r) >= 24 * 4:
+        sd = hv.sd
         out["volatility_24h"] = float(sd[-1] * math.sqrt(365 * 24))
-        s = float(_std(sd))
-        out["volatility_zscore"] = float((sd[-1] - _mean(sd)) / s) if s > 0 else 0.0
+        mu, s = _mean_std(sd)
+        out["volatility_zscore"] = float((sd[-1] - mu) / s) if s > 0 else 0.0
     if len(bars) > 200:
         tr = _true_range(bars, 200) / close[-200:]
-        atr = np.convolve(tr, np.ones(14) / 14, "valid")
+        atr = _correlate(tr, _ADX_KERNEL[::-1], "valid") if _correlate is not None else np.convolve(tr, _ADX_KERNEL, "valid")
         out["atr_14"] = float(atr[-1])
-        s = float(_std(atr))
-        out["atr_zscore"] = float((atr[-1] - _mean(atr)) / s) if s > 0 else 0.0
-    out["bollinger_width"] = float(4 * _std(close[-20:]) / _mean(close[-20:]))
+        mu, s = _mean_std(atr)
+        out["atr_zscore"] = float((atr[-1] - mu) / s) if s > 0 else 0.0
+    mu, s = _mean_std(close[-20:])
+    out["bollinger_width"] = float(4 * s / mu)
     st = perp_state(market, symbol)
     out["funding_rate"] = _f(st.funding)
     out["funding_zscore"] = _f(st.funding_z)
     out["oi_delta_pct"] = _f(st.oi_delta_1h)
-    out["oi_zscore"] = _oi_delta_z(market, symbol)
+    out["oi_zscore"] = snapshot_memo(market, "oi_delta_z", symbol, _oi_delta_z)
     out["long_short_ratio"] = _series_last(market, "long_short_ratio", symbol, now_s, 2 * HOUR_S)
     out["liq_velocity"] = _f(st.liquidation_velocity)
     out["liq_imbalance"] = _f(st.liq_imbalance) if st.liq_imbalance is not None else (0.0 if st.liq_source != "none" else NAN)
@@ -344,13 +389,13 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
     vol = np.asarray(bars.volume, dtype=float)
     if len(vol) >= 168:
         lv = np.log1p(vol[-168:])
-        s = float(_std(lv))
-        out["volume_zscore"] = float((np.log1p(_add(vol[-24:]) / 24) - _mean(lv)) / s) if s > 0 else 0.0
+        mu, s = _mean_std(lv)
+        out["volume_zscore"] = float((np.log1p(_add(vol[-24:]) / 24) - mu) / s) if s > 0 else 0.0
     taker = market.point_series("taker_buy_ratio", symbol)
     if taker is not None and len(taker) >= 48 and now_s - int(taker.ts[-1]) <= 2 * HOUR_S:
         share = np.asarray(taker.values[-48:], dtype=float)
         v48 = vol[-48:] if len(vol) >= 48 else None
-        if v48 is not None and np.isfinite(share).all() and _add(v48) > 0:
+        if v48 is not None and np.isfinite(share).all() and (v48_sum := _add(v48)) > 0:
             delta = (2 * share - 1) * v48
-            out["cvd_momentum"] = float((_add(delta[24:]) - _add(delta[:24])) / _add(v48))
+            out["cvd_momentum"] = float((_add(delta[24:]) - _add(delta[:24])) / v48_sum)
     return out

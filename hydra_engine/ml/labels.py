@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from ..perp.stats import PerpRegime, _add, _flush_many, _mean, _std
+from ..perp.stats import VOL_WINDOW, PerpRegime, _add, _mean, _std, flush_hours, hourly_vol
 
 MIN_HOLDING = timedelta(hours=1)
 MAX_HOLDING = timedelta(days=10)
@@ -81,17 +81,25 @@ def regime_label(market, symbol: str, start: datetime, hours: int = REGIME_WINDO
     if k0 < 2 * hours:
         return None
     # _window(bars, t0, t1), as a slice: the close times are sorted (the searchsorted above relies on it too)
-    win = np.asarray(bars.close[k0 + 1:int(closed.searchsorted(t1, "right"))], dtype=float)
-    if len(win) < hours // 2:
+    k1 = int(closed.searchsorted(t1, "right"))
+    if k1 - (k0 + 1) < hours // 2:
         return None
-    path = np.concatenate(([float(bars.close[k0])], win))
-    r = np.diff(np.log(path))
+    hv = hourly_vol(market, symbol) if hours == VOL_WINDOW else None
+    if hv is not None:
+        # the snapshot's log returns and rolling deviations (shared with the perp state and the classifier's
+        # features): the window's returns from the close at start are r[k0:k1 - 1]; the history's deviations
+        # (the returns before the window, from the first bar) are the first k0 + 1 - hours of sd, bit for bit
+        r = hv.r[k0:k1 - 1]
+        hist = hv.sd[:max(k0 + 1 - hours, 0)] * math.sqrt(365 * 24)
+    else:
+        path = np.asarray(bars.close[k0:k1], dtype=float)   # the close at start, then the window's
+        r = np.diff(np.log(path))
+        past = np.diff(np.log(np.asarray(bars.close[:k0 + 1], dtype=float)))
+        c1, c2 = np.concatenate(([0.0], np.cumsum(past))), np.concatenate(([0.0], np.cumsum(past * past)))
+        n = hours
+        m = (c1[n:] - c1[:-n]) / n
+        hist = np.sqrt(np.maximum((c2[n:] - c2[:-n]) / n - m * m, 0.0)) * math.sqrt(365 * 24)
     vol = float(_std(r) * math.sqrt(365 * 24))   # np.std's own steps, less its dispatch
-    past = np.diff(np.log(np.asarray(bars.close[:k0 + 1], dtype=float)))
-    c1, c2 = np.concatenate(([0.0], np.cumsum(past))), np.concatenate(([0.0], np.cumsum(past * past)))
-    n = hours
-    m = (c1[n:] - c1[:-n]) / n
-    hist = np.sqrt(np.maximum((c2[n:] - c2[:-n]) / n - m * m, 0.0)) * math.sqrt(365 * 24)
     vol95 = _percentile(hist, VOL_PERCENTILE) if len(hist) >= hours else math.inf
     fs = market.point_series("funding_rate", symbol)
     funding = math.nan
@@ -101,12 +109,12 @@ def regime_label(market, symbol: str, start: datetime, hours: int = REGIME_WINDO
         funding = float(_mean(inside)) if len(inside) else (float(fs.values[j0 - 1]) if j0 > 0 else math.nan)
     oi = market.point_series("open_interest", symbol)
     oi_delta, liq_velocity = math.nan, 0.0
-    taker = market.point_series("taker_buy_ratio", symbol)
     if oi is not None and len(oi):
         a, b = _oi_at(oi, t0), _oi_at(oi, t1)
         if a and b:
             oi_delta = b / a - 1.0
-        liq_velocity = max(sum(f) for f in _flush_many(oi, bars, taker, [t0 + h * 3600 for h in range(1, hours + 1)]))
+        # through the snapshot's flush table: the perp state of this snapshot has most often computed these hours
+        liq_velocity = max(sum(f) for f in flush_hours(market, symbol, [t0 + h * 3600 for h in range(1, hours + 1)]))
     mean = float(_mean(r))
     if liq_velocity > CASCADE_VELOCITY:
         return PerpRegime.CASCADE_RISK

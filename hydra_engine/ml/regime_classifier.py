@@ -91,7 +91,7 @@ class ClassifierRegimeLabeller:
             return hit
         feats = regime_features(market, symbol)
         row = np.array([feats[f] for f in self.features], dtype=float)
-        if np.mean(np.isfinite(row)) < MIN_FEATURES:
+        if np.count_nonzero(np.isfinite(row)) / len(row) < MIN_FEATURES:   # np.mean of the booleans: count / n
             regime, conf, why = self.fallback.label(state_fn(), market)
             out: tuple | Forecast = (regime, conf, f"rule (classifier inputs too sparse): {why}")
         else:

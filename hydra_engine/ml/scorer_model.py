@@ -34,7 +34,7 @@ def meta_path(model_path: Path) -> Path:
 
 
 def platt(raw: np.ndarray, a: float, b: float) -> np.ndarray:
-    raw = np.clip(raw, 1e-6, 1 - 1e-6)
+    raw = np.minimum(np.maximum(raw, 1e-6), 1 - 1e-6)   # np.clip's own definition (NaN kept), less its wrapper
     return 1.0 / (1.0 + np.exp(-(a * np.log(raw / (1 - raw)) + b)))
 
 

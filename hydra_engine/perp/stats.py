@@ -279,7 +279,13 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
             buy_sell = buy / sell if sell > 0 else None
 
     vol_annual = vol_pct = None
-    if hourly and candles >= VOL_WINDOW * 3:
+    if hourly and candles >= VOL_WINDOW * 3 and (hv := hourly_vol(market, symbol)).finite:
+        # every return finite (the usual case): the snapshot's shared rolling deviations are the ones below
+        if len(hv.r) >= VOL_WINDOW * 2:
+            sd = hv.sd
+            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
+            vol_pct = float(np.count_nonzero(sd <= sd[-1]) / len(sd))
+    elif hourly and candles >= VOL_WINDOW * 3:
         r = np.diff(np.log(np.asarray(bars.close, dtype=float)))
         r = r[np.isfinite(r)]
         if len(r) >= VOL_WINDOW * 2:
@@ -311,13 +317,90 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
                     + float(np.sum(real_short.values[real_short.ts > hour]))) / oi_usd
     elif hourly and oi is not None and t_oi is not None and candles >= 2:
         source = "proxy:oi_flush"
-        for h, (lo, sh) in enumerate(_flush_many(oi, bars, taker, [t_oi - h * 3600 for h in range(LIQ_LOOKBACK_H)])):
+        # with a trained labeller installed (its monitor labels, each cycle, the 24 h window that just ended)
+        # the last FLUSH_TABLE_H hours go in the snapshot's flush table, in the one pass the 6 hours need:
+        # that label reads them from there. Only which hours are computed depends on it, never a value
+        span = FLUSH_TABLE_H if getattr(_LABELLER, "booster", None) is not None else LIQ_LOOKBACK_H
+        hours = flush_hours(market, symbol, [t_oi - h * 3600 for h in range(span)])
+        for h, (lo, sh) in enumerate(hours[:LIQ_LOOKBACK_H]):
             liq_long += lo
             liq_short += sh
             if h == 0:
                 velocity = lo + sh
     return PerpState(symbol, now, price, candles, bars_age, funding, funding_z, d1, d8, d24, change_24h, buy_sell,
                      vol_annual, vol_pct, liq_long, liq_short, source, velocity, tuple(problems))
+
+
+class HourlyVol:
+    """One symbol's bar log returns and their rolling ``VOL_WINDOW``-bar standard deviation, as
+    :func:`compute_perp_state`, ``ml.features.regime_features`` and ``ml.labels.regime_label`` compute them:
+    ``r = diff(log(close))`` over the snapshot's bars (not filtered: ``finite`` says whether every one is
+    finite), ``sd[i]`` the deviation of ``r[i:i + VOL_WINDOW]`` by cumulative sums (None when fewer returns).
+    The cumulative sums run from the first return in order, so the deviations of a prefix of the bars
+    (``regime_label``'s history before its window) are the first ones of ``sd``, bit for bit."""
+
+    __slots__ = ("finite", "r", "sd")
+
+    def __init__(self, close: np.ndarray):
+        self.r = r = np.diff(np.log(close))
+        self.finite = bool(np.isfinite(r).all())
+        n = VOL_WINDOW
+        self.sd = None
+        if len(r) >= n:
+            c1, c2 = np.empty(len(r) + 1), np.empty(len(r) + 1)
+            c1[0] = c2[0] = 0.0
+            np.cumsum(r, out=c1[1:])
+            np.cumsum(r * r, out=c2[1:])
+            mean = (c1[n:] - c1[:-n]) / n
+            self.sd = np.sqrt(np.maximum((c2[n:] - c2[:-n]) / n - mean * mean, 0.0))
+
+
+#: per-snapshot values several consumers of one cycle read: (kind, symbol, time, id(snapshot)) -> (snapshot,
+#: value). The entry keeps its snapshot alive (an id is unique only while its object lives), so a later
+#: snapshot never reads an earlier one's value; nothing is carried from one snapshot to the next
+_MEMO: dict[tuple, tuple] = {}
+
+
+def snapshot_memo(market: MarketSnapshot, kind: str, symbol: str, compute):
+    """``compute(market, symbol)``, once per (kind, symbol, snapshot)."""
+    key = (kind, symbol, market.now, id(market))
+    hit = _MEMO.get(key)
+    if hit is None or hit[0] is not market:
+        if len(_MEMO) > 64:
+            _MEMO.clear()
+        hit = _MEMO[key] = (market, compute(market, symbol))
+    return hit[1]
+
+
+FLUSH_TABLE_H = 24   # hours the perp state puts in the flush table: ml.labels.REGIME_WINDOW_H
+
+
+def _new_table(market: MarketSnapshot, symbol: str) -> dict:
+    return {}
+
+
+def flush_hours(market: MarketSnapshot, symbol: str, ts: list[int]) -> list[tuple[float, float]]:
+    """``_flush_many(oi, bars, taker, ts)`` on ``symbol``'s open interest, bars and taker flow in ``market``,
+    through a per-snapshot table hour -> value: an hour one consumer of this snapshot asked for (the perp
+    state, the realised regime label) is not computed again; the others are computed in one pass. Each
+    hour's value is a function of the snapshot's series and that hour alone, whatever else is asked with it."""
+    table = snapshot_memo(market, "flush", symbol, _new_table)
+    todo = [t for t in ts if t not in table]
+    if todo:
+        oi = market.point_series("open_interest", symbol)
+        got = _flush_many(oi, market.bars.get(symbol), market.point_series("taker_buy_ratio", symbol), todo)
+        table.update(zip(todo, got))
+    return [table[t] for t in ts]
+
+
+def _hourly_vol(market: MarketSnapshot, symbol: str) -> HourlyVol | None:
+    bars = market.bars.get(symbol)
+    return None if bars is None or len(bars) < 2 else HourlyVol(np.asarray(bars.close, dtype=float))
+
+
+def hourly_vol(market: MarketSnapshot, symbol: str) -> HourlyVol | None:
+    """:class:`HourlyVol` of ``symbol``'s bars in ``market`` (None under two bars), once per snapshot."""
+    return snapshot_memo(market, "hourly_vol", symbol, _hourly_vol)
 
 
 _CACHE: dict[tuple[str, datetime, int], tuple[MarketSnapshot, PerpState]] = {}
