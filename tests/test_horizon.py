@@ -482,14 +482,18 @@ _TIGHT = {"max_daily_loss_pct": 0.02, "max_drawdown_pct": 0.05, "max_consecutive
           "max_trades_per_day": 3, "max_position_pct": 3.0}
 
 
-def _both_risk(tmp, frames, risk, **kw):
+def _runs(tmp, frames, modes, *, kill_at=None, **kw):
+    """(outcome with risk state and kill log, span lengths) per mode; with log and store when ``tmp``; the
+    kill tripped by hand before the run when ``kill_at`` (a time)."""
     results = []
-    for mode in ("off", "on"):
+    for mode in modes:
         tag = f"{mode}-{len(list(tmp.iterdir())) if tmp else 0}"
-        engine, clock = _build(frames, tmp=tmp, tag=tag, risk=risk, **kw)
+        engine, clock = _build(frames, tmp=tmp, tag=tag, **kw)
         spans = []
         real = horizon.catch_up
         horizon.catch_up = lambda e, t: (spans.append(len(t)), real(e, t))
+        if kill_at is not None:
+            engine.risk.kill("test kill", kill_at)
         try:
             assert horizon.run(engine, clock, mode=mode) == len(clock.ticks)
         finally:
@@ -498,6 +502,11 @@ def _both_risk(tmp, frames, risk, **kw):
         out["risk_state"] = engine.risk.to_state()
         out["kills"] = engine.kill_log.as_json()
         results.append((out, spans))
+    return results
+
+
+def _both_risk(tmp, frames, risk, **kw):
+    results = _runs(tmp, frames, ("off", "on"), risk=risk, **kw)
     return results[0][0], results[1][0], results[1][1]
 
 
@@ -555,24 +564,8 @@ def test_risk_manager_without_promise_conditions_forces_every_tick(monkeypatch):
 def _both_killed(tmp, frames, *, kill_at: int | None, truth: dict | None, risk: dict, **kw):
     """Both ways and in check mode, with log and store when ``tmp``; the kill tripped by hand before the
     run when ``kill_at`` (a time; None: only the run's own switches)."""
-    results = []
-    for mode in ("off", "on", "check"):
-        tag = f"{mode}-{len(list(tmp.iterdir())) if tmp else 0}"
-        engine, clock = _build(frames, tmp=tmp, tag=tag, risk=risk, truth=truth, **kw)
-        spans = []
-        real = horizon.catch_up
-        horizon.catch_up = lambda e, t: (spans.append(len(t)), real(e, t))
-        if kill_at is not None:
-            engine.risk.kill("test kill", kill_at)
-        try:
-            assert horizon.run(engine, clock, mode=mode) == len(clock.ticks)
-        finally:
-            horizon.catch_up = real
-        out = _outcome(engine, tmp, tag)
-        out["risk_state"] = engine.risk.to_state()
-        out["kills"] = engine.kill_log.as_json()
-        results.append((out, spans))
-    (off, _), (on, spans), (check, _) = results
+    (off, _), (on, spans), (check, _) = _runs(tmp, frames, ("off", "on", "check"), kill_at=kill_at, risk=risk,
+                                              truth=truth, **kw)
     return off, on, check, spans
 
 
