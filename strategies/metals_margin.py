@@ -40,6 +40,7 @@ from hydra_engine.strategy import (CombinedSignal, DataNeed, ExitRequest, Strate
                                    StrategyParams)
 
 SYMBOLS = ("GLD", "SLV", "GDX")
+FORGET_AFTER = timedelta(days=7)   # a recorded trade not held this long after its window: forgotten
 TARGETS = {"GC": ("GLD", "GDX"), "SI": ("SLV", "GDX")}
 
 # Ounces of metal per share: GLD started at 0.1 oz (2004-11-18), SLV at 10 oz (2006-04-28) and split 10:1
@@ -286,6 +287,11 @@ class MetalsMarginTrader(Strategy):
     # ------------------------------------------------------------------ proposals and exits
     def propose(self, ctx: StrategyContext, combined: Mapping[str, CombinedSignal]) -> list[TradeProposal | ExitRequest]:
         p, out, now = self.params, [], ctx.now
+        # a recorded trade is read only while its symbol is held; one not held a week past its own window is
+        # the plan of no order still to fill (an entry waits at most for the next session open), so it is
+        # forgotten and stops waking the plugin (``wants_cycle``) on every cycle for the rest of the run
+        for symbol in [s for s, (_, until) in self._trades.items() if not ctx.held.get(s) and now > until + FORGET_AFTER]:
+            del self._trades[symbol]
         z = self.ratio_z(ctx.market)
         for symbol, held in ctx.held.items():
             if not held or symbol not in self._trades:

@@ -174,3 +174,45 @@ def test_real_data_ai_disruption_trades_and_skips(shared_data, tmp_path):
     on, spans, _ = _run(*args, "on", engine=engine)
     assert [k for k in off if off[k] != on[k]] == []
     assert len(off["trades"]) >= 2 and sum(spans) >= 50, (len(off["trades"]), sum(spans), n)
+
+
+def test_metals_margin_forgets_a_trade_not_held_a_week_past_its_window_and_decides_the_same(shared_data, tmp_path,
+                                                                                           monkeypatch):
+    """A recorded trade (set at proposal, also when the risk layer refuses it) is read only while its symbol
+    is held; forgetting it a week past its window changes no order, fill or trade over a real half-year
+    with trades (tick by tick both runs), and lets ``wants_cycle`` go quiet again (more quiet cycles)."""
+    import strategies.metals_margin as M
+    runs = {}
+    for forget in ("default", "never"):
+        if forget == "never":
+            monkeypatch.setattr(M, "FORGET_AFTER", timedelta(days=100_000))
+        out, _, n = _run(shared_data, tmp_path / forget, "2023-01-01", "2023-07-01", ("metals_margin",), "off")
+        runs[forget] = out
+    a, b = runs["default"], runs["never"]
+    assert len(a["trades"]) >= 3
+    for key in ("trades", "orders", "equity_usd", "cash_usd", "positions"):
+        assert a[key] == b[key], key
+    assert a["stats"]["quiet_cycles"] > b["stats"]["quiet_cycles"]
+
+
+def test_metals_margin_keeps_a_held_or_recent_trade():
+    from hydra_engine.strategy import StrategyContext
+    from strategies.metals_margin import FORGET_AFTER, MetalsMarginTrader
+
+    class _Market:   # only what propose reads when no view and no ratio are there
+        events = ()
+        bars: dict = {}
+        now = None
+
+        def price(self, symbol):
+            return float("nan")
+
+    plugin = MetalsMarginTrader()
+    plugin.ratio_z = lambda market: None
+    until = datetime(2024, 3, 1, tzinfo=UTC)
+    for held, now, kept in (({}, until + FORGET_AFTER, True), ({"GLD": 1.0}, until + FORGET_AFTER * 3, True),
+                            ({}, until + FORGET_AFTER + timedelta(seconds=1), False)):
+        plugin._trades = {"GLD": ("cme_margin", until)}
+        ctx = StrategyContext(now, _Market(), None, held)
+        plugin.propose(ctx, {})
+        assert ("GLD" in plugin._trades) is kept, (held, now)
