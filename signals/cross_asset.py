@@ -65,14 +65,14 @@ class GraphParams(BaseModel):
 
 
 # --------------------------------------------------------------------------- the panel of session closes
-@functools.lru_cache(maxsize=None)   # pure in its epoch second; Panel.update asks every session of the history
+@functools.lru_cache(maxsize=65536)   # pure in its epoch second; Panel.update asks every session of the history
 def session_close_s(day_ts: int) -> int:
     """Epoch second of 16:00 New York on the session whose daily bar opens at ``day_ts`` (midnight NY)."""
     d = datetime.fromtimestamp(day_ts, NEW_YORK).date()
     return int(datetime(d.year, d.month, d.day, 16, tzinfo=NEW_YORK).timestamp())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=65536)
 def _ny_date(ts: int) -> int:
     d = datetime.fromtimestamp(ts + 6 * 3600, NEW_YORK).date()   # +6 h: a UTC-midnight stamp stays on its day
     return d.toordinal()

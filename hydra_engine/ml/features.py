@@ -175,20 +175,10 @@ def _f(value) -> float:
 
 
 # --------------------------------------------------------------------------- the signal scorer's features
-#: (id(snapshot), now, symbol, block) -> (snapshot, values): the features of a snapshot and symbol that
-#: do not depend on the signal, computed once for every signal of a cycle on that symbol (the entry keeps its
-#: snapshot alive, so an id reused by a later snapshot never hits; snapshots are never mutated)
-_BLOCKS: dict[tuple, tuple] = {}
-
-
 def _block(market: MarketSnapshot, symbol: str, kind: str, compute) -> dict[str, float]:
-    key = (id(market), market.now, symbol, kind)
-    hit = _BLOCKS.get(key)
-    if hit is None or hit[0] is not market:
-        if len(_BLOCKS) > 64:
-            _BLOCKS.clear()
-        hit = _BLOCKS[key] = (market, compute(market, symbol))
-    return hit[1]
+    """The features of a snapshot and symbol that do not depend on the signal, computed once for every
+    signal of a cycle on that symbol (``perp.stats.snapshot_memo``)."""
+    return snapshot_memo(market, f"scorer_{kind}", symbol, compute)
 
 
 def _price_block(market: MarketSnapshot, symbol: str) -> dict[str, float]:
@@ -318,6 +308,12 @@ if VOL_WINDOW != 24:   # regime_features' volatility features are 24-bar ones an
     raise ImportError(f"perp.stats.VOL_WINDOW is {VOL_WINDOW}, regime_features needs the 24-bar deviations")
 
 
+def _convolve_valid(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``np.convolve(x, k, "valid")`` for a 1-D ``x`` at least as long as ``k``: the C correlation it ends
+    in (``correlate(x, k[::-1], "valid")``), without its argument checks."""
+    return _correlate(x, k[::-1], "valid") if _correlate is not None else np.convolve(x, k, "valid")
+
+
 def _adx(bars: BarSeries, n: int = 14) -> float:
     """ADX(n) over the last 3n bars: the true range and the directional moves smoothed by an n-bar mean
     (``np.convolve(x, ones(n) / n, "valid")``), DX = |+DI - -DI| / (+DI + -DI), its last n finite values
@@ -333,11 +329,7 @@ def _adx(bars: BarSeries, n: int = 14) -> float:
     np.maximum(h[1:] - lo[1:], np.maximum(np.abs(h[1:] - c[:-1]), np.abs(lo[1:] - c[:-1])), out=x[:m])
     np.copyto(x[m:2 * m], up, where=(up > down) & (up > 0))    # np.where(cond, up, 0.0)
     np.copyto(x[2 * m:3 * m], down, where=(down > up) & (down > 0))
-    k = _ADX_KERNEL if n == 14 else np.ones(n) / n
-    if _correlate is not None:   # np.convolve(x, k, "valid") is correlate(x, k[::-1], "valid") after checks
-        conv = _correlate(x, k[::-1], "valid")   # that hold here (1-D, not empty, x the longer)
-    else:
-        conv = np.convolve(x, k, "valid")
+    conv = _convolve_valid(x, _ADX_KERNEL if n == 14 else np.ones(n) / n)
     sm = conv.reshape(3, m)[:, :m - n + 1]   # row j: the windows wholly inside series j
     old = np.seterr(divide="ignore", invalid="ignore")   # np.errstate's effect, less its context manager
     try:
@@ -371,7 +363,7 @@ def regime_features(market: MarketSnapshot, symbol: str) -> dict[str, float]:
         out["volatility_zscore"] = float((sd[-1] - mu) / s) if s > 0 else 0.0
     if len(bars) > 200:
         tr = _true_range(bars, 200) / close[-200:]
-        atr = _correlate(tr, _ADX_KERNEL[::-1], "valid") if _correlate is not None else np.convolve(tr, _ADX_KERNEL, "valid")
+        atr = _convolve_valid(tr, _ADX_KERNEL)
         out["atr_14"] = float(atr[-1])
         mu, s = _mean_std(atr)
         out["atr_zscore"] = float((atr[-1] - mu) / s) if s > 0 else 0.0

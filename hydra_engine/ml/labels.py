@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from ..perp.stats import VOL_WINDOW, PerpRegime, _add, _mean, _std, flush_hours, hourly_vol
+from ..perp.stats import VOL_WINDOW, HourlyVol, PerpRegime, _add, _mean, _std, flush_hours, hourly_vol
 
 MIN_HOLDING = timedelta(hours=1)
 MAX_HOLDING = timedelta(days=10)
@@ -84,21 +84,14 @@ def regime_label(market, symbol: str, start: datetime, hours: int = REGIME_WINDO
     k1 = int(closed.searchsorted(t1, "right"))
     if k1 - (k0 + 1) < hours // 2:
         return None
-    hv = hourly_vol(market, symbol) if hours == VOL_WINDOW else None
-    if hv is not None:
-        # the snapshot's log returns and rolling deviations (shared with the perp state and the classifier's
-        # features): the window's returns from the close at start are r[k0:k1 - 1]; the history's deviations
-        # (the returns before the window, from the first bar) are the first k0 + 1 - hours of sd, bit for bit
-        r = hv.r[k0:k1 - 1]
-        hist = hv.sd[:max(k0 + 1 - hours, 0)] * math.sqrt(365 * 24)
-    else:
-        path = np.asarray(bars.close[k0:k1], dtype=float)   # the close at start, then the window's
-        r = np.diff(np.log(path))
-        past = np.diff(np.log(np.asarray(bars.close[:k0 + 1], dtype=float)))
-        c1, c2 = np.concatenate(([0.0], np.cumsum(past))), np.concatenate(([0.0], np.cumsum(past * past)))
-        n = hours
-        m = (c1[n:] - c1[:-n]) / n
-        hist = np.sqrt(np.maximum((c2[n:] - c2[:-n]) / n - m * m, 0.0)) * math.sqrt(365 * 24)
+    # the log returns and their rolling ``hours``-bar deviations (for the 24-hour window the snapshot's own,
+    # shared with the perp state and the classifier's features): the window's returns from the close at
+    # start are r[k0:k1 - 1]; the history's deviations (the returns before the window, from the first bar)
+    # are the first k0 + 1 - hours of sd, bit for bit (the cumulative sums run from the first return)
+    hv = (hourly_vol(market, symbol) if hours == VOL_WINDOW
+          else HourlyVol(np.asarray(bars.close[:k1], dtype=float), hours))
+    r = hv.r[k0:k1 - 1]
+    hist = hv.sd[:max(k0 + 1 - hours, 0)] * math.sqrt(365 * 24)
     vol = float(_std(r) * math.sqrt(365 * 24))   # np.std's own steps, less its dispatch
     vol95 = _percentile(hist, VOL_PERCENTILE) if len(hist) >= hours else math.inf
     fs = market.point_series("funding_rate", symbol)

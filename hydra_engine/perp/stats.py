@@ -332,7 +332,7 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
 
 
 class HourlyVol:
-    """One symbol's bar log returns and their rolling ``VOL_WINDOW``-bar standard deviation, as
+    """One symbol's bar log returns and their rolling ``n``-bar (``VOL_WINDOW``) standard deviation, as
     :func:`compute_perp_state`, ``ml.features.regime_features`` and ``ml.labels.regime_label`` compute them:
     ``r = diff(log(close))`` over the snapshot's bars (not filtered: ``finite`` says whether every one is
     finite), ``sd[i]`` the deviation of ``r[i:i + VOL_WINDOW]`` by cumulative sums (None when fewer returns).
@@ -341,10 +341,9 @@ class HourlyVol:
 
     __slots__ = ("finite", "r", "sd")
 
-    def __init__(self, close: np.ndarray):
+    def __init__(self, close: np.ndarray, n: int = VOL_WINDOW):
         self.r = r = np.diff(np.log(close))
         self.finite = bool(np.isfinite(r).all())
-        n = VOL_WINDOW
         self.sd = None
         if len(r) >= n:
             c1, c2 = np.empty(len(r) + 1), np.empty(len(r) + 1)
@@ -366,7 +365,7 @@ def snapshot_memo(market: MarketSnapshot, kind: str, symbol: str, compute):
     key = (kind, symbol, market.now, id(market))
     hit = _MEMO.get(key)
     if hit is None or hit[0] is not market:
-        if len(_MEMO) > 64:
+        if len(_MEMO) > 256:   # a cycle asks ~10-20 kinds x symbols: only earlier snapshots' entries go
             _MEMO.clear()
         hit = _MEMO[key] = (market, compute(market, symbol))
     return hit[1]
@@ -403,20 +402,9 @@ def hourly_vol(market: MarketSnapshot, symbol: str) -> HourlyVol | None:
     return snapshot_memo(market, "hourly_vol", symbol, _hourly_vol)
 
 
-_CACHE: dict[tuple[str, datetime, int], tuple[MarketSnapshot, PerpState]] = {}
-
-
 def perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
-    """:func:`compute_perp_state`, once per (symbol, time, snapshot) for all the consumers of a cycle."""
-    key = (symbol, market.now, id(market))
-    hit = _CACHE.get(key)
-    # the entry keeps its snapshot alive: an id is unique only while its object lives, and a new snapshot
-    # at the same time reusing a freed one's id must never be served the old snapshot's state
-    if hit is None or hit[0] is not market:
-        if len(_CACHE) > 64:
-            _CACHE.clear()
-        hit = _CACHE[key] = (market, compute_perp_state(market, symbol))
-    return hit[1]
+    """:func:`compute_perp_state`, once per (symbol, snapshot) for all the consumers of a cycle."""
+    return snapshot_memo(market, "perp_state", symbol, compute_perp_state)
 
 
 class RuleRegimeLabeller:
