@@ -74,10 +74,11 @@ class ClassifierRegimeLabeller:
         """The answers of ``entries`` (from :meth:`forecast_later`); the rows not yet predicted are predicted
         in one call. XGBoost predicts each row on its own: a row in a batch gets the bits it gets alone
         (``tests/test_ml_pins.py`` checks it on the shipped model)."""
-        todo = [e for e in entries if e.__class__ is Forecast and e.out is None]
-        if todo:
-            probs = self.predict_proba(np.vstack([e.row for e in todo]) if len(todo) > 1 else todo[0].row[None, :])
-            for e, p in zip(todo, probs):
+        unpredicted = [e for e in entries if e.__class__ is Forecast and e.out is None]
+        if unpredicted:
+            rows = [e.row for e in unpredicted]
+            probs = self.predict_proba(np.vstack(rows) if len(rows) > 1 else rows[0][None, :])
+            for e, p in zip(unpredicted, probs):
                 k = int(np.argmax(p))
                 e.out = (self.classes[k], float(p[k]), f"classifier: next-24h {self.classes[k].value} p={p[k]:.2f}")
         return [e if e.__class__ is tuple else e.out for e in entries]

@@ -384,11 +384,11 @@ def flush_hours(market: MarketSnapshot, symbol: str, ts: list[int]) -> list[tupl
     state, the realised regime label) is not computed again; the others are computed in one pass. Each
     hour's value is a function of the snapshot's series and that hour alone, whatever else is asked with it."""
     table = snapshot_memo(market, "flush", symbol, _new_table)
-    todo = [t for t in ts if t not in table]
-    if todo:
+    missing = [t for t in ts if t not in table]
+    if missing:
         oi = market.point_series("open_interest", symbol)
-        got = _flush_many(oi, market.bars.get(symbol), market.point_series("taker_buy_ratio", symbol), todo)
-        table.update(zip(todo, got))
+        got = _flush_many(oi, market.bars.get(symbol), market.point_series("taker_buy_ratio", symbol), missing)
+        table.update(zip(missing, got))
     return [table[t] for t in ts]
 
 
