@@ -7,6 +7,7 @@ the models decided (every cycle's ``ml_scores`` and the closed trades): a speed 
 Before/after on a shared machine: ``bench/ml_latency_ab.py``.
 
   python bench/ml_latency.py [--scorer models/signal_scorer.cbm] [--classifier models/regime_classifier.json] [--cycles N]
+                             [--monitor-every-hours 1|2|3|4|6|8|12|24]   (the classifier monitor's cadence; default hydra.toml's)
                              [--profile FILE.html]   (pyinstrument over the models-on run; its timings are not comparable)
 """
 from __future__ import annotations
@@ -29,9 +30,11 @@ from hydra_engine.config import load_settings  # noqa: E402
 
 
 def run(tmp: Path, cycles: int | None, scorer: Path | None, classifier: Path | None,
-        profile: str | None = None, profile_chars: int = 20000) -> dict:
+        profile: str | None = None, profile_chars: int = 20000, monitor_every_hours: int | None = None) -> dict:
     s = load_settings(ROOT / "hydra.toml")
     rm = s.regime_model.model_copy(update={"perp_labeller": "classifier" if classifier else "rule",
+                                           **({"monitor_every_hours": monitor_every_hours}
+                                              if monitor_every_hours else {}),
                                            **({"model_path": str(classifier)} if classifier else {})})
     sc = s.scorers.model_copy(update={"enabled": ["ml_signal_scorer"] if scorer else [],
                                       "params": {"ml_signal_scorer": {"model_path": str(scorer)}} if scorer else {}})
@@ -74,15 +77,18 @@ def main() -> int:
     ap.add_argument("--profile", default=None, help="write a pyinstrument HTML profile of the models-on run "
                     "(timings under the profiler are not comparable)")
     ap.add_argument("--profile-chars", type=int, default=20000)
+    ap.add_argument("--monitor-every-hours", type=int, default=None, choices=(1, 2, 3, 4, 6, 8, 12, 24),
+                    help="the classifier monitor's cadence for the models-on run (default: hydra.toml's)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="hydra-ml-bench-") as tmp:
         off = run(Path(tmp) / "off", a.cycles, None, None)
         on = run(Path(tmp) / "on", a.cycles, Path(a.scorer), Path(a.classifier), a.profile,
-                 a.profile_chars)
+                 a.profile_chars, a.monitor_every_hours)
     for name, r in (("models off", off), ("models on", on)):
         print(f"{name:<11} {r['n']} cycles  p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}"
               f"  p99.9 {r['p99.9_ms']:.3f}  cpu p50 {r['cpu_p50_ms']:.3f} p99 {r['cpu_p99_ms']:.3f}  trades {r['closed_trades']}  digest {r['digest']}")
-        emit({"bench": "ml_cycle_latency", "variant": name, **stamp(), **r})
+        emit({"bench": "ml_cycle_latency", "variant": name, **stamp(), **r,
+              **({"monitor_every_hours": a.monitor_every_hours or "hydra.toml"} if name == "models on" else {})})
     return 0
 
 

@@ -181,6 +181,7 @@ class Settings(BaseSettings):
                 for k in ("retrain_every_days", "retrain_start", "retrain_seed"):
                     data[sec].pop(k)
             data[sec].pop("monitor_window")   # monitoring changes no decision
+            data[sec].pop("monitor_every_hours", None)
         data["scorers"].pop("record_inputs_live")   # recording features changes no decision
         if not data["scorers"]["enabled"]:   # no scorer: its threshold changes no decision
             data.pop("scorers")

@@ -138,6 +138,9 @@ class RegimeModelConfig(_Section):
     retrain_start: date = Field(date(2021, 1, 1), description="first day of a retrain's training rows")
     retrain_seed: int = 7
     monitor_window: int = Field(50, ge=1, description="resolved forecasts in the rolling accuracy")
+    monitor_every_hours: Literal[1, 2, 3, 4, 6, 8, 12, 24] = Field(
+        24, description="the monitor forecasts at the perp bars closing on UTC multiples of this many hours "
+        "(24: one disjoint 24 h window a day per symbol; 1: every hourly bar, overlapping windows)")
 
 
 class HorizonConfig(_Section):

@@ -39,7 +39,8 @@ def _rule_labeller_after():
 def _settings(root: Path, start: str, end: str, **regime):
     return make_settings(root, start=start, end=end, symbols=("BTC/USD", "ETH/USD", "SPY"), perps={"enabled": True},
                          strategies={"enabled": ["oi_divergence"]}, observation_cycles=5,
-                         regime_model={"perp_labeller": "classifier", "model_path": str(MODEL), **regime})
+                         regime_model={"perp_labeller": "classifier", "model_path": str(MODEL),
+                                       "monitor_every_hours": 1, **regime})
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +202,43 @@ def test_the_classifier_monitor_goes_on_across_a_restart_as_if_never_stopped(tmp
     assert sum(len(x or []) for x in a) > 60 and a == b
     assert whole.summary() == first.summary() and first.resolved == whole.resolved > first.window
     assert len(first.pairs) == first.window
+
+
+def test_the_daily_monitor_records_the_hourly_monitors_midnight_forecasts_on_disjoint_windows():
+    """``monitor_every_hours = 24`` (the default): one forecast a day per symbol, at the bar closing 00:00
+    UTC; each record is the hourly monitor's record of the same forecast (forecast, realised label,
+    inputs), and no two windows of a symbol overlap."""
+    m = _market()
+    t0 = datetime(2024, 2, 1, 5, tzinfo=UTC)
+    lab = _Forecaster()
+    hourly = L.ClassifierMonitor(["BTCUSDT", "ETHUSDT"], labeller_fn=lambda: lab.real)
+    daily = L.ClassifierMonitor(["BTCUSDT", "ETHUSDT"], labeller_fn=lambda: lab.real, every_hours=24)
+    got_h, got_d = [], []
+    for h in range(24 * 5):
+        now = t0 + timedelta(hours=h)
+        snap = m.snapshot(now)
+        rh, rd = {"notes": []}, {"notes": []}
+        hourly(now, snap, rh)
+        daily(now, snap, rd)
+        got_h += rh.get("ml_regime_monitor", [])
+        got_d += rd.get("ml_regime_monitor", [])
+    assert len(got_d) == 2 * 4   # forecasts at Feb 2, 3, 4, 5 00:00 resolved by Feb 6 05:00 (Feb 1 05:00 start)
+    assert {datetime.fromisoformat(e["forecast_at"]).hour for e in got_d} == {0}
+    keep = ("symbol", "forecast_at", "forecast", "realised", "correct", "inputs")
+    by_key = {(e["symbol"], e["forecast_at"]): {k: e.get(k) for k in keep} for e in got_h}
+    assert all({k: e.get(k) for k in keep} == by_key[(e["symbol"], e["forecast_at"])] for e in got_d)
+    for sym in ("BTCUSDT", "ETHUSDT"):
+        starts = sorted(datetime.fromisoformat(e["forecast_at"]) for e in got_d if e["symbol"] == sym)
+        assert all(b - a >= timedelta(hours=24) for a, b in zip(starts, starts[1:]))
+    assert got_d[-1]["resolved"] == len(got_d) and daily.summary()["resolved"] == len(got_d)
+    with pytest.raises(ValueError, match="monitor_every_hours must divide 24"):
+        L.ClassifierMonitor(["BTCUSDT"], every_hours=5)
+
+
+def test_monitor_every_hours_must_divide_a_day(tmp_path):
+    with pytest.raises(Exception, match="monitor_every_hours"):
+        make_settings(tmp_path, regime_model={"monitor_every_hours": 5})
+    assert make_settings(tmp_path).regime_model.monitor_every_hours == 24
 
 
 def test_the_scorer_monitor_goes_on_across_a_restart(tmp_path):

@@ -9,9 +9,11 @@ is recorded) and ``summary_sections`` — attached by :func:`attach_ml_loop` fro
 * :class:`ScorerMonitor` — when a trade whose entry proposal was scored closes, the cycle's report gets
   ``ml_monitor``: the prediction vs the realised outcome (won = net P&L > 0) and the rolling accuracy /
   calibration buckets over the last ``window`` scored trades; a note when an alert level is crossed.
-* :class:`ClassifierMonitor` — each closed hourly bar of a perp symbol, the installed classifier's
-  forecast of the next 24 h regime is kept; once that window has closed, the rule label of the realised
-  window (``labels.regime_label``, the label the classifier was trained on) is compared with it.
+* :class:`ClassifierMonitor` — at each perp bar that closes on a multiple of ``[regime_model]
+  monitor_every_hours`` UTC (default 24: the bar closing at 00:00, so the forecast windows tile the days and
+  never overlap; 1: every hourly bar), the installed classifier's forecast of the next 24 h regime is kept;
+  once that window has closed, the rule label of the realised window (``labels.regime_label``, the label
+  the classifier was trained on) is compared with it.
 
 **Scheduled retraining** (:class:`ModelRetrainer`): ``[scorers] retrain_every_days`` /
 ``[regime_model] retrain_every_days`` (0 = off). Due when the loaded model was trained on data up to
@@ -100,10 +102,15 @@ class ClassifierMonitor:
 
     name = "ml_classifier_monitor"
 
-    def __init__(self, symbols: list[str], window: int = 50, labeller_fn: Callable | None = None):
+    def __init__(self, symbols: list[str], window: int = 50, labeller_fn: Callable | None = None,
+                 every_hours: int = 1):
         from ..perp import stats as perp_stats
+        if every_hours < 1 or 24 % every_hours:
+            raise ValueError(f"monitor_every_hours must divide 24 (1, 2, 3, 4, 6, 8, 12 or 24), got {every_hours}: "
+                             "each forecast's baseline is the forecast made 24 h before it")
         self.symbols = list(symbols)
         self.window = window
+        self.every_s = 3600 * every_hours
         self._labeller = labeller_fn or (lambda: perp_stats._LABELLER)
         self.forecasts: dict[tuple[str, datetime], object] = {}   # a regime value, or a Forecast to predict
         self._last_bar: dict[str, object] = {}
@@ -127,6 +134,11 @@ class ClassifierMonitor:
             if bar is None or bar == self._last_bar.get(s):
                 continue
             self._last_bar[s] = bar
+            # the forecast windows start at UTC multiples of every_hours (one a day by default: disjoint
+            # windows, so the rolling accuracy counts independent outcomes; an hourly monitor's neighbours share
+            # 23 of their 24 hours). A bar's features are computed only when it is forecast.
+            if self.every_s > 3600 and (int(bar) + market.bars[s].interval_s) % self.every_s:
+                continue
             if later is not None:   # the features now, the model's prediction when the forecast is read
                 entry = later(market, s, lambda s=s: perp_state(market, s))
                 if entry.__class__ is not tuple:   # a tuple: the rule answered (sparse inputs), no forecast
@@ -404,7 +416,8 @@ def attach_ml_loop(engine, settings, *, mode: str, data_dir: Path, log_dir: Path
     if settings.regime_model.perp_labeller == "classifier" and settings.perps.enabled:
         from ..perp import stats as perp_stats
         from ..perp.stats import RuleRegimeLabeller
-        cmon = ClassifierMonitor(list(settings.perps.symbols), settings.regime_model.monitor_window)
+        cmon = ClassifierMonitor(list(settings.perps.symbols), settings.regime_model.monitor_window,
+                                 every_hours=settings.regime_model.monitor_every_hours)
         engine.cycle_hooks.append(cmon)
         sections["ml_regime_monitor"] = cmon.summary
         engine.state_sections["ml_regime_monitor"] = cmon
