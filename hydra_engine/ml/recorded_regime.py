@@ -1,8 +1,9 @@
 """Recorded regime rows: what the running loop saw, as a training source of the regime classifier (issue #21,
 items 2 and 5; the signal scorer's counterpart is :mod:`.recorded`).
 
-The classifier monitor (:class:`~.loop.ClassifierMonitor`) forecasts the next 24 h regime at every closed
-hourly bar of a perp symbol from the features of that bar's snapshot, and 24 h later labels the realised
+The classifier monitor (:class:`~.loop.ClassifierMonitor`) forecasts the next 24 h regime at the closed
+bars of a perp symbol that end on UTC multiples of ``[regime_model] monitor_every_hours`` (default once a day,
+1 = every hourly bar) from the features of that bar's snapshot, and 24 h later labels the realised
 window with the rule the classifier is trained on (``labels.regime_label``). Each resolved forecast is in the
 cycle report (``ml_regime_monitor``) with its **inputs** (the finite features by name and the id of the
 feature list) and the realised regime -- together, one training row that holds the live-only series
