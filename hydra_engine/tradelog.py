@@ -26,6 +26,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+try:   # the C encoder json.dumps itself uses; absent only from pure-Python builds
+    from json.encoder import c_make_encoder as _c_make_encoder
+except ImportError:  # pragma: no cover
+    _c_make_encoder = None
+
 SCHEMA_VERSION = 2          # 2: the journal may hold span records (one line for a run of quiet cycles)
 READABLE_VERSIONS = (1, 2)  # version 1 logs (no span records) are read as they are
 
@@ -68,13 +73,62 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def _encoder(item_separator: str, key_separator: str):
+    """``json.dumps(obj, separators=(item_separator, key_separator))`` as a function made once: the same C
+    encoder ``dumps`` builds on every call (ASCII output, NaN allowed, no key sorting), minus the encoder
+    object and the circular-reference bookkeeping each call set up (the journal's cycle reports and the
+    summaries are trees). The text is the same."""
+    plain = json.JSONEncoder(separators=(item_separator, key_separator), check_circular=False)
+    if _c_make_encoder is None:  # pragma: no cover -- a Python without the _json accelerator
+        return plain.encode
+    encode = _c_make_encoder(None, plain.default, json.encoder.encode_basestring_ascii, None,
+                             key_separator, item_separator, False, False, True)
+    return lambda obj: "".join(encode(obj, 0))
+
+
+_compact = _encoder(",", ":")   # json.dumps(obj, separators=(",", ":"))
+# a flat summary (scalar values only) with a tab after each separator: JSON all the same (a tab is JSON
+# whitespace, and a tab inside a string is always escaped as \t), so json.loads reads the same dict back;
+# the raw tabs can only be separators, which is what lets the document writer indent the line by replacing
+# them (_SpilledCycles.indented)
+_tabbed = _encoder(",\t", ":\t")
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _dump_indent1(doc: Any, fh) -> None:
+    """Write ``json.dump(doc, fh, indent=1)``'s exact bytes. The document's ``cycles`` (a _SpilledCycles:
+    one summary per cycle, most of a long session's document) are written from their stored lines, a flat
+    summary by replacing its separators (no parse, no Python-level encoder); every other value by
+    ``json.dumps(value, indent=1)`` with its lines indented one level deeper (a JSON string never holds a
+    raw newline, so every newline in that text is indentation). Anything else is left to ``json.dump``."""
+    if type(doc) is not dict or not doc or any(type(k) is not str for k in doc):
+        json.dump(doc, fh, indent=1)
+        return
+    sep = "{\n "
+    for key, value in doc.items():
+        fh.write(sep + json.encoder.encode_basestring_ascii(key) + ": ")
+        sep = ",\n "
+        if type(value) is _SpilledCycles and value:
+            fh.write("[\n  ")
+            batch: list[str] = []
+            for text in value.indented():
+                batch.append(text)
+                if len(batch) >= 2000:
+                    fh.write(",\n  ".join(batch) + ",\n  ")
+                    batch = []
+            fh.write(",\n  ".join(batch) + "\n ]")
+        else:
+            fh.write(json.dumps(value, indent=1).replace("\n", "\n "))
+    fh.write("\n}")
+
+
 def _atomic_write(path: Path, text: str | None = None, *, doc: Any = None) -> None:
     """Write ``text`` — or stream ``doc`` as ``json.dumps(doc, indent=1)`` would, chunk by chunk — to a
     temp file, fsync it and rename it over ``path``."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         if doc is not None:
-            json.dump(doc, fh, indent=1)   # same bytes as dumps(indent=1), without the whole string in memory
+            _dump_indent1(doc, fh)   # same bytes as dumps(indent=1), without the whole string in memory
         else:
             fh.write(text)
         fh.flush()
@@ -95,10 +149,20 @@ class _SpilledCycles(list):
         super().__init__()
         self._fh = tempfile.TemporaryFile("w+b")
         self._n = 0
+        self._at_end = True     # False once a read moved the position: the next append seeks back first
 
     def append(self, item: dict) -> None:
-        self._fh.seek(0, os.SEEK_END)
-        self._fh.write(json.dumps(item, separators=(",", ":")).encode("utf-8") + b"\n")
+        # a seek flushes the file's buffer (a write call per summary): only after a read moved the position
+        if not self._at_end:
+            self._fh.seek(0, os.SEEK_END)
+            self._at_end = True
+        # flat (scalar values under string keys, every summary _summarise makes): the tabbed form, which
+        # the document writer indents without parsing; anything else as compact JSON, as always
+        if item and all(type(v) in _SCALARS for v in item.values()) and all(type(k) is str for k in item):
+            line = _tabbed(item)
+        else:
+            line = _compact(item)
+        self._fh.write(line.encode("utf-8") + b"\n")
         self._n += 1
 
     def __len__(self) -> int:
@@ -108,15 +172,33 @@ class _SpilledCycles(list):
         return self._n > 0
 
     def __iter__(self):
+        for line in self._lines():
+            yield json.loads(line)
+
+    def _lines(self):
         fh = self._fh
         fh.flush()
         end = fh.seek(0, os.SEEK_END)
         pos = 0
         while pos < end:     # positional reads: appends between two items cannot disturb the walk
+            self._at_end = False
             fh.seek(pos)
             line = fh.readline()
             pos += len(line)
-            yield json.loads(line)
+            yield line
+
+    def indented(self):
+        """Each summary as ``json.dumps(summary, indent=1)`` writes it inside the document (an item of a
+        list that is a value of the top-level object: two levels deep), without its leading indentation.
+        A tabbed line (a flat summary) becomes that text by its separators alone: ``{"a":\t1,\t"b":\tnull}``
+        -> ``{\n   "a": 1,\n   "b": null\n  }`` (the values' JSON is the same: C encoder and indent encoder
+        spell str, int, float, bool and null alike); any other line is parsed and re-encoded."""
+        for raw in self._lines():
+            line = raw.decode("utf-8").rstrip("\n")
+            if "\t" in line:
+                yield "{\n   " + line[1:-1].replace(",\t", ",\n   ").replace(":\t", ": ") + "\n  }"
+            else:
+                yield json.dumps(json.loads(line), indent=1).replace("\n", "\n  ")
 
     def __getitem__(self, index):
         items = list(self)
@@ -196,7 +278,7 @@ class SessionLog:
             self.write_snapshot()
 
     def _write_line(self, record: dict, cycles: int) -> None:
-        self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._journal.write(_compact(record) + "\n")   # json.dumps(record, separators=(",", ":"))
         self._journal.flush()
         self._since_fsync += cycles
         if self._since_fsync >= self.fsync_every:
