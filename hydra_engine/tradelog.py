@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import copy
 import json
+import keyword
 import os
 import tempfile
 from dataclasses import fields, is_dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
@@ -53,24 +54,80 @@ def to_jsonable(obj: Any) -> Any:
         return obj
     if cls is float:
         return None if obj != obj else obj  # NaN is not JSON
+    convert = _CONVERTERS.get(cls)   # the branch below this type took before, found again in one lookup
+    if convert is not None:
+        return convert(obj)
     if isinstance(obj, Decimal):
-        return str(obj)
+        return _learn(cls, _decimal_json, obj)
     if isinstance(obj, datetime):
-        return obj.isoformat().replace("+00:00", "Z")
+        return _learn(cls, _datetime_json, obj)
     if isinstance(obj, Enum):
-        return obj.value
+        return _learn(cls, _enum_json, obj)
     if is_dataclass(obj) and not isinstance(obj, type):
         # field by field (what asdict() + recursion gave, without asdict's deep copy of every value)
-        return {k: to_jsonable(getattr(obj, k)) for k in _field_names(cls)}
+        return _learn(cls, _dataclass_converter(cls), obj)
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return _learn(cls, _dict_json, obj)
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in obj]
+        return _learn(cls, _list_json, obj)
     if isinstance(obj, float) and obj != obj:  # NaN is not JSON
         return None
+    if cls is timedelta:             # (exact type: ``hasattr`` below may depend on the instance)
+        return _learn(cls, timedelta.total_seconds, obj)
     if hasattr(obj, "total_seconds"):
         return obj.total_seconds()
     return obj
+
+
+# type -> the conversion to_jsonable's isinstance chain chose for it. Only branches decided by the type
+# alone are kept (not the float-subclass NaN test, nor ``hasattr``, which an instance can answer on its
+# own), so a type converts exactly as the chain converts it
+_CONVERTERS: dict[type, Any] = {}
+
+
+def _learn(cls: type, convert, obj: Any) -> Any:
+    # not a class passed as a value (is_dataclass answers for it, not for its type), nor an object whose
+    # ``__class__`` (what isinstance reads) is not its type
+    if obj.__class__ is cls and not isinstance(obj, type):
+        _CONVERTERS[cls] = convert
+    return convert(obj)
+
+
+def _decimal_json(obj) -> str:
+    return str(obj)
+
+
+def _datetime_json(obj) -> str:
+    return obj.isoformat().replace("+00:00", "Z")
+
+
+def _enum_json(obj) -> Any:
+    return obj.value
+
+
+def _dict_json(obj) -> dict:
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+
+
+def _list_json(obj) -> list:
+    return [to_jsonable(v) for v in obj]
+
+
+def _dataclass_converter(cls: type):
+    """``{k: to_jsonable(getattr(obj, k)) for k in fields}`` for one dataclass, as generated code: each
+    field read by attribute and its value kept as it is when to_jsonable would return it unchanged (an
+    exact str/int/bool/None, a non-NaN float) -- the first two tests of to_jsonable, inlined."""
+    names = _field_names(cls)
+    if not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
+        return lambda obj: {k: to_jsonable(getattr(obj, k)) for k in names}
+    lines = ["def convert(obj):"]
+    lines += [f"    v{i} = obj.{n}" for i, n in enumerate(names)]
+    items = ", ".join(f"{n!r}: v{i} if type(v{i}) in _PLAIN else ((None if v{i} != v{i} else v{i}) "
+                      f"if type(v{i}) is float else to_jsonable(v{i}))" for i, n in enumerate(names))
+    lines.append(f"    return {{{items}}}")
+    scope = {"_PLAIN": _PLAIN, "to_jsonable": to_jsonable}
+    exec("\n".join(lines), scope)   # noqa: S102 -- code built from the class's own field names only
+    return scope["convert"]
 
 
 def _encoder(item_separator: str, key_separator: str):
