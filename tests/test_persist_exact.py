@@ -720,3 +720,30 @@ def test_perp_marks_match_the_reference_on_repeats_and_refused_prices():
         new.update_marks(prices)
         ref_update_marks(ref, prices)
         _same_marks(new._marks, ref._marks)
+
+
+def test_counting_closed_bars_on_from_the_last_count_is_searchsorted():
+    from hydra_engine.data.replay import _count_closed
+    rng = np.random.default_rng(11)
+    arrays = [np.array([], dtype=np.int64), np.array([5], dtype=np.int64),
+              np.cumsum(rng.integers(0, 4, 300)).astype(np.int64),          # sorted, with repeats
+              np.sort(rng.integers(0, 1000, 200)).astype(np.int64),
+              rng.integers(0, 1000, 50).astype(np.int64)]                     # not sorted: always searched
+    for ts in arrays:
+        at: list = []
+        now = -3
+        for _ in range(600):
+            now += int(rng.choice([0, 0, 1, 1, 2, 5, 40, -1, -30, 400]))      # forward mostly, sometimes back
+            assert _count_closed(ts, now, at) == int(ts.searchsorted(now, "right"))
+        other = ts.copy()      # another array under the same state: searched afresh
+        assert _count_closed(other, now, at) == int(other.searchsorted(now, "right"))
+
+
+def test_snapshots_match_the_reference_when_time_goes_back_and_forth(shared_data):
+    market = ReplayMarketData(shared_data, ["BTC/USD", "SPY", "BTCUSDT"], data_only=["VIX"],
+                              intraday=["SPY", "GLD"], start=date(2024, 1, 1), end=date(2024, 2, 1))
+    ticks = market.timeline()
+    order = ticks[:200] + ticks[150:170] + ticks[100:101] * 3 + ticks[500:] + ticks[:5][::-1] + \
+        [ticks[0] - timedelta(days=3000), ticks[-1] + timedelta(days=400)] + ticks[300:320]
+    for now in order:
+        _same_snapshot(market.snapshot(now), ref_snapshot(market, now))
