@@ -149,15 +149,40 @@ _compact = _encoder(",", ":")   # json.dumps(obj, separators=(",", ":"))
 # the raw tabs can only be separators, which is what lets the document writer indent the line by replacing
 # them (_SpilledCycles.indented)
 _tabbed = _encoder(",\t", ":\t")
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+_STR = frozenset((str,))
+
+
+def _flat(item: Any) -> bool:
+    """A non-empty dict of exact str keys and exact scalar values (str, int, float, bool, None)."""
+    return type(item) is dict and bool(item) and _STR.issuperset(map(type, item)) \
+        and _SCALARS.issuperset(map(type, item.values()))
+
+
+def _tabbed_at_level2(line: str) -> str:
+    """A flat dict's tabbed JSON (``{"a":\t1,\t"b":\tnull}``) as ``json.dumps(..., indent=1)`` writes it two
+    levels deep (an item of a list that is a value of the document): ``{\n   "a": 1,\n   "b": null\n  }``.
+    The values' JSON is the same: the C encoder and the indent encoder spell str, int, float, bool and
+    null alike, and a raw tab can only be a separator."""
+    return "{\n   " + line[1:-1].replace(",\t", ",\n   ").replace(":\t", ": ") + "\n  }"
+
+
+def _item_at_level2(item: Any) -> str:
+    """``json.dumps(item, indent=1)`` as the document holds an item of one of its lists (two levels deep):
+    a flat dict (an order, a fill, a closed trade) through the C encoder, anything else through the indent
+    encoder with its lines indented two more (a JSON string never holds a raw newline, so every newline in
+    that text is indentation)."""
+    if _flat(item):
+        return _tabbed_at_level2(_tabbed(item))
+    return json.dumps(item, indent=1).replace("\n", "\n  ")
 
 
 def _dump_indent1(doc: Any, fh) -> None:
-    """Write ``json.dump(doc, fh, indent=1)``'s exact bytes. The document's ``cycles`` (a _SpilledCycles:
-    one summary per cycle, most of a long session's document) are written from their stored lines, a flat
-    summary by replacing its separators (no parse, no Python-level encoder); every other value by
-    ``json.dumps(value, indent=1)`` with its lines indented one level deeper (a JSON string never holds a
-    raw newline, so every newline in that text is indentation). Anything else is left to ``json.dump``."""
+    """Write ``json.dump(doc, fh, indent=1)``'s exact bytes. The items of the document's lists -- its
+    ``cycles`` (a _SpilledCycles: one summary per cycle, most of a long session's document, written from
+    their stored lines), orders, fills and trades -- each as :func:`_item_at_level2` writes it; every other
+    value by ``json.dumps(value, indent=1)`` with its lines indented one level deeper. Anything but a
+    non-empty dict with string keys is left to ``json.dump``."""
     if type(doc) is not dict or not doc or any(type(k) is not str for k in doc):
         json.dump(doc, fh, indent=1)
         return
@@ -166,16 +191,20 @@ def _dump_indent1(doc: Any, fh) -> None:
         fh.write(sep + json.encoder.encode_basestring_ascii(key) + ": ")
         sep = ",\n "
         if type(value) is _SpilledCycles and value:
-            fh.write("[\n  ")
-            batch: list[str] = []
-            for text in value.indented():
-                batch.append(text)
-                if len(batch) >= 2000:
-                    fh.write(",\n  ".join(batch) + ",\n  ")
-                    batch = []
-            fh.write(",\n  ".join(batch) + "\n ]")
+            items = value.indented()
+        elif type(value) is list and value:
+            items = map(_item_at_level2, value)
         else:
             fh.write(json.dumps(value, indent=1).replace("\n", "\n "))
+            continue
+        fh.write("[\n  ")
+        batch: list[str] = []
+        for text in items:
+            batch.append(text)
+            if len(batch) >= 2000:
+                fh.write(",\n  ".join(batch) + ",\n  ")
+                batch = []
+        fh.write(",\n  ".join(batch) + "\n ]")
     fh.write("\n}")
 
 
@@ -215,7 +244,7 @@ class _SpilledCycles(list):
             self._at_end = True
         # flat (scalar values under string keys, every summary _summarise makes): the tabbed form, which
         # the document writer indents without parsing; anything else as compact JSON, as always
-        if item and all(type(v) in _SCALARS for v in item.values()) and all(type(k) is str for k in item):
+        if _flat(item):
             line = _tabbed(item)
         else:
             line = _compact(item)
@@ -246,14 +275,13 @@ class _SpilledCycles(list):
 
     def indented(self):
         """Each summary as ``json.dumps(summary, indent=1)`` writes it inside the document (an item of a
-        list that is a value of the top-level object: two levels deep), without its leading indentation.
-        A tabbed line (a flat summary) becomes that text by its separators alone: ``{"a":\t1,\t"b":\tnull}``
-        -> ``{\n   "a": 1,\n   "b": null\n  }`` (the values' JSON is the same: C encoder and indent encoder
-        spell str, int, float, bool and null alike); any other line is parsed and re-encoded."""
+        list that is a value of the top-level object: two levels deep), without its leading indentation:
+        a tabbed line (a flat summary) by its separators alone (:func:`_tabbed_at_level2`), any other line
+        parsed and re-encoded."""
         for raw in self._lines():
             line = raw.decode("utf-8").rstrip("\n")
             if "\t" in line:
-                yield "{\n   " + line[1:-1].replace(",\t", ",\n   ").replace(":\t", ": ") + "\n  }"
+                yield _tabbed_at_level2(line)
             else:
                 yield json.dumps(json.loads(line), indent=1).replace("\n", "\n  ")
 

@@ -664,8 +664,9 @@ def _doc_with(items: list) -> dict:
     for item in items:
         cycles.append(item)
     return {"schema_version": 2, "session": {"a": 1, "started_at": "x", "list": [1, [2, {}]], "e": {}},
-            "journal": "j", "orders": [{"id": "é", "n": math.nan}], "fills": [], "trades": [], "cycles": cycles,
-            "summary": {"nested": {"deep": [{"x": -math.inf}]}}}
+            "journal": "j", "orders": [{"id": "é", "n": math.nan, "q": "1.5", "b": False, "none": None}] + items[:3],
+            "fills": [], "trades": items[::-1] + [1, "s", None, 2.5, [1, {"a": []}], [], {}, (1, 2)],
+            "cycles": cycles, "more": (1, {"a": 1}), "summary": {"nested": {"deep": [{"x": -math.inf}]}}}
 
 
 def test_the_document_writer_gives_json_dump_indent_1_bytes():
