@@ -15,6 +15,7 @@ the document behind, so every consumer (review, explain, weights) sees the same 
 """
 from __future__ import annotations
 
+import codecs
 import copy
 import json
 import keyword
@@ -167,6 +168,14 @@ def _tabbed_at_level2(line: str) -> str:
     return "{\n   " + line[1:-1].replace(",\t", ",\n   ").replace(":\t", ": ") + "\n  }"
 
 
+def _line_at_level2(line: str) -> str:
+    """A stored summary line (``_SpilledCycles``) as :func:`_item_at_level2` writes its summary: a tabbed line
+    (a flat summary) by its separators alone, any other line parsed and re-encoded."""
+    if "\t" in line:
+        return _tabbed_at_level2(line)
+    return json.dumps(json.loads(line), indent=1).replace("\n", "\n  ")
+
+
 def _item_at_level2(item: Any) -> str:
     """``json.dumps(item, indent=1)`` as the document holds an item of one of its lists (two levels deep):
     a flat dict (an order, a fill, a closed trade) through the C encoder, anything else through the indent
@@ -179,8 +188,9 @@ def _item_at_level2(item: Any) -> str:
 
 def _dump_indent1(doc: Any, fh) -> None:
     """Write ``json.dump(doc, fh, indent=1)``'s exact bytes. The items of the document's lists -- its
-    ``cycles`` (a _SpilledCycles: one summary per cycle, most of a long session's document, written from
-    their stored lines), orders, fills and trades -- each as :func:`_item_at_level2` writes it; every other
+    ``cycles`` (a _SpilledCycles: one summary per cycle, most of a long session's document, converted once
+    and kept: :meth:`_SpilledCycles.write_indented`), orders, fills and trades -- each as
+    :func:`_item_at_level2` writes it; every other
     value by ``json.dumps(value, indent=1)`` with its lines indented one level deeper. Anything but a
     non-empty dict with string keys is left to ``json.dump``."""
     if type(doc) is not dict or not doc or any(type(k) is not str for k in doc):
@@ -191,8 +201,11 @@ def _dump_indent1(doc: Any, fh) -> None:
         fh.write(sep + json.encoder.encode_basestring_ascii(key) + ": ")
         sep = ",\n "
         if type(value) is _SpilledCycles and value:
-            items = value.indented()
-        elif type(value) is list and value:
+            fh.write("[\n  ")
+            value.write_indented(fh)
+            fh.write("\n ]")
+            continue
+        if type(value) is list and value:
             items = map(_item_at_level2, value)
         else:
             fh.write(json.dumps(value, indent=1).replace("\n", "\n "))
@@ -222,6 +235,9 @@ def _atomic_write(path: Path, text: str | None = None, *, doc: Any = None) -> No
     os.replace(tmp, path)
 
 
+_CHUNK = 1 << 20   # bytes read at a time from the summaries' files
+
+
 class _SpilledCycles(list):
     """The document's ``cycles`` list, kept in an anonymous temporary file instead of in memory.
 
@@ -236,6 +252,9 @@ class _SpilledCycles(list):
         self._fh = tempfile.TemporaryFile("w+b")
         self._n = 0
         self._at_end = True     # False once a read moved the position: the next append seeks back first
+        self._text = None       # the summaries converted for the document (write_indented), and ...
+        self._converted = 0     # ... how many bytes of the summaries' file they cover, ...
+        self._text_items = 0    # ... how many summaries
 
     def append(self, item: dict) -> None:
         # a seek flushes the file's buffer (a write call per summary): only after a read moved the position
@@ -273,17 +292,38 @@ class _SpilledCycles(list):
             pos += len(line)
             yield line
 
-    def indented(self):
-        """Each summary as ``json.dumps(summary, indent=1)`` writes it inside the document (an item of a
-        list that is a value of the top-level object: two levels deep), without its leading indentation:
-        a tabbed line (a flat summary) by its separators alone (:func:`_tabbed_at_level2`), any other line
-        parsed and re-encoded."""
-        for raw in self._lines():
-            line = raw.decode("utf-8").rstrip("\n")
-            if "\t" in line:
-                yield _tabbed_at_level2(line)
-            else:
-                yield json.dumps(json.loads(line), indent=1).replace("\n", "\n  ")
+    def write_indented(self, out) -> None:
+        """Write the summaries as ``json.dump(doc, indent=1)`` writes the items of the document's ``cycles``
+        list (two levels deep), separated by ``",\n  "``, to the text stream ``out``: each as
+        :func:`_line_at_level2` makes it from its stored line. A summary is converted once: the converted
+        text is kept in a second anonymous temp file, extended by the summaries appended since the last
+        call and copied out whole (a paper session rewrites its document after every cycle with orders)."""
+        fh = self._fh
+        fh.flush()
+        end = fh.seek(0, os.SEEK_END)
+        if self._text is None:
+            self._text = tempfile.TemporaryFile("w+b")
+        text = self._text
+        if self._converted < end:
+            self._at_end = False
+            text.seek(0, os.SEEK_END)
+            fh.seek(self._converted)
+            rest = b""
+            while self._converted < end:   # 1 MiB at a time: the summaries never all in memory
+                chunk = fh.read(min(_CHUNK, end - self._converted))
+                self._converted += len(chunk)
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()         # a line cut by the chunk's end (empty after a whole line)
+                if lines:
+                    joined = ",\n  ".join(_line_at_level2(line.decode("utf-8")) for line in lines)
+                    text.write((",\n  " if self._text_items else "").encode("utf-8") + joined.encode("utf-8"))
+                    self._text_items += len(lines)
+        text.flush()
+        text.seek(0)
+        decode = codecs.getincrementaldecoder("utf-8")().decode
+        while chunk := text.read(_CHUNK):
+            out.write(decode(chunk))
+        out.write(decode(b"", final=True))
 
     def __getitem__(self, index):
         items = list(self)

@@ -693,6 +693,31 @@ def test_the_document_writer_gives_json_dump_indent_1_bytes():
         assert got.getvalue() == want.getvalue()
 
 
+@pytest.mark.parametrize("chunk", [1 << 20, 37, 1])
+def test_the_document_rewritten_as_summaries_come_gives_json_dump_bytes_each_time(monkeypatch, chunk):
+    """The converted summaries are kept between writes (a paper session rewrites its document after every
+    cycle with orders) and read in chunks: each write is still json.dump(indent=1)'s bytes."""
+    monkeypatch.setattr(tradelog, "_CHUNK", chunk)
+    rng = random.Random(5)
+    cycles = tradelog._SpilledCycles()
+    doc = {"schema_version": 2, "session": {}, "orders": [], "cycles": cycles, "summary": {}}
+    n = 0
+    for _ in range(6):
+        for _ in range(rng.choice([0, 1, 3, 40] if chunk < 100 else [0, 1, 300])):
+            n += 1
+            item = {"cycle": n, "ts": f"t{n}", "mode": rng.choice(["killed", "trade", None]),
+                    "regime_confidence": rng.choice([0.5, math.nan, None, 1e-300, -0.0]), "s": "é\t,:" * (n % 3)}
+            cycles.append(item if n % 7 else {**item, "nested": [n]})   # some lines not flat
+            doc["orders"].append({"id": str(n), "q": n / 3})
+        if n % 2:
+            list(cycles)   # a read between writes
+        want, got = io.StringIO(), io.StringIO()
+        json.dump(doc, want, indent=1)
+        tradelog._dump_indent1(doc, got)
+        assert got.getvalue() == want.getvalue()
+    assert len(cycles) == n > 0
+
+
 def test_spilled_cycles_read_and_appended_in_turn_behave_as_the_reference():
     """Appends between reads (the seek before an append is now made only after a read)."""
     def script(cycles) -> list:
