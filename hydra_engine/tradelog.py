@@ -148,7 +148,7 @@ _compact = _encoder(",", ":")   # json.dumps(obj, separators=(",", ":"))
 # a flat summary (scalar values only) with a tab after each separator: JSON all the same (a tab is JSON
 # whitespace, and a tab inside a string is always escaped as \t), so json.loads reads the same dict back;
 # the raw tabs can only be separators, which is what lets the document writer indent the line by replacing
-# them (_SpilledCycles.indented)
+# them (_tabbed_at_level2)
 _tabbed = _encoder(",\t", ":\t")
 _SCALARS = frozenset((str, int, float, bool, type(None)))
 _STR = frozenset((str,))
@@ -190,9 +190,8 @@ def _dump_indent1(doc: Any, fh) -> None:
     """Write ``json.dump(doc, fh, indent=1)``'s exact bytes. The items of the document's lists -- its
     ``cycles`` (a _SpilledCycles: one summary per cycle, most of a long session's document, converted once
     and kept: :meth:`_SpilledCycles.write_indented`), orders, fills and trades -- each as
-    :func:`_item_at_level2` writes it; every other
-    value by ``json.dumps(value, indent=1)`` with its lines indented one level deeper. Anything but a
-    non-empty dict with string keys is left to ``json.dump``."""
+    :func:`_item_at_level2` writes it; every other value by ``json.dumps(value, indent=1)`` with its lines
+    indented one level deeper. Anything but a non-empty dict with string keys is left to ``json.dump``."""
     if type(doc) is not dict or not doc or any(type(k) is not str for k in doc):
         json.dump(doc, fh, indent=1)
         return
@@ -242,9 +241,9 @@ class _SpilledCycles(list):
     """The document's ``cycles`` list, kept in an anonymous temporary file instead of in memory.
 
     A session appends one summary per cycle for as long as it runs (100,000 cycles held ~70 MB as
-    dicts), so the summaries are written as compact JSON lines to a nameless temp file (deleted by the
-    OS when closed; nothing appears in the log folder) and read back one by one only when the
-    document is written. ``json.dump`` iterates this list like any other, so the document's bytes are
+    dicts), so the summaries are written as JSON lines to a nameless temp file (deleted by the OS when
+    closed; nothing appears in the log folder) and read back only when the document is written
+    (:meth:`write_indented`) or the list is iterated (``json.loads`` per line). The document's bytes are
     exactly what they were with an in-memory list (JSON floats, ints and strings round-trip exactly)."""
 
     def __init__(self) -> None:
