@@ -58,16 +58,38 @@ def format_report(report: dict) -> None:
         items = report.get(key)
         if items:
             report[key] = [x if isinstance(x, dict) else to_jsonable(x) for x in items]
-    if "prices" in report:
-        report["prices"] = {s: round(p, 8) for s, p in report["prices"].items() if math.isfinite(p)}
+    if "prices" in report:   # {s: round(p, 8) for s, p in prices.items() if math.isfinite(p)}
+        report["prices"] = _rounded(report["prices"], 8, _PRICES_ROUNDED, finite_only=True)
     if "regime" in report:
         report["regime"] = dict(_regime_json(report["regime"]))
-    if "weights" in report:
-        report["weights"] = {k: round(v, 6) for k, v in report["weights"].items()}
+    if "weights" in report:  # {k: round(v, 6) for k, v in weights.items()}
+        report["weights"] = _rounded(report["weights"], 6, _WEIGHTS_ROUNDED, finite_only=False)
     account = report.get("equity_usd")
     if isinstance(account, Account):
         report["equity_usd"] = str(account.equity_usd.quantize(CENT))
         report["cash_usd"] = str(account.cash_usd.quantize(CENT))
+
+
+# key -> (the last finite non-zero float rounded under that key, its rounded value): an equity's daily close
+# and the weights stay the same for many hourly cycles. Equal such floats are the same double (only 0.0 and
+# -0.0 are equal and different, and zero is never kept), so the kept value is what round() returns again
+_PRICES_ROUNDED: dict = {}
+_WEIGHTS_ROUNDED: dict = {}
+
+
+def _rounded(values: dict, places: int, memo: dict, *, finite_only: bool) -> dict:
+    """``{k: round(v, places) for k, v in values.items()}`` (with ``finite_only``: ``... if math.isfinite(v)``),
+    the same dict, without rounding again a float equal to the one last rounded under its key."""
+    out = {}
+    for k, v in values.items():
+        kept = memo.get(k)
+        if kept is not None and kept[0] == v and type(v) is float:
+            out[k] = kept[1]
+        elif not finite_only or math.isfinite(v):
+            r = out[k] = round(v, places)
+            if type(v) is float and v and v - v == 0.0:   # finite and non-zero floats only are kept
+                memo[k] = (v, r)
+    return out
 
 
 _REGIME_JSON: list = [None, None]   # the last reading converted and its JSON form: a reading spans many cycles

@@ -15,16 +15,23 @@ the document behind, so every consumer (review, explain, weights) sees the same 
 """
 from __future__ import annotations
 
+import codecs
 import copy
 import json
+import keyword
 import os
 import tempfile
 from dataclasses import fields, is_dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+try:   # the C encoder json.dumps itself uses; absent only from pure-Python builds
+    from json.encoder import c_make_encoder as _c_make_encoder
+except ImportError:  # pragma: no cover
+    _c_make_encoder = None
 
 SCHEMA_VERSION = 2          # 2: the journal may hold span records (one line for a run of quiet cycles)
 READABLE_VERSIONS = (1, 2)  # version 1 logs (no span records) are read as they are
@@ -48,24 +55,169 @@ def to_jsonable(obj: Any) -> Any:
         return obj
     if cls is float:
         return None if obj != obj else obj  # NaN is not JSON
+    convert = _CONVERTERS.get(cls)   # the branch below this type took before, found again in one lookup
+    if convert is not None:
+        return convert(obj)
     if isinstance(obj, Decimal):
-        return str(obj)
+        return _learn(cls, _decimal_json, obj)
     if isinstance(obj, datetime):
-        return obj.isoformat().replace("+00:00", "Z")
+        return _learn(cls, _datetime_json, obj)
     if isinstance(obj, Enum):
-        return obj.value
+        return _learn(cls, _enum_json, obj)
     if is_dataclass(obj) and not isinstance(obj, type):
         # field by field (what asdict() + recursion gave, without asdict's deep copy of every value)
-        return {k: to_jsonable(getattr(obj, k)) for k in _field_names(cls)}
+        return _learn(cls, _dataclass_converter(cls), obj)
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return _learn(cls, _dict_json, obj)
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in obj]
+        return _learn(cls, _list_json, obj)
     if isinstance(obj, float) and obj != obj:  # NaN is not JSON
         return None
+    if cls is timedelta:             # (exact type: ``hasattr`` below may depend on the instance)
+        return _learn(cls, timedelta.total_seconds, obj)
     if hasattr(obj, "total_seconds"):
         return obj.total_seconds()
     return obj
+
+
+# type -> the conversion to_jsonable's isinstance chain chose for it. Only branches decided by the type
+# alone are kept (not the float-subclass NaN test, nor ``hasattr``, which an instance can answer on its
+# own), so a type converts exactly as the chain converts it
+_CONVERTERS: dict[type, Any] = {}
+
+
+def _learn(cls: type, convert, obj: Any) -> Any:
+    # not a class passed as a value (is_dataclass answers for it, not for its type), nor an object whose
+    # ``__class__`` (what isinstance reads) is not its type
+    if obj.__class__ is cls and not isinstance(obj, type):
+        _CONVERTERS[cls] = convert
+    return convert(obj)
+
+
+def _decimal_json(obj) -> str:
+    return str(obj)
+
+
+def _datetime_json(obj) -> str:
+    return obj.isoformat().replace("+00:00", "Z")
+
+
+def _enum_json(obj) -> Any:
+    return obj.value
+
+
+def _dict_json(obj) -> dict:
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+
+
+def _list_json(obj) -> list:
+    return [to_jsonable(v) for v in obj]
+
+
+def _dataclass_converter(cls: type):
+    """``{k: to_jsonable(getattr(obj, k)) for k in fields}`` for one dataclass, as generated code: each
+    field read by attribute and its value kept as it is when to_jsonable would return it unchanged (an
+    exact str/int/bool/None, a non-NaN float) -- the first two tests of to_jsonable, inlined."""
+    names = _field_names(cls)
+    if not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
+        return lambda obj: {k: to_jsonable(getattr(obj, k)) for k in names}
+    lines = ["def convert(obj):"]
+    lines += [f"    v{i} = obj.{n}" for i, n in enumerate(names)]
+    items = ", ".join(f"{n!r}: v{i} if type(v{i}) in _PLAIN else ((None if v{i} != v{i} else v{i}) "
+                      f"if type(v{i}) is float else to_jsonable(v{i}))" for i, n in enumerate(names))
+    lines.append(f"    return {{{items}}}")
+    scope = {"_PLAIN": _PLAIN, "to_jsonable": to_jsonable}
+    exec("\n".join(lines), scope)   # noqa: S102 -- code built from the class's own field names only
+    return scope["convert"]
+
+
+def _encoder(item_separator: str, key_separator: str):
+    """``json.dumps(obj, separators=(item_separator, key_separator))`` as a function made once: the same C
+    encoder ``dumps`` builds on every call (ASCII output, NaN allowed, no key sorting), minus the encoder
+    object and the circular-reference bookkeeping each call set up (the journal's cycle reports and the
+    summaries are trees). The text is the same."""
+    plain = json.JSONEncoder(separators=(item_separator, key_separator), check_circular=False)
+    if _c_make_encoder is None:  # pragma: no cover -- a Python without the _json accelerator
+        return plain.encode
+    encode = _c_make_encoder(None, plain.default, json.encoder.encode_basestring_ascii, None,
+                             key_separator, item_separator, False, False, True)
+    return lambda obj: "".join(encode(obj, 0))
+
+
+_compact = _encoder(",", ":")   # json.dumps(obj, separators=(",", ":"))
+# a flat summary (scalar values only) with a tab after each separator: JSON all the same (a tab is JSON
+# whitespace, and a tab inside a string is always escaped as \t), so json.loads reads the same dict back;
+# the raw tabs can only be separators, which is what lets the document writer indent the line by replacing
+# them (_tabbed_at_level2)
+_tabbed = _encoder(",\t", ":\t")
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+_STR = frozenset((str,))
+
+
+def _flat(item: Any) -> bool:
+    """A non-empty dict of exact str keys and exact scalar values (str, int, float, bool, None)."""
+    return type(item) is dict and bool(item) and _STR.issuperset(map(type, item)) \
+        and _SCALARS.issuperset(map(type, item.values()))
+
+
+def _tabbed_at_level2(line: str) -> str:
+    """A flat dict's tabbed JSON (``{"a":\t1,\t"b":\tnull}``) as ``json.dumps(..., indent=1)`` writes it two
+    levels deep (an item of a list that is a value of the document): ``{\n   "a": 1,\n   "b": null\n  }``.
+    The values' JSON is the same: the C encoder and the indent encoder spell str, int, float, bool and
+    null alike, and a raw tab can only be a separator."""
+    return "{\n   " + line[1:-1].replace(",\t", ",\n   ").replace(":\t", ": ") + "\n  }"
+
+
+def _line_at_level2(line: str) -> str:
+    """A stored summary line (``_SpilledCycles``) as :func:`_item_at_level2` writes its summary: a tabbed line
+    (a flat summary) by its separators alone, any other line parsed and re-encoded."""
+    if "\t" in line:
+        return _tabbed_at_level2(line)
+    return json.dumps(json.loads(line), indent=1).replace("\n", "\n  ")
+
+
+def _item_at_level2(item: Any) -> str:
+    """``json.dumps(item, indent=1)`` as the document holds an item of one of its lists (two levels deep):
+    a flat dict (an order, a fill, a closed trade) through the C encoder, anything else through the indent
+    encoder with its lines indented two more (a JSON string never holds a raw newline, so every newline in
+    that text is indentation)."""
+    if _flat(item):
+        return _tabbed_at_level2(_tabbed(item))
+    return json.dumps(item, indent=1).replace("\n", "\n  ")
+
+
+def _dump_indent1(doc: Any, fh) -> None:
+    """Write ``json.dump(doc, fh, indent=1)``'s exact bytes. The items of the document's lists -- its
+    ``cycles`` (a _SpilledCycles: one summary per cycle, most of a long session's document, converted once
+    and kept: :meth:`_SpilledCycles.write_indented`), orders, fills and trades -- each as
+    :func:`_item_at_level2` writes it; every other value by ``json.dumps(value, indent=1)`` with its lines
+    indented one level deeper. Anything but a non-empty dict with string keys is left to ``json.dump``."""
+    if type(doc) is not dict or not doc or any(type(k) is not str for k in doc):
+        json.dump(doc, fh, indent=1)
+        return
+    sep = "{\n "
+    for key, value in doc.items():
+        fh.write(sep + json.encoder.encode_basestring_ascii(key) + ": ")
+        sep = ",\n "
+        if type(value) is _SpilledCycles and value:
+            fh.write("[\n  ")
+            value.write_indented(fh)
+            fh.write("\n ]")
+            continue
+        if type(value) is list and value:
+            items = map(_item_at_level2, value)
+        else:
+            fh.write(json.dumps(value, indent=1).replace("\n", "\n "))
+            continue
+        fh.write("[\n  ")
+        batch: list[str] = []
+        for text in items:
+            batch.append(text)
+            if len(batch) >= 2000:
+                fh.write(",\n  ".join(batch) + ",\n  ")
+                batch = []
+        fh.write(",\n  ".join(batch) + "\n ]")
+    fh.write("\n}")
 
 
 def _atomic_write(path: Path, text: str | None = None, *, doc: Any = None) -> None:
@@ -74,7 +226,7 @@ def _atomic_write(path: Path, text: str | None = None, *, doc: Any = None) -> No
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         if doc is not None:
-            json.dump(doc, fh, indent=1)   # same bytes as dumps(indent=1), without the whole string in memory
+            _dump_indent1(doc, fh)   # same bytes as dumps(indent=1), without the whole string in memory
         else:
             fh.write(text)
         fh.flush()
@@ -82,23 +234,39 @@ def _atomic_write(path: Path, text: str | None = None, *, doc: Any = None) -> No
     os.replace(tmp, path)
 
 
+_CHUNK = 1 << 20   # bytes read at a time from the summaries' files
+
+
 class _SpilledCycles(list):
     """The document's ``cycles`` list, kept in an anonymous temporary file instead of in memory.
 
     A session appends one summary per cycle for as long as it runs (100,000 cycles held ~70 MB as
-    dicts), so the summaries are written as compact JSON lines to a nameless temp file (deleted by the
-    OS when closed; nothing appears in the log folder) and read back one by one only when the
-    document is written. ``json.dump`` iterates this list like any other, so the document's bytes are
+    dicts), so the summaries are written as JSON lines to a nameless temp file (deleted by the OS when
+    closed; nothing appears in the log folder) and read back only when the document is written
+    (:meth:`write_indented`) or the list is iterated (``json.loads`` per line). The document's bytes are
     exactly what they were with an in-memory list (JSON floats, ints and strings round-trip exactly)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._fh = tempfile.TemporaryFile("w+b")
         self._n = 0
+        self._at_end = True     # False once a read moved the position: the next append seeks back first
+        self._text = None       # the summaries converted for the document (write_indented), and ...
+        self._converted = 0     # ... how many bytes of the summaries' file they cover, ...
+        self._text_items = 0    # ... how many summaries
 
     def append(self, item: dict) -> None:
-        self._fh.seek(0, os.SEEK_END)
-        self._fh.write(json.dumps(item, separators=(",", ":")).encode("utf-8") + b"\n")
+        # a seek flushes the file's buffer (a write call per summary): only after a read moved the position
+        if not self._at_end:
+            self._fh.seek(0, os.SEEK_END)
+            self._at_end = True
+        # flat (scalar values under string keys, every summary _summarise makes): the tabbed form, which
+        # the document writer indents without parsing; anything else as compact JSON, as always
+        if _flat(item):
+            line = _tabbed(item)
+        else:
+            line = _compact(item)
+        self._fh.write(line.encode("utf-8") + b"\n")
         self._n += 1
 
     def __len__(self) -> int:
@@ -108,15 +276,53 @@ class _SpilledCycles(list):
         return self._n > 0
 
     def __iter__(self):
+        for line in self._lines():
+            yield json.loads(line)
+
+    def _lines(self):
         fh = self._fh
         fh.flush()
         end = fh.seek(0, os.SEEK_END)
         pos = 0
         while pos < end:     # positional reads: appends between two items cannot disturb the walk
+            self._at_end = False
             fh.seek(pos)
             line = fh.readline()
             pos += len(line)
-            yield json.loads(line)
+            yield line
+
+    def write_indented(self, out) -> None:
+        """Write the summaries as ``json.dump(doc, indent=1)`` writes the items of the document's ``cycles``
+        list (two levels deep), separated by ``",\n  "``, to the text stream ``out``: each as
+        :func:`_line_at_level2` makes it from its stored line. A summary is converted once: the converted
+        text is kept in a second anonymous temp file, extended by the summaries appended since the last
+        call and copied out whole (a paper session rewrites its document after every cycle with orders)."""
+        fh = self._fh
+        fh.flush()
+        end = fh.seek(0, os.SEEK_END)
+        if self._text is None:
+            self._text = tempfile.TemporaryFile("w+b")
+        text = self._text
+        if self._converted < end:
+            self._at_end = False
+            text.seek(0, os.SEEK_END)
+            fh.seek(self._converted)
+            rest = b""
+            while self._converted < end:   # 1 MiB at a time: the summaries never all in memory
+                chunk = fh.read(min(_CHUNK, end - self._converted))
+                self._converted += len(chunk)
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()         # a line cut by the chunk's end (empty after a whole line)
+                if lines:
+                    joined = ",\n  ".join(_line_at_level2(line.decode("utf-8")) for line in lines)
+                    text.write((",\n  " if self._text_items else "").encode("utf-8") + joined.encode("utf-8"))
+                    self._text_items += len(lines)
+        text.flush()
+        text.seek(0)
+        decode = codecs.getincrementaldecoder("utf-8")().decode
+        while chunk := text.read(_CHUNK):
+            out.write(decode(chunk))
+        out.write(decode(b"", final=True))
 
     def __getitem__(self, index):
         items = list(self)
@@ -196,7 +402,7 @@ class SessionLog:
             self.write_snapshot()
 
     def _write_line(self, record: dict, cycles: int) -> None:
-        self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._journal.write(_compact(record) + "\n")   # json.dumps(record, separators=(",", ":"))
         self._journal.flush()
         self._since_fsync += cycles
         if self._since_fsync >= self.fsync_every:

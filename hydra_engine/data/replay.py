@@ -88,6 +88,30 @@ class _Clock:
     checks: tuple[tuple[str, int, np.ndarray | None], ...]
     fresh_for_s: int       # no member is stale while its newest bar closed at most this long ago ...
     any_bad: bool          # ... unless a member has refused rows (then each is checked)
+    at: list = field(default_factory=list)   # the last count of closed bars (see _count_closed)
+
+
+def _count_closed(ts: np.ndarray, now_s: int, at: list) -> int:
+    """``int(ts.searchsorted(now_s, "right"))``: how many of ``ts`` are <= ``now_s``. ``at`` keeps the last
+    call's ``[now_s, count, ts, ts is sorted, len(ts)]``; when ``now_s`` has not gone back (a replay moves
+    forward, mostly by one bar or none) the count goes on from there with one or two element reads instead
+    of a binary search. The count of a sorted array is monotone in ``now_s``: from the last count c, it is
+    c while ``ts[c] > now_s``, c + 1 while ``ts[c + 1] > now_s``, else searched. An array that is not
+    sorted (or another array than the last one's) is always searched, as before."""
+    if len(at) == 5 and at[2] is ts:
+        if at[3] and at[0] <= now_s:
+            i, n = at[1], at[4]
+            if i < n and ts.item(i) <= now_s:
+                i += 1
+                if i < n and ts.item(i) <= now_s:
+                    i = int(ts.searchsorted(now_s, "right"))
+            at[0], at[1] = now_s, i
+            return i
+    else:
+        at[:] = [None, None, ts, bool(len(ts) < 2 or (ts[1:] >= ts[:-1]).all()), len(ts)]
+    i = int(ts.searchsorted(now_s, "right"))
+    at[0], at[1] = now_s, i
+    return i
 
 
 @dataclass
@@ -201,6 +225,8 @@ class ReplayMarketData:
         # it re-orders them, so reports list symbols in the same order whatever the grouping
         self._clock_order_is_symbol_order = [s for c in self._clocks for s in c.symbols] == list(self._bars)
         self._series_cache: dict[str, tuple[int, int, BarSeries]] = {}   # symbol -> (i, j, last BarSeries)
+        self._point_memo: dict[tuple[str, str], list] = {}   # key -> [count state, last PointSeries and its rows]
+        self._intraday_at: dict[str, tuple[list, list]] = {}   # symbol -> count states (intraday, daily closes)
         # intraday symbols the regime detector wants more days of than history_bars holds: bars to keep
         self._regime_bars = {s: math.ceil(days * 86_400 / self._bars[s].interval_s)
                              for s, days in (regime_history_days or {}).items()
@@ -276,7 +302,7 @@ class ReplayMarketData:
         newest_ts: dict[str, int] = {}
         closes: dict[str, float] = {}
         for clock in self._clocks:   # the per-symbol work is dict updates, done in C
-            i = int(clock.close_ts.searchsorted(now_s, "right"))   # ndarray method: no dispatch wrapper
+            i = _count_closed(clock.close_ts, now_s, clock.at)   # searchsorted(now_s, "right"), counted on
             symbols = clock.symbols
             if i == 0:
                 stale.update(dict.fromkeys(symbols, "no closed bar yet"))
@@ -315,10 +341,20 @@ class ReplayMarketData:
                     i = spans[symbol][1]
                     longer[symbol] = (i - keep if i > keep else 0, i)
             snap.regime_bars = _LazyBars(self._regime_series, longer)
+        memo = self._point_memo
         for key, p in self._points.items():
-            i = int(p.ts.searchsorted(now_s, "right"))
+            kept = memo.get(key)
+            if kept is None:
+                kept = memo[key] = [[], None]   # [the count's state, (j, i, p, ts, values, series)]
+            i = _count_closed(p.ts, now_s, kept[0])
             j = i - n if i > n else 0
-            snap.series[key] = PointSeries(p.kind, p.symbol, p.ts[j:i], p.values[j:i])
+            last = kept[1]   # the same rows of the same arrays: the same (immutable) series of views
+            if last is not None and last[0] == j and last[1] == i and last[2] is p and last[3] is p.ts \
+                    and last[4] is p.values:
+                snap.series[key] = last[5]
+            else:
+                series = snap.series[key] = PointSeries(p.kind, p.symbol, p.ts[j:i], p.values[j:i])
+                kept[1] = (j, i, p, p.ts, p.values, series)
         if self._intraday or self.intraday_missing:
             self._intraday_into(snap, now_s)
         if self._events is not None:
@@ -398,8 +434,12 @@ class ReplayMarketData:
 
     def _intraday_into(self, snap: MarketSnapshot, now_s: int) -> None:
         spans = {}
+        counts = self._intraday_at
         for symbol, ib in self._intraday.items():
-            i = int(ib.close_ts.searchsorted(now_s, "right"))
+            at = counts.get(symbol)
+            if at is None:
+                at = counts[symbol] = ([], [])   # (intraday closes, daily closes): _count_closed states
+            i = _count_closed(ib.close_ts, now_s, at[0])
             if i:
                 spans[symbol] = (i - INTRADAY_KEEP if i > INTRADAY_KEEP else 0, i)
         snap.intraday = _LazyBars(self._intraday_series, spans)
@@ -407,7 +447,7 @@ class ReplayMarketData:
             ib, daily = self._intraday[symbol], self._bars.get(symbol)
             if daily is None or symbol not in snap.closes:
                 continue
-            d = int(daily.close_ts.searchsorted(now_s, "right"))
+            d = _count_closed(daily.close_ts, now_s, counts[symbol][1])
             if d and int(ib.close_ts[i - 1]) > int(daily.close_ts[d - 1]):
                 snap.closes[symbol] = float(ib.c[i - 1])
         missing = dict(self.intraday_missing)

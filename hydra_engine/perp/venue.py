@@ -124,6 +124,9 @@ class SimulatedPerpVenue:
         self._leverage: dict[str, int] = {}
         self._positions: dict[str, PerpPosition] = {}
         self._marks: dict[str, Decimal] = {}
+        # symbol -> (the last positive finite float update_marks took as its mark, that mark): most symbols'
+        # prices (an equity's daily close) repeat for many hourly cycles, and their Decimal is made once
+        self._marks_made: dict[str, tuple[float, Decimal]] = {}
         self._orders: dict[str, Order] = {}
         self._working: list[str] = []
         self._ready: list[Fill] = []          # fills made while advancing, handed out by poll_fills
@@ -166,13 +169,20 @@ class SimulatedPerpVenue:
         """Take the latest prices as marks (non-finite or non-positive ones are ignored). With ``now`` the
         venue also advances to it (funding, fills, liquidations on bar highs/lows); without a bar source,
         a held position whose mark has crossed its liquidation price is liquidated at that price."""
+        marks, made = self._marks, self._marks_made
         for symbol, price in prices.items():
+            kept = made.get(symbol)
+            if kept is not None and kept[0] == price and price.__class__ is float:
+                marks[symbol] = kept[1]   # the same positive double as last time: the same Decimal
+                continue
             if isinstance(price, Decimal):
                 ok = price.is_finite() and price > 0
             else:
                 ok = 0 < price < math.inf
             if ok:
-                self._marks[symbol] = price if isinstance(price, Decimal) else Decimal(repr(float(price)))
+                mark = marks[symbol] = price if isinstance(price, Decimal) else Decimal(repr(float(price)))
+                if price.__class__ is float:
+                    made[symbol] = (price, mark)
         if now is not None:
             self._advance(now)
         if self.bars is None:
