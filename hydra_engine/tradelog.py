@@ -18,7 +18,6 @@ from __future__ import annotations
 import codecs
 import copy
 import json
-import keyword
 import os
 import tempfile
 from dataclasses import fields, is_dataclass
@@ -115,20 +114,10 @@ def _list_json(obj) -> list:
 
 
 def _dataclass_converter(cls: type):
-    """``{k: to_jsonable(getattr(obj, k)) for k in fields}`` for one dataclass, as generated code: each
-    field read by attribute and its value kept as it is when to_jsonable would return it unchanged (an
-    exact str/int/bool/None, a non-NaN float) -- the first two tests of to_jsonable, inlined."""
+    """``{k: to_jsonable(getattr(obj, k)) for k in fields}`` for one dataclass (what asdict() + recursion gave,
+    without asdict's deep copy of every value)."""
     names = _field_names(cls)
-    if not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
-        return lambda obj: {k: to_jsonable(getattr(obj, k)) for k in names}
-    lines = ["def convert(obj):"]
-    lines += [f"    v{i} = obj.{n}" for i, n in enumerate(names)]
-    items = ", ".join(f"{n!r}: v{i} if type(v{i}) in _PLAIN else ((None if v{i} != v{i} else v{i}) "
-                      f"if type(v{i}) is float else to_jsonable(v{i}))" for i, n in enumerate(names))
-    lines.append(f"    return {{{items}}}")
-    scope = {"_PLAIN": _PLAIN, "to_jsonable": to_jsonable}
-    exec("\n".join(lines), scope)   # noqa: S102 -- code built from the class's own field names only
-    return scope["convert"]
+    return lambda obj: {k: to_jsonable(getattr(obj, k)) for k in names}
 
 
 def _encoder(item_separator: str, key_separator: str):
