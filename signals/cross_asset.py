@@ -146,7 +146,11 @@ class Panel:
     def returns(self, window: int) -> tuple[list[int], np.ndarray]:
         """(session ordinals, log returns [sessions x nodes], NaN where missing) over the last ``window``."""
         days = sorted(self.axis)[-(window + 1):]
-        levels = np.array([[self.closes[n].get(d, np.nan) for n in self.nodes] for d in days], dtype=float)
+        if days and self.nodes:   # node by node (6 look-up lists, not ~250), the same values in the same places
+            levels = np.ascontiguousarray(np.array([[store.get(d, np.nan) for d in days] for store in
+                                                    (self.closes[n] for n in self.nodes)], dtype=float).T)
+        else:
+            levels = np.array([[self.closes[n].get(d, np.nan) for n in self.nodes] for d in days], dtype=float)
         with np.errstate(invalid="ignore", divide="ignore"):
             rets = np.diff(np.log(levels), axis=0)
         return days[1:], rets
@@ -356,7 +360,18 @@ class GraphCache:
         return float(col[k]) / sd if math.isfinite(sd) and sd > 0 else None
 
     def predicted(self, follower: str) -> tuple[float, list[str]]:
-        """(e, the edges' descriptions): the move the leaders predict for ``follower``."""
+        """(e, the edges' descriptions): the move the leaders predict for ``follower`` (once per follower and
+        estimate: a pure function of ``graph`` and ``rets``, which ``refresh`` replaces -- never edits -- with
+        a new session; issue #24: the same edges were described again every cycle)."""
+        memo = self.__dict__.get("_predicted")
+        if memo is None or memo[0] is not self.graph or memo[1] is not self.rets:
+            memo = self._predicted = (self.graph, self.rets, {})
+        hit = memo[2].get(follower)
+        if hit is None:
+            hit = memo[2][follower] = self._predicted_now(follower)
+        return hit[0], list(hit[1])
+
+    def _predicted_now(self, follower: str) -> tuple[float, list[str]]:
         g = self.graph
         if g is None or follower not in g:
             return 0.0, []

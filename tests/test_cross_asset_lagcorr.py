@@ -102,6 +102,31 @@ def _update_reference(self, market: MarketSnapshot) -> bool:
     return True
 
 
+def _predicted_reference(self, follower: str) -> tuple[float, list[str]]:
+    """(e, the edges' descriptions): the move the leaders predict for ``follower``."""
+    g = self.graph
+    if g is None or follower not in g:
+        return 0.0, []
+    total, why = 0.0, []
+    for leader, _, d in g.in_edges(follower, data=True):
+        z = self.leader_move(leader, d["lag"])
+        if z is None:
+            continue
+        total += d["rho"] * z
+        why.append(f"{leader}->{follower} lag {d['lag']}d rho {d['rho']:+.3f} (q {d['q']:.3g}): {leader} moved "
+                   f"{z:+.2f} sd")
+    return total, why
+
+
+def _returns_reference(self, window: int) -> tuple[list[int], np.ndarray]:
+    """(session ordinals, log returns [sessions x nodes], NaN where missing) over the last ``window``."""
+    days = sorted(self.axis)[-(window + 1):]
+    levels = np.array([[self.closes[n].get(d, np.nan) for n in self.nodes] for d in days], dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rets = np.diff(np.log(levels), axis=0)
+    return days[1:], rets
+
+
 # --------------------------------------------------------------------------- helpers
 def _same(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
@@ -152,7 +177,9 @@ def test_panel_and_every_estimate_equal_the_replaced_code_2020_2024(sessions, mo
         if not fresh:
             continue
         days, rets = new.returns(p.window)
-        assert days == old.returns(p.window)[0] and rets.tobytes() == old.returns(p.window)[1].tobytes()
+        ref_days, ref_rets = _returns_reference(old, p.window)
+        assert days == ref_days and rets.tobytes() == ref_rets.tobytes() and rets.shape == ref_rets.shape
+        assert rets.flags.c_contiguous and rets.dtype == ref_rets.dtype
         if estimates % 2 == 0:
             finite += _assert_tests_equal(rets, p.max_lag)
         if estimates % 10 == 1:
@@ -172,7 +199,7 @@ def test_graph_cache_refresh_over_hourly_cycles_equals_the_replaced_update(sessi
     hours = [t.to_pydatetime() for t in pd.date_range("2020-02-01T00:00Z", "2020-04-01T00:00Z", freq="1h")]
     new = ca.GraphCache(ca.GraphParams())
     old = ca.GraphCache(ca.GraphParams())
-    sessions_seen = set()
+    sessions_seen, edges = set(), 0
     for now in hours:
         snap = m.snapshot(now)
         g_new = new.refresh(snap)
@@ -185,7 +212,13 @@ def test_graph_cache_refresh_over_hourly_cycles_equals_the_replaced_update(sessi
         assert new.days == old.days and new.rets.tobytes() == old.rets.tobytes()
         _assert_graphs_equal(g_new, g_old)
         sessions_seen.add(new.panel.newest)
-    assert len(sessions_seen) > 35 and len(hours) > 1400
+        for node in new.params.nodes + ("ETH/USD",):   # the memoised prediction, asked every cycle
+            got = new.predicted(node)
+            assert got == _predicted_reference(new, node), (now, node)
+            got[1].append("a caller's edit")             # never reaches the memo
+            assert new.predicted(node) == _predicted_reference(new, node)
+            edges += bool(got[0])
+    assert len(sessions_seen) > 35 and len(hours) > 1400 and edges > 1000
 
 
 # --------------------------------------------------------------------------- edge cases (seeded)
@@ -278,8 +311,15 @@ def test_panel_update_equals_the_replaced_code_on_revised_shifted_and_bad_bars(m
              snap(63, 93, revise={"VIX": 0, "TLT": 5}), *(snap(k, k + 25) for k in range(64, 95))]
     skipped = _counting(monkeypatch)
     new, old = ca.Panel(ca.NODES), ca.Panel(ca.NODES)
+    for window in (1, 5, 250):   # nothing seen yet: no sessions
+        assert [x.tolist() if isinstance(x, np.ndarray) else x for x in new.returns(window)] == \
+            [x.tolist() if isinstance(x, np.ndarray) else x for x in _returns_reference(old, window)]
+        assert new.returns(window)[1].shape == _returns_reference(old, window)[1].shape
     for s in steps:
         assert new.update(s) == _update_reference(old, s)
         assert _panel_state(new) == _panel_state(old)
+        for window in (1, 5, 30, 250):
+            (d_new, r_new), (d_old, r_old) = new.returns(window), _returns_reference(old, window)
+            assert d_new == d_old and r_new.shape == r_old.shape and r_new.tobytes() == r_old.tobytes()
     assert len(new.axis) > 100 and len(new.closes["BTC/USD"]) > 50
     assert skipped.count(0) > 12 and sum(k > 0 for k in skipped) > 100   # both ways were taken
