@@ -205,51 +205,73 @@ def _pairs_lags(m: int, max_lag: int) -> list[tuple[int, int, int]]:
 
 
 def _lagcorr_tests(rets: np.ndarray, max_lag: int) -> list[tuple[float, float, int]]:
-    """``_lag_test(rets[:, i], rets[:, j], k, "lagcorr")`` for every (i, j, k) of :func:`_pairs_lags`, in
-    that order, bit for bit, with a few numpy calls per estimate instead of one ``np.corrcoef`` per test
-    (issue #24: the ~90 tests of each estimate were most of the modifier's cost).
+    """``_lag_test(rets[:, i], rets[:, j], k, "lagcorr")`` for every (i, j, k) of :func:`_pairs_lags` over
+    the columns of ``rets`` (sessions x nodes), in that order, bit for bit, with a few numpy calls per lag
+    instead of one ``np.corrcoef`` per test (issue #24: the ~90 tests of each estimate were most of the
+    modifier's cost).
 
     ``np.corrcoef(a, b)[0, 1]`` is, in numpy's own steps (``cov``, then ``corrcoef``): ``X`` = the (2, n)
     float64 rows a, b; ``X -= X.mean(axis=1)[:, None]``; ``c = np.dot(X, X.T) * (1 / (n - 1))``;
-    ``c[0, 1] / sqrt(c[0, 0]) / sqrt(c[1, 1])`` clipped to [-1, 1]. Here the rows of all tests with the
-    same n are one (tests, 2, n) array, centred with one ``mean`` over its last axis (the same per-row
-    reduction), and each test's (2, n) block, C-contiguous like corrcoef's ``X``, goes through the same
-    ``np.dot(X, X.T)`` (the BLAS call corrcoef makes); the rest is elementwise IEEE arithmetic, identical
-    per element. ``tests/test_cross_asset_lagcorr.py`` holds this equal to the replaced code on every
-    session's estimate of 2020-2024 and on NaN, short and empty windows."""
+    ``c[0, 1] / sqrt(c[0, 0]) / sqrt(c[1, 1])`` clipped to [-1, 1]. Here the rows of a batch of tests (one
+    lag's tests without a missing value; or the tests with missing values, by n) are one (tests, 2, n)
+    array, centred with one ``mean`` over its last axis (the same per-row reduction), and each test's
+    (2, n) block, C-contiguous like corrcoef's ``X``, goes through the same ``np.dot(X, X.T)`` (the BLAS
+    call corrcoef makes); the rest -- the clip, the t statistic and ``stdtr`` (one 'dd->d' loop either
+    way) -- is elementwise IEEE arithmetic, identical per element. ``tests/test_cross_asset_lagcorr.py``
+    holds this equal to the replaced code on every session's estimate of 2020-2024 and on NaN, inf,
+    constant, short and empty windows."""
+    from scipy.special import stdtr
     rets = np.asarray(rets, dtype=float)
     m = rets.shape[1] if rets.ndim == 2 else 0
-    fin = np.isfinite(rets)
-    cols = [rets[:, i] for i in range(m)]
-    fins = [fin[:, i] for i in range(m)]
-    out: list = []
-    groups: dict[int, list] = {}   # n -> [(test index, a, b)]
-    for t, (i, j, k) in enumerate(_pairs_lags(m, max_lag)):
-        a, b = cols[i][:-k], cols[j][k:]
-        ok = fins[i][:-k] & fins[j][k:]
-        n = int(ok.sum())
-        out.append((math.nan, 1.0, n))
-        if n < 10:
+    tests = _pairs_lags(m, max_lag)
+    out: list = [(math.nan, 1.0, 0)] * len(tests)
+    if not tests:
+        return out
+    z = np.ascontiguousarray(rets.T)                 # node x session
+    fin = np.isfinite(z)
+    batches: list[tuple[np.ndarray, np.ndarray]] = []   # (test indices, rows (tests, 2, n))
+    holes: dict[int, list] = {}                      # n -> [(test index, a, b)]: tests with missing values
+    for k in range(1, max_lag + 1):
+        ts = np.array([t for t, (_, _, kk) in enumerate(tests) if kk == k])
+        ii = np.array([tests[t][0] for t in ts])
+        jj = np.array([tests[t][1] for t in ts])
+        width = max(len(rets) - k, 0)                # len(x[:-k]) == len(y[k:])
+        ok = fin[ii, :width] & fin[jj, k:]
+        ns = ok.sum(axis=1).tolist()
+        for t, n in zip(ts.tolist(), ns):
+            out[t] = (math.nan, 1.0, n)
+        if width < 10:
             continue
-        if n != len(ok):
-            a, b = a[ok], b[ok]
-        groups.setdefault(n, []).append((t, a, b))
-    for n, group in groups.items():
-        X = np.empty((len(group), 2, n))
+        full = np.array([n == width for n in ns])
+        if full.any():
+            rows = np.empty((int(full.sum()), 2, width))
+            rows[:, 0] = z[ii[full], :width]
+            rows[:, 1] = z[jj[full], k:]
+            batches.append((ts[full], rows))
+        for g in np.flatnonzero(~full).tolist():
+            if ns[g] >= 10:
+                keep = ok[g]
+                holes.setdefault(ns[g], []).append((int(ts[g]), z[ii[g], :width][keep], z[jj[g], k:][keep]))
+    for n, group in holes.items():
+        rows = np.empty((len(group), 2, n))
         for g, (_, a, b) in enumerate(group):
-            X[g, 0] = a
-            X[g, 1] = b
-        X -= X.mean(axis=2)[:, :, None]
-        c = np.array([np.dot(x, x.T) for x in X])    # each x: (2, n) C-contiguous, as in np.cov
+            rows[g, 0] = a
+            rows[g, 1] = b
+        batches.append((np.array([t for t, _, _ in group]), rows))
+    for ts, rows in batches:
+        n = rows.shape[2]
+        rows -= rows.mean(axis=2)[:, :, None]
+        c = np.array([np.dot(x, x.T) for x in rows])   # each x: (2, n) C-contiguous, as in np.cov
         c *= np.true_divide(1, n - 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             rho = c[:, 0, 1] / np.sqrt(c[:, 0, 0]) / np.sqrt(c[:, 1, 1])
         np.clip(rho, -1, 1, out=rho)
-        for (t, _, _), r in zip(group, rho.tolist()):
-            if not math.isfinite(r):
-                continue
-            tt = r * math.sqrt((n - 2) / max(1e-12, 1 - r * r))
-            out[t] = (r, float(2 * _stdtr(n - 2, -abs(tt))), n)
+        good = np.isfinite(rho)
+        r = rho[good]
+        t_stat = r * np.sqrt((n - 2) / np.maximum(1e-12, 1 - r * r))
+        pv = 2 * stdtr(n - 2, -np.abs(t_stat))
+        for t, rr, pp in zip(ts[good].tolist(), r.tolist(), pv.tolist()):
+            out[t] = (rr, pp, n)
     return out
 
 
@@ -259,7 +281,9 @@ def estimate_graph(rets: np.ndarray, nodes: Sequence[str], p: GraphParams, *, as
     g = nx.DiGraph(as_of=as_of, method=p.method, window=len(rets), alpha=p.alpha)
     g.add_nodes_from(nodes)
     tests = []
-    if p.method == "lagcorr":   # every pair x lag test at once, bit for bit _lag_test's (see _lagcorr_tests)
+    rets = np.asarray(rets)
+    if p.method == "lagcorr" and rets.ndim == 2 and rets.shape[1] == len(nodes):
+        # every pair x lag test at once, bit for bit _lag_test's (see _lagcorr_tests)
         for (i, j, k), (rho, pv, n) in zip(_pairs_lags(len(nodes), p.max_lag), _lagcorr_tests(rets, p.max_lag)):
             if n >= p.min_obs and math.isfinite(rho):
                 tests.append((nodes[i], nodes[j], k, rho, pv, n))
