@@ -162,8 +162,8 @@ def sessions(shared_data):
 
 def test_panel_and_every_estimate_equal_the_replaced_code_2020_2024(sessions, monkeypatch):
     """Panel after every snapshot, new update against the replaced one (dictionaries with their order);
-    then the session's lag tests (every third session: the replaced tests cost ~3 ms an estimate) and its
-    graph (every tenth) against the replaced code."""
+    then the session's lag tests (every fifth session: the replaced tests cost ~3 ms an estimate) and its
+    graph (every tenth, offset) against the replaced code."""
     m, times = sessions
     skipped = _counting(monkeypatch)
     p = ca.GraphParams()
@@ -180,14 +180,14 @@ def test_panel_and_every_estimate_equal_the_replaced_code_2020_2024(sessions, mo
         ref_days, ref_rets = _returns_reference(old, p.window)
         assert days == ref_days and rets.tobytes() == ref_rets.tobytes() and rets.shape == ref_rets.shape
         assert rets.flags.c_contiguous and rets.dtype == ref_rets.dtype
-        if estimates % 3 == 0:
+        if estimates % 5 == 0:
             finite += _assert_tests_equal(rets, p.max_lag)
         if estimates % 10 == 1:
             g_new = ca.estimate_graph(rets, p.nodes, p, as_of=str(days[-1]))
             _assert_graphs_equal(g_new, _estimate_graph_reference(rets, p.nodes, p, as_of=str(days[-1])))
             edges += g_new.number_of_edges()
         estimates += 1
-    assert estimates > 1200 and finite > 30_000 and edges > 100   # the span was really tested
+    assert estimates > 1200 and finite > 18_000 and edges > 100   # the span was really tested
     assert sum(k > 400 for k in skipped) > 5000                   # and the skip with it
     assert sum(1 for d in new.closes["BTC/USD"]) > 1000              # the intraday node filled as well
 
