@@ -86,7 +86,8 @@ def _reference_wants_cycle(s, market) -> bool:
 def _assert_same(s: LiquidationCascadeHunter, market: MarketSnapshot) -> int:
     fired = 0
     for symbol in SYMBOLS:
-        for new, ref in ((s._funding_signal, _funding_signal_reference), (s._cascade_signal, _cascade_signal_reference)):
+        for new, ref in ((s._funding_signal, _funding_signal_reference),
+                         (s._cascade_signal, _cascade_signal_reference)):
             got, want = new(market, symbol), ref(s, market, symbol)
             assert got == want, (market.now, symbol, got, want)
             fired += got is not None
@@ -150,8 +151,8 @@ def test_signals_equal_the_replaced_code_on_edge_cases(params):
     gapped = np.delete(hours, [19, 20, 21])
     flat = np.full(48, 100.0)
     for n in (11, 12, 21, 22, 31, 32, 48):   # 11, 21, 31: a cascade is the newest point
-        cases += [_snap(int(hours[n - 1]), (hours[:n], bad[:n]), (hours[:n], np.where(np.arange(n) % 7, fund[:n],
-                                                                                        np.nan)), (bar_ts[:n], close[:n])),
+        holey_funding = np.where(np.arange(n) % 7, fund[:n], np.nan)
+        cases += [_snap(int(hours[n - 1]), (hours[:n], bad[:n]), (hours[:n], holey_funding), (bar_ts[:n], close[:n])),
                   _snap(int(gapped[min(n, len(gapped)) - 1]), (gapped[:n], oi_vals[:n]), None, (bar_ts, close)),
                   _snap(int(hours[n - 1]), (hours[:n], oi_vals[:n]), (hours[:n], fund[:n]), (bar_ts[:n], flat[:n])),
                   _snap(int(hours[n - 1]), (hours[:n], oi_vals[:n]), (hours[:n], fund[:n]), (bar_ts[:5], close[:5])),
