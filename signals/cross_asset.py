@@ -281,8 +281,8 @@ def estimate_graph(rets: np.ndarray, nodes: Sequence[str], p: GraphParams, *, as
     g = nx.DiGraph(as_of=as_of, method=p.method, window=len(rets), alpha=p.alpha)
     g.add_nodes_from(nodes)
     tests = []
-    rets = np.asarray(rets)
-    if p.method == "lagcorr" and rets.ndim == 2 and rets.shape[1] == len(nodes):
+    if (p.method == "lagcorr" and isinstance(rets, np.ndarray) and rets.ndim == 2 and rets.shape[1] == len(nodes)
+            and rets.dtype.kind in "fiu"):   # anything else: the per-test loop, as before
         # every pair x lag test at once, bit for bit _lag_test's (see _lagcorr_tests)
         for (i, j, k), (rho, pv, n) in zip(_pairs_lags(len(nodes), p.max_lag), _lagcorr_tests(rets, p.max_lag)):
             if n >= p.min_obs and math.isfinite(rho):

@@ -323,3 +323,23 @@ def test_panel_update_equals_the_replaced_code_on_revised_shifted_and_bad_bars(m
             assert d_new == d_old and r_new.shape == r_old.shape and r_new.tobytes() == r_old.tobytes()
     assert len(new.axis) > 100 and len(new.closes["BTC/USD"]) > 50
     assert skipped.count(0) > 12 and sum(k > 0 for k in skipped) > 100   # both ways were taken
+
+
+def test_estimate_graph_on_other_dtypes_and_shapes_equals_the_replaced_code():
+    """float32 and integer returns take the batched tests (converted to float64 as corrcoef does); a
+    ``rets`` with more columns than nodes the per-test loop, as before; object returns still raise."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(0, 0.01, size=(200, 4))
+    base[:, 1] = 0.6 * np.roll(base[:, 0], 1) + 0.4 * base[:, 1]   # A leads B by one session: an edge
+    nodes = ("A", "B", "C", "D")
+    p = ca.GraphParams(nodes=nodes, min_obs=20)
+    edges = 0
+    for rets, names in ((base.astype(np.float32), nodes), ((base * 1e4).astype(np.int64), nodes),
+                        (base, nodes[:3])):
+        g = ca.estimate_graph(rets, names, p)
+        _assert_graphs_equal(g, _estimate_graph_reference(rets, names, p))
+        edges += g.number_of_edges()
+    assert edges >= 3
+    for f in (ca.estimate_graph, _estimate_graph_reference):
+        with pytest.raises(TypeError):
+            f(base.astype(object), nodes, p)
