@@ -68,6 +68,10 @@ class PointSeries:
         return float(self.values[-1]) if len(self.values) else math.nan
 
 
+# MarketSnapshot.events_of's answers for the newest events tuple: (that tuple, {(kind, subject): events})
+_events_of_memo: tuple[tuple, dict] = ((), {})
+
+
 @dataclass(slots=True)
 class MarketSnapshot:
     """What the engine may know at ``now``: only closed bars and already-published points.
@@ -118,9 +122,23 @@ class MarketSnapshot:
     def events_of(self, kind: str, subject: str | None = None) -> tuple[Event, ...]:
         """The known events of ``kind`` (and ``subject``, when given), in ``happened_at`` order; this
         includes scheduled ones still to happen (a CPI release known a week ahead)."""
-        if not self.events:
+        events = self.events
+        if not events:
             return ()
-        return tuple(e for e in self.events if e.kind == kind and (subject is None or e.subject == subject))
+        if type(events) is not tuple or type(kind) is not str or not (subject is None or type(subject) is str):
+            return tuple(e for e in events if e.kind == kind and (subject is None or e.subject == subject))
+        # replay feeds hand every snapshot the same tuple while nothing new is known (events.py): the
+        # answer is kept per tuple (its identity; the memo holds it, so the identity cannot be reused) --
+        # a tuple of frozen events answers the same every time (issue #24: one full scan a cycle)
+        global _events_of_memo
+        memo = _events_of_memo
+        if memo[0] is not events:
+            memo = _events_of_memo = (events, {})
+        hit = memo[1].get((kind, subject))
+        if hit is None:
+            hit = memo[1][(kind, subject)] = tuple(
+                e for e in events if e.kind == kind and (subject is None or e.subject == subject))
+        return hit
 
     def price(self, symbol: str) -> float:
         """Last close, or NaN when there is none."""

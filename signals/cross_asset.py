@@ -86,6 +86,30 @@ class Panel:
         self.closes: dict[str, dict[int, float]] = {n: {} for n in self.nodes}   # node -> {session ordinal: close}
         self.axis: dict[int, int] = {}     # session ordinal -> its 16:00 NY close (epoch s)
         self.newest = -1
+        self._applied: dict[str | None, tuple[np.ndarray, np.ndarray | None]] = {}   # see _unapplied
+
+    def _unapplied(self, key: str | None, ts: np.ndarray, close: np.ndarray | None) -> int:
+        """How many leading bars of (``ts``, ``close``) the last update of ``key`` (a node, or None for the
+        session axis) already applied, in the same order: the previous arrays' suffix from ``ts[0]`` on
+        when it equals the new arrays' prefix value for value (bytes), else 0.
+
+        Applying them again is a no-op (issue #24: each new session re-read every bar of the window): the
+        axis takes a day with ``setdefault``; a daily node's ``store[day] = close`` over a sequence whose
+        prefix O is a suffix of the sequence applied last leaves, for each day of O, the last close of that
+        day in O -- what it already holds -- so skipping O changes nothing. Anything else: all bars again."""
+        prev = self._applied.get(key)
+        self._applied[key] = (ts.copy(), None if close is None else close.copy())
+        if prev is None:
+            return 0
+        p_ts, p_close = prev
+        p = int(np.searchsorted(p_ts, ts[0], side="left"))
+        n = len(p_ts) - p
+        if n <= 0 or n > len(ts) or not np.array_equal(p_ts[p:], ts[:n]):
+            return 0
+        if close is not None and (close.dtype != p_close.dtype or len(p_close) != len(p_ts)
+                                  or p_close[p:].tobytes() != close[:n].tobytes()):
+            return 0
+        return n
 
     def update(self, market: MarketSnapshot) -> bool:
         """Take the snapshot's sessions in; True when a new session arrived."""
@@ -96,7 +120,7 @@ class Panel:
         if newest == self.newest:
             return False
         self.newest = newest
-        for ts in axis.ts[-(len(axis)):].tolist():
+        for ts in axis.ts[self._unapplied(None, axis.ts, None):].tolist():
             self.axis.setdefault(_ny_date(int(ts)), session_close_s(int(ts)))
         for node in self.nodes:
             bars = market.bars.get(node)
@@ -104,7 +128,8 @@ class Panel:
                 continue
             store = self.closes[node]
             if bars.interval_s >= 86_400:
-                for ts, c in zip(bars.ts.tolist(), bars.close.tolist()):
+                k0 = self._unapplied(node, bars.ts, bars.close)
+                for ts, c in zip(bars.ts[k0:].tolist(), bars.close[k0:].tolist()):
                     if math.isfinite(c) and c > 0:
                         store[_ny_date(int(ts))] = c
             else:   # intraday: the last close at or before each session's 16:00 New York close
@@ -121,7 +146,11 @@ class Panel:
     def returns(self, window: int) -> tuple[list[int], np.ndarray]:
         """(session ordinals, log returns [sessions x nodes], NaN where missing) over the last ``window``."""
         days = sorted(self.axis)[-(window + 1):]
-        levels = np.array([[self.closes[n].get(d, np.nan) for n in self.nodes] for d in days], dtype=float)
+        if days and self.nodes:   # node by node (6 look-up lists, not ~250), the same values in the same places
+            levels = np.ascontiguousarray(np.array([[store.get(d, np.nan) for d in days] for store in
+                                                    (self.closes[n] for n in self.nodes)], dtype=float).T)
+        else:
+            levels = np.array([[self.closes[n].get(d, np.nan) for n in self.nodes] for d in days], dtype=float)
         with np.errstate(invalid="ignore", divide="ignore"):
             rets = np.diff(np.log(levels), axis=0)
         return days[1:], rets
@@ -170,20 +199,99 @@ def _stdtr(df: int, x: float) -> float:
     return stdtr(df, x)
 
 
+def _pairs_lags(m: int, max_lag: int) -> list[tuple[int, int, int]]:
+    """(i, j, k) of every ordered pair i -> j of ``m`` nodes and lag k = 1..``max_lag``, in the test order."""
+    return [(i, j, k) for i in range(m) for j in range(m) if i != j for k in range(1, max_lag + 1)]
+
+
+def _lagcorr_tests(rets: np.ndarray, max_lag: int) -> list[tuple[float, float, int]]:
+    """``_lag_test(rets[:, i], rets[:, j], k, "lagcorr")`` for every (i, j, k) of :func:`_pairs_lags` over
+    the columns of ``rets`` (sessions x nodes), in that order, bit for bit, with a few numpy calls per lag
+    instead of one ``np.corrcoef`` per test (issue #24: the ~90 tests of each estimate were most of the
+    modifier's cost).
+
+    ``np.corrcoef(a, b)[0, 1]`` is, in numpy's own steps (``cov``, then ``corrcoef``): ``X`` = the (2, n)
+    float64 rows a, b; ``X -= X.mean(axis=1)[:, None]``; ``c = np.dot(X, X.T) * (1 / (n - 1))``;
+    ``c[0, 1] / sqrt(c[0, 0]) / sqrt(c[1, 1])`` clipped to [-1, 1]. Here the rows of a batch of tests (one
+    lag's tests without a missing value; or the tests with missing values, by n) are one (tests, 2, n)
+    array, centred with one ``mean`` over its last axis (the same per-row reduction), and each test's
+    (2, n) block, C-contiguous like corrcoef's ``X``, goes through the same ``np.dot(X, X.T)`` (the BLAS
+    call corrcoef makes); the rest -- the clip, the t statistic and ``stdtr`` (one 'dd->d' loop either
+    way) -- is elementwise IEEE arithmetic, identical per element. ``tests/test_cross_asset_lagcorr.py``
+    holds this equal to the replaced code on every session's estimate of 2020-2024 and on NaN, inf,
+    constant, short and empty windows."""
+    from scipy.special import stdtr
+    rets = np.asarray(rets, dtype=float)
+    m = rets.shape[1] if rets.ndim == 2 else 0
+    tests = _pairs_lags(m, max_lag)
+    out: list = [(math.nan, 1.0, 0)] * len(tests)
+    if not tests:
+        return out
+    z = np.ascontiguousarray(rets.T)                 # node x session
+    fin = np.isfinite(z)
+    batches: list[tuple[np.ndarray, np.ndarray]] = []   # (test indices, rows (tests, 2, n))
+    holes: dict[int, list] = {}                      # n -> [(test index, a, b)]: tests with missing values
+    for k in range(1, max_lag + 1):
+        ts = np.array([t for t, (_, _, kk) in enumerate(tests) if kk == k])
+        ii = np.array([tests[t][0] for t in ts])
+        jj = np.array([tests[t][1] for t in ts])
+        width = max(len(rets) - k, 0)                # len(x[:-k]) == len(y[k:])
+        ok = fin[ii, :width] & fin[jj, k:]
+        ns = ok.sum(axis=1).tolist()
+        for t, n in zip(ts.tolist(), ns):
+            out[t] = (math.nan, 1.0, n)
+        if width < 10:
+            continue
+        full = np.array([n == width for n in ns])
+        if full.any():
+            rows = np.empty((int(full.sum()), 2, width))
+            rows[:, 0] = z[ii[full], :width]
+            rows[:, 1] = z[jj[full], k:]
+            batches.append((ts[full], rows))
+        for g in np.flatnonzero(~full).tolist():
+            if ns[g] >= 10:
+                keep = ok[g]
+                holes.setdefault(ns[g], []).append((int(ts[g]), z[ii[g], :width][keep], z[jj[g], k:][keep]))
+    for n, group in holes.items():
+        rows = np.empty((len(group), 2, n))
+        for g, (_, a, b) in enumerate(group):
+            rows[g, 0] = a
+            rows[g, 1] = b
+        batches.append((np.array([t for t, _, _ in group]), rows))
+    for ts, rows in batches:
+        n = rows.shape[2]
+        rows -= rows.mean(axis=2)[:, :, None]
+        c = np.array([np.dot(x, x.T) for x in rows])   # each x: (2, n) C-contiguous, as in np.cov
+        c *= np.true_divide(1, n - 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = c[:, 0, 1] / np.sqrt(c[:, 0, 0]) / np.sqrt(c[:, 1, 1])
+        np.clip(rho, -1, 1, out=rho)
+        good = np.isfinite(rho)
+        r = rho[good]
+        t_stat = r * np.sqrt((n - 2) / np.maximum(1e-12, 1 - r * r))
+        pv = 2 * stdtr(n - 2, -np.abs(t_stat))
+        for t, rr, pp in zip(ts[good].tolist(), r.tolist(), pv.tolist()):
+            out[t] = (rr, pp, n)
+    return out
+
+
 def estimate_graph(rets: np.ndarray, nodes: Sequence[str], p: GraphParams, *, as_of: str = "") -> nx.DiGraph:
     """The lead-lag graph of ``rets`` (sessions x nodes), see the module docstring."""
     import networkx as nx
     g = nx.DiGraph(as_of=as_of, method=p.method, window=len(rets), alpha=p.alpha)
     g.add_nodes_from(nodes)
     tests = []
-    for i, a in enumerate(nodes):
-        for j, b in enumerate(nodes):
-            if i == j:
-                continue
-            for k in range(1, p.max_lag + 1):
-                rho, pv, n = _lag_test(rets[:, i], rets[:, j], k, p.method)
-                if n >= p.min_obs and math.isfinite(rho):
-                    tests.append((a, b, k, rho, pv, n))
+    if (p.method == "lagcorr" and isinstance(rets, np.ndarray) and rets.ndim == 2 and rets.shape[1] == len(nodes)
+            and rets.dtype.kind in "fiu"):   # anything else: the per-test loop, as before
+        # every pair x lag test at once, bit for bit _lag_test's (see _lagcorr_tests)
+        for (i, j, k), (rho, pv, n) in zip(_pairs_lags(len(nodes), p.max_lag), _lagcorr_tests(rets, p.max_lag)):
+            if n >= p.min_obs and math.isfinite(rho):
+                tests.append((nodes[i], nodes[j], k, rho, pv, n))
+    else:
+        for i, j, k in _pairs_lags(len(nodes), p.max_lag):
+            rho, pv, n = _lag_test(rets[:, i], rets[:, j], k, p.method)
+            if n >= p.min_obs and math.isfinite(rho):
+                tests.append((nodes[i], nodes[j], k, rho, pv, n))
     if not tests:
         return g
     q = _bh(np.array([t[4] for t in tests]))
@@ -276,7 +384,18 @@ class GraphCache:
         return float(col[k]) / sd if math.isfinite(sd) and sd > 0 else None
 
     def predicted(self, follower: str) -> tuple[float, list[str]]:
-        """(e, the edges' descriptions): the move the leaders predict for ``follower``."""
+        """(e, the edges' descriptions): the move the leaders predict for ``follower`` (once per follower and
+        estimate: a pure function of ``graph`` and ``rets``, which ``refresh`` replaces -- never edits -- with
+        a new session; issue #24: the same edges were described again every cycle)."""
+        memo = self.__dict__.get("_predicted")
+        if memo is None or memo[0] is not self.graph or memo[1] is not self.rets:
+            memo = self._predicted = (self.graph, self.rets, {})
+        hit = memo[2].get(follower)
+        if hit is None:
+            hit = memo[2][follower] = self._predicted_now(follower)
+        return hit[0], list(hit[1])
+
+    def _predicted_now(self, follower: str) -> tuple[float, list[str]]:
         g = self.graph
         if g is None or follower not in g:
             return 0.0, []

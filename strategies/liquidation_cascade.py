@@ -125,7 +125,7 @@ class LiquidationCascadeHunter(Strategy):
             return None
         known_at = datetime.fromtimestamp(int(series.ts[-1]), market.now.tzinfo)
         rate = series.last
-        if not math.isfinite(rate) or market.now - known_at > timedelta(hours=p.funding_max_age_hours):
+        if not math.isfinite(rate) or market.now - known_at > self._max_age("funding_max_age_hours"):
             return None
         if abs(rate) <= p.funding_threshold:
             return None
@@ -135,6 +135,17 @@ class LiquidationCascadeHunter(Strategy):
                       half_life=timedelta(hours=8),
                       thesis=f"{crowd} pay {rate * 100:.4f}% per 8h (> {p.funding_threshold * 100:.3f}%): "
                              f"over-levered {crowd}, bias {'down' if rate > 0 else 'up'}")
+
+    def _max_age(self, field: str) -> timedelta:
+        """``timedelta(hours=self.params.<field>)``, built once per (frozen) params object instead of for each
+        symbol every cycle (issue #24); built where it was, so a bad value still raises there."""
+        ages = getattr(self, "_ages", None)
+        if ages is None or ages[0] is not self.params:
+            ages = self._ages = (self.params, {})
+        age = ages[1].get(field)
+        if age is None:
+            age = ages[1][field] = timedelta(hours=getattr(self.params, field))
+        return age
 
     def _cascade_signal(self, market: MarketSnapshot, symbol: str) -> Signal | None:
         p = self.params
@@ -146,8 +157,8 @@ class LiquidationCascadeHunter(Strategy):
         known_at = datetime.fromtimestamp(t_now, market.now.tzinfo)
         # the newest value against the newest one at least an hour older: exactly one hour on the
         # hourly history, one to two hours when a live snapshot follows it; wider gaps give no opinion
-        k = int(np.searchsorted(oi.ts, t_now - 3600, side="right")) - 1
-        if k < 0 or t_now - int(oi.ts[k]) > 7200 or market.now - known_at > timedelta(hours=p.oi_max_age_hours):
+        k = int(_searchsorted(oi.ts, t_now - 3600, "right")) - 1
+        if k < 0 or t_now - int(oi.ts[k]) > 7200 or market.now - known_at > self._max_age("oi_max_age_hours"):
             return None
         prev, last = float(oi.values[k]), float(oi.values[-1])
         if not (prev > 0 and last > 0 and math.isfinite(prev) and math.isfinite(last)):
@@ -158,7 +169,7 @@ class LiquidationCascadeHunter(Strategy):
         # the price move over the same span as the open-interest change: the closes of the last bars closed
         # by each observation (the newest bar may already be an hour past the newest OI point)
         closed = bars.ts + bars.interval_s
-        i_then, i_now = (int(np.searchsorted(closed, t, side="right")) - 1 for t in (int(oi.ts[k]), t_now))
+        i_then, i_now = (int(_searchsorted(closed, t, "right")) - 1 for t in (int(oi.ts[k]), t_now))
         if (i_then < 0 or i_now <= i_then or t_now - int(closed[i_now]) > 7200
                 or int(oi.ts[k]) - int(closed[i_then]) > 7200):   # bars missing: the move spans other hours
             return None
@@ -202,6 +213,13 @@ class LiquidationCascadeHunter(Strategy):
                                      max_notional_usd=p.max_notional_usd, min_notional_usd=p.min_notional_usd,
                                      trailing_stop_pct=p.trailing_stop_pct))
         return out
+
+
+def _searchsorted(a, v, side: str):
+    """``np.searchsorted(a, v, side=side)``: for an ndarray that function is ``a.searchsorted(v, side=side,
+    sorter=None)`` behind numpy's dispatch (~2 us a call, four calls a cycle; issue #24); anything else
+    still goes through ``np.searchsorted``."""
+    return a.searchsorted(v, side=side) if type(a) is np.ndarray else np.searchsorted(a, v, side=side)
 
 
 # the predicate horizon_next_wake is derived from (a subclass or patch that replaces one gets no promise)

@@ -86,6 +86,8 @@ def test_graph_and_modifier_equal_the_replaced_code_over_five_years(weekly, monk
     def run(replaced: bool):
         if replaced:
             monkeypatch.setattr(ca, "_lag_test", _lag_test_replaced)
+            monkeypatch.setattr(ca, "_lagcorr_tests", lambda r, k: [   # the batched tests: one by one again
+                _lag_test_replaced(r[:, i], r[:, j], kk, "lagcorr") for i, j, kk in ca._pairs_lags(r.shape[1], k)])
             monkeypatch.setattr(ca.GraphCache, "leader_move", _leader_move_replaced)
             monkeypatch.setattr(ca, "_ny_date", ca._ny_date.__wrapped__)
             monkeypatch.setattr(ca, "session_close_s", ca.session_close_s.__wrapped__)
