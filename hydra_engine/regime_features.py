@@ -81,8 +81,52 @@ def _utc_days(values) -> pd.DatetimeIndex:
 def load_daily_closes(data_dir: str | Path, end: pd.Timestamp | str | None = None) -> dict[str, pd.Series]:
     """Daily closes per engine symbol from the shared-data layout; files that are absent are skipped.
 
-    ``end`` (exclusive, a date) cuts every series, so a model can be fitted on history only."""
-    root = Path(data_dir)
+    ``end`` (exclusive, a date) cuts every series, so a model can be fitted on history only. The files are
+    read once per folder and state of its files (:func:`_read_daily_closes`); each call cuts and cleans
+    its own copy, so a scheduled refit does not re-read years of closes from disk (issue #24)."""
+    out = {k: v.copy() for k, v in _read_daily_closes(Path(data_dir)).items()}
+    if end is not None:
+        cut = pd.Timestamp(end, tz="UTC") if pd.Timestamp(end).tzinfo is None else pd.Timestamp(end)
+        out = {k: v[v.index < cut] for k, v in out.items()}
+    out = {k: _contiguous_tail(v.sort_index().dropna()) for k, v in out.items()}
+    return {k: v for k, v in out.items() if len(v)}
+
+
+_READ_CACHE: dict[tuple, dict[str, pd.Series]] = {}
+_READ_CACHE_SIZE = 4
+
+
+def _files_state(root: Path) -> tuple:
+    """Which of the files :func:`_read_daily_closes_uncached` may read exist, with their size and
+    modification time: a file that appears, disappears or changes makes a new cache key."""
+    paths = [root / folder / f"{symbol}.csv.gz" for _, (symbol, _) in ASSETS.items() if symbol != "BTC/USD"
+             for folder in EQUITY_DIRS] + [root / f for f in VIX_FILES] + [root / BTC_HOURLY, root / BTC_DAILY]
+    state = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            state.append((str(p), None))
+            continue
+        state.append((str(p), st.st_size, st.st_mtime_ns, p.is_file()))
+    return (str(root.resolve()), tuple(state))
+
+
+def _read_daily_closes(root: Path) -> dict[str, pd.Series]:
+    """:func:`_read_daily_closes_uncached`, remembered for the last few folders while their files stay
+    the same. The Series are the cache's own: callers copy them before use."""
+    key = _files_state(root)
+    hit = _READ_CACHE.get(key)
+    if hit is None:
+        hit = _read_daily_closes_uncached(root)
+        if len(_READ_CACHE) >= _READ_CACHE_SIZE:
+            _READ_CACHE.pop(next(iter(_READ_CACHE)))
+        _READ_CACHE[key] = hit
+    return hit
+
+
+def _read_daily_closes_uncached(root: Path) -> dict[str, pd.Series]:
+    """Each symbol's daily closes as its file holds them (not yet cut, sorted or cleaned)."""
     out: dict[str, pd.Series] = {}
     for _, (symbol, _) in ASSETS.items():
         if symbol == "BTC/USD":
@@ -115,11 +159,7 @@ def load_daily_closes(data_dir: str | Path, end: pd.Timestamp | str | None = Non
     elif (root / BTC_DAILY).is_file():
         df = pd.read_csv(root / BTC_DAILY)
         out["BTC/USD"] = pd.Series(df["close"].to_numpy(float), index=_utc_days(pd.to_datetime(df["timestamp"], unit="ms")))
-    if end is not None:
-        cut = pd.Timestamp(end, tz="UTC") if pd.Timestamp(end).tzinfo is None else pd.Timestamp(end)
-        out = {k: v[v.index < cut] for k, v in out.items()}
-    out = {k: _contiguous_tail(v.sort_index().dropna()) for k, v in out.items()}
-    return {k: v for k, v in out.items() if len(v)}
+    return out
 
 
 def _contiguous_tail(s: pd.Series) -> pd.Series:
