@@ -166,18 +166,22 @@ def test_density_is_hmmlearns_bit_for_bit_on_adversarial_values(order):
 
 # --------------------------------------------------------------------------- the EM restarts and the fit
 class CountingPool(regime_em.ProcessPoolExecutor):
-    started = 0
+    started = submitted = 0
 
     def __init__(self, *args, **kwargs):
         type(self).started += 1
         super().__init__(*args, **kwargs)
+
+    def submit(self, *args, **kwargs):
+        type(self).submitted += 1
+        return super().submit(*args, **kwargs)
 
 
 @pytest.mark.parametrize("before,n_init", [("2020-01-01", 8), ("2023-04-01", 8), ("2021-01-01", 3)])
 def test_fit_is_the_reference_fit_serial_and_over_the_pool(closes_2024, monkeypatch, before, n_init):
     """At refit dates of the 2020-2024 backtest (its first refit, a later one; and fewer restarts): every
     restart equals the old inline loop's, and so does the whole fitted model, with the pool and without."""
-    frame, xc = training_matrix(closes_2024, before)
+    frame, _ = training_matrix(closes_2024, before)
     seeds = list(range(n_init))
     runs = {}
 
@@ -190,7 +194,7 @@ def test_fit_is_the_reference_fit_serial_and_over_the_pool(closes_2024, monkeypa
     models = {}
     fit_restarts = regime_em.fit_restarts
     monkeypatch.setattr(regime_em, "ProcessPoolExecutor", CountingPool)
-    CountingPool.started = 0
+    CountingPool.started = CountingPool.submitted = 0
     for name, impl in [("reference", _reference_restarts),
                        ("serial", lambda *a: fit_restarts(*a, workers=1)),
                        ("pool", lambda *a: fit_restarts(*a, workers=2))]:
@@ -198,7 +202,7 @@ def test_fit_is_the_reference_fit_serial_and_over_the_pool(closes_2024, monkeypa
             m.setattr(regime_em, "fit_restarts", recording(impl, name))
             models[name] = HMMRegimeDetector().fit(frame, seed=0, n_init=n_init).params
         models[name]["training"].pop("fitted_at")
-    assert CountingPool.started == 1                                  # the pool did run the third fit
+    assert CountingPool.started == 1 and CountingPool.submitted >= 1  # the forked process did fit restarts
     assert [restart_state(*r) for r in runs["serial"]] == [restart_state(*r) for r in runs["reference"]]
     assert [restart_state(*r) for r in runs["pool"]] == [restart_state(*r) for r in runs["reference"]]
     assert models["serial"] == models["reference"] and models["pool"] == models["reference"]
@@ -233,6 +237,24 @@ def test_a_pool_that_cannot_start_falls_back_to_the_same_serial_result(closes_20
     assert [restart_state(*r) for r in got] == [restart_state(*r) for r in _reference_restarts(xc, 7, 300, [0, 1])]
 
 
+def test_a_pool_that_breaks_mid_fit_falls_back_to_the_same_serial_result(closes_2024, monkeypatch, caplog):
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+    _, xc = training_matrix(closes_2024, "2012-06-01")
+
+    class Breaking(regime_em.ProcessPoolExecutor):
+        def submit(self, *a, **k):       # what a pool whose worker died hands back
+            future = Future()
+            future.set_exception(BrokenProcessPool("a worker died"))
+            return future
+
+    monkeypatch.setattr(regime_em, "ProcessPoolExecutor", Breaking)
+    with caplog.at_level(logging.WARNING, logger="hydra_engine.regime_em"):
+        got = regime_em.fit_restarts(xc, 7, 300, [0, 1, 2], workers=2)
+    assert "one by one" in caplog.text
+    assert [restart_state(*r) for r in got] == [restart_state(*r) for r in _reference_restarts(xc, 7, 300, [0, 1, 2])]
+
+
 def test_bad_input_fails_the_same_way():
     """Days with a missing value never reach fit (it drops them); if they did, every path refuses them alike."""
     rng = np.random.default_rng(3)
@@ -255,8 +277,10 @@ def test_worker_count(monkeypatch):
     monkeypatch.setenv(regime_em.WORKERS_ENV, "0")
     with pytest.raises(ValueError, match="HYDRA_REGIME_FIT_WORKERS"):
         regime_em.fit_workers()
+    monkeypatch.setenv(regime_em.WORKERS_ENV, " 3 ")
+    assert regime_em.fit_workers() == 3
     monkeypatch.delenv(regime_em.WORKERS_ENV)
-    assert 1 <= regime_em.fit_workers() <= min(regime_em.MAX_WORKERS, os.cpu_count() or 1)
+    assert regime_em.fit_workers() == 1                              # serial unless asked (see regime_em)
 
 
 # --------------------------------------------------------------------------- the daily closes
