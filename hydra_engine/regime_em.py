@@ -28,35 +28,9 @@ import numpy as np
 from hmmlearn.hmm import GaussianHMM
 from sklearn.cluster import kmeans_plusplus
 
+from .exact_sums import row_sum
+
 _log = logging.getLogger(__name__)
-_PAIRWISE_BLOCK = 128   # numpy's PW_BLOCKSIZE: rows up to this length are summed by the unrolled loop
-
-
-def _row_sum(terms: np.ndarray) -> np.ndarray:
-    """``terms.sum(axis=0)`` in the exact order numpy sums one contiguous row of ``len(terms)`` values
-    (``pairwise_sum`` in numpy's loops_utils.h, started from the add identity 0.0), each step done over a
-    whole vector at once. Rows longer than 128 (never a feature count) fall back to numpy itself."""
-    n = len(terms)
-    if n > _PAIRWISE_BLOCK:
-        return np.ascontiguousarray(terms.transpose(*range(1, terms.ndim), 0)).sum(axis=-1)
-    if n < 8:
-        res = np.zeros(terms.shape[1:])
-        for i in range(n):
-            res += terms[i]
-        return res
-    r = terms[:8].copy()                       # the eight running sums
-    i = 8
-    while i < n - (n % 8):
-        r += terms[i:i + 8]
-        i += 8
-    res = r[0] + r[1]
-    res += r[2] + r[3]
-    r45, r67 = r[4] + r[5], r[6] + r[7]
-    r45 += r67
-    res += r45                                 # ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    for k in range(i, n):
-        res += terms[k]
-    return np.add(0.0, res, out=res)           # the reduction's start value 0.0 plus the row's sum
 
 
 def _hmmlearn_diag_log_density(X, means, covars):
@@ -73,8 +47,9 @@ def diag_log_density(X: np.ndarray, means: np.ndarray, covars: np.ndarray) -> np
     hmmlearn writes ``((X[:, None, :] - means) ** 2 / covars).sum(axis=-1)``; the order in which numpy then
     adds a day's feature terms depends on X's memory layout: for a column-major X (what ``fit`` passes:
     a DataFrame's ``to_numpy()``) numpy adds them one by one, feature after feature; for a row-major X it
-    sums each row pairwise (:func:`_row_sum`). Both are repeated here term by term; any other layout (or
-    a single day, state or feature, where a layout is both) goes to hmmlearn's function itself."""
+    sums each row pairwise (:func:`~hydra_engine.exact_sums.row_sum`). Both are repeated here term by term;
+    any other layout (or a single day, state or feature, where a layout is both) goes to hmmlearn's
+    function itself."""
     if not (isinstance(X, np.ndarray) and isinstance(means, np.ndarray) and X.ndim == 2 and means.ndim == 2
             and X.dtype == np.float64 and means.dtype == np.float64 and min(X.shape) > 1 and min(means.shape) > 1
             and means.flags.c_contiguous and not means.flags.f_contiguous
@@ -95,7 +70,7 @@ def diag_log_density(X: np.ndarray, means: np.ndarray, covars: np.ndarray) -> np
             for k in range(nf):
                 total += sq[k]
         else:
-            total = _row_sum(sq)                                   # states × days
+            total = row_sum(sq)                                   # states × days
         head = nf * np.log(2 * np.pi) + np.log(covars).sum(axis=-1)  # per state, as hmmlearn adds it first
         out = np.empty((len(X), nc), order="F" if column_major else "C")
         np.add(head, total.T, out=out)

@@ -226,10 +226,20 @@ def _days_from_index(index: pd.DatetimeIndex) -> np.ndarray:
 def _carried(values: np.ndarray, own_days: np.ndarray, calendar: np.ndarray) -> np.ndarray:
     """``values`` (on ``own_days``) on ``calendar``: the latest value dated on or before each calendar
     day, carried at most ``MAX_CARRY_DAYS`` days, NaN beyond (or before the series starts)."""
+    return _carried_at(values, *_carry_index(own_days, calendar))
+
+
+def _carry_index(own_days: np.ndarray, calendar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each calendar day takes its value from (``j``) and whether it may (``ok``): computed once per
+    series and used for each of its features (:func:`_carried_at`)."""
     j = np.searchsorted(own_days, calendar, side="right") - 1
-    out = np.full(len(calendar), np.nan)
     ok = (j >= 0)
     ok[ok] = calendar[ok] - own_days[j[ok]] <= MAX_CARRY_DAYS
+    return j, ok
+
+
+def _carried_at(values: np.ndarray, j: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    out = np.full(len(j), np.nan)
     out[ok] = values[j[ok]]
     return out
 
@@ -270,13 +280,15 @@ def feature_matrix(closes: dict[str, DailyCloses]) -> tuple[np.ndarray, np.ndarr
         with np.errstate(divide="ignore"):
             lvol = np.log(vol)
         lvol[np.isneginf(lvol)] = np.nan       # a flat 20 days (stale source) is not "zero volatility"
-        x[:, col[f"{prefix}_ret20"]] = _carried(ret, days, calendar)
-        x[:, col[f"{prefix}_lvol20"]] = _carried(lvol, days, calendar)
+        at = _carry_index(days, calendar)
+        x[:, col[f"{prefix}_ret20"]] = _carried_at(ret, *at)
+        x[:, col[f"{prefix}_lvol20"]] = _carried_at(lvol, *at)
     if VIX_SYMBOL in closes and len(closes[VIX_SYMBOL][1]) > VIX_CHANGE_DAYS:
         days, level = closes[VIX_SYMBOL]
         lv = np.log(level)
-        x[:, col["vix_log"]] = _carried(lv, days, calendar)
-        x[:, col["vix_chg5"]] = _carried(_lagged_difference(lv, VIX_CHANGE_DAYS), days, calendar)
+        at = _carry_index(days, calendar)
+        x[:, col["vix_log"]] = _carried_at(lv, *at)
+        x[:, col["vix_chg5"]] = _carried_at(_lagged_difference(lv, VIX_CHANGE_DAYS), *at)
     return calendar, x
 
 

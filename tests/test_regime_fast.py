@@ -6,26 +6,33 @@ the code it replaced (the ``_reference_*`` functions below), on the shared real 
   pool) against the restart loop ``fit`` had inline: every restart's fitted parameters, log-likelihood,
   iterations and convergence history, and the whole fitted model (means, variances, transmat, start
   probabilities, chosen restart, log-likelihood, state names) at refit dates of the 2020-2024 backtest;
+* detection: the features (one carry index per series) and the masked log densities (feature-major)
+  against their previous code, and whole readings on real snapshots;
 * the daily closes read once per folder (``regime_features.load_daily_closes``) against the function that
   re-read them on every refit.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from hydra_engine import regime_em
+from hydra_engine import regime, regime_em
+from hydra_engine.exact_sums import row_sum
 from hydra_engine.data.catalog import read_parquet
 from hydra_engine.regime import HMMRegimeDetector
-from hydra_engine.regime_features import (ASSETS, BTC_DAILY, BTC_HOURLY, EQUITY_DIRS, VIX_FILES, VIX_SYMBOL,
-                                          _contiguous_tail, _daily_arrays_from_bars, _index_from_days, _utc_days,
-                                          build_features, load_daily_closes)
+from hydra_engine.regime_features import (ASSETS, BTC_DAILY, BTC_HOURLY, EQUITY_DIRS, FEATURES, MAX_CARRY_DAYS,
+                                          VIX_CHANGE_DAYS, VIX_FILES, VIX_SYMBOL, WINDOW, _contiguous_tail,
+                                          _daily_arrays_from_bars, _index_from_days, _lagged_difference, _utc_days,
+                                          build_features, daily_close_arrays_from_snapshot, feature_matrix,
+                                          load_daily_closes)
 
 
 # --------------------------------------------------------------------------- verbatim references
@@ -164,6 +171,17 @@ def test_density_is_hmmlearns_bit_for_bit_on_adversarial_values(order):
                 assert same_array(regime_em.diag_log_density(xx, mm, covars), _reference_log_density_diag(xx, mm, covars)), (nf, ns, nc)
 
 
+def test_row_sum_is_numpys_row_sum():
+    """Row lengths 0..40 and past the unrolled block; magnitudes where the order of the additions shows."""
+    rng = np.random.default_rng(13)
+    for n in list(range(41)) + [128, 129, 200]:
+        for _ in range(5):
+            rows = rng.standard_normal((37, n)) * 10.0 ** rng.integers(-16, 17, (37, n))
+            rows[rng.random(rows.shape) < 0.02] = np.nan
+            assert same_array(row_sum(np.ascontiguousarray(rows.T)), rows.sum(axis=-1)), n
+            assert same_array(row_sum(np.ascontiguousarray(rows.T.reshape(n, 37, 1))), rows.reshape(37, 1, n).sum(axis=-1))
+
+
 # --------------------------------------------------------------------------- the EM restarts and the fit
 class CountingPool(regime_em.ProcessPoolExecutor):
     started = submitted = 0
@@ -177,10 +195,11 @@ class CountingPool(regime_em.ProcessPoolExecutor):
         return super().submit(*args, **kwargs)
 
 
-@pytest.mark.parametrize("before,n_init", [("2020-01-01", 8), ("2023-04-01", 8), ("2021-01-01", 3)])
-def test_fit_is_the_reference_fit_serial_and_over_the_pool(closes_2024, monkeypatch, before, n_init):
+@pytest.mark.parametrize("before,n_init,pool", [("2020-01-01", 8, True), ("2023-04-01", 8, False), ("2021-01-01", 3, True)])
+def test_fit_is_the_reference_fit_serial_and_over_the_pool(closes_2024, monkeypatch, before, n_init, pool):
     """At refit dates of the 2020-2024 backtest (its first refit, a later one; and fewer restarts): every
-    restart equals the old inline loop's, and so does the whole fitted model, with the pool and without."""
+    restart equals the old inline loop's, and so does the whole fitted model, serially (the default) and
+    shared with a forked process (``HYDRA_REGIME_FIT_WORKERS=2``; not on the longest history, for time)."""
     frame, _ = training_matrix(closes_2024, before)
     seeds = list(range(n_init))
     runs = {}
@@ -197,19 +216,18 @@ def test_fit_is_the_reference_fit_serial_and_over_the_pool(closes_2024, monkeypa
     CountingPool.started = CountingPool.submitted = 0
     for name, impl in [("reference", _reference_restarts),
                        ("serial", lambda *a: fit_restarts(*a, workers=1)),
-                       ("pool", lambda *a: fit_restarts(*a, workers=2))]:
+                       ("pool", lambda *a: fit_restarts(*a, workers=2))][:3 if pool else 2]:
         with monkeypatch.context() as m:
             m.setattr(regime_em, "fit_restarts", recording(impl, name))
             models[name] = HMMRegimeDetector().fit(frame, seed=0, n_init=n_init).params
         models[name]["training"].pop("fitted_at")
-    assert CountingPool.started == 1 and CountingPool.submitted >= 1  # the forked process did fit restarts
-    assert [restart_state(*r) for r in runs["serial"]] == [restart_state(*r) for r in runs["reference"]]
-    assert [restart_state(*r) for r in runs["pool"]] == [restart_state(*r) for r in runs["reference"]]
-    assert models["serial"] == models["reference"] and models["pool"] == models["reference"]
+    assert CountingPool.started == pool and CountingPool.submitted >= pool  # the forked process fitted restarts
+    for name in runs:
+        assert [restart_state(*r) for r in runs[name]] == [restart_state(*r) for r in runs["reference"]], name
+        assert models[name] == models["reference"], name
     assert len(runs["reference"]) == len(seeds) and all(m is not None for m, _ in runs["reference"])
-    # the chosen restart is the first best (ties included), as the loop picked it
     lls = [ll for _, ll in runs["reference"]]
-    assert models["pool"]["training"]["log_likelihood"] == max(lls)
+    assert models["serial"]["training"]["log_likelihood"] == max(lls)
 
 
 def test_ties_keep_the_first_restart_and_the_pool_returns_restarts_in_order(closes_2024):
@@ -309,3 +327,91 @@ def test_daily_closes_follow_a_changed_file(tmp_path):
     assert_same_closes(load_daily_closes(tmp_path), _reference_load_daily_closes(tmp_path))
     vix.unlink()
     assert load_daily_closes(tmp_path) == {} == _reference_load_daily_closes(tmp_path)
+
+
+# --------------------------------------------------------------------------- detection
+def _reference_masked_loglik(x, means, variances):
+    """``regime._masked_loglik`` before the feature-major layout, verbatim."""
+    obs = np.isfinite(x)
+    z = np.where(obs[:, None, :], x[:, None, :] - means[None], 0.0)
+    terms = -0.5 * (np.log(2 * np.pi * variances)[None] + z * z / variances[None])
+    return np.where(obs[:, None, :], terms, 0.0).sum(axis=2)
+
+
+def _reference_carried(values, own_days, calendar):
+    """``regime_features._carried`` before the shared carry index, verbatim."""
+    j = np.searchsorted(own_days, calendar, side="right") - 1
+    out = np.full(len(calendar), np.nan)
+    ok = (j >= 0)
+    ok[ok] = calendar[ok] - own_days[j[ok]] <= MAX_CARRY_DAYS
+    out[ok] = values[j[ok]]
+    return out
+
+
+def _reference_feature_matrix(closes):
+    """``regime_features.feature_matrix`` before the shared carry index, verbatim."""
+    order = [[s for p, (s, _) in ASSETS.items() if p != "btc"] + [VIX_SYMBOL], list(closes)]
+    group = next(([closes[s][0] for s in g if s in closes] for g in order if any(s in closes for s in g)), [])
+    calendar = np.unique(np.concatenate(group)) if group else np.empty(0, "int64")
+    if "SPY" in closes and len(closes["SPY"][0]):
+        spy_days = closes["SPY"][0]
+        calendar = np.union1d(calendar[calendar < spy_days[0]], spy_days)
+    x = np.full((len(calendar), len(FEATURES)), np.nan)
+    col = {name: j for j, name in enumerate(FEATURES)}
+    for prefix, (symbol, per_year) in ASSETS.items():
+        if symbol not in closes or len(closes[symbol][1]) <= WINDOW:
+            continue
+        days, close = closes[symbol]
+        logp = np.log(close)
+        ret = _lagged_difference(logp, WINDOW)
+        lr = np.diff(logp)
+        vol = np.full(len(close), np.nan)
+        vol[WINDOW:] = np.lib.stride_tricks.sliding_window_view(lr, WINDOW).std(axis=1, ddof=1) * math.sqrt(per_year)
+        with np.errstate(divide="ignore"):
+            lvol = np.log(vol)
+        lvol[np.isneginf(lvol)] = np.nan
+        x[:, col[f"{prefix}_ret20"]] = _reference_carried(ret, days, calendar)
+        x[:, col[f"{prefix}_lvol20"]] = _reference_carried(lvol, days, calendar)
+    if VIX_SYMBOL in closes and len(closes[VIX_SYMBOL][1]) > VIX_CHANGE_DAYS:
+        days, level = closes[VIX_SYMBOL]
+        lv = np.log(level)
+        x[:, col["vix_log"]] = _reference_carried(lv, days, calendar)
+        x[:, col["vix_chg5"]] = _reference_carried(_lagged_difference(lv, VIX_CHANGE_DAYS), days, calendar)
+    return calendar, x
+
+
+def test_masked_loglik_is_the_reference_bit_for_bit():
+    rng = np.random.default_rng(5)
+    for nf in (2, 3, 7, 8, 9, 10, 12, 17):
+        for _ in range(8):
+            ns, nc = int(rng.integers(0, 600)), int(rng.integers(1, 9))
+            x = rng.standard_normal((ns, nf)) * 10.0 ** rng.integers(-8, 9, (ns, nf))
+            x[rng.random(x.shape) < 0.2] = np.nan                      # missing features are marginalised
+            x[rng.random(x.shape) < 0.01] = np.inf
+            means = rng.standard_normal((nc, nf)) * 10.0 ** rng.integers(-4, 5, (nc, nf))
+            variances = rng.random((nc, nf)) * 10.0 ** rng.integers(-6, 5, (nc, nf))
+            for xx in (x, np.asfortranarray(x), x[::3], x[:1]):
+                assert same_array(regime._masked_loglik(xx, means, variances), _reference_masked_loglik(xx, means, variances))
+
+
+@pytest.mark.parametrize("now", ["2020-03-09T01:00:00", "2021-05-19T17:00:00", "2022-06-14T00:00:00",
+                                 "2024-08-05T15:00:00", "2019-11-20T00:00:00"])
+def test_detection_is_the_reference_on_real_snapshots(shared_data, now, monkeypatch):
+    """Real snapshots (a crash, a BTC crash, the 2022 bear market, the August 2024 VIX spike, BTC's first
+    weeks): the same features, the same log densities, the same reading (regime, confidence, details)."""
+    from tests.test_regime_hmm import real_snapshot
+    snap = real_snapshot(shared_data, datetime.fromisoformat(now).replace(tzinfo=timezone.utc))
+    arrays = daily_close_arrays_from_snapshot(snap)
+    days, x = feature_matrix(arrays)
+    ref_days, ref_x = _reference_feature_matrix(arrays)
+    assert same_array(days, ref_days) and same_array(x, ref_x)
+    short = {k: (d[-25:], c[-25:]) for k, (d, c) in arrays.items()}    # windows barely past 20 days
+    assert all(same_array(a, b) for a, b in zip(feature_matrix(short), _reference_feature_matrix(short)))
+    assert all(same_array(a, b) for a, b in zip(feature_matrix({}), _reference_feature_matrix({})))
+    det = HMMRegimeDetector.load()
+    new = det._detect(snap)
+    monkeypatch.setattr(regime, "_masked_loglik", _reference_masked_loglik)
+    monkeypatch.setattr(regime, "feature_matrix", _reference_feature_matrix)
+    old = det._detect(snap)
+    assert (new.regime, new.confidence, new.details) == (old.regime, old.confidence, old.details)
+    assert new.regime is not regime.Regime.UNKNOWN
