@@ -297,7 +297,7 @@ class HMMRegimeDetector:
         mu, sd = train.mean(), train.std().replace(0.0, 1.0)
         xc = ((rows - mu[core]) / sd[core]).to_numpy()
         best, best_ll = None, -math.inf
-        # the restarts, in order (regime_em: hmmlearn's EM with a faster, bit-identical emission density);
+        # the restarts, in order (regime_em: serially, or shared with forked processes when configured);
         # the first strictly best log-likelihood wins, as it always has
         restarts = [seed * SEED_STRIDE + i for i in range(n_init)]
         for i, (m, ll) in enumerate(fit_restarts(xc, self.n_states, n_iter, restarts)):

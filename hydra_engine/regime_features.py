@@ -19,6 +19,7 @@ marginalises NaN features out instead of inventing values. Values are carried fo
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -97,24 +98,24 @@ _READ_CACHE_SIZE = 4
 
 
 def _files_state(root: Path) -> tuple:
-    """Which of the files :func:`_read_daily_closes_uncached` may read exist, with their size and
-    modification time: a file that appears, disappears or changes makes a new cache key."""
+    """Which of the files :func:`_read_daily_closes_uncached` may read exist, with a digest of their bytes:
+    a file that appears, disappears or changes in any byte makes a new cache key (hashing the few MB is
+    a few ms; parsing them is what the cache saves)."""
     paths = [root / folder / f"{symbol}.csv.gz" for _, (symbol, _) in ASSETS.items() if symbol != "BTC/USD"
              for folder in EQUITY_DIRS] + [root / f for f in VIX_FILES] + [root / BTC_HOURLY, root / BTC_DAILY]
     state = []
     for p in paths:
-        try:
-            st = p.stat()
-        except OSError:
+        if not p.is_file():
             state.append((str(p), None))
             continue
-        state.append((str(p), st.st_size, st.st_mtime_ns, p.is_file()))
+        with open(p, "rb") as fh:
+            state.append((str(p), hashlib.file_digest(fh, "sha256").hexdigest()))
     return (str(root.resolve()), tuple(state))
 
 
 def _read_daily_closes(root: Path) -> dict[str, pd.Series]:
-    """:func:`_read_daily_closes_uncached`, remembered for the last few folders while their files stay
-    the same. The Series are the cache's own: callers copy them before use."""
+    """:func:`_read_daily_closes_uncached`, remembered for the last few folders while their files' bytes
+    stay the same. The Series are the cache's own: callers copy them before use."""
     key = _files_state(root)
     hit = _READ_CACHE.get(key)
     if hit is None:
