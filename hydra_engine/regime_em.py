@@ -72,12 +72,12 @@ def fit_restarts(xc: np.ndarray, n_states: int, n_iter: int, random_states: list
     """Every restart's (model, log-likelihood), in the order of ``random_states``.
 
     The restarts are independent (each draws from its own seed), so with ``workers`` > 1 (default
-    :func:`fit_workers`, 1 unless configured; this process counts as one) they are shared between this process and
-    ``workers - 1`` forked ones (:func:`_fit_shared`), each restart whole in one process: the same code on
-    the same numbers, so the same bits, returned in restart order (the caller's pick among them is the
-    serial loop's, ties included). One restart after the other in this process with one worker,
-    when other threads are running (see :func:`_can_fork`), or when the pool cannot start or fails (then
-    all of them are run here, from the first, so an error is raised as the serial loop raises it)."""
+    :func:`fit_workers`, 1 unless configured; this process counts as one) they are shared between this
+    process and ``workers - 1`` forked ones (:func:`_fit_shared`), each restart whole in one process: the
+    same code on the same numbers, so the same bits, returned in restart order (the caller's pick among
+    them is the serial loop's, ties included). One restart after the other in this process with one
+    worker, when other threads are running (see :func:`_can_fork`), or when the pool cannot start or fails
+    (then all of them are run here, from the first, so an error is raised as the serial loop raises it)."""
     workers = fit_workers() if workers is None else workers
     workers = min(workers, len(random_states))
     if workers > 1 and _can_fork():

@@ -140,7 +140,8 @@ def test_row_sum_is_numpys_row_sum():
             rows = rng.standard_normal((37, n)) * 10.0 ** rng.integers(-16, 17, (37, n))
             rows[rng.random(rows.shape) < 0.02] = np.nan
             assert same_array(row_sum(np.ascontiguousarray(rows.T)), rows.sum(axis=-1)), n
-            assert same_array(row_sum(np.ascontiguousarray(rows.T.reshape(n, 37, 1))), rows.reshape(37, 1, n).sum(axis=-1))
+            assert same_array(row_sum(np.ascontiguousarray(rows.T.reshape(n, 37, 1))),
+                              rows.reshape(37, 1, n).sum(axis=-1))
 
 
 # --------------------------------------------------------------------------- the EM restarts and the fit
@@ -156,7 +157,8 @@ class CountingPool(regime_em.ProcessPoolExecutor):
         return super().submit(*args, **kwargs)
 
 
-@pytest.mark.parametrize("before,n_init,pool", [("2020-01-01", 8, True), ("2023-04-01", 4, False), ("2021-01-01", 3, True)])
+@pytest.mark.parametrize("before,n_init,pool",
+                         [("2020-01-01", 8, True), ("2023-04-01", 4, False), ("2021-01-01", 3, True)])
 def test_fit_is_the_reference_fit_serial_and_over_the_pool(closes_2024, monkeypatch, before, n_init, pool):
     """At refit dates of the 2020-2024 backtest (its first refit with its 8 restarts, later ones with fewer): every
     restart equals the old inline loop's, and so does the whole fitted model, serially (the default) and
@@ -198,7 +200,8 @@ def test_ties_keep_the_first_restart_and_the_pool_returns_restarts_in_order(clos
     serial = regime_em.fit_restarts(xc, 7, 300, [4, 4, 9, 4], workers=1)
     pooled = regime_em.fit_restarts(xc, 7, 300, [4, 4, 9, 4], workers=3)
     assert [restart_state(*r) for r in pooled] == [restart_state(*r) for r in serial]
-    assert [restart_state(*r) for r in serial] == [restart_state(*r) for r in _reference_restarts(xc, 7, 300, [4, 4, 9, 4])]
+    reference = _reference_restarts(xc, 7, 300, [4, 4, 9, 4])
+    assert [restart_state(*r) for r in serial] == [restart_state(*r) for r in reference]
     assert restart_state(*serial[0]) == restart_state(*serial[1]) == restart_state(*serial[3])
 
 
@@ -239,7 +242,8 @@ def test_bad_input_fails_the_same_way():
     rng = np.random.default_rng(3)
     x = np.asfortranarray(np.column_stack([rng.standard_normal(200), np.where(rng.random(200) < 0.5, np.nan, 1.0)]))
     errors = []
-    for run in (lambda: _reference_restarts(x, 3, 20, [0, 1]), lambda: regime_em.fit_restarts(x, 3, 20, [0, 1], workers=1),
+    for run in (lambda: _reference_restarts(x, 3, 20, [0, 1]),
+                lambda: regime_em.fit_restarts(x, 3, 20, [0, 1], workers=1),
                 lambda: regime_em.fit_restarts(x, 3, 20, [0, 1], workers=2)):
         with pytest.raises(ValueError) as exc:
             run()
@@ -271,11 +275,13 @@ def assert_same_closes(got: dict, want: dict) -> None:
 
 
 def test_daily_closes_read_once_equal_the_reread_closes(shared_data):
-    for end in [None, "2020-01-01", pd.Timestamp("2021-04-01"), pd.Timestamp("2024-07-01", tz="UTC"), "2010-02-01", "1990-01-01"]:
+    for end in [None, "2020-01-01", pd.Timestamp("2021-04-01"), pd.Timestamp("2024-07-01", tz="UTC"), "2010-02-01",
+                "1990-01-01"]:
         assert_same_closes(load_daily_closes(shared_data, end), _reference_load_daily_closes(shared_data, end))
     first = load_daily_closes(shared_data, "2022-01-01")
     first["SPY"].iloc[:] = -1.0                                      # a caller's edits never reach the cache
-    assert_same_closes(load_daily_closes(shared_data, "2022-01-01"), _reference_load_daily_closes(shared_data, "2022-01-01"))
+    assert_same_closes(load_daily_closes(shared_data, "2022-01-01"),
+                       _reference_load_daily_closes(shared_data, "2022-01-01"))
 
 
 def test_daily_closes_follow_a_changed_file(tmp_path):
@@ -357,7 +363,8 @@ def test_masked_loglik_is_the_reference_bit_for_bit():
             means = rng.standard_normal((nc, nf)) * 10.0 ** rng.integers(-4, 5, (nc, nf))
             variances = rng.random((nc, nf)) * 10.0 ** rng.integers(-6, 5, (nc, nf))
             for xx in (x, np.asfortranarray(x), x[::3], x[:1]):
-                assert same_array(regime._masked_loglik(xx, means, variances), _reference_masked_loglik(xx, means, variances))
+                assert same_array(regime._masked_loglik(xx, means, variances),
+                                  _reference_masked_loglik(xx, means, variances))
 
 
 @pytest.mark.parametrize("now", ["2020-03-09T01:00:00", "2021-05-19T17:00:00", "2022-06-14T00:00:00",
