@@ -19,6 +19,7 @@ marginalises NaN features out instead of inventing values. Values are carried fo
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -81,8 +82,52 @@ def _utc_days(values) -> pd.DatetimeIndex:
 def load_daily_closes(data_dir: str | Path, end: pd.Timestamp | str | None = None) -> dict[str, pd.Series]:
     """Daily closes per engine symbol from the shared-data layout; files that are absent are skipped.
 
-    ``end`` (exclusive, a date) cuts every series, so a model can be fitted on history only."""
-    root = Path(data_dir)
+    ``end`` (exclusive, a date) cuts every series, so a model can be fitted on history only. The files are
+    read once per folder and state of its files (:func:`_read_daily_closes`); each call cuts and cleans
+    its own copy, so a scheduled refit does not re-read years of closes from disk (issue #24)."""
+    out = {k: v.copy() for k, v in _read_daily_closes(Path(data_dir)).items()}
+    if end is not None:
+        cut = pd.Timestamp(end, tz="UTC") if pd.Timestamp(end).tzinfo is None else pd.Timestamp(end)
+        out = {k: v[v.index < cut] for k, v in out.items()}
+    out = {k: _contiguous_tail(v.sort_index().dropna()) for k, v in out.items()}
+    return {k: v for k, v in out.items() if len(v)}
+
+
+_READ_CACHE: dict[tuple, dict[str, pd.Series]] = {}
+_READ_CACHE_SIZE = 4
+
+
+def _files_state(root: Path) -> tuple:
+    """Which of the files :func:`_read_daily_closes_uncached` may read exist, with a digest of their bytes:
+    a file that appears, disappears or changes in any byte makes a new cache key (hashing the few MB is
+    a few ms; parsing them is what the cache saves)."""
+    paths = [root / folder / f"{symbol}.csv.gz" for _, (symbol, _) in ASSETS.items() if symbol != "BTC/USD"
+             for folder in EQUITY_DIRS] + [root / f for f in VIX_FILES] + [root / BTC_HOURLY, root / BTC_DAILY]
+    state = []
+    for p in paths:
+        if not p.is_file():
+            state.append((str(p), None))
+            continue
+        with open(p, "rb") as fh:
+            state.append((str(p), hashlib.file_digest(fh, "sha256").hexdigest()))
+    return (str(root.resolve()), tuple(state))
+
+
+def _read_daily_closes(root: Path) -> dict[str, pd.Series]:
+    """:func:`_read_daily_closes_uncached`, remembered for the last few folders while their files' bytes
+    stay the same. The Series are the cache's own: callers copy them before use."""
+    key = _files_state(root)
+    hit = _READ_CACHE.get(key)
+    if hit is None:
+        hit = _read_daily_closes_uncached(root)
+        if len(_READ_CACHE) >= _READ_CACHE_SIZE:
+            _READ_CACHE.pop(next(iter(_READ_CACHE)))
+        _READ_CACHE[key] = hit
+    return hit
+
+
+def _read_daily_closes_uncached(root: Path) -> dict[str, pd.Series]:
+    """Each symbol's daily closes as its file holds them (not yet cut, sorted or cleaned)."""
     out: dict[str, pd.Series] = {}
     for _, (symbol, _) in ASSETS.items():
         if symbol == "BTC/USD":
@@ -115,11 +160,7 @@ def load_daily_closes(data_dir: str | Path, end: pd.Timestamp | str | None = Non
     elif (root / BTC_DAILY).is_file():
         df = pd.read_csv(root / BTC_DAILY)
         out["BTC/USD"] = pd.Series(df["close"].to_numpy(float), index=_utc_days(pd.to_datetime(df["timestamp"], unit="ms")))
-    if end is not None:
-        cut = pd.Timestamp(end, tz="UTC") if pd.Timestamp(end).tzinfo is None else pd.Timestamp(end)
-        out = {k: v[v.index < cut] for k, v in out.items()}
-    out = {k: _contiguous_tail(v.sort_index().dropna()) for k, v in out.items()}
-    return {k: v for k, v in out.items() if len(v)}
+    return out
 
 
 def _contiguous_tail(s: pd.Series) -> pd.Series:
@@ -186,10 +227,20 @@ def _days_from_index(index: pd.DatetimeIndex) -> np.ndarray:
 def _carried(values: np.ndarray, own_days: np.ndarray, calendar: np.ndarray) -> np.ndarray:
     """``values`` (on ``own_days``) on ``calendar``: the latest value dated on or before each calendar
     day, carried at most ``MAX_CARRY_DAYS`` days, NaN beyond (or before the series starts)."""
+    return _carried_at(values, *_carry_index(own_days, calendar))
+
+
+def _carry_index(own_days: np.ndarray, calendar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each calendar day takes its value from (``j``) and whether it may (``ok``): computed once per
+    series and used for each of its features (:func:`_carried_at`)."""
     j = np.searchsorted(own_days, calendar, side="right") - 1
-    out = np.full(len(calendar), np.nan)
     ok = (j >= 0)
     ok[ok] = calendar[ok] - own_days[j[ok]] <= MAX_CARRY_DAYS
+    return j, ok
+
+
+def _carried_at(values: np.ndarray, j: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    out = np.full(len(j), np.nan)
     out[ok] = values[j[ok]]
     return out
 
@@ -230,13 +281,15 @@ def feature_matrix(closes: dict[str, DailyCloses]) -> tuple[np.ndarray, np.ndarr
         with np.errstate(divide="ignore"):
             lvol = np.log(vol)
         lvol[np.isneginf(lvol)] = np.nan       # a flat 20 days (stale source) is not "zero volatility"
-        x[:, col[f"{prefix}_ret20"]] = _carried(ret, days, calendar)
-        x[:, col[f"{prefix}_lvol20"]] = _carried(lvol, days, calendar)
+        at = _carry_index(days, calendar)
+        x[:, col[f"{prefix}_ret20"]] = _carried_at(ret, *at)
+        x[:, col[f"{prefix}_lvol20"]] = _carried_at(lvol, *at)
     if VIX_SYMBOL in closes and len(closes[VIX_SYMBOL][1]) > VIX_CHANGE_DAYS:
         days, level = closes[VIX_SYMBOL]
         lv = np.log(level)
-        x[:, col["vix_log"]] = _carried(lv, days, calendar)
-        x[:, col["vix_chg5"]] = _carried(_lagged_difference(lv, VIX_CHANGE_DAYS), days, calendar)
+        at = _carry_index(days, calendar)
+        x[:, col["vix_log"]] = _carried_at(lv, *at)
+        x[:, col["vix_chg5"]] = _carried_at(_lagged_difference(lv, VIX_CHANGE_DAYS), *at)
     return calendar, x
 
 
