@@ -61,7 +61,7 @@ class PerpRegime(str, enum.Enum):
     SQUEEZE_SHORT = "SQUEEZE_SHORT"    # longs getting squeezed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PerpState:
     symbol: str
     now: datetime
@@ -75,8 +75,7 @@ class PerpState:
     oi_delta_24h: float | None
     price_change_24h: float | None
     taker_buy_sell_24h: float | None      # taker buy volume / taker sell volume over 24 h
-    vol_annual: float | None
-    vol_percentile: float | None          # fraction in [0, 1] against the visible history
+    vol: "PerpVol"                        # (vol_annual, vol_percentile), computed at the first read
     liq_long: float                       # liquidated open interest (fraction of OI) in the lookback, longs
     liq_short: float
     liq_source: str                       # "forceOrder" | "proxy:oi_flush" | "none"
@@ -84,8 +83,20 @@ class PerpState:
     health_problems: tuple[str, ...]
 
     @property
+    def vol_annual(self) -> float | None:
+        return self.vol.get()[0]
+
+    @property
+    def vol_percentile(self) -> float | None:     # fraction in [0, 1] against the visible history
+        return self.vol.get()[1]
+
+    @property
     def vol_regime(self) -> str | None:
-        return vol_regime(self.vol_percentile)
+        return vol_regime(self.vol.get()[1])
+
+    def __repr__(self) -> str:   # the dataclass's own repr as it was, vol_annual and vol_percentile by name
+        return "PerpState(" + ", ".join(
+            f"{k}={getattr(self, k)!r}" for k in _STATE_REPR) + ")"
 
     @property
     def cascade_probability(self) -> float | None:
@@ -100,6 +111,76 @@ class PerpState:
     @property
     def healthy(self) -> bool:
         return not self.health_problems
+
+
+_STATE_REPR = ("symbol", "now", "price", "candles", "bars_age_s", "funding", "funding_z", "oi_delta_1h", "oi_delta_8h",
+               "oi_delta_24h", "price_change_24h", "taker_buy_sell_24h", "vol_annual", "vol_percentile", "liq_long",
+               "liq_short", "liq_source", "liquidation_velocity", "health_problems")
+
+
+class PerpVol:
+    """A perp state's ``(vol_annual, vol_percentile)``, computed at the first read: most readers of a
+    state never ask for them (in a killed backtest cycle only a hot-funding carry test or the regime
+    label does), and they are the state's most expensive part (the rolling deviations of every bar).
+    The read computes exactly what :func:`compute_perp_state` computed eagerly before, on the same
+    snapshot and under the numpy error settings in force when the state was made; the pair is then kept
+    (and the snapshot let go). Equal, hashed, shown and pickled as that pair."""
+
+    __slots__ = ("_args", "_value")
+
+    def __init__(self, market: MarketSnapshot | None, symbol: str | None = None, bars=None, errstate=None,
+                 value: tuple = (None, None)):
+        self._args = None if market is None else (market, symbol, bars, errstate)
+        self._value = value
+
+    def get(self) -> tuple[float | None, float | None]:
+        if self._args is not None:
+            market, symbol, bars, err = self._args
+            with np.errstate(**err):
+                self._value = _vol_of(market, symbol, bars)
+            self._args = None
+        return self._value
+
+    def __eq__(self, other):
+        return self.get() == other.get() if isinstance(other, PerpVol) else NotImplemented
+
+    def __hash__(self):
+        return hash(self.get())
+
+    def __repr__(self) -> str:
+        return f"PerpVol{self.get()!r}"
+
+    def __reduce__(self):
+        return PerpVol, (None, None, None, None, self.get())
+
+
+_NO_VOL = PerpVol(None)   # not hourly bars, or fewer than VOL_WINDOW * 3 of them: (None, None)
+
+
+def _vol_of(market: MarketSnapshot, symbol: str, bars) -> tuple[float | None, float | None]:
+    """(vol_annual, vol_percentile) of ``symbol``'s hourly bars (at least VOL_WINDOW * 3 of them)."""
+    vol_annual = vol_pct = None
+    if (hv := hourly_vol(market, symbol)).finite:
+        # every return finite (the usual case): the snapshot's shared rolling deviations are the ones below
+        if len(hv.r) >= VOL_WINDOW * 2:
+            sd = hv.sd
+            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
+            vol_pct = float(np.count_nonzero(sd <= sd[-1]) / len(sd))
+    else:
+        r = np.diff(np.log(np.asarray(bars.close, dtype=float)))
+        r = r[np.isfinite(r)]
+        if len(r) >= VOL_WINDOW * 2:
+            # rolling 24-bar standard deviation via cumulative sums (one pass)
+            c1 = np.concatenate(([0.0], np.cumsum(r)))
+            c2 = np.concatenate(([0.0], np.cumsum(r * r)))
+            n = VOL_WINDOW
+            mean = (c1[n:] - c1[:-n]) / n
+            var = np.maximum((c2[n:] - c2[:-n]) / n - mean * mean, 0.0)
+            sd = np.sqrt(var)
+            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
+            # np.mean of the booleans: their count (exact) over n
+            vol_pct = float(np.count_nonzero(sd <= sd[-1]) / len(sd))
+    return vol_annual, vol_pct
 
 
 def vol_regime(percentile: float | None) -> str | None:
@@ -169,6 +250,38 @@ def _oi_delta(oi, t_now: int, hours: int) -> float | None:
     return None if last is None or prev is None else last / prev - 1.0
 
 
+def _oi_delta_newest(oi, t_oi: int, hours: int) -> float | None:
+    """``_oi_delta(oi, t_oi, hours)`` where ``t_oi`` is the newest point's time, the same value without a search
+    when the point ``hours`` back sits at index ``-1 - hours`` at exactly ``t_oi - hours`` h (no gap in that
+    hour): ``_value_at``'s two searches in the (time-ordered) series land there and at the newest point, at
+    no distance; else ``_oi_delta`` itself."""
+    ts = oi.ts
+    k = len(ts) - 1 - hours
+    back = t_oi - hours * 3600
+    if k < 0 or ts.item(k) != back or ts.item(k + 1) <= back or ts.item(-1) != t_oi:
+        return _oi_delta(oi, t_oi, hours)
+    last, prev = float(oi.values[-1]), float(oi.values[k])
+    if not (math.isfinite(last) and last > 0 and math.isfinite(prev) and prev > 0):
+        return None
+    return last / prev - 1.0
+
+
+#: float(_mean(w)), _std(w) of a window of funding settlements, by the window's bytes: the window moves only
+#: when a settlement is published (every 8 h), the hourly cycles in between compute the same two numbers
+_MOMENTS: dict[bytes, tuple[float, float]] = {}
+
+
+def _funding_moments(hist: np.ndarray) -> tuple[float, float]:
+    """``(float(_mean(hist)), _std(hist))`` of a 1-D float64 array, computed once per distinct content."""
+    key = hist.tobytes()
+    got = _MOMENTS.get(key)
+    if got is None:
+        if len(_MOMENTS) > 512:
+            _MOMENTS.clear()
+        got = _MOMENTS[key] = (float(_mean(hist)), _std(hist))
+    return got
+
+
 def _close_at(bars, t: int) -> float | None:
     # the newest bar closed (ts + interval) at or before t: ts <= t - interval, integers, no array built
     i = int(bars.ts.searchsorted(t - bars.interval_s, "right")) - 1
@@ -204,8 +317,23 @@ def _flush_many(oi, bars, taker, ts: list[int]) -> list[tuple[float, float]]:
     zero = (0.0, 0.0)
     if oi is None or not len(oi.ts):
         return [zero] * len(ts)
-    t = np.asarray(ts, dtype=np.int64)
     ots = oi.ts
+    n = len(ots)
+    # the usual ask, the hours back from the newest point of an hourly series with no gap among the last
+    # ones: each hour's two searches land at known indices (-1 - h and -2 - h), the pass is a few float tests
+    t_last, hs = ots.item(n - 1), []
+    for x in ts:
+        b = t_last - x
+        if type(b) is not int or b < 0 or b % 3600:
+            break
+        hs.append(b // 3600)
+    else:
+        top = max(hs, default=0) + 2
+        if n >= top and ots[n - top:].tolist() == list(range(t_last - (top - 1) * 3600, t_last + 1, 3600)):
+            v = np.asarray(oi.values[n - top:], dtype=float).tolist()
+            return [_flush(oi, bars, taker, x) if (last := v[top - 1 - h]) > 0 and last <= v[top - 2 - h] * _FLUSH_PREFILTER
+                    else zero for x, h in zip(ts, hs)]
+    t = np.asarray(ts, dtype=np.int64)
     k1 = ots.searchsorted(t, "right") - 1          # _value_at(oi, t, 0)
     k0 = ots.searchsorted(t - 3600, "right") - 1   # _value_at(oi, t - 1 h), 2 h tolerance
     k1c, k0c = np.maximum(k1, 0), np.maximum(k0, 0)
@@ -250,18 +378,17 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
         problems.append("funding missing or older than 9 h")
     funding_z = None
     if funding is not None and len(fseries) >= 30:
-        hist = np.asarray(fseries.values[-FUNDING_Z_SETTLEMENTS:], dtype=float)
-        sd = _std(hist)
-        funding_z = (funding - float(_mean(hist))) / sd if sd > 0 else 0.0
+        mean, sd = _funding_moments(np.asarray(fseries.values[-FUNDING_Z_SETTLEMENTS:], dtype=float))
+        funding_z = (funding - mean) / sd if sd > 0 else 0.0
 
     oi = market.point_series("open_interest", symbol)
     o = _latest(oi, now, OI_MAX_AGE)
     if o is None:
         problems.append("open interest missing or older than 2 h")
     t_oi = o[1] if o else None
-    d1 = _oi_delta(oi, t_oi, 1) if t_oi else None
-    d8 = _oi_delta(oi, t_oi, 8) if t_oi else None
-    d24 = _oi_delta(oi, t_oi, 24) if t_oi else None
+    d1 = _oi_delta_newest(oi, t_oi, 1) if t_oi else None   # t_oi is the newest point's time
+    d8 = _oi_delta_newest(oi, t_oi, 8) if t_oi else None
+    d24 = _oi_delta_newest(oi, t_oi, 24) if t_oi else None
 
     change_24h = None
     if hourly and candles > 24:
@@ -278,27 +405,8 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
             sell = float(_add((1 - shares) * vols))
             buy_sell = buy / sell if sell > 0 else None
 
-    vol_annual = vol_pct = None
-    if hourly and candles >= VOL_WINDOW * 3 and (hv := hourly_vol(market, symbol)).finite:
-        # every return finite (the usual case): the snapshot's shared rolling deviations are the ones below
-        if len(hv.r) >= VOL_WINDOW * 2:
-            sd = hv.sd
-            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
-            vol_pct = float(np.count_nonzero(sd <= sd[-1]) / len(sd))
-    elif hourly and candles >= VOL_WINDOW * 3:
-        r = np.diff(np.log(np.asarray(bars.close, dtype=float)))
-        r = r[np.isfinite(r)]
-        if len(r) >= VOL_WINDOW * 2:
-            # rolling 24-bar standard deviation via cumulative sums (one pass)
-            c1 = np.concatenate(([0.0], np.cumsum(r)))
-            c2 = np.concatenate(([0.0], np.cumsum(r * r)))
-            n = VOL_WINDOW
-            mean = (c1[n:] - c1[:-n]) / n
-            var = np.maximum((c2[n:] - c2[:-n]) / n - mean * mean, 0.0)
-            sd = np.sqrt(var)
-            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
-            # np.mean of the booleans: their count (exact) over n
-            vol_pct = float(np.count_nonzero(sd <= sd[-1]) / len(sd))
+    # vol_annual and vol_percentile: computed when first read (PerpVol), from this snapshot
+    vol = PerpVol(market, symbol, bars, np.geterr()) if hourly and candles >= VOL_WINDOW * 3 else _NO_VOL
 
     # the liquidation picture: real liquidations where a feed gives them, else the declared proxy
     liq_long = liq_short = 0.0
@@ -328,7 +436,7 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
             if h == 0:
                 velocity = lo + sh
     return PerpState(symbol, now, price, candles, bars_age, funding, funding_z, d1, d8, d24, change_24h, buy_sell,
-                     vol_annual, vol_pct, liq_long, liq_short, source, velocity, tuple(problems))
+                     vol, liq_long, liq_short, source, velocity, tuple(problems))
 
 
 class HourlyVol:
@@ -342,7 +450,31 @@ class HourlyVol:
     __slots__ = ("finite", "r", "sd")
 
     def __init__(self, close: np.ndarray, n: int = VOL_WINDOW):
-        self.r = r = np.diff(np.log(close))
+        # the same element operations in the same order as diff(log(close)), cumsum(r), cumsum(r * r) and the
+        # window arithmetic on each, with r and r * r as the two rows of one array: one call for both rows
+        # (a row's cumulative sum runs along it from its first element, as a 1-D cumsum does)
+        lg = np.log(close)
+        if lg.dtype != np.float64 or lg.ndim != 1:
+            self._numpy(lg, n)
+            return
+        m = len(lg) - 1 if len(lg) else 0
+        rr = np.empty((2, m))
+        self.r = r = np.subtract(lg[1:], lg[:-1], out=rr[0])   # np.diff's own subtraction
+        self.finite = bool(np.isfinite(r).all())
+        self.sd = None
+        if m >= n:
+            np.multiply(r, r, out=rr[1])
+            c = np.zeros((2, m + 1))
+            rr.cumsum(axis=1, out=c[:, 1:])
+            w = c[:, n:] - c[:, :-n]
+            w /= n
+            mean = w[0]
+            var = w[1] - mean * mean
+            self.sd = np.sqrt(np.maximum(var, 0.0, out=var), out=var)
+
+    def _numpy(self, lg: np.ndarray, n: int) -> None:
+        """The steps as separate numpy calls (an input that is not a 1-D float64 array)."""
+        self.r = r = np.diff(lg)
         self.finite = bool(np.isfinite(r).all())
         self.sd = None
         if len(r) >= n:
