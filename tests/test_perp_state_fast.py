@@ -407,6 +407,15 @@ def test_few_bars_no_bars_eight_hour_bars_and_missing_series_equal_the_code_befo
     _check(replace(snap, stale={s: "newest bar closed 3.0 h ago"}), s)
     _check(snap, "SOLUSDT") if "SOLUSDT" in snap.bars else None
     _check(replace(snap, bars={}), s)                            # no bars at all
+    # taker shares that are not finite, or finite but summing past the largest float (the finiteness test)
+    taker = snap.point_series("taker_buy_ratio", s)
+    for k, bad in ((1, np.nan), (3, np.inf), (24, -np.inf), (25, np.nan), (2, 1e308), (5, -1e308)):
+        w = taker.values.astype(float).copy()
+        w[-k] = bad
+        if k == 2:
+            w[-24:] = 1e308                                      # every share finite, their sum is not
+        with np.errstate(over="ignore", invalid="ignore"):
+            _check(_with_series(snap, s, "taker_buy_ratio", taker.ts, w), s)
 
 
 def test_closes_that_are_not_finite_read_lazily_equal_the_code_before_and_warn_as_before(shipped):
@@ -427,6 +436,16 @@ def test_closes_that_are_not_finite_read_lazily_equal_the_code_before_and_warn_a
             assert _same(st.vol_annual, want.vol_annual) and _same(st.vol_percentile, want.vol_percentile)
         assert repr(st) == _repr(want)
     assert want.vol_annual is not None
+    # the other way round: made under the default settings (warn), read under "ignore": the read warns, as
+    # the eager computation did when the state was made
+    close = bars.close.astype(float).copy()
+    close[50] = 0.0
+    bad = replace(snap, bars={**snap.bars, "BTCUSDT": replace(bars, close=close)})
+    PS._MEMO.clear()
+    with np.errstate(divide="warn", invalid="warn"):
+        st = PS.compute_perp_state(bad, "BTCUSDT")
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        st.vol_percentile
 
 
 def test_the_volatility_is_computed_at_the_first_read_only_and_behaves_as_the_fields_did(shipped):

@@ -136,8 +136,11 @@ class PerpVol:
     def get(self) -> tuple[float | None, float | None]:
         if self._args is not None:
             market, symbol, bars, err = self._args
-            with np.errstate(**err):
+            token = _set_errstate(err)
+            try:
                 self._value = _vol_of(market, symbol, bars)
+            finally:
+                _reset_errstate(token)
             self._args = None
         return self._value
 
@@ -154,7 +157,26 @@ class PerpVol:
         return PerpVol, (None, None, None, None, self.get())
 
 
+try:   # numpy's floating-point error settings, all of them (what np.errstate sets and resets), read and set in O(1)
+    from numpy._core._ufunc_config import _extobj_contextvar as _ERRSTATE
+
+    _get_errstate, _set_errstate, _reset_errstate = _ERRSTATE.get, _ERRSTATE.set, _ERRSTATE.reset
+except ImportError:   # another numpy layout: the public calls (the five error modes)
+    def _get_errstate():
+        return np.geterr()
+
+    def _set_errstate(err):
+        ctx = np.errstate(**err)
+        ctx.__enter__()
+        return ctx
+
+    def _reset_errstate(ctx):
+        ctx.__exit__(None, None, None)
+
 _NO_VOL = PerpVol(None)   # not hourly bars, or fewer than VOL_WINDOW * 3 of them: (None, None)
+
+
+_SQRT_YEAR_H = math.sqrt(365 * 24)
 
 
 def _vol_of(market: MarketSnapshot, symbol: str, bars) -> tuple[float | None, float | None]:
@@ -164,8 +186,9 @@ def _vol_of(market: MarketSnapshot, symbol: str, bars) -> tuple[float | None, fl
         # every return finite (the usual case): the snapshot's shared rolling deviations are the ones below
         if len(hv.r) >= VOL_WINDOW * 2:
             sd = hv.sd
-            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
-            vol_pct = float(np.count_nonzero(sd <= sd[-1]) / len(sd))
+            last = sd.item(-1)                    # the float64 as a Python float: the same product and test
+            vol_annual = last * _SQRT_YEAR_H
+            vol_pct = float(np.count_nonzero(sd <= last) / len(sd))
     else:
         r = np.diff(np.log(np.asarray(bars.close, dtype=float)))
         r = r[np.isfinite(r)]
@@ -231,6 +254,21 @@ def _latest(series, now: datetime, max_age: timedelta) -> tuple[float, int] | No
         return None
     v, t = float(series.values[-1]), int(series.ts[-1])
     if not math.isfinite(v) or now.timestamp() - t > max_age.total_seconds():
+        return None
+    return v, t
+
+
+_BARS_MAX_AGE_S = BARS_MAX_AGE.total_seconds()
+_FUNDING_MAX_AGE_S = FUNDING_MAX_AGE.total_seconds()
+_OI_MAX_AGE_S = OI_MAX_AGE.total_seconds()
+
+
+def _latest_s(series, now_ts: float, max_age_s: float) -> tuple[float, int] | None:
+    """``_latest(series, now, max_age)`` with ``now.timestamp()`` and ``max_age.total_seconds()`` given."""
+    if series is None or not len(series):
+        return None
+    v, t = float(series.values[-1]), int(series.ts[-1])
+    if not math.isfinite(v) or now_ts - t > max_age_s:
         return None
     return v, t
 
@@ -349,7 +387,8 @@ _FLUSH_PREFILTER = 1 - FLUSH_OI_PCT / 100 * 0.99
 
 def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
     now = market.now
-    t_now = int(now.timestamp())
+    now_ts = now.timestamp()
+    t_now = int(now_ts)
     problems: list[str] = []
     bars = market.bars.get(symbol)
     candles = len(bars) if bars is not None else 0
@@ -357,7 +396,7 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
     if candles:
         price = float(bars.close[-1])
         bars_age = t_now - (int(bars.ts[-1]) + bars.interval_s)
-        if bars_age > BARS_MAX_AGE.total_seconds():
+        if bars_age > _BARS_MAX_AGE_S:
             problems.append(f"newest bar {bars_age / 3600:.1f} h old")
     else:
         problems.append("no bars")
@@ -372,7 +411,7 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
         problems.append(f"bars are {bars.interval_s / 3600:g} h candles: the hourly statistics do not apply")
 
     fseries = market.point_series("funding_rate", symbol)
-    f = _latest(fseries, now, FUNDING_MAX_AGE)
+    f = _latest_s(fseries, now_ts, _FUNDING_MAX_AGE_S)
     funding = f[0] if f else None
     if funding is None:
         problems.append("funding missing or older than 9 h")
@@ -382,7 +421,7 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
         funding_z = (funding - mean) / sd if sd > 0 else 0.0
 
     oi = market.point_series("open_interest", symbol)
-    o = _latest(oi, now, OI_MAX_AGE)
+    o = _latest_s(oi, now_ts, _OI_MAX_AGE_S)
     if o is None:
         problems.append("open interest missing or older than 2 h")
     t_oi = o[1] if o else None
@@ -400,13 +439,13 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
     if hourly and taker is not None and len(taker) >= 24 and candles >= 24:
         shares = np.asarray(taker.values[-24:], dtype=float)
         vols = np.asarray(bars.volume[-24:], dtype=float)
-        if now.timestamp() - int(taker.ts[-1]) <= BARS_MAX_AGE.total_seconds() and np.isfinite(shares).all():
+        if now_ts - int(taker.ts[-1]) <= _BARS_MAX_AGE_S and np.isfinite(shares).all():
             buy = float(_add(shares * vols))      # np.sum's own reduction, without its dispatch
             sell = float(_add((1 - shares) * vols))
             buy_sell = buy / sell if sell > 0 else None
 
     # vol_annual and vol_percentile: computed when first read (PerpVol), from this snapshot
-    vol = PerpVol(market, symbol, bars, np.geterr()) if hourly and candles >= VOL_WINDOW * 3 else _NO_VOL
+    vol = PerpVol(market, symbol, bars, _get_errstate()) if hourly and candles >= VOL_WINDOW * 3 else _NO_VOL
 
     # the liquidation picture: real liquidations where a feed gives them, else the declared proxy
     liq_long = liq_short = 0.0
