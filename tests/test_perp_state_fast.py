@@ -514,3 +514,56 @@ def test_the_funding_moments_memo_answers_by_content_bit_for_bit(shipped):
     for _ in range(600):                                        # bounded
         PS._funding_moments(rng.normal(0, 1, 90))
     assert len(PS._MOMENTS) <= 513
+
+
+def test_the_taker_ratio_is_computed_at_the_first_read_only(shipped):
+    snap = shipped.snapshot(datetime(2024, 3, 12, 9, tzinfo=UTC))
+    PS._MEMO.clear()
+    st = PS.compute_perp_state(snap, "ETHUSDT")
+    want = _compute_perp_state_ref(snap, "ETHUSDT")
+    assert st.taker._args is not None
+    assert _same(st.taker_buy_sell_24h, want.taker_buy_sell_24h) and want.taker_buy_sell_24h is not None
+    assert st.taker._args is None
+    assert PS._NO_TAKER.get() is None
+
+
+# the rule as it stood at 55b2bcb (CrowdingFade._idea's proxy part), verbatim but for `self.` -> the constants
+def _crowding_proxy_ref(st, f, PROXY_RATIO=1.10, PROXY_Z=2.0):
+    r, z = st.taker_buy_sell_24h, st.funding_z
+    if r is None or z is None:
+        return None
+    if r > PROXY_RATIO and z > PROXY_Z and f > 0.0003:
+        return ("SELL", 0.6, 0.015, 24, f"proxy crowding: taker buy/sell {r:.2f} over 24 h and funding "
+                                        f"z {z:+.1f} ({f * 100:+.4f}%): longs crowded")
+    if r < 1 / PROXY_RATIO and z < -PROXY_Z and f < -0.0003:
+        return ("BUY", 0.6, 0.015, 24, f"proxy crowding: taker buy/sell {r:.2f} over 24 h and funding "
+                                       f"z {z:+.1f} ({f * 100:+.4f}%): shorts crowded")
+    return None
+
+
+def test_crowding_fade_reads_the_taker_ratio_only_when_the_funding_tests_pass_and_decides_as_before(shipped):
+    from strategies.perp_primitives import CrowdingFade
+
+    plugin = CrowdingFade()
+    snap = shipped.snapshot(datetime(2024, 3, 12, 9, tzinfo=UTC))
+    base = PS.compute_perp_state(snap, "BTCUSDT")
+    read = sells = buys = 0
+    values = (None, math.nan, -3.0, -2.0000001, -2.0, -1.5, 0.0, 1.5, 2.0, 2.0000001, 3.0)
+    ratios = (None, math.nan, 0.5, 0.9, 1 / 1.10, 0.95, 1.0, 1.10, 1.2, 2.0)
+    fundings = (-0.001, -0.00030001, -0.0003, -0.0001, 0.0, 0.0003, 0.00030001, 0.001)
+    for z in values:
+        for r in ratios:
+            for f in fundings:
+                reads = []
+                taker = PS.Deferred(lambda r=r: reads.append(r) or r, (), PS._get_errstate())
+                st = replace(base, funding=f, funding_z=z, taker=taker)
+                got = plugin._idea(st, snap)
+                if reads:                                    # read only when a funding test passes
+                    read += 1
+                    assert z is not None and ((z > 2 and f > 0.0003) or (z < -2 and f < -0.0003)), (z, f)
+                want = _crowding_proxy_ref(st, f)
+                assert (got is None and want is None) or (
+                    (got.side.name, got.confidence, got.eae, got.hours, got.thesis) == want), (z, r, f)
+                sells += want is not None and want[0] == "SELL"
+                buys += want is not None and want[0] == "BUY"
+    assert read > 20 and sells >= 3 and buys >= 3

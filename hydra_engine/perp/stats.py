@@ -74,13 +74,17 @@ class PerpState:
     oi_delta_8h: float | None
     oi_delta_24h: float | None
     price_change_24h: float | None
-    taker_buy_sell_24h: float | None      # taker buy volume / taker sell volume over 24 h
-    vol: "PerpVol"                        # (vol_annual, vol_percentile), computed at the first read
+    taker: Deferred                       # taker_buy_sell_24h, computed at the first read
+    vol: Deferred                         # (vol_annual, vol_percentile), computed at the first read
     liq_long: float                       # liquidated open interest (fraction of OI) in the lookback, longs
     liq_short: float
     liq_source: str                       # "forceOrder" | "proxy:oi_flush" | "none"
     liquidation_velocity: float | None    # newest hour: liquidated / open interest
     health_problems: tuple[str, ...]
+
+    @property
+    def taker_buy_sell_24h(self) -> float | None:   # taker buy volume / taker sell volume over 24 h
+        return self.taker.get()
 
     @property
     def vol_annual(self) -> float | None:
@@ -94,7 +98,7 @@ class PerpState:
     def vol_regime(self) -> str | None:
         return vol_regime(self.vol.get()[1])
 
-    def __repr__(self) -> str:   # the dataclass's own repr as it was, vol_annual and vol_percentile by name
+    def __repr__(self) -> str:   # the dataclass's own repr as it was: the deferred values by their names
         return "PerpState(" + ", ".join(
             f"{k}={getattr(self, k)!r}" for k in _STATE_REPR) + ")"
 
@@ -118,43 +122,43 @@ _STATE_REPR = ("symbol", "now", "price", "candles", "bars_age_s", "funding", "fu
                "liq_short", "liq_source", "liquidation_velocity", "health_problems")
 
 
-class PerpVol:
-    """A perp state's ``(vol_annual, vol_percentile)``, computed at the first read: most readers of a
-    state never ask for them (in a killed backtest cycle only a hot-funding carry test or the regime
-    label does), and they are the state's most expensive part (the rolling deviations of every bar).
-    The read computes exactly what :func:`compute_perp_state` computed eagerly before, on the same
-    snapshot and under the numpy error settings in force when the state was made; the pair is then kept
-    (and the snapshot let go). Equal, hashed, shown and pickled as that pair."""
+class Deferred:
+    """A perp state's value that is computed at its first read: ``(vol_annual, vol_percentile)`` (the
+    state's most expensive part, the rolling deviations of every bar) and ``taker_buy_sell_24h``. Most
+    readers of a state never ask for them: in a killed backtest cycle only a hot-funding carry test or
+    the regime label reads the volatility, only a funding z-score beyond +-2 the taker ratio. The read
+    computes exactly what :func:`compute_perp_state` computed eagerly before, from the same snapshot's
+    arrays and under the numpy error settings in force when the state was made; the value is then kept
+    (and the arrays let go). Equal, hashed, shown and pickled as that value."""
 
     __slots__ = ("_args", "_value")
 
-    def __init__(self, market: MarketSnapshot | None, symbol: str | None = None, bars=None, errstate=None,
-                 value: tuple = (None, None)):
-        self._args = None if market is None else (market, symbol, bars, errstate)
+    def __init__(self, compute=None, args: tuple = (), errstate=None, value=None):
+        self._args = None if compute is None else (compute, args, errstate)
         self._value = value
 
-    def get(self) -> tuple[float | None, float | None]:
+    def get(self):
         if self._args is not None:
-            market, symbol, bars, err = self._args
+            compute, args, err = self._args
             token = _set_errstate(err)
             try:
-                self._value = _vol_of(market, symbol, bars)
+                self._value = compute(*args)
             finally:
                 _reset_errstate(token)
             self._args = None
         return self._value
 
     def __eq__(self, other):
-        return self.get() == other.get() if isinstance(other, PerpVol) else NotImplemented
+        return self.get() == other.get() if isinstance(other, Deferred) else NotImplemented
 
     def __hash__(self):
         return hash(self.get())
 
     def __repr__(self) -> str:
-        return f"PerpVol{self.get()!r}"
+        return f"Deferred({self.get()!r})"
 
     def __reduce__(self):
-        return PerpVol, (None, None, None, None, self.get())
+        return Deferred, (None, (), None, self.get())
 
 
 try:   # numpy's floating-point error settings, all of them (what np.errstate sets and resets), read and set in O(1)
@@ -173,7 +177,19 @@ except ImportError:   # another numpy layout: the public calls (the five error m
     def _reset_errstate(ctx):
         ctx.__exit__(None, None, None)
 
-_NO_VOL = PerpVol(None)   # not hourly bars, or fewer than VOL_WINDOW * 3 of them: (None, None)
+_NO_VOL = Deferred(value=(None, None))   # not hourly bars, or fewer than VOL_WINDOW * 3 of them
+_NO_TAKER = Deferred(value=None)          # no hourly bars or taker flow (24 of each), or not fresh
+
+
+def _taker_buy_sell(shares, volume) -> float | None:
+    """Taker buy volume over taker sell volume in the last 24 hourly bars (taker shares all finite)."""
+    shares = np.asarray(shares[-24:], dtype=float)
+    vols = np.asarray(volume[-24:], dtype=float)
+    if not np.isfinite(shares).all():
+        return None
+    buy = float(_add(shares * vols))      # np.sum's own reduction, without its dispatch
+    sell = float(_add((1 - shares) * vols))
+    return buy / sell if sell > 0 else None
 
 
 _SQRT_YEAR_H = math.sqrt(365 * 24)
@@ -435,17 +451,13 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
         change_24h = price / c0 - 1.0 if c0 > 0 else None
 
     taker = market.point_series("taker_buy_ratio", symbol)
-    buy_sell = None
-    if hourly and taker is not None and len(taker) >= 24 and candles >= 24:
-        shares = np.asarray(taker.values[-24:], dtype=float)
-        vols = np.asarray(bars.volume[-24:], dtype=float)
-        if now_ts - int(taker.ts[-1]) <= _BARS_MAX_AGE_S and np.isfinite(shares).all():
-            buy = float(_add(shares * vols))      # np.sum's own reduction, without its dispatch
-            sell = float(_add((1 - shares) * vols))
-            buy_sell = buy / sell if sell > 0 else None
-
-    # vol_annual and vol_percentile: computed when first read (PerpVol), from this snapshot
-    vol = PerpVol(market, symbol, bars, _get_errstate()) if hourly and candles >= VOL_WINDOW * 3 else _NO_VOL
+    # taker_buy_sell_24h, vol_annual and vol_percentile: computed when first read (Deferred), from this snapshot
+    err = _get_errstate()
+    buy_sell = _NO_TAKER
+    if (hourly and taker is not None and len(taker) >= 24 and candles >= 24
+            and now_ts - int(taker.ts[-1]) <= _BARS_MAX_AGE_S):
+        buy_sell = Deferred(_taker_buy_sell, (taker.values, bars.volume), err)
+    vol = Deferred(_vol_of, (market, symbol, bars), err) if hourly and candles >= VOL_WINDOW * 3 else _NO_VOL
 
     # the liquidation picture: real liquidations where a feed gives them, else the declared proxy
     liq_long = liq_short = 0.0
