@@ -25,10 +25,25 @@ import pytest
 
 from hydra_engine.domain import UTC
 from hydra_engine.perp import stats as PS
-from hydra_engine.perp.stats import (BARS_MAX_AGE, FLUSH_TABLE_H, FUNDING_MAX_AGE, FUNDING_Z_SETTLEMENTS,
-                                     LIQ_LOOKBACK_H, MIN_CANDLES, OI_MAX_AGE, VOL_WINDOW, _add, _flush,
-                                     _FLUSH_PREFILTER, _latest, _mean, _oi_delta, _std, cascade_probability,
-                                     vol_regime)
+from hydra_engine.perp.stats import (
+    _FLUSH_PREFILTER,
+    BARS_MAX_AGE,
+    FLUSH_TABLE_H,
+    FUNDING_MAX_AGE,
+    FUNDING_Z_SETTLEMENTS,
+    LIQ_LOOKBACK_H,
+    MIN_CANDLES,
+    OI_MAX_AGE,
+    VOL_WINDOW,
+    _add,
+    _flush,
+    _latest,
+    _mean,
+    _oi_delta,
+    _std,
+    cascade_probability,
+    vol_regime,
+)
 from hydra_engine.ports import MarketSnapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,7 +300,7 @@ def test_the_perp_state_equals_the_code_before_on_real_data(shared_data):
          + [datetime(2020, 9, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(60)]),
         # the May 2021 crash: real flushes, at consecutive hours and odd minutes
         (_replay(shared_data, ["BTCUSDT", "ETHUSDT"], date(2021, 3, 20), date(2021, 5, 25)),
-         [datetime(2021, 5, 10, tzinfo=UTC) + timedelta(hours=h, minutes=(7 * h) % 60) for h in range(0, 360)]),
+         [datetime(2021, 5, 10, tzinfo=UTC) + timedelta(hours=h, minutes=(7 * h) % 60) for h in range(360)]),
         # SOL, and BNB's 8-hour candles
         (_replay(shared_data, ["SOLUSDT", "BNBUSDT"], date(2024, 6, 1), date(2024, 9, 1)),
          [datetime(2024, 7, 20, tzinfo=UTC) + timedelta(hours=5 * h) for h in range(60)]),
@@ -302,8 +317,8 @@ def test_the_perp_state_equals_the_code_before_on_real_data(shared_data):
                 st = _check(snap, s)
                 n += 1
                 flushed += st.liq_long + st.liq_short > 0
-                for k in seen:
-                    seen[k].add(getattr(st, k))
+                for k, v in seen.items():
+                    v.add(getattr(st, k))
     assert n > 1300
     assert flushed >= 20                                   # real proxy liquidations among them
     assert all(len(v) > 30 for v in seen.values()), {k: len(v) for k, v in seen.items()}
@@ -445,7 +460,7 @@ def test_closes_that_are_not_finite_read_lazily_equal_the_code_before_and_warn_a
     with np.errstate(divide="warn", invalid="warn"):
         st = PS.compute_perp_state(bad, "BTCUSDT")
     with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
-        st.vol_percentile
+        _ = st.vol_percentile
 
 
 def test_the_volatility_is_computed_at_the_first_read_only_and_behaves_as_the_fields_did(shipped):
@@ -528,16 +543,17 @@ def test_the_taker_ratio_is_computed_at_the_first_read_only(shipped):
 
 
 # the rule as it stood at 55b2bcb (CrowdingFade._idea's proxy part), verbatim but for `self.` -> the constants
+# and _Idea -> a tuple
 def _crowding_proxy_ref(st, f, PROXY_RATIO=1.10, PROXY_Z=2.0):
     r, z = st.taker_buy_sell_24h, st.funding_z
     if r is None or z is None:
         return None
     if r > PROXY_RATIO and z > PROXY_Z and f > 0.0003:
-        return ("SELL", 0.6, 0.015, 24, f"proxy crowding: taker buy/sell {r:.2f} over 24 h and funding "
-                                        f"z {z:+.1f} ({f * 100:+.4f}%): longs crowded")
+        return ("SELL", 0.6, 0.015, 24, (f"proxy crowding: taker buy/sell {r:.2f} over 24 h and funding "
+                                         f"z {z:+.1f} ({f * 100:+.4f}%): longs crowded"))
     if r < 1 / PROXY_RATIO and z < -PROXY_Z and f < -0.0003:
-        return ("BUY", 0.6, 0.015, 24, f"proxy crowding: taker buy/sell {r:.2f} over 24 h and funding "
-                                       f"z {z:+.1f} ({f * 100:+.4f}%): shorts crowded")
+        return ("BUY", 0.6, 0.015, 24, (f"proxy crowding: taker buy/sell {r:.2f} over 24 h and funding "
+                                        f"z {z:+.1f} ({f * 100:+.4f}%): shorts crowded"))
     return None
 
 
@@ -555,7 +571,7 @@ def test_crowding_fade_reads_the_taker_ratio_only_when_the_funding_tests_pass_an
         for r in ratios:
             for f in fundings:
                 reads = []
-                taker = PS.Deferred(lambda r=r: reads.append(r) or r, (), PS._get_errstate())
+                taker = PS.Deferred(lambda r=r, reads=reads: reads.append(r) or r, (), PS._get_errstate())
                 st = replace(base, funding=f, funding_z=z, taker=taker)
                 got = plugin._idea(st, snap)
                 if reads:                                    # read only when a funding test passes

@@ -385,8 +385,9 @@ def _flush_many(oi, bars, taker, ts: list[int]) -> list[tuple[float, float]]:
         top = max(hs, default=0) + 2
         if n >= top and ots[n - top:].tolist() == list(range(t_last - (top - 1) * 3600, t_last + 1, 3600)):
             v = np.asarray(oi.values[n - top:], dtype=float).tolist()
-            return [_flush(oi, bars, taker, x) if (last := v[top - 1 - h]) > 0 and last <= v[top - 2 - h] * _FLUSH_PREFILTER
-                    else zero for x, h in zip(ts, hs)]
+            return [_flush(oi, bars, taker, x)
+                    if (last := v[top - 1 - h]) > 0 and last <= v[top - 2 - h] * _FLUSH_PREFILTER else zero
+                    for x, h in zip(ts, hs)]
     t = np.asarray(ts, dtype=np.int64)
     k1 = ots.searchsorted(t, "right") - 1          # _value_at(oi, t, 0)
     k0 = ots.searchsorted(t - 3600, "right") - 1   # _value_at(oi, t - 1 h), 2 h tolerance
