@@ -266,15 +266,21 @@ class CrowdingFade(_PerpPrimitive):
                 return _Idea(Side.BUY, 0.6, 0.015, 24, f"long/short ratio {ratio:.2f} < 0.5 and funding "
                                                        f"{f * 100:+.4f}%: shorts crowded")
             return None
-        r, z = st.taker_buy_sell_24h, st.funding_z
-        if r is None or z is None:
+        # the funding tests first: the taker ratio (computed when first read) is read only when they pass;
+        # z cannot be beyond +2 and -2 at once, so the two rules and their None tests are the same as before
+        z = st.funding_z
+        if z is None:
             return None
-        if r > self.PROXY_RATIO and z > self.PROXY_Z and f > 0.0003:
-            return _Idea(Side.SELL, 0.6, 0.015, 24, f"proxy crowding: taker buy/sell {r:.2f} over 24 h and funding "
-                                                    f"z {z:+.1f} ({f * 100:+.4f}%): longs crowded")
-        if r < 1 / self.PROXY_RATIO and z < -self.PROXY_Z and f < -0.0003:
-            return _Idea(Side.BUY, 0.6, 0.015, 24, f"proxy crowding: taker buy/sell {r:.2f} over 24 h and funding "
-                                                   f"z {z:+.1f} ({f * 100:+.4f}%): shorts crowded")
+        if z > self.PROXY_Z and f > 0.0003:
+            r = st.taker_buy_sell_24h
+            if r is not None and r > self.PROXY_RATIO:
+                return _Idea(Side.SELL, 0.6, 0.015, 24, f"proxy crowding: taker buy/sell {r:.2f} over 24 h and "
+                                                        f"funding z {z:+.1f} ({f * 100:+.4f}%): longs crowded")
+        elif z < -self.PROXY_Z and f < -0.0003:
+            r = st.taker_buy_sell_24h
+            if r is not None and r < 1 / self.PROXY_RATIO:
+                return _Idea(Side.BUY, 0.6, 0.015, 24, f"proxy crowding: taker buy/sell {r:.2f} over 24 h and "
+                                                       f"funding z {z:+.1f} ({f * 100:+.4f}%): shorts crowded")
         return None
 
 

@@ -61,7 +61,7 @@ class PerpRegime(str, enum.Enum):
     SQUEEZE_SHORT = "SQUEEZE_SHORT"    # longs getting squeezed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class PerpState:
     symbol: str
     now: datetime
@@ -74,9 +74,8 @@ class PerpState:
     oi_delta_8h: float | None
     oi_delta_24h: float | None
     price_change_24h: float | None
-    taker_buy_sell_24h: float | None      # taker buy volume / taker sell volume over 24 h
-    vol_annual: float | None
-    vol_percentile: float | None          # fraction in [0, 1] against the visible history
+    taker: Deferred                       # taker_buy_sell_24h, computed at the first read
+    vol: Deferred                         # (vol_annual, vol_percentile), computed at the first read
     liq_long: float                       # liquidated open interest (fraction of OI) in the lookback, longs
     liq_short: float
     liq_source: str                       # "forceOrder" | "proxy:oi_flush" | "none"
@@ -84,8 +83,24 @@ class PerpState:
     health_problems: tuple[str, ...]
 
     @property
+    def taker_buy_sell_24h(self) -> float | None:   # taker buy volume / taker sell volume over 24 h
+        return self.taker.get()
+
+    @property
+    def vol_annual(self) -> float | None:
+        return self.vol.get()[0]
+
+    @property
+    def vol_percentile(self) -> float | None:     # fraction in [0, 1] against the visible history
+        return self.vol.get()[1]
+
+    @property
     def vol_regime(self) -> str | None:
-        return vol_regime(self.vol_percentile)
+        return vol_regime(self.vol.get()[1])
+
+    def __repr__(self) -> str:   # the dataclass's own repr as it was: the deferred values by their names
+        return "PerpState(" + ", ".join(
+            f"{k}={getattr(self, k)!r}" for k in _STATE_REPR) + ")"
 
     @property
     def cascade_probability(self) -> float | None:
@@ -100,6 +115,111 @@ class PerpState:
     @property
     def healthy(self) -> bool:
         return not self.health_problems
+
+
+_STATE_REPR = ("symbol", "now", "price", "candles", "bars_age_s", "funding", "funding_z", "oi_delta_1h", "oi_delta_8h",
+               "oi_delta_24h", "price_change_24h", "taker_buy_sell_24h", "vol_annual", "vol_percentile", "liq_long",
+               "liq_short", "liq_source", "liquidation_velocity", "health_problems")
+
+
+class Deferred:
+    """A perp state's value that is computed at its first read: ``(vol_annual, vol_percentile)`` (the
+    state's most expensive part, the rolling deviations of every bar) and ``taker_buy_sell_24h``. Most
+    readers of a state never ask for them: in a killed backtest cycle only a hot-funding carry test or
+    the regime label reads the volatility, only a funding z-score beyond +-2 the taker ratio. The read
+    computes exactly what :func:`compute_perp_state` computed eagerly before, from the same snapshot's
+    arrays and under the numpy error settings in force when the state was made; the value is then kept
+    (and the arrays let go). Equal, hashed, shown and pickled as that value."""
+
+    __slots__ = ("_args", "_value")
+
+    def __init__(self, compute=None, args: tuple = (), errstate=None, value=None):
+        self._args = None if compute is None else (compute, args, errstate)
+        self._value = value
+
+    def get(self):
+        if self._args is not None:
+            compute, args, err = self._args
+            token = _set_errstate(err)
+            try:
+                self._value = compute(*args)
+            finally:
+                _reset_errstate(token)
+            self._args = None
+        return self._value
+
+    def __eq__(self, other):
+        return self.get() == other.get() if isinstance(other, Deferred) else NotImplemented
+
+    def __hash__(self):
+        return hash(self.get())
+
+    def __repr__(self) -> str:
+        return f"Deferred({self.get()!r})"
+
+    def __reduce__(self):
+        return Deferred, (None, (), None, self.get())
+
+
+try:   # numpy's floating-point error settings, all of them (what np.errstate sets and resets), read and set in O(1)
+    from numpy._core._ufunc_config import _extobj_contextvar as _ERRSTATE
+
+    _get_errstate, _set_errstate, _reset_errstate = _ERRSTATE.get, _ERRSTATE.set, _ERRSTATE.reset
+except ImportError:   # another numpy layout: the public calls (the five error modes)
+    def _get_errstate():
+        return np.geterr()
+
+    def _set_errstate(err):
+        ctx = np.errstate(**err)
+        ctx.__enter__()
+        return ctx
+
+    def _reset_errstate(ctx):
+        ctx.__exit__(None, None, None)
+
+_NO_VOL = Deferred(value=(None, None))   # not hourly bars, or fewer than VOL_WINDOW * 3 of them
+_NO_TAKER = Deferred(value=None)          # no hourly bars or taker flow (24 of each), or not fresh
+
+
+def _taker_buy_sell(shares, volume) -> float | None:
+    """Taker buy volume over taker sell volume in the last 24 hourly bars (taker shares all finite)."""
+    shares = np.asarray(shares[-24:], dtype=float)
+    vols = np.asarray(volume[-24:], dtype=float)
+    if not np.isfinite(shares).all():
+        return None
+    buy = float(_add(shares * vols))      # np.sum's own reduction, without its dispatch
+    sell = float(_add((1 - shares) * vols))
+    return buy / sell if sell > 0 else None
+
+
+_SQRT_YEAR_H = math.sqrt(365 * 24)
+
+
+def _vol_of(market: MarketSnapshot, symbol: str, bars) -> tuple[float | None, float | None]:
+    """(vol_annual, vol_percentile) of ``symbol``'s hourly bars (at least VOL_WINDOW * 3 of them)."""
+    vol_annual = vol_pct = None
+    if (hv := hourly_vol(market, symbol)).finite:
+        # every return finite (the usual case): the snapshot's shared rolling deviations are the ones below
+        if len(hv.r) >= VOL_WINDOW * 2:
+            sd = hv.sd
+            last = sd.item(-1)                    # the float64 as a Python float: the same product and test
+            vol_annual = last * _SQRT_YEAR_H
+            vol_pct = float(np.count_nonzero(sd <= last) / len(sd))
+    else:
+        r = np.diff(np.log(np.asarray(bars.close, dtype=float)))
+        r = r[np.isfinite(r)]
+        if len(r) >= VOL_WINDOW * 2:
+            # rolling 24-bar standard deviation via cumulative sums (one pass)
+            c1 = np.concatenate(([0.0], np.cumsum(r)))
+            c2 = np.concatenate(([0.0], np.cumsum(r * r)))
+            n = VOL_WINDOW
+            mean = (c1[n:] - c1[:-n]) / n
+            var = np.maximum((c2[n:] - c2[:-n]) / n - mean * mean, 0.0)
+            sd = np.sqrt(var)
+            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
+            # np.mean of the booleans: their count (exact) over n
+            vol_pct = float(np.count_nonzero(sd <= sd[-1]) / len(sd))
+    return vol_annual, vol_pct
 
 
 def vol_regime(percentile: float | None) -> str | None:
@@ -154,6 +274,21 @@ def _latest(series, now: datetime, max_age: timedelta) -> tuple[float, int] | No
     return v, t
 
 
+_BARS_MAX_AGE_S = BARS_MAX_AGE.total_seconds()
+_FUNDING_MAX_AGE_S = FUNDING_MAX_AGE.total_seconds()
+_OI_MAX_AGE_S = OI_MAX_AGE.total_seconds()
+
+
+def _latest_s(series, now_ts: float, max_age_s: float) -> tuple[float, int] | None:
+    """``_latest(series, now, max_age)`` with ``now.timestamp()`` and ``max_age.total_seconds()`` given."""
+    if series is None or not len(series):
+        return None
+    v, t = float(series.values[-1]), int(series.ts[-1])
+    if not math.isfinite(v) or now_ts - t > max_age_s:
+        return None
+    return v, t
+
+
 def _value_at(series, t: int, tolerance_s: int = 7200) -> float | None:
     """The series' value known at epoch ``t`` (the newest at or before it, at most ``tolerance_s`` old)."""
     k = int(series.ts.searchsorted(t, "right")) - 1   # the ndarray method: np.searchsorted less its wrapper
@@ -167,6 +302,38 @@ def _oi_delta(oi, t_now: int, hours: int) -> float | None:
     last = _value_at(oi, t_now, 0)
     prev = _value_at(oi, t_now - hours * 3600)
     return None if last is None or prev is None else last / prev - 1.0
+
+
+def _oi_delta_newest(oi, t_oi: int, hours: int) -> float | None:
+    """``_oi_delta(oi, t_oi, hours)`` where ``t_oi`` is the newest point's time, the same value without a search
+    when the point ``hours`` back sits at index ``-1 - hours`` at exactly ``t_oi - hours`` h (no gap in that
+    hour): ``_value_at``'s two searches in the (time-ordered) series land there and at the newest point, at
+    no distance; else ``_oi_delta`` itself."""
+    ts = oi.ts
+    k = len(ts) - 1 - hours
+    back = t_oi - hours * 3600
+    if k < 0 or ts.item(k) != back or ts.item(k + 1) <= back or ts.item(-1) != t_oi:
+        return _oi_delta(oi, t_oi, hours)
+    last, prev = float(oi.values[-1]), float(oi.values[k])
+    if not (math.isfinite(last) and last > 0 and math.isfinite(prev) and prev > 0):
+        return None
+    return last / prev - 1.0
+
+
+#: float(_mean(w)), _std(w) of a window of funding settlements, by the window's bytes: the window moves only
+#: when a settlement is published (every 8 h), the hourly cycles in between compute the same two numbers
+_MOMENTS: dict[bytes, tuple[float, float]] = {}
+
+
+def _funding_moments(hist: np.ndarray) -> tuple[float, float]:
+    """``(float(_mean(hist)), _std(hist))`` of a 1-D float64 array, computed once per distinct content."""
+    key = hist.tobytes()
+    got = _MOMENTS.get(key)
+    if got is None:
+        if len(_MOMENTS) > 512:
+            _MOMENTS.clear()
+        got = _MOMENTS[key] = (float(_mean(hist)), _std(hist))
+    return got
 
 
 def _close_at(bars, t: int) -> float | None:
@@ -204,8 +371,24 @@ def _flush_many(oi, bars, taker, ts: list[int]) -> list[tuple[float, float]]:
     zero = (0.0, 0.0)
     if oi is None or not len(oi.ts):
         return [zero] * len(ts)
-    t = np.asarray(ts, dtype=np.int64)
     ots = oi.ts
+    n = len(ots)
+    # the usual ask, the hours back from the newest point of an hourly series with no gap among the last
+    # ones: each hour's two searches land at known indices (-1 - h and -2 - h), the pass is a few float tests
+    t_last, hs = ots.item(n - 1), []
+    for x in ts:
+        b = t_last - x
+        if type(b) is not int or b < 0 or b % 3600:
+            break
+        hs.append(b // 3600)
+    else:
+        top = max(hs, default=0) + 2
+        if n >= top and ots[n - top:].tolist() == list(range(t_last - (top - 1) * 3600, t_last + 1, 3600)):
+            v = np.asarray(oi.values[n - top:], dtype=float).tolist()
+            return [_flush(oi, bars, taker, x)
+                    if (last := v[top - 1 - h]) > 0 and last <= v[top - 2 - h] * _FLUSH_PREFILTER else zero
+                    for x, h in zip(ts, hs)]
+    t = np.asarray(ts, dtype=np.int64)
     k1 = ots.searchsorted(t, "right") - 1          # _value_at(oi, t, 0)
     k0 = ots.searchsorted(t - 3600, "right") - 1   # _value_at(oi, t - 1 h), 2 h tolerance
     k1c, k0c = np.maximum(k1, 0), np.maximum(k0, 0)
@@ -221,7 +404,8 @@ _FLUSH_PREFILTER = 1 - FLUSH_OI_PCT / 100 * 0.99
 
 def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
     now = market.now
-    t_now = int(now.timestamp())
+    now_ts = now.timestamp()
+    t_now = int(now_ts)
     problems: list[str] = []
     bars = market.bars.get(symbol)
     candles = len(bars) if bars is not None else 0
@@ -229,7 +413,7 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
     if candles:
         price = float(bars.close[-1])
         bars_age = t_now - (int(bars.ts[-1]) + bars.interval_s)
-        if bars_age > BARS_MAX_AGE.total_seconds():
+        if bars_age > _BARS_MAX_AGE_S:
             problems.append(f"newest bar {bars_age / 3600:.1f} h old")
     else:
         problems.append("no bars")
@@ -244,24 +428,23 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
         problems.append(f"bars are {bars.interval_s / 3600:g} h candles: the hourly statistics do not apply")
 
     fseries = market.point_series("funding_rate", symbol)
-    f = _latest(fseries, now, FUNDING_MAX_AGE)
+    f = _latest_s(fseries, now_ts, _FUNDING_MAX_AGE_S)
     funding = f[0] if f else None
     if funding is None:
         problems.append("funding missing or older than 9 h")
     funding_z = None
     if funding is not None and len(fseries) >= 30:
-        hist = np.asarray(fseries.values[-FUNDING_Z_SETTLEMENTS:], dtype=float)
-        sd = _std(hist)
-        funding_z = (funding - float(_mean(hist))) / sd if sd > 0 else 0.0
+        mean, sd = _funding_moments(np.asarray(fseries.values[-FUNDING_Z_SETTLEMENTS:], dtype=float))
+        funding_z = (funding - mean) / sd if sd > 0 else 0.0
 
     oi = market.point_series("open_interest", symbol)
-    o = _latest(oi, now, OI_MAX_AGE)
+    o = _latest_s(oi, now_ts, _OI_MAX_AGE_S)
     if o is None:
         problems.append("open interest missing or older than 2 h")
     t_oi = o[1] if o else None
-    d1 = _oi_delta(oi, t_oi, 1) if t_oi else None
-    d8 = _oi_delta(oi, t_oi, 8) if t_oi else None
-    d24 = _oi_delta(oi, t_oi, 24) if t_oi else None
+    d1 = _oi_delta_newest(oi, t_oi, 1) if t_oi else None   # t_oi is the newest point's time
+    d8 = _oi_delta_newest(oi, t_oi, 8) if t_oi else None
+    d24 = _oi_delta_newest(oi, t_oi, 24) if t_oi else None
 
     change_24h = None
     if hourly and candles > 24:
@@ -269,36 +452,13 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
         change_24h = price / c0 - 1.0 if c0 > 0 else None
 
     taker = market.point_series("taker_buy_ratio", symbol)
-    buy_sell = None
-    if hourly and taker is not None and len(taker) >= 24 and candles >= 24:
-        shares = np.asarray(taker.values[-24:], dtype=float)
-        vols = np.asarray(bars.volume[-24:], dtype=float)
-        if now.timestamp() - int(taker.ts[-1]) <= BARS_MAX_AGE.total_seconds() and np.isfinite(shares).all():
-            buy = float(_add(shares * vols))      # np.sum's own reduction, without its dispatch
-            sell = float(_add((1 - shares) * vols))
-            buy_sell = buy / sell if sell > 0 else None
-
-    vol_annual = vol_pct = None
-    if hourly and candles >= VOL_WINDOW * 3 and (hv := hourly_vol(market, symbol)).finite:
-        # every return finite (the usual case): the snapshot's shared rolling deviations are the ones below
-        if len(hv.r) >= VOL_WINDOW * 2:
-            sd = hv.sd
-            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
-            vol_pct = float(np.count_nonzero(sd <= sd[-1]) / len(sd))
-    elif hourly and candles >= VOL_WINDOW * 3:
-        r = np.diff(np.log(np.asarray(bars.close, dtype=float)))
-        r = r[np.isfinite(r)]
-        if len(r) >= VOL_WINDOW * 2:
-            # rolling 24-bar standard deviation via cumulative sums (one pass)
-            c1 = np.concatenate(([0.0], np.cumsum(r)))
-            c2 = np.concatenate(([0.0], np.cumsum(r * r)))
-            n = VOL_WINDOW
-            mean = (c1[n:] - c1[:-n]) / n
-            var = np.maximum((c2[n:] - c2[:-n]) / n - mean * mean, 0.0)
-            sd = np.sqrt(var)
-            vol_annual = float(sd[-1] * math.sqrt(365 * 24))
-            # np.mean of the booleans: their count (exact) over n
-            vol_pct = float(np.count_nonzero(sd <= sd[-1]) / len(sd))
+    # taker_buy_sell_24h, vol_annual and vol_percentile: computed when first read (Deferred), from this snapshot
+    err = _get_errstate()
+    buy_sell = _NO_TAKER
+    if (hourly and taker is not None and len(taker) >= 24 and candles >= 24
+            and now_ts - int(taker.ts[-1]) <= _BARS_MAX_AGE_S):
+        buy_sell = Deferred(_taker_buy_sell, (taker.values, bars.volume), err)
+    vol = Deferred(_vol_of, (market, symbol, bars), err) if hourly and candles >= VOL_WINDOW * 3 else _NO_VOL
 
     # the liquidation picture: real liquidations where a feed gives them, else the declared proxy
     liq_long = liq_short = 0.0
@@ -328,7 +488,7 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
             if h == 0:
                 velocity = lo + sh
     return PerpState(symbol, now, price, candles, bars_age, funding, funding_z, d1, d8, d24, change_24h, buy_sell,
-                     vol_annual, vol_pct, liq_long, liq_short, source, velocity, tuple(problems))
+                     vol, liq_long, liq_short, source, velocity, tuple(problems))
 
 
 class HourlyVol:
@@ -342,7 +502,31 @@ class HourlyVol:
     __slots__ = ("finite", "r", "sd")
 
     def __init__(self, close: np.ndarray, n: int = VOL_WINDOW):
-        self.r = r = np.diff(np.log(close))
+        # the same element operations in the same order as diff(log(close)), cumsum(r), cumsum(r * r) and the
+        # window arithmetic on each, with r and r * r as the two rows of one array: one call for both rows
+        # (a row's cumulative sum runs along it from its first element, as a 1-D cumsum does)
+        lg = np.log(close)
+        if lg.dtype != np.float64 or lg.ndim != 1:
+            self._numpy(lg, n)
+            return
+        m = len(lg) - 1 if len(lg) else 0
+        rr = np.empty((2, m))
+        self.r = r = np.subtract(lg[1:], lg[:-1], out=rr[0])   # np.diff's own subtraction
+        self.finite = bool(np.isfinite(r).all())
+        self.sd = None
+        if m >= n:
+            np.multiply(r, r, out=rr[1])
+            c = np.zeros((2, m + 1))
+            rr.cumsum(axis=1, out=c[:, 1:])
+            w = c[:, n:] - c[:, :-n]
+            w /= n
+            mean = w[0]
+            var = w[1] - mean * mean
+            self.sd = np.sqrt(np.maximum(var, 0.0, out=var), out=var)
+
+    def _numpy(self, lg: np.ndarray, n: int) -> None:
+        """The steps as separate numpy calls (an input that is not a 1-D float64 array)."""
+        self.r = r = np.diff(lg)
         self.finite = bool(np.isfinite(r).all())
         self.sd = None
         if len(r) >= n:
