@@ -13,5 +13,6 @@ cp bench/ml_latency.py /tmp/base11/bench/
 (L; PYTHONPATH=/work/main python bench/ml_latency_ab.py --base /tmp/base11 --rounds 3 --cycles 1500; L) > $O/ml_latency_ab.log 2>&1
 (L; for r in 1 2 3; do PYTHONPATH=/work/main python bench/ml_latency.py --cycles 1500 --monitor-every-hours 1 | grep -v RESULT; done; L) > $O/ml_latency_hourly_monitor.log 2>&1
 (L; PYTHONPATH=/work/main python bench/cycle_latency.py --io off; L) > $O/cycle_latency.log 2>&1
+(L; HYDRA_REGIME_FIT_WORKERS=2 /usr/bin/time -f "PROC_CPU %U %S" python bench/backtest_throughput.py 2>&1 | grep -E "^RESULT|cycles,|PROC_CPU"; L) > $O/five_year_fit_workers2.log 2>&1
 bash bench/out/final10/ab.sh /tmp/base11 /work/main "single_100000 multi_20x100000" 1 > $O/ab_reference.log 2>&1
 echo done
