@@ -2,8 +2,7 @@
 the code it replaced (the ``_reference_*`` functions below), on the shared real data and on edge cases.
 
 * ``exact_sums.row_sum`` against numpy's own sum of a row;
-* the EM restarts of ``HMMRegimeDetector.fit`` (``regime_em.fit_restarts``, serial and over the process
-  pool) against the restart loop ``fit`` had inline: every restart's fitted parameters, log-likelihood,
+* the EM restarts of ``HMMRegimeDetector.fit`` (``regime_em.fit_restarts``) against the restart loop ``fit`` had inline: every restart's fitted parameters, log-likelihood,
   iterations and convergence history, and the whole fitted model (means, variances, transmat, start
   probabilities, chosen restart, log-likelihood, state names) at refit dates of the 2020-2024 backtest;
 * detection: the features (one carry index per series) and the masked log densities (feature-major)
@@ -13,7 +12,6 @@ the code it replaced (the ``_reference_*`` functions below), on the shared real 
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 import pickle
@@ -145,24 +143,10 @@ def test_row_sum_is_numpys_row_sum():
 
 
 # --------------------------------------------------------------------------- the EM restarts and the fit
-class CountingPool(regime_em.ProcessPoolExecutor):
-    started = submitted = 0
-
-    def __init__(self, *args, **kwargs):
-        type(self).started += 1
-        super().__init__(*args, **kwargs)
-
-    def submit(self, *args, **kwargs):
-        type(self).submitted += 1
-        return super().submit(*args, **kwargs)
-
-
-@pytest.mark.parametrize("before,n_init,pool",
-                         [("2020-01-01", 8, True), ("2023-04-01", 4, False), ("2021-01-01", 3, True)])
-def test_fit_is_the_reference_fit_serial_and_over_the_pool(closes_2024, monkeypatch, before, n_init, pool):
+@pytest.mark.parametrize("before,n_init", [("2020-01-01", 8), ("2023-04-01", 4), ("2021-01-01", 3)])
+def test_fit_is_the_reference_fit(closes_2024, monkeypatch, before, n_init):
     """At refit dates of the 2020-2024 backtest (its first refit with its 8 restarts, later ones with fewer): every
-    restart equals the old inline loop's, and so does the whole fitted model, serially (the default) and
-    shared with a forked process (``HYDRA_REGIME_FIT_WORKERS=2``; not on the longest history, for time)."""
+    restart equals the old inline loop's, and so does the whole fitted model."""
     frame, _ = training_matrix(closes_2024, before)
     seeds = list(range(n_init))
     runs = {}
@@ -174,17 +158,11 @@ def test_fit_is_the_reference_fit_serial_and_over_the_pool(closes_2024, monkeypa
         return fit_restarts
 
     models = {}
-    fit_restarts = regime_em.fit_restarts
-    monkeypatch.setattr(regime_em, "ProcessPoolExecutor", CountingPool)
-    CountingPool.started = CountingPool.submitted = 0
-    for name, impl in [("reference", _reference_restarts),
-                       ("serial", lambda *a: fit_restarts(*a, workers=1)),
-                       ("pool", lambda *a: fit_restarts(*a, workers=2))][:3 if pool else 2]:
+    for name, impl in [("reference", _reference_restarts), ("serial", regime_em.fit_restarts)]:
         with monkeypatch.context() as m:
             m.setattr(regime_em, "fit_restarts", recording(impl, name))
             models[name] = HMMRegimeDetector().fit(frame, seed=0, n_init=n_init).params
         models[name]["training"].pop("fitted_at")
-    assert CountingPool.started == pool and CountingPool.submitted >= pool  # the forked process fitted restarts
     for name in runs:
         assert [restart_state(*r) for r in runs[name]] == [restart_state(*r) for r in runs["reference"]], name
         assert models[name] == models["reference"], name
@@ -193,48 +171,14 @@ def test_fit_is_the_reference_fit_serial_and_over_the_pool(closes_2024, monkeypa
     assert models["serial"]["training"]["log_likelihood"] == max(lls)
 
 
-def test_ties_keep_the_first_restart_and_the_pool_returns_restarts_in_order(closes_2024):
-    """Three restarts with the same seed tie exactly; the pool hands them back in order, like the loop."""
+def test_ties_keep_the_first_restart(closes_2024):
+    """Three restarts with the same seed tie exactly; they come back in order, like the loop's."""
     _, xc = training_matrix(closes_2024, "2012-06-01")
     assert len(xc) >= HMMRegimeDetector().days_needed           # a short history: about two years
-    serial = regime_em.fit_restarts(xc, 7, 300, [4, 4, 9, 4], workers=1)
-    pooled = regime_em.fit_restarts(xc, 7, 300, [4, 4, 9, 4], workers=3)
-    assert [restart_state(*r) for r in pooled] == [restart_state(*r) for r in serial]
+    serial = regime_em.fit_restarts(xc, 7, 300, [4, 4, 9, 4])
     reference = _reference_restarts(xc, 7, 300, [4, 4, 9, 4])
     assert [restart_state(*r) for r in serial] == [restart_state(*r) for r in reference]
     assert restart_state(*serial[0]) == restart_state(*serial[1]) == restart_state(*serial[3])
-
-
-def test_a_pool_that_cannot_start_falls_back_to_the_same_serial_result(closes_2024, monkeypatch, caplog):
-    _, xc = training_matrix(closes_2024, "2012-06-01")
-
-    class Broken:
-        def __init__(self, *a, **k):
-            raise OSError("no processes left")
-
-    monkeypatch.setattr(regime_em, "ProcessPoolExecutor", Broken)
-    with caplog.at_level(logging.WARNING, logger="hydra_engine.regime_em"):
-        got = regime_em.fit_restarts(xc, 7, 300, [0, 1], workers=2)
-    assert "one by one" in caplog.text
-    assert [restart_state(*r) for r in got] == [restart_state(*r) for r in _reference_restarts(xc, 7, 300, [0, 1])]
-
-
-def test_a_pool_that_breaks_mid_fit_falls_back_to_the_same_serial_result(closes_2024, monkeypatch, caplog):
-    from concurrent.futures import Future
-    from concurrent.futures.process import BrokenProcessPool
-    _, xc = training_matrix(closes_2024, "2012-06-01")
-
-    class Breaking(regime_em.ProcessPoolExecutor):
-        def submit(self, *a, **k):       # what a pool whose worker died hands back
-            future = Future()
-            future.set_exception(BrokenProcessPool("a worker died"))
-            return future
-
-    monkeypatch.setattr(regime_em, "ProcessPoolExecutor", Breaking)
-    with caplog.at_level(logging.WARNING, logger="hydra_engine.regime_em"):
-        got = regime_em.fit_restarts(xc, 7, 300, [0, 1, 2], workers=2)
-    assert "one by one" in caplog.text
-    assert [restart_state(*r) for r in got] == [restart_state(*r) for r in _reference_restarts(xc, 7, 300, [0, 1, 2])]
 
 
 def test_bad_input_fails_the_same_way():
@@ -243,30 +187,13 @@ def test_bad_input_fails_the_same_way():
     x = np.asfortranarray(np.column_stack([rng.standard_normal(200), np.where(rng.random(200) < 0.5, np.nan, 1.0)]))
     errors = []
     for run in (lambda: _reference_restarts(x, 3, 20, [0, 1]),
-                lambda: regime_em.fit_restarts(x, 3, 20, [0, 1], workers=1),
-                lambda: regime_em.fit_restarts(x, 3, 20, [0, 1], workers=2)):
+                lambda: regime_em.fit_restarts(x, 3, 20, [0, 1])):
         with pytest.raises(ValueError) as exc:
             run()
         errors.append(str(exc.value))
-    assert errors[0] == errors[1] == errors[2]
+    assert errors[0] == errors[1]
 
 
-def test_worker_count(monkeypatch):
-    monkeypatch.setenv(regime_em.WORKERS_ENV, "1")
-    assert regime_em.fit_workers() == 1
-    monkeypatch.setenv(regime_em.WORKERS_ENV, "two")
-    with pytest.raises(ValueError, match="HYDRA_REGIME_FIT_WORKERS"):
-        regime_em.fit_workers()
-    monkeypatch.setenv(regime_em.WORKERS_ENV, "0")
-    with pytest.raises(ValueError, match="HYDRA_REGIME_FIT_WORKERS"):
-        regime_em.fit_workers()
-    monkeypatch.setenv(regime_em.WORKERS_ENV, " 3 ")
-    assert regime_em.fit_workers() == 3
-    monkeypatch.delenv(regime_em.WORKERS_ENV)
-    assert regime_em.fit_workers() == 1                              # serial unless asked (see regime_em)
-
-
-# --------------------------------------------------------------------------- the daily closes
 def assert_same_closes(got: dict, want: dict) -> None:
     assert list(got) == list(want)
     for k in want:
