@@ -18,7 +18,6 @@ except ImportError:  # pragma: no cover
     _c_make_encoder = None
 
 
-
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _PLAIN = (str, int, bool, type(None))
 

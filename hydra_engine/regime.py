@@ -26,7 +26,6 @@ import pandas as pd
 
 from .config import PROJECT_ROOT
 from .domain import Regime, RegimeReading
-from .exact_sums import row_sum
 from .ports import BarSeries, MarketSnapshot
 from .regime_features import ASSETS, FEATURES, VIX_SYMBOL, daily_close_arrays_from_snapshot, feature_matrix
 
@@ -175,28 +174,7 @@ def _masked_loglik(x: np.ndarray, means: np.ndarray, variances: np.ndarray) -> n
     """Per-row, per-state log density of a diagonal Gaussian over the observed (non-NaN) features.
 
     Dropping a missing dimension is exact marginalisation for a diagonal covariance, so BTC before
-    2019-10 or a symbol absent from a snapshot costs information, never correctness.
-
-    For the row-major rows ``_detect`` passes, the same numbers as :func:`_masked_loglik_numpy` computed
-    feature-major (long inner loops over the days instead of one short loop per day and state) with
-    numpy's own order of summing a row (:func:`~hydra_engine.exact_sums.row_sum`): bit for bit the same
-    (tests/test_regime_fast.py), 0.22 -> 0.13 ms on a 500-day window (bench/out/s11/wt-regime.md). Other layouts go to :func:`_masked_loglik_numpy`."""
-    if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype == np.float64 and min(x.shape) > 1
-            and x.flags.c_contiguous and not x.flags.f_contiguous
-            and isinstance(means, np.ndarray) and isinstance(variances, np.ndarray)
-            and means.dtype == np.float64 and variances.dtype == np.float64
-            and means.shape == variances.shape == (means.shape[0], x.shape[1]) and means.shape[0] > 1
-            and means.flags.c_contiguous and variances.flags.c_contiguous):
-        return _masked_loglik_numpy(x, means, variances)
-    xt = np.ascontiguousarray(x.T)                   # features × days
-    obs = np.isfinite(xt)[:, None, :]
-    z = np.where(obs, xt[:, None, :] - means.T[:, :, None], 0.0)      # features × states × days
-    terms = -0.5 * (np.log(2 * np.pi * variances).T[:, :, None] + z * z / variances.T[:, :, None])
-    return np.ascontiguousarray(row_sum(np.where(obs, terms, 0.0)).T)
-
-
-def _masked_loglik_numpy(x: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
-    """:func:`_masked_loglik` written directly in numpy (any layout)."""
+    2019-10 or a symbol absent from a snapshot costs information, never correctness."""
     obs = np.isfinite(x)
     z = np.where(obs[:, None, :], x[:, None, :] - means[None], 0.0)
     terms = -0.5 * (np.log(2 * np.pi * variances)[None] + z * z / variances[None])
@@ -297,8 +275,7 @@ class HMMRegimeDetector:
         mu, sd = train.mean(), train.std().replace(0.0, 1.0)
         xc = ((rows - mu[core]) / sd[core]).to_numpy()
         best, best_ll = None, -math.inf
-        # the restarts, in order (regime_em: serially, or shared with forked processes when configured);
-        # the first strictly best log-likelihood wins, as it always has
+        # the restarts, in order (regime_em); the first strictly best log-likelihood wins, as it always has
         restarts = [seed * SEED_STRIDE + i for i in range(n_init)]
         for i, (m, ll) in enumerate(fit_restarts(xc, self.n_states, n_iter, restarts)):
             if m is None:   # degenerate restart: try the next one

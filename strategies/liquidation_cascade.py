@@ -125,7 +125,7 @@ class LiquidationCascadeHunter(Strategy):
             return None
         known_at = datetime.fromtimestamp(int(series.ts[-1]), market.now.tzinfo)
         rate = series.last
-        if not math.isfinite(rate) or market.now - known_at > self._max_age("funding_max_age_hours"):
+        if not math.isfinite(rate) or market.now - known_at > timedelta(hours=p.funding_max_age_hours):
             return None
         if abs(rate) <= p.funding_threshold:
             return None
@@ -135,17 +135,6 @@ class LiquidationCascadeHunter(Strategy):
                       half_life=timedelta(hours=8),
                       thesis=f"{crowd} pay {rate * 100:.4f}% per 8h (> {p.funding_threshold * 100:.3f}%): "
                              f"over-levered {crowd}, bias {'down' if rate > 0 else 'up'}")
-
-    def _max_age(self, field: str) -> timedelta:
-        """``timedelta(hours=self.params.<field>)``, built once per (frozen) params object instead of for each
-        symbol every cycle (issue #24); built where it was, so a bad value still raises there."""
-        ages = getattr(self, "_ages", None)
-        if ages is None or ages[0] is not self.params:
-            ages = self._ages = (self.params, {})
-        age = ages[1].get(field)
-        if age is None:
-            age = ages[1][field] = timedelta(hours=getattr(self.params, field))
-        return age
 
     def _cascade_signal(self, market: MarketSnapshot, symbol: str) -> Signal | None:
         p = self.params
@@ -158,7 +147,7 @@ class LiquidationCascadeHunter(Strategy):
         # the newest value against the newest one at least an hour older: exactly one hour on the
         # hourly history, one to two hours when a live snapshot follows it; wider gaps give no opinion
         k = int(_searchsorted(oi.ts, t_now - 3600, "right")) - 1
-        if k < 0 or t_now - int(oi.ts[k]) > 7200 or market.now - known_at > self._max_age("oi_max_age_hours"):
+        if k < 0 or t_now - int(oi.ts[k]) > 7200 or market.now - known_at > timedelta(hours=p.oi_max_age_hours):
             return None
         prev, last = float(oi.values[k]), float(oi.values[-1])
         if not (prev > 0 and last > 0 and math.isfinite(prev) and math.isfinite(last)):

@@ -1,12 +1,11 @@
 """The regime step's speed-ups change no bit (issue #24): every new path is compared with a verbatim copy of
 the code it replaced (the ``_reference_*`` functions below), on the shared real data and on edge cases.
 
-* ``exact_sums.row_sum`` against numpy's own sum of a row;
 * the EM restarts of ``HMMRegimeDetector.fit`` (``regime_em.fit_restarts``) against the restart loop ``fit`` had inline: every restart's fitted parameters, log-likelihood,
   iterations and convergence history, and the whole fitted model (means, variances, transmat, start
   probabilities, chosen restart, log-likelihood, state names) at refit dates of the 2020-2024 backtest;
-* detection: the features (one carry index per series) and the masked log densities (feature-major)
-  against their previous code, and whole readings on real snapshots;
+* detection: the features (one carry index per series) against their previous code, and whole readings
+  on real snapshots;
 * the daily closes read once per folder (``regime_features.load_daily_closes``) against the function that
   re-read them on every refit.
 """
@@ -23,7 +22,6 @@ import pandas as pd
 import pytest
 
 from hydra_engine import regime, regime_em
-from hydra_engine.exact_sums import row_sum
 from hydra_engine.data.catalog import read_parquet
 from hydra_engine.regime import HMMRegimeDetector
 from hydra_engine.regime_features import (ASSETS, BTC_DAILY, BTC_HOURLY, EQUITY_DIRS, FEATURES, MAX_CARRY_DAYS,
@@ -130,19 +128,6 @@ def training_matrix(closes, before: str, core=None):
 
 
 # --------------------------------------------------------------------------- numpy's row-sum order
-def test_row_sum_is_numpys_row_sum():
-    """Row lengths 0..40 and past the unrolled block; magnitudes where the order of the additions shows."""
-    rng = np.random.default_rng(13)
-    for n in list(range(41)) + [128, 129, 200]:
-        for _ in range(5):
-            rows = rng.standard_normal((37, n)) * 10.0 ** rng.integers(-16, 17, (37, n))
-            rows[rng.random(rows.shape) < 0.02] = np.nan
-            assert same_array(row_sum(np.ascontiguousarray(rows.T)), rows.sum(axis=-1)), n
-            assert same_array(row_sum(np.ascontiguousarray(rows.T.reshape(n, 37, 1))),
-                              rows.reshape(37, 1, n).sum(axis=-1))
-
-
-# --------------------------------------------------------------------------- the EM restarts and the fit
 @pytest.mark.parametrize("before,n_init", [("2020-01-01", 8), ("2023-04-01", 4), ("2021-01-01", 3)])
 def test_fit_is_the_reference_fit(closes_2024, monkeypatch, before, n_init):
     """At refit dates of the 2020-2024 backtest (its first refit with its 8 restarts, later ones with fewer): every
@@ -229,14 +214,6 @@ def test_daily_closes_follow_a_changed_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- detection
-def _reference_masked_loglik(x, means, variances):
-    """``regime._masked_loglik`` before the feature-major layout, verbatim."""
-    obs = np.isfinite(x)
-    z = np.where(obs[:, None, :], x[:, None, :] - means[None], 0.0)
-    terms = -0.5 * (np.log(2 * np.pi * variances)[None] + z * z / variances[None])
-    return np.where(obs[:, None, :], terms, 0.0).sum(axis=2)
-
-
 def _reference_carried(values, own_days, calendar):
     """``regime_features._carried`` before the shared carry index, verbatim."""
     j = np.searchsorted(own_days, calendar, side="right") - 1
@@ -279,26 +256,11 @@ def _reference_feature_matrix(closes):
     return calendar, x
 
 
-def test_masked_loglik_is_the_reference_bit_for_bit():
-    rng = np.random.default_rng(5)
-    for nf in (2, 3, 7, 8, 9, 10, 12, 17):
-        for _ in range(8):
-            ns, nc = int(rng.integers(0, 600)), int(rng.integers(1, 9))
-            x = rng.standard_normal((ns, nf)) * 10.0 ** rng.integers(-8, 9, (ns, nf))
-            x[rng.random(x.shape) < 0.2] = np.nan                      # missing features are marginalised
-            x[rng.random(x.shape) < 0.01] = np.inf
-            means = rng.standard_normal((nc, nf)) * 10.0 ** rng.integers(-4, 5, (nc, nf))
-            variances = rng.random((nc, nf)) * 10.0 ** rng.integers(-6, 5, (nc, nf))
-            for xx in (x, np.asfortranarray(x), x[::3], x[:1]):
-                assert same_array(regime._masked_loglik(xx, means, variances),
-                                  _reference_masked_loglik(xx, means, variances))
-
-
 @pytest.mark.parametrize("now", ["2020-03-09T01:00:00", "2021-05-19T17:00:00", "2022-06-14T00:00:00",
                                  "2024-08-05T15:00:00", "2019-11-20T00:00:00"])
 def test_detection_is_the_reference_on_real_snapshots(shared_data, now, monkeypatch):
     """Real snapshots (a crash, a BTC crash, the 2022 bear market, the August 2024 VIX spike, BTC's first
-    weeks): the same features, the same log densities, the same reading (regime, confidence, details)."""
+    weeks): the same features and the same reading (regime, confidence, details)."""
     from tests.test_regime_hmm import real_snapshot
     snap = real_snapshot(shared_data, datetime.fromisoformat(now).replace(tzinfo=timezone.utc))
     arrays = daily_close_arrays_from_snapshot(snap)
@@ -310,7 +272,6 @@ def test_detection_is_the_reference_on_real_snapshots(shared_data, now, monkeypa
     assert all(same_array(a, b) for a, b in zip(feature_matrix({}), _reference_feature_matrix({})))
     det = HMMRegimeDetector.load()
     new = det._detect(snap)
-    monkeypatch.setattr(regime, "_masked_loglik", _reference_masked_loglik)
     monkeypatch.setattr(regime, "feature_matrix", _reference_feature_matrix)
     old = det._detect(snap)
     assert (new.regime, new.confidence, new.details) == (old.regime, old.confidence, old.details)

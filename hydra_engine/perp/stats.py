@@ -162,21 +162,20 @@ class Deferred:
         return Deferred, (None, (), None, self.get())
 
 
-try:   # numpy's floating-point error settings, all of them (what np.errstate sets and resets), read and set in O(1)
-    from numpy._core._ufunc_config import _extobj_contextvar as _ERRSTATE
+def _get_errstate() -> dict:
+    """numpy's floating-point error settings (the four error modes), to be restored at a deferred read."""
+    return np.geterr()
 
-    _get_errstate, _set_errstate, _reset_errstate = _ERRSTATE.get, _ERRSTATE.set, _ERRSTATE.reset
-except ImportError:   # another numpy layout: the public calls (the five error modes)
-    def _get_errstate():
-        return np.geterr()
 
-    def _set_errstate(err):
-        ctx = np.errstate(**err)
-        ctx.__enter__()
-        return ctx
+def _set_errstate(err: dict):
+    ctx = np.errstate(**err)
+    ctx.__enter__()
+    return ctx
 
-    def _reset_errstate(ctx):
-        ctx.__exit__(None, None, None)
+
+def _reset_errstate(ctx) -> None:
+    ctx.__exit__(None, None, None)
+
 
 _NO_VOL = Deferred(value=(None, None))   # not hourly bars, or fewer than VOL_WINDOW * 3 of them
 _NO_TAKER = Deferred(value=None)          # no hourly bars or taker flow (24 of each), or not fresh
@@ -326,9 +325,10 @@ def compute_perp_state(market: MarketSnapshot, symbol: str) -> PerpState:
                     + float(np.sum(real_short.values[real_short.ts > hour]))) / oi_usd
     elif hourly and oi is not None and t_oi is not None and candles >= 2:
         source = "proxy:oi_flush"
-        # with a trained labeller installed (its monitor labels, each cycle, the 24 h window that just ended)
-        # the last FLUSH_TABLE_H hours go in the snapshot's flush table, in the one pass the 6 hours need:
-        # that label reads them from there. Only which hours are computed depends on it, never a value
+        # with a trained labeller installed (its monitor labels the 24 h window that just ended: once a day by
+        # default, every hour with monitor_every_hours = 1) the last FLUSH_TABLE_H hours go in the snapshot's
+        # flush table, in the one pass the 6 hours need (~1 us more): that label reads them from there. Only
+        # which hours are computed depends on it, never a value
         span = FLUSH_TABLE_H if getattr(_LABELLER, "booster", None) is not None else LIQ_LOOKBACK_H
         hours = flush_hours(market, symbol, [t_oi - h * 3600 for h in range(span)])
         for h, (lo, sh) in enumerate(hours[:LIQ_LOOKBACK_H]):
